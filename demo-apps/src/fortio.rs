@@ -1,0 +1,113 @@
+//! fortio (server side): the `/fortio/` UI stand-in, the `/debug` echo and a body echo elsewhere.
+//!
+//! meshd implements fortio's `load` and `curl` client verbs itself; pods running the fortio
+//! image only need to answer on their ports.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri, Version};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+
+use crate::AppEnv;
+
+/// The fortio version this stand-in reports.
+pub(crate) const VERSION: &str = "1.75.2";
+
+struct St {
+    hostname: String,
+    started: Instant,
+}
+
+/// Builds the fortio router (the same one serves 8080 and 8079).
+pub(crate) fn router(env: &AppEnv) -> Router {
+    let st = St {
+        hostname: env.hostname.clone(),
+        started: Instant::now(),
+    };
+    Router::new().fallback(handle).with_state(Arc::new(st))
+}
+
+const UI_HTML: &str = "<!DOCTYPE html>\n<html>\n<head>\n<meta charset=\"utf-8\">\n<title>Φορτίο</title>\n</head>\n<body>\n<h1>Φορτίο (fortio) version 1.75.2</h1>\n<p>This is the meshd stand-in for fortio's server. Run load tests with <code>meshd load</code> and single requests with <code>meshd curl</code>.</p>\n<p>Echo debug endpoint: <a href=\"/debug\">/debug</a></p>\n</body>\n</html>\n";
+
+async fn handle(
+    State(st): State<Arc<St>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path();
+    if path == "/fortio" || path.starts_with("/fortio/") {
+        return ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], UI_HTML).into_response();
+    }
+    if path == "/debug" || path.starts_with("/debug/") {
+        return (
+            [(header::CONTENT_TYPE, "text/plain; charset=UTF-8")],
+            debug_text(&st, peer, &method, &uri, version, &headers, &body),
+        )
+            .into_response();
+    }
+    // fortio's echo handler: the body comes back as-is with 200.
+    (StatusCode::OK, body).into_response()
+}
+
+fn debug_text(
+    st: &St,
+    peer: SocketAddr,
+    method: &Method,
+    uri: &Uri,
+    version: Version,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> String {
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "Φορτίο version {VERSION} echo debug server up for {}s on {} - request from {peer}\n\n{method} {} {version:?}\n\nheaders:\n\n",
+        st.started.elapsed().as_secs(),
+        st.hostname,
+        uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+    );
+    if let Some(host) = headers.get(header::HOST) {
+        let _ = writeln!(out, "Host: {}", String::from_utf8_lossy(host.as_bytes()));
+    }
+    for (name, value) in headers {
+        if name == header::HOST {
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "{}: {}",
+            canonical(name.as_str()),
+            String::from_utf8_lossy(value.as_bytes())
+        );
+    }
+    out.push_str("\nbody:\n\n");
+    out.push_str(&String::from_utf8_lossy(body));
+    out.push('\n');
+    out
+}
+
+/// Go-style canonical header name, as fortio prints them.
+fn canonical(name: &str) -> String {
+    let mut upper = true;
+    name.chars()
+        .map(|c| {
+            let o = if upper {
+                c.to_ascii_uppercase()
+            } else {
+                c.to_ascii_lowercase()
+            };
+            upper = c == '-';
+            o
+        })
+        .collect()
+}
