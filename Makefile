@@ -1,0 +1,30 @@
+# meshd: `make up` runs the mesh on its built-in default; `make test` is the whole suite.
+CARGO ?= cargo
+DIR ?= samples/default
+
+.PHONY: up build test lint fmt unit e2e bench clean
+
+up:
+	$(CARGO) run --release -p meshd -- up $(DIR)
+
+build:
+	$(CARGO) build -p meshd
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+# The e2e tests drive the real binary: build it first, then run everything.
+test: lint build
+	$(CARGO) nextest run --workspace --no-fail-fast
+
+clean:
+	$(CARGO) clean
+
+# Benchmarks (release build, loopback only, bounded in time).
+bench:
+	$(CARGO) build --release -p meshd
+	python3 scripts/bench_startup.py

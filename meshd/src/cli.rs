@@ -1,0 +1,210 @@
+//! The command line: `meshd up`, and the verbs that talk to a running daemon
+//! through its admin API (`curl`, `status`, `logs`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+use crate::daemon::{Addrs, PodRow};
+
+/// meshd: an Istio-style service mesh on one machine.
+#[derive(Debug, Parser)]
+#[command(name = "meshd", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The verbs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the mesh from a folder of Istio and Kubernetes YAML (an empty folder runs the built-in samples).
+    Up {
+        /// The folder to read and watch.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Ingress gateway HTTP listener (Gateway servers on port 80 or 8080).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        gateway: SocketAddr,
+        /// Admin API and dashboard.
+        #[arg(long, default_value = "127.0.0.1:15000", env = "MESHD_ADMIN")]
+        admin: SocketAddr,
+        /// Outbound listener of the mesh client workload, usable as `http_proxy`.
+        #[arg(long, default_value = "127.0.0.1:15001")]
+        proxy: SocketAddr,
+    },
+    /// Send a request from inside the mesh, through the client workload's sidecar.
+    Curl {
+        /// URL, e.g. http://reviews:9080/reviews/0.
+        url: String,
+        /// Extra header `name: value` (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// Method.
+        #[arg(short = 'X', long = "request", default_value = "GET")]
+        method: String,
+        /// Request body.
+        #[arg(short = 'd', long = "data")]
+        data: Option<String>,
+        /// Admin API of the running daemon.
+        #[arg(long, default_value = "127.0.0.1:15000", env = "MESHD_ADMIN")]
+        admin: SocketAddr,
+    },
+    /// List the pods, like `kubectl get pods -A -o wide`.
+    Status {
+        /// Admin API of the running daemon.
+        #[arg(long, default_value = "127.0.0.1:15000", env = "MESHD_ADMIN")]
+        admin: SocketAddr,
+    },
+    /// Print a pod's app log.
+    Logs {
+        /// Pod name (as `meshd status` shows it).
+        pod: String,
+        /// Admin API of the running daemon.
+        #[arg(long, default_value = "127.0.0.1:15000", env = "MESHD_ADMIN")]
+        admin: SocketAddr,
+    },
+}
+
+fn admin_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder().no_proxy().build()?)
+}
+
+async fn admin_get<T: serde::de::DeserializeOwned>(admin: SocketAddr, path: &str) -> anyhow::Result<T> {
+    let url = format!("http://{admin}{path}");
+    let resp = admin_client()?
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("no meshd daemon answers on {admin} (start one with `meshd up`)"))?;
+    Ok(resp.error_for_status()?.json().await?)
+}
+
+/// `meshd curl`: fortio-curl-like output: status and headers on stderr, body on stdout.
+pub async fn curl(
+    url: &str,
+    headers: &[String],
+    method: &str,
+    data: Option<String>,
+    admin: SocketAddr,
+) -> anyhow::Result<i32> {
+    let addrs: Addrs = admin_get(admin, "/meshd/info").await?;
+    let client = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::http(format!("http://{}", addrs.proxy))?)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let method = reqwest::Method::from_bytes(method.as_bytes()).context("invalid method")?;
+    let mut req = client.request(method, url);
+    for h in headers {
+        let Some((k, v)) = h.split_once(':') else {
+            bail!("header {h:?} is not `name: value`")
+        };
+        req = req.header(k.trim(), v.trim());
+    }
+    if let Some(d) = data {
+        req = req.body(d);
+    }
+    let resp = req.send().await.with_context(|| format!("request to {url} failed"))?;
+    let status = resp.status();
+    eprintln!(
+        "HTTP/1.1 {} {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    for (k, v) in resp.headers() {
+        eprintln!("{k}: {}", v.to_str().unwrap_or("<binary>"));
+    }
+    eprintln!();
+    let body = resp.bytes().await?;
+    use std::io::Write;
+    std::io::stdout().write_all(&body)?;
+    Ok(if status.is_success() { 0 } else { 1 })
+}
+
+/// `meshd status`.
+pub async fn status(admin: SocketAddr) -> anyhow::Result<()> {
+    let pods: Vec<PodRow> = admin_get(admin, "/meshd/pods").await?;
+    let rows: Vec<[String; 7]> = pods
+        .into_iter()
+        .map(|p| {
+            [
+                p.namespace,
+                p.name,
+                p.ready,
+                p.status,
+                age(p.age_secs),
+                p.ports.join(","),
+                p.outbound.unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &["NAMESPACE", "NAME", "READY", "STATUS", "AGE", "PORTS", "OUTBOUND"],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+/// `meshd logs POD`.
+pub async fn logs(pod: &str, admin: SocketAddr) -> anyhow::Result<()> {
+    let text = admin_client()?
+        .get(format!("http://{admin}/meshd/logs/{pod}"))
+        .send()
+        .await
+        .with_context(|| format!("no meshd daemon answers on {admin}"))?
+        .text()
+        .await?;
+    print!("{text}");
+    Ok(())
+}
+
+fn age(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s => format!("{}h", s / 3600),
+    }
+}
+
+/// A kubectl-style table: columns padded to the widest cell plus three spaces.
+pub fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(str::len);
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == N {
+                l.push_str(c);
+            } else {
+                l.push_str(&format!("{c:<w$}   ", w = widths[i]));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn table_pads_columns() {
+        let t = super::table(&["NAME", "READY"], &[["reviews-v1-abc".into(), "2/2".into()]]);
+        assert_eq!(t, "NAME             READY\nreviews-v1-abc   2/2\n");
+    }
+}

@@ -1,0 +1,313 @@
+//! `meshd up`: binds the listeners, loads the folder, starts the pods,
+//! compiles and swaps snapshots, and reloads on every settled change.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::{self, ConfigError, Located};
+use crate::logs::Logs;
+use crate::proxy::{Proxy, Role};
+use crate::snapshot::{self, Runtime, SnapshotHandle, Workload};
+use crate::workload::{self, Pods};
+
+/// Where `meshd up` listens.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The config folder.
+    pub dir: PathBuf,
+    /// Ingress gateway HTTP listener (Gateway servers on 80/8080).
+    pub gateway: SocketAddr,
+    /// Admin API.
+    pub admin: SocketAddr,
+    /// The mesh client's outbound listener, usable as `http_proxy`.
+    pub proxy: SocketAddr,
+}
+
+/// A pod as `meshd status` shows it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PodRow {
+    /// Namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub name: String,
+    /// `2/2` (app and sidecar).
+    pub ready: String,
+    /// `Running`.
+    pub status: String,
+    /// Seconds since start.
+    pub age_secs: u64,
+    /// Container ports and the inbound listeners in front of them, `9080->127.0.0.1:40123`.
+    pub ports: Vec<String>,
+    /// Outbound listener.
+    pub outbound: Option<String>,
+    /// Pod labels, `k=v,...`.
+    pub labels: String,
+}
+
+/// Daemon state the admin API reads.
+#[derive(Debug)]
+pub struct State {
+    /// The live snapshot.
+    pub snapshot: SnapshotHandle,
+    /// Addresses actually bound.
+    pub addrs: Addrs,
+    /// Config folder.
+    pub dir: PathBuf,
+    /// Errors of the last reload (empty when it applied).
+    pub errors: Mutex<Vec<String>>,
+    /// Pod table, refreshed on each reload.
+    pub pods: Mutex<Vec<PodRow>>,
+    /// App logs.
+    pub logs: Logs,
+}
+
+/// Bound addresses.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct Addrs {
+    /// Gateway.
+    pub gateway: SocketAddr,
+    /// Admin.
+    pub admin: SocketAddr,
+    /// Mesh client proxy.
+    pub proxy: SocketAddr,
+}
+
+/// The ingress gateway workload, as Istio's `istio-ingressgateway` deployment.
+fn gateway_workload() -> Workload {
+    let labels = [("app", "istio-ingressgateway"), ("istio", "ingressgateway")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Workload {
+        name: "istio-ingressgateway".into(),
+        namespace: snapshot::ROOT_NAMESPACE.into(),
+        labels,
+        service_account: "istio-ingressgateway-service-account".into(),
+    }
+}
+
+struct Reloader {
+    state: Arc<State>,
+    proxy: Proxy,
+    runtime: Runtime,
+    pods: Pods,
+    generation: u64,
+    applied: Vec<Located>,
+    /// Notes already printed (not-emulated kinds, replaced resources): each is listed once.
+    listed: std::collections::HashSet<String>,
+}
+
+impl Reloader {
+    /// Loads the folder and applies it; on any error the live snapshot stays.
+    async fn reload(&mut self) -> Result<Vec<String>, Vec<ConfigError>> {
+        let folder = config::load::load_dir(&self.state.dir)?;
+        let (loaded, used_builtin) = config::with_builtin(folder);
+        if used_builtin && self.generation == 0 {
+            println!("meshd: no workloads in {}: running the built-in sample set (Bookinfo, httpbin, fortio, bookinfo-gateway)", self.state.dir.display());
+        }
+        for n in &loaded.not_emulated {
+            let line = format!("{} {} ({})", n.kind, n.name, n.origin);
+            if self.listed.insert(line.clone()) {
+                println!("meshd: not emulated, ignored: {line}");
+            }
+        }
+        for r in &loaded.replaced {
+            if self.listed.insert(r.clone()) {
+                println!("meshd: {r}");
+            }
+        }
+        let workloads = config::model::Workloads::from_resources(&loaded.resources)?;
+        // Validate everything before touching a pod: an invalid folder changes nothing.
+        let infos = self.pods.infos();
+        snapshot::compile(snapshot::CompileInput {
+            resources: &loaded.resources,
+            workloads: &workloads,
+            pods: &infos,
+            runtime: &self.runtime,
+            generation: self.generation,
+            not_emulated: &loaded.not_emulated,
+        })?;
+        let plan = workload::plan(&workloads);
+        let changes = self
+            .pods
+            .reconcile(&plan, &self.proxy, &self.state.logs)
+            .await
+            .map_err(|e| {
+                vec![ConfigError {
+                    file: self.state.dir.display().to_string(),
+                    line: 0,
+                    field: String::new(),
+                    message: format!("cannot start pods: {e}"),
+                }]
+            })?;
+        let generation = self.generation + 1;
+        let infos = self.pods.infos();
+        let snap = snapshot::compile(snapshot::CompileInput {
+            resources: &loaded.resources,
+            workloads: &workloads,
+            pods: &infos,
+            runtime: &self.runtime,
+            generation,
+            not_emulated: &loaded.not_emulated,
+        })?;
+        self.state.snapshot.store(snap);
+        self.generation = generation;
+        let mut summary = config::diff(&self.applied, &loaded.resources);
+        summary.extend(changes.started.iter().map(|p| format!("+ Pod {p}")));
+        summary.extend(changes.retired.iter().map(|p| format!("- Pod {}", p.info.name)));
+        Pods::retire(changes.retired);
+        let live = self
+            .pods
+            .iter()
+            .flat_map(|p| p.info.inbound.values().copied())
+            .collect();
+        self.runtime.retain(&live);
+        self.applied = loaded.resources;
+        *self.state.pods.lock().unwrap_or_else(|e| e.into_inner()) = self.pod_rows();
+        Ok(summary)
+    }
+
+    fn pod_rows(&self) -> Vec<PodRow> {
+        self.pods
+            .iter()
+            .map(|p| PodRow {
+                namespace: p.info.namespace.clone(),
+                name: p.info.name.clone(),
+                ready: if p.apps.is_empty() { "1/2".into() } else { "2/2".into() },
+                status: "Running".into(),
+                age_secs: p.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
+                ports: p
+                    .info
+                    .inbound
+                    .iter()
+                    .map(|(port, addr)| format!("{port}->{addr}"))
+                    .collect(),
+                outbound: p.info.outbound.map(|a| a.to_string()),
+                labels: workload::labels_string(&p.info.labels),
+            })
+            .collect()
+    }
+
+    async fn reload_and_report(&mut self) {
+        let started = Instant::now();
+        match self.reload().await {
+            Ok(summary) => {
+                self.state.errors.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                let what = if self.generation == 1 {
+                    let snap = self.state.snapshot.load();
+                    format!("{} resources, {} pods", snap.resources.len(), snap.pods.len())
+                } else if summary.is_empty() {
+                    "no changes".to_string()
+                } else {
+                    summary.join(", ")
+                };
+                println!(
+                    "meshd: generation {} applied in {} ms: {what}",
+                    self.generation,
+                    started.elapsed().as_millis()
+                );
+            }
+            Err(errors) => {
+                let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+                for l in &lines {
+                    eprintln!("meshd: error: {l}");
+                }
+                if self.generation > 0 {
+                    eprintln!("meshd: config rejected; still serving generation {}", self.generation);
+                } else {
+                    eprintln!("meshd: config rejected; nothing is served until the folder is valid");
+                }
+                *self.state.errors.lock().unwrap_or_else(|e| e.into_inner()) = lines;
+            }
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for the {what}"))
+}
+
+/// Runs the daemon until ctrl-c.
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    let dir = opts
+        .dir
+        .canonicalize()
+        .with_context(|| format!("cannot open {}", opts.dir.display()))?;
+    let gateway = bind(opts.gateway, "ingress gateway").await?;
+    let admin = bind(opts.admin, "admin API").await?;
+    let client = bind(opts.proxy, "mesh client proxy").await?;
+    let addrs = Addrs {
+        gateway: gateway.local_addr()?,
+        admin: admin.local_addr()?,
+        proxy: client.local_addr()?,
+    };
+    let snapshot = SnapshotHandle::default();
+    let state = Arc::new(State {
+        snapshot: snapshot.clone(),
+        addrs,
+        dir: dir.clone(),
+        errors: Mutex::new(vec![]),
+        pods: Mutex::new(vec![]),
+        logs: Logs::default(),
+    });
+    let proxy = Proxy::new(snapshot.clone());
+    let (_shutdown_tx, shutdown) = watch::channel(false);
+    tokio::spawn(proxy.clone().serve(
+        gateway,
+        Role::Gateway {
+            workload: Arc::new(gateway_workload()),
+        },
+        shutdown.clone(),
+    ));
+    tokio::spawn(
+        proxy
+            .clone()
+            .serve(client, Role::Outbound { workload: None }, shutdown.clone()),
+    );
+    tokio::spawn(crate::admin::serve(admin, state.clone()));
+
+    let (_watch, mut changes) =
+        config::watch::watch(&dir).with_context(|| format!("cannot watch {}", dir.display()))?;
+    let mut reloader = Reloader {
+        state: state.clone(),
+        proxy,
+        runtime: Runtime::default(),
+        pods: Pods::default(),
+        generation: 0,
+        applied: vec![],
+        listed: Default::default(),
+    };
+    reloader.reload_and_report().await;
+    println!(
+        "meshd: ready: gateway http://{} admin http://{} proxy http://{} (folder {})",
+        addrs.gateway,
+        addrs.admin,
+        addrs.proxy,
+        display(&dir)
+    );
+    loop {
+        tokio::select! {
+            batch = changes.recv() => {
+                let Some(batch) = batch else { break };
+                let files: Vec<String> = batch.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).collect();
+                println!("meshd: change in {}: reloading", files.join(", "));
+                reloader.reload_and_report().await;
+            }
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    println!("meshd: stopping");
+    Ok(())
+}
+
+fn display(p: &Path) -> String {
+    p.display().to_string()
+}

@@ -1,0 +1,12 @@
+//! meshd: an Istio-style service mesh on one machine. Data flows one way:
+//! config (YAML) -> snapshot (compiled, immutable) -> proxy (listeners).
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod logs;
+pub mod proxy;
+pub mod snapshot;
+pub mod workload;

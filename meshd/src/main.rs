@@ -1,0 +1,56 @@
+//! The `meshd` binary.
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+use meshd::cli::{Cli, Command};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MESHD_LOG").unwrap_or_else(|_| "meshd=info,warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("meshd: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Up {
+                dir,
+                gateway,
+                admin,
+                proxy,
+            } => meshd::daemon::run(meshd::daemon::Options {
+                dir,
+                gateway,
+                admin,
+                proxy,
+            })
+            .await
+            .map(|_| 0),
+            Command::Curl {
+                url,
+                headers,
+                method,
+                data,
+                admin,
+            } => meshd::cli::curl(&url, &headers, &method, data, admin).await,
+            Command::Status { admin } => meshd::cli::status(admin).await.map(|_| 0),
+            Command::Logs { pod, admin } => meshd::cli::logs(&pod, admin).await.map(|_| 0),
+        }
+    });
+    match result {
+        Ok(0) => std::process::ExitCode::SUCCESS,
+        Ok(code) => std::process::ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("meshd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,851 @@
+//! Compiles the parsed config and the running pods into a snapshot: hosts
+//! resolved to FQDNs, routes in order, clusters keyed as Istio names them.
+//! Everything that can be wrong in a valid-looking file (a bad regex, a bad
+//! header name) is found here, before anything changes.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use regex::Regex;
+
+use super::matcher::{HostPattern, RequestMatch, StrMatch};
+use super::route::{
+    GatewayTable, HeaderOps, Headers, HttpRoute, MeshTable, Redirect, RedirectPort, Rewrite, RouteAction, Target,
+    VirtualHost, WeightedTarget,
+};
+use super::{
+    resolve_short_name, Cluster, Endpoint, Labels, LbPolicy, PodInfo, Runtime, Service, Snapshot, Workload,
+    CLUSTER_DOMAIN,
+};
+use crate::config::api::{self, Resource};
+use crate::config::load::NotEmulated;
+use crate::config::model::Workloads;
+use crate::config::{ConfigError, Located, Origin};
+
+/// What a snapshot is made from.
+#[derive(Debug)]
+pub struct CompileInput<'a> {
+    /// Every resource, in file order.
+    pub resources: &'a [Located],
+    /// Deployments and Services, converted.
+    pub workloads: &'a Workloads,
+    /// Running pods with their listener addresses.
+    pub pods: &'a [PodInfo],
+    /// Runtime state shared across snapshots.
+    pub runtime: &'a Runtime,
+    /// Generation number of the new snapshot.
+    pub generation: u64,
+    /// Documents that are not emulated.
+    pub not_emulated: &'a [NotEmulated],
+}
+
+/// Labels of the ingress gateway workload.
+pub fn ingress_labels() -> Labels {
+    [("app", "istio-ingressgateway"), ("istio", "ingressgateway")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+type VsObj = api::Object<api::VirtualServiceSpec>;
+type DrObj = api::Object<api::DestinationRuleSpec>;
+type GwObj = api::Object<api::GatewaySpec>;
+
+fn ns_of(m: &api::ObjectMeta) -> &str {
+    m.namespace.as_deref().unwrap_or("default")
+}
+
+fn name_of(m: &api::ObjectMeta) -> &str {
+    m.name.as_deref().unwrap_or("")
+}
+
+struct Ctx<'a> {
+    errors: Vec<ConfigError>,
+    services: HashMap<String, Arc<Service>>,
+    clusters: BTreeMap<String, Arc<Cluster>>,
+    /// DestinationRules by host FQDN.
+    rules: HashMap<String, (&'a DrObj, &'a Origin)>,
+    /// VirtualServices by `ns/name`, for delegation.
+    vs_by_name: HashMap<String, (&'a VsObj, &'a Origin)>,
+    warnings: Vec<String>,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, origin: &Origin, field: String, message: String) {
+        self.errors.push(ConfigError {
+            file: origin.file.clone(),
+            line: origin.line,
+            field,
+            message,
+        });
+    }
+}
+
+fn string_match(ctx: &mut Ctx<'_>, m: &api::StringMatch, origin: &Origin, field: &str) -> Option<StrMatch> {
+    if let Some(e) = &m.exact {
+        Some(StrMatch::Exact(e.clone()))
+    } else if let Some(p) = &m.prefix {
+        Some(StrMatch::Prefix(p.clone()))
+    } else if let Some(r) = &m.regex {
+        match StrMatch::regex(r) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                ctx.err(
+                    origin,
+                    format!("{field}.regex"),
+                    format!("invalid regular expression {r:?}: {e}"),
+                );
+                None
+            }
+        }
+    } else {
+        Some(StrMatch::Present)
+    }
+}
+
+fn header_ops(ctx: &mut Ctx<'_>, ops: &Option<api::HeaderOperations>, origin: &Origin, field: &str) -> HeaderOps {
+    let mut out = HeaderOps::default();
+    let Some(ops) = ops else { return out };
+    let pairs = |map: &BTreeMap<String, String>, which: &str, ctx: &mut Ctx<'_>| {
+        let mut v = Vec::new();
+        for (k, val) in map {
+            match (
+                HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()),
+                HeaderValue::from_str(val),
+            ) {
+                (Ok(n), Ok(hv)) => v.push((n, hv)),
+                _ => ctx.err(
+                    origin,
+                    format!("{field}.{which}.{k}"),
+                    "invalid header name or value".into(),
+                ),
+            }
+        }
+        v
+    };
+    out.set = pairs(&ops.set, "set", ctx);
+    out.add = pairs(&ops.add, "add", ctx);
+    for k in &ops.remove {
+        match HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()) {
+            Ok(n) => out.remove.push(n),
+            Err(_) => ctx.err(origin, format!("{field}.remove"), format!("invalid header name {k:?}")),
+        }
+    }
+    out
+}
+
+fn headers(ctx: &mut Ctx<'_>, h: &Option<api::Headers>, origin: &Origin, field: &str) -> Headers {
+    match h {
+        None => Headers::default(),
+        Some(h) => Headers {
+            request: header_ops(ctx, &h.request, origin, &format!("{field}.request")),
+            response: header_ops(ctx, &h.response, origin, &format!("{field}.response")),
+        },
+    }
+}
+
+fn compile_match(
+    ctx: &mut Ctx<'_>,
+    m: &api::HttpMatchRequest,
+    vs_ns: &str,
+    origin: &Origin,
+    field: &str,
+) -> RequestMatch {
+    let mut out = RequestMatch {
+        name: m.name.clone(),
+        ignore_uri_case: m.ignore_uri_case.unwrap_or(false),
+        port: m.port.and_then(|p| u16::try_from(p).ok()),
+        source_labels: m.source_labels.clone(),
+        source_namespace: m.source_namespace.clone(),
+        gateways: m.gateways.iter().map(|g| gateway_ref(g, vs_ns)).collect(),
+        ..Default::default()
+    };
+    if let Some(u) = &m.uri {
+        out.uri = string_match(ctx, u, origin, &format!("{field}.uri"));
+    }
+    if let Some(u) = &m.scheme {
+        out.scheme = string_match(ctx, u, origin, &format!("{field}.scheme"));
+    }
+    if let Some(u) = &m.method {
+        out.method = string_match(ctx, u, origin, &format!("{field}.method"));
+    }
+    if let Some(u) = &m.authority {
+        out.authority = string_match(ctx, u, origin, &format!("{field}.authority"));
+    }
+    for (k, v) in &m.headers {
+        let k = k.to_ascii_lowercase();
+        // Istio ignores these keys in `headers`: they have their own fields.
+        if matches!(k.as_str(), "uri" | "scheme" | "method" | "authority") {
+            continue;
+        }
+        if let Some(sm) = string_match(ctx, v, origin, &format!("{field}.headers.{k}")) {
+            out.headers.push((k, sm));
+        }
+    }
+    for (k, v) in &m.without_headers {
+        let k = k.to_ascii_lowercase();
+        if let Some(sm) = string_match(ctx, v, origin, &format!("{field}.withoutHeaders.{k}")) {
+            out.without_headers.push((k, sm));
+        }
+    }
+    for (k, v) in &m.query_params {
+        if let Some(sm) = string_match(ctx, v, origin, &format!("{field}.queryParams.{k}")) {
+            out.query_params.push((k.clone(), sm));
+        }
+    }
+    out
+}
+
+/// `name` or `ns/name` of a gateway, as referenced from a VS in `vs_ns`.
+fn gateway_ref(g: &str, vs_ns: &str) -> String {
+    if g == "mesh" || g.contains('/') {
+        g.to_string()
+    } else {
+        format!("{vs_ns}/{g}")
+    }
+}
+
+/// The cluster for (service, port, subset), created on first use.
+fn cluster_for(
+    ctx: &mut Ctx<'_>,
+    input: &CompileInput<'_>,
+    svc: &Arc<Service>,
+    port: u16,
+    subset: Option<&str>,
+) -> Result<Arc<Cluster>, String> {
+    let name = format!("outbound|{port}|{}|{}", subset.unwrap_or(""), svc.fqdn);
+    if let Some(c) = ctx.clusters.get(&name) {
+        return Ok(c.clone());
+    }
+    let Some(svc_port) = svc.ports.iter().find(|p| p.port == port) else {
+        return Err(format!("service {} has no port {port}", svc.fqdn));
+    };
+    let rule = ctx.rules.get(&svc.fqdn).map(|(r, _)| *r);
+    let mut labels = svc.selector.clone();
+    let mut policy = rule.and_then(|r| r.spec.traffic_policy.as_ref());
+    if let Some(subset) = subset {
+        let found = rule.and_then(|r| r.spec.subsets.iter().find(|s| s.name == subset));
+        let Some(found) = found else {
+            return Err(format!(
+                "subset {subset} of {} is not defined by any DestinationRule",
+                svc.fqdn
+            ));
+        };
+        labels.extend(found.labels.clone());
+        if found.traffic_policy.is_some() {
+            policy = found.traffic_policy.as_ref();
+        }
+    }
+    let lb = lb_policy(policy, port);
+    let endpoints = input
+        .pods
+        .iter()
+        .filter(|p| p.namespace == svc.namespace && !svc.selector.is_empty())
+        .filter(|p| labels.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
+        .filter_map(|p| {
+            let target = p.resolve_port(&svc_port.target_port)?;
+            let addr = *p.inbound.get(&target)?;
+            Some(Arc::new(Endpoint {
+                addr,
+                pod: p.name.clone(),
+                state: input.runtime.endpoint(addr),
+            }))
+        })
+        .collect();
+    let cluster = Arc::new(Cluster {
+        name: name.clone(),
+        service: svc.fqdn.clone(),
+        port,
+        subset: subset.map(str::to_string),
+        endpoints,
+        lb,
+        rr: AtomicU64::new(0),
+    });
+    ctx.clusters.insert(name, cluster.clone());
+    Ok(cluster)
+}
+
+fn lb_policy(policy: Option<&api::TrafficPolicy>, port: u16) -> LbPolicy {
+    let Some(p) = policy else { return LbPolicy::LeastRequest };
+    // A port-level setting replaces the whole policy for that port: no field inheritance.
+    let lb = p
+        .port_level_settings
+        .iter()
+        .find(|s| s.port.as_ref().map(|x| x.number) == Some(u32::from(port)))
+        .map(|s| s.load_balancer.as_ref())
+        .unwrap_or(p.load_balancer.as_ref());
+    match lb.and_then(|l| l.simple.as_ref()) {
+        Some(api::SimpleLb::RoundRobin) => LbPolicy::RoundRobin,
+        Some(api::SimpleLb::Random) => LbPolicy::Random,
+        _ => LbPolicy::LeastRequest,
+    }
+}
+
+/// Resolves a route destination to its clusters (one per service port, or the named port).
+fn target(ctx: &mut Ctx<'_>, input: &CompileInput<'_>, d: &api::Destination, vs_ns: &str) -> Target {
+    let fqdn = resolve_short_name(&d.host, vs_ns);
+    let Some(svc) = ctx.services.get(&fqdn).cloned() else {
+        ctx.warnings
+            .push(format!("destination host {} is not a known service (503 NC)", d.host));
+        return Target::Missing(fqdn);
+    };
+    let ports: Vec<u16> = match d.port.as_ref().and_then(|p| u16::try_from(p.number).ok()) {
+        Some(p) => vec![p],
+        None => svc.ports.iter().map(|p| p.port).collect(),
+    };
+    let mut out = Vec::new();
+    for port in ports {
+        match cluster_for(ctx, input, &svc, port, d.subset.as_deref()) {
+            Ok(c) => out.push((port, c)),
+            Err(why) => {
+                ctx.warnings.push(format!("{why} (503 NC)"));
+                return Target::Missing(why);
+            }
+        }
+    }
+    if out.is_empty() {
+        Target::Missing(fqdn)
+    } else {
+        Target::Clusters(out)
+    }
+}
+
+fn compile_routes(
+    ctx: &mut Ctx<'_>,
+    input: &CompileInput<'_>,
+    vs: &VsObj,
+    origin: &Origin,
+    parents: &[Arc<[RequestMatch]>],
+    depth: usize,
+) -> Vec<HttpRoute> {
+    let vs_ns = ns_of(&vs.metadata).to_string();
+    let vs_name = format!("{vs_ns}/{}", name_of(&vs.metadata));
+    let mut out = Vec::new();
+    for (i, r) in vs.spec.http.iter().enumerate() {
+        let field = format!("spec.http[{i}]");
+        let matches: Vec<RequestMatch> = r
+            .r#match
+            .iter()
+            .enumerate()
+            .map(|(j, m)| compile_match(ctx, m, &vs_ns, origin, &format!("{field}.match[{j}]")))
+            .collect();
+        if let Some(del) = &r.delegate {
+            let ns = del.namespace.clone().unwrap_or_else(|| vs_ns.clone());
+            let key = format!("{ns}/{}", del.name.as_deref().unwrap_or(""));
+            let Some((child, child_origin)) = ctx.vs_by_name.get(&key).copied() else {
+                ctx.warnings
+                    .push(format!("{vs_name}: delegate VirtualService {key} not found"));
+                continue;
+            };
+            if depth > 0 {
+                ctx.err(
+                    origin,
+                    format!("{field}.delegate"),
+                    "delegation is only one level deep".into(),
+                );
+                continue;
+            }
+            let mut p = parents.to_vec();
+            if !matches.is_empty() {
+                p.push(matches.into());
+            }
+            out.extend(compile_routes(ctx, input, child, child_origin, &p, depth + 1));
+            continue;
+        }
+        let action = if let Some(redir) = &r.redirect {
+            RouteAction::Redirect(Redirect {
+                uri: redir.uri.clone(),
+                prefix_rewrite: redir.prefix_rewrite.clone(),
+                authority: redir.authority.clone(),
+                port: match (redir.port, &redir.derive_port) {
+                    (Some(p), _) => u16::try_from(p).ok().map(RedirectPort::Number),
+                    (None, Some(api::RedirectPortSelection::FromRequestPort)) => Some(RedirectPort::FromRequestPort),
+                    (None, Some(api::RedirectPortSelection::FromProtocolDefault)) => {
+                        Some(RedirectPort::FromProtocolDefault)
+                    }
+                    (None, None) => None,
+                },
+                scheme: redir.scheme.clone(),
+                code: redir.redirect_code.and_then(|c| u16::try_from(c).ok()).unwrap_or(301),
+            })
+        } else if let Some(dr) = &r.direct_response {
+            let body = match &dr.body {
+                None => Bytes::new(),
+                Some(b) => match (&b.string, &b.bytes) {
+                    (Some(s), _) => Bytes::from(s.clone()),
+                    (None, Some(b64)) => match base64_decode(b64) {
+                        Some(v) => Bytes::from(v),
+                        None => {
+                            ctx.err(
+                                origin,
+                                format!("{field}.directResponse.body.bytes"),
+                                "not valid base64".into(),
+                            );
+                            Bytes::new()
+                        }
+                    },
+                    (None, None) => Bytes::new(),
+                },
+            };
+            RouteAction::Direct {
+                status: u16::try_from(dr.status).unwrap_or(500),
+                body,
+            }
+        } else if !r.route.is_empty() {
+            let single = r.route.len() == 1;
+            let mut targets = Vec::new();
+            for (j, d) in r.route.iter().enumerate() {
+                let weight = match d.weight {
+                    Some(w) => u32::try_from(w).unwrap_or(0),
+                    None if single => 100,
+                    None => 0,
+                };
+                let t = target(ctx, input, &d.destination, &vs_ns);
+                let h = headers(ctx, &d.headers, origin, &format!("{field}.route[{j}].headers"));
+                targets.push(WeightedTarget {
+                    weight,
+                    target: t,
+                    headers: h,
+                });
+            }
+            let total = targets.iter().map(|t| t.weight).sum();
+            RouteAction::Forward { targets, total }
+        } else {
+            ctx.err(
+                origin,
+                field.clone(),
+                "an HTTP route needs one of route, redirect, directResponse or delegate".into(),
+            );
+            continue;
+        };
+        let rewrite = r.rewrite.as_ref().map(|rw| Rewrite {
+            uri: rw.uri.clone(),
+            authority: rw.authority.clone(),
+            uri_regex: rw.uri_regex_rewrite.as_ref().and_then(|rr| {
+                match Regex::new(rr.r#match.as_deref().unwrap_or("")) {
+                    Ok(re) => Some((re, go_to_rust_replacement(rr.rewrite.as_deref().unwrap_or("")))),
+                    Err(e) => {
+                        ctx.err(
+                            origin,
+                            format!("{field}.rewrite.uriRegexRewrite.match"),
+                            format!("invalid regular expression: {e}"),
+                        );
+                        None
+                    }
+                }
+            }),
+        });
+        let mut pending = Vec::new();
+        if r.timeout.is_some() {
+            pending.push("timeout");
+        }
+        if r.retries.is_some() {
+            pending.push("retries");
+        }
+        if r.fault.is_some() {
+            pending.push("fault");
+        }
+        if r.mirror.is_some() || !r.mirrors.is_empty() {
+            pending.push("mirror");
+        }
+        if r.cors_policy.is_some() {
+            pending.push("corsPolicy");
+        }
+        if !pending.is_empty() {
+            ctx.warnings.push(format!(
+                "{vs_name} ({origin}) {field}: {} not emulated yet, ignored",
+                pending.join(", ")
+            ));
+        }
+        out.push(HttpRoute {
+            name: r.name.clone(),
+            virtual_service: vs_name.clone(),
+            parent_matches: parents.to_vec(),
+            matches,
+            action,
+            rewrite,
+            headers: headers(ctx, &r.headers, origin, &format!("{field}.headers")),
+        });
+    }
+    out
+}
+
+/// Envoy's `\1` groups become the regex crate's `${1}`.
+fn go_to_rust_replacement(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(d) = chars.peek().copied().filter(char::is_ascii_digit) {
+                chars.next();
+                out.push_str(&format!("${{{d}}}"));
+                continue;
+            }
+        }
+        if c == '$' {
+            out.push_str("$$");
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = 0u32;
+    let mut bits = 0;
+    for c in s.bytes().filter(|c| !c.is_ascii_whitespace() && *c != b'=') {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => return None,
+        };
+        buf = (buf << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buf >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+/// Keeps only the matches that apply through `gateway` (`mesh` or `ns/name`); None if none is left.
+fn bind_routes(routes: &[HttpRoute], gateway: &str) -> Vec<HttpRoute> {
+    routes
+        .iter()
+        .filter_map(|r| {
+            let mut r = r.clone();
+            if !r.matches.is_empty() {
+                r.matches
+                    .retain(|m| m.gateways.is_empty() || m.gateways.iter().any(|g| g == gateway));
+                if r.matches.is_empty() {
+                    return None;
+                }
+                for m in &mut r.matches {
+                    m.gateways.clear();
+                }
+            }
+            Some(r)
+        })
+        .collect()
+}
+
+/// Every host alias a caller in `caller_ns` may use for a service.
+fn aliases(svc: &Service, caller_ns: &str) -> Vec<String> {
+    let mut v = vec![
+        svc.fqdn.clone(),
+        format!("{}.{}", svc.name, svc.namespace),
+        format!("{}.{}.svc", svc.name, svc.namespace),
+    ];
+    if svc.namespace == caller_ns {
+        v.push(svc.name.clone());
+    }
+    v
+}
+
+/// Compiles a snapshot, or returns every error found.
+pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
+    let mut ctx = Ctx {
+        errors: vec![],
+        services: HashMap::new(),
+        clusters: BTreeMap::new(),
+        rules: HashMap::new(),
+        vs_by_name: HashMap::new(),
+        warnings: vec![],
+    };
+    for s in &input.workloads.services {
+        let fqdn = format!("{}.{}.{CLUSTER_DOMAIN}", s.meta.name, s.meta.namespace);
+        ctx.services.insert(
+            fqdn.clone(),
+            Arc::new(Service {
+                name: s.meta.name.clone(),
+                namespace: s.meta.namespace.clone(),
+                fqdn,
+                ports: s.ports.clone(),
+                selector: s.selector.clone(),
+            }),
+        );
+    }
+    let mut virtual_services: Vec<(&VsObj, &Origin)> = Vec::new();
+    let mut gateways: Vec<(&GwObj, &Origin)> = Vec::new();
+    for r in input.resources {
+        match &r.resource {
+            Resource::VirtualService(vs) => {
+                ctx.vs_by_name.insert(
+                    format!("{}/{}", ns_of(&vs.metadata), name_of(&vs.metadata)),
+                    (vs, &r.origin),
+                );
+                virtual_services.push((vs, &r.origin));
+            }
+            Resource::DestinationRule(dr) => {
+                let host = resolve_short_name(&dr.spec.host, ns_of(&dr.metadata));
+                // Istio prefers the rule in the service's own namespace; otherwise the first one seen.
+                let own_ns = ctx
+                    .services
+                    .get(&host)
+                    .map(|s| s.namespace.as_str() == ns_of(&dr.metadata))
+                    .unwrap_or(false);
+                if own_ns || !ctx.rules.contains_key(&host) {
+                    ctx.rules.insert(host, (dr, &r.origin));
+                }
+            }
+            Resource::Gateway(gw) => gateways.push((gw, &r.origin)),
+            _ => {}
+        }
+    }
+
+    // Routes of every VS that is not a delegate.
+    let mut compiled: Vec<(&VsObj, Vec<HttpRoute>)> = Vec::new();
+    for (vs, origin) in &virtual_services {
+        if vs.spec.hosts.is_empty() {
+            continue; // a delegate: compiled into its parents
+        }
+        let routes = compile_routes(&mut ctx, &input, vs, origin, &[], 0);
+        compiled.push((vs, routes));
+    }
+
+    // Sidecar tables, one per caller namespace.
+    let mut caller_namespaces: HashSet<String> = input.pods.iter().map(|p| p.namespace.clone()).collect();
+    caller_namespaces.insert("default".into());
+    let mut mesh_vhosts: Vec<(String, Arc<VirtualHost>)> = Vec::new();
+    for (vs, routes) in &compiled {
+        let bound_to_mesh = vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh");
+        if !bound_to_mesh {
+            continue;
+        }
+        let routes: Arc<[HttpRoute]> = bind_routes(routes, "mesh").into();
+        for h in &vs.spec.hosts {
+            let fqdn = resolve_short_name(h, ns_of(&vs.metadata));
+            if mesh_vhosts.iter().any(|(k, _)| *k == fqdn) {
+                continue; // the first VirtualService for a host wins
+            }
+            mesh_vhosts.push((
+                fqdn.clone(),
+                Arc::new(VirtualHost {
+                    name: fqdn,
+                    routes: routes.clone(),
+                }),
+            ));
+        }
+    }
+    let mut services: Vec<Arc<Service>> = ctx.services.values().cloned().collect();
+    services.sort_by(|a, b| a.fqdn.cmp(&b.fqdn));
+    let mut default_vhosts: HashMap<String, Arc<VirtualHost>> = HashMap::new();
+    for svc in &services {
+        let targets: Vec<(u16, Arc<Cluster>)> = svc
+            .ports
+            .iter()
+            .filter_map(|p| {
+                cluster_for(&mut ctx, &input, svc, p.port, None)
+                    .ok()
+                    .map(|c| (p.port, c))
+            })
+            .collect();
+        let route = HttpRoute {
+            name: Some("default".into()),
+            virtual_service: String::new(),
+            parent_matches: vec![],
+            matches: vec![],
+            action: RouteAction::Forward {
+                targets: vec![WeightedTarget {
+                    weight: 100,
+                    target: Target::Clusters(targets),
+                    headers: Headers::default(),
+                }],
+                total: 100,
+            },
+            rewrite: None,
+            headers: Headers::default(),
+        };
+        default_vhosts.insert(
+            svc.fqdn.clone(),
+            Arc::new(VirtualHost {
+                name: svc.fqdn.clone(),
+                routes: vec![route].into(),
+            }),
+        );
+    }
+    let mut mesh = HashMap::new();
+    for ns in &caller_namespaces {
+        let mut table = MeshTable::default();
+        for svc in &services {
+            let vh = mesh_vhosts
+                .iter()
+                .find(|(k, _)| *k == svc.fqdn)
+                .map(|(_, v)| v.clone())
+                .or_else(|| default_vhosts.get(&svc.fqdn).cloned());
+            if let Some(vh) = vh {
+                for a in aliases(svc, ns) {
+                    table.hosts.insert(a, vh.clone());
+                }
+            }
+        }
+        for (host, vh) in &mesh_vhosts {
+            match HostPattern::parse(host) {
+                HostPattern::Exact(h) => {
+                    table.hosts.entry(h).or_insert_with(|| vh.clone());
+                }
+                p => table.wildcards.push((p, vh.clone())),
+            }
+        }
+        table.wildcards.sort_by_key(|(p, _)| p.specificity());
+        mesh.insert(ns.clone(), table);
+    }
+
+    // The ingress gateway's HTTP listener: Gateway servers on 80/8080 selecting it.
+    let gw_labels = ingress_labels();
+    let mut ingress = GatewayTable::default();
+    let mut by_pattern: Vec<(HostPattern, Vec<HttpRoute>)> = Vec::new();
+    for (gw, _origin) in &gateways {
+        let selects = gw.spec.selector.iter().all(|(k, v)| gw_labels.get(k) == Some(v));
+        if !selects {
+            continue;
+        }
+        let gw_ns = ns_of(&gw.metadata);
+        let gw_ref = format!("{gw_ns}/{}", name_of(&gw.metadata));
+        for server in &gw.spec.servers {
+            let port = server.port.number;
+            let proto = server.port.protocol.to_ascii_uppercase();
+            if !(port == 80 || port == 8080) || !matches!(proto.as_str(), "HTTP" | "HTTP2" | "GRPC") {
+                if proto != "HTTP" {
+                    ctx.warnings
+                        .push(format!("Gateway {gw_ref}: server port {port} {proto} not emulated yet"));
+                }
+                continue;
+            }
+            ingress
+                .servers
+                .push(format!("{gw_ref} {port} {}", server.hosts.join(",")));
+            for server_host in &server.hosts {
+                let (host_ns, host) = match server_host.split_once('/') {
+                    Some((".", h)) => (Some(gw_ns.to_string()), h),
+                    Some(("*", h)) => (None, h),
+                    Some((ns, h)) => (Some(ns.to_string()), h),
+                    None => (None, server_host.as_str()),
+                };
+                let server_pattern = HostPattern::parse(host);
+                for (vs, routes) in &compiled {
+                    let vs_ns = ns_of(&vs.metadata);
+                    if host_ns.as_deref().is_some_and(|ns| ns != vs_ns) {
+                        continue;
+                    }
+                    if !vs.spec.gateways.iter().any(|g| gateway_ref(g, vs_ns) == gw_ref) {
+                        continue;
+                    }
+                    let bound = bind_routes(routes, &gw_ref);
+                    for vs_host in &vs.spec.hosts {
+                        let vs_pattern = HostPattern::parse(&resolve_short_name(vs_host, vs_ns));
+                        if !vs_pattern.intersects(&server_pattern) {
+                            continue;
+                        }
+                        let pattern = if vs_pattern.specificity() <= server_pattern.specificity() {
+                            vs_pattern
+                        } else {
+                            server_pattern.clone()
+                        };
+                        match by_pattern.iter_mut().find(|(p, _)| *p == pattern) {
+                            Some((_, rs)) => {
+                                if !rs.iter().any(|r| {
+                                    r.virtual_service == bound.first().map(|b| b.virtual_service.as_str()).unwrap_or("")
+                                }) {
+                                    rs.extend(bound.iter().cloned());
+                                }
+                            }
+                            None => by_pattern.push((pattern, bound.clone())),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    ingress.vhosts = by_pattern
+        .into_iter()
+        .map(|(p, routes)| {
+            let name = format!("{p:?}");
+            (
+                p,
+                Arc::new(VirtualHost {
+                    name,
+                    routes: routes.into(),
+                }),
+            )
+        })
+        .collect();
+    ingress.vhosts.sort_by_key(|(p, _)| p.specificity());
+
+    if !ctx.errors.is_empty() {
+        return Err(ctx.errors);
+    }
+    for w in &ctx.warnings {
+        tracing::warn!("{w}");
+    }
+    let mesh_client = mesh_client(input.pods);
+    Ok(Snapshot {
+        generation: input.generation,
+        services: ctx.services,
+        mesh,
+        ingress,
+        clusters: ctx.clusters,
+        pods: input.pods.to_vec(),
+        mesh_client: Some(Arc::new(mesh_client)),
+        not_emulated: input
+            .not_emulated
+            .iter()
+            .map(|n| format!("{} {} ({})", n.kind, n.name, n.origin))
+            .collect(),
+        resources: input
+            .resources
+            .iter()
+            .map(|r| format!("{} ({})", crate::config::resource_key(&r.resource), r.origin))
+            .collect(),
+    })
+}
+
+/// The workload behind the shared outbound port: fortio, else sleep, else curl, else a bare client.
+fn mesh_client(pods: &[PodInfo]) -> Workload {
+    for app in ["fortio", "sleep", "curl"] {
+        if let Some(p) = pods
+            .iter()
+            .find(|p| p.labels.get("app").map(String::as_str) == Some(app))
+        {
+            return Workload {
+                name: p.name.clone(),
+                namespace: p.namespace.clone(),
+                labels: p.labels.clone(),
+                service_account: p.service_account.clone(),
+            };
+        }
+    }
+    Workload {
+        name: "meshd-client".into(),
+        namespace: "default".into(),
+        labels: [("app".to_string(), "meshd-client".to_string())].into_iter().collect(),
+        service_account: "default".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replacement_groups() {
+        assert_eq!(go_to_rust_replacement(r"/\2/instance/\1"), "/${2}/instance/${1}");
+        assert_eq!(base64_decode("aGVsbG8=").unwrap(), b"hello");
+    }
+
+    #[test]
+    fn gateway_refs() {
+        assert_eq!(gateway_ref("bookinfo-gateway", "default"), "default/bookinfo-gateway");
+        assert_eq!(gateway_ref("istio-system/gw", "default"), "istio-system/gw");
+        assert_eq!(gateway_ref("mesh", "default"), "mesh");
+    }
+}

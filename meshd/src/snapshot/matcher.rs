@@ -1,0 +1,390 @@
+//! Request matching for HTTP routes: a pure function of the request and the
+//! compiled match, tested without sockets.
+
+use std::collections::BTreeMap;
+
+use http::{HeaderMap, Method};
+use regex::Regex;
+
+/// A compiled Istio `StringMatch`.
+#[derive(Debug, Clone)]
+pub enum StrMatch {
+    /// Any value, as long as it is present (`{}` in YAML).
+    Present,
+    /// The whole value equals this.
+    Exact(String),
+    /// The value starts with this.
+    Prefix(String),
+    /// The whole value matches this RE2-style expression (anchored at compile time).
+    Regex(Regex),
+}
+
+impl StrMatch {
+    /// Whether `value` satisfies the match; `ignore_case` applies to exact and prefix only.
+    pub fn matches(&self, value: &str, ignore_case: bool) -> bool {
+        match self {
+            StrMatch::Present => true,
+            StrMatch::Exact(s) if ignore_case => s.eq_ignore_ascii_case(value),
+            StrMatch::Exact(s) => s == value,
+            StrMatch::Prefix(p) if ignore_case => {
+                value.len() >= p.len() && value.is_char_boundary(p.len()) && value[..p.len()].eq_ignore_ascii_case(p)
+            }
+            StrMatch::Prefix(p) => value.starts_with(p.as_str()),
+            StrMatch::Regex(r) => r.is_match(value),
+        }
+    }
+
+    /// Compiles a regex with Envoy's full-match semantics.
+    pub fn regex(pattern: &str) -> Result<StrMatch, regex::Error> {
+        Regex::new(&format!("^(?:{pattern})$")).map(StrMatch::Regex)
+    }
+}
+
+/// One compiled `HTTPMatchRequest`: every present condition must hold.
+#[derive(Debug, Clone, Default)]
+pub struct RequestMatch {
+    /// The match's `name`, logged with the route name.
+    pub name: Option<String>,
+    /// Path (without query).
+    pub uri: Option<StrMatch>,
+    /// `ignoreUriCase`.
+    pub ignore_uri_case: bool,
+    /// `http` or `https`.
+    pub scheme: Option<StrMatch>,
+    /// Request method.
+    pub method: Option<StrMatch>,
+    /// The `:authority` / Host value as sent.
+    pub authority: Option<StrMatch>,
+    /// Lower-case header name to condition.
+    pub headers: Vec<(String, StrMatch)>,
+    /// Headers that must not match.
+    pub without_headers: Vec<(String, StrMatch)>,
+    /// Query parameters.
+    pub query_params: Vec<(String, StrMatch)>,
+    /// The port the request was sent to.
+    pub port: Option<u16>,
+    /// Labels the calling workload must carry.
+    pub source_labels: BTreeMap<String, String>,
+    /// Namespace of the calling workload.
+    pub source_namespace: Option<String>,
+    /// Gateways (`ns/name` or `mesh`) this match is limited to; empty means the VS's own.
+    pub gateways: Vec<String>,
+}
+
+/// What the matcher sees of a request.
+#[derive(Debug)]
+pub struct RequestView<'a> {
+    /// Request method.
+    pub method: &'a Method,
+    /// Path without the query string.
+    pub path: &'a str,
+    /// Query string without `?`, if any.
+    pub query: Option<&'a str>,
+    /// `http` or `https`.
+    pub scheme: &'a str,
+    /// Authority as sent (may include the port).
+    pub authority: &'a str,
+    /// Destination port.
+    pub port: u16,
+    /// Request headers.
+    pub headers: &'a HeaderMap,
+}
+
+/// Who sends the request: the calling workload, or a gateway.
+#[derive(Debug)]
+pub struct SourceView<'a> {
+    /// Labels of the calling workload (or the gateway's labels).
+    pub labels: &'a BTreeMap<String, String>,
+    /// Namespace of the caller.
+    pub namespace: &'a str,
+    /// `mesh` for sidecars, `ns/name` of the Gateway at the ingress.
+    pub gateway: &'a str,
+}
+
+impl RequestMatch {
+    /// Whether the request satisfies every condition of this match.
+    pub fn matches(&self, req: &RequestView<'_>, src: &SourceView<'_>) -> bool {
+        if !self.gateways.is_empty() && !self.gateways.iter().any(|g| g == src.gateway) {
+            return false;
+        }
+        if let Some(p) = self.port {
+            if p != req.port {
+                return false;
+            }
+        }
+        if let Some(m) = &self.uri {
+            if !m.matches(req.path, self.ignore_uri_case) {
+                return false;
+            }
+        }
+        if let Some(m) = &self.scheme {
+            if !m.matches(req.scheme, false) {
+                return false;
+            }
+        }
+        if let Some(m) = &self.method {
+            if !m.matches(req.method.as_str(), false) {
+                return false;
+            }
+        }
+        if let Some(m) = &self.authority {
+            if !m.matches(req.authority, false) {
+                return false;
+            }
+        }
+        for (name, m) in &self.headers {
+            match header_str(req.headers, name) {
+                Some(v) if m.matches(v, false) => {}
+                _ => return false,
+            }
+        }
+        for (name, m) in &self.without_headers {
+            if let Some(v) = header_str(req.headers, name) {
+                if m.matches(v, false) {
+                    return false;
+                }
+            }
+        }
+        for (name, m) in &self.query_params {
+            match query_value(req.query, name) {
+                Some(v) if query_matches(m, v) => {}
+                _ => return false,
+            }
+        }
+        if !self.source_labels.iter().all(|(k, v)| src.labels.get(k) == Some(v)) {
+            return false;
+        }
+        if let Some(ns) = &self.source_namespace {
+            if ns != src.namespace {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The prefix this match tested the path with, for `rewrite.uri`.
+    pub fn uri_prefix(&self) -> Option<&str> {
+        match &self.uri {
+            Some(StrMatch::Prefix(p)) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+/// Envoy's query-parameter match: `exact: ""` means the key is present.
+fn query_matches(m: &StrMatch, v: &str) -> bool {
+    match m {
+        StrMatch::Exact(s) if s.is_empty() => true,
+        other => other.matches(v, false),
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Finds the first value of `key` in a raw query string, without decoding
+/// anything but `+` and `%XX` when needed.
+fn query_value<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == key).then_some(v)
+    })
+}
+
+/// Host patterns in Istio's form: `*`, `*.suffix` or an exact name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// `*`: every host.
+    Any,
+    /// `*.example.com`: hosts ending in `.example.com` (the stored suffix keeps the dot).
+    Suffix(String),
+    /// An exact, lower-case name.
+    Exact(String),
+}
+
+impl HostPattern {
+    /// Parses a host as written in YAML.
+    pub fn parse(host: &str) -> HostPattern {
+        let host = host.to_ascii_lowercase();
+        if host == "*" {
+            HostPattern::Any
+        } else if let Some(rest) = host.strip_prefix('*') {
+            HostPattern::Suffix(rest.to_string())
+        } else {
+            HostPattern::Exact(host)
+        }
+    }
+
+    /// Whether `host` (lower-case, no port) is covered by this pattern.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Any => true,
+            HostPattern::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
+            HostPattern::Exact(e) => e == host,
+        }
+    }
+
+    /// Whether two patterns can select a common host (used to bind a VS host to a Gateway server).
+    pub fn intersects(&self, other: &HostPattern) -> bool {
+        match (self, other) {
+            (HostPattern::Any, _) | (_, HostPattern::Any) => true,
+            (HostPattern::Exact(a), p) | (p, HostPattern::Exact(a)) => p.matches(a),
+            (HostPattern::Suffix(a), HostPattern::Suffix(b)) => a.ends_with(b.as_str()) || b.ends_with(a.as_str()),
+        }
+    }
+
+    /// Sort key: exact names first, then longer suffixes, then `*`.
+    pub fn specificity(&self) -> (u8, usize) {
+        match self {
+            HostPattern::Exact(e) => (0, usize::MAX - e.len()),
+            HostPattern::Suffix(s) => (1, usize::MAX - s.len()),
+            HostPattern::Any => (2, 0),
+        }
+    }
+}
+
+/// Splits `host[:port]` (or `[v6]:port`) into the lower-case host and the port.
+pub fn split_authority(authority: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = authority.strip_prefix('[') {
+        if let Some((h, p)) = rest.split_once(']') {
+            return (h, p.strip_prefix(':').and_then(|p| p.parse().ok()));
+        }
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => match p.parse() {
+            Ok(port) => (h, Some(port)),
+            Err(_) => (authority, None),
+        },
+        _ => (authority, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view<'a>(headers: &'a HeaderMap, path: &'a str, query: Option<&'a str>) -> RequestView<'a> {
+        RequestView {
+            method: &Method::GET,
+            path,
+            query,
+            scheme: "http",
+            authority: "reviews:9080",
+            port: 9080,
+            headers,
+        }
+    }
+
+    fn mesh_src(labels: &BTreeMap<String, String>) -> SourceView<'_> {
+        SourceView {
+            labels,
+            namespace: "default",
+            gateway: "mesh",
+        }
+    }
+
+    #[test]
+    fn header_exact_and_presence() {
+        let mut h = HeaderMap::new();
+        h.insert("end-user", "jason".parse().unwrap());
+        let labels = BTreeMap::new();
+        let m = RequestMatch {
+            headers: vec![("end-user".into(), StrMatch::Exact("jason".into()))],
+            ..Default::default()
+        };
+        assert!(m.matches(&view(&h, "/", None), &mesh_src(&labels)));
+        let other = RequestMatch {
+            headers: vec![("end-user".into(), StrMatch::Exact("bob".into()))],
+            ..Default::default()
+        };
+        assert!(!other.matches(&view(&h, "/", None), &mesh_src(&labels)));
+        let present = RequestMatch {
+            headers: vec![("end-user".into(), StrMatch::Present)],
+            ..Default::default()
+        };
+        assert!(present.matches(&view(&h, "/", None), &mesh_src(&labels)));
+        assert!(!present.matches(&view(&HeaderMap::new(), "/", None), &mesh_src(&labels)));
+        let without = RequestMatch {
+            without_headers: vec![("end-user".into(), StrMatch::Present)],
+            ..Default::default()
+        };
+        assert!(!without.matches(&view(&h, "/", None), &mesh_src(&labels)));
+        assert!(without.matches(&view(&HeaderMap::new(), "/", None), &mesh_src(&labels)));
+    }
+
+    #[test]
+    fn uri_kinds_and_case() {
+        let h = HeaderMap::new();
+        let labels = BTreeMap::new();
+        let prefix = RequestMatch {
+            uri: Some(StrMatch::Prefix("/static".into())),
+            ..Default::default()
+        };
+        assert!(prefix.matches(&view(&h, "/static/img.png", None), &mesh_src(&labels)));
+        assert!(!prefix.matches(&view(&h, "/STATIC/img.png", None), &mesh_src(&labels)));
+        let icase = RequestMatch {
+            ignore_uri_case: true,
+            ..prefix
+        };
+        assert!(icase.matches(&view(&h, "/STATIC/img.png", None), &mesh_src(&labels)));
+        let re = RequestMatch {
+            uri: Some(StrMatch::regex("/api/v[0-9]+").unwrap()),
+            ..Default::default()
+        };
+        assert!(re.matches(&view(&h, "/api/v1", None), &mesh_src(&labels)));
+        assert!(
+            !re.matches(&view(&h, "/api/v1/x", None), &mesh_src(&labels)),
+            "regex is a full match"
+        );
+    }
+
+    #[test]
+    fn query_and_source() {
+        let h = HeaderMap::new();
+        let mut labels = BTreeMap::new();
+        labels.insert("app".to_string(), "productpage".to_string());
+        let m = RequestMatch {
+            query_params: vec![
+                ("u".into(), StrMatch::Exact("test".into())),
+                ("flag".into(), StrMatch::Exact(String::new())),
+            ],
+            source_labels: labels.clone(),
+            ..Default::default()
+        };
+        assert!(m.matches(&view(&h, "/", Some("u=test&flag")), &mesh_src(&labels)));
+        assert!(!m.matches(&view(&h, "/", Some("u=normal&flag")), &mesh_src(&labels)));
+        assert!(!m.matches(&view(&h, "/", Some("u=test&flag")), &mesh_src(&BTreeMap::new())));
+    }
+
+    #[test]
+    fn gateways_and_port() {
+        let h = HeaderMap::new();
+        let labels = BTreeMap::new();
+        let m = RequestMatch {
+            gateways: vec!["default/gw".into()],
+            port: Some(9080),
+            ..Default::default()
+        };
+        assert!(!m.matches(&view(&h, "/", None), &mesh_src(&labels)));
+        let gw = SourceView {
+            labels: &labels,
+            namespace: "istio-system",
+            gateway: "default/gw",
+        };
+        assert!(m.matches(&view(&h, "/", None), &gw));
+    }
+
+    #[test]
+    fn host_patterns() {
+        assert!(HostPattern::parse("*.example.com").matches("dev.example.com"));
+        assert!(!HostPattern::parse("*.example.com").matches("example.com"));
+        assert!(HostPattern::parse("*").matches("anything"));
+        assert!(HostPattern::parse("Httpbin.Example.com").matches("httpbin.example.com"));
+        assert!(HostPattern::parse("*.example.com").intersects(&HostPattern::parse("a.example.com")));
+        assert!(!HostPattern::parse("a.example.com").intersects(&HostPattern::parse("b.example.com")));
+        assert_eq!(split_authority("reviews:9080"), ("reviews", Some(9080)));
+        assert_eq!(split_authority("[::1]:80"), ("::1", Some(80)));
+        assert_eq!(split_authority("example.com"), ("example.com", None));
+    }
+}

@@ -1,0 +1,607 @@
+//! Compiled HTTP routes and the routing decision: given a request and its
+//! source, which rule applies and what to do. Pure: no I/O, no clocks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use regex::Regex;
+
+use super::matcher::{split_authority, HostPattern, RequestMatch, RequestView, SourceView};
+use super::Cluster;
+
+/// Header edits: `set`, `add`, `remove`, as Istio's `Headers.HeaderOperations`.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderOps {
+    /// Overwrite these.
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    /// Append these.
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    /// Remove these.
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderOps {
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+
+    /// Applies the edits in Envoy's order: remove, then set, then add.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+}
+
+/// Request and response header edits.
+#[derive(Debug, Clone, Default)]
+pub struct Headers {
+    /// Edits on the request toward the upstream.
+    pub request: HeaderOps,
+    /// Edits on the response toward the caller.
+    pub response: HeaderOps,
+}
+
+/// `HTTPRewrite`.
+#[derive(Debug, Clone, Default)]
+pub struct Rewrite {
+    /// Replaces the matched prefix (or the whole path for other matches).
+    pub uri: Option<String>,
+    /// Replaces the authority.
+    pub authority: Option<String>,
+    /// `uriRegexRewrite`: pattern and replacement (`\1` groups already converted to `${1}`).
+    pub uri_regex: Option<(Regex, String)>,
+}
+
+impl Rewrite {
+    /// The new path-and-query for `path`, given the prefix the route matched on.
+    pub fn path(&self, path: &str, query: Option<&str>, matched_prefix: Option<&str>) -> Option<String> {
+        let new_path = if let Some(uri) = &self.uri {
+            match matched_prefix.and_then(|p| path.strip_prefix(p)) {
+                Some(rest) => format!("{uri}{rest}"),
+                None => uri.clone(),
+            }
+        } else if let Some((re, rep)) = &self.uri_regex {
+            re.replace_all(path, rep.as_str()).into_owned()
+        } else {
+            return None;
+        };
+        Some(match query {
+            Some(q) => format!("{new_path}?{q}"),
+            None => new_path,
+        })
+    }
+}
+
+/// Where a redirect's port comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedirectPort {
+    /// A fixed port.
+    Number(u16),
+    /// The default port of the scheme (no port in `location`).
+    FromProtocolDefault,
+    /// The port the request was sent to.
+    FromRequestPort,
+}
+
+/// `HTTPRedirect`.
+#[derive(Debug, Clone)]
+pub struct Redirect {
+    /// Replaces the whole path.
+    pub uri: Option<String>,
+    /// Replaces the matched prefix.
+    pub prefix_rewrite: Option<String>,
+    /// Replaces the host.
+    pub authority: Option<String>,
+    /// Port handling.
+    pub port: Option<RedirectPort>,
+    /// Replaces the scheme.
+    pub scheme: Option<String>,
+    /// Status (301 by default).
+    pub code: u16,
+}
+
+/// A destination with its share of traffic.
+#[derive(Debug, Clone)]
+pub struct WeightedTarget {
+    /// Relative weight.
+    pub weight: u32,
+    /// Where it goes.
+    pub target: Target,
+    /// Destination-level header edits.
+    pub headers: Headers,
+}
+
+/// A resolved destination.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// The cluster per Service port; the request's port picks one (or the first).
+    Clusters(Vec<(u16, Arc<Cluster>)>),
+    /// The route names a host or subset that does not exist: 503 NC.
+    Missing(String),
+}
+
+/// What a matched route does.
+#[derive(Debug, Clone)]
+pub enum RouteAction {
+    /// Proxy to one of these destinations, chosen by weight.
+    Forward {
+        /// Destinations.
+        targets: Vec<WeightedTarget>,
+        /// Sum of weights.
+        total: u32,
+    },
+    /// Answer with a redirect.
+    Redirect(Redirect),
+    /// Answer directly.
+    Direct {
+        /// Status code.
+        status: u16,
+        /// Body (may be empty).
+        body: Bytes,
+    },
+}
+
+/// One compiled `HTTPRoute`, possibly flattened out of a delegate VirtualService.
+#[derive(Debug, Clone)]
+pub struct HttpRoute {
+    /// Route name (`name:` in YAML), for logs and explain.
+    pub name: Option<String>,
+    /// The VirtualService it came from, `ns/name`.
+    pub virtual_service: String,
+    /// Conditions of a delegating parent route (all must hold).
+    pub parent_matches: Vec<Arc<[RequestMatch]>>,
+    /// Own conditions (any may hold; empty = always).
+    pub matches: Vec<RequestMatch>,
+    /// What to do.
+    pub action: RouteAction,
+    /// Path and authority rewrite.
+    pub rewrite: Option<Rewrite>,
+    /// Route-level header edits.
+    pub headers: Headers,
+}
+
+/// A match result: the route and the prefix its uri condition used.
+#[derive(Debug, Clone, Copy)]
+pub struct Matched<'s> {
+    /// The route.
+    pub route: &'s HttpRoute,
+    /// Prefix the matched condition used, for `rewrite.uri`.
+    pub prefix: Option<&'s str>,
+}
+
+fn first_match<'s>(
+    matches: &'s [RequestMatch],
+    req: &RequestView<'_>,
+    src: &SourceView<'_>,
+) -> Option<Option<&'s str>> {
+    if matches.is_empty() {
+        return Some(None);
+    }
+    matches.iter().find(|m| m.matches(req, src)).map(|m| m.uri_prefix())
+}
+
+impl HttpRoute {
+    /// Whether the route applies, and with which prefix.
+    pub fn matches<'s>(&'s self, req: &RequestView<'_>, src: &SourceView<'_>) -> Option<Matched<'s>> {
+        let mut prefix = None;
+        for parent in &self.parent_matches {
+            prefix = first_match(parent, req, src)?.or(prefix);
+        }
+        let own = first_match(&self.matches, req, src)?;
+        Some(Matched {
+            route: self,
+            prefix: own.or(prefix),
+        })
+    }
+}
+
+/// First matching route wins.
+pub fn select_route<'s>(routes: &'s [HttpRoute], req: &RequestView<'_>, src: &SourceView<'_>) -> Option<Matched<'s>> {
+    routes.iter().find_map(|r| r.matches(req, src))
+}
+
+/// A set of routes for one host.
+#[derive(Debug, Clone)]
+pub struct VirtualHost {
+    /// The host it serves (FQDN or a VirtualService host), for logs.
+    pub name: String,
+    /// Ordered routes.
+    pub routes: Arc<[HttpRoute]>,
+}
+
+/// The sidecar routing table for callers in one namespace.
+#[derive(Debug, Default)]
+pub struct MeshTable {
+    /// Every alias a caller may use (`reviews`, `reviews.default`, FQDN, ...) without a port.
+    pub hosts: HashMap<String, Arc<VirtualHost>>,
+    /// Wildcard VirtualService hosts, most specific first.
+    pub wildcards: Vec<(HostPattern, Arc<VirtualHost>)>,
+}
+
+impl MeshTable {
+    /// The virtual host for a request's host (lower-case, without port).
+    pub fn lookup(&self, host: &str) -> Option<&Arc<VirtualHost>> {
+        self.hosts
+            .get(host)
+            .or_else(|| self.wildcards.iter().find(|(p, _)| p.matches(host)).map(|(_, v)| v))
+    }
+}
+
+/// The ingress gateway's HTTP routing table.
+#[derive(Debug, Default)]
+pub struct GatewayTable {
+    /// Virtual hosts, most specific pattern first.
+    pub vhosts: Vec<(HostPattern, Arc<VirtualHost>)>,
+    /// Gateway servers bound to this listener, `ns/name` with their hosts, for status.
+    pub servers: Vec<String>,
+}
+
+impl GatewayTable {
+    /// The virtual host for a request's host (lower-case, without port).
+    pub fn lookup(&self, host: &str) -> Option<&Arc<VirtualHost>> {
+        self.vhosts.iter().find(|(p, _)| p.matches(host)).map(|(_, v)| v)
+    }
+}
+
+/// Why the proxy answers itself instead of forwarding, with Envoy's observables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalReply {
+    /// No virtual host or route: 404, flag NR.
+    NoRoute,
+    /// The route's cluster does not exist: 503, flag NC.
+    NoCluster,
+    /// The cluster has no endpoint: 503 `no healthy upstream`, flag UH.
+    NoHealthyUpstream,
+    /// Connecting to the upstream failed: 503, flag UF.
+    ConnectFailure,
+    /// The upstream reset the connection before answering: 503, flag UC.
+    UpstreamReset,
+    /// The request could not be understood: 400.
+    BadRequest,
+}
+
+impl LocalReply {
+    /// HTTP status Envoy answers with.
+    pub fn status(self) -> u16 {
+        match self {
+            LocalReply::NoRoute => 404,
+            LocalReply::BadRequest => 400,
+            _ => 503,
+        }
+    }
+
+    /// Envoy's `%RESPONSE_FLAGS%` short form.
+    pub fn flag(self) -> &'static str {
+        match self {
+            LocalReply::NoRoute => "NR",
+            LocalReply::NoCluster => "NC",
+            LocalReply::NoHealthyUpstream => "UH",
+            LocalReply::ConnectFailure => "UF",
+            LocalReply::UpstreamReset => "UC",
+            LocalReply::BadRequest => "DPE",
+        }
+    }
+
+    /// Envoy's `%RESPONSE_CODE_DETAILS%`.
+    pub fn details(self) -> &'static str {
+        match self {
+            LocalReply::NoRoute => "route_not_found",
+            LocalReply::NoCluster => "cluster_not_found",
+            LocalReply::NoHealthyUpstream => "no_healthy_upstream",
+            LocalReply::ConnectFailure => "upstream_reset_before_response_started{remote_connection_failure}",
+            LocalReply::UpstreamReset => "upstream_reset_before_response_started{connection_termination}",
+            LocalReply::BadRequest => "http1.codec_error",
+        }
+    }
+
+    /// The body Envoy sends (text/plain, no trailing newline).
+    pub fn body(self) -> &'static str {
+        match self {
+            LocalReply::NoRoute | LocalReply::NoCluster | LocalReply::BadRequest => "",
+            LocalReply::NoHealthyUpstream => "no healthy upstream",
+            LocalReply::ConnectFailure => {
+                "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: delayed connect error: 111"
+            }
+            LocalReply::UpstreamReset => {
+                "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
+            }
+        }
+    }
+}
+
+/// The routing decision for one request: decided first, then bytes move.
+#[derive(Debug)]
+pub enum Decision<'s> {
+    /// Proxy to `cluster`.
+    Forward {
+        /// The matched route.
+        matched: Matched<'s>,
+        /// The chosen destination.
+        target: &'s WeightedTarget,
+        /// The chosen cluster.
+        cluster: &'s Arc<Cluster>,
+    },
+    /// Answer with a redirect to `location`.
+    Redirect {
+        /// The matched route.
+        matched: Matched<'s>,
+        /// Status.
+        code: u16,
+        /// `location` header value.
+        location: String,
+    },
+    /// Answer with a fixed response.
+    Direct {
+        /// The matched route.
+        matched: Matched<'s>,
+        /// Status.
+        status: u16,
+        /// Body.
+        body: &'s Bytes,
+    },
+    /// A local reply (NR, NC, ...).
+    Reply(LocalReply),
+}
+
+/// Chooses a destination by weight; `roll` is in `0..total`.
+pub fn pick_weighted(targets: &[WeightedTarget], total: u32, roll: u32) -> Option<&WeightedTarget> {
+    if targets.len() == 1 {
+        return targets.first();
+    }
+    let mut acc = 0;
+    for t in targets {
+        acc += t.weight;
+        if roll < acc {
+            return Some(t);
+        }
+    }
+    let _ = total;
+    None
+}
+
+/// Decides what to do with a request on `routes` (a virtual host's routes).
+pub fn decide<'s>(routes: &'s [HttpRoute], req: &RequestView<'_>, src: &SourceView<'_>) -> Decision<'s> {
+    let Some(matched) = select_route(routes, req, src) else {
+        return Decision::Reply(LocalReply::NoRoute);
+    };
+    match &matched.route.action {
+        RouteAction::Forward { targets, total } => {
+            let roll = if *total > 0 { fastrand::u32(..*total) } else { 0 };
+            let Some(target) = pick_weighted(targets, *total, roll) else {
+                return Decision::Reply(LocalReply::NoCluster);
+            };
+            match &target.target {
+                Target::Missing(_) => Decision::Reply(LocalReply::NoCluster),
+                Target::Clusters(by_port) => {
+                    let cluster = by_port
+                        .iter()
+                        .find(|(p, _)| *p == req.port)
+                        .or_else(|| by_port.first())
+                        .map(|(_, c)| c);
+                    match cluster {
+                        Some(cluster) => Decision::Forward {
+                            matched,
+                            target,
+                            cluster,
+                        },
+                        None => Decision::Reply(LocalReply::NoCluster),
+                    }
+                }
+            }
+        }
+        RouteAction::Redirect(r) => Decision::Redirect {
+            matched,
+            code: r.code,
+            location: redirect_location(r, req, matched.prefix),
+        },
+        RouteAction::Direct { status, body } => Decision::Direct {
+            matched,
+            status: *status,
+            body,
+        },
+    }
+}
+
+/// Builds the `location` of a redirect the way Envoy does.
+fn redirect_location(r: &Redirect, req: &RequestView<'_>, prefix: Option<&str>) -> String {
+    let scheme = r.scheme.as_deref().unwrap_or(req.scheme);
+    let (req_host, req_port) = split_authority(req.authority);
+    let host = r.authority.as_deref().unwrap_or(req_host);
+    let port = match &r.port {
+        Some(RedirectPort::Number(p)) => Some(*p),
+        Some(RedirectPort::FromRequestPort) => Some(req.port),
+        Some(RedirectPort::FromProtocolDefault) => None,
+        // A scheme change drops the request's port; otherwise it is kept.
+        None if r.scheme.is_some() => None,
+        None => req_port,
+    };
+    let path = if let Some(uri) = &r.uri {
+        uri.clone()
+    } else if let (Some(rep), Some(p)) = (&r.prefix_rewrite, prefix) {
+        format!("{rep}{}", req.path.strip_prefix(p).unwrap_or(""))
+    } else {
+        req.path.to_string()
+    };
+    let mut loc = format!("{scheme}://{host}");
+    if let Some(p) = port {
+        loc.push(':');
+        loc.push_str(&p.to_string());
+    }
+    loc.push_str(&path);
+    if let Some(q) = req.query {
+        loc.push('?');
+        loc.push_str(q);
+    }
+    loc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::matcher::StrMatch;
+    use crate::snapshot::{Cluster, Labels, LbPolicy};
+    use http::Method;
+    use std::sync::atomic::AtomicU64;
+
+    fn cluster(name: &str) -> Arc<Cluster> {
+        Arc::new(Cluster {
+            name: name.into(),
+            service: "reviews.default.svc.cluster.local".into(),
+            port: 9080,
+            subset: None,
+            endpoints: vec![],
+            lb: LbPolicy::LeastRequest,
+            rr: AtomicU64::new(0),
+        })
+    }
+
+    fn forward(targets: Vec<(u32, Target)>) -> RouteAction {
+        let total = targets.iter().map(|t| t.0).sum();
+        RouteAction::Forward {
+            targets: targets
+                .into_iter()
+                .map(|(weight, target)| WeightedTarget {
+                    weight,
+                    target,
+                    headers: Headers::default(),
+                })
+                .collect(),
+            total,
+        }
+    }
+
+    fn route(matches: Vec<RequestMatch>, action: RouteAction) -> HttpRoute {
+        HttpRoute {
+            name: None,
+            virtual_service: "default/reviews".into(),
+            parent_matches: vec![],
+            matches,
+            action,
+            rewrite: None,
+            headers: Headers::default(),
+        }
+    }
+
+    fn req<'a>(h: &'a HeaderMap, path: &'a str) -> RequestView<'a> {
+        RequestView {
+            method: &Method::GET,
+            path,
+            query: None,
+            scheme: "http",
+            authority: "reviews:9080",
+            port: 9080,
+            headers: h,
+        }
+    }
+
+    #[test]
+    fn first_match_wins_and_missing_subset_is_nc() {
+        let labels = Labels::new();
+        let src = SourceView {
+            labels: &labels,
+            namespace: "default",
+            gateway: "mesh",
+        };
+        let jason = RequestMatch {
+            headers: vec![("end-user".into(), StrMatch::Exact("jason".into()))],
+            ..Default::default()
+        };
+        let routes = vec![
+            route(vec![jason], forward(vec![(100, Target::Missing("v2".into()))])),
+            route(
+                vec![],
+                forward(vec![(100, Target::Clusters(vec![(9080, cluster("v1"))]))]),
+            ),
+        ];
+        let mut h = HeaderMap::new();
+        match decide(&routes, &req(&h, "/"), &src) {
+            Decision::Forward { cluster, .. } => assert_eq!(cluster.name, "v1"),
+            other => panic!("{other:?}"),
+        }
+        h.insert("end-user", HeaderValue::from_static("jason"));
+        assert!(matches!(
+            decide(&routes, &req(&h, "/"), &src),
+            Decision::Reply(LocalReply::NoCluster)
+        ));
+        assert!(matches!(
+            decide(&routes[..1], &req(&HeaderMap::new(), "/"), &src),
+            Decision::Reply(LocalReply::NoRoute)
+        ));
+    }
+
+    #[test]
+    fn weights_split_by_roll() {
+        let targets: Vec<_> = [(80, "v1"), (20, "v2")]
+            .into_iter()
+            .map(|(w, n)| WeightedTarget {
+                weight: w,
+                target: Target::Clusters(vec![(9080, cluster(n))]),
+                headers: Headers::default(),
+            })
+            .collect();
+        let name = |roll| match &pick_weighted(&targets, 100, roll).unwrap().target {
+            Target::Clusters(c) => c[0].1.name.clone(),
+            Target::Missing(_) => unreachable!(),
+        };
+        assert_eq!(name(0), "v1");
+        assert_eq!(name(79), "v1");
+        assert_eq!(name(80), "v2");
+        assert_eq!(name(99), "v2");
+    }
+
+    #[test]
+    fn rewrite_and_redirect() {
+        let rw = Rewrite {
+            uri: Some("/v2".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            rw.path("/v1/items", Some("a=1"), Some("/v1")).as_deref(),
+            Some("/v2/items?a=1")
+        );
+        assert_eq!(rw.path("/exact", None, None).as_deref(), Some("/v2"));
+        let re = Rewrite {
+            uri_regex: Some((
+                Regex::new("^/service/([^/]+)(/.*)$").unwrap(),
+                "${2}/instance/${1}".into(),
+            )),
+            ..Default::default()
+        };
+        assert_eq!(
+            re.path("/service/foo/v1/api", None, None).as_deref(),
+            Some("/v1/api/instance/foo")
+        );
+        let h = HeaderMap::new();
+        let r = Redirect {
+            uri: Some("/new".into()),
+            prefix_rewrite: None,
+            authority: Some("example.com".into()),
+            port: None,
+            scheme: None,
+            code: 301,
+        };
+        assert_eq!(
+            redirect_location(&r, &req(&h, "/old"), None),
+            "http://example.com:9080/new"
+        );
+        let r2 = Redirect {
+            scheme: Some("https".into()),
+            uri: None,
+            ..r
+        };
+        assert_eq!(
+            redirect_location(&r2, &req(&h, "/old"), None),
+            "https://example.com/old"
+        );
+    }
+}

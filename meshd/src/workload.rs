@@ -1,0 +1,304 @@
+//! Pods: turns Deployments into running replicas, each a demo app behind
+//! its own inbound and outbound sidecar listeners, and keeps them in step
+//! with the config (replicas up and down, template changes roll pods).
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::model::{DeploymentDef, Workloads};
+use crate::proxy::{Proxy, Role};
+use crate::snapshot::{Labels, PodInfo, TargetPort, Workload};
+
+/// Kubernetes' alphabet for generated name parts (no vowels, no look-alikes).
+const NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+
+/// How long a removed pod keeps serving requests already in flight.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// A pod the config asks for.
+#[derive(Debug, Clone)]
+pub struct PodTemplate {
+    /// `ns/deployment`.
+    pub key: String,
+    /// The Deployment.
+    pub deployment: DeploymentDef,
+    /// Hash of the template, as Kubernetes' pod-template-hash.
+    pub hash: String,
+    /// Container ports to open: declared ones plus Service targetPorts that select the pod.
+    pub ports: Vec<(Option<String>, u16)>,
+}
+
+fn name_part(mut n: u64, len: usize) -> String {
+    (0..len)
+        .map(|_| {
+            let c = NAME_ALPHABET[(n % NAME_ALPHABET.len() as u64) as usize] as char;
+            n /= NAME_ALPHABET.len() as u64;
+            c
+        })
+        .collect()
+}
+
+/// The pods every Deployment asks for.
+pub fn plan(workloads: &Workloads) -> Vec<PodTemplate> {
+    workloads
+        .deployments
+        .iter()
+        .map(|d| {
+            let mut ports: Vec<(Option<String>, u16)> =
+                d.containers.iter().flat_map(|c| c.ports.iter().cloned()).collect();
+            for svc in &workloads.services {
+                let selects = svc.meta.namespace == d.meta.namespace
+                    && !svc.selector.is_empty()
+                    && svc.selector.iter().all(|(k, v)| d.labels.get(k) == Some(v));
+                if !selects {
+                    continue;
+                }
+                for p in &svc.ports {
+                    if let TargetPort::Number(n) = p.target_port {
+                        if !ports.iter().any(|(_, q)| *q == n) {
+                            ports.push((None, n));
+                        }
+                    }
+                }
+            }
+            ports.sort_by_key(|p| p.1);
+            let mut h = DefaultHasher::new();
+            d.containers.hash(&mut h);
+            d.labels.hash(&mut h);
+            d.service_account.hash(&mut h);
+            ports.hash(&mut h);
+            PodTemplate {
+                key: format!("{}/{}", d.meta.namespace, d.meta.name),
+                deployment: d.clone(),
+                hash: name_part(h.finish(), 10),
+                ports,
+            }
+        })
+        .collect()
+}
+
+/// A running pod.
+#[derive(Debug)]
+pub struct Pod {
+    /// Addresses and identity, as the snapshot sees them.
+    pub info: PodInfo,
+    /// Template hash it was made from.
+    pub hash: String,
+    /// Demo apps it runs (names), empty for an unknown image.
+    pub apps: Vec<String>,
+    /// When it started.
+    pub started: SystemTime,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Pod {
+    /// The pod as a calling workload.
+    pub fn workload(&self) -> Workload {
+        Workload {
+            name: self.info.name.clone(),
+            namespace: self.info.namespace.clone(),
+            labels: self.info.labels.clone(),
+            service_account: self.info.service_account.clone(),
+        }
+    }
+
+    /// Stops accepting now; aborts whatever is still running after the drain period.
+    fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let tasks = self.tasks;
+        tokio::spawn(async move {
+            tokio::time::sleep(DRAIN).await;
+            for t in tasks {
+                t.abort();
+            }
+        });
+    }
+}
+
+async fn bind() -> std::io::Result<TcpListener> {
+    TcpListener::bind(("127.0.0.1", 0)).await
+}
+
+/// Starts one replica of `template`.
+async fn start_pod(template: &PodTemplate, proxy: &Proxy, log: &crate::logs::Logs) -> std::io::Result<Pod> {
+    let d = &template.deployment;
+    let name = format!("{}-{}-{}", d.meta.name, template.hash, name_part(fastrand::u64(..), 5));
+    let info = PodInfo {
+        name: name.clone(),
+        namespace: d.meta.namespace.clone(),
+        labels: d.labels.clone(),
+        service_account: d.service_account.clone(),
+        workload: d.meta.name.clone(),
+        container_ports: template.ports.clone(),
+        inbound: BTreeMap::new(),
+        outbound: None,
+    };
+    let (shutdown, rx) = watch::channel(false);
+    let mut pod = Pod {
+        info,
+        hash: template.hash.clone(),
+        apps: vec![],
+        started: SystemTime::now(),
+        shutdown,
+        tasks: vec![],
+    };
+    let workload = Arc::new(pod.workload());
+
+    let outbound = bind().await?;
+    pod.info.outbound = Some(outbound.local_addr()?);
+    let role = Role::Outbound {
+        workload: Some(workload.clone()),
+    };
+    pod.tasks
+        .push(tokio::spawn(proxy.clone().serve(outbound, role, rx.clone())));
+
+    let sink = log.sink(&name);
+    for container in &d.containers {
+        let Some(kind) = demo_apps::AppKind::from_image(&container.image) else {
+            tracing::warn!(pod = %name, image = %container.image, "image not emulated: the pod runs without this container");
+            continue;
+        };
+        pod.apps.push(kind.name().to_string());
+        let mut env: HashMap<String, String> = demo_apps::image_env(&container.image);
+        env.extend(container.env.iter().cloned());
+        let app_env = demo_apps::AppEnv {
+            kind,
+            hostname: name.clone(),
+            env,
+            args: container.args.clone(),
+            outbound_proxy: pod.info.outbound,
+            log: sink.clone(),
+        };
+        // Every container port of the pod gets the app behind an inbound listener; a pod of one
+        // container (all samples) owns all of the template's ports.
+        let ports: Vec<u16> = if d.containers.len() == 1 {
+            template.ports.iter().map(|p| p.1).collect()
+        } else {
+            container.ports.iter().map(|p| p.1).collect()
+        };
+        if ports.is_empty() {
+            // A client such as sleep: it runs, but serves nothing.
+            let env = app_env.clone();
+            let listener = bind().await?;
+            pod.tasks.push(tokio::spawn(async move {
+                let _ = demo_apps::serve(env, 0, listener).await;
+            }));
+        }
+        for port in ports {
+            let app_listener = bind().await?;
+            let app_addr = app_listener.local_addr()?;
+            let env = app_env.clone();
+            let pod_name = name.clone();
+            pod.tasks.push(tokio::spawn(async move {
+                if let Err(e) = demo_apps::serve(env, port, app_listener).await {
+                    tracing::warn!(pod = %pod_name, error = %e, "app stopped");
+                }
+            }));
+            let inbound = bind().await?;
+            pod.info.inbound.insert(port, inbound.local_addr()?);
+            let role = Role::Inbound { app: app_addr };
+            pod.tasks
+                .push(tokio::spawn(proxy.clone().serve(inbound, role, rx.clone())));
+        }
+    }
+    Ok(pod)
+}
+
+/// Every running pod, by Deployment.
+#[derive(Debug, Default)]
+pub struct Pods {
+    by_deployment: BTreeMap<String, Vec<Pod>>,
+}
+
+/// What a reconcile did.
+#[derive(Debug, Default)]
+pub struct PodChanges {
+    /// Names of pods started.
+    pub started: Vec<String>,
+    /// Pods to stop once the new snapshot is in.
+    pub retired: Vec<Pod>,
+}
+
+impl Pods {
+    /// Starts the pods `plan` asks for that are not running; returns the ones to retire.
+    /// Nothing is stopped here: the caller swaps the snapshot first, then retires.
+    pub async fn reconcile(
+        &mut self,
+        plan: &[PodTemplate],
+        proxy: &Proxy,
+        log: &crate::logs::Logs,
+    ) -> std::io::Result<PodChanges> {
+        let mut changes = PodChanges::default();
+        let wanted: HashMap<&str, &PodTemplate> = plan.iter().map(|t| (t.key.as_str(), t)).collect();
+        let keys: Vec<String> = self.by_deployment.keys().cloned().collect();
+        for key in keys {
+            let template = wanted.get(key.as_str());
+            let pods = self.by_deployment.entry(key.clone()).or_default();
+            let mut keep = Vec::new();
+            for pod in pods.drain(..) {
+                match template {
+                    Some(t) if t.hash == pod.hash && keep.len() < t.deployment.replicas as usize => keep.push(pod),
+                    _ => changes.retired.push(pod),
+                }
+            }
+            *pods = keep;
+        }
+        for t in plan {
+            let pods = self.by_deployment.entry(t.key.clone()).or_default();
+            while pods.len() < t.deployment.replicas as usize {
+                let pod = start_pod(t, proxy, log).await?;
+                changes.started.push(pod.info.name.clone());
+                pods.push(pod);
+            }
+        }
+        self.by_deployment.retain(|_, v| !v.is_empty());
+        Ok(changes)
+    }
+
+    /// Stops retired pods (after the snapshot that drops them is live).
+    pub fn retire(pods: Vec<Pod>) {
+        for p in pods {
+            p.stop();
+        }
+    }
+
+    /// Every running pod.
+    pub fn iter(&self) -> impl Iterator<Item = &Pod> {
+        self.by_deployment.values().flatten()
+    }
+
+    /// Snapshot view of every running pod.
+    pub fn infos(&self) -> Vec<PodInfo> {
+        self.iter().map(|p| p.info.clone()).collect()
+    }
+}
+
+/// Labels of a pod template, for tests and status.
+pub fn labels_string(labels: &Labels) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_names_use_the_kubernetes_alphabet() {
+        let part = name_part(0xdead_beef_1234, 10);
+        assert_eq!(part.len(), 10);
+        assert!(part.bytes().all(|b| NAME_ALPHABET.contains(&b)));
+        assert_ne!(name_part(1, 5), name_part(2, 5));
+    }
+}

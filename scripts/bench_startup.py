@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Startup and idle-memory benchmark for `meshd up` on an empty folder.
+
+Measures, over several launches of the release binary: time from exec to the first
+200 on the gateway's /productpage, and the RSS of the whole daemon (one process:
+gateway, sidecars and demo apps) after it has idled for two seconds and after a
+short burst of page loads. Prints a Markdown table. Loopback only, bounded in time.
+"""
+import http.client
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.environ.get("MESHD_BIN", os.path.join(ROOT, "target", "release", "meshd"))
+RUNS = int(os.environ.get("RUNS", "5"))
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def get(addr, path):
+    host, port = addr.rsplit(":", 1)
+    c = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        r.read()
+        return r.status
+    finally:
+        c.close()
+
+
+def one_run():
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(
+            [BIN, "up", d, "--gateway", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--proxy", "127.0.0.1:0"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+        try:
+            gateway = None
+            # The gateway port is bound before the config loads; read it from the ready line.
+            for line in p.stdout:
+                m = re.search(r"gateway http://(\S+)", line)
+                if m:
+                    gateway = m.group(1)
+                    break
+            deadline = t0 + 10
+            while time.perf_counter() < deadline:
+                try:
+                    if get(gateway, "/productpage") == 200:
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.002)
+            first_200 = time.perf_counter() - t0
+            time.sleep(2)
+            idle = rss_kib(p.pid)
+            for _ in range(200):
+                get(gateway, "/productpage")
+            loaded = rss_kib(p.pid)
+            return first_200, idle, loaded
+        finally:
+            p.terminate()
+            p.wait()
+
+
+def main():
+    if not os.path.exists(BIN):
+        sys.exit(f"{BIN} missing: cargo build --release -p meshd")
+    runs = [one_run() for _ in range(RUNS)]
+    t = [r[0] * 1000 for r in runs]
+    idle = [r[1] / 1024 for r in runs]
+    loaded = [r[2] / 1024 for r in runs]
+    print(f"meshd up (empty folder: Bookinfo + httpbin + fortio, 9 pods), {RUNS} launches, {os.cpu_count()} cores")
+    print()
+    print("| figure | median | min | max | target |")
+    print("|---|---|---|---|---|")
+    print(f"| launch to first 200 on /productpage (ms) | {statistics.median(t):.0f} | {min(t):.0f} | {max(t):.0f} | <= 1000 |")
+    print(f"| RSS idle (MiB) | {statistics.median(idle):.1f} | {min(idle):.1f} | {max(idle):.1f} | <= 64 |")
+    print(f"| RSS after 200 page loads (MiB) | {statistics.median(loaded):.1f} | {min(loaded):.1f} | {max(loaded):.1f} | <= 96 |")
+
+
+if __name__ == "__main__":
+    main()

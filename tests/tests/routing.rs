@@ -1,0 +1,285 @@
+//! The user's first journey (Istio's Bookinfo, request routing, traffic
+//! shifting, ingress control): the real binary, real sample YAML, loopback.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{login, reviews_version, Mesh, TempDir};
+
+const NET: &str = "bookinfo/networking/";
+
+async fn versions(mesh: &Mesh, n: usize, cookie: Option<&str>) -> HashMap<&'static str, usize> {
+    let mut seen = HashMap::new();
+    let client = mesh.client();
+    for _ in 0..n {
+        let mut req = client.get(mesh.url("/productpage"));
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = resp.text().await.unwrap();
+        *seen.entry(reviews_version(&body)).or_insert(0) += 1;
+    }
+    seen
+}
+
+#[tokio::test]
+async fn empty_folder_serves_bookinfo_with_every_reviews_version() {
+    let mesh = Mesh::start(TempDir::new());
+    assert!(mesh.output().iter().any(|l| l.contains("built-in sample set")));
+    let page = mesh.page("/productpage").await;
+    assert!(page.contains("<title>Simple Bookstore App</title>"), "{page}");
+    assert!(page.contains("Book Details"));
+    // No VirtualService: reviews balances over all three versions.
+    let mut seen = HashMap::new();
+    for _ in 0..20 {
+        let s = versions(&mesh, 10, None).await;
+        for (k, v) in s {
+            *seen.entry(k).or_insert(0) += v;
+        }
+        if seen.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 3, "all of v1, v2, v3 serve: {seen:?}");
+    // The same from inside the mesh.
+    let body = mesh
+        .mesh_client()
+        .get("http://productpage:9080/productpage")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(body.headers()["server"], "envoy");
+    assert!(body
+        .text()
+        .await
+        .unwrap()
+        .contains("<title>Simple Bookstore App</title>"));
+}
+
+#[tokio::test]
+async fn all_v1_never_shows_stars_and_test_v2_gives_jason_black_stars() {
+    let dir = TempDir::new();
+    dir.add_sample(&format!("{NET}destination-rule-all.yaml"));
+    dir.add_sample(&format!("{NET}virtual-service-all-v1.yaml"));
+    let mesh = Mesh::start(dir);
+    let seen = versions(&mesh, 30, None).await;
+    assert_eq!(seen.get("v1"), Some(&30), "{seen:?}");
+
+    let mark = mesh.mark();
+    mesh.dir
+        .add_sample(&format!("{NET}virtual-service-reviews-test-v2.yaml"));
+    mesh.wait_applied(mark);
+    let jason = login(&mesh, "jason").await;
+    let page = mesh
+        .client()
+        .get(mesh.url("/productpage"))
+        .header("cookie", &jason)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("jason"), "the page shows the signed-in user");
+    assert_eq!(reviews_version(&page), "v2");
+    assert!(page.contains("text-black-500"));
+    assert_eq!(versions(&mesh, 10, Some(&jason)).await.get("v2"), Some(&10));
+    assert_eq!(versions(&mesh, 10, None).await.get("v1"), Some(&10));
+    let bob = login(&mesh, "bob").await;
+    assert_eq!(versions(&mesh, 10, Some(&bob)).await.get("v1"), Some(&10));
+}
+
+async fn share(mesh: &Mesh, version: &str, n: usize) -> f64 {
+    let seen = versions(mesh, n, None).await;
+    *seen.get(version).unwrap_or(&0) as f64 / n as f64
+}
+
+#[tokio::test]
+async fn weighted_routes_split_traffic_within_bounds() {
+    let dir = TempDir::new();
+    dir.add_sample(&format!("{NET}destination-rule-all.yaml"));
+    dir.add_sample(&format!("{NET}virtual-service-reviews-50-v3.yaml"));
+    let mesh = Mesh::start(dir);
+    // 300 draws at p = 0.5: the bounds are more than 5 standard deviations wide.
+    let v3 = share(&mesh, "v3", 300).await;
+    assert!((0.35..=0.65).contains(&v3), "v3 share {v3}");
+    assert_eq!(
+        versions(&mesh, 20, None).await.get("v2"),
+        None,
+        "50-v3 never routes to v2"
+    );
+
+    let mark = mesh.mark();
+    mesh.dir.remove("virtual-service-reviews-50-v3.yaml");
+    mesh.dir.add_sample(&format!("{NET}virtual-service-reviews-80-20.yaml"));
+    mesh.wait_applied(mark);
+    // p = 0.2 over 300: sd 2.3 points; [10%, 30%] is over 4 sd each way.
+    let v2 = share(&mesh, "v2", 300).await;
+    assert!((0.10..=0.30).contains(&v2), "v2 share {v2}");
+}
+
+#[tokio::test]
+async fn missing_subset_is_503_nc_and_unknown_host_is_404() {
+    let dir = TempDir::new();
+    // A route to subset v1 with no DestinationRule: the classic "apply destination rules first".
+    dir.add_sample(&format!("{NET}virtual-service-all-v1.yaml"));
+    let mesh = Mesh::start(dir);
+    let resp = mesh
+        .mesh_client()
+        .get("http://reviews:9080/reviews/0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.text().await.unwrap(), "");
+    let page = mesh.page("/productpage").await;
+    assert!(page.contains("Sorry, product reviews are currently unavailable for this book."));
+
+    let resp = mesh.client().get(mesh.url("/nothing-here")).send().await.unwrap();
+    assert_eq!(resp.status(), 404, "no route at the gateway: NR");
+    assert_eq!(resp.headers()["server"], "istio-envoy");
+}
+
+#[tokio::test]
+async fn invalid_edit_keeps_old_routing_and_fixed_edit_applies() {
+    let dir = TempDir::new();
+    dir.add_sample(&format!("{NET}destination-rule-all.yaml"));
+    dir.add_sample(&format!("{NET}virtual-service-all-v1.yaml"));
+    let mesh = Mesh::start(dir);
+    assert_eq!(versions(&mesh, 5, None).await.get("v1"), Some(&5));
+
+    let good =
+        std::fs::read_to_string(common::samples().join(format!("{NET}virtual-service-reviews-v3.yaml"))).unwrap();
+    let bad = good.replace("host: reviews", "hots: reviews");
+    let mark = mesh.mark();
+    mesh.dir.write("reviews.yaml", &bad);
+    let err = mesh.wait_for_line_after(mark, |l| l.contains("error:"), Duration::from_secs(20));
+    mesh.wait_rejected(mark);
+    let line_no = bad.lines().position(|l| l.contains("hots:")).unwrap() + 1;
+    assert!(
+        err.contains(&format!("reviews.yaml:{line_no}")),
+        "error names file:line: {err}"
+    );
+    assert!(err.contains("hots"), "error names the field: {err}");
+    assert_eq!(
+        versions(&mesh, 10, None).await.get("v1"),
+        Some(&10),
+        "old routing still serves"
+    );
+
+    // The fix: all-v1 and reviews-v3 both define `reviews`; replace all-v1 by the fixed file.
+    let mark = mesh.mark();
+    mesh.dir.write("reviews.yaml", &good);
+    mesh.wait_applied(mark);
+    let mark = mesh.mark();
+    mesh.dir.remove("virtual-service-all-v1.yaml");
+    mesh.wait_applied(mark);
+    assert_eq!(versions(&mesh, 10, None).await.get("v3"), Some(&10));
+}
+
+#[tokio::test]
+async fn ingress_control_task_answers_as_the_page_says() {
+    let dir = TempDir::new();
+    dir.add_sample("httpbin/httpbin.yaml");
+    dir.add_sample("istio.io-tasks/ingress-control/1-httpbin-gateway.yaml");
+    dir.add_sample("istio.io-tasks/ingress-control/2-httpbin-virtualservice.yaml");
+    let mesh = Mesh::start(dir);
+    let c = mesh.client();
+    let resp = c
+        .head(mesh.url("/status/200"))
+        .header("host", "httpbin.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["server"], "istio-envoy");
+    let resp = c
+        .get(mesh.url("/headers"))
+        .header("host", "httpbin.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let resp = c
+        .get(mesh.url("/status/200"))
+        .header("host", "other.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404, "unmatched Host");
+    // The folder has a workload, so the built-in Bookinfo does not run.
+    let resp = c.get(mesh.url("/productpage")).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+
+    // Browser variant: hosts "*" and a /headers prefix.
+    let mark = mesh.mark();
+    mesh.dir
+        .add_sample("istio.io-tasks/ingress-control/5-browser-httpbin-gateway-and-vs.yaml");
+    mesh.dir.remove("1-httpbin-gateway.yaml");
+    mesh.dir.remove("2-httpbin-virtualservice.yaml");
+    mesh.wait_applied(mark);
+    let mut ok = false;
+    for _ in 0..20 {
+        let resp = c.get(mesh.url("/headers")).send().await.unwrap();
+        if resp.status() == 200 {
+            let v: serde_json::Value = resp.json().await.unwrap();
+            assert!(v["headers"]["Host"].is_array(), "go-httpbin arrays: {v}");
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "browser variant serves /headers without a Host header");
+}
+
+#[tokio::test]
+async fn status_lists_pods_and_curl_reaches_services() {
+    let mesh = Mesh::start(TempDir::new());
+    let out = mesh.cli(&["status"]);
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.starts_with("NAMESPACE"), "{table}");
+    for prefix in [
+        "productpage-v1-",
+        "details-v1-",
+        "ratings-v1-",
+        "reviews-v1-",
+        "reviews-v2-",
+        "reviews-v3-",
+        "httpbin-",
+        "fortio-deploy-",
+    ] {
+        assert!(table.contains(prefix), "{prefix} in\n{table}");
+    }
+    let re_name = table.lines().find(|l| l.contains("reviews-v2-")).unwrap();
+    let name = re_name.split_whitespace().nth(1).unwrap();
+    // pod-template-hash (10) and suffix (5) as Kubernetes names pods.
+    let parts: Vec<&str> = name.rsplitn(3, '-').collect();
+    assert_eq!(parts[0].len(), 5, "{name}");
+    assert_eq!(parts[1].len(), 10, "{name}");
+
+    let out = mesh.cli(&["curl", "http://reviews:9080/reviews/0"]);
+    let body = String::from_utf8_lossy(&out.stdout);
+    let head = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{head}");
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(head.contains("server: envoy"));
+    assert!(body.contains("\"podname\": \"reviews-v"), "{body}");
+
+    // The shared outbound port works as http_proxy for any client.
+    let resp = mesh
+        .mesh_client()
+        .get("http://httpbin:8000/headers")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["headers"]["Host"][0], "httpbin:8000");
+    assert_eq!(v["headers"]["X-Envoy-Attempt-Count"][0], "1");
+    assert!(v["headers"]["X-Request-Id"][0].as_str().unwrap().len() == 36);
+}
