@@ -43,7 +43,7 @@ pub struct CompileInput<'a> {
 }
 
 /// Labels of the ingress gateway workload.
-pub fn ingress_labels() -> Labels {
+pub(crate) fn ingress_labels() -> Labels {
     [("app", "istio-ingressgateway"), ("istio", "ingressgateway")]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -2,7 +2,9 @@
 //! `ArcSwap` holds the current snapshot; a reload builds a new one and swaps
 //! it in whole, so a request sees one consistent generation from start to end.
 
-mod compile;
+pub(crate) mod compile;
+#[cfg(test)]
+mod compile_tests;
 pub mod matcher;
 pub mod route;
 

@@ -66,7 +66,12 @@ impl Rewrite {
     /// The new path-and-query for `path`, given the prefix the route matched on.
     pub fn path(&self, path: &str, query: Option<&str>, matched_prefix: Option<&str>) -> Option<String> {
         let new_path = if let Some(uri) = &self.uri {
-            match matched_prefix.and_then(|p| path.strip_prefix(p)) {
+            // The match may have ignored case, so the prefix is cut by length.
+            let rest = matched_prefix.and_then(|p| {
+                (path.len() >= p.len() && path.is_char_boundary(p.len()) && path[..p.len()].eq_ignore_ascii_case(p))
+                    .then(|| &path[p.len()..])
+            });
+            match rest {
                 Some(rest) => format!("{uri}{rest}"),
                 None => uri.clone(),
             }
