@@ -12,8 +12,9 @@ use tokio::sync::watch;
 
 use crate::config::{self, ConfigError, Located};
 use crate::logs::Logs;
+use crate::proxy::runtime::Registry;
 use crate::proxy::{Proxy, Role};
-use crate::snapshot::{self, Runtime, SnapshotHandle, Workload};
+use crate::snapshot::{self, SnapshotHandle, Workload};
 use crate::workload::{self, Pods};
 
 /// Where `meshd up` listens.
@@ -65,6 +66,10 @@ pub struct State {
     pub pods: Mutex<Vec<PodRow>>,
     /// App logs.
     pub logs: Logs,
+    /// Every proxy's runtime state (pools, circuit breakers, outlier detection, stats).
+    pub registry: Arc<Registry>,
+    /// Pod conditions by pod name, for `meshd pod`.
+    pub controls: Mutex<std::collections::HashMap<String, Arc<crate::proxy::PodControl>>>,
 }
 
 /// Bound addresses.
@@ -79,13 +84,16 @@ pub struct Addrs {
 }
 
 /// The ingress gateway workload, as Istio's `istio-ingressgateway` deployment.
+/// Name of the ingress gateway's proxy (as its pod would be named).
+pub const GATEWAY_NAME: &str = "istio-ingressgateway";
+
 fn gateway_workload() -> Workload {
     let labels = [("app", "istio-ingressgateway"), ("istio", "ingressgateway")]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     Workload {
-        name: "istio-ingressgateway".into(),
+        name: GATEWAY_NAME.into(),
         namespace: snapshot::ROOT_NAMESPACE.into(),
         labels,
         service_account: "istio-ingressgateway-service-account".into(),
@@ -95,7 +103,6 @@ fn gateway_workload() -> Workload {
 struct Reloader {
     state: Arc<State>,
     proxy: Proxy,
-    runtime: Runtime,
     pods: Pods,
     generation: u64,
     applied: Vec<Located>,
@@ -129,7 +136,6 @@ impl Reloader {
             resources: &loaded.resources,
             workloads: &workloads,
             pods: &infos,
-            runtime: &self.runtime,
             generation: self.generation,
             not_emulated: &loaded.not_emulated,
         })?;
@@ -152,7 +158,6 @@ impl Reloader {
             resources: &loaded.resources,
             workloads: &workloads,
             pods: &infos,
-            runtime: &self.runtime,
             generation,
             not_emulated: &loaded.not_emulated,
         })?;
@@ -162,14 +167,17 @@ impl Reloader {
         summary.extend(changes.started.iter().map(|p| format!("+ Pod {p}")));
         summary.extend(changes.retired.iter().map(|p| format!("- Pod {}", p.info.name)));
         Pods::retire(changes.retired);
-        let live = self
-            .pods
-            .iter()
-            .flat_map(|p| p.info.inbound.values().copied())
-            .collect();
-        self.runtime.retain(&live);
+        let mut live: std::collections::HashSet<String> = self.pods.iter().map(|p| p.info.name.clone()).collect();
+        live.insert(GATEWAY_NAME.to_string());
+        live.insert("meshd-client".to_string());
+        self.proxy.registry().retain(&live);
         self.applied = loaded.resources;
         *self.state.pods.lock().unwrap_or_else(|e| e.into_inner()) = self.pod_rows();
+        *self.state.controls.lock().unwrap_or_else(|e| e.into_inner()) = self
+            .pods
+            .iter()
+            .map(|p| (p.info.name.clone(), p.control.clone()))
+            .collect();
         Ok(summary)
     }
 
@@ -257,21 +265,26 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         errors: Mutex::new(vec![]),
         pods: Mutex::new(vec![]),
         logs: Logs::default(),
+        registry: Arc::default(),
+        controls: Mutex::default(),
     });
-    let proxy = Proxy::new(snapshot.clone());
+    let proxy = Proxy::new(snapshot.clone(), state.registry.clone());
     let (_shutdown_tx, shutdown) = watch::channel(false);
     tokio::spawn(proxy.clone().serve(
         gateway,
         Role::Gateway {
             workload: Arc::new(gateway_workload()),
+            rt: state.registry.get(GATEWAY_NAME),
         },
         shutdown.clone(),
     ));
-    tokio::spawn(
-        proxy
-            .clone()
-            .serve(client, Role::Outbound { workload: None }, shutdown.clone()),
-    );
+    tokio::spawn(proxy.clone().serve(
+        client,
+        Role::MeshClient {
+            cache: Default::default(),
+        },
+        shutdown.clone(),
+    ));
     tokio::spawn(crate::admin::serve(admin, state.clone()));
 
     let (_watch, mut changes) =
@@ -279,7 +292,6 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut reloader = Reloader {
         state: state.clone(),
         proxy,
-        runtime: Runtime::default(),
         pods: Pods::default(),
         generation: 0,
         applied: vec![],

@@ -95,6 +95,8 @@ pub struct Pod {
     pub apps: Vec<String>,
     /// When it started.
     pub started: SystemTime,
+    /// Its emulated condition (`meshd pod stop|fail|start`).
+    pub control: Arc<crate::proxy::PodControl>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -147,6 +149,7 @@ async fn start_pod(template: &PodTemplate, proxy: &Proxy, log: &crate::logs::Log
         hash: template.hash.clone(),
         apps: vec![],
         started: SystemTime::now(),
+        control: Arc::default(),
         shutdown,
         tasks: vec![],
     };
@@ -155,7 +158,8 @@ async fn start_pod(template: &PodTemplate, proxy: &Proxy, log: &crate::logs::Log
     let outbound = bind().await?;
     pod.info.outbound = Some(outbound.local_addr()?);
     let role = Role::Outbound {
-        workload: Some(workload.clone()),
+        workload: workload.clone(),
+        rt: proxy.registry().get(&name),
     };
     pod.tasks
         .push(tokio::spawn(proxy.clone().serve(outbound, role, rx.clone())));
@@ -204,7 +208,7 @@ async fn start_pod(template: &PodTemplate, proxy: &Proxy, log: &crate::logs::Log
             }));
             let inbound = bind().await?;
             pod.info.inbound.insert(port, inbound.local_addr()?);
-            let role = Role::Inbound { app: app_addr };
+            let role = Role::inbound(app_addr, port, pod.control.clone());
             pod.tasks
                 .push(tokio::spawn(proxy.clone().serve(inbound, role, rx.clone())));
         }

@@ -1,35 +1,47 @@
 //! The data plane: the ingress gateway, and each pod's inbound and outbound
 //! sidecar listeners. A request is decided first (a pure function of the
-//! snapshot), then its bytes move.
+//! snapshot), then the route's policies run (fault, mirror, timeout,
+//! retries), then the cluster's (balancing, circuit breakers, outlier
+//! detection), then bytes move.
 
 pub mod respond;
+pub mod runtime;
+pub mod upstream;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, HOST, SERVER};
-use http::{HeaderMap, Request, Response, Uri};
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, COOKIE, HOST, SERVER, SET_COOKIE};
+use http::{HeaderMap, Method, Request, Response, Uri};
 use http_body_util::combinators::BoxBody;
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::snapshot::matcher::{split_authority, RequestView, SourceView};
-use crate::snapshot::route::{Decision, HeaderOps};
-use crate::snapshot::{ActiveGuard, LocalReply, SnapshotHandle, Workload};
+use crate::snapshot::policy::{hash64, parse_retry_on, roll, HashKey, LbPolicy, RetryOn, RetryPolicy};
+use crate::snapshot::route::{Decision, HeaderOps, Matched, Target, WeightedTarget};
+use crate::snapshot::{Cluster, LocalReply, SnapshotHandle, Workload};
+use respond::ResponseFlags;
+use runtime::{ActiveGuard, AttemptResult, ClusterRt, ProxyRuntime, Registry};
+use upstream::UpstreamError;
 
 /// Errors a body may carry.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type every listener speaks.
 pub type Body = BoxBody<Bytes, BoxError>;
+
+/// Largest request body buffered for retries and mirrors (Envoy's default buffer limit is 1 MiB; meshd allows more).
+const BODY_LIMIT: usize = 16 << 20;
 
 /// The `server` header a listener writes, as Istio configures Envoy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,37 +62,112 @@ impl ServerName {
     }
 }
 
+/// What a pod's inbound side does, set by `meshd pod stop|fail|start`.
+#[derive(Debug, Default)]
+pub struct PodControl(AtomicU8);
+
+/// A pod's emulated condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodMode {
+    /// Serving normally.
+    Running,
+    /// The app answers every request with 503.
+    Failing,
+    /// The process is down: connections are refused.
+    Stopped,
+}
+
+impl PodControl {
+    /// The current mode.
+    pub fn mode(&self) -> PodMode {
+        match self.0.load(Ordering::Relaxed) {
+            1 => PodMode::Failing,
+            2 => PodMode::Stopped,
+            _ => PodMode::Running,
+        }
+    }
+
+    /// Sets the mode.
+    pub fn set(&self, mode: PodMode) {
+        self.0.store(mode as u8, Ordering::Relaxed);
+    }
+}
+
 /// What a listener does with requests.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Role {
     /// The ingress gateway's HTTP listener.
     Gateway {
         /// The gateway workload (labels match `selector: istio: ingressgateway`).
         workload: Arc<Workload>,
+        /// Its runtime state.
+        rt: Arc<ProxyRuntime>,
     },
     /// A pod's outbound sidecar listener: the pod's apps use it as their HTTP proxy.
     Outbound {
-        /// The calling workload; `None` means the snapshot's mesh client (port 15001).
-        workload: Option<Arc<Workload>>,
+        /// The calling workload.
+        workload: Arc<Workload>,
+        /// Its runtime state.
+        rt: Arc<ProxyRuntime>,
+    },
+    /// The shared outbound port (15001): the outbound side of the snapshot's mesh client.
+    MeshClient {
+        /// The client workload and runtime last used, refreshed when the snapshot names another.
+        cache: ArcSwapOption<(Arc<Workload>, Arc<ProxyRuntime>)>,
     },
     /// A pod's inbound sidecar listener, in front of one container port.
     Inbound {
-        /// The app's real address.
-        app: SocketAddr,
+        /// The local app's connection pool (`inbound|port||`).
+        app: ClusterRt,
+        /// Pool settings for the app.
+        cluster: Arc<Cluster>,
+        /// The pod's emulated condition.
+        control: Arc<PodControl>,
     },
+}
+
+impl Role {
+    /// An inbound listener in front of the app at `app` (container port `port`).
+    pub fn inbound(app: SocketAddr, port: u16, control: Arc<PodControl>) -> Role {
+        let cluster = Cluster {
+            name: format!("inbound|{port}||"),
+            index: 0,
+            service: String::new(),
+            port,
+            subset: None,
+            endpoints: vec![crate::snapshot::Endpoint {
+                addr: app,
+                pod: String::new(),
+            }],
+            lb: LbPolicy::RoundRobin,
+            pool: crate::snapshot::policy::PoolSettings::default(),
+            outlier: None,
+        };
+        Role::Inbound {
+            app: ClusterRt::single(app),
+            cluster: Arc::new(cluster),
+            control,
+        }
+    }
 }
 
 /// State shared by every listener.
 #[derive(Debug, Clone)]
 pub struct Proxy {
     snapshot: SnapshotHandle,
-    client: Client<HttpConnector, Body>,
+    registry: Arc<Registry>,
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
 static X_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
+static X_RQ_TIMEOUT: HeaderName = HeaderName::from_static("x-envoy-upstream-rq-timeout-ms");
+static X_EXPECTED_TIMEOUT: HeaderName = HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
+static X_RETRY_ON: HeaderName = HeaderName::from_static("x-envoy-retry-on");
+static X_MAX_RETRIES: HeaderName = HeaderName::from_static("x-envoy-max-retries");
+static X_RATELIMITED: HeaderName = HeaderName::from_static("x-envoy-ratelimited");
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// Headers that describe one hop and are never forwarded.
 const HOP_BY_HOP: [&str; 7] = [
@@ -93,26 +180,79 @@ const HOP_BY_HOP: [&str; 7] = [
     "proxy-authorization",
 ];
 
+/// The request as the policies see it: everything but the body, which is buffered once.
+struct Outgoing {
+    method: Method,
+    path_and_query: String,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Outgoing {
+    fn request(&self, attempt: u32) -> Request<Body> {
+        let mut req = Request::new(respond::full(self.body.clone()));
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = Uri::try_from(self.path_and_query.as_str()).unwrap_or_else(|_| Uri::from_static("/"));
+        *req.headers_mut() = self.headers.clone();
+        req.headers_mut()
+            .insert(X_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
+        req
+    }
+}
+
+/// How one upstream attempt ended.
+enum Attempt {
+    Response(Response<Body>),
+    Failed(UpstreamError),
+    PerTryTimeout,
+}
+
 impl Proxy {
-    /// A proxy reading routes from `snapshot`.
-    pub fn new(snapshot: SnapshotHandle) -> Proxy {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(10)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(64)
-            .build(connector);
-        Proxy { snapshot, client }
+    /// A proxy reading routes from `snapshot`, with per-proxy state in `registry`.
+    pub fn new(snapshot: SnapshotHandle, registry: Arc<Registry>) -> Proxy {
+        Proxy { snapshot, registry }
+    }
+
+    /// The runtime registry (for stats).
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
     }
 
     /// Serves `listener` in `role` until `shutdown` turns true; open connections then finish their requests.
     pub async fn serve(self, listener: TcpListener, role: Role, mut shutdown: watch::Receiver<bool>) {
         let role = Arc::new(role);
+        let mut listener = Some(listener);
+        let local = listener.as_ref().and_then(|l| l.local_addr().ok());
         loop {
+            // A stopped pod refuses connections: its listener is closed until it starts again.
+            if let Role::Inbound { control, .. } = &*role {
+                if control.mode() == PodMode::Stopped {
+                    listener = None;
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
+                        _ = stopped(&mut shutdown) => return,
+                    }
+                }
+                if listener.is_none() {
+                    match local {
+                        Some(addr) => match TcpListener::bind(addr).await {
+                            Ok(l) => listener = Some(l),
+                            Err(e) => {
+                                tracing::warn!(%addr, error = %e, "cannot listen again");
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                                continue;
+                            }
+                        },
+                        None => return,
+                    }
+                }
+            }
+            let Some(l) = listener.as_ref() else { return };
             let accepted = tokio::select! {
-                a = listener.accept() => a,
+                a = l.accept() => a,
                 _ = stopped(&mut shutdown) => return,
+                // Wake up now and then so a stop command takes effect without a connection.
+                _ = tokio::time::sleep(Duration::from_millis(100)), if matches!(&*role, Role::Inbound { .. }) => continue,
             };
             let (stream, peer) = match accepted {
                 Ok(x) => x,
@@ -153,70 +293,109 @@ impl Proxy {
 
     async fn handle(&self, role: &Role, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
         match role {
-            Role::Inbound { app } => self.inbound(*app, req).await,
-            Role::Gateway { workload } => self.route(workload, None, peer, req).await,
-            Role::Outbound { workload: Some(w) } => self.route(w, Some("mesh"), peer, req).await,
-            Role::Outbound { workload: None } => {
+            Role::Inbound { app, cluster, control } => self.inbound(app, cluster, control, req).await,
+            Role::Gateway { workload, rt } => self.route(workload, rt, false, peer, req).await,
+            Role::Outbound { workload, rt } => self.route(workload, rt, true, peer, req).await,
+            Role::MeshClient { cache } => {
                 let snapshot = self.snapshot.load();
-                match &snapshot.mesh_client {
-                    Some(w) => self.route(w, Some("mesh"), peer, req).await,
-                    None => respond::local_reply(LocalReply::NoRoute, ServerName::Envoy),
-                }
+                let Some(w) = snapshot.mesh_client.clone() else {
+                    return respond::local_reply(LocalReply::NoRoute, ServerName::Envoy, false);
+                };
+                let current = cache.load_full().filter(|c| c.0.name == w.name);
+                let entry = match current {
+                    Some(c) => c,
+                    None => {
+                        let e = Arc::new((w.clone(), self.registry.get(&w.name)));
+                        cache.store(Some(e.clone()));
+                        e
+                    }
+                };
+                self.route(&entry.0, &entry.1, true, peer, req).await
             }
         }
     }
 
     /// Inbound: hand the request to the local app.
-    async fn inbound(&self, app: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    async fn inbound(
+        &self,
+        app: &ClusterRt,
+        cluster: &Cluster,
+        control: &PodControl,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
+        if control.mode() == PodMode::Failing {
+            let mut resp = respond::direct(503, &Bytes::from_static(b"service unavailable"), ServerName::IstioEnvoy);
+            resp.headers_mut()
+                .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            return resp;
+        }
         let (mut parts, body) = req.into_parts();
-        let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let Ok(uri) = Uri::try_from(format!("http://{app}{path}")) else {
-            return respond::local_reply(LocalReply::BadRequest, ServerName::IstioEnvoy);
+        strip_hop_by_hop(&mut parts.headers);
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_string();
+        let Ok(uri) = Uri::try_from(path) else {
+            return respond::local_reply(LocalReply::BadRequest, ServerName::IstioEnvoy, false);
         };
         parts.uri = uri;
-        strip_hop_by_hop(&mut parts.headers);
         let upstream = Request::from_parts(parts, body.map_err(BoxError::from).boxed());
-        self.send(upstream, ServerName::IstioEnvoy, None).await
+        let Some(ep) = app.endpoints.first() else {
+            return respond::local_reply(LocalReply::NoHealthyUpstream, ServerName::IstioEnvoy, false);
+        };
+        let started = Instant::now();
+        let result = match upstream::acquire(&app.shared, ep, &cluster.pool).await {
+            Ok((conn, _)) => conn.send(upstream).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(resp) => finish(resp, ServerName::IstioEnvoy, started, &[]),
+            Err(e) => respond::local_reply(reply_for(&e), ServerName::IstioEnvoy, false),
+        }
     }
 
-    /// Gateway and outbound: route by the snapshot, then forward to the chosen endpoint.
+    /// Gateway and outbound: route by the snapshot, run the route's policies, forward.
     async fn route(
         &self,
         workload: &Workload,
-        mesh: Option<&str>,
-        _peer: SocketAddr,
+        rt: &ProxyRuntime,
+        mesh: bool,
+        peer: SocketAddr,
         req: Request<Incoming>,
     ) -> Response<Body> {
-        let server = if mesh.is_some() {
+        let server = if mesh {
             ServerName::Envoy
         } else {
             ServerName::IstioEnvoy
         };
         let snapshot = self.snapshot.load();
-        let (mut parts, body) = req.into_parts();
+        let (parts, body) = req.into_parts();
         let authority = match parts.uri.authority() {
             Some(a) => a.as_str().to_string(),
             None => match parts.headers.get(HOST).and_then(|h| h.to_str().ok()) {
                 Some(h) => h.to_string(),
-                None => return respond::local_reply(LocalReply::NoRoute, server),
+                None => return respond::local_reply(LocalReply::NoRoute, server, false),
             },
         };
         let (host, port) = split_authority(&authority);
         let host = host.to_ascii_lowercase();
         let port = port.unwrap_or(80);
-        let vhost = match mesh {
-            Some(_) => snapshot.mesh.get(&workload.namespace).and_then(|t| t.lookup(&host)),
-            None => snapshot.ingress.lookup(&host),
+        let vhost = if mesh {
+            snapshot.mesh.get(&workload.namespace).and_then(|t| t.lookup(&host))
+        } else {
+            snapshot.ingress.lookup(&host)
         };
         let Some(vhost) = vhost else {
-            return respond::local_reply(LocalReply::NoRoute, server);
+            return respond::local_reply(LocalReply::NoRoute, server, false);
         };
-        let path = parts.uri.path().to_string();
-        let query = parts.uri.query().map(str::to_string);
+        let path = parts.uri.path();
+        let query = parts.uri.query();
         let view = RequestView {
             method: &parts.method,
-            path: &path,
-            query: query.as_deref(),
+            path,
+            query,
             scheme: "http",
             authority: &authority,
             port,
@@ -225,7 +404,7 @@ impl Proxy {
         let src = SourceView {
             labels: &workload.labels,
             namespace: &workload.namespace,
-            gateway: mesh.unwrap_or(""),
+            gateway: if mesh { "mesh" } else { "" },
         };
         let (matched, target, cluster) = match crate::snapshot::route::decide(&vhost.routes, &view, &src) {
             Decision::Forward {
@@ -235,80 +414,398 @@ impl Proxy {
             } => (matched, target, cluster),
             Decision::Redirect { code, location, .. } => return respond::redirect(code, &location, server),
             Decision::Direct { status, body, .. } => return respond::direct(status, body, server),
-            Decision::Reply(r) => return respond::local_reply(r, server),
+            Decision::Reply(r) => return respond::local_reply(r, server, false),
         };
-        let Some(endpoint) = cluster.pick() else {
-            return respond::local_reply(LocalReply::NoHealthyUpstream, server);
-        };
-        let route = matched.route;
-        let new_path = route
-            .rewrite
-            .as_ref()
-            .and_then(|rw| rw.path(&path, query.as_deref(), matched.prefix));
-        let path_and_query = new_path
-            .as_deref()
-            .unwrap_or_else(|| parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
-        let Ok(uri) = Uri::try_from(format!("http://{}{}", endpoint.addr, path_and_query)) else {
-            return respond::local_reply(LocalReply::BadRequest, server);
-        };
-        let new_authority = route.rewrite.as_ref().and_then(|rw| rw.authority.as_deref());
-        let host_value = HeaderValue::from_str(new_authority.unwrap_or(&authority));
-        parts.uri = uri;
-        let headers = &mut parts.headers;
-        strip_hop_by_hop(headers);
-        if let Ok(v) = host_value {
-            headers.insert(HOST, v);
-        }
-        if !headers.contains_key(&X_REQUEST_ID) {
-            if let Ok(v) = HeaderValue::from_str(&request_id()) {
-                headers.insert(X_REQUEST_ID.clone(), v);
+        let policy = &matched.route.policy;
+        if let Some(fault) = &policy.fault {
+            if let Some((delay, pct)) = fault.delay {
+                if roll(pct) {
+                    tokio::time::sleep(delay).await;
+                }
+            }
+            if let Some((with, pct)) = &fault.abort {
+                if roll(*pct) {
+                    return respond::fault_abort(with, server);
+                }
             }
         }
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-        headers.insert(X_ATTEMPT_COUNT.clone(), HeaderValue::from_static("1"));
-        route.headers.request.apply(headers);
-        target.headers.request.apply(headers);
-        let _active = ActiveGuard::new(&endpoint.state);
-        let upstream = Request::from_parts(parts, body.map_err(BoxError::from).boxed());
-        let response_ops = [&route.headers.response, &target.headers.response];
-        self.send(upstream, server, Some(&response_ops)).await
-    }
-
-    /// Sends to the upstream and shapes the response (or the error) for the caller.
-    async fn send(
-        &self,
-        upstream: Request<Body>,
-        server: ServerName,
-        response_ops: Option<&[&HeaderOps; 2]>,
-    ) -> Response<Body> {
-        let started = Instant::now();
-        match self.client.request(upstream).await {
-            Ok(resp) => {
-                let (mut parts, body) = resp.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                if let Some(ops) = response_ops {
-                    for op in ops {
-                        op.apply(&mut parts.headers);
+        let body = match Limited::new(body, BODY_LIMIT).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return respond::local_reply(LocalReply::TooLarge, server, false),
+        };
+        let (hash, new_cookie) = request_hash(&cluster.lb, &parts.headers, query, peer);
+        let mut out = match outgoing(&parts, &authority, path, query, matched, target, body) {
+            Some(o) => o,
+            None => return respond::local_reply(LocalReply::BadRequest, server, false),
+        };
+        // Client overrides Envoy honours, then drops.
+        let timeout = match out
+            .headers
+            .remove(&X_RQ_TIMEOUT)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        {
+            Some(0) => None,
+            Some(ms) => Some(Duration::from_millis(ms)),
+            None => policy.timeout,
+        };
+        let retry = retry_overrides(&policy.retry, &mut out.headers);
+        if let Some(t) = retry.per_try_timeout.or(timeout) {
+            out.headers
+                .insert(X_EXPECTED_TIMEOUT.clone(), HeaderValue::from(t.as_millis() as u64));
+        }
+        let generation = rt.for_snapshot(&snapshot);
+        for m in &policy.mirrors {
+            if roll(m.percentage) {
+                if let Target::Clusters(by_port) = &m.target {
+                    if let Some((_, c)) = by_port.iter().find(|(p, _)| *p == port).or_else(|| by_port.first()) {
+                        mirror(&generation.clusters[c.index], c.clone(), &out, &authority);
                     }
                 }
-                parts.headers.insert(SERVER, server.value());
-                parts.headers.insert(
-                    X_SERVICE_TIME.clone(),
-                    HeaderValue::from(started.elapsed().as_millis() as u64),
-                );
-                Response::from_parts(parts, body.map_err(BoxError::from).boxed())
             }
-            Err(e) => {
-                let reply = if e.is_connect() {
-                    LocalReply::ConnectFailure
-                } else {
-                    LocalReply::UpstreamReset
+        }
+        let crt = &generation.clusters[cluster.index];
+        let started = Instant::now();
+        let attempts = self.attempts(crt, cluster, &out, &retry, hash, server);
+        let mut resp = match timeout {
+            Some(t) => match tokio::time::timeout(t, attempts).await {
+                Ok(r) => r,
+                Err(_) => {
+                    crt.shared.stats.upstream_rq_timeout.fetch_add(1, Ordering::Relaxed);
+                    return respond::local_reply(LocalReply::Timeout, server, false);
+                }
+            },
+            None => attempts.await,
+        };
+        if resp.extensions().get::<ResponseFlags>().is_none() {
+            resp = finish(
+                resp,
+                server,
+                started,
+                &[&matched.route.headers.response, &target.headers.response],
+            );
+            if let Some(cookie) = new_cookie {
+                if let Ok(v) = HeaderValue::from_str(&cookie) {
+                    resp.headers_mut().append(SET_COOKIE, v);
+                }
+            }
+        }
+        resp
+    }
+
+    /// The attempt loop: pick an endpoint, get a connection, send; retry as the policy says.
+    async fn attempts(
+        &self,
+        crt: &ClusterRt,
+        cluster: &Cluster,
+        out: &Outgoing,
+        retry: &RetryPolicy,
+        hash: Option<u64>,
+        server: ServerName,
+    ) -> Response<Body> {
+        let stats = &crt.shared.stats;
+        let mut previous = None;
+        let mut attempt: u32 = 1;
+        loop {
+            let Some(idx) = crt.pick(cluster, hash, previous) else {
+                return respond::local_reply(LocalReply::NoHealthyUpstream, server, false);
+            };
+            previous = Some(idx);
+            let ep = &crt.endpoints[idx];
+            if crt.shared.rq_active.load(Ordering::Acquire) >= u64::from(cluster.pool.max_requests) {
+                stats.upstream_rq_overflow.fetch_add(1, Ordering::Relaxed);
+                return respond::local_reply(LocalReply::Overflow, server, false);
+            }
+            let _rq = Gauge::new(&crt.shared.rq_active);
+            let _retry_gauge = (attempt > 1).then(|| Gauge::new(&crt.shared.rq_retry_active));
+            let _active = ActiveGuard::new(ep);
+            stats.upstream_rq_total.fetch_add(1, Ordering::Relaxed);
+            let send = async {
+                let (conn, reused) = upstream::acquire(&crt.shared, ep, &cluster.pool).await?;
+                if reused {
+                    stats.upstream_rq_reused.fetch_add(1, Ordering::Relaxed);
+                }
+                conn.send(out.request(attempt)).await
+            };
+            let result = match retry.per_try_timeout {
+                Some(t) => match tokio::time::timeout(t, send).await {
+                    Ok(r) => r.map_or_else(Attempt::Failed, Attempt::Response),
+                    Err(_) => {
+                        stats.upstream_rq_per_try_timeout.fetch_add(1, Ordering::Relaxed);
+                        Attempt::PerTryTimeout
+                    }
+                },
+                None => send.await.map_or_else(Attempt::Failed, Attempt::Response),
+            };
+            let retriable = match &result {
+                Attempt::Failed(UpstreamError::Overflow) => {
+                    // Locally refused: never retried, never counted by outlier detection.
+                    return respond::local_reply(LocalReply::Overflow, server, false);
+                }
+                Attempt::Response(resp) => {
+                    crt.record(cluster, idx, AttemptResult::Status(resp.status().as_u16()));
+                    retriable_response(retry, resp)
+                }
+                Attempt::Failed(UpstreamError::Connect(_)) => {
+                    crt.record(cluster, idx, AttemptResult::LocalFailure);
+                    retry
+                        .on
+                        .has(RetryOn::CONNECT_FAILURE | RetryOn::FIVE_XX | RetryOn::GATEWAY_ERROR | RetryOn::RESET)
+                }
+                Attempt::Failed(UpstreamError::Reset(_)) => {
+                    crt.record(cluster, idx, AttemptResult::LocalFailure);
+                    retry.on.has(RetryOn::RESET | RetryOn::FIVE_XX | RetryOn::GATEWAY_ERROR)
+                }
+                Attempt::PerTryTimeout => {
+                    crt.record(cluster, idx, AttemptResult::LocalFailure);
+                    retry.on.has(RetryOn::FIVE_XX | RetryOn::GATEWAY_ERROR | RetryOn::RESET)
+                }
+            };
+            let retried = attempt > 1;
+            let can_retry = retriable && attempt <= retry.attempts;
+            let budget =
+                can_retry && crt.shared.rq_retry_active.load(Ordering::Acquire) < u64::from(cluster.pool.max_retries);
+            if can_retry && !budget {
+                stats.upstream_rq_retry_overflow.fetch_add(1, Ordering::Relaxed);
+            }
+            if !budget {
+                return match result {
+                    Attempt::Response(resp) => resp,
+                    Attempt::Failed(e) => respond::local_reply(reply_for(&e), server, retried),
+                    Attempt::PerTryTimeout => respond::local_reply(LocalReply::Timeout, server, false),
                 };
-                tracing::debug!(error = %e, flag = reply.flag(), "upstream request failed");
-                respond::local_reply(reply, server)
+            }
+            drop(result);
+            stats.upstream_rq_retry.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(backoff(retry.backoff, attempt)).await;
+            attempt += 1;
+        }
+    }
+}
+
+/// Envoy's jittered exponential backoff: uniform in [0, (2^n - 1) x base], capped at 10 x base.
+pub fn backoff(base: Duration, retry_number: u32) -> Duration {
+    let factor = (1u64 << retry_number.min(16)) - 1;
+    let max = base.saturating_mul(factor as u32).min(base.saturating_mul(10));
+    let ms = max.as_millis() as u64;
+    Duration::from_millis(if ms == 0 { 0 } else { fastrand::u64(..=ms) })
+}
+
+/// Whether the response is one the policy retries.
+fn retriable_response(retry: &RetryPolicy, resp: &Response<Body>) -> bool {
+    let s = resp.status().as_u16();
+    let on = retry.on;
+    if on.has(RetryOn::FIVE_XX) && s >= 500 {
+        return true;
+    }
+    if on.has(RetryOn::GATEWAY_ERROR) && matches!(s, 502..=504) {
+        return true;
+    }
+    if on.has(RetryOn::RETRIABLE_4XX) && s == 409 {
+        return true;
+    }
+    if on.has(RetryOn::RETRIABLE_STATUS_CODES) && retry.codes.contains(&s) {
+        return true;
+    }
+    if on.has(RetryOn::ENVOY_RATELIMITED) && resp.headers().contains_key(&X_RATELIMITED) {
+        return true;
+    }
+    let grpc = resp
+        .headers()
+        .get(&GRPC_STATUS)
+        .and_then(|v| v.to_str().ok()?.parse::<u32>().ok());
+    matches!(
+        (grpc, on),
+        (Some(1), on) if on.has(RetryOn::CANCELLED)
+    ) || matches!((grpc, on), (Some(4), on) if on.has(RetryOn::DEADLINE_EXCEEDED))
+        || matches!((grpc, on), (Some(13), on) if on.has(RetryOn::INTERNAL))
+        || matches!((grpc, on), (Some(8), on) if on.has(RetryOn::RESOURCE_EXHAUSTED))
+        || matches!((grpc, on), (Some(14), on) if on.has(RetryOn::UNAVAILABLE))
+}
+
+/// The policy after the client's `x-envoy-retry-on` / `x-envoy-max-retries` (removed from the request).
+fn retry_overrides(policy: &RetryPolicy, headers: &mut HeaderMap) -> RetryPolicy {
+    let mut p = policy.clone();
+    if let Some(v) = headers.remove(&X_RETRY_ON) {
+        if let Some(Ok((on, codes))) = v.to_str().ok().map(parse_retry_on) {
+            p.on = p.on | on;
+            p.codes.extend(codes);
+        }
+    }
+    if let Some(v) = headers.remove(&X_MAX_RETRIES) {
+        if let Some(n) = v.to_str().ok().and_then(|s| s.parse().ok()) {
+            p.attempts = n;
+        }
+    }
+    p
+}
+
+/// A gauge held for the life of a request.
+struct Gauge<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl<'a> Gauge<'a> {
+    fn new(g: &'a std::sync::atomic::AtomicU64) -> Gauge<'a> {
+        g.fetch_add(1, Ordering::AcqRel);
+        Gauge(g)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn reply_for(e: &UpstreamError) -> LocalReply {
+    match e {
+        UpstreamError::Overflow => LocalReply::Overflow,
+        UpstreamError::Connect(_) => LocalReply::ConnectFailure,
+        UpstreamError::Reset(_) => LocalReply::UpstreamReset,
+    }
+}
+
+/// The request toward the upstream: rewrite, Host, Envoy's headers, the route's header edits.
+fn outgoing(
+    parts: &http::request::Parts,
+    authority: &str,
+    path: &str,
+    query: Option<&str>,
+    matched: Matched<'_>,
+    target: &WeightedTarget,
+    body: Bytes,
+) -> Option<Outgoing> {
+    let route = matched.route;
+    let path_and_query = route
+        .rewrite
+        .as_ref()
+        .and_then(|rw| rw.path(path, query, matched.prefix))
+        .unwrap_or_else(|| {
+            parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/")
+                .to_string()
+        });
+    let new_authority = route
+        .rewrite
+        .as_ref()
+        .and_then(|rw| rw.authority.as_deref())
+        .unwrap_or(authority);
+    let mut headers = parts.headers.clone();
+    strip_hop_by_hop(&mut headers);
+    headers.insert(HOST, HeaderValue::from_str(new_authority).ok()?);
+    if !headers.contains_key(&X_REQUEST_ID) {
+        if let Ok(v) = HeaderValue::from_str(&request_id()) {
+            headers.insert(X_REQUEST_ID.clone(), v);
+        }
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    if !body.is_empty() || headers.contains_key(CONTENT_LENGTH) {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
+    headers.remove(http::header::TRANSFER_ENCODING);
+    route.headers.request.apply(&mut headers);
+    target.headers.request.apply(&mut headers);
+    Some(Outgoing {
+        method: parts.method.clone(),
+        path_and_query,
+        headers,
+        body,
+    })
+}
+
+/// Sends a copy to a mirror cluster, fire and forget, with the authority suffixed `-shadow`.
+fn mirror(crt: &ClusterRt, cluster: Arc<Cluster>, out: &Outgoing, authority: &str) {
+    let (host, port) = split_authority(authority);
+    let shadow = match port {
+        Some(p) => format!("{host}-shadow:{p}"),
+        None => format!("{host}-shadow"),
+    };
+    let Ok(shadow) = HeaderValue::from_str(&shadow) else {
+        return;
+    };
+    let mut req = out.request(1);
+    req.headers_mut().insert(HOST, shadow);
+    let Some(idx) = crt.pick(&cluster, None, None) else {
+        return;
+    };
+    let ep = crt.endpoints[idx].clone();
+    let shared = crt.shared.clone();
+    tokio::spawn(async move {
+        let _active = ActiveGuard::new(&ep);
+        if let Ok((conn, _)) = upstream::acquire(&shared, &ep, &cluster.pool).await {
+            if let Ok(resp) = conn.send(req).await {
+                // Drain so the connection goes back to the pool; the response is discarded.
+                let _ = resp.into_body().collect().await;
+            }
+        }
+    });
+}
+
+/// The consistent-hash key of a request, and a cookie to set when the policy issues one.
+fn request_hash(
+    lb: &LbPolicy,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    peer: SocketAddr,
+) -> (Option<u64>, Option<String>) {
+    let LbPolicy::Hash { key, .. } = lb else {
+        return (None, None);
+    };
+    match key {
+        HashKey::Header(name) => (headers.get(name.as_str()).map(|v| hash64(v.as_bytes())), None),
+        HashKey::SourceIp => (Some(hash64(peer.ip().to_string().as_bytes())), None),
+        HashKey::QueryParam(name) => (
+            query.and_then(|q| {
+                q.split('&').find_map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                    (k == name).then(|| hash64(v.as_bytes()))
+                })
+            }),
+            None,
+        ),
+        HashKey::Cookie { name, path, ttl } => {
+            let found = headers
+                .get_all(COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .find_map(|c| {
+                    c.split(';').find_map(|kv| {
+                        let (k, v) = kv.trim().split_once('=')?;
+                        (k == name).then(|| v.to_string())
+                    })
+                });
+            match (found, ttl) {
+                (Some(v), _) => (Some(hash64(v.as_bytes())), None),
+                (None, Some(ttl)) => {
+                    let value = format!("{:016x}", fastrand::u64(..));
+                    let mut cookie = format!("{name}=\"{value}\"; Max-Age={}", ttl.as_secs());
+                    if let Some(p) = path {
+                        cookie.push_str(&format!("; Path={p}"));
+                    }
+                    cookie.push_str("; HttpOnly");
+                    (Some(hash64(format!("\"{value}\"").as_bytes())), Some(cookie))
+                }
+                (None, None) => (None, None),
             }
         }
     }
+}
+
+/// Shapes an upstream response for the caller: Envoy's headers and the route's edits.
+fn finish(resp: Response<Body>, server: ServerName, started: Instant, ops: &[&HeaderOps]) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    for op in ops {
+        op.apply(&mut parts.headers);
+    }
+    parts.headers.insert(SERVER, server.value());
+    parts.headers.insert(
+        X_SERVICE_TIME.clone(),
+        HeaderValue::from(started.elapsed().as_millis() as u64),
+    );
+    parts.extensions.insert(ResponseFlags("-"));
+    Response::from_parts(parts, body)
 }
 
 /// Resolves once `rx` turns true (or its sender is gone); holds no guard across awaits.
@@ -339,11 +836,24 @@ fn request_id() -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn request_id_is_uuid_v4() {
-        let id = super::request_id();
+        let id = request_id();
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "4");
         assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
+    }
+
+    #[test]
+    fn backoff_is_jittered_and_capped() {
+        let base = Duration::from_millis(25);
+        for n in 1..8 {
+            for _ in 0..50 {
+                let b = backoff(base, n);
+                assert!(b <= base * ((1 << n) - 1).min(10), "{n}: {b:?}");
+            }
+        }
     }
 }

@@ -4,7 +4,6 @@
 //! header name) is found here, before anything changes.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -12,14 +11,12 @@ use http::{HeaderName, HeaderValue};
 use regex::Regex;
 
 use super::matcher::{HostPattern, RequestMatch, StrMatch};
+use super::policy::{Fault, HashKey, HashTable, LbPolicy, OutlierSettings, PoolSettings, RetryPolicy};
 use super::route::{
-    GatewayTable, HeaderOps, Headers, HttpRoute, MeshTable, Redirect, RedirectPort, Rewrite, RouteAction, Target,
-    VirtualHost, WeightedTarget,
+    GatewayTable, HeaderOps, Headers, HttpRoute, MeshTable, Mirror, Redirect, RedirectPort, Rewrite, RouteAction,
+    RoutePolicy, Target, VirtualHost, WeightedTarget,
 };
-use super::{
-    resolve_short_name, Cluster, Endpoint, Labels, LbPolicy, PodInfo, Runtime, Service, Snapshot, Workload,
-    CLUSTER_DOMAIN,
-};
+use super::{resolve_short_name, Cluster, Endpoint, Labels, PodInfo, Service, Snapshot, Workload, CLUSTER_DOMAIN};
 use crate::config::api::{self, Resource};
 use crate::config::load::NotEmulated;
 use crate::config::model::Workloads;
@@ -34,8 +31,6 @@ pub struct CompileInput<'a> {
     pub workloads: &'a Workloads,
     /// Running pods with their listener addresses.
     pub pods: &'a [PodInfo],
-    /// Runtime state shared across snapshots.
-    pub runtime: &'a Runtime,
     /// Generation number of the new snapshot.
     pub generation: u64,
     /// Documents that are not emulated.
@@ -65,7 +60,7 @@ fn name_of(m: &api::ObjectMeta) -> &str {
 struct Ctx<'a> {
     errors: Vec<ConfigError>,
     services: HashMap<String, Arc<Service>>,
-    clusters: BTreeMap<String, Arc<Cluster>>,
+    clusters: HashMap<String, Arc<Cluster>>,
     /// DestinationRules by host FQDN.
     rules: HashMap<String, (&'a DrObj, &'a Origin)>,
     /// VirtualServices by `ns/name`, for delegation.
@@ -225,7 +220,8 @@ fn cluster_for(
     };
     let rule = ctx.rules.get(&svc.fqdn).map(|(r, _)| *r);
     let mut labels = svc.selector.clone();
-    let mut policy = rule.and_then(|r| r.spec.traffic_policy.as_ref());
+    let mut effective = Effective::default();
+    effective.apply(rule.and_then(|r| r.spec.traffic_policy.as_ref()), port);
     if let Some(subset) = subset {
         let found = rule.and_then(|r| r.spec.subsets.iter().find(|s| s.name == subset));
         let Some(found) = found else {
@@ -235,12 +231,9 @@ fn cluster_for(
             ));
         };
         labels.extend(found.labels.clone());
-        if found.traffic_policy.is_some() {
-            policy = found.traffic_policy.as_ref();
-        }
+        effective.apply(found.traffic_policy.as_ref(), port);
     }
-    let lb = lb_policy(policy, port);
-    let endpoints = input
+    let endpoints: Vec<Endpoint> = input
         .pods
         .iter()
         .filter(|p| p.namespace == svc.namespace && !svc.selector.is_empty())
@@ -248,38 +241,99 @@ fn cluster_for(
         .filter_map(|p| {
             let target = p.resolve_port(&svc_port.target_port)?;
             let addr = *p.inbound.get(&target)?;
-            Some(Arc::new(Endpoint {
+            Some(Endpoint {
                 addr,
                 pod: p.name.clone(),
-                state: input.runtime.endpoint(addr),
-            }))
+            })
         })
         .collect();
+    let lb = lb_policy(effective.lb, &endpoints);
     let cluster = Arc::new(Cluster {
         name: name.clone(),
+        index: ctx.clusters.len(),
         service: svc.fqdn.clone(),
         port,
         subset: subset.map(str::to_string),
         endpoints,
         lb,
-        rr: AtomicU64::new(0),
+        pool: PoolSettings::from_api(effective.pool),
+        outlier: effective.outlier.map(OutlierSettings::from_api),
     });
     ctx.clusters.insert(name, cluster.clone());
     Ok(cluster)
 }
 
-fn lb_policy(policy: Option<&api::TrafficPolicy>, port: u16) -> LbPolicy {
-    let Some(p) = policy else { return LbPolicy::LeastRequest };
-    // A port-level setting replaces the whole policy for that port: no field inheritance.
-    let lb = p
-        .port_level_settings
-        .iter()
-        .find(|s| s.port.as_ref().map(|x| x.number) == Some(u32::from(port)))
-        .map(|s| s.load_balancer.as_ref())
-        .unwrap_or(p.load_balancer.as_ref());
-    match lb.and_then(|l| l.simple.as_ref()) {
+/// The traffic policy in force for one cluster, merged as Istio merges it:
+/// subset fields override the rule's, and a port-level entry replaces all of
+/// its fields (unset ones fall back to defaults, not to the outer level).
+#[derive(Default)]
+struct Effective<'a> {
+    lb: Option<&'a api::LoadBalancerSettings>,
+    pool: Option<&'a api::ConnectionPoolSettings>,
+    outlier: Option<&'a api::OutlierDetection>,
+}
+
+impl<'a> Effective<'a> {
+    fn apply(&mut self, policy: Option<&'a api::TrafficPolicy>, port: u16) {
+        let Some(p) = policy else { return };
+        if p.load_balancer.is_some() {
+            self.lb = p.load_balancer.as_ref();
+        }
+        if p.connection_pool.is_some() {
+            self.pool = p.connection_pool.as_ref();
+        }
+        if p.outlier_detection.is_some() {
+            self.outlier = p.outlier_detection.as_ref();
+        }
+        if let Some(pl) = p
+            .port_level_settings
+            .iter()
+            .find(|s| s.port.as_ref().map(|x| x.number) == Some(u32::from(port)))
+        {
+            self.lb = pl.load_balancer.as_ref();
+            self.pool = pl.connection_pool.as_ref();
+            self.outlier = pl.outlier_detection.as_ref();
+        }
+    }
+}
+
+fn lb_policy(lb: Option<&api::LoadBalancerSettings>, endpoints: &[Endpoint]) -> LbPolicy {
+    let Some(lb) = lb else { return LbPolicy::LeastRequest };
+    if let Some(ch) = &lb.consistent_hash {
+        let key = if let Some(h) = &ch.http_header_name {
+            HashKey::Header(h.to_ascii_lowercase())
+        } else if let Some(c) = &ch.http_cookie {
+            HashKey::Cookie {
+                name: c.name.clone(),
+                path: c.path.clone(),
+                ttl: c.ttl.as_ref().map(|d| d.0),
+            }
+        } else if let Some(q) = &ch.http_query_parameter_name {
+            HashKey::QueryParam(q.clone())
+        } else {
+            HashKey::SourceIp
+        };
+        let keys: Vec<String> = endpoints.iter().map(|e| e.addr.to_string()).collect();
+        let table = match &ch.maglev {
+            Some(m) => HashTable::maglev(&keys, m.table_size.unwrap_or(65537)),
+            None => HashTable::ring(
+                &keys,
+                ch.ring_hash
+                    .as_ref()
+                    .and_then(|r| r.minimum_ring_size)
+                    .or(ch.minimum_ring_size)
+                    .unwrap_or(1024),
+            ),
+        };
+        return LbPolicy::Hash {
+            key,
+            table: Arc::new(table),
+        };
+    }
+    match lb.simple.as_ref() {
         Some(api::SimpleLb::RoundRobin) => LbPolicy::RoundRobin,
         Some(api::SimpleLb::Random) => LbPolicy::Random,
+        Some(api::SimpleLb::Passthrough) => LbPolicy::Passthrough,
         _ => LbPolicy::LeastRequest,
     }
 }
@@ -438,28 +492,12 @@ fn compile_routes(
                 }
             }),
         });
-        let mut pending = Vec::new();
-        if r.timeout.is_some() {
-            pending.push("timeout");
-        }
-        if r.retries.is_some() {
-            pending.push("retries");
-        }
-        if r.fault.is_some() {
-            pending.push("fault");
-        }
-        if r.mirror.is_some() || !r.mirrors.is_empty() {
-            pending.push("mirror");
-        }
         if r.cors_policy.is_some() {
-            pending.push("corsPolicy");
-        }
-        if !pending.is_empty() {
             ctx.warnings.push(format!(
-                "{vs_name} ({origin}) {field}: {} not emulated yet, ignored",
-                pending.join(", ")
+                "{vs_name} ({origin}) {field}: corsPolicy not emulated yet, ignored"
             ));
         }
+        let policy = route_policy(ctx, input, r, &vs_ns, origin, &field);
         out.push(HttpRoute {
             name: r.name.clone(),
             virtual_service: vs_name.clone(),
@@ -468,9 +506,67 @@ fn compile_routes(
             action,
             rewrite,
             headers: headers(ctx, &r.headers, origin, &format!("{field}.headers")),
+            policy,
         });
     }
     out
+}
+
+/// Timeout, retries, fault and mirrors of a route. Per the Istio API, a route
+/// with a fault gets neither its retries nor its timeout at the client.
+fn route_policy(
+    ctx: &mut Ctx<'_>,
+    input: &CompileInput<'_>,
+    r: &api::HttpRoute,
+    vs_ns: &str,
+    origin: &Origin,
+    field: &str,
+) -> RoutePolicy {
+    let fault = r.fault.as_ref().and_then(|f| match Fault::from_api(f) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            ctx.err(origin, format!("{field}.fault"), e);
+            None
+        }
+    });
+    let retry = match RetryPolicy::from_api(r.retries.as_ref()) {
+        Ok(p) => p,
+        Err(e) => {
+            ctx.err(origin, format!("{field}.retries"), e);
+            RetryPolicy::default()
+        }
+    };
+    let mut mirrors = Vec::new();
+    if let Some(m) = &r.mirror {
+        let pct = r
+            .mirror_percentage
+            .as_ref()
+            .map(|p| p.value)
+            .or(r.mirror_percent.map(f64::from))
+            .unwrap_or(100.0);
+        mirrors.push(Mirror {
+            target: target(ctx, input, m, vs_ns),
+            percentage: pct.clamp(0.0, 100.0),
+        });
+    }
+    for m in &r.mirrors {
+        let pct = m.percentage.as_ref().map(|p| p.value).unwrap_or(100.0);
+        mirrors.push(Mirror {
+            target: target(ctx, input, &m.destination, vs_ns),
+            percentage: pct.clamp(0.0, 100.0),
+        });
+    }
+    let faulty = fault.is_some();
+    RoutePolicy {
+        timeout: if faulty {
+            None
+        } else {
+            r.timeout.as_ref().map(|d| d.0).filter(|d| !d.is_zero())
+        },
+        retry: if faulty { RetryPolicy::none() } else { retry },
+        fault,
+        mirrors,
+    }
 }
 
 /// Envoy's `\1` groups become the regex crate's `${1}`.
@@ -556,7 +652,7 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
     let mut ctx = Ctx {
         errors: vec![],
         services: HashMap::new(),
-        clusters: BTreeMap::new(),
+        clusters: HashMap::new(),
         rules: HashMap::new(),
         vs_by_name: HashMap::new(),
         warnings: vec![],
@@ -664,6 +760,7 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
             },
             rewrite: None,
             headers: Headers::default(),
+            policy: RoutePolicy::default(),
         };
         default_vhosts.insert(
             svc.fqdn.clone(),
@@ -793,7 +890,11 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
         services: ctx.services,
         mesh,
         ingress,
-        clusters: ctx.clusters,
+        clusters: {
+            let mut v: Vec<Arc<Cluster>> = ctx.clusters.into_values().collect();
+            v.sort_by_key(|c| c.index);
+            v
+        },
         pods: input.pods.to_vec(),
         mesh_client: Some(Arc::new(mesh_client)),
         not_emulated: input

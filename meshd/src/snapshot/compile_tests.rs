@@ -56,12 +56,10 @@ fn build(texts: &[&str]) -> Result<Snapshot, Vec<crate::config::ConfigError>> {
     assert!(errors.is_empty(), "{errors:?}");
     let workloads = Workloads::from_resources(&loaded.resources).unwrap();
     let pods = pods_for(&workloads);
-    let runtime = Runtime::default();
     compile(CompileInput {
         resources: &loaded.resources,
         workloads: &workloads,
         pods: &pods,
-        runtime: &runtime,
         generation: 1,
         not_emulated: &[],
     })
@@ -189,11 +187,12 @@ fn bookinfo_header_routing_from_the_samples() {
         "outbound|9080||ratings.default.svc.cluster.local"
     );
     assert_eq!(route(&snap, Some(&pp), "http://nowhere:9080/", &[]), "NR");
-    let c = &snap.clusters[V2];
+    let cluster = |name: &str| snap.clusters.iter().find(|c| c.name == name).unwrap().clone();
+    let c = cluster(V2);
     assert_eq!(c.endpoints.len(), 1);
     assert_eq!(c.endpoints[0].pod, "reviews-v2-pod");
     assert_eq!(
-        snap.clusters["outbound|9080||reviews.default.svc.cluster.local"]
+        cluster("outbound|9080||reviews.default.svc.cluster.local")
             .endpoints
             .len(),
         3
@@ -397,12 +396,10 @@ fn every_sample_folder_of_the_project_compiles() {
         let (loaded, _) = crate::config::with_builtin(loaded);
         let workloads = Workloads::from_resources(&loaded.resources).unwrap();
         let pods = pods_for(&workloads);
-        let runtime = Runtime::default();
         let snap = compile(CompileInput {
             resources: &loaded.resources,
             workloads: &workloads,
             pods: &pods,
-            runtime: &runtime,
             generation: 1,
             not_emulated: &loaded.not_emulated,
         })

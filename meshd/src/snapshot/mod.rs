@@ -6,11 +6,11 @@ pub(crate) mod compile;
 #[cfg(test)]
 mod compile_tests;
 pub mod matcher;
+pub mod policy;
 pub mod route;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -96,54 +96,13 @@ impl PodInfo {
     }
 }
 
-/// Per-endpoint runtime state, kept across snapshots (keyed by address).
-#[derive(Debug, Default)]
-pub struct EndpointState {
-    /// Requests in flight to this endpoint (LEAST_REQUEST reads it).
-    pub active: AtomicU64,
-    /// Requests sent, for stats.
-    pub total: AtomicU64,
-}
-
-/// RAII guard counting one in-flight request on an endpoint.
-#[derive(Debug)]
-pub struct ActiveGuard(Arc<EndpointState>);
-
-impl ActiveGuard {
-    /// Counts a request on `state` until the guard drops.
-    pub fn new(state: &Arc<EndpointState>) -> ActiveGuard {
-        state.active.fetch_add(1, Ordering::Relaxed);
-        state.total.fetch_add(1, Ordering::Relaxed);
-        ActiveGuard(state.clone())
-    }
-}
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// One upstream endpoint of a cluster: a pod's inbound listener.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Endpoint {
     /// Where to connect.
     pub addr: SocketAddr,
     /// The pod behind it.
     pub pod: String,
-    /// Runtime counters (shared across snapshots).
-    pub state: Arc<EndpointState>,
-}
-
-/// Load-balancing algorithm of a cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LbPolicy {
-    /// Istio's default: power of two choices on in-flight requests.
-    LeastRequest,
-    /// Round robin.
-    RoundRobin,
-    /// Uniform random.
-    Random,
 }
 
 /// An Envoy-style cluster: `outbound|9080|v1|reviews.default.svc.cluster.local`.
@@ -151,6 +110,8 @@ pub enum LbPolicy {
 pub struct Cluster {
     /// Istio's cluster name.
     pub name: String,
+    /// Position in `Snapshot::clusters`, which indexes each proxy's runtime state.
+    pub index: usize,
     /// Service FQDN.
     pub service: String,
     /// Service port.
@@ -158,39 +119,13 @@ pub struct Cluster {
     /// Subset name, if any.
     pub subset: Option<String>,
     /// Endpoints in the cluster.
-    pub endpoints: Vec<Arc<Endpoint>>,
+    pub endpoints: Vec<Endpoint>,
     /// Balancing algorithm.
-    pub lb: LbPolicy,
-    /// Round-robin cursor (only read for ROUND_ROBIN).
-    pub rr: AtomicU64,
-}
-
-impl Cluster {
-    /// Picks an endpoint; None when the cluster has none (503 UH).
-    pub fn pick(&self) -> Option<&Arc<Endpoint>> {
-        let eps = &self.endpoints;
-        match eps.len() {
-            0 => None,
-            1 => eps.first(),
-            n => Some(match self.lb {
-                LbPolicy::Random => &eps[fastrand::usize(..n)],
-                LbPolicy::RoundRobin => &eps[(self.rr.fetch_add(1, Ordering::Relaxed) as usize) % n],
-                LbPolicy::LeastRequest => {
-                    let a = fastrand::usize(..n);
-                    let mut b = fastrand::usize(..n - 1);
-                    if b >= a {
-                        b += 1;
-                    }
-                    let (ea, eb) = (&eps[a], &eps[b]);
-                    if eb.state.active.load(Ordering::Relaxed) < ea.state.active.load(Ordering::Relaxed) {
-                        eb
-                    } else {
-                        ea
-                    }
-                }
-            }),
-        }
-    }
+    pub lb: policy::LbPolicy,
+    /// Connection pool and circuit breakers.
+    pub pool: policy::PoolSettings,
+    /// Outlier detection, if configured.
+    pub outlier: Option<policy::OutlierSettings>,
 }
 
 /// A workload as the proxies see it: who is calling.
@@ -217,8 +152,8 @@ pub struct Snapshot {
     pub mesh: HashMap<String, route::MeshTable>,
     /// Routing table of the ingress gateway's HTTP listener.
     pub ingress: route::GatewayTable,
-    /// Every cluster by name.
-    pub clusters: BTreeMap<String, Arc<Cluster>>,
+    /// Every cluster, `index` order.
+    pub clusters: Vec<Arc<Cluster>>,
     /// Running pods this snapshot routes to.
     pub pods: Vec<PodInfo>,
     /// The workload whose sidecar serves the shared outbound port (15001).
@@ -251,26 +186,6 @@ impl SnapshotHandle {
     }
 }
 
-/// Runtime state kept across snapshots: per-endpoint counters.
-#[derive(Debug, Default)]
-pub struct Runtime {
-    endpoints: std::sync::Mutex<HashMap<SocketAddr, Arc<EndpointState>>>,
-}
-
-impl Runtime {
-    /// The state for an endpoint address, created on first use. Only called while compiling.
-    pub fn endpoint(&self, addr: SocketAddr) -> Arc<EndpointState> {
-        let mut map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(addr).or_default().clone()
-    }
-
-    /// Drops state of endpoints no longer in use.
-    pub fn retain(&self, live: &std::collections::HashSet<SocketAddr>) {
-        let mut map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|a, _| live.contains(a));
-    }
-}
-
 /// Resolves a host as Istio does for a config in `namespace`: a name without a
 /// dot becomes `<name>.<namespace>.svc.cluster.local`; `*` and dotted names stay.
 pub fn resolve_short_name(host: &str, namespace: &str) -> String {
@@ -284,45 +199,6 @@ pub fn resolve_short_name(host: &str, namespace: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn cluster(n: usize, lb: LbPolicy) -> Cluster {
-        let rt = Runtime::default();
-        Cluster {
-            name: "c".into(),
-            service: "s".into(),
-            port: 1,
-            subset: None,
-            endpoints: (0..n)
-                .map(|i| {
-                    let addr: SocketAddr = format!("127.0.0.1:{}", 1000 + i).parse().unwrap();
-                    Arc::new(Endpoint {
-                        addr,
-                        pod: format!("p{i}"),
-                        state: rt.endpoint(addr),
-                    })
-                })
-                .collect(),
-            lb,
-            rr: AtomicU64::new(0),
-        }
-    }
-
-    #[test]
-    fn least_request_avoids_busy_endpoint() {
-        let c = cluster(2, LbPolicy::LeastRequest);
-        let _busy: Vec<_> = (0..5).map(|_| ActiveGuard::new(&c.endpoints[0].state)).collect();
-        for _ in 0..50 {
-            assert_eq!(c.pick().unwrap().pod, "p1");
-        }
-    }
-
-    #[test]
-    fn round_robin_cycles() {
-        let c = cluster(3, LbPolicy::RoundRobin);
-        let picks: Vec<_> = (0..6).map(|_| c.pick().unwrap().pod.clone()).collect();
-        assert_eq!(picks, ["p0", "p1", "p2", "p0", "p1", "p2"]);
-        assert!(cluster(0, LbPolicy::Random).pick().is_none());
-    }
 
     #[test]
     fn short_names() {

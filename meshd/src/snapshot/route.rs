@@ -156,6 +156,28 @@ pub enum RouteAction {
     },
 }
 
+/// A mirror destination and the share of requests copied to it.
+#[derive(Debug, Clone)]
+pub struct Mirror {
+    /// Where copies go.
+    pub target: Target,
+    /// Percent of requests mirrored.
+    pub percentage: f64,
+}
+
+/// Policies of a route besides its destination.
+#[derive(Debug, Clone, Default)]
+pub struct RoutePolicy {
+    /// Route timeout (off when None).
+    pub timeout: Option<std::time::Duration>,
+    /// Retries (Istio's default policy unless set).
+    pub retry: super::policy::RetryPolicy,
+    /// Fault injection.
+    pub fault: Option<super::policy::Fault>,
+    /// Mirrors.
+    pub mirrors: Vec<Mirror>,
+}
+
 /// One compiled `HTTPRoute`, possibly flattened out of a delegate VirtualService.
 #[derive(Debug, Clone)]
 pub struct HttpRoute {
@@ -173,6 +195,8 @@ pub struct HttpRoute {
     pub rewrite: Option<Rewrite>,
     /// Route-level header edits.
     pub headers: Headers,
+    /// Timeout, retries, fault, mirrors.
+    pub policy: RoutePolicy,
 }
 
 /// A match result: the route and the prefix its uri condition used.
@@ -273,6 +297,12 @@ pub enum LocalReply {
     UpstreamReset,
     /// The request could not be understood: 400.
     BadRequest,
+    /// A circuit breaker refused the request: 503 UO with `x-envoy-overloaded`.
+    Overflow,
+    /// The route timeout or the last per-try timeout fired: 504 UT.
+    Timeout,
+    /// The request body exceeds the buffer limit: 413.
+    TooLarge,
 }
 
 impl LocalReply {
@@ -281,6 +311,8 @@ impl LocalReply {
         match self {
             LocalReply::NoRoute => 404,
             LocalReply::BadRequest => 400,
+            LocalReply::Timeout => 504,
+            LocalReply::TooLarge => 413,
             _ => 503,
         }
     }
@@ -294,6 +326,9 @@ impl LocalReply {
             LocalReply::ConnectFailure => "UF",
             LocalReply::UpstreamReset => "UC",
             LocalReply::BadRequest => "DPE",
+            LocalReply::Overflow => "UO",
+            LocalReply::Timeout => "UT",
+            LocalReply::TooLarge => "-",
         }
     }
 
@@ -306,6 +341,9 @@ impl LocalReply {
             LocalReply::ConnectFailure => "upstream_reset_before_response_started{remote_connection_failure}",
             LocalReply::UpstreamReset => "upstream_reset_before_response_started{connection_termination}",
             LocalReply::BadRequest => "http1.codec_error",
+            LocalReply::Overflow => "upstream_reset_before_response_started{overflow}",
+            LocalReply::Timeout => "upstream_response_timeout",
+            LocalReply::TooLarge => "request_payload_too_large",
         }
     }
 
@@ -320,6 +358,9 @@ impl LocalReply {
             LocalReply::UpstreamReset => {
                 "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
             }
+            LocalReply::Overflow => "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+            LocalReply::Timeout => "upstream request timeout",
+            LocalReply::TooLarge => "Payload Too Large",
         }
     }
 }
@@ -454,19 +495,21 @@ fn redirect_location(r: &Redirect, req: &RequestView<'_>, prefix: Option<&str>) 
 mod tests {
     use super::*;
     use crate::snapshot::matcher::StrMatch;
-    use crate::snapshot::{Cluster, Labels, LbPolicy};
+    use crate::snapshot::policy::{LbPolicy, PoolSettings};
+    use crate::snapshot::{Cluster, Labels};
     use http::Method;
-    use std::sync::atomic::AtomicU64;
 
     fn cluster(name: &str) -> Arc<Cluster> {
         Arc::new(Cluster {
             name: name.into(),
+            index: 0,
             service: "reviews.default.svc.cluster.local".into(),
             port: 9080,
             subset: None,
             endpoints: vec![],
             lb: LbPolicy::LeastRequest,
-            rr: AtomicU64::new(0),
+            pool: PoolSettings::default(),
+            outlier: None,
         })
     }
 
@@ -494,6 +537,7 @@ mod tests {
             action,
             rewrite: None,
             headers: Headers::default(),
+            policy: RoutePolicy::default(),
         }
     }
 

@@ -1,0 +1,575 @@
+//! Per-proxy runtime state that outlives snapshots: each sidecar (and the
+//! gateway) has its own connection pools, circuit-breaker counters, outlier
+//! state and stats per cluster, as each Envoy does. The request path reaches
+//! it with two atomic loads; the map behind it is only touched when a new
+//! snapshot generation is first seen.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::snapshot::policy::{LbPolicy, OutlierSettings};
+use crate::snapshot::{Cluster, Snapshot};
+
+/// Envoy-style counters of one cluster in one proxy.
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    /// Requests sent upstream (each attempt).
+    pub upstream_rq_total: AtomicU64,
+    /// Requests that waited for a connection.
+    pub upstream_rq_pending_total: AtomicU64,
+    /// Requests refused because the pending queue was full.
+    pub upstream_rq_pending_overflow: AtomicU64,
+    /// Requests refused by `http2MaxRequests`.
+    pub upstream_rq_overflow: AtomicU64,
+    /// Connections opened.
+    pub upstream_cx_total: AtomicU64,
+    /// Connection attempts that failed.
+    pub upstream_cx_connect_fail: AtomicU64,
+    /// Requests sent on a connection that had served an earlier request.
+    pub upstream_rq_reused: AtomicU64,
+    /// Retries sent.
+    pub upstream_rq_retry: AtomicU64,
+    /// Retries not sent because of `maxRetries`.
+    pub upstream_rq_retry_overflow: AtomicU64,
+    /// Route timeouts.
+    pub upstream_rq_timeout: AtomicU64,
+    /// Per-try timeouts.
+    pub upstream_rq_per_try_timeout: AtomicU64,
+    /// Outlier ejections so far.
+    pub outlier_detection_ejections_total: AtomicU64,
+}
+
+/// Circuit-breaker gauges and counters of one cluster in one proxy; survives reloads.
+#[derive(Debug)]
+pub struct ClusterShared {
+    /// Open connections.
+    pub cx_active: AtomicU64,
+    /// Requests waiting for a connection.
+    pub rq_pending_active: AtomicU64,
+    /// Requests in flight.
+    pub rq_active: AtomicU64,
+    /// Retries in flight.
+    pub rq_retry_active: AtomicU64,
+    /// Round-robin cursor.
+    pub rr: AtomicU64,
+    /// Woken when a connection is returned or closed.
+    pub notify: Notify,
+    /// Counters.
+    pub stats: ClusterStats,
+    /// Zero of the ejection clock.
+    epoch: Instant,
+}
+
+impl ClusterShared {
+    fn new() -> ClusterShared {
+        ClusterShared {
+            cx_active: AtomicU64::new(0),
+            rq_pending_active: AtomicU64::new(0),
+            rq_active: AtomicU64::new(0),
+            rq_retry_active: AtomicU64::new(0),
+            rr: AtomicU64::new(0),
+            notify: Notify::new(),
+            stats: ClusterStats::default(),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        Instant::now().saturating_duration_since(self.epoch).as_millis() as u64
+    }
+}
+
+/// Outlier bookkeeping of one endpoint.
+#[derive(Debug, Default)]
+struct OutlierCounts {
+    consecutive_5xx: u32,
+    consecutive_gateway: u32,
+    ejections: u32,
+}
+
+/// An idle upstream connection.
+pub struct IdleConn {
+    /// The connection's request sender.
+    pub sender: hyper::client::conn::http1::SendRequest<super::Body>,
+    /// Requests it has served.
+    pub uses: u32,
+    /// When it went idle.
+    pub since: Instant,
+}
+
+impl std::fmt::Debug for IdleConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdleConn").field("uses", &self.uses).finish()
+    }
+}
+
+/// One endpoint of one cluster in one proxy; survives reloads.
+#[derive(Debug)]
+pub struct EndpointRt {
+    /// Address.
+    pub addr: SocketAddr,
+    /// Requests in flight (LEAST_REQUEST reads it).
+    pub active: AtomicU64,
+    /// Requests sent.
+    pub total: AtomicU64,
+    /// Requests that got a 5xx or failed.
+    pub errors: AtomicU64,
+    /// Idle keep-alive connections.
+    pub idle: Mutex<Vec<IdleConn>>,
+    /// Ejected until this many ms after the cluster epoch (0 = not ejected).
+    ejected_until_ms: AtomicU64,
+    outlier: Mutex<OutlierCounts>,
+}
+
+impl EndpointRt {
+    fn new(addr: SocketAddr) -> EndpointRt {
+        EndpointRt {
+            addr,
+            active: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            idle: Mutex::new(Vec::new()),
+            ejected_until_ms: AtomicU64::new(0),
+            outlier: Mutex::new(OutlierCounts::default()),
+        }
+    }
+
+    /// Whether outlier detection has this endpoint ejected at `now_ms`.
+    pub fn ejected(&self, now_ms: u64) -> bool {
+        now_ms < self.ejected_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Pops an idle connection that is still open and not past `idle_timeout`.
+    pub fn take_idle(&self, idle_timeout: Duration) -> Option<IdleConn> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(c) = idle.pop() {
+            if !c.sender.is_closed() && c.since.elapsed() < idle_timeout {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection to the idle list.
+    pub fn put_idle(&self, conn: IdleConn) {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+    }
+}
+
+/// RAII count of one in-flight request on an endpoint.
+#[derive(Debug)]
+pub struct ActiveGuard(Arc<EndpointRt>);
+
+impl ActiveGuard {
+    /// Counts a request on `ep` until dropped.
+    pub fn new(ep: &Arc<EndpointRt>) -> ActiveGuard {
+        ep.active.fetch_add(1, Ordering::Relaxed);
+        ep.total.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(ep.clone())
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What an attempt on an endpoint came to, for outlier detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptResult {
+    /// An upstream response with this status.
+    Status(u16),
+    /// A locally seen failure: connect error, reset, timeout.
+    LocalFailure,
+}
+
+/// A cluster's runtime view for one snapshot generation.
+#[derive(Debug)]
+pub struct ClusterRt {
+    /// Gauges and counters (shared across generations).
+    pub shared: Arc<ClusterShared>,
+    /// Endpoint state, aligned with the snapshot cluster's `endpoints`.
+    pub endpoints: Vec<Arc<EndpointRt>>,
+}
+
+impl ClusterRt {
+    /// State for a one-endpoint cluster outside any snapshot (an inbound listener's app).
+    pub fn single(addr: SocketAddr) -> ClusterRt {
+        ClusterRt {
+            shared: Arc::new(ClusterShared::new()),
+            endpoints: vec![Arc::new(EndpointRt::new(addr))],
+        }
+    }
+
+    /// Picks an endpoint index; None when every endpoint is ejected (503 UH) or there is none.
+    /// `hash` is the consistent-hash key when the policy needs one; `avoid` is the previous attempt's endpoint.
+    pub fn pick(&self, cluster: &Cluster, hash: Option<u64>, avoid: Option<usize>) -> Option<usize> {
+        let n = self.endpoints.len();
+        if n == 0 {
+            return None;
+        }
+        let now = self.shared.now_ms();
+        let healthy_count = self.endpoints.iter().filter(|e| !e.ejected(now)).count();
+        // Istio sets Envoy's panic threshold to minHealthPercent (0 by default): below it, balance over all.
+        let panic = cluster
+            .outlier
+            .as_ref()
+            .is_some_and(|o| o.min_health_percent > 0 && healthy_count * 100 < n * o.min_health_percent as usize);
+        let ok = |i: usize| panic || !self.endpoints[i].ejected(now);
+        if healthy_count == 0 && !panic {
+            return None;
+        }
+        let usable = if panic { n } else { healthy_count };
+        // Another host than last time, when there is one (Istio's previous-hosts predicate).
+        let allowed = |i: usize| ok(i) && (usable < 2 || Some(i) != avoid);
+        let nth_allowed = |k: usize| (0..n).filter(|i| allowed(*i)).nth(k);
+        let count = (0..n).filter(|i| allowed(*i)).count();
+        if count == 0 {
+            return None;
+        }
+        match &cluster.lb {
+            LbPolicy::Random | LbPolicy::Passthrough => nth_allowed(fastrand::usize(..count)),
+            LbPolicy::RoundRobin => {
+                let start = self.shared.rr.fetch_add(1, Ordering::Relaxed) as usize;
+                (0..n).map(|k| (start + k) % n).find(|i| allowed(*i))
+            }
+            LbPolicy::LeastRequest => {
+                let a = nth_allowed(fastrand::usize(..count))?;
+                if count == 1 {
+                    return Some(a);
+                }
+                let mut b = nth_allowed(fastrand::usize(..count - 1))?;
+                if b >= a {
+                    b = (b + 1..n).find(|i| allowed(*i)).unwrap_or(b);
+                }
+                let load = |i: usize| self.endpoints[i].active.load(Ordering::Relaxed);
+                Some(if load(b) < load(a) { b } else { a })
+            }
+            LbPolicy::Hash { table, .. } => {
+                let h = hash.unwrap_or_else(|| fastrand::u64(..));
+                table.candidates(h, n).into_iter().map(|i| i as usize).find(|i| ok(*i))
+            }
+        }
+    }
+
+    /// Feeds one attempt's result to outlier detection; returns true if it ejected the endpoint.
+    pub fn record(&self, cluster: &Cluster, idx: usize, result: AttemptResult) -> bool {
+        let Some(ep) = self.endpoints.get(idx) else {
+            return false;
+        };
+        let failed = !matches!(result, AttemptResult::Status(s) if s < 500);
+        if failed {
+            ep.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let Some(od) = &cluster.outlier else { return false };
+        let gateway = matches!(result, AttemptResult::LocalFailure | AttemptResult::Status(502..=504));
+        let mut counts = ep.outlier.lock().unwrap_or_else(|e| e.into_inner());
+        if !failed {
+            counts.consecutive_5xx = 0;
+            counts.consecutive_gateway = 0;
+            return false;
+        }
+        counts.consecutive_5xx += 1;
+        if gateway {
+            counts.consecutive_gateway += 1;
+        } else {
+            counts.consecutive_gateway = 0;
+        }
+        let hit = od.consecutive_5xx.is_some_and(|t| counts.consecutive_5xx >= t)
+            || od.consecutive_gateway.is_some_and(|t| counts.consecutive_gateway >= t);
+        if !hit {
+            return false;
+        }
+        let now = self.shared.now_ms();
+        if ep.ejected(now) || !self.may_eject(od, now) {
+            return false;
+        }
+        counts.ejections += 1;
+        counts.consecutive_5xx = 0;
+        counts.consecutive_gateway = 0;
+        let duration = ejection_time(od, counts.ejections);
+        ep.ejected_until_ms
+            .store(now + duration.as_millis() as u64, Ordering::Relaxed);
+        self.shared
+            .stats
+            .outlier_detection_ejections_total
+            .fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Envoy caps ejections at `maxEjectionPercent` of the cluster, but always allows one.
+    fn may_eject(&self, od: &OutlierSettings, now: u64) -> bool {
+        let n = self.endpoints.len();
+        let ejected = self.endpoints.iter().filter(|e| e.ejected(now)).count();
+        let max = (n * od.max_ejection_percent as usize / 100).max(1);
+        ejected < max
+    }
+
+    /// Endpoints currently ejected, for the admin API.
+    pub fn ejected(&self) -> Vec<bool> {
+        let now = self.shared.now_ms();
+        self.endpoints.iter().map(|e| e.ejected(now)).collect()
+    }
+}
+
+/// Ejection time: base times the number of ejections, rounded up to the
+/// analysis interval (Envoy lifts ejections on its interval timer), capped at 300 s.
+fn ejection_time(od: &OutlierSettings, ejections: u32) -> Duration {
+    let raw = od
+        .base_ejection_time
+        .saturating_mul(ejections)
+        .min(Duration::from_secs(300));
+    let interval = od.interval.as_millis().max(1);
+    Duration::from_millis((raw.as_millis().div_ceil(interval) * interval) as u64)
+}
+
+/// The runtime view of one generation.
+#[derive(Debug)]
+pub struct Generation {
+    /// Snapshot generation it was built for.
+    pub generation: u64,
+    /// Cluster state, indexed by `Cluster::index`.
+    pub clusters: Vec<ClusterRt>,
+}
+
+#[derive(Debug, Default)]
+struct Store {
+    clusters: HashMap<String, Arc<ClusterShared>>,
+    endpoints: HashMap<(String, SocketAddr), Arc<EndpointRt>>,
+}
+
+/// One proxy's (a sidecar's or the gateway's) runtime state.
+#[derive(Debug)]
+pub struct ProxyRuntime {
+    /// The pod (or gateway) it belongs to.
+    pub name: String,
+    current: ArcSwapOption<Generation>,
+    store: Mutex<Store>,
+}
+
+impl ProxyRuntime {
+    /// Empty state for proxy `name`.
+    pub fn new(name: &str) -> ProxyRuntime {
+        ProxyRuntime {
+            name: name.to_string(),
+            current: ArcSwapOption::empty(),
+            store: Mutex::new(Store::default()),
+        }
+    }
+
+    /// The runtime view for `snap`; built once per generation, then one atomic load.
+    pub fn for_snapshot(&self, snap: &Snapshot) -> Arc<Generation> {
+        if let Some(g) = self.current.load_full() {
+            if g.generation == snap.generation {
+                return g;
+            }
+        }
+        let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        let clusters = snap
+            .clusters
+            .iter()
+            .map(|c| ClusterRt {
+                shared: store
+                    .clusters
+                    .entry(c.name.clone())
+                    .or_insert_with(|| Arc::new(ClusterShared::new()))
+                    .clone(),
+                endpoints: c
+                    .endpoints
+                    .iter()
+                    .map(|e| {
+                        store
+                            .endpoints
+                            .entry((c.name.clone(), e.addr))
+                            .or_insert_with(|| Arc::new(EndpointRt::new(e.addr)))
+                            .clone()
+                    })
+                    .collect(),
+            })
+            .collect();
+        let g = Arc::new(Generation {
+            generation: snap.generation,
+            clusters,
+        });
+        // Only move forward: a request still on an older snapshot must not roll the cache back.
+        let newer = self.current.load().as_ref().is_none_or(|c| c.generation < g.generation);
+        if newer {
+            self.current.store(Some(g.clone()));
+        }
+        g
+    }
+
+    /// Every cluster's counters, by name, for `/stats`.
+    pub fn clusters(&self) -> Vec<(String, Arc<ClusterShared>)> {
+        let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = store.clusters.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+}
+
+/// Every proxy's runtime, by name.
+#[derive(Debug, Default)]
+pub struct Registry(Mutex<HashMap<String, Arc<ProxyRuntime>>>);
+
+impl Registry {
+    /// The runtime of proxy `name`, created on first use.
+    pub fn get(&self, name: &str) -> Arc<ProxyRuntime> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(name.to_string())
+            .or_insert_with(|| Arc::new(ProxyRuntime::new(name)))
+            .clone()
+    }
+
+    /// Every runtime, sorted by name.
+    pub fn all(&self) -> Vec<Arc<ProxyRuntime>> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = map.values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Forgets proxies of pods that are gone.
+    pub fn retain(&self, live: &std::collections::HashSet<String>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k, _| live.contains(k));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::policy::PoolSettings;
+    use crate::snapshot::Endpoint;
+
+    fn cluster(n: usize, lb: LbPolicy, outlier: Option<OutlierSettings>) -> (Cluster, ClusterRt) {
+        let endpoints: Vec<Endpoint> = (0..n)
+            .map(|i| Endpoint {
+                addr: format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
+                pod: format!("p{i}"),
+            })
+            .collect();
+        let rt = ClusterRt {
+            shared: Arc::new(ClusterShared::new()),
+            endpoints: endpoints.iter().map(|e| Arc::new(EndpointRt::new(e.addr))).collect(),
+        };
+        let c = Cluster {
+            name: "c".into(),
+            index: 0,
+            service: "s".into(),
+            port: 80,
+            subset: None,
+            endpoints,
+            lb,
+            pool: PoolSettings::default(),
+            outlier,
+        };
+        (c, rt)
+    }
+
+    fn od() -> OutlierSettings {
+        OutlierSettings {
+            consecutive_5xx: Some(1),
+            consecutive_gateway: None,
+            interval: Duration::from_secs(1),
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_percent: 100,
+            min_health_percent: 0,
+        }
+    }
+
+    #[test]
+    fn least_request_avoids_the_busy_endpoint() {
+        let (c, rt) = cluster(2, LbPolicy::LeastRequest, None);
+        let _busy: Vec<_> = (0..5).map(|_| ActiveGuard::new(&rt.endpoints[0])).collect();
+        for _ in 0..50 {
+            assert_eq!(rt.pick(&c, None, None), Some(1));
+        }
+    }
+
+    #[test]
+    fn round_robin_cycles_and_skips_the_previous_host() {
+        let (c, rt) = cluster(3, LbPolicy::RoundRobin, None);
+        let picks: Vec<_> = (0..6).map(|_| rt.pick(&c, None, None).unwrap()).collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+        for _ in 0..10 {
+            assert_ne!(rt.pick(&c, None, Some(0)), Some(0));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejection_lasts_base_times_count_and_returns() {
+        let (c, rt) = cluster(2, LbPolicy::RoundRobin, Some(od()));
+        assert!(rt.record(&c, 0, AttemptResult::Status(503)));
+        for _ in 0..10 {
+            assert_eq!(rt.pick(&c, None, None), Some(1), "ejected endpoint is skipped");
+        }
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert_eq!(rt.ejected(), vec![true, false]);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(rt.ejected(), vec![false, false], "back after 30 s");
+        // Second ejection lasts twice as long.
+        assert!(rt.record(&c, 0, AttemptResult::LocalFailure));
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert_eq!(rt.ejected(), vec![true, false]);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(rt.ejected(), vec![false, false]);
+        assert_eq!(
+            rt.shared
+                .stats
+                .outlier_detection_ejections_total
+                .load(Ordering::Relaxed),
+            2
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn all_ejected_is_no_healthy_upstream_and_success_resets() {
+        let (c, rt) = cluster(
+            1,
+            LbPolicy::LeastRequest,
+            Some(OutlierSettings {
+                consecutive_5xx: Some(3),
+                ..od()
+            }),
+        );
+        rt.record(&c, 0, AttemptResult::Status(500));
+        rt.record(&c, 0, AttemptResult::Status(500));
+        rt.record(&c, 0, AttemptResult::Status(200));
+        assert!(
+            !rt.record(&c, 0, AttemptResult::Status(500)),
+            "a success resets the count"
+        );
+        rt.record(&c, 0, AttemptResult::Status(500));
+        assert!(rt.record(&c, 0, AttemptResult::Status(500)));
+        assert_eq!(rt.pick(&c, None, None), None, "one endpoint, ejected: UH");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_ejection_percent_allows_at_least_one() {
+        let (c, rt) = cluster(
+            4,
+            LbPolicy::Random,
+            Some(OutlierSettings {
+                max_ejection_percent: 10,
+                ..od()
+            }),
+        );
+        assert!(rt.record(&c, 0, AttemptResult::Status(500)));
+        assert!(
+            !rt.record(&c, 1, AttemptResult::Status(500)),
+            "10% of 4 is 0, but one is always allowed"
+        );
+        assert_eq!(rt.ejected(), vec![true, false, false, false]);
+    }
+}
