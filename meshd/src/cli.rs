@@ -59,6 +59,16 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:15000", env = "MESHD_ADMIN")]
         admin: SocketAddr,
     },
+    /// Make a pod misbehave on purpose: `stop` (connections refused), `fail` (every request 503), `start` (healthy again).
+    Pod {
+        /// stop, fail or start.
+        action: String,
+        /// Pod name (as `meshd status` shows it).
+        pod: String,
+        /// Admin API of the running daemon.
+        #[arg(long, default_value = "127.0.0.1:15000", env = "MESHD_ADMIN")]
+        admin: SocketAddr,
+    },
     /// Print a pod's app log.
     Logs {
         /// Pod name (as `meshd status` shows it).
@@ -162,6 +172,24 @@ pub async fn logs(pod: &str, admin: SocketAddr) -> anyhow::Result<()> {
         .await?;
     print!("{text}");
     Ok(())
+}
+
+/// `meshd pod stop|fail|start POD`.
+pub async fn pod(action: &str, pod: &str, admin: SocketAddr) -> anyhow::Result<i32> {
+    let resp = admin_client()?
+        .post(format!("http://{admin}/meshd/pods/{pod}/{action}"))
+        .send()
+        .await
+        .with_context(|| format!("no meshd daemon answers on {admin}"))?;
+    let ok = resp.status().is_success();
+    let text = resp.text().await?;
+    if ok {
+        print!("{text}");
+        Ok(0)
+    } else {
+        eprint!("meshd: {text}");
+        Ok(1)
+    }
 }
 
 fn age(secs: u64) -> String {

@@ -42,6 +42,7 @@ fn main() -> std::process::ExitCode {
                 admin,
             } => meshd::cli::curl(&url, &headers, &method, data, admin).await,
             Command::Status { admin } => meshd::cli::status(admin).await.map(|_| 0),
+            Command::Pod { action, pod, admin } => meshd::cli::pod(&action, &pod, admin).await,
             Command::Logs { pod, admin } => meshd::cli::logs(&pod, admin).await.map(|_| 0),
         }
     });

@@ -742,6 +742,14 @@ fn mirror(crt: &ClusterRt, cluster: Arc<Cluster>, out: &Outgoing, authority: &st
     });
 }
 
+/// Envoy's mirror authority: `-shadow` goes on the host, before any port.
+fn shadow_authority(authority: &str) -> String {
+    match split_authority(authority) {
+        (host, Some(p)) => format!("{host}-shadow:{p}"),
+        (host, None) => format!("{host}-shadow"),
+    }
+}
+
 /// The consistent-hash key of a request, and a cookie to set when the policy issues one.
 fn request_hash(
     lb: &LbPolicy,
@@ -844,6 +852,15 @@ mod tests {
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "4");
         assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
+    }
+
+    #[test]
+    fn shadow_host_goes_before_the_port() {
+        assert_eq!(shadow_authority("httpbin:8000"), "httpbin-shadow:8000");
+        assert_eq!(
+            shadow_authority("httpbin.default.svc.cluster.local"),
+            "httpbin.default.svc.cluster.local-shadow"
+        );
     }
 
     #[test]

@@ -1,0 +1,401 @@
+//! The resilience tasks with Istio's own YAML: fault injection, request
+//! timeouts, circuit breaking, mirroring, retries, consistent hashing and
+//! outlier detection. Timing assertions are lower bounds only.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::{login, reviews_version, Mesh, TempDir};
+
+const NET: &str = "bookinfo/networking/";
+
+async fn page_as(mesh: &Mesh, cookie: Option<&str>) -> (String, Duration) {
+    let start = Instant::now();
+    let mut req = mesh.client().get(mesh.url("/productpage"));
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), 200, "productpage itself always answers 200");
+    let body = resp.text().await.unwrap();
+    (body, start.elapsed())
+}
+
+#[tokio::test]
+async fn fault_injection_delay_gives_jason_the_reviews_error_after_6s() {
+    let dir = TempDir::new();
+    for f in ["destination-rule-all.yaml", "virtual-service-all-v1.yaml"] {
+        dir.add_sample(&format!("{NET}{f}"));
+    }
+    let mesh = Mesh::start(dir);
+    let mark = mesh.mark();
+    // test-v2 and ratings-test-delay both replace VirtualServices of all-v1 (same names), as kubectl apply would.
+    mesh.dir
+        .add_sample(&format!("{NET}virtual-service-reviews-test-v2.yaml"));
+    mesh.dir
+        .add_sample(&format!("{NET}virtual-service-ratings-test-delay.yaml"));
+    mesh.wait_applied(mark);
+    let jason = login(&mesh, "jason").await;
+    let (page, took) = page_as(&mesh, Some(&jason)).await;
+    assert!(
+        page.contains("Sorry, product reviews are currently unavailable for this book."),
+        "{page}"
+    );
+    // productpage gives reviews 3 s and tries twice: about 6 s, not 7.
+    assert!(took >= Duration::from_millis(5900), "took {took:?}");
+    let (page, _) = page_as(&mesh, None).await;
+    assert!(!page.contains("unavailable"), "others are not delayed");
+    assert_eq!(reviews_version(&page), "v1");
+}
+
+#[tokio::test]
+async fn fault_injection_abort_shows_ratings_unavailable_for_jason_only() {
+    let dir = TempDir::new();
+    for f in [
+        "destination-rule-all.yaml",
+        "virtual-service-all-v1.yaml",
+        "virtual-service-reviews-test-v2.yaml",
+        "virtual-service-ratings-test-abort.yaml",
+    ] {
+        dir.add_sample(&format!("{NET}{f}"));
+    }
+    let mesh = Mesh::start(dir);
+    let jason = login(&mesh, "jason").await;
+    let (page, _) = page_as(&mesh, Some(&jason)).await;
+    assert!(page.contains("Ratings service is currently unavailable"), "{page}");
+    assert!(page.contains("Reviews served by: reviews-v2-"));
+    let (page, _) = page_as(&mesh, None).await;
+    assert!(!page.contains("Ratings service is currently unavailable"));
+    // The abort itself, seen from inside the mesh with jason's header.
+    let resp = mesh
+        .mesh_client()
+        .get("http://ratings:9080/ratings/0")
+        .header("end-user", "jason")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 500);
+    assert_eq!(resp.text().await.unwrap(), "fault filter abort");
+}
+
+#[tokio::test]
+async fn request_timeouts_task() {
+    let dir = TempDir::new();
+    // The task starts from all-v1 and applies reviews-v2 over it; in a folder, the task's
+    // files alone give the same routes (details, productpage: their only version).
+    dir.add_sample(&format!("{NET}destination-rule-all.yaml"));
+    dir.add_sample("istio.io-tasks/request-timeouts/1-reviews-v2.yaml");
+    dir.add_sample("istio.io-tasks/request-timeouts/2-ratings-delay-2s.yaml");
+    let mesh = Mesh::start(dir);
+    let (page, took) = page_as(&mesh, None).await;
+    assert_eq!(reviews_version(&page), "v2", "black stars after the 2 s delay");
+    assert!(took >= Duration::from_millis(1900), "took {took:?}");
+
+    let mark = mesh.mark();
+    mesh.dir
+        .add_sample("istio.io-tasks/request-timeouts/3-reviews-timeout-0.5s.yaml");
+    mesh.wait_applied(mark);
+    let (page, took) = page_as(&mesh, None).await;
+    assert!(
+        page.contains("Sorry, product reviews are currently unavailable for this book."),
+        "{page}"
+    );
+    // Two tries of 0.5 s each.
+    assert!(took >= Duration::from_millis(950), "took {took:?}");
+    let resp = mesh
+        .mesh_client()
+        .get("http://reviews:9080/reviews/0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 504);
+    assert_eq!(resp.text().await.unwrap(), "upstream request timeout");
+    // The per-request override beats the route timeout.
+    let resp = mesh
+        .mesh_client()
+        .get("http://reviews:9080/reviews/0")
+        .header("x-envoy-upstream-rq-timeout-ms", "5000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn circuit_breaking_overflows_with_envoys_answer() {
+    let dir = TempDir::new();
+    dir.add_sample("httpbin/httpbin.yaml");
+    dir.add_sample("httpbin/sample-client/fortio-deploy.yaml");
+    dir.add_sample("istio.io-tasks/circuit-breaking/destination-rule-httpbin.yaml");
+    let mesh = Mesh::start(dir);
+    let resp = mesh.mesh_client().get("http://httpbin:8000/get").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["server"], "envoy");
+    assert!(resp.headers().contains_key("x-envoy-upstream-service-time"));
+
+    // Three concurrent callers against maxConnections 1 / http1MaxPendingRequests 1.
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let c = mesh.mesh_client();
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for _ in 0..10 {
+                let r = c.get("http://httpbin:8000/get").send().await.unwrap();
+                let status = r.status().as_u16();
+                let overloaded = r
+                    .headers()
+                    .get("x-envoy-overloaded")
+                    .map(|v| v.to_str().unwrap().to_string());
+                out.push((status, overloaded, r.text().await.unwrap()));
+            }
+            out
+        }));
+    }
+    let mut ok = 0;
+    let mut overflow = 0;
+    for t in tasks {
+        for (status, overloaded, body) in t.await.unwrap() {
+            match status {
+                200 => ok += 1,
+                503 => {
+                    overflow += 1;
+                    assert_eq!(overloaded.as_deref(), Some("true"));
+                    assert_eq!(
+                        body,
+                        "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+                    );
+                }
+                s => panic!("unexpected status {s}"),
+            }
+        }
+    }
+    assert!(ok > 0 && overflow > 0, "both 200s and 503s: {ok} / {overflow}");
+    let stats = mesh
+        .client()
+        .get(format!("http://{}/stats", mesh.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = stats
+        .lines()
+        .find(|l| l.contains("outbound|8000||httpbin.default.svc.cluster.local.upstream_rq_pending_overflow"))
+        .unwrap_or_else(|| panic!("{stats}"));
+    let n: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert_eq!(n, overflow, "{line}");
+}
+
+#[tokio::test]
+async fn mirroring_copies_to_v2_with_the_shadow_host() {
+    let dir = TempDir::new();
+    for f in [
+        "1-httpbin-v1-deployment.yaml",
+        "2-httpbin-v2-deployment.yaml",
+        "3-httpbin-service.yaml",
+        "4-sleep-deployment.yaml",
+        "5-default-route-v1.yaml",
+    ] {
+        dir.add_sample(&format!("istio.io-tasks/mirroring/{f}"));
+    }
+    let mesh = Mesh::start(dir);
+    let pods = String::from_utf8(mesh.cli(&["status"]).stdout).unwrap();
+    let pod = |prefix: &str| {
+        pods.lines()
+            .find_map(|l| l.split_whitespace().nth(1).filter(|n| n.starts_with(prefix)))
+            .unwrap()
+            .to_string()
+    };
+    let (v1, v2) = (pod("httpbin-v1-"), pod("httpbin-v2-"));
+    let logs = |p: &str| String::from_utf8(mesh.cli(&["logs", p]).stdout).unwrap();
+
+    let resp = mesh
+        .mesh_client()
+        .get("http://httpbin:8000/headers")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(logs(&v1).contains("GET /headers"));
+    assert!(!logs(&v2).contains("GET /headers"), "no mirror yet");
+
+    let mark = mesh.mark();
+    // Applied over the default route, as `kubectl apply` does: same VirtualService name, the later file wins.
+    mesh.dir.add_sample("istio.io-tasks/mirroring/6-mirror-v2.yaml");
+    mesh.wait_applied(mark);
+    let resp = mesh
+        .mesh_client()
+        .get("http://httpbin:8000/headers")
+        .send()
+        .await
+        .unwrap();
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        v["headers"]["Host"], "httpbin:8000",
+        "the caller gets v1's answer to its own request"
+    );
+    let mut seen = false;
+    for _ in 0..50 {
+        if logs(&v2).contains("GET /headers") {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen, "v2 sees the mirrored request:\n{}", logs(&v2));
+    assert_eq!(logs(&v1).matches("GET /headers").count(), 2);
+}
+
+const WEB: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  ports: [{name: http, port: 8000, targetPort: 8080}]
+  selector: {app: web}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web, version: v1}}
+    spec:
+      containers:
+      - name: web
+        image: docker.io/mccutchen/go-httpbin:v2.15.0
+        ports: [{containerPort: 8080}]
+"#;
+
+#[tokio::test]
+async fn retries_are_counted_at_the_upstream() {
+    let dir = TempDir::new();
+    dir.write("web.yaml", &WEB.replace("replicas: 3", "replicas: 1"));
+    dir.write(
+        "vs.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: web}\nspec:\n  hosts: [web]\n  http:\n  - retries: {attempts: 3, retryOn: 5xx}\n    route: [{destination: {host: web}}]\n",
+    );
+    let mesh = Mesh::start(dir);
+    let pods = String::from_utf8(mesh.cli(&["status"]).stdout).unwrap();
+    let pod = pods
+        .lines()
+        .find_map(|l| l.split_whitespace().nth(1).filter(|n| n.starts_with("web-")))
+        .unwrap()
+        .to_string();
+    let resp = mesh
+        .mesh_client()
+        .get("http://web:8000/status/503")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let log = String::from_utf8(mesh.cli(&["logs", &pod]).stdout).unwrap();
+    let lines = |log: &str, what: &str| log.lines().filter(|l| l.contains(what)).count();
+    assert_eq!(lines(&log, "/status/503"), 4, "1 try + 3 retries:\n{log}");
+    // Istio's default policy does not retry a 5xx.
+    let before = lines(&log, "/status/");
+    let mark = mesh.mark();
+    mesh.dir.remove("vs.yaml");
+    mesh.wait_applied(mark);
+    let resp = mesh
+        .mesh_client()
+        .get("http://web:8000/status/500")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 500);
+    let log = String::from_utf8(mesh.cli(&["logs", &pod]).stdout).unwrap();
+    assert_eq!(lines(&log, "/status/"), before + 1, "{log}");
+    // The attempt count reaches the upstream.
+    let v: serde_json::Value = mesh
+        .mesh_client()
+        .get("http://web:8000/headers")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["headers"]["X-Envoy-Attempt-Count"][0], "1");
+}
+
+#[tokio::test]
+async fn consistent_hash_is_sticky_and_outliers_are_ejected_and_return() {
+    let dir = TempDir::new();
+    dir.write("web.yaml", WEB);
+    dir.write(
+        "dr.yaml",
+        r#"apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web}
+spec:
+  host: web
+  trafficPolicy:
+    loadBalancer:
+      consistentHash: {httpHeaderName: x-user}
+    outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 2s, maxEjectionPercent: 100}
+"#,
+    );
+    let mesh = Mesh::start(dir);
+    let c = mesh.mesh_client();
+    let host = |user: &'static str| {
+        let c = c.clone();
+        async move {
+            let v: serde_json::Value = c
+                .get("http://web:8000/hostname")
+                .header("x-user", user)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["hostname"].as_str().unwrap().to_string()
+        }
+    };
+    for user in ["alice", "bob", "carol"] {
+        let first = host(user).await;
+        for _ in 0..10 {
+            assert_eq!(host(user).await, first, "{user} sticks to one replica");
+        }
+    }
+    let mut all = HashSet::new();
+    for i in 0..60 {
+        let u: &'static str = Box::leak(format!("user{i}").into_boxed_str());
+        all.insert(host(u).await);
+    }
+    assert!(all.len() >= 2, "different users spread: {all:?}");
+
+    // Make alice's replica fail: one 503 ejects it, alice moves to another replica.
+    let alice = host("alice").await;
+    let out = mesh.cli(&["pod", "fail", &alice]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let resp = c
+        .get("http://web:8000/hostname")
+        .header("x-user", "alice")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503, "the failing replica answers once");
+    let moved = host("alice").await;
+    assert_ne!(moved, alice, "ejected: alice is served elsewhere");
+    let clusters = mesh
+        .client()
+        .get(format!("http://{}/clusters", mesh.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(clusters.contains("failed_outlier_check"), "{clusters}");
+    // Healthy again, and back after the ejection time.
+    assert!(mesh.cli(&["pod", "start", &alice]).status.success());
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    assert_eq!(host("alice").await, alice, "the replica returns after baseEjectionTime");
+}
