@@ -716,12 +716,7 @@ fn outgoing(
 
 /// Sends a copy to a mirror cluster, fire and forget, with the authority suffixed `-shadow`.
 fn mirror(crt: &ClusterRt, cluster: Arc<Cluster>, out: &Outgoing, authority: &str) {
-    let (host, port) = split_authority(authority);
-    let shadow = match port {
-        Some(p) => format!("{host}-shadow:{p}"),
-        None => format!("{host}-shadow"),
-    };
-    let Ok(shadow) = HeaderValue::from_str(&shadow) else {
+    let Ok(shadow) = HeaderValue::from_str(&shadow_authority(authority)) else {
         return;
     };
     let mut req = out.request(1);
