@@ -118,12 +118,6 @@ impl Reloader {
         if used_builtin && self.generation == 0 {
             println!("meshd: no workloads in {}: running the built-in sample set (Bookinfo, httpbin, fortio, bookinfo-gateway)", self.state.dir.display());
         }
-        for n in &loaded.not_emulated {
-            let line = format!("{} {} ({})", n.kind, n.name, n.origin);
-            if self.listed.insert(line.clone()) {
-                println!("meshd: not emulated, ignored: {line}");
-            }
-        }
         for r in &loaded.replaced {
             if self.listed.insert(r.clone()) {
                 println!("meshd: {r}");
@@ -161,6 +155,11 @@ impl Reloader {
             generation,
             not_emulated: &loaded.not_emulated,
         })?;
+        for line in &snap.not_emulated {
+            if self.listed.insert(line.clone()) {
+                println!("meshd: not emulated, ignored: {line}");
+            }
+        }
         self.state.snapshot.store(snap);
         self.generation = generation;
         let mut summary = config::diff(&self.applied, &loaded.resources);
@@ -274,7 +273,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         gateway,
         Role::Gateway {
             workload: Arc::new(gateway_workload()),
-            rt: state.registry.get(GATEWAY_NAME),
+            rt: state.registry.get(&gateway_workload()),
         },
         shutdown.clone(),
     ));

@@ -157,9 +157,10 @@ async fn start_pod(template: &PodTemplate, proxy: &Proxy, log: &crate::logs::Log
 
     let outbound = bind().await?;
     pod.info.outbound = Some(outbound.local_addr()?);
+    let rt = proxy.registry().get(&workload);
     let role = Role::Outbound {
         workload: workload.clone(),
-        rt: proxy.registry().get(&name),
+        rt: rt.clone(),
     };
     pod.tasks
         .push(tokio::spawn(proxy.clone().serve(outbound, role, rx.clone())));
@@ -208,7 +209,7 @@ async fn start_pod(template: &PodTemplate, proxy: &Proxy, log: &crate::logs::Log
             }));
             let inbound = bind().await?;
             pod.info.inbound.insert(port, inbound.local_addr()?);
-            let role = Role::inbound(app_addr, port, pod.control.clone());
+            let role = Role::inbound(app_addr, port, pod.control.clone(), rt.clone());
             pod.tasks
                 .push(tokio::spawn(proxy.clone().serve(inbound, role, rx.clone())));
         }

@@ -399,3 +399,113 @@ spec:
     tokio::time::sleep(Duration::from_millis(3200)).await;
     assert_eq!(host("alice").await, alice, "the replica returns after baseEjectionTime");
 }
+
+/// The local rate limit EnvoyFilter of Istio's "Enabling Rate Limits using Envoy" task.
+const LOCAL_RATE_LIMIT: &str = r#"apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata:
+  name: filter-local-ratelimit-svc
+  namespace: istio-system
+spec:
+  workloadSelector:
+    labels:
+      app: productpage
+  configPatches:
+    - applyTo: HTTP_FILTER
+      match:
+        context: SIDECAR_INBOUND
+        listener:
+          filterChain:
+            filter:
+              name: "envoy.filters.network.http_connection_manager"
+      patch:
+        operation: INSERT_BEFORE
+        value:
+          name: envoy.filters.http.local_ratelimit
+          typed_config:
+            "@type": type.googleapis.com/udpa.type.v1.TypedStruct
+            type_url: type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+            value:
+              stat_prefix: http_local_rate_limiter
+              token_bucket:
+                max_tokens: 4
+                tokens_per_fill: 4
+                fill_interval: 60s
+              filter_enabled:
+                runtime_key: local_rate_limit_enabled
+                default_value:
+                  numerator: 100
+                  denominator: HUNDRED
+              filter_enforced:
+                runtime_key: local_rate_limit_enforced
+                default_value:
+                  numerator: 100
+                  denominator: HUNDRED
+              response_headers_to_add:
+                - append: false
+                  header:
+                    key: x-local-rate-limit
+                    value: 'true'
+"#;
+
+#[tokio::test]
+async fn local_rate_limit_answers_429_after_the_bucket_empties() {
+    let dir = TempDir::new();
+    dir.write("ratelimit.yaml", LOCAL_RATE_LIMIT);
+    let mesh = Mesh::start(dir);
+    let c = mesh.client();
+    let mut codes = Vec::new();
+    let mut limited = None;
+    for _ in 0..6 {
+        let resp = c.get(mesh.url("/productpage")).send().await.unwrap();
+        codes.push(resp.status().as_u16());
+        if resp.status() == 429 {
+            let header = resp
+                .headers()
+                .get("x-local-rate-limit")
+                .map(|v| v.to_str().unwrap().to_string());
+            limited = Some((header, resp.text().await.unwrap()));
+        }
+    }
+    assert_eq!(codes, [200, 200, 200, 200, 429, 429], "4 tokens per minute");
+    assert_eq!(
+        limited,
+        Some((Some("true".to_string()), "local_rate_limited".to_string()))
+    );
+    // Other workloads are not limited.
+    for _ in 0..6 {
+        let r = mesh
+            .mesh_client()
+            .get("http://reviews:9080/reviews/0")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+}
+
+#[tokio::test]
+async fn envoy_filter_patches_that_are_not_emulated_are_reported() {
+    let dir = TempDir::new();
+    dir.add_sample("ratelimit/local-rate-limit-service.yaml");
+    let mesh = Mesh::start(dir);
+    // The sample's route-level descriptors are not emulated, and said so; its filter-level
+    // patch sets no bucket (filter_enabled absent = 0%), so nothing is limited.
+    let out = mesh.output().join("\n");
+    assert!(
+        out.contains("not emulated, ignored: EnvoyFilter istio-system/filter-local-ratelimit-svc")
+            && out.contains("configPatches[1] (HttpRoute)"),
+        "{out}"
+    );
+    for _ in 0..12 {
+        assert_eq!(
+            mesh.client()
+                .get(mesh.url("/productpage"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+}

@@ -29,6 +29,7 @@ use tokio::time::Instant;
 
 use crate::snapshot::matcher::{split_authority, RequestView, SourceView};
 use crate::snapshot::policy::{hash64, parse_retry_on, roll, HashKey, LbPolicy, RetryOn, RetryPolicy};
+use crate::snapshot::ratelimit::Context;
 use crate::snapshot::route::{Decision, HeaderOps, Matched, Target, WeightedTarget};
 use crate::snapshot::{Cluster, LocalReply, SnapshotHandle, Workload};
 use respond::ResponseFlags;
@@ -117,6 +118,8 @@ pub enum Role {
     },
     /// A pod's inbound sidecar listener, in front of one container port.
     Inbound {
+        /// The pod's sidecar runtime (rate limits).
+        rt: Arc<ProxyRuntime>,
         /// The local app's connection pool (`inbound|port||`).
         app: ClusterRt,
         /// Pool settings for the app.
@@ -128,7 +131,7 @@ pub enum Role {
 
 impl Role {
     /// An inbound listener in front of the app at `app` (container port `port`).
-    pub fn inbound(app: SocketAddr, port: u16, control: Arc<PodControl>) -> Role {
+    pub fn inbound(app: SocketAddr, port: u16, control: Arc<PodControl>, rt: Arc<ProxyRuntime>) -> Role {
         let cluster = Cluster {
             name: format!("inbound|{port}||"),
             index: 0,
@@ -144,6 +147,7 @@ impl Role {
             outlier: None,
         };
         Role::Inbound {
+            rt,
             app: ClusterRt::single(app),
             cluster: Arc::new(cluster),
             control,
@@ -293,7 +297,12 @@ impl Proxy {
 
     async fn handle(&self, role: &Role, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
         match role {
-            Role::Inbound { app, cluster, control } => self.inbound(app, cluster, control, req).await,
+            Role::Inbound {
+                rt,
+                app,
+                cluster,
+                control,
+            } => self.inbound(rt, app, cluster, control, req).await,
             Role::Gateway { workload, rt } => self.route(workload, rt, false, peer, req).await,
             Role::Outbound { workload, rt } => self.route(workload, rt, true, peer, req).await,
             Role::MeshClient { cache } => {
@@ -305,7 +314,7 @@ impl Proxy {
                 let entry = match current {
                     Some(c) => c,
                     None => {
-                        let e = Arc::new((w.clone(), self.registry.get(&w.name)));
+                        let e = Arc::new((w.clone(), self.registry.get(&w)));
                         cache.store(Some(e.clone()));
                         e
                     }
@@ -318,11 +327,16 @@ impl Proxy {
     /// Inbound: hand the request to the local app.
     async fn inbound(
         &self,
+        rt: &ProxyRuntime,
         app: &ClusterRt,
         cluster: &Cluster,
         control: &PodControl,
         req: Request<Incoming>,
     ) -> Response<Body> {
+        let generation = rt.for_snapshot(&self.snapshot.load());
+        if let Some(limit) = generation.rate_limited(Context::Inbound) {
+            return respond::rate_limited(&limit.limit.headers, ServerName::IstioEnvoy);
+        }
         if control.mode() == PodMode::Failing {
             let mut resp = respond::direct(503, &Bytes::from_static(b"service unavailable"), ServerName::IstioEnvoy);
             resp.headers_mut()
@@ -371,6 +385,11 @@ impl Proxy {
             ServerName::IstioEnvoy
         };
         let snapshot = self.snapshot.load();
+        let generation = rt.for_snapshot(&snapshot);
+        let ctx = if mesh { Context::Outbound } else { Context::Gateway };
+        if let Some(limit) = generation.rate_limited(ctx) {
+            return respond::rate_limited(&limit.limit.headers, server);
+        }
         let (parts, body) = req.into_parts();
         let authority = match parts.uri.authority() {
             Some(a) => a.as_str().to_string(),
@@ -453,7 +472,6 @@ impl Proxy {
             out.headers
                 .insert(X_EXPECTED_TIMEOUT.clone(), HeaderValue::from(t.as_millis() as u64));
         }
-        let generation = rt.for_snapshot(&snapshot);
         for m in &policy.mirrors {
             if roll(m.percentage) {
                 if let Target::Clusters(by_port) = &m.target {

@@ -97,3 +97,12 @@ pub fn redirect(code: u16, location: &str, server: ServerName) -> Response<Body>
 pub fn direct(code: u16, body: &Bytes, server: ServerName) -> Response<Body> {
     text(code, body.clone(), server, "-")
 }
+
+/// A local rate limit refusal: 429 `local_rate_limited`, flag RL, with the filter's extra headers.
+pub fn rate_limited(headers: &[(HeaderName, HeaderValue)], server: ServerName) -> Response<Body> {
+    let mut resp = text(429, "local_rate_limited", server, "RL");
+    for (k, v) in headers {
+        resp.headers_mut().insert(k.clone(), v.clone());
+    }
+    resp
+}

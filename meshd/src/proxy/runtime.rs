@@ -14,8 +14,9 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::snapshot::policy::{LbPolicy, OutlierSettings};
-use crate::snapshot::{Cluster, Snapshot};
+use crate::snapshot::policy::{roll, LbPolicy, OutlierSettings};
+use crate::snapshot::ratelimit::{Context, LocalRateLimit};
+use crate::snapshot::{Cluster, Snapshot, Workload};
 
 /// Envoy-style counters of one cluster in one proxy.
 #[derive(Debug, Default)]
@@ -331,6 +332,56 @@ fn ejection_time(od: &OutlierSettings, ejections: u32) -> Duration {
     Duration::from_millis((raw.as_millis().div_ceil(interval) * interval) as u64)
 }
 
+/// A token bucket of one local rate limit in one proxy; survives reloads.
+#[derive(Debug)]
+pub struct Bucket {
+    state: Mutex<(u64, Instant)>,
+}
+
+impl Bucket {
+    fn new(tokens: u64) -> Bucket {
+        Bucket {
+            state: Mutex::new((tokens, Instant::now())),
+        }
+    }
+
+    /// Takes a token if there is one, refilling `per_fill` every `interval` up to `max` first.
+    pub fn take(&self, max: u64, per_fill: u64, interval: Duration) -> bool {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let fills = (st.1.elapsed().as_nanos() / interval.as_nanos().max(1)) as u64;
+        if fills > 0 {
+            st.0 = st.0.saturating_add(fills.saturating_mul(per_fill)).min(max);
+            st.1 += interval.saturating_mul(fills.min(u64::from(u32::MAX)) as u32);
+        }
+        if st.0 > 0 {
+            st.0 -= 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// A rate limit that applies to this proxy, with its bucket.
+#[derive(Debug, Clone)]
+pub struct Limit {
+    /// The compiled limit.
+    pub limit: Arc<LocalRateLimit>,
+    /// This proxy's bucket for it.
+    pub bucket: Arc<Bucket>,
+}
+
+impl Limit {
+    /// Whether this request is refused (429).
+    pub fn refuses(&self) -> bool {
+        let l = &self.limit;
+        if !roll(l.enabled) {
+            return false;
+        }
+        !self.bucket.take(l.max_tokens, l.tokens_per_fill, l.fill_interval) && roll(l.enforced)
+    }
+}
+
 /// The runtime view of one generation.
 #[derive(Debug)]
 pub struct Generation {
@@ -338,12 +389,25 @@ pub struct Generation {
     pub generation: u64,
     /// Cluster state, indexed by `Cluster::index`.
     pub clusters: Vec<ClusterRt>,
+    /// Rate limits on this proxy, by listener kind.
+    pub limits: Vec<(Context, Limit)>,
+}
+
+impl Generation {
+    /// The first limit on a listener of kind `ctx` that refuses this request, if any.
+    pub fn rate_limited(&self, ctx: Context) -> Option<&Limit> {
+        self.limits
+            .iter()
+            .find(|(c, l)| *c == ctx && l.refuses())
+            .map(|(_, l)| l)
+    }
 }
 
 #[derive(Debug, Default)]
 struct Store {
     clusters: HashMap<String, Arc<ClusterShared>>,
     endpoints: HashMap<(String, SocketAddr), Arc<EndpointRt>>,
+    buckets: HashMap<String, Arc<Bucket>>,
 }
 
 /// One proxy's (a sidecar's or the gateway's) runtime state.
@@ -351,15 +415,18 @@ struct Store {
 pub struct ProxyRuntime {
     /// The pod (or gateway) it belongs to.
     pub name: String,
+    /// The workload it proxies for (rate limits select on it).
+    pub workload: Workload,
     current: ArcSwapOption<Generation>,
     store: Mutex<Store>,
 }
 
 impl ProxyRuntime {
-    /// Empty state for proxy `name`.
-    pub fn new(name: &str) -> ProxyRuntime {
+    /// Empty state for the proxy of `workload`.
+    pub fn new(workload: &Workload) -> ProxyRuntime {
         ProxyRuntime {
-            name: name.to_string(),
+            name: workload.name.clone(),
+            workload: workload.clone(),
             current: ArcSwapOption::empty(),
             store: Mutex::new(Store::default()),
         }
@@ -367,6 +434,7 @@ impl ProxyRuntime {
 
     /// The runtime view for `snap`; built once per generation, then one atomic load.
     pub fn for_snapshot(&self, snap: &Snapshot) -> Arc<Generation> {
+        let workload = &self.workload;
         if let Some(g) = self.current.load_full() {
             if g.generation == snap.generation {
                 return g;
@@ -395,9 +463,30 @@ impl ProxyRuntime {
                     .collect(),
             })
             .collect();
+        let mut limits = Vec::new();
+        for l in &snap.rate_limits {
+            for ctx in [Context::Inbound, Context::Outbound, Context::Gateway] {
+                if l.applies(workload, ctx) {
+                    let max = l.max_tokens;
+                    let bucket = store
+                        .buckets
+                        .entry(l.key.clone())
+                        .or_insert_with(|| Arc::new(Bucket::new(max)))
+                        .clone();
+                    limits.push((
+                        ctx,
+                        Limit {
+                            limit: l.clone(),
+                            bucket,
+                        },
+                    ));
+                }
+            }
+        }
         let g = Arc::new(Generation {
             generation: snap.generation,
             clusters,
+            limits,
         });
         // Only move forward: a request still on an older snapshot must not roll the cache back.
         let newer = self.current.load().as_ref().is_none_or(|c| c.generation < g.generation);
@@ -421,11 +510,11 @@ impl ProxyRuntime {
 pub struct Registry(Mutex<HashMap<String, Arc<ProxyRuntime>>>);
 
 impl Registry {
-    /// The runtime of proxy `name`, created on first use.
-    pub fn get(&self, name: &str) -> Arc<ProxyRuntime> {
+    /// The runtime of the proxy of `workload`, created on first use.
+    pub fn get(&self, workload: &Workload) -> Arc<ProxyRuntime> {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(name.to_string())
-            .or_insert_with(|| Arc::new(ProxyRuntime::new(name)))
+        map.entry(workload.name.clone())
+            .or_insert_with(|| Arc::new(ProxyRuntime::new(workload)))
             .clone()
     }
 
@@ -553,6 +642,17 @@ mod tests {
         rt.record(&c, 0, AttemptResult::Status(500));
         assert!(rt.record(&c, 0, AttemptResult::Status(500)));
         assert_eq!(rt.pick(&c, None, None), None, "one endpoint, ejected: UH");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn token_bucket_refills_per_interval() {
+        let b = Bucket::new(4);
+        let take = || b.take(4, 4, Duration::from_secs(60));
+        assert_eq!((0..6).filter(|_| take()).count(), 4, "max_tokens, then empty");
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(!take());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!((0..6).filter(|_| take()).count(), 4, "refilled after fill_interval");
     }
 
     #[tokio::test(start_paused = true)]

@@ -672,6 +672,7 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
     }
     let mut virtual_services: Vec<(&VsObj, &Origin)> = Vec::new();
     let mut gateways: Vec<(&GwObj, &Origin)> = Vec::new();
+    let mut envoy_filters = Vec::new();
     for r in input.resources {
         match &r.resource {
             Resource::VirtualService(vs) => {
@@ -694,6 +695,7 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
                 }
             }
             Resource::Gateway(gw) => gateways.push((gw, &r.origin)),
+            Resource::EnvoyFilter(ef) => envoy_filters.push((ef, r.origin.to_string())),
             _ => {}
         }
     }
@@ -885,6 +887,13 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
         tracing::warn!("{w}");
     }
     let mesh_client = mesh_client(input.pods);
+    let (rate_limits, ignored_patches) = super::ratelimit::compile(&envoy_filters);
+    let mut not_emulated: Vec<String> = input
+        .not_emulated
+        .iter()
+        .map(|n| format!("{} {} ({})", n.kind, n.name, n.origin))
+        .collect();
+    not_emulated.extend(ignored_patches);
     Ok(Snapshot {
         generation: input.generation,
         services: ctx.services,
@@ -897,11 +906,8 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
         },
         pods: input.pods.to_vec(),
         mesh_client: Some(Arc::new(mesh_client)),
-        not_emulated: input
-            .not_emulated
-            .iter()
-            .map(|n| format!("{} {} ({})", n.kind, n.name, n.origin))
-            .collect(),
+        rate_limits: rate_limits.into_iter().map(Arc::new).collect(),
+        not_emulated,
         resources: input
             .resources
             .iter()

@@ -7,6 +7,7 @@ pub(crate) mod compile;
 mod compile_tests;
 pub mod matcher;
 pub mod policy;
+pub mod ratelimit;
 pub mod route;
 
 use std::collections::{BTreeMap, HashMap};
@@ -158,6 +159,8 @@ pub struct Snapshot {
     pub pods: Vec<PodInfo>,
     /// The workload whose sidecar serves the shared outbound port (15001).
     pub mesh_client: Option<Arc<Workload>>,
+    /// Local rate limits from EnvoyFilters.
+    pub rate_limits: Vec<Arc<ratelimit::LocalRateLimit>>,
     /// Kinds and objects present but not emulated, listed once per reload.
     pub not_emulated: Vec<String>,
     /// One line per resource: `Kind ns/name (file:line)`, for status and the admin API.
