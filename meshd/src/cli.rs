@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::daemon::{Addrs, PodRow};
@@ -53,6 +53,15 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:15000", env = "MESHD_ADMIN")]
         admin: SocketAddr,
     },
+    /// fortio-style load from inside the mesh (`fortio load` flags, single dash works: `-c 3 -qps 0 -n 20`).
+    Load {
+        /// fortio's flags and the URL.
+        #[command(flatten)]
+        args: Box<crate::load::LoadArgs>,
+        /// Admin API of the running daemon.
+        #[arg(long, default_value = "127.0.0.1:15000", env = "MESHD_ADMIN")]
+        admin: SocketAddr,
+    },
     /// List the pods, like `kubectl get pods -A -o wide`.
     Status {
         /// Admin API of the running daemon.
@@ -93,7 +102,7 @@ async fn admin_get<T: serde::de::DeserializeOwned>(admin: SocketAddr, path: &str
     Ok(resp.error_for_status()?.json().await?)
 }
 
-/// `meshd curl`: fortio-curl-like output: status and headers on stderr, body on stdout.
+/// `meshd curl`: `fortio curl` output: status and headers on stderr, body on stdout.
 pub async fn curl(
     url: &str,
     headers: &[String],
@@ -102,36 +111,31 @@ pub async fn curl(
     admin: SocketAddr,
 ) -> anyhow::Result<i32> {
     let addrs: Addrs = admin_get(admin, "/meshd/info").await?;
-    let client = reqwest::Client::builder()
-        .proxy(reqwest::Proxy::http(format!("http://{}", addrs.proxy))?)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?;
-    let method = reqwest::Method::from_bytes(method.as_bytes()).context("invalid method")?;
-    let mut req = client.request(method, url);
-    for h in headers {
-        let Some((k, v)) = h.split_once(':') else {
-            bail!("header {h:?} is not `name: value`")
-        };
-        req = req.header(k.trim(), v.trim());
+    let mut out = std::io::stdout();
+    let mut err = std::io::stderr();
+    let status = crate::load::curl(
+        url,
+        headers,
+        method,
+        data.as_deref().map(str::as_bytes),
+        addrs.proxy,
+        &mut out,
+        &mut err,
+    )
+    .await?;
+    Ok(if (200..300).contains(&status) { 0 } else { 1 })
+}
+
+/// `meshd load`: fortio's load test through the mesh client's sidecar.
+pub async fn load(args: &crate::load::LoadArgs, admin: SocketAddr) -> anyhow::Result<i32> {
+    let addrs: Addrs = admin_get(admin, "/meshd/info").await?;
+    let mut out = std::io::stdout();
+    let mut err = std::io::stderr();
+    match crate::load::run(args, addrs.proxy, &mut out, &mut err).await {
+        Ok(_) => Ok(0),
+        // run() has already said why (fortio's "Aborting because of ...").
+        Err(_) => Ok(1),
     }
-    if let Some(d) = data {
-        req = req.body(d);
-    }
-    let resp = req.send().await.with_context(|| format!("request to {url} failed"))?;
-    let status = resp.status();
-    eprintln!(
-        "HTTP/1.1 {} {}",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("")
-    );
-    for (k, v) in resp.headers() {
-        eprintln!("{k}: {}", v.to_str().unwrap_or("<binary>"));
-    }
-    eprintln!();
-    let body = resp.bytes().await?;
-    use std::io::Write;
-    std::io::stdout().write_all(&body)?;
-    Ok(if status.is_success() { 0 } else { 1 })
 }
 
 /// `meshd status`.

@@ -5,7 +5,13 @@ use clap::Parser;
 use meshd::cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    // fortio's Go-style flags (`-qps 0`) are rewritten for clap after the `load` verb.
+    let mut argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("load") {
+        let rest = argv.split_off(2);
+        argv.extend(meshd::load::normalize_args(rest));
+    }
+    let cli = Cli::parse_from(argv);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MESHD_LOG").unwrap_or_else(|_| "meshd=info,warn".into()),
@@ -41,6 +47,7 @@ fn main() -> std::process::ExitCode {
                 data,
                 admin,
             } => meshd::cli::curl(&url, &headers, &method, data, admin).await,
+            Command::Load { args, admin } => meshd::cli::load(&args, admin).await,
             Command::Status { admin } => meshd::cli::status(admin).await.map(|_| 0),
             Command::Pod { action, pod, admin } => meshd::cli::pod(&action, &pod, admin).await,
             Command::Logs { pod, admin } => meshd::cli::logs(&pod, admin).await.map(|_| 0),

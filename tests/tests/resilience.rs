@@ -187,6 +187,19 @@ async fn circuit_breaking_overflows_with_envoys_answer() {
         .unwrap_or_else(|| panic!("{stats}"));
     let n: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert_eq!(n, overflow, "{line}");
+
+    // The task's own commands: fortio curl, then fortio load with 3 connections.
+    let out = mesh.cli(&["curl", "http://httpbin:8000/get"]);
+    let head = String::from_utf8_lossy(&out.stderr);
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(head.contains("server: envoy") && head.contains("x-envoy-upstream-service-time: "), "{head}");
+    let out = mesh.cli(&["load", "-c", "3", "-qps", "0", "-n", "30", "-loglevel", "Warning", "http://httpbin:8000/get"]);
+    assert!(out.status.success());
+    let report = String::from_utf8_lossy(&out.stderr);
+    assert!(report.contains("Starting at max qps with 3 thread(s)"), "{report}");
+    assert!(report.contains("Code 200 : "), "{report}");
+    assert!(report.contains("Code 503 : "), "{report}");
+    assert!(report.contains("All done 30 calls (plus 0 warmup)"), "{report}");
 }
 
 #[tokio::test]
