@@ -155,6 +155,11 @@ impl Reloader {
             generation,
             not_emulated: &loaded.not_emulated,
         })?;
+        for w in &snap.warnings {
+            if self.listed.insert(w.clone()) {
+                println!("meshd: warning: {w}");
+            }
+        }
         for line in &snap.not_emulated {
             if self.listed.insert(line.clone()) {
                 println!("meshd: not emulated, ignored: {line}");

@@ -192,8 +192,22 @@ async fn circuit_breaking_overflows_with_envoys_answer() {
     let out = mesh.cli(&["curl", "http://httpbin:8000/get"]);
     let head = String::from_utf8_lossy(&out.stderr);
     assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
-    assert!(head.contains("server: envoy") && head.contains("x-envoy-upstream-service-time: "), "{head}");
-    let out = mesh.cli(&["load", "-c", "3", "-qps", "0", "-n", "30", "-loglevel", "Warning", "http://httpbin:8000/get"]);
+    assert!(
+        head.contains("server: envoy") && head.contains("x-envoy-upstream-service-time: "),
+        "{head}"
+    );
+    let out = mesh.cli(&[
+        "load",
+        "-c",
+        "3",
+        "-qps",
+        "0",
+        "-n",
+        "30",
+        "-loglevel",
+        "Warning",
+        "http://httpbin:8000/get",
+    ]);
     assert!(out.status.success());
     let report = String::from_utf8_lossy(&out.stderr);
     assert!(report.contains("Starting at max qps with 3 thread(s)"), "{report}");
@@ -407,6 +421,11 @@ spec:
         .await
         .unwrap();
     assert!(clusters.contains("failed_outlier_check"), "{clusters}");
+    // Ejection state survives a config reload.
+    let mark = mesh.mark();
+    mesh.dir.write("web.yaml", &format!("{WEB}# touched\n"));
+    mesh.wait_applied(mark);
+    assert_ne!(host("alice").await, alice, "still ejected after the reload");
     // Healthy again, and back after the ejection time.
     assert!(mesh.cli(&["pod", "start", &alice]).status.success());
     tokio::time::sleep(Duration::from_millis(3200)).await;
@@ -521,4 +540,42 @@ async fn envoy_filter_patches_that_are_not_emulated_are_reported() {
             200
         );
     }
+}
+
+#[tokio::test]
+async fn a_stopped_pod_refuses_connections_and_comes_back() {
+    let dir = TempDir::new();
+    dir.write("web.yaml", &WEB.replace("replicas: 3", "replicas: 1"));
+    let mesh = Mesh::start(dir);
+    let pods = String::from_utf8(mesh.cli(&["status"]).stdout).unwrap();
+    let pod = pods
+        .lines()
+        .find_map(|l| l.split_whitespace().nth(1).filter(|n| n.starts_with("web-")))
+        .unwrap()
+        .to_string();
+    assert!(mesh.cli(&["pod", "stop", &pod]).status.success());
+    let resp = mesh.mesh_client().get("http://web:8000/get").send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let body = resp.text().await.unwrap();
+    // Istio's default retries (connect-failure) ran first.
+    assert!(body.starts_with("upstream connect error or disconnect/reset before headers. retried and the latest reset reason: remote connection failure"), "{body}");
+    assert!(!mesh.cli(&["pod", "stop", "no-such-pod"]).status.success());
+    assert!(mesh.cli(&["pod", "start", &pod]).status.success());
+    let mut ok = false;
+    for _ in 0..40 {
+        if mesh
+            .mesh_client()
+            .get("http://web:8000/get")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "the pod serves again");
 }

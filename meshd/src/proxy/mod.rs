@@ -64,8 +64,20 @@ impl ServerName {
 }
 
 /// What a pod's inbound side does, set by `meshd pod stop|fail|start`.
-#[derive(Debug, Default)]
-pub struct PodControl(AtomicU8);
+#[derive(Debug)]
+pub struct PodControl {
+    mode: AtomicU8,
+    changed: watch::Sender<()>,
+}
+
+impl Default for PodControl {
+    fn default() -> Self {
+        PodControl {
+            mode: AtomicU8::new(0),
+            changed: watch::Sender::new(()),
+        }
+    }
+}
 
 /// A pod's emulated condition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +93,7 @@ pub enum PodMode {
 impl PodControl {
     /// The current mode.
     pub fn mode(&self) -> PodMode {
-        match self.0.load(Ordering::Relaxed) {
+        match self.mode.load(Ordering::Relaxed) {
             1 => PodMode::Failing,
             2 => PodMode::Stopped,
             _ => PodMode::Running,
@@ -90,7 +102,13 @@ impl PodControl {
 
     /// Sets the mode.
     pub fn set(&self, mode: PodMode) {
-        self.0.store(mode as u8, Ordering::Relaxed);
+        self.mode.store(mode as u8, Ordering::Relaxed);
+        self.changed.send_replace(());
+    }
+
+    /// A receiver that wakes on every mode change.
+    pub fn subscribe(&self) -> watch::Receiver<()> {
+        self.changed.subscribe()
     }
 }
 
@@ -227,13 +245,17 @@ impl Proxy {
         let role = Arc::new(role);
         let mut listener = Some(listener);
         let local = listener.as_ref().and_then(|l| l.local_addr().ok());
+        let mut changes = match &*role {
+            Role::Inbound { control, .. } => Some(control.subscribe()),
+            _ => None,
+        };
         loop {
             // A stopped pod refuses connections: its listener is closed until it starts again.
             if let Role::Inbound { control, .. } = &*role {
                 if control.mode() == PodMode::Stopped {
                     listener = None;
                     tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
+                        _ = mode_changed(&mut changes) => continue,
                         _ = stopped(&mut shutdown) => return,
                     }
                 }
@@ -255,8 +277,7 @@ impl Proxy {
             let accepted = tokio::select! {
                 a = l.accept() => a,
                 _ = stopped(&mut shutdown) => return,
-                // Wake up now and then so a stop command takes effect without a connection.
-                _ = tokio::time::sleep(Duration::from_millis(100)), if matches!(&*role, Role::Inbound { .. }) => continue,
+                _ = mode_changed(&mut changes) => continue,
             };
             let (stream, peer) = match accepted {
                 Ok(x) => x,
@@ -271,6 +292,8 @@ impl Proxy {
             let proxy = self.clone();
             let role = role.clone();
             let mut shutdown = shutdown.clone();
+            let mut conn_changes = changes.clone();
+            let conn_role = role.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
                     let proxy = proxy.clone();
@@ -290,6 +313,8 @@ impl Proxy {
                         conn.as_mut().graceful_shutdown();
                         let _ = conn.await;
                     }
+                    // A stopped pod's open connections die with it.
+                    _ = pod_stopped(&mut conn_changes, &conn_role) => {}
                 }
             });
         }
@@ -827,6 +852,31 @@ fn finish(resp: Response<Body>, server: ServerName, started: Instant, ops: &[&He
     );
     parts.extensions.insert(ResponseFlags("-"));
     Response::from_parts(parts, body)
+}
+
+/// Resolves on the next pod mode change; never when there is no pod control.
+async fn mode_changed(rx: &mut Option<watch::Receiver<()>>) {
+    match rx {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the pod behind an inbound listener is stopped.
+async fn pod_stopped(rx: &mut Option<watch::Receiver<()>>, role: &Role) {
+    let Role::Inbound { control, .. } = role else {
+        return std::future::pending().await;
+    };
+    loop {
+        if control.mode() == PodMode::Stopped {
+            return;
+        }
+        mode_changed(rx).await;
+    }
 }
 
 /// Resolves once `rx` turns true (or its sender is gone); holds no guard across awaits.

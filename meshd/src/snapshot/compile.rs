@@ -339,11 +339,13 @@ fn lb_policy(lb: Option<&api::LoadBalancerSettings>, endpoints: &[Endpoint]) -> 
 }
 
 /// Resolves a route destination to its clusters (one per service port, or the named port).
-fn target(ctx: &mut Ctx<'_>, input: &CompileInput<'_>, d: &api::Destination, vs_ns: &str) -> Target {
+fn target(ctx: &mut Ctx<'_>, input: &CompileInput<'_>, d: &api::Destination, vs_ns: &str, who: &str) -> Target {
     let fqdn = resolve_short_name(&d.host, vs_ns);
     let Some(svc) = ctx.services.get(&fqdn).cloned() else {
-        ctx.warnings
-            .push(format!("destination host {} is not a known service (503 NC)", d.host));
+        ctx.warnings.push(format!(
+            "{who}: destination host {} is not a known service (503 NC)",
+            d.host
+        ));
         return Target::Missing(fqdn);
     };
     let ports: Vec<u16> = match d.port.as_ref().and_then(|p| u16::try_from(p.number).ok()) {
@@ -355,7 +357,7 @@ fn target(ctx: &mut Ctx<'_>, input: &CompileInput<'_>, d: &api::Destination, vs_
         match cluster_for(ctx, input, &svc, port, d.subset.as_deref()) {
             Ok(c) => out.push((port, c)),
             Err(why) => {
-                ctx.warnings.push(format!("{why} (503 NC)"));
+                ctx.warnings.push(format!("{who}: {why} (503 NC)"));
                 return Target::Missing(why);
             }
         }
@@ -457,7 +459,8 @@ fn compile_routes(
                     None if single => 100,
                     None => 0,
                 };
-                let t = target(ctx, input, &d.destination, &vs_ns);
+                let who = format!("VirtualService {vs_name} ({origin})");
+                let t = target(ctx, input, &d.destination, &vs_ns, &who);
                 let h = headers(ctx, &d.headers, origin, &format!("{field}.route[{j}].headers"));
                 targets.push(WeightedTarget {
                     weight,
@@ -545,14 +548,26 @@ fn route_policy(
             .or(r.mirror_percent.map(f64::from))
             .unwrap_or(100.0);
         mirrors.push(Mirror {
-            target: target(ctx, input, m, vs_ns),
+            target: target(
+                ctx,
+                input,
+                m,
+                vs_ns,
+                &format!("VirtualService {vs_ns} ({origin}) mirror"),
+            ),
             percentage: pct.clamp(0.0, 100.0),
         });
     }
     for m in &r.mirrors {
         let pct = m.percentage.as_ref().map(|p| p.value).unwrap_or(100.0);
         mirrors.push(Mirror {
-            target: target(ctx, input, &m.destination, vs_ns),
+            target: target(
+                ctx,
+                input,
+                &m.destination,
+                vs_ns,
+                &format!("VirtualService {vs_ns} ({origin}) mirror"),
+            ),
             percentage: pct.clamp(0.0, 100.0),
         });
     }
@@ -673,6 +688,7 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
     let mut virtual_services: Vec<(&VsObj, &Origin)> = Vec::new();
     let mut gateways: Vec<(&GwObj, &Origin)> = Vec::new();
     let mut envoy_filters = Vec::new();
+    let mut kinds_not_emulated = Vec::new();
     for r in input.resources {
         match &r.resource {
             Resource::VirtualService(vs) => {
@@ -696,7 +712,18 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
             }
             Resource::Gateway(gw) => gateways.push((gw, &r.origin)),
             Resource::EnvoyFilter(ef) => envoy_filters.push((ef, r.origin.to_string())),
-            _ => {}
+            Resource::Namespace(_) | Resource::Service(_) | Resource::ServiceAccount(_) | Resource::Deployment(_) => {}
+            // Parsed and validated, but meshd does not act on these kinds yet: say so, never ignore silently.
+            other => kinds_not_emulated.push(format!("{} ({})", crate::config::resource_key(other), r.origin)),
+        }
+    }
+    for (vs, origin) in &virtual_services {
+        if !vs.spec.tcp.is_empty() || !vs.spec.tls.is_empty() {
+            kinds_not_emulated.push(format!(
+                "VirtualService {}/{} ({origin}): tcp and tls routes",
+                ns_of(&vs.metadata),
+                name_of(&vs.metadata)
+            ));
         }
     }
 
@@ -883,9 +910,6 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
     if !ctx.errors.is_empty() {
         return Err(ctx.errors);
     }
-    for w in &ctx.warnings {
-        tracing::warn!("{w}");
-    }
     let mesh_client = mesh_client(input.pods);
     let (rate_limits, ignored_patches) = super::ratelimit::compile(&envoy_filters);
     let mut not_emulated: Vec<String> = input
@@ -893,6 +917,7 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
         .iter()
         .map(|n| format!("{} {} ({})", n.kind, n.name, n.origin))
         .collect();
+    not_emulated.extend(kinds_not_emulated);
     not_emulated.extend(ignored_patches);
     Ok(Snapshot {
         generation: input.generation,
@@ -907,6 +932,11 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
         pods: input.pods.to_vec(),
         mesh_client: Some(Arc::new(mesh_client)),
         rate_limits: rate_limits.into_iter().map(Arc::new).collect(),
+        warnings: {
+            let mut w = ctx.warnings;
+            w.dedup();
+            w
+        },
         not_emulated,
         resources: input
             .resources

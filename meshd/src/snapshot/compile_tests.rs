@@ -428,3 +428,49 @@ fn every_sample_folder_of_the_project_compiles() {
     }
     assert!(n >= 6, "sample folders found: {n}");
 }
+
+#[test]
+fn subset_and_port_level_policies_merge_as_istio_does() {
+    let dr = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web}
+spec:
+  host: web
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN}
+    connectionPool: {tcp: {maxConnections: 7}}
+    outlierDetection: {consecutive5xxErrors: 3}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy:
+      connectionPool: {http: {http1MaxPendingRequests: 2}}
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy:
+      portLevelSettings:
+      - port: {number: 80}
+        loadBalancer: {simple: RANDOM}
+"#;
+    let svc = SVC
+        .split("---\napiVersion: networking.istio.io/v1beta1")
+        .next()
+        .unwrap();
+    let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: web}\nspec:\n  hosts: [web]\n  http:\n  - route:\n    - {destination: {host: web, subset: v1}, weight: 50}\n    - {destination: {host: web, subset: v2}, weight: 50}\n";
+    let snap = build(&[svc, dr, vs]).unwrap();
+    let c = |name: &str| snap.clusters.iter().find(|c| c.name == name).unwrap().clone();
+    let v1 = c(WEB_V1);
+    // The subset's connectionPool replaces the rule's whole connectionPool; lb and outlier are inherited.
+    assert_eq!(v1.lb, policy::LbPolicy::RoundRobin);
+    assert_eq!(v1.pool.max_pending, 2);
+    assert_eq!(v1.pool.max_connections, u32::MAX);
+    assert_eq!(v1.outlier.as_ref().unwrap().consecutive_5xx, Some(3));
+    // A port-level entry replaces every field for its port, with defaults for what it leaves out.
+    let v2 = c(WEB_V2);
+    assert_eq!(v2.lb, policy::LbPolicy::Random);
+    assert_eq!(v2.pool.max_connections, u32::MAX);
+    assert!(v2.outlier.is_none());
+    let default = c("outbound|80||web.default.svc.cluster.local");
+    assert_eq!(default.pool.max_connections, 7);
+}

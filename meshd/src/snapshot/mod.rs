@@ -159,6 +159,8 @@ pub struct Snapshot {
     pub pods: Vec<PodInfo>,
     /// The workload whose sidecar serves the shared outbound port (15001).
     pub mesh_client: Option<Arc<Workload>>,
+    /// Things that are valid but probably not what was meant (a route to a missing subset, ...).
+    pub warnings: Vec<String>,
     /// Local rate limits from EnvoyFilters.
     pub rate_limits: Vec<Arc<ratelimit::LocalRateLimit>>,
     /// Kinds and objects present but not emulated, listed once per reload.
