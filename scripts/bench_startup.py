@@ -82,7 +82,7 @@ def main():
     t = [r[0] * 1000 for r in runs]
     idle = [r[1] / 1024 for r in runs]
     loaded = [r[2] / 1024 for r in runs]
-    print(f"meshd up (empty folder: Bookinfo + httpbin + fortio, 9 pods), {RUNS} launches, {os.cpu_count()} cores")
+    print(f"meshd up (empty folder: Bookinfo + httpbin + fortio: 8 pods and the gateway), {RUNS} launches, {os.cpu_count()} cores")
     print()
     print("| figure | median | min | max | target |")
     print("|---|---|---|---|---|")
