@@ -175,6 +175,7 @@ impl Reloader {
         live.insert(GATEWAY_NAME.to_string());
         live.insert("meshd-client".to_string());
         self.proxy.registry().retain(&live);
+        self.state.logs.retain(&live);
         self.applied = loaded.resources;
         *self.state.pods.lock().unwrap_or_else(|e| e.into_inner()) = self.pod_rows();
         *self.state.controls.lock().unwrap_or_else(|e| e.into_inner()) = self

@@ -1,5 +1,5 @@
-//! Per-pod app logs, kept in memory (bounded) for `meshd logs` and printed
-//! with the pod name when verbose.
+//! Per-pod app logs, kept in memory (bounded) for `meshd logs`. Each pod's
+//! apps write to their own buffer: no lock is shared between pods.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -7,19 +7,26 @@ use std::sync::{Arc, Mutex};
 /// How many lines each pod keeps.
 const KEEP: usize = 1000;
 
+type Buffer = Arc<Mutex<VecDeque<String>>>;
+
 /// Log lines of every pod's apps.
 #[derive(Debug, Clone, Default)]
-pub struct Logs(Arc<Mutex<HashMap<String, VecDeque<String>>>>);
+pub struct Logs(Arc<Mutex<HashMap<String, Buffer>>>);
 
 impl Logs {
-    /// A sink for the apps of `pod`.
+    /// A sink for the apps of `pod` (taken once, when the pod starts).
     pub fn sink(&self, pod: &str) -> demo_apps::LogSink {
-        let logs = self.clone();
+        let buffer: Buffer = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(pod.to_string())
+            .or_default()
+            .clone();
         let pod = pod.to_string();
         Arc::new(move |line: &str| {
             tracing::debug!(target: "app", pod = %pod, "{line}");
-            let mut map = logs.0.lock().unwrap_or_else(|e| e.into_inner());
-            let q = map.entry(pod.clone()).or_default();
+            let mut q = buffer.lock().unwrap_or_else(|e| e.into_inner());
             if q.len() == KEEP {
                 q.pop_front();
             }
@@ -29,7 +36,17 @@ impl Logs {
 
     /// The lines of `pod`, oldest first.
     pub fn lines(&self, pod: &str) -> Vec<String> {
-        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(pod).map(|q| q.iter().cloned().collect()).unwrap_or_default()
+        let buffer = self.0.lock().unwrap_or_else(|e| e.into_inner()).get(pod).cloned();
+        buffer
+            .map(|b| b.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Forgets pods that are gone.
+    pub fn retain(&self, live: &std::collections::HashSet<String>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k, _| live.contains(k));
     }
 }

@@ -283,3 +283,53 @@ async fn status_lists_pods_and_curl_reaches_services() {
     assert_eq!(v["headers"]["X-Envoy-Attempt-Count"][0], "1");
     assert!(v["headers"]["X-Request-Id"][0].as_str().unwrap().len() == 36);
 }
+
+#[tokio::test]
+async fn header_edits_at_route_and_destination_level() {
+    let dir = TempDir::new();
+    dir.add_sample("httpbin/httpbin.yaml");
+    dir.write(
+        "vs.yaml",
+        r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: httpbin}
+spec:
+  hosts: [httpbin]
+  http:
+  - headers:
+      request:
+        set: {x-route: "set"}
+        add: {x-added: "yes"}
+        remove: [x-drop-me]
+      response:
+        set: {x-served-by: "meshd-route"}
+    route:
+    - destination: {host: httpbin}
+      headers:
+        request:
+          set: {x-destination: "httpbin"}
+        response:
+          remove: [access-control-allow-origin]
+"#,
+    );
+    let mesh = Mesh::start(dir);
+    let resp = mesh
+        .mesh_client()
+        .get("http://httpbin:8000/headers")
+        .header("x-drop-me", "1")
+        .header("x-route", "original")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-served-by"], "meshd-route");
+    assert!(
+        !resp.headers().contains_key("access-control-allow-origin"),
+        "removed at the destination level"
+    );
+    let v: serde_json::Value = resp.json().await.unwrap();
+    let h = &v["headers"];
+    assert_eq!(h["X-Route"][0], "set", "{h}");
+    assert_eq!(h["X-Added"][0], "yes");
+    assert_eq!(h["X-Destination"][0], "httpbin");
+    assert!(h.get("X-Drop-Me").is_none(), "{h}");
+}

@@ -927,6 +927,49 @@ mod tests {
     }
 
     #[test]
+    fn cookie_hash_is_issued_once_and_then_followed() {
+        let key = HashKey::Cookie {
+            name: "user".into(),
+            path: Some("/".into()),
+            ttl: Some(Duration::from_secs(60)),
+        };
+        let lb = LbPolicy::Hash {
+            key,
+            table: Arc::new(crate::snapshot::policy::HashTable::Ring(vec![])),
+        };
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let (h1, set) = request_hash(&lb, &HeaderMap::new(), None, peer);
+        let set = set.expect("a cookie is issued when absent and ttl is set");
+        assert!(
+            set.starts_with("user=\"") && set.contains("Max-Age=60; Path=/"),
+            "{set}"
+        );
+        let value = set.split(';').next().unwrap().to_string();
+        let mut h = HeaderMap::new();
+        h.insert(COOKIE, HeaderValue::from_str(&format!("a=b; {value}")).unwrap());
+        let (h2, again) = request_hash(&lb, &h, None, peer);
+        assert_eq!(h1, h2, "the issued cookie hashes like the first request");
+        assert!(again.is_none());
+        let no_ttl = LbPolicy::Hash {
+            key: HashKey::Cookie {
+                name: "user".into(),
+                path: None,
+                ttl: None,
+            },
+            table: Arc::new(crate::snapshot::policy::HashTable::Ring(vec![])),
+        };
+        assert_eq!(request_hash(&no_ttl, &HeaderMap::new(), None, peer), (None, None));
+        let q = LbPolicy::Hash {
+            key: HashKey::QueryParam("u".into()),
+            table: Arc::new(crate::snapshot::policy::HashTable::Ring(vec![])),
+        };
+        assert_eq!(
+            request_hash(&q, &HeaderMap::new(), Some("x=1&u=7"), peer).0,
+            Some(hash64(b"7"))
+        );
+    }
+
+    #[test]
     fn backoff_is_jittered_and_capped() {
         let base = Duration::from_millis(25);
         for n in 1..8 {
