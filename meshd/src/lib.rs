@@ -9,5 +9,6 @@ pub mod daemon;
 pub mod load;
 pub mod logs;
 pub mod proxy;
+pub mod security;
 pub mod snapshot;
 pub mod workload;

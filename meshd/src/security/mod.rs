@@ -1,0 +1,5 @@
+//! Security: the built-in CA, workload identities and mTLS configs, and
+//! PeerAuthentication modes.
+
+pub mod ca;
+pub mod tls;
