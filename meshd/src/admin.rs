@@ -36,6 +36,7 @@ pub async fn serve(listener: TcpListener, state: Arc<DaemonState>) {
         .route("/meshd/logs/{pod}", get(logs))
         .route("/meshd/pods/{pod}/{mode}", axum::routing::post(pod_mode))
         .route("/stats", get(stats))
+        .route("/meshd/certs", get(certs))
         .route("/clusters", get(clusters))
         .with_state(state);
     if let Err(e) = axum::serve(listener, app).await {
@@ -225,4 +226,30 @@ async fn pod_mode(
         }
         None => (http::StatusCode::NOT_FOUND, format!("pod {pod:?} not found\n")),
     }
+}
+
+async fn certs(State(s): State<Arc<DaemonState>>) -> Json<crate::cli::CertsView> {
+    let secs = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    };
+    let certs = s
+        .registry
+        .security()
+        .map(|sec| {
+            sec.issued()
+                .into_iter()
+                .map(|(identity, nb, na, _pem)| crate::cli::CertRow {
+                    identity,
+                    not_before: secs(nb),
+                    not_after: secs(na),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Json(crate::cli::CertsView {
+        root: s.dir.join(".meshd/ca.pem").display().to_string(),
+        certs,
+    })
 }

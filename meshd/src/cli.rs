@@ -35,6 +35,15 @@ pub enum Command {
         /// Outbound listener of the mesh client workload, usable as `http_proxy`.
         #[arg(long, default_value = "127.0.0.1:15001")]
         proxy: SocketAddr,
+        /// Lifetime of workload certificates; they rotate at half of it (Istio: 24h).
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        cert_ttl: std::time::Duration,
+    },
+    /// The workload certificates issued so far, and where the root CA is.
+    Certs {
+        /// Admin API of the running daemon.
+        #[arg(long, default_value = "127.0.0.1:15000", env = "MESHD_ADMIN")]
+        admin: SocketAddr,
     },
     /// Send a request from inside the mesh, through the client workload's sidecar.
     Curl {
@@ -86,6 +95,55 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:15000", env = "MESHD_ADMIN")]
         admin: SocketAddr,
     },
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    s.parse::<crate::config::api::Duration>()
+        .map(|d| d.0)
+        .map_err(|e| e.to_string())
+}
+
+/// One issued certificate, as the admin API lists it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct CertRow {
+    /// SPIFFE identity.
+    pub identity: String,
+    /// Seconds since the epoch.
+    pub not_before: u64,
+    /// Seconds since the epoch.
+    pub not_after: u64,
+}
+
+/// What `/meshd/certs` answers.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct CertsView {
+    /// Path of the root certificate.
+    pub root: String,
+    /// Issued workload certificates.
+    pub certs: Vec<CertRow>,
+}
+
+/// `meshd certs`.
+pub async fn certs(admin: SocketAddr) -> anyhow::Result<()> {
+    let view: CertsView = admin_get(admin, "/meshd/certs").await?;
+    println!("root CA: {}", view.root);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let rows: Vec<[String; 3]> = view
+        .certs
+        .into_iter()
+        .map(|c| {
+            [
+                c.identity,
+                age(now.saturating_sub(c.not_before)),
+                age(c.not_after.saturating_sub(now)),
+            ]
+        })
+        .collect();
+    print!("{}", table(&["IDENTITY", "AGE", "EXPIRES IN"], &rows));
+    Ok(())
 }
 
 fn admin_client() -> anyhow::Result<reqwest::Client> {

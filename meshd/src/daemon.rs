@@ -28,6 +28,8 @@ pub struct Options {
     pub admin: SocketAddr,
     /// The mesh client's outbound listener, usable as `http_proxy`.
     pub proxy: SocketAddr,
+    /// Lifetime of workload certificates (rotated at half).
+    pub cert_ttl: std::time::Duration,
 }
 
 /// A pod as `meshd status` shows it.
@@ -262,6 +264,23 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         admin: admin.local_addr()?,
         proxy: client.local_addr()?,
     };
+    // The root CA lives in the folder's state directory, so `curl --cacert DIR/.meshd/ca.pem` keeps working.
+    let state_dir = dir.join(".meshd");
+    let ca = crate::security::ca::Ca::load_or_create(&state_dir)
+        .with_context(|| format!("cannot set up the CA in {}", state_dir.display()))?;
+    let security = Arc::new(crate::security::tls::Security::new(ca, opts.cert_ttl));
+    {
+        let security = security.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(security.rotation_period()).await;
+                let n = security.rotate();
+                if n > 0 {
+                    tracing::info!(rotated = n, "workload certificates rotated");
+                }
+            }
+        });
+    }
     let snapshot = SnapshotHandle::default();
     let state = Arc::new(State {
         snapshot: snapshot.clone(),
@@ -270,7 +289,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         errors: Mutex::new(vec![]),
         pods: Mutex::new(vec![]),
         logs: Logs::default(),
-        registry: Arc::default(),
+        registry: Arc::new(Registry::new(Some(security.clone()))),
         controls: Mutex::default(),
     });
     let proxy = Proxy::new(snapshot.clone(), state.registry.clone());

@@ -32,14 +32,18 @@ fn main() -> std::process::ExitCode {
                 gateway,
                 admin,
                 proxy,
-            } => meshd::daemon::run(meshd::daemon::Options {
-                dir,
-                gateway,
-                admin,
-                proxy,
-            })
-            .await
-            .map(|_| 0),
+                cert_ttl,
+            } => {
+                let opts = meshd::daemon::Options {
+                    dir,
+                    gateway,
+                    admin,
+                    proxy,
+                    cert_ttl,
+                };
+                meshd::daemon::run(opts).await.map(|_| 0)
+            }
+            Command::Certs { admin } => meshd::cli::certs(admin).await.map(|_| 0),
             Command::Curl {
                 url,
                 headers,

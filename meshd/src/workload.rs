@@ -142,6 +142,7 @@ async fn start_pod(template: &PodTemplate, proxy: &Proxy, log: &crate::logs::Log
         container_ports: template.ports.clone(),
         inbound: BTreeMap::new(),
         outbound: None,
+        sidecar: true,
     };
     let (shutdown, rx) = watch::channel(false);
     let mut pod = Pod {
@@ -166,6 +167,17 @@ async fn start_pod(template: &PodTemplate, proxy: &Proxy, log: &crate::logs::Log
         .push(tokio::spawn(proxy.clone().serve(outbound, role, rx.clone())));
 
     let sink = log.sink(&name);
+    let spiffe = crate::security::ca::spiffe_id(&d.meta.namespace, &d.service_account);
+    let server_tls = proxy
+        .registry()
+        .security()
+        .and_then(|sec| match sec.server_config(&spiffe) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!(%spiffe, error = %e, "cannot issue a workload certificate: plaintext only");
+                None
+            }
+        });
     for container in &d.containers {
         let Some(kind) = demo_apps::AppKind::from_image(&container.image) else {
             tracing::warn!(pod = %name, image = %container.image, "image not emulated: the pod runs without this container");
@@ -209,7 +221,7 @@ async fn start_pod(template: &PodTemplate, proxy: &Proxy, log: &crate::logs::Log
             }));
             let inbound = bind().await?;
             pod.info.inbound.insert(port, inbound.local_addr()?);
-            let role = Role::inbound(app_addr, port, pod.control.clone(), rt.clone());
+            let role = Role::inbound(app_addr, port, pod.control.clone(), rt.clone(), server_tls.clone());
             pod.tasks
                 .push(tokio::spawn(proxy.clone().serve(inbound, role, rx.clone())));
         }

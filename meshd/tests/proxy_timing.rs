@@ -78,6 +78,7 @@ async fn sidecar(vs: &str, addr: SocketAddr) -> SocketAddr {
         container_ports: vec![(None, 8080)],
         inbound: [(8080, addr)].into_iter().collect(),
         outbound: None,
+        sidecar: false,
     };
     let snap = compile(CompileInput {
         resources: &loaded.resources,
@@ -89,7 +90,7 @@ async fn sidecar(vs: &str, addr: SocketAddr) -> SocketAddr {
     .unwrap();
     let handle = SnapshotHandle::default();
     handle.store(snap);
-    let registry = Arc::new(Registry::default());
+    let registry = Arc::new(Registry::new(None));
     let client = Workload {
         name: "client-1".into(),
         namespace: "default".into(),

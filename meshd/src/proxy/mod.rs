@@ -23,10 +23,11 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::security::peer_auth::MtlsMode;
 use crate::snapshot::matcher::{split_authority, RequestView, SourceView};
 use crate::snapshot::policy::{hash64, parse_retry_on, roll, HashKey, LbPolicy, RetryOn, RetryPolicy};
 use crate::snapshot::ratelimit::Context;
@@ -138,6 +139,12 @@ pub enum Role {
     Inbound {
         /// The pod's sidecar runtime (rate limits).
         rt: Arc<ProxyRuntime>,
+        /// The pod.
+        workload: Arc<Workload>,
+        /// The container port it fronts (PeerAuthentication's port).
+        port: u16,
+        /// The pod's mTLS server config; None when security is off.
+        tls: Option<Arc<rustls::ServerConfig>>,
         /// The local app's connection pool (`inbound|port||`).
         app: ClusterRt,
         /// Pool settings for the app.
@@ -149,7 +156,13 @@ pub enum Role {
 
 impl Role {
     /// An inbound listener in front of the app at `app` (container port `port`).
-    pub fn inbound(app: SocketAddr, port: u16, control: Arc<PodControl>, rt: Arc<ProxyRuntime>) -> Role {
+    pub fn inbound(
+        app: SocketAddr,
+        port: u16,
+        control: Arc<PodControl>,
+        rt: Arc<ProxyRuntime>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Role {
         let cluster = Cluster {
             name: format!("inbound|{port}||"),
             index: 0,
@@ -159,13 +172,18 @@ impl Role {
             endpoints: vec![crate::snapshot::Endpoint {
                 addr: app,
                 pod: String::new(),
+                identity: String::new(),
+                mtls: false,
             }],
             lb: LbPolicy::RoundRobin,
             pool: crate::snapshot::policy::PoolSettings::default(),
             outlier: None,
         };
         Role::Inbound {
+            workload: Arc::new(rt.workload.clone()),
             rt,
+            port,
+            tls,
             app: ClusterRt::single(app),
             cluster: Arc::new(cluster),
             control,
@@ -189,6 +207,7 @@ static X_EXPECTED_TIMEOUT: HeaderName = HeaderName::from_static("x-envoy-expecte
 static X_RETRY_ON: HeaderName = HeaderName::from_static("x-envoy-retry-on");
 static X_MAX_RETRIES: HeaderName = HeaderName::from_static("x-envoy-max-retries");
 static X_RATELIMITED: HeaderName = HeaderName::from_static("x-envoy-ratelimited");
+static X_FCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// Headers that describe one hop and are never forwarded.
@@ -201,6 +220,14 @@ const HOP_BY_HOP: [&str; 7] = [
     "upgrade",
     "proxy-authorization",
 ];
+
+/// What a listener knows of one downstream connection.
+#[derive(Debug)]
+struct ConnInfo {
+    peer: SocketAddr,
+    /// `X-Forwarded-Client-Cert` for requests on an mTLS connection.
+    xfcc: Option<HeaderValue>,
+}
 
 /// The request as the policies see it: everything but the body, which is buffered once.
 struct Outgoing {
@@ -291,43 +318,115 @@ impl Proxy {
             let _ = stream.set_nodelay(true);
             let proxy = self.clone();
             let role = role.clone();
-            let mut shutdown = shutdown.clone();
-            let mut conn_changes = changes.clone();
-            let conn_role = role.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let proxy = proxy.clone();
-                    let role = role.clone();
-                    async move { Ok::<_, Infallible>(proxy.handle(&role, peer, req).await) }
-                });
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                tokio::pin!(conn);
-                tokio::select! {
-                    res = conn.as_mut() => {
-                        if let Err(e) = res {
-                            tracing::debug!(error = %e, "connection ended with an error");
-                        }
-                    }
-                    _ = stopped(&mut shutdown) => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
-                    }
-                    // A stopped pod's open connections die with it.
-                    _ = pod_stopped(&mut conn_changes, &conn_role) => {}
-                }
-            });
+            let shutdown = shutdown.clone();
+            let changes = changes.clone();
+            tokio::spawn(async move { proxy.connection(stream, peer, role, shutdown, changes).await });
         }
     }
 
-    async fn handle(&self, role: &Role, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    /// One accepted connection: inbound listeners enforce the port's mTLS mode first.
+    async fn connection(
+        self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        role: Arc<Role>,
+        shutdown: watch::Receiver<bool>,
+        changes: Option<watch::Receiver<()>>,
+    ) {
+        let Role::Inbound {
+            workload, port, tls, ..
+        } = &*role
+        else {
+            let info = Arc::new(ConnInfo { peer, xfcc: None });
+            return self.serve_io(TokioIo::new(stream), info, role, shutdown, changes).await;
+        };
+        let mode = self
+            .snapshot
+            .load()
+            .peer_auth
+            .mode(&workload.namespace, &workload.labels, *port);
+        let mut first = [0u8; 1];
+        let tls_hello = matches!(stream.peek(&mut first).await, Ok(1) if first[0] == 0x16);
+        match (tls, tls_hello, mode) {
+            (Some(cfg), true, MtlsMode::Strict | MtlsMode::Permissive) => {
+                let Ok(tls_stream) = tokio_rustls::TlsAcceptor::from(cfg.clone()).accept(stream).await else {
+                    return; // a failed handshake (unknown CA, no client certificate) closes the connection
+                };
+                let (_, session) = tls_stream.get_ref();
+                let client_cert = session
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| c.as_ref().to_vec());
+                let xfcc = client_cert.as_ref().and_then(|c| {
+                    let client = crate::security::tls::spiffe_of(c)?;
+                    let server = crate::security::ca::spiffe_id(&workload.namespace, &workload.service_account);
+                    HeaderValue::from_str(&crate::security::tls::xfcc(&server, c, &client)).ok()
+                });
+                let info = Arc::new(ConnInfo { peer, xfcc });
+                self.serve_io(TokioIo::new(tls_stream), info, role, shutdown, changes)
+                    .await
+            }
+            (_, false, MtlsMode::Strict) if tls.is_some() => {
+                // STRICT and a plaintext client: reset, as Envoy does (curl: exit 56).
+                reset(stream);
+            }
+            (_, true, _) => {
+                // TLS where the port takes plaintext only (or security is off): nothing to talk to.
+                reset(stream);
+            }
+            _ => {
+                let info = Arc::new(ConnInfo { peer, xfcc: None });
+                self.serve_io(TokioIo::new(stream), info, role, shutdown, changes).await
+            }
+        }
+    }
+
+    /// Serves HTTP on one connection until it ends, the listener shuts down, or the pod stops.
+    async fn serve_io<I>(
+        self,
+        io: TokioIo<I>,
+        info: Arc<ConnInfo>,
+        role: Arc<Role>,
+        mut shutdown: watch::Receiver<bool>,
+        mut changes: Option<watch::Receiver<()>>,
+    ) where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let conn_role = role.clone();
+        let svc = service_fn(move |req| {
+            let proxy = self.clone();
+            let role = role.clone();
+            let info = info.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(&role, &info, req).await) }
+        });
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let conn = builder.serve_connection(io, svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            }
+            _ = stopped(&mut shutdown) => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+            // A stopped pod's open connections die with it.
+            _ = pod_stopped(&mut changes, &conn_role) => {}
+        }
+    }
+
+    async fn handle(&self, role: &Role, info: &ConnInfo, req: Request<Incoming>) -> Response<Body> {
+        let peer = info.peer;
         match role {
             Role::Inbound {
                 rt,
                 app,
                 cluster,
                 control,
-            } => self.inbound(rt, app, cluster, control, req).await,
+                ..
+            } => self.inbound(rt, app, cluster, control, info.xfcc.as_ref(), req).await,
             Role::Gateway { workload, rt } => self.route(workload, rt, false, peer, req).await,
             Role::Outbound { workload, rt } => self.route(workload, rt, true, peer, req).await,
             Role::MeshClient { cache } => {
@@ -356,6 +455,7 @@ impl Proxy {
         app: &ClusterRt,
         cluster: &Cluster,
         control: &PodControl,
+        xfcc: Option<&HeaderValue>,
         req: Request<Incoming>,
     ) -> Response<Body> {
         let generation = rt.for_snapshot(&self.snapshot.load());
@@ -370,6 +470,11 @@ impl Proxy {
         }
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        // Only an mTLS peer vouches for a client certificate; anything else a client sent is dropped.
+        match xfcc {
+            Some(v) => parts.headers.insert(X_FCC.clone(), v.clone()),
+            None => parts.headers.remove(&X_FCC),
+        };
         let path = parts
             .uri
             .path_and_query()
@@ -385,7 +490,7 @@ impl Proxy {
             return respond::local_reply(LocalReply::NoHealthyUpstream, ServerName::IstioEnvoy, false);
         };
         let started = Instant::now();
-        let result = match upstream::acquire(&app.shared, ep, &cluster.pool).await {
+        let result = match upstream::acquire(&app.shared, ep, &cluster.pool, None).await {
             Ok((conn, _)) => conn.send(upstream).await,
             Err(e) => Err(e),
         };
@@ -501,14 +606,20 @@ impl Proxy {
             if roll(m.percentage) {
                 if let Target::Clusters(by_port) = &m.target {
                     if let Some((_, c)) = by_port.iter().find(|(p, _)| *p == port).or_else(|| by_port.first()) {
-                        mirror(&generation.clusters[c.index], c.clone(), &out, &authority);
+                        mirror(
+                            &generation.clusters[c.index],
+                            c.clone(),
+                            &out,
+                            &authority,
+                            rt.tls.clone(),
+                        );
                     }
                 }
             }
         }
         let crt = &generation.clusters[cluster.index];
         let started = Instant::now();
-        let attempts = self.attempts(crt, cluster, &out, &retry, hash, server);
+        let attempts = self.attempts(crt, cluster, &out, &retry, hash, server, rt.tls.as_ref());
         let mut resp = match timeout {
             Some(t) => match tokio::time::timeout(t, attempts).await {
                 Ok(r) => r,
@@ -544,6 +655,7 @@ impl Proxy {
         retry: &RetryPolicy,
         hash: Option<u64>,
         server: ServerName,
+        tls: Option<&Arc<rustls::ClientConfig>>,
     ) -> Response<Body> {
         let stats = &crt.shared.stats;
         let mut previous = None;
@@ -563,7 +675,7 @@ impl Proxy {
             let _active = ActiveGuard::new(ep);
             stats.upstream_rq_total.fetch_add(1, Ordering::Relaxed);
             let send = async {
-                let (conn, reused) = upstream::acquire(&crt.shared, ep, &cluster.pool).await?;
+                let (conn, reused) = upstream::acquire(&crt.shared, ep, &cluster.pool, tls).await?;
                 if reused {
                     stats.upstream_rq_reused.fetch_add(1, Ordering::Relaxed);
                 }
@@ -758,7 +870,13 @@ fn outgoing(
 }
 
 /// Sends a copy to a mirror cluster, fire and forget, with the authority suffixed `-shadow`.
-fn mirror(crt: &ClusterRt, cluster: Arc<Cluster>, out: &Outgoing, authority: &str) {
+fn mirror(
+    crt: &ClusterRt,
+    cluster: Arc<Cluster>,
+    out: &Outgoing,
+    authority: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) {
     let Ok(shadow) = HeaderValue::from_str(&shadow_authority(authority)) else {
         return;
     };
@@ -771,7 +889,7 @@ fn mirror(crt: &ClusterRt, cluster: Arc<Cluster>, out: &Outgoing, authority: &st
     let shared = crt.shared.clone();
     tokio::spawn(async move {
         let _active = ActiveGuard::new(&ep);
-        if let Ok((conn, _)) = upstream::acquire(&shared, &ep, &cluster.pool).await {
+        if let Ok((conn, _)) = upstream::acquire(&shared, &ep, &cluster.pool, tls.as_ref()).await {
             if let Ok(resp) = conn.send(req).await {
                 // Drain so the connection goes back to the pool; the response is discarded.
                 let _ = resp.into_body().collect().await;
@@ -852,6 +970,14 @@ fn finish(resp: Response<Body>, server: ServerName, started: Instant, ops: &[&He
     );
     parts.extensions.insert(ResponseFlags("-"));
     Response::from_parts(parts, body)
+}
+
+/// Closes with a TCP reset (RST), as Envoy does to a plaintext client of a STRICT port.
+fn reset(stream: TcpStream) {
+    // SO_LINGER 0 makes close() send RST at once; it does not block with a zero timeout.
+    let sock = socket2::SockRef::from(&stream);
+    let _ = sock.set_linger(Some(Duration::ZERO));
+    drop(stream);
 }
 
 /// Resolves on the next pod mode change; never when there is no pod control.

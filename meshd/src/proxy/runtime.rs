@@ -116,6 +116,8 @@ impl std::fmt::Debug for IdleConn {
 pub struct EndpointRt {
     /// Address.
     pub addr: SocketAddr,
+    /// The SPIFFE identity to verify when connections use mTLS; None = plaintext.
+    pub mtls: Option<String>,
     /// Requests in flight (LEAST_REQUEST reads it).
     pub active: AtomicU64,
     /// Requests sent.
@@ -130,9 +132,10 @@ pub struct EndpointRt {
 }
 
 impl EndpointRt {
-    fn new(addr: SocketAddr) -> EndpointRt {
+    fn new(addr: SocketAddr, mtls: Option<String>) -> EndpointRt {
         EndpointRt {
             addr,
+            mtls,
             active: AtomicU64::new(0),
             total: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -206,7 +209,7 @@ impl ClusterRt {
     pub fn single(addr: SocketAddr) -> ClusterRt {
         ClusterRt {
             shared: Arc::new(ClusterShared::new()),
-            endpoints: vec![Arc::new(EndpointRt::new(addr))],
+            endpoints: vec![Arc::new(EndpointRt::new(addr, None))],
         }
     }
 
@@ -406,7 +409,7 @@ impl Generation {
 #[derive(Debug, Default)]
 struct Store {
     clusters: HashMap<String, Arc<ClusterShared>>,
-    endpoints: HashMap<(String, SocketAddr), Arc<EndpointRt>>,
+    endpoints: HashMap<(String, SocketAddr, bool), Arc<EndpointRt>>,
     buckets: HashMap<String, Arc<Bucket>>,
 }
 
@@ -417,14 +420,17 @@ pub struct ProxyRuntime {
     pub name: String,
     /// The workload it proxies for (rate limits select on it).
     pub workload: Workload,
+    /// Its mTLS client config (its own SPIFFE certificate); None when security is off.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     current: ArcSwapOption<Generation>,
     store: Mutex<Store>,
 }
 
 impl ProxyRuntime {
     /// Empty state for the proxy of `workload`.
-    pub fn new(workload: &Workload) -> ProxyRuntime {
+    pub fn new(workload: &Workload, tls: Option<Arc<rustls::ClientConfig>>) -> ProxyRuntime {
         ProxyRuntime {
+            tls,
             name: workload.name.clone(),
             workload: workload.clone(),
             current: ArcSwapOption::empty(),
@@ -454,10 +460,11 @@ impl ProxyRuntime {
                     .endpoints
                     .iter()
                     .map(|e| {
+                        let mtls = e.mtls.then(|| e.identity.clone());
                         store
                             .endpoints
-                            .entry((c.name.clone(), e.addr))
-                            .or_insert_with(|| Arc::new(EndpointRt::new(e.addr)))
+                            .entry((c.name.clone(), e.addr, e.mtls))
+                            .or_insert_with(|| Arc::new(EndpointRt::new(e.addr, mtls)))
                             .clone()
                     })
                     .collect(),
@@ -507,20 +514,47 @@ impl ProxyRuntime {
 
 /// Every proxy's runtime, by name.
 #[derive(Debug, Default)]
-pub struct Registry(Mutex<HashMap<String, Arc<ProxyRuntime>>>);
+pub struct Registry {
+    proxies: Mutex<HashMap<String, Arc<ProxyRuntime>>>,
+    security: Option<Arc<crate::security::tls::Security>>,
+}
 
 impl Registry {
+    /// A registry whose proxies get mTLS identities from `security` (None: plaintext only).
+    pub fn new(security: Option<Arc<crate::security::tls::Security>>) -> Registry {
+        Registry {
+            proxies: Mutex::default(),
+            security,
+        }
+    }
+
+    /// Certificates and TLS configs, if security is on.
+    pub fn security(&self) -> Option<&Arc<crate::security::tls::Security>> {
+        self.security.as_ref()
+    }
+
     /// The runtime of the proxy of `workload`, created on first use.
     pub fn get(&self, workload: &Workload) -> Arc<ProxyRuntime> {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(workload.name.clone())
-            .or_insert_with(|| Arc::new(ProxyRuntime::new(workload)))
-            .clone()
+        let mut map = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rt) = map.get(&workload.name) {
+            return rt.clone();
+        }
+        let spiffe = crate::security::ca::spiffe_id(&workload.namespace, &workload.service_account);
+        let tls = self.security.as_ref().and_then(|s| match s.client_config(&spiffe) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!(%spiffe, error = %e, "cannot issue a workload certificate: plaintext only");
+                None
+            }
+        });
+        let rt = Arc::new(ProxyRuntime::new(workload, tls));
+        map.insert(workload.name.clone(), rt.clone());
+        rt
     }
 
     /// Every runtime, sorted by name.
     pub fn all(&self) -> Vec<Arc<ProxyRuntime>> {
-        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let map = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
         let mut v: Vec<_> = map.values().cloned().collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
@@ -528,7 +562,7 @@ impl Registry {
 
     /// Forgets proxies of pods that are gone.
     pub fn retain(&self, live: &std::collections::HashSet<String>) {
-        self.0
+        self.proxies
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|k, _| live.contains(k));
@@ -546,11 +580,16 @@ mod tests {
             .map(|i| Endpoint {
                 addr: format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
                 pod: format!("p{i}"),
+                identity: String::new(),
+                mtls: false,
             })
             .collect();
         let rt = ClusterRt {
             shared: Arc::new(ClusterShared::new()),
-            endpoints: endpoints.iter().map(|e| Arc::new(EndpointRt::new(e.addr))).collect(),
+            endpoints: endpoints
+                .iter()
+                .map(|e| Arc::new(EndpointRt::new(e.addr, None)))
+                .collect(),
         };
         let c = Cluster {
             name: "c".into(),

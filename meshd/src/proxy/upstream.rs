@@ -73,10 +73,14 @@ fn try_slot(shared: &ClusterShared, max: u32) -> bool {
         .is_ok()
 }
 
+/// SNI sent to mesh peers; the verifier checks the SPIFFE identity, not this name.
+const MESH_SNI: &str = "outbound.mesh.local";
+
 async fn connect(
     ep: &Arc<EndpointRt>,
     shared: &Arc<ClusterShared>,
     pool: &PoolSettings,
+    tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<Conn, UpstreamError> {
     let slot = CxSlot(shared.clone());
     shared.stats.upstream_cx_total.fetch_add(1, Ordering::Relaxed);
@@ -94,13 +98,46 @@ async fn connect(
         }
     };
     let _ = stream.set_nodelay(true);
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| UpstreamError::Connect(e.to_string()))?;
-    tokio::spawn(async move {
-        let _slot = slot;
-        let _ = conn.await;
-    });
+    let sender = match (&ep.mtls, tls) {
+        (Some(expected), Some(cfg)) => {
+            let name =
+                rustls_pki_types::ServerName::try_from(MESH_SNI).map_err(|e| UpstreamError::Connect(e.to_string()))?;
+            let tls_stream = tokio_rustls::TlsConnector::from(cfg.clone())
+                .connect(name, stream)
+                .await
+                .map_err(|e| UpstreamError::Connect(format!("TLS error: {e}")))?;
+            let peer = tls_stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| crate::security::tls::spiffe_of(c));
+            if peer.as_deref() != Some(expected.as_str()) {
+                return Err(UpstreamError::Connect(format!(
+                    "TLS error: peer identity {} is not {expected}",
+                    peer.as_deref().unwrap_or("(none)")
+                )));
+            }
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls_stream))
+                .await
+                .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+            tokio::spawn(async move {
+                let _slot = slot;
+                let _ = conn.await;
+            });
+            sender
+        }
+        _ => {
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+            tokio::spawn(async move {
+                let _slot = slot;
+                let _ = conn.await;
+            });
+            sender
+        }
+    };
     Ok(Conn {
         sender,
         uses: 0,
@@ -116,6 +153,7 @@ pub async fn acquire(
     shared: &Arc<ClusterShared>,
     ep: &Arc<EndpointRt>,
     pool: &PoolSettings,
+    tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<(Conn, bool), UpstreamError> {
     let reuse = |c: IdleConn| Conn {
         sender: c.sender,
@@ -146,7 +184,7 @@ pub async fn acquire(
             return Ok((reuse(c), true));
         }
         if try_slot(shared, pool.max_connections) {
-            return connect(ep, shared, pool).await.map(|c| (c, false));
+            return connect(ep, shared, pool, tls).await.map(|c| (c, false));
         }
         notified.await;
     }

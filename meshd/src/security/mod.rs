@@ -2,4 +2,5 @@
 //! PeerAuthentication modes.
 
 pub mod ca;
+pub mod peer_auth;
 pub mod tls;

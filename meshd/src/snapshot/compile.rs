@@ -21,6 +21,8 @@ use crate::config::api::{self, Resource};
 use crate::config::load::NotEmulated;
 use crate::config::model::Workloads;
 use crate::config::{ConfigError, Located, Origin};
+use crate::security::ca::spiffe_id;
+use crate::security::peer_auth::{MtlsMode, PeerAuthTable};
 
 /// What a snapshot is made from.
 #[derive(Debug)]
@@ -66,6 +68,7 @@ struct Ctx<'a> {
     /// VirtualServices by `ns/name`, for delegation.
     vs_by_name: HashMap<String, (&'a VsObj, &'a Origin)>,
     warnings: Vec<String>,
+    peer_auth: PeerAuthTable,
 }
 
 impl Ctx<'_> {
@@ -241,12 +244,28 @@ fn cluster_for(
         .filter_map(|p| {
             let target = p.resolve_port(&svc_port.target_port)?;
             let addr = *p.inbound.get(&target)?;
+            let mtls = match effective.tls.and_then(|t| t.mode) {
+                Some(api::TlsMode::IstioMutual) => true,
+                Some(_) => false,
+                // Auto mTLS: to a sidecar, unless its PeerAuthentication disables mTLS on that port.
+                None => p.sidecar && ctx.peer_auth.mode(&p.namespace, &p.labels, target) != MtlsMode::Disable,
+            };
             Some(Endpoint {
                 addr,
                 pod: p.name.clone(),
+                identity: spiffe_id(&p.namespace, &p.service_account),
+                mtls,
             })
         })
         .collect();
+    if matches!(
+        effective.tls.and_then(|t| t.mode),
+        Some(api::TlsMode::Simple | api::TlsMode::Mutual)
+    ) {
+        ctx.warnings.push(format!(
+            "{name}: tls.mode SIMPLE/MUTUAL (TLS origination) not emulated yet: plaintext is sent"
+        ));
+    }
     let lb = lb_policy(effective.lb, &endpoints);
     let cluster = Arc::new(Cluster {
         name: name.clone(),
@@ -268,6 +287,7 @@ fn cluster_for(
 /// its fields (unset ones fall back to defaults, not to the outer level).
 #[derive(Default)]
 struct Effective<'a> {
+    tls: Option<&'a api::ClientTlsSettings>,
     lb: Option<&'a api::LoadBalancerSettings>,
     pool: Option<&'a api::ConnectionPoolSettings>,
     outlier: Option<&'a api::OutlierDetection>,
@@ -285,6 +305,9 @@ impl<'a> Effective<'a> {
         if p.outlier_detection.is_some() {
             self.outlier = p.outlier_detection.as_ref();
         }
+        if p.tls.is_some() {
+            self.tls = p.tls.as_ref();
+        }
         if let Some(pl) = p
             .port_level_settings
             .iter()
@@ -293,6 +316,7 @@ impl<'a> Effective<'a> {
             self.lb = pl.load_balancer.as_ref();
             self.pool = pl.connection_pool.as_ref();
             self.outlier = pl.outlier_detection.as_ref();
+            self.tls = pl.tls.as_ref();
         }
     }
 }
@@ -671,6 +695,7 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
         rules: HashMap::new(),
         vs_by_name: HashMap::new(),
         warnings: vec![],
+        peer_auth: PeerAuthTable::default(),
     };
     for s in &input.workloads.services {
         let fqdn = format!("{}.{}.{CLUSTER_DOMAIN}", s.meta.name, s.meta.namespace);
@@ -688,6 +713,7 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
     let mut virtual_services: Vec<(&VsObj, &Origin)> = Vec::new();
     let mut gateways: Vec<(&GwObj, &Origin)> = Vec::new();
     let mut envoy_filters = Vec::new();
+    let mut peer_auths = Vec::new();
     let mut kinds_not_emulated = Vec::new();
     for r in input.resources {
         match &r.resource {
@@ -712,6 +738,7 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
             }
             Resource::Gateway(gw) => gateways.push((gw, &r.origin)),
             Resource::EnvoyFilter(ef) => envoy_filters.push((ef, r.origin.to_string())),
+            Resource::PeerAuthentication(pa) => peer_auths.push(pa),
             Resource::Namespace(_) | Resource::Service(_) | Resource::ServiceAccount(_) | Resource::Deployment(_) => {}
             // Parsed and validated, but meshd does not act on these kinds yet: say so, never ignore silently.
             other => kinds_not_emulated.push(format!("{} ({})", crate::config::resource_key(other), r.origin)),
@@ -726,6 +753,10 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
             ));
         }
     }
+
+    let (peer_auth, pa_warnings) = PeerAuthTable::compile(&peer_auths);
+    ctx.peer_auth = peer_auth;
+    ctx.warnings.extend(pa_warnings);
 
     // Routes of every VS that is not a delegate.
     let mut compiled: Vec<(&VsObj, Vec<HttpRoute>)> = Vec::new();
@@ -932,6 +963,7 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
         pods: input.pods.to_vec(),
         mesh_client: Some(Arc::new(mesh_client)),
         rate_limits: rate_limits.into_iter().map(Arc::new).collect(),
+        peer_auth: ctx.peer_auth,
         warnings: {
             let mut w = ctx.warnings;
             w.dedup();

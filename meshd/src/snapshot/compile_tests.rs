@@ -42,6 +42,7 @@ fn pods_for(workloads: &Workloads) -> Vec<PodInfo> {
                 container_ports: t.ports.clone(),
                 inbound,
                 outbound: None,
+                sidecar: true,
             }
         })
         .collect()

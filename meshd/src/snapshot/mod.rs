@@ -81,6 +81,8 @@ pub struct PodInfo {
     pub inbound: BTreeMap<u16, SocketAddr>,
     /// The pod's outbound sidecar listener (its apps' HTTP proxy).
     pub outbound: Option<SocketAddr>,
+    /// Whether the pod has a sidecar (its inbound addresses are then sidecar listeners).
+    pub sidecar: bool,
 }
 
 impl PodInfo {
@@ -104,6 +106,10 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// The pod behind it.
     pub pod: String,
+    /// The SPIFFE identity to expect when `mtls` is on.
+    pub identity: String,
+    /// Whether callers speak mTLS to it (auto mTLS, or the DestinationRule's `tls.mode`).
+    pub mtls: bool,
 }
 
 /// An Envoy-style cluster: `outbound|9080|v1|reviews.default.svc.cluster.local`.
@@ -161,6 +167,8 @@ pub struct Snapshot {
     pub mesh_client: Option<Arc<Workload>>,
     /// Things that are valid but probably not what was meant (a route to a missing subset, ...).
     pub warnings: Vec<String>,
+    /// PeerAuthentication modes.
+    pub peer_auth: crate::security::peer_auth::PeerAuthTable,
     /// Local rate limits from EnvoyFilters.
     pub rate_limits: Vec<Arc<ratelimit::LocalRateLimit>>,
     /// Kinds and objects present but not emulated, listed once per reload.

@@ -70,7 +70,9 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if !self.0.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 
@@ -142,6 +144,13 @@ impl Mesh {
         mesh.admin = addr("admin");
         mesh.proxy = addr("proxy");
         mesh
+    }
+
+    /// Stops meshd and hands back its folder, kept.
+    pub fn stop(mut self) -> TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.dir, TempDir(PathBuf::new()))
     }
 
     /// Every line meshd printed so far (stdout and stderr).

@@ -1,0 +1,131 @@
+//! mTLS between sidecars from the built-in CA, and PeerAuthentication, with
+//! the task YAML: auto mTLS, STRICT resets plaintext, the CA survives restarts.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use common::{Mesh, TempDir};
+
+/// The inbound sidecar address of the first pod whose name starts with `prefix`.
+fn inbound_of(mesh: &Mesh, prefix: &str) -> std::net::SocketAddr {
+    let out = String::from_utf8(mesh.cli(&["status"]).stdout).unwrap();
+    let line = out
+        .lines()
+        .find(|l| l.split_whitespace().nth(1).is_some_and(|n| n.starts_with(prefix)))
+        .unwrap();
+    let ports = line.split_whitespace().nth(5).unwrap();
+    ports
+        .split(',')
+        .next()
+        .unwrap()
+        .split("->")
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Sends a plaintext request straight to an address; Err when the connection is reset or closed.
+fn plaintext_get(addr: std::net::SocketAddr) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(addr)?;
+    s.write_all(b"GET /ip HTTP/1.1\r\nHost: httpbin:8000\r\nConnection: close\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    if out.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "closed without a response",
+        ));
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn auto_mtls_between_sidecars_sets_xfcc() {
+    let dir = TempDir::new();
+    dir.add_sample("httpbin/httpbin.yaml");
+    dir.add_sample("sleep/sleep.yaml");
+    let mesh = Mesh::start(dir);
+    let v: serde_json::Value = mesh
+        .mesh_client()
+        .get("http://httpbin:8000/headers")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let xfcc = v["headers"]["X-Forwarded-Client-Cert"][0]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"));
+    assert!(
+        xfcc.starts_with("By=spiffe://cluster.local/ns/default/sa/httpbin;Hash="),
+        "{xfcc}"
+    );
+    assert!(
+        xfcc.ends_with(";Subject=\"\";URI=spiffe://cluster.local/ns/default/sa/sleep"),
+        "{xfcc}"
+    );
+    // PERMISSIVE by default: a plaintext client still gets an answer, without XFCC.
+    let plain = plaintext_get(inbound_of(&mesh, "httpbin-")).unwrap();
+    assert!(plain.starts_with("HTTP/1.1 200"), "{plain}");
+
+    let out = mesh.cli(&["certs"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("spiffe://cluster.local/ns/default/sa/httpbin"), "{text}");
+    assert!(text.contains("spiffe://cluster.local/ns/default/sa/sleep"), "{text}");
+    assert!(!text.contains("PRIVATE KEY"));
+}
+
+#[tokio::test]
+async fn strict_mtls_resets_plaintext_and_bookinfo_still_serves() {
+    let dir = TempDir::new();
+    dir.add_sample("bookinfo/networking/destination-rule-all-mtls.yaml");
+    dir.add_sample("istio.io-tasks/authn-policy/01-mesh-strict.yaml");
+    let mesh = Mesh::start(dir);
+    let page = mesh.page("/productpage").await;
+    assert!(page.contains("<title>Simple Bookstore App</title>"));
+    assert!(
+        page.contains("Book Details") && page.contains("Reviews served by: reviews-v"),
+        "the whole mesh over mTLS"
+    );
+    for prefix in ["productpage-", "details-", "reviews-v1-", "ratings-", "httpbin-"] {
+        let err = plaintext_get(inbound_of(&mesh, prefix)).expect_err("STRICT: plaintext is reset");
+        assert!(
+            matches!(
+                err.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+            ),
+            "{prefix}: {err}"
+        );
+    }
+    // A client that turns mTLS off toward a STRICT workload gets Envoy's reset answer.
+    let mark = mesh.mark();
+    mesh.dir.write(
+        "dr-disable.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: httpbin}\nspec:\n  host: httpbin\n  trafficPolicy: {tls: {mode: DISABLE}}\n",
+    );
+    mesh.wait_applied(mark);
+    let resp = mesh.mesh_client().get("http://httpbin:8000/ip").send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let body = resp.text().await.unwrap();
+    assert!(
+        body.contains("reset reason: connection termination") || body.contains("connection failure"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn the_root_ca_is_kept_across_restarts() {
+    let dir = TempDir::new();
+    dir.add_sample("httpbin/httpbin.yaml");
+    let path = dir.0.join(".meshd/ca.pem");
+    let mesh = Mesh::start(dir);
+    let first = std::fs::read_to_string(&path).unwrap();
+    assert!(first.starts_with("-----BEGIN CERTIFICATE-----"));
+    let again = Mesh::start(mesh.stop());
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), first);
+    drop(again);
+}
