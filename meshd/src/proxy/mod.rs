@@ -249,6 +249,15 @@ impl Outgoing {
     }
 }
 
+/// How to send a request: the retry policy, hash key, server header and mTLS identity.
+#[derive(Clone, Copy)]
+struct Plan<'a> {
+    retry: &'a RetryPolicy,
+    hash: Option<u64>,
+    server: ServerName,
+    tls: Option<&'a Arc<rustls::ClientConfig>>,
+}
+
 /// How one upstream attempt ended.
 enum Attempt {
     Response(Response<Body>),
@@ -619,7 +628,13 @@ impl Proxy {
         }
         let crt = &generation.clusters[cluster.index];
         let started = Instant::now();
-        let attempts = self.attempts(crt, cluster, &out, &retry, hash, server, rt.tls.as_ref());
+        let plan = Plan {
+            retry: &retry,
+            hash,
+            server,
+            tls: rt.tls.as_ref(),
+        };
+        let attempts = self.attempts(crt, cluster, &out, plan);
         let mut resp = match timeout {
             Some(t) => match tokio::time::timeout(t, attempts).await {
                 Ok(r) => r,
@@ -647,16 +662,13 @@ impl Proxy {
     }
 
     /// The attempt loop: pick an endpoint, get a connection, send; retry as the policy says.
-    async fn attempts(
-        &self,
-        crt: &ClusterRt,
-        cluster: &Cluster,
-        out: &Outgoing,
-        retry: &RetryPolicy,
-        hash: Option<u64>,
-        server: ServerName,
-        tls: Option<&Arc<rustls::ClientConfig>>,
-    ) -> Response<Body> {
+    async fn attempts(&self, crt: &ClusterRt, cluster: &Cluster, out: &Outgoing, plan: Plan<'_>) -> Response<Body> {
+        let Plan {
+            retry,
+            hash,
+            server,
+            tls,
+        } = plan;
         let stats = &crt.shared.stats;
         let mut previous = None;
         let mut attempt: u32 = 1;
