@@ -211,8 +211,12 @@ async fn circuit_breaking_overflows_with_envoys_answer() {
     assert!(out.status.success());
     let report = String::from_utf8_lossy(&out.stderr);
     assert!(report.contains("Starting at max qps with 3 thread(s)"), "{report}");
-    assert!(report.contains("Code 200 : "), "{report}");
-    assert!(report.contains("Code 503 : "), "{report}");
+    let count = |code: &str| -> u64 {
+        let line = report.lines().find(|l| l.starts_with(&format!("Code {code} : "))).unwrap_or_else(|| panic!("{report}"));
+        line.split_whitespace().nth(3).unwrap().parse().unwrap()
+    };
+    // As the task shows: with one connection and one pending request allowed, most of 3 callers' requests overflow.
+    assert!(count("503") >= count("200"), "{report}");
     assert!(report.contains("All done 30 calls (plus 0 warmup)"), "{report}");
 }
 
