@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
 use crate::daemon::{Addrs, PodRow};
@@ -58,6 +58,9 @@ pub enum Command {
         /// Request body.
         #[arg(short = 'd', long = "data")]
         data: Option<String>,
+        /// Send from this pod (as `kubectl exec POD -- curl`); default: the mesh client.
+        #[arg(long)]
+        from: Option<String>,
         /// Admin API of the running daemon.
         #[arg(long, default_value = "127.0.0.1:15000", env = "MESHD_ADMIN")]
         admin: SocketAddr,
@@ -166,9 +169,20 @@ pub async fn curl(
     headers: &[String],
     method: &str,
     data: Option<String>,
+    from: Option<&str>,
     admin: SocketAddr,
 ) -> anyhow::Result<i32> {
-    let addrs: Addrs = admin_get(admin, "/meshd/info").await?;
+    let mut addrs: Addrs = admin_get(admin, "/meshd/info").await?;
+    if let Some(pod) = from {
+        let pods: Vec<PodRow> = admin_get(admin, "/meshd/pods").await?;
+        let Some(row) = pods.iter().find(|p| p.name == pod) else {
+            bail!("pod {pod:?} not found (see `meshd status`)")
+        };
+        let Some(out) = row.outbound.as_deref().and_then(|a| a.parse().ok()) else {
+            bail!("pod {pod} has no outbound listener")
+        };
+        addrs.proxy = out;
+    }
     let mut out = std::io::stdout();
     let mut err = std::io::stderr();
     let status = crate::load::curl(

@@ -194,7 +194,12 @@ impl Reloader {
             .map(|p| PodRow {
                 namespace: p.info.namespace.clone(),
                 name: p.info.name.clone(),
-                ready: if p.apps.is_empty() { "1/2".into() } else { "2/2".into() },
+                ready: match (p.info.sidecar, p.apps.is_empty()) {
+                    (true, false) => "2/2".into(),
+                    (true, true) => "1/2".into(),
+                    (false, false) => "1/1".into(),
+                    (false, true) => "0/1".into(),
+                },
                 status: "Running".into(),
                 age_secs: p.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
                 ports: p

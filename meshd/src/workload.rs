@@ -33,6 +33,31 @@ pub struct PodTemplate {
     pub hash: String,
     /// Container ports to open: declared ones plus Service targetPorts that select the pod.
     pub ports: Vec<(Option<String>, u16)>,
+    /// Whether the pod gets a sidecar (Istio's injection rules).
+    pub sidecar: bool,
+}
+
+/// Istio's injection decision: the pod's `sidecar.istio.io/inject` first, then the namespace's
+/// `istio-injection` label. A namespace the folder does not declare counts as labelled for
+/// injection, as every tutorial's first step does for `default`.
+fn injected(d: &DeploymentDef, namespaces: &std::collections::BTreeMap<String, Labels>) -> bool {
+    let explicit = d
+        .annotations
+        .get("sidecar.istio.io/inject")
+        .or_else(|| d.labels.get("sidecar.istio.io/inject"));
+    match explicit.map(String::as_str) {
+        Some("false") => return false,
+        Some("true") => return true,
+        _ => {}
+    }
+    match namespaces.get(&d.meta.namespace) {
+        None => true,
+        Some(labels) => match labels.get("istio-injection").map(String::as_str) {
+            Some("enabled") => true,
+            Some(_) => false,
+            None => labels.contains_key("istio.io/rev"),
+        },
+    }
 }
 
 fn name_part(mut n: u64, len: usize) -> String {
@@ -74,11 +99,14 @@ pub fn plan(workloads: &Workloads) -> Vec<PodTemplate> {
             d.labels.hash(&mut h);
             d.service_account.hash(&mut h);
             ports.hash(&mut h);
+            let sidecar = injected(d, &workloads.namespaces);
+            sidecar.hash(&mut h);
             PodTemplate {
                 key: format!("{}/{}", d.meta.namespace, d.meta.name),
                 deployment: d.clone(),
                 hash: name_part(h.finish(), 10),
                 ports,
+                sidecar,
             }
         })
         .collect()
@@ -142,7 +170,7 @@ async fn start_pod(template: &PodTemplate, proxy: &Proxy, log: &crate::logs::Log
         container_ports: template.ports.clone(),
         inbound: BTreeMap::new(),
         outbound: None,
-        sidecar: true,
+        sidecar: template.sidecar,
     };
     let (shutdown, rx) = watch::channel(false);
     let mut pod = Pod {
@@ -158,10 +186,22 @@ async fn start_pod(template: &PodTemplate, proxy: &Proxy, log: &crate::logs::Log
 
     let outbound = bind().await?;
     pod.info.outbound = Some(outbound.local_addr()?);
-    let rt = proxy.registry().get(&workload);
-    let role = Role::Outbound {
-        workload: workload.clone(),
-        rt: rt.clone(),
+    // Without a sidecar the app still reaches services by name, as through kube-proxy: no mesh policy, plaintext.
+    let rt = if template.sidecar {
+        proxy.registry().get(&workload)
+    } else {
+        proxy.registry().get_plain(&workload)
+    };
+    let role = if template.sidecar {
+        Role::Outbound {
+            workload: workload.clone(),
+            rt: rt.clone(),
+        }
+    } else {
+        Role::Plain {
+            workload: workload.clone(),
+            rt: rt.clone(),
+        }
     };
     pod.tasks
         .push(tokio::spawn(proxy.clone().serve(outbound, role, rx.clone())));
@@ -219,6 +259,10 @@ async fn start_pod(template: &PodTemplate, proxy: &Proxy, log: &crate::logs::Log
                     tracing::warn!(pod = %pod_name, error = %e, "app stopped");
                 }
             }));
+            if !template.sidecar {
+                pod.info.inbound.insert(port, app_addr);
+                continue;
+            }
             let inbound = bind().await?;
             pod.info.inbound.insert(port, inbound.local_addr()?);
             let role = Role::inbound(app_addr, port, pod.control.clone(), rt.clone(), server_tls.clone());

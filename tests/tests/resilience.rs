@@ -212,7 +212,10 @@ async fn circuit_breaking_overflows_with_envoys_answer() {
     let report = String::from_utf8_lossy(&out.stderr);
     assert!(report.contains("Starting at max qps with 3 thread(s)"), "{report}");
     let count = |code: &str| -> u64 {
-        let line = report.lines().find(|l| l.starts_with(&format!("Code {code} : "))).unwrap_or_else(|| panic!("{report}"));
+        let line = report
+            .lines()
+            .find(|l| l.starts_with(&format!("Code {code} : ")))
+            .unwrap_or_else(|| panic!("{report}"));
         line.split_whitespace().nth(3).unwrap().parse().unwrap()
     };
     // As the task shows: with one connection and one pending request allowed, most of 3 callers' requests overflow.

@@ -151,6 +151,8 @@ impl ServiceDef {
 /// The Kubernetes objects of a config, converted.
 #[derive(Debug, Clone, Default)]
 pub struct Workloads {
+    /// Namespaces declared in the folder, with their labels.
+    pub namespaces: std::collections::BTreeMap<String, Labels>,
     /// Deployments.
     pub deployments: Vec<DeploymentDef>,
     /// Services.
@@ -164,6 +166,10 @@ impl Workloads {
         let mut errors = Vec::new();
         for r in resources {
             match &r.resource {
+                Resource::Namespace(n) => {
+                    out.namespaces
+                        .insert(n.metadata.name.clone().unwrap_or_default(), n.metadata.labels.clone());
+                }
                 Resource::Deployment(d) => match DeploymentDef::from_resource(d, &r.origin) {
                     Ok(d) => out.deployments.push(d),
                     Err(e) => errors.push(e),

@@ -8,7 +8,6 @@ pub mod respond;
 pub mod runtime;
 pub mod upstream;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -52,6 +51,8 @@ pub enum ServerName {
     IstioEnvoy,
     /// Outbound sidecar listeners keep Envoy's default: `envoy`.
     Envoy,
+    /// No proxy of ours answered (a pod without a sidecar): the upstream's own header stays.
+    Keep,
 }
 
 impl ServerName {
@@ -59,7 +60,7 @@ impl ServerName {
     pub fn value(self) -> HeaderValue {
         HeaderValue::from_static(match self {
             ServerName::IstioEnvoy => "istio-envoy",
-            ServerName::Envoy => "envoy",
+            ServerName::Envoy | ServerName::Keep => "envoy",
         })
     }
 }
@@ -128,6 +129,13 @@ pub enum Role {
         /// The calling workload.
         workload: Arc<Workload>,
         /// Its runtime state.
+        rt: Arc<ProxyRuntime>,
+    },
+    /// The outbound side of a pod without a sidecar: services by name, no mesh policy, plaintext.
+    Plain {
+        /// The calling workload.
+        workload: Arc<Workload>,
+        /// Its runtime state (no mTLS identity).
         rt: Arc<ProxyRuntime>,
     },
     /// The shared outbound port (15001): the outbound side of the snapshot's mesh client.
@@ -247,6 +255,22 @@ impl Outgoing {
             .insert(X_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
         req
     }
+}
+
+/// Marks a response that must not be sent: the downstream connection is closed instead.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("upstream connection failed; closing the downstream connection")]
+struct AbortConnection;
+
+/// Who sends through a routing listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    /// The ingress gateway.
+    Gateway,
+    /// A sidecar's outbound side.
+    Sidecar,
+    /// A pod without a sidecar (kube-proxy behaviour).
+    Plain,
 }
 
 /// How to send a request: the retry policy, hash key, server header and mTLS identity.
@@ -406,7 +430,14 @@ impl Proxy {
             let proxy = self.clone();
             let role = role.clone();
             let info = info.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(&role, &info, req).await) }
+            async move {
+                let resp = proxy.handle(&role, &info, req).await;
+                // Without a sidecar there is no proxy to answer: the caller sees the connection fail.
+                if resp.extensions().get::<AbortConnection>().is_some() {
+                    return Err(AbortConnection);
+                }
+                Ok(resp)
+            }
         });
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         let conn = builder.serve_connection(io, svc);
@@ -436,8 +467,9 @@ impl Proxy {
                 control,
                 ..
             } => self.inbound(rt, app, cluster, control, info.xfcc.as_ref(), req).await,
-            Role::Gateway { workload, rt } => self.route(workload, rt, false, peer, req).await,
-            Role::Outbound { workload, rt } => self.route(workload, rt, true, peer, req).await,
+            Role::Gateway { workload, rt } => self.route(workload, rt, Caller::Gateway, peer, req).await,
+            Role::Outbound { workload, rt } => self.route(workload, rt, Caller::Sidecar, peer, req).await,
+            Role::Plain { workload, rt } => self.route(workload, rt, Caller::Plain, peer, req).await,
             Role::MeshClient { cache } => {
                 let snapshot = self.snapshot.load();
                 let Some(w) = snapshot.mesh_client.clone() else {
@@ -452,7 +484,7 @@ impl Proxy {
                         e
                     }
                 };
-                self.route(&entry.0, &entry.1, true, peer, req).await
+                self.route(&entry.0, &entry.1, Caller::Sidecar, peer, req).await
             }
         }
     }
@@ -514,14 +546,15 @@ impl Proxy {
         &self,
         workload: &Workload,
         rt: &ProxyRuntime,
-        mesh: bool,
+        caller: Caller,
         peer: SocketAddr,
         req: Request<Incoming>,
     ) -> Response<Body> {
-        let server = if mesh {
-            ServerName::Envoy
-        } else {
-            ServerName::IstioEnvoy
+        let mesh = caller != Caller::Gateway;
+        let server = match caller {
+            Caller::Sidecar => ServerName::Envoy,
+            Caller::Gateway => ServerName::IstioEnvoy,
+            Caller::Plain => ServerName::Keep,
         };
         let snapshot = self.snapshot.load();
         let generation = rt.for_snapshot(&snapshot);
@@ -540,10 +573,10 @@ impl Proxy {
         let (host, port) = split_authority(&authority);
         let host = host.to_ascii_lowercase();
         let port = port.unwrap_or(80);
-        let vhost = if mesh {
-            snapshot.mesh.get(&workload.namespace).and_then(|t| t.lookup(&host))
-        } else {
-            snapshot.ingress.lookup(&host)
+        let vhost = match caller {
+            Caller::Sidecar => snapshot.mesh.get(&workload.namespace).and_then(|t| t.lookup(&host)),
+            Caller::Plain => snapshot.mesh.get(&workload.namespace).and_then(|t| t.plain.get(&host)),
+            Caller::Gateway => snapshot.ingress.lookup(&host),
         };
         let Some(vhost) = vhost else {
             return respond::local_reply(LocalReply::NoRoute, server, false);
@@ -574,7 +607,16 @@ impl Proxy {
             Decision::Direct { status, body, .. } => return respond::direct(status, body, server),
             Decision::Reply(r) => return respond::local_reply(r, server, false),
         };
-        let policy = &matched.route.policy;
+        let no_policy = crate::snapshot::route::RoutePolicy {
+            retry: RetryPolicy::none(),
+            ..Default::default()
+        };
+        // kube-proxy neither retries nor times out.
+        let policy = if caller == Caller::Plain {
+            &no_policy
+        } else {
+            &matched.route.policy
+        };
         if let Some(fault) = &policy.fault {
             if let Some((delay, pct)) = fault.delay {
                 if roll(pct) {
@@ -737,6 +779,11 @@ impl Proxy {
             if !budget {
                 return match result {
                     Attempt::Response(resp) => resp,
+                    Attempt::Failed(e) if server == ServerName::Keep => {
+                        let mut resp = respond::local_reply(reply_for(&e), server, retried);
+                        resp.extensions_mut().insert(AbortConnection);
+                        resp
+                    }
                     Attempt::Failed(e) => respond::local_reply(reply_for(&e), server, retried),
                     Attempt::PerTryTimeout => respond::local_reply(LocalReply::Timeout, server, false),
                 };
@@ -975,7 +1022,9 @@ fn finish(resp: Response<Body>, server: ServerName, started: Instant, ops: &[&He
     for op in ops {
         op.apply(&mut parts.headers);
     }
-    parts.headers.insert(SERVER, server.value());
+    if server != ServerName::Keep {
+        parts.headers.insert(SERVER, server.value());
+    }
     parts.headers.insert(
         X_SERVICE_TIME.clone(),
         HeaderValue::from(started.elapsed().as_millis() as u64),

@@ -552,6 +552,14 @@ impl Registry {
         rt
     }
 
+    /// The runtime of a pod without a sidecar: no mTLS identity.
+    pub fn get_plain(&self, workload: &Workload) -> Arc<ProxyRuntime> {
+        let mut map = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(workload.name.clone())
+            .or_insert_with(|| Arc::new(ProxyRuntime::new(workload, None)))
+            .clone()
+    }
+
     /// Every runtime, sorted by name.
     pub fn all(&self) -> Vec<Arc<ProxyRuntime>> {
         let map = self.proxies.lock().unwrap_or_else(|e| e.into_inner());

@@ -844,6 +844,11 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
                     table.hosts.insert(a, vh.clone());
                 }
             }
+            if let Some(vh) = default_vhosts.get(&svc.fqdn) {
+                for a in aliases(svc, ns) {
+                    table.plain.insert(a, vh.clone());
+                }
+            }
         }
         for (host, vh) in &mesh_vhosts {
             match HostPattern::parse(host) {

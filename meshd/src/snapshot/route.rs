@@ -255,6 +255,9 @@ pub struct MeshTable {
     pub hosts: HashMap<String, Arc<VirtualHost>>,
     /// Wildcard VirtualService hosts, most specific first.
     pub wildcards: Vec<(HostPattern, Arc<VirtualHost>)>,
+    /// Every alias to the service's own default route, ignoring VirtualServices: what a
+    /// pod without a sidecar reaches through kube-proxy.
+    pub plain: HashMap<String, Arc<VirtualHost>>,
 }
 
 impl MeshTable {

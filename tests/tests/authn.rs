@@ -1,0 +1,142 @@
+//! Istio's authentication-policy task, step by step: namespaces foo and bar
+//! with sidecars, legacy without, and the probe matrix after each policy.
+
+mod common;
+
+use common::{samples, Mesh, TempDir};
+
+/// A sample file placed in `ns`, as `kubectl apply -n ns -f` would.
+fn in_namespace(rel: &str, ns: &str) -> String {
+    let text = std::fs::read_to_string(samples().join(rel)).unwrap();
+    text.lines()
+        .map(|l| {
+            if l == "metadata:" {
+                format!("metadata:\n  namespace: {ns}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn setup() -> TempDir {
+    let dir = TempDir::new();
+    dir.write(
+        "namespaces.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: foo\n  labels: {istio-injection: enabled}\n---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: bar\n  labels: {istio-injection: enabled}\n---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: legacy\n",
+    );
+    for ns in ["foo", "bar", "legacy"] {
+        dir.write(&format!("httpbin-{ns}.yaml"), &in_namespace("httpbin/httpbin.yaml", ns));
+        dir.write(&format!("sleep-{ns}.yaml"), &in_namespace("sleep/sleep.yaml", ns));
+    }
+    dir
+}
+
+/// `curl http://httpbin.<to>:8000/ip -s -o /dev/null -w "%{http_code}"` from sleep in `from`.
+async fn probe(mesh: &Mesh, from: &str, to: &str) -> String {
+    let pods = String::from_utf8(mesh.cli(&["status"]).stdout).unwrap();
+    let outbound = pods
+        .lines()
+        .find(|l| l.starts_with(from) && l.split_whitespace().nth(1).is_some_and(|n| n.starts_with("sleep-")))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap_or_else(|| panic!("sleep in {from}:\n{pods}"))
+        .to_string();
+    let client = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::http(format!("http://{outbound}")).unwrap())
+        .build()
+        .unwrap();
+    match client.get(format!("http://httpbin.{to}:8000/ip")).send().await {
+        Ok(r) => r.status().as_u16().to_string(),
+        Err(_) => "000".to_string(),
+    }
+}
+
+async fn matrix(mesh: &Mesh) -> Vec<String> {
+    let mut out = Vec::new();
+    for from in ["foo", "bar", "legacy"] {
+        for to in ["foo", "bar", "legacy"] {
+            out.push(format!("sleep.{from} to httpbin.{to}: {}", probe(mesh, from, to).await));
+        }
+    }
+    out
+}
+
+fn expect(failing: &[(&str, &str)]) -> Vec<String> {
+    let mut out = Vec::new();
+    for from in ["foo", "bar", "legacy"] {
+        for to in ["foo", "bar", "legacy"] {
+            let code = if failing.contains(&(from, to)) { "000" } else { "200" };
+            out.push(format!("sleep.{from} to httpbin.{to}: {code}"));
+        }
+    }
+    out
+}
+
+const TASK: &str = "istio.io-tasks/authn-policy/";
+
+#[tokio::test]
+async fn the_authentication_policy_task() {
+    let mesh = Mesh::start(setup());
+    let status = String::from_utf8(mesh.cli(&["status"]).stdout).unwrap();
+    assert!(
+        status.lines().any(|l| l.starts_with("legacy") && l.contains(" 1/1 ")),
+        "legacy has no sidecar:\n{status}"
+    );
+    assert_eq!(matrix(&mesh).await, expect(&[]), "no policy: all 200");
+
+    // Auto mTLS: foo to foo carries the client certificate, foo to legacy is plaintext.
+    let pods = String::from_utf8(mesh.cli(&["status"]).stdout).unwrap();
+    let sleep_foo = pods
+        .lines()
+        .find(|l| l.starts_with("foo") && l.contains("sleep-"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let out = mesh.cli(&["curl", "--from", &sleep_foo, "http://httpbin.foo:8000/headers"]);
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        body.contains("By=spiffe://cluster.local/ns/foo/sa/httpbin;Hash="),
+        "{body}"
+    );
+    assert!(body.contains("URI=spiffe://cluster.local/ns/foo/sa/sleep"), "{body}");
+    let out = mesh.cli(&["curl", "--from", &sleep_foo, "http://httpbin.legacy:8000/headers"]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("X-Forwarded-Client-Cert"));
+
+    let step = |files: &[&str], remove: &[&str]| {
+        let mark = mesh.mark();
+        for f in remove {
+            mesh.dir.remove(f);
+        }
+        for f in files {
+            mesh.dir.add_sample(&format!("{TASK}{f}"));
+        }
+        mesh.wait_applied(mark);
+    };
+    step(&["01-mesh-strict.yaml"], &[]);
+    assert_eq!(matrix(&mesh).await, expect(&[("legacy", "foo"), ("legacy", "bar")]));
+
+    step(&["02-namespace-foo-strict.yaml"], &["01-mesh-strict.yaml"]);
+    assert_eq!(matrix(&mesh).await, expect(&[("legacy", "foo")]));
+
+    step(
+        &["03-bar-httpbin-strict.yaml", "04-bar-httpbin-dr-istio-mutual.yaml"],
+        &[],
+    );
+    assert_eq!(matrix(&mesh).await, expect(&[("legacy", "foo"), ("legacy", "bar")]));
+
+    // (Steps 05/06 name workload port 80, the port of the old httpbin image; today's sample
+    // listens on 8080, so on a cluster as here that exception would not apply. The port-level
+    // precedence itself is covered by the PeerAuthentication unit test.)
+    step(
+        &["07-foo-overwrite-example-pa.yaml", "08-foo-overwrite-example-dr.yaml"],
+        &[],
+    );
+    let m = matrix(&mesh).await;
+    assert!(
+        m.contains(&"sleep.legacy to httpbin.foo: 200".to_string()),
+        "workload DISABLE beats namespace STRICT: {m:?}"
+    );
+}
