@@ -2,5 +2,6 @@
 //! PeerAuthentication modes.
 
 pub mod ca;
+pub mod jwt;
 pub mod peer_auth;
 pub mod tls;
