@@ -110,6 +110,8 @@ struct Reloader {
     applied: Vec<Located>,
     /// Notes already printed (not-emulated kinds, replaced resources): each is listed once.
     listed: std::collections::HashSet<String>,
+    /// A jwksUri could not be fetched before the mesh was up: reload once more after start.
+    retry_jwks: bool,
 }
 
 impl Reloader {
@@ -126,6 +128,7 @@ impl Reloader {
             }
         }
         let workloads = config::model::Workloads::from_resources(&loaded.resources)?;
+        let jwks = self.fetch_jwks(&loaded.resources).await;
         // Validate everything before touching a pod: an invalid folder changes nothing.
         let infos = self.pods.infos();
         snapshot::compile(snapshot::CompileInput {
@@ -134,6 +137,8 @@ impl Reloader {
             pods: &infos,
             generation: self.generation,
             not_emulated: &loaded.not_emulated,
+            base: Some(&self.state.dir),
+            jwks: &jwks,
         })?;
         let plan = workload::plan(&workloads);
         let changes = self
@@ -156,6 +161,8 @@ impl Reloader {
             pods: &infos,
             generation,
             not_emulated: &loaded.not_emulated,
+            base: Some(&self.state.dir),
+            jwks: &jwks,
         })?;
         for w in &snap.warnings {
             if self.listed.insert(w.clone()) {
@@ -186,6 +193,47 @@ impl Reloader {
             .map(|p| (p.info.name.clone(), p.control.clone()))
             .collect();
         Ok(summary)
+    }
+
+    /// Fetches `jwksUri` documents served over HTTP, from inside the mesh (through the
+    /// mesh client's sidecar), as istiod fetches them for the proxies.
+    async fn fetch_jwks(&mut self, resources: &[Located]) -> std::collections::HashMap<String, Result<String, String>> {
+        let ras: Vec<_> = resources
+            .iter()
+            .filter_map(|r| match &r.resource {
+                config::api::Resource::RequestAuthentication(ra) => Some(ra),
+                _ => None,
+            })
+            .collect();
+        let mut out = std::collections::HashMap::new();
+        for uri in crate::security::jwt::jwks_uris(&ras) {
+            if !(uri.starts_with("http://") || uri.starts_with("https://")) {
+                continue; // a file: the compiler reads it
+            }
+            let fetched = async {
+                let client = reqwest::Client::builder()
+                    .proxy(
+                        reqwest::Proxy::http(format!("http://{}", self.state.addrs.proxy))
+                            .map_err(|e| e.to_string())?,
+                    )
+                    .timeout(std::time::Duration::from_secs(2))
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                let resp = client.get(&uri).send().await.map_err(|e| e.to_string())?;
+                if !resp.status().is_success() {
+                    return Err(format!("HTTP {}", resp.status()));
+                }
+                resp.text().await.map_err(|e| e.to_string())
+            }
+            .await
+            .map_err(|e| format!("jwksUri {uri}: {e}"));
+            if fetched.is_err() && self.generation == 0 {
+                // The mesh that serves it may not be up yet: try again once it is.
+                self.retry_jwks = true;
+            }
+            out.insert(uri, fetched);
+        }
+        out
     }
 
     fn pod_rows(&self) -> Vec<PodRow> {
@@ -325,8 +373,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         generation: 0,
         applied: vec![],
         listed: Default::default(),
+        retry_jwks: false,
     };
     reloader.reload_and_report().await;
+    if std::mem::take(&mut reloader.retry_jwks) {
+        reloader.reload_and_report().await;
+    }
     println!(
         "meshd: ready: gateway http://{} admin http://{} proxy http://{} (folder {})",
         addrs.gateway,

@@ -86,6 +86,8 @@ async fn sidecar(vs: &str, addr: SocketAddr) -> SocketAddr {
         pods: &[pod],
         generation: 1,
         not_emulated: &[],
+        base: None,
+        jwks: &Default::default(),
     })
     .unwrap();
     let handle = SnapshotHandle::default();

@@ -235,6 +235,8 @@ struct ConnInfo {
     peer: SocketAddr,
     /// `X-Forwarded-Client-Cert` for requests on an mTLS connection.
     xfcc: Option<HeaderValue>,
+    /// The mTLS peer's identity without `spiffe://` (an AuthorizationPolicy principal).
+    principal: Option<String>,
 }
 
 /// The request as the policies see it: everything but the body, which is buffered once.
@@ -370,7 +372,11 @@ impl Proxy {
             workload, port, tls, ..
         } = &*role
         else {
-            let info = Arc::new(ConnInfo { peer, xfcc: None });
+            let info = Arc::new(ConnInfo {
+                peer,
+                xfcc: None,
+                principal: None,
+            });
             return self.serve_io(TokioIo::new(stream), info, role, shutdown, changes).await;
         };
         let mode = self
@@ -390,12 +396,13 @@ impl Proxy {
                     .peer_certificates()
                     .and_then(|c| c.first())
                     .map(|c| c.as_ref().to_vec());
-                let xfcc = client_cert.as_ref().and_then(|c| {
-                    let client = crate::security::tls::spiffe_of(c)?;
+                let client = client_cert.as_deref().and_then(crate::security::tls::spiffe_of);
+                let xfcc = client_cert.as_ref().zip(client.as_ref()).and_then(|(c, client)| {
                     let server = crate::security::ca::spiffe_id(&workload.namespace, &workload.service_account);
-                    HeaderValue::from_str(&crate::security::tls::xfcc(&server, c, &client)).ok()
+                    HeaderValue::from_str(&crate::security::tls::xfcc(&server, c, client)).ok()
                 });
-                let info = Arc::new(ConnInfo { peer, xfcc });
+                let principal = client.map(|c| c.trim_start_matches("spiffe://").to_string());
+                let info = Arc::new(ConnInfo { peer, xfcc, principal });
                 self.serve_io(TokioIo::new(tls_stream), info, role, shutdown, changes)
                     .await
             }
@@ -408,7 +415,11 @@ impl Proxy {
                 reset(stream);
             }
             _ => {
-                let info = Arc::new(ConnInfo { peer, xfcc: None });
+                let info = Arc::new(ConnInfo {
+                    peer,
+                    xfcc: None,
+                    principal: None,
+                });
                 self.serve_io(TokioIo::new(stream), info, role, shutdown, changes).await
             }
         }
@@ -466,7 +477,7 @@ impl Proxy {
                 cluster,
                 control,
                 ..
-            } => self.inbound(rt, app, cluster, control, info.xfcc.as_ref(), req).await,
+            } => self.inbound(rt, app, cluster, control, info, req).await,
             Role::Gateway { workload, rt } => self.route(workload, rt, Caller::Gateway, peer, req).await,
             Role::Outbound { workload, rt } => self.route(workload, rt, Caller::Sidecar, peer, req).await,
             Role::Plain { workload, rt } => self.route(workload, rt, Caller::Plain, peer, req).await,
@@ -496,13 +507,27 @@ impl Proxy {
         app: &ClusterRt,
         cluster: &Cluster,
         control: &PodControl,
-        xfcc: Option<&HeaderValue>,
+        info: &ConnInfo,
         req: Request<Incoming>,
     ) -> Response<Body> {
-        let generation = rt.for_snapshot(&self.snapshot.load());
+        let snapshot = self.snapshot.load();
+        let generation = rt.for_snapshot(&snapshot);
         if let Some(limit) = generation.rate_limited(Context::Inbound) {
             return respond::rate_limited(&limit.limit.headers, ServerName::IstioEnvoy);
         }
+        let (mut parts, body) = req.into_parts();
+        if let Some(denied) = admit(
+            &snapshot,
+            &rt.workload,
+            cluster.port,
+            info,
+            &mut parts,
+            ServerName::IstioEnvoy,
+        ) {
+            return denied;
+        }
+        let xfcc = info.xfcc.as_ref();
+        let req = Request::from_parts(parts, body);
         if control.mode() == PodMode::Failing {
             let mut resp = respond::direct(503, &Bytes::from_static(b"service unavailable"), ServerName::IstioEnvoy);
             resp.headers_mut()
@@ -562,7 +587,18 @@ impl Proxy {
         if let Some(limit) = generation.rate_limited(ctx) {
             return respond::rate_limited(&limit.limit.headers, server);
         }
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        if caller == Caller::Gateway {
+            // Policies that select the gateway (istio: ingressgateway) apply here, on its port 8080.
+            let info = ConnInfo {
+                peer,
+                xfcc: None,
+                principal: None,
+            };
+            if let Some(denied) = admit(&snapshot, &rt.workload, 8080, &info, &mut parts, server) {
+                return denied;
+            }
+        }
         let authority = match parts.uri.authority() {
             Some(a) => a.as_str().to_string(),
             None => match parts.headers.get(HOST).and_then(|h| h.to_str().ok()) {
@@ -792,6 +828,79 @@ impl Proxy {
             stats.upstream_rq_retry.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(backoff(retry.backoff, attempt)).await;
             attempt += 1;
+        }
+    }
+}
+
+/// Server-side checks in Envoy's filter order: JWT (401 for a bad token), then
+/// AuthorizationPolicy (403 `RBAC: access denied`). Some(response) refuses the request.
+fn admit(
+    snapshot: &crate::snapshot::Snapshot,
+    w: &Workload,
+    port: u16,
+    info: &ConnInfo,
+    parts: &mut http::request::Parts,
+    server: ServerName,
+) -> Option<Response<Body>> {
+    use crate::security::authz::{Decision as Authz, Request as AuthzRequest, Target as AuthzTarget};
+    let mut auth = None;
+    if snapshot.jwt.applies_to(&w.namespace, &w.labels) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        match snapshot
+            .jwt
+            .authenticate(&w.namespace, &w.labels, &mut parts.headers, parts.uri.query(), now)
+        {
+            Ok(a) => auth = a,
+            Err(why) => {
+                let host = parts.headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+                return Some(respond::jwt_denied(why, host, parts.uri.path(), server));
+            }
+        }
+    }
+    let target = AuthzTarget {
+        namespace: &w.namespace,
+        labels: &w.labels,
+    };
+    if !snapshot.authz.applies_to(&target) {
+        return None;
+    }
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| parts.headers.get(HOST).and_then(|h| h.to_str().ok()))
+        .unwrap_or("");
+    let xff = parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .and_then(|ip| ip.trim().parse().ok());
+    let principal = info.principal.as_deref();
+    let req = AuthzRequest {
+        source_principal: principal,
+        source_namespace: principal
+            .and_then(|p| p.split("/ns/").nth(1))
+            .and_then(|r| r.split('/').next()),
+        source_ip: Some(info.peer.ip()),
+        remote_ip: xff.or(Some(info.peer.ip())),
+        request_principal: auth.as_ref().map(|a| a.principal.as_str()),
+        claims: auth.as_ref().map(|a| &a.claims),
+        host: authority,
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        port,
+        headers: &parts.headers,
+        ..Default::default()
+    };
+    match snapshot.authz.evaluate(&target, &req) {
+        Authz::Allow => None,
+        Authz::Deny { policy } => {
+            tracing::debug!(%policy, "rbac_access_denied_matched_policy");
+            Some(respond::rbac_denied(server))
         }
     }
 }

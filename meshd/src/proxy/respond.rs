@@ -106,3 +106,18 @@ pub fn rate_limited(headers: &[(HeaderName, HeaderValue)], server: ServerName) -
     }
     resp
 }
+
+/// An AuthorizationPolicy denial: 403 `RBAC: access denied` (no response flag).
+pub fn rbac_denied(server: ServerName) -> Response<Body> {
+    text(403, "RBAC: access denied", server, "-")
+}
+
+/// A present but invalid JWT: 401 with jwt_verify_lib's text and a `www-authenticate` challenge.
+pub fn jwt_denied(why: &str, host: &str, path: &str, server: ServerName) -> Response<Body> {
+    let mut resp = text(401, why.to_string(), server, "-");
+    let challenge = format!("Bearer realm=\"http://{host}{path}\", error=\"invalid_token\"");
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+    }
+    resp
+}

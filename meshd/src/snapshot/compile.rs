@@ -37,6 +37,10 @@ pub struct CompileInput<'a> {
     pub generation: u64,
     /// Documents that are not emulated.
     pub not_emulated: &'a [NotEmulated],
+    /// The config folder, for files that resources name (certificates).
+    pub base: Option<&'a std::path::Path>,
+    /// `jwksUri` documents fetched over HTTP before compiling, by URI.
+    pub jwks: &'a HashMap<String, Result<String, String>>,
 }
 
 /// Labels of the ingress gateway workload.
@@ -673,6 +677,63 @@ fn bind_routes(routes: &[HttpRoute], gateway: &str) -> Vec<HttpRoute> {
         .collect()
 }
 
+/// Binds the VirtualServices that name gateway `gw_ref` to one server host.
+fn bind_server(
+    table: &mut Vec<(HostPattern, Vec<HttpRoute>)>,
+    compiled: &[(&VsObj, Vec<HttpRoute>)],
+    gw_ref: &str,
+    host_ns: Option<&str>,
+    server_pattern: &HostPattern,
+) {
+    for (vs, routes) in compiled {
+        let vs_ns = ns_of(&vs.metadata);
+        if host_ns.is_some_and(|ns| ns != vs_ns) || !vs.spec.gateways.iter().any(|g| gateway_ref(g, vs_ns) == gw_ref) {
+            continue;
+        }
+        let bound = bind_routes(routes, gw_ref);
+        let vs_name = format!("{vs_ns}/{}", name_of(&vs.metadata));
+        for vs_host in &vs.spec.hosts {
+            let vs_pattern = HostPattern::parse(&resolve_short_name(vs_host, vs_ns));
+            if !vs_pattern.intersects(server_pattern) {
+                continue;
+            }
+            let pattern = if vs_pattern.specificity() <= server_pattern.specificity() {
+                vs_pattern
+            } else {
+                server_pattern.clone()
+            };
+            match table.iter_mut().find(|(p, _)| *p == pattern) {
+                // Routes of several VirtualServices for one host merge, in order; each VS once.
+                Some((_, rs)) => {
+                    if !rs.iter().any(|r| r.virtual_service == vs_name) {
+                        rs.extend(bound.iter().cloned());
+                    }
+                }
+                None => table.push((pattern, bound.clone())),
+            }
+        }
+    }
+}
+
+/// Virtual hosts, most specific pattern first.
+fn vhosts(by_pattern: Vec<(HostPattern, Vec<HttpRoute>)>) -> Vec<(HostPattern, Arc<VirtualHost>)> {
+    let mut v: Vec<_> = by_pattern
+        .into_iter()
+        .map(|(p, routes)| {
+            let name = format!("{p:?}");
+            (
+                p,
+                Arc::new(VirtualHost {
+                    name,
+                    routes: routes.into(),
+                }),
+            )
+        })
+        .collect();
+    v.sort_by_key(|(p, _)| p.specificity());
+    v
+}
+
 /// Every host alias a caller in `caller_ns` may use for a service.
 fn aliases(svc: &Service, caller_ns: &str) -> Vec<String> {
     let mut v = vec![
@@ -714,6 +775,8 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
     let mut gateways: Vec<(&GwObj, &Origin)> = Vec::new();
     let mut envoy_filters = Vec::new();
     let mut peer_auths = Vec::new();
+    let mut authz_policies = Vec::new();
+    let mut request_authns = Vec::new();
     let mut kinds_not_emulated = Vec::new();
     for r in input.resources {
         match &r.resource {
@@ -739,8 +802,11 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
             Resource::Gateway(gw) => gateways.push((gw, &r.origin)),
             Resource::EnvoyFilter(ef) => envoy_filters.push((ef, r.origin.to_string())),
             Resource::PeerAuthentication(pa) => peer_auths.push(pa),
+            Resource::AuthorizationPolicy(ap) => authz_policies.push((ap, r.origin.to_string())),
+            Resource::RequestAuthentication(ra) => request_authns.push(ra),
             Resource::Namespace(_) | Resource::Service(_) | Resource::ServiceAccount(_) | Resource::Deployment(_) => {}
             // Parsed and validated, but meshd does not act on these kinds yet: say so, never ignore silently.
+            Resource::Secret(_) => {}
             other => kinds_not_emulated.push(format!("{} ({})", crate::config::resource_key(other), r.origin)),
         }
     }
@@ -754,6 +820,21 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
         }
     }
 
+    let (authz, authz_warnings) = crate::security::authz::AuthzTable::compile(&authz_policies);
+    ctx.warnings.extend(authz_warnings);
+    let jwks_for = |uri: &str| -> Result<String, String> {
+        if let Some(r) = input.jwks.get(uri) {
+            return r.clone();
+        }
+        let path = uri.strip_prefix("file://").unwrap_or(uri);
+        let path = match input.base {
+            Some(b) if std::path::Path::new(path).is_relative() => b.join(path),
+            _ => std::path::PathBuf::from(path),
+        };
+        std::fs::read_to_string(&path).map_err(|e| format!("jwksUri {uri}: {e}"))
+    };
+    let (jwt, jwt_warnings) = crate::security::jwt::JwtTable::compile(&request_authns, &jwks_for);
+    ctx.warnings.extend(jwt_warnings);
     let (peer_auth, pa_warnings) = PeerAuthTable::compile(&peer_auths);
     ctx.peer_auth = peer_auth;
     ctx.warnings.extend(pa_warnings);
@@ -862,30 +943,67 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
         mesh.insert(ns.clone(), table);
     }
 
-    // The ingress gateway's HTTP listener: Gateway servers on 80/8080 selecting it.
+    // The ingress gateway: HTTP servers on 80/8080 share one listener, HTTPS servers on 443/8443 another.
     let gw_labels = ingress_labels();
+    let secrets = super::gateway_tls::secrets(input.resources);
+    let mut http_hosts: Vec<(HostPattern, Vec<HttpRoute>)> = Vec::new();
+    let mut https_hosts: Vec<(HostPattern, Vec<HttpRoute>)> = Vec::new();
     let mut ingress = GatewayTable::default();
-    let mut by_pattern: Vec<(HostPattern, Vec<HttpRoute>)> = Vec::new();
-    for (gw, _origin) in &gateways {
+    let mut ingress_tls = GatewayTable::default();
+    let mut tls_servers = Vec::new();
+    for (gw, origin) in &gateways {
         let selects = gw.spec.selector.iter().all(|(k, v)| gw_labels.get(k) == Some(v));
         if !selects {
             continue;
         }
         let gw_ns = ns_of(&gw.metadata);
         let gw_ref = format!("{gw_ns}/{}", name_of(&gw.metadata));
-        for server in &gw.spec.servers {
+        for (i, server) in gw.spec.servers.iter().enumerate() {
             let port = server.port.number;
             let proto = server.port.protocol.to_ascii_uppercase();
-            if !(port == 80 || port == 8080) || !matches!(proto.as_str(), "HTTP" | "HTTP2" | "GRPC") {
-                if proto != "HTTP" {
-                    ctx.warnings
-                        .push(format!("Gateway {gw_ref}: server port {port} {proto} not emulated yet"));
-                }
+            let http = matches!(port, 80 | 8080) && matches!(proto.as_str(), "HTTP" | "HTTP2" | "GRPC");
+            let https = matches!(port, 443 | 8443) && proto == "HTTPS";
+            if !http && !https {
+                ctx.warnings
+                    .push(format!("Gateway {gw_ref}: server port {port} {proto} not emulated yet"));
                 continue;
             }
-            ingress
-                .servers
-                .push(format!("{gw_ref} {port} {}", server.hosts.join(",")));
+            let redirect = server.tls.as_ref().and_then(|t| t.https_redirect).unwrap_or(false);
+            if https {
+                let Some(tls) = &server.tls else {
+                    ctx.err(
+                        origin,
+                        format!("spec.servers[{i}].tls"),
+                        "an HTTPS server needs tls".into(),
+                    );
+                    continue;
+                };
+                match super::gateway_tls::server_config(tls, gw_ns, &secrets, input.base) {
+                    Ok(config) => tls_servers.push(Arc::new(super::gateway_tls::TlsServer {
+                        gateway: gw_ref.clone(),
+                        hosts: server
+                            .hosts
+                            .iter()
+                            .map(|h| HostPattern::parse(h.rsplit('/').next().unwrap_or(h)))
+                            .collect(),
+                        config,
+                    })),
+                    Err(e) => {
+                        ctx.warnings.push(format!(
+                            "Gateway {gw_ref} ({origin}) server {i}: {e}: this server is not served"
+                        ));
+                        continue;
+                    }
+                }
+                ingress_tls
+                    .servers
+                    .push(format!("{gw_ref} {port} {}", server.hosts.join(",")));
+            } else {
+                ingress
+                    .servers
+                    .push(format!("{gw_ref} {port} {}", server.hosts.join(",")));
+            }
+            let table = if https { &mut https_hosts } else { &mut http_hosts };
             for server_host in &server.hosts {
                 let (host_ns, host) = match server_host.split_once('/') {
                     Some((".", h)) => (Some(gw_ns.to_string()), h),
@@ -894,54 +1012,16 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
                     None => (None, server_host.as_str()),
                 };
                 let server_pattern = HostPattern::parse(host);
-                for (vs, routes) in &compiled {
-                    let vs_ns = ns_of(&vs.metadata);
-                    if host_ns.as_deref().is_some_and(|ns| ns != vs_ns) {
-                        continue;
-                    }
-                    if !vs.spec.gateways.iter().any(|g| gateway_ref(g, vs_ns) == gw_ref) {
-                        continue;
-                    }
-                    let bound = bind_routes(routes, &gw_ref);
-                    for vs_host in &vs.spec.hosts {
-                        let vs_pattern = HostPattern::parse(&resolve_short_name(vs_host, vs_ns));
-                        if !vs_pattern.intersects(&server_pattern) {
-                            continue;
-                        }
-                        let pattern = if vs_pattern.specificity() <= server_pattern.specificity() {
-                            vs_pattern
-                        } else {
-                            server_pattern.clone()
-                        };
-                        match by_pattern.iter_mut().find(|(p, _)| *p == pattern) {
-                            Some((_, rs)) => {
-                                if !rs.iter().any(|r| {
-                                    r.virtual_service == bound.first().map(|b| b.virtual_service.as_str()).unwrap_or("")
-                                }) {
-                                    rs.extend(bound.iter().cloned());
-                                }
-                            }
-                            None => by_pattern.push((pattern, bound.clone())),
-                        }
-                    }
+                if redirect && http {
+                    ingress.https_redirect.push(server_pattern.clone());
+                    continue;
                 }
+                bind_server(table, &compiled, &gw_ref, host_ns.as_deref(), &server_pattern);
             }
         }
     }
-    ingress.vhosts = by_pattern
-        .into_iter()
-        .map(|(p, routes)| {
-            let name = format!("{p:?}");
-            (
-                p,
-                Arc::new(VirtualHost {
-                    name,
-                    routes: routes.into(),
-                }),
-            )
-        })
-        .collect();
-    ingress.vhosts.sort_by_key(|(p, _)| p.specificity());
+    ingress.vhosts = vhosts(http_hosts);
+    ingress_tls.vhosts = vhosts(https_hosts);
 
     if !ctx.errors.is_empty() {
         return Err(ctx.errors);
@@ -960,6 +1040,8 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
         services: ctx.services,
         mesh,
         ingress,
+        ingress_tls,
+        tls_servers,
         clusters: {
             let mut v: Vec<Arc<Cluster>> = ctx.clusters.into_values().collect();
             v.sort_by_key(|c| c.index);
@@ -969,6 +1051,8 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
         mesh_client: Some(Arc::new(mesh_client)),
         rate_limits: rate_limits.into_iter().map(Arc::new).collect(),
         peer_auth: ctx.peer_auth,
+        authz,
+        jwt,
         warnings: {
             let mut w = ctx.warnings;
             w.dedup();

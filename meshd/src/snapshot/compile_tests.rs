@@ -63,6 +63,8 @@ fn build(texts: &[&str]) -> Result<Snapshot, Vec<crate::config::ConfigError>> {
         pods: &pods,
         generation: 1,
         not_emulated: &[],
+        base: None,
+        jwks: &Default::default(),
     })
 }
 
@@ -403,6 +405,8 @@ fn every_sample_folder_of_the_project_compiles() {
             pods: &pods,
             generation: 1,
             not_emulated: &loaded.not_emulated,
+            base: None,
+            jwks: &Default::default(),
         })
         .unwrap_or_else(|e| panic!("{}: {e:?}", dir.display()));
         // Every route target of a sample resolves: no sample ships a 503 NC.

@@ -5,6 +5,7 @@
 pub(crate) mod compile;
 #[cfg(test)]
 mod compile_tests;
+pub mod gateway_tls;
 pub mod matcher;
 pub mod policy;
 pub mod ratelimit;
@@ -159,6 +160,10 @@ pub struct Snapshot {
     pub mesh: HashMap<String, route::MeshTable>,
     /// Routing table of the ingress gateway's HTTP listener.
     pub ingress: route::GatewayTable,
+    /// Routing table of the ingress gateway's HTTPS listener.
+    pub ingress_tls: route::GatewayTable,
+    /// HTTPS servers, chosen by SNI.
+    pub tls_servers: Vec<Arc<gateway_tls::TlsServer>>,
     /// Every cluster, `index` order.
     pub clusters: Vec<Arc<Cluster>>,
     /// Running pods this snapshot routes to.
@@ -167,6 +172,10 @@ pub struct Snapshot {
     pub mesh_client: Option<Arc<Workload>>,
     /// Things that are valid but probably not what was meant (a route to a missing subset, ...).
     pub warnings: Vec<String>,
+    /// AuthorizationPolicies.
+    pub authz: crate::security::authz::AuthzTable,
+    /// RequestAuthentications.
+    pub jwt: crate::security::jwt::JwtTable,
     /// PeerAuthentication modes.
     pub peer_auth: crate::security::peer_auth::PeerAuthTable,
     /// Local rate limits from EnvoyFilters.

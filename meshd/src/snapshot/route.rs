@@ -276,6 +276,8 @@ pub struct GatewayTable {
     pub vhosts: Vec<(HostPattern, Arc<VirtualHost>)>,
     /// Gateway servers bound to this listener, `ns/name` with their hosts, for status.
     pub servers: Vec<String>,
+    /// Hosts of HTTP servers with `tls.httpsRedirect`: answered with a 301 to https.
+    pub https_redirect: Vec<HostPattern>,
 }
 
 impl GatewayTable {

@@ -1,0 +1,169 @@
+//! Istio's HTTP authorization task and the end-user JWT steps of the
+//! authentication task, with the task YAML and a signing key made here.
+
+mod common;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use common::{samples, Mesh, TempDir};
+use ring::rand::SystemRandom;
+use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+
+const AUTHZ: &str = "istio.io-tasks/authz-http/";
+const AUTHN: &str = "istio.io-tasks/authn-policy/";
+
+#[tokio::test]
+async fn the_http_authorization_task_step_by_step() {
+    let dir = TempDir::new();
+    // As the task's test.sh does: reviews v3, so ratings is called.
+    dir.add_sample("bookinfo/networking/destination-rule-all.yaml");
+    dir.add_sample("bookinfo/networking/virtual-service-reviews-v3.yaml");
+    dir.add_sample(&format!("{AUTHZ}1-allow-nothing.yaml"));
+    let mesh = Mesh::start(dir);
+    let resp = mesh.client().get(mesh.url("/productpage")).send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(resp.text().await.unwrap(), "RBAC: access denied");
+
+    let step = |file: &str| {
+        let mark = mesh.mark();
+        mesh.dir.add_sample(&format!("{AUTHZ}{file}"));
+        mesh.wait_applied(mark);
+    };
+    step("2-productpage-viewer.yaml");
+    let page = mesh.page("/productpage").await;
+    assert!(page.contains("William Shakespeare"));
+    assert!(page.contains("Error fetching product details"), "details still denied");
+    assert!(page.contains("Error fetching product reviews"), "reviews still denied");
+    let resp = mesh.client().post(mesh.url("/productpage")).send().await.unwrap();
+    assert_eq!(resp.status(), 403, "only GET is allowed");
+
+    step("3-details-viewer.yaml");
+    step("4-reviews-viewer.yaml");
+    let page = mesh.page("/productpage").await;
+    assert!(page.contains("Book Details") && page.contains("Book Reviews"), "{page}");
+    assert!(
+        page.contains("Ratings service is currently unavailable"),
+        "ratings still denied"
+    );
+
+    step("5-ratings-viewer.yaml");
+    let page = mesh.page("/productpage").await;
+    assert!(
+        page.contains("glyphicon glyphicon-star") && page.contains("text-red-500"),
+        "red stars from v3"
+    );
+    assert!(!page.contains("Ratings service is currently unavailable"));
+}
+
+struct Signer {
+    key: EcdsaKeyPair,
+    rng: SystemRandom,
+}
+
+impl Signer {
+    fn new() -> Signer {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+        Signer { key, rng }
+    }
+
+    fn jwks(&self) -> String {
+        let p = self.key.public_key().as_ref();
+        format!(
+            r#"{{"keys":[{{"kty":"EC","crv":"P-256","kid":"meshd-test","x":"{}","y":"{}"}}]}}"#,
+            URL_SAFE_NO_PAD.encode(&p[1..33]),
+            URL_SAFE_NO_PAD.encode(&p[33..65])
+        )
+    }
+
+    fn token(&self, exp: u64) -> String {
+        let h = URL_SAFE_NO_PAD.encode(br#"{"alg":"ES256","kid":"meshd-test","typ":"JWT"}"#);
+        let claims = format!(
+            r#"{{"exp":{exp},"foo":"bar","iat":1532389700,"iss":"testing@secure.istio.io","sub":"testing@secure.istio.io"}}"#
+        );
+        let p = URL_SAFE_NO_PAD.encode(claims);
+        let sig = self.key.sign(&self.rng, format!("{h}.{p}").as_bytes()).unwrap();
+        format!("{h}.{p}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+    }
+}
+
+fn in_namespace(rel: &str, ns: &str) -> String {
+    let text = std::fs::read_to_string(samples().join(rel)).unwrap();
+    text.lines()
+        .map(|l| {
+            if l == "metadata:" {
+                format!("metadata:\n  namespace: {ns}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test]
+async fn end_user_authentication_at_the_gateway() {
+    let signer = Signer::new();
+    let dir = TempDir::new();
+    dir.write(
+        "ns.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: foo\n  labels: {istio-injection: enabled}\n",
+    );
+    dir.write("httpbin-foo.yaml", &in_namespace("httpbin/httpbin.yaml", "foo"));
+    dir.add_sample(&format!("{AUTHN}09-foo-httpbin-gateway.yaml"));
+    dir.add_sample(&format!("{AUTHN}10-foo-httpbin-virtualservice.yaml"));
+    let mesh = Mesh::start(dir);
+    let get = |path: &'static str, token: Option<String>| {
+        let c = mesh.client();
+        let url = mesh.url(path);
+        async move {
+            let mut req = c.get(url);
+            if let Some(t) = token {
+                req = req.header("authorization", format!("Bearer {t}"));
+            }
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    assert_eq!(get("/headers", None).await.0, 200);
+
+    // The task's RequestAuthentication, with this test's key inline instead of the jwksUri on GitHub.
+    let ra =
+        std::fs::read_to_string(samples().join(format!("{AUTHN}11-jwt-example-requestauthentication.yaml"))).unwrap();
+    let uri_line = ra
+        .lines()
+        .find(|l| l.trim_start().starts_with("jwksUri:"))
+        .expect("the sample names a jwksUri");
+    let indent = &uri_line[..uri_line.len() - uri_line.trim_start().len()];
+    let ra = ra.replace(uri_line, &format!("{indent}jwks: '{}'", signer.jwks()));
+    let mark = mesh.mark();
+    mesh.dir.write("11-jwt-example.yaml", &ra);
+    mesh.wait_applied(mark);
+    assert_eq!(get("/headers", None).await.0, 200, "no token: allowed");
+    let (code, body) = get("/headers", Some("deadbeef".into())).await;
+    assert_eq!(code, 401);
+    assert_eq!(
+        body,
+        "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections"
+    );
+    let good = signer.token(4685989700);
+    assert_eq!(get("/headers", Some(good.clone())).await.0, 200);
+    let (code, body) = get("/headers", Some(signer.token(1_600_000_000))).await;
+    assert_eq!((code, body.as_str()), (401, "Jwt is expired"));
+
+    let mark = mesh.mark();
+    mesh.dir
+        .add_sample(&format!("{AUTHN}12-frontend-ingress-require-token.yaml"));
+    mesh.wait_applied(mark);
+    assert_eq!(get("/headers", None).await, (403, "RBAC: access denied".into()));
+    assert_eq!(get("/headers", Some(good.clone())).await.0, 200);
+
+    let mark = mesh.mark();
+    mesh.dir.remove("12-frontend-ingress-require-token.yaml");
+    mesh.dir
+        .add_sample(&format!("{AUTHN}13-frontend-ingress-require-token-per-path.yaml"));
+    mesh.wait_applied(mark);
+    assert_eq!(get("/headers", None).await.0, 403);
+    assert_eq!(get("/ip", None).await.0, 200);
+}
