@@ -44,7 +44,8 @@ def one_run():
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
         p = subprocess.Popen(
-            [BIN, "up", d, "--gateway", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--proxy", "127.0.0.1:0"],
+            [BIN, "up", d, "--gateway", "127.0.0.1:0", "--gateway-tls", "127.0.0.1:0", "--admin", "127.0.0.1:0",
+             "--proxy", "127.0.0.1:0"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
         try:

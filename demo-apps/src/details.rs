@@ -48,10 +48,7 @@ async fn details(uri: Uri) -> Response {
                 id
             ),
         ),
-        None => json(
-            StatusCode::BAD_REQUEST,
-            r#"{"error":"please provide numeric product id"}"#.to_string(),
-        ),
+        None => json(StatusCode::BAD_REQUEST, r#"{"error":"please provide numeric product id"}"#.to_string()),
     }
 }
 

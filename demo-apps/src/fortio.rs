@@ -26,10 +26,7 @@ struct St {
 
 /// Builds the fortio router (the same one serves 8080 and 8079).
 pub(crate) fn router(env: &AppEnv) -> Router {
-    let st = St {
-        hostname: env.hostname.clone(),
-        started: Instant::now(),
-    };
+    let st = St { hostname: env.hostname.clone(), started: Instant::now() };
     Router::new().fallback(handle).with_state(Arc::new(st))
 }
 
@@ -83,12 +80,7 @@ fn debug_text(
         if name == header::HOST {
             continue;
         }
-        let _ = writeln!(
-            out,
-            "{}: {}",
-            canonical(name.as_str()),
-            String::from_utf8_lossy(value.as_bytes())
-        );
+        let _ = writeln!(out, "{}: {}", canonical(name.as_str()), String::from_utf8_lossy(value.as_bytes()));
     }
     out.push_str("\nbody:\n\n");
     out.push_str(&String::from_utf8_lossy(body));
@@ -101,11 +93,7 @@ fn canonical(name: &str) -> String {
     let mut upper = true;
     name.chars()
         .map(|c| {
-            let o = if upper {
-                c.to_ascii_uppercase()
-            } else {
-                c.to_ascii_lowercase()
-            };
+            let o = if upper { c.to_ascii_uppercase() } else { c.to_ascii_lowercase() };
             upper = c == '-';
             o
         })

@@ -57,12 +57,7 @@ struct St {
 /// Builds the httpbin router. One fallback handler does the routing so that 404/405 answers
 /// and the access log look like the original's for every path.
 pub(crate) fn router(env: &AppEnv, flavor: Flavor) -> Router {
-    let st = St {
-        flavor,
-        hostname: env.hostname.clone(),
-        log: env.log.clone(),
-        max_delay: MAX_DELAY,
-    };
+    let st = St { flavor, hostname: env.hostname.clone(), log: env.log.clone(), max_delay: MAX_DELAY };
     Router::new().fallback(handle).with_state(Arc::new(st))
 }
 
@@ -77,9 +72,7 @@ pub(crate) fn log_startup(env: &AppEnv, flavor: Flavor, port: u16) {
         Flavor::Kennethreitz => {
             let ts = now.ymd_hms();
             (env.log)(&format!("[{ts} +0000] [1] [INFO] Starting gunicorn 19.9.0"));
-            (env.log)(&format!(
-                "[{ts} +0000] [1] [INFO] Listening at: http://0.0.0.0:{port} (1)"
-            ));
+            (env.log)(&format!("[{ts} +0000] [1] [INFO] Listening at: http://0.0.0.0:{port} (1)"));
         }
     }
 }
@@ -101,10 +94,7 @@ impl Req {
 
     /// Path and query as received (Go's `RequestURI`, gunicorn's `RAW_URI`).
     fn request_uri(&self) -> String {
-        self.uri
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| self.uri.path().to_string())
+        self.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| self.uri.path().to_string())
     }
 
     /// The request authority (absolute-form URI first, else the Host header).
@@ -160,17 +150,13 @@ impl Req {
 
     /// kennethreitz's origin: the whole X-Forwarded-For value, else the peer IP.
     fn kr_origin(&self) -> String {
-        header_str(&self.headers, "x-forwarded-for")
-            .map(str::to_string)
-            .unwrap_or_else(|| self.peer.ip().to_string())
+        header_str(&self.headers, "x-forwarded-for").map(str::to_string).unwrap_or_else(|| self.peer.ip().to_string())
     }
 }
 
 /// Header value as text; non-UTF-8 bytes are replaced rather than dropped.
 fn header_text(h: &HeaderMap, name: &str) -> String {
-    h.get(name)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .unwrap_or_default()
+    h.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).unwrap_or_default()
 }
 
 /// A finished response whose body size is known for the access log.
@@ -182,11 +168,7 @@ struct Reply {
 
 impl Reply {
     fn new(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Reply {
-        let mut r = Reply {
-            status,
-            headers: Vec::new(),
-            body: body.into(),
-        };
+        let mut r = Reply { status, headers: Vec::new(), body: body.into() };
         r = r.with(header::CONTENT_TYPE, content_type);
         r
     }
@@ -341,15 +323,10 @@ async fn handle(State(st): State<Arc<St>>, ConnectInfo(peer): ConnectInfo<Socket
     let mut log = AccessLog::new(&st, &r, started);
     let reply = if too_large {
         match st.flavor {
-            Flavor::Go => go_error(
-                400,
-                Some("error parsing request body: http: request body too large".into()),
-            ),
-            Flavor::Kennethreitz => werkzeug_page(
-                413,
-                "Request Entity Too Large",
-                "The data value transmitted exceeds the capacity limit.",
-            ),
+            Flavor::Go => go_error(400, Some("error parsing request body: http: request body too large".into())),
+            Flavor::Kennethreitz => {
+                werkzeug_page(413, "Request Entity Too Large", "The data value transmitted exceeds the capacity limit.")
+            }
         }
     } else if r.method == Method::OPTIONS {
         preflight(&r)
@@ -366,21 +343,13 @@ async fn handle(State(st): State<Arc<St>>, ConnectInfo(peer): ConnectInfo<Socket
 }
 
 fn cors(reply: Reply, r: &Req) -> Reply {
-    let origin = header_str(&r.headers, "origin")
-        .filter(|o| !o.is_empty())
-        .unwrap_or("*")
-        .to_string();
-    reply
-        .with(header::ACCESS_CONTROL_ALLOW_ORIGIN, &origin)
-        .with(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true")
+    let origin = header_str(&r.headers, "origin").filter(|o| !o.is_empty()).unwrap_or("*").to_string();
+    reply.with(header::ACCESS_CONTROL_ALLOW_ORIGIN, &origin).with(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true")
 }
 
 fn preflight(r: &Req) -> Reply {
     let mut reply = Reply::new(StatusCode::OK, TEXT_GO, Bytes::new())
-        .with(
-            header::ACCESS_CONTROL_ALLOW_METHODS,
-            "GET, POST, HEAD, PUT, DELETE, PATCH, OPTIONS",
-        )
+        .with(header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST, HEAD, PUT, DELETE, PATCH, OPTIONS")
         .with(header::ACCESS_CONTROL_MAX_AGE, "3600");
     if let Some(h) = header_str(&r.headers, "access-control-request-headers") {
         reply = reply.with(header::ACCESS_CONTROL_ALLOW_HEADERS, h);
@@ -412,11 +381,7 @@ fn semiflat_json(pairs: Vec<(String, String)>) -> Json {
     Json::Obj(
         map.into_iter()
             .map(|(k, mut v)| {
-                let value = if v.len() == 1 {
-                    v.pop().unwrap_or(Json::Null)
-                } else {
-                    Json::Arr(v)
-                };
+                let value = if v.len() == 1 { v.pop().unwrap_or(Json::Null) } else { Json::Arr(v) };
                 (k, value)
             })
             .collect(),
@@ -431,14 +396,7 @@ fn uuid4() -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
 }
 
 const INDEX_HTML: &str = "<!DOCTYPE html>\n<html>\n<head>\n<meta charset=\"utf-8\">\n<title>httpbin</title>\n</head>\n<body>\n\
@@ -465,10 +423,7 @@ fn sample_json() -> Json {
             (
                 "slides",
                 Json::Arr(vec![
-                    slide(vec![
-                        ("title", Json::str("Wake up to WonderWidgets!")),
-                        ("type", Json::str("all")),
-                    ]),
+                    slide(vec![("title", Json::str("Wake up to WonderWidgets!")), ("type", Json::str("all"))]),
                     slide(vec![
                         (
                             "items",
@@ -498,9 +453,7 @@ fn parse_weighted(raw: &str) -> Result<Vec<(i64, f64)>, String> {
                 }
                 None => (pair, 1.0),
             };
-            let code = code
-                .parse::<i64>()
-                .map_err(|_| format!("invalid choice value: {code:?}"))?;
+            let code = code.parse::<i64>().map_err(|_| format!("invalid choice value: {code:?}"))?;
             Ok((code, weight))
         })
         .collect()
@@ -615,11 +568,7 @@ fn go_canonical(name: &str) -> String {
     let mut upper = true;
     name.chars()
         .map(|c| {
-            let out = if upper {
-                c.to_ascii_uppercase()
-            } else {
-                c.to_ascii_lowercase()
-            };
+            let out = if upper { c.to_ascii_uppercase() } else { c.to_ascii_lowercase() };
             upper = c == '-';
             out
         })
@@ -656,11 +605,7 @@ fn go_with_body(r: &Req) -> Result<Json, Reply> {
                     .map_err(|e| go_error(400, Some(format!("error parsing request body: {e}"))))?;
             }
             _ => {
-                let ct = if ct.is_empty() {
-                    "application/octet-stream"
-                } else {
-                    ct.as_str()
-                };
+                let ct = if ct.is_empty() { "application/octet-stream" } else { ct.as_str() };
                 data = format!("data:{ct};base64,{}", base64_encode(&r.body, true, true));
             }
         }
@@ -687,15 +632,9 @@ async fn go_route(st: &St, r: &Req) -> Reply {
         "/get" if get_or_head => go_json(StatusCode::OK, &go_no_body(r)),
         "/headers" => go_json(StatusCode::OK, &Json::obj(vec![("headers", go_headers(r))])),
         "/ip" => go_json(StatusCode::OK, &Json::obj(vec![("origin", Json::str(r.go_origin()))])),
-        "/user-agent" => go_json(
-            StatusCode::OK,
-            &Json::obj(vec![("user-agent", Json::str(r.user_agent()))]),
-        ),
+        "/user-agent" => go_json(StatusCode::OK, &Json::obj(vec![("user-agent", Json::str(r.user_agent()))])),
         "/uuid" => go_json(StatusCode::OK, &Json::obj(vec![("uuid", Json::str(uuid4()))])),
-        "/hostname" => go_json(
-            StatusCode::OK,
-            &Json::obj(vec![("hostname", Json::str(st.hostname.clone()))]),
-        ),
+        "/hostname" => go_json(StatusCode::OK, &Json::obj(vec![("hostname", Json::str(st.hostname.clone()))])),
         "/html" => Reply::new(StatusCode::OK, HTML_UTF8, MOBY_HTML),
         "/json" => go_json(StatusCode::OK, &sample_json()),
         "/post" if *m == Method::POST => go_body_reply(r),
@@ -795,20 +734,14 @@ async fn go_delay(st: &St, r: &Req, raw: &str) -> Reply {
     if nanos < 0 {
         return go_error(
             400,
-            Some(format!(
-                "invalid duration: duration {} shorter than 0s",
-                go_duration_string(nanos)
-            )),
+            Some(format!("invalid duration: duration {} shorter than 0s", go_duration_string(nanos))),
         );
     }
     let delay = Duration::from_nanos(nanos as u64);
     tokio::time::sleep(delay).await;
     go_body_reply(r).with(
         HeaderName::from_static("server-timing"),
-        &format!(
-            "initial_delay;dur={:.2};desc=\"initial delay\"",
-            delay.as_secs_f64() * 1e3
-        ),
+        &format!("initial_delay;dur={:.2};desc=\"initial delay\"", delay.as_secs_f64() * 1e3),
     )
 }
 
@@ -927,11 +860,7 @@ fn go_duration_string(nanos: i128) -> String {
 // kennethreitz/httpbin
 
 fn kr_json(v: Json) -> Reply {
-    Reply::new(
-        StatusCode::OK,
-        "application/json",
-        format!("{}\n", v.sorted().render(&FLASK_PRETTY)),
-    )
+    Reply::new(StatusCode::OK, "application/json", format!("{}\n", v.sorted().render(&FLASK_PRETTY)))
 }
 
 fn werkzeug_page(code: u16, title: &str, text: &str) -> Reply {
@@ -1022,10 +951,7 @@ fn kr_headers(r: &Req) -> Json {
 
 /// The request fields `get_dict` can return, by name.
 fn kr_dict(r: &Req, keys: &[&str]) -> Json {
-    let is_form = matches!(
-        r.content_type().as_str(),
-        "application/x-www-form-urlencoded" | "multipart/form-data"
-    );
+    let is_form = matches!(r.content_type().as_str(), "application/x-www-form-urlencoded" | "multipart/form-data");
     // Werkzeug consumes form bodies, so `data` is empty for them.
     let data = if is_form { String::new() } else { r.body_text() };
     let mut fields = Vec::new();
@@ -1067,17 +993,12 @@ async fn kr_route(_st: &St, r: &Req) -> Reply {
         "/patch" if *m == Method::PATCH => kr_json(kr_dict(r, KR_BODY_KEYS)),
         "/delete" if *m == Method::DELETE => kr_json(kr_dict(r, KR_BODY_KEYS)),
         "/" | "/headers" | "/ip" | "/user-agent" | "/uuid" | "/html" | "/json" | "/get" | "/post" | "/put"
-        | "/patch" | "/delete" => werkzeug_page(
-            405,
-            "Method Not Allowed",
-            "The method is not allowed for the requested URL.",
-        ),
-        p if p == "/anything" || p.starts_with("/anything/") => kr_json(kr_dict(
-            r,
-            &[
-                "url", "args", "headers", "origin", "method", "form", "data", "files", "json",
-            ],
-        )),
+        | "/patch" | "/delete" => {
+            werkzeug_page(405, "Method Not Allowed", "The method is not allowed for the requested URL.")
+        }
+        p if p == "/anything" || p.starts_with("/anything/") => {
+            kr_json(kr_dict(r, &["url", "args", "headers", "origin", "method", "form", "data", "files", "json"]))
+        }
         p => {
             if let Some(codes) = segment(p, "/status/") {
                 kr_status(&codes)
@@ -1085,10 +1006,7 @@ async fn kr_route(_st: &St, r: &Req) -> Reply {
                 match d.trim().parse::<f64>() {
                     Ok(secs) if secs.is_finite() && secs >= 0.0 => {
                         tokio::time::sleep(Duration::from_secs_f64(secs.min(10.0))).await;
-                        kr_json(kr_dict(
-                            r,
-                            &["url", "args", "form", "data", "origin", "headers", "files"],
-                        ))
+                        kr_json(kr_dict(r, &["url", "args", "form", "data", "origin", "headers", "files"]))
                     }
                     _ => kr_server_error(),
                 }
@@ -1100,13 +1018,7 @@ async fn kr_route(_st: &St, r: &Req) -> Reply {
 }
 
 fn kr_status(raw: &str) -> Reply {
-    let invalid = || {
-        Reply::new(
-            StatusCode::BAD_REQUEST,
-            HTML_UTF8,
-            Bytes::from_static(b"Invalid status code"),
-        )
-    };
+    let invalid = || Reply::new(StatusCode::BAD_REQUEST, HTML_UTF8, Bytes::from_static(b"Invalid status code"));
     let code = if !raw.contains(',') {
         match raw.trim().parse::<i64>() {
             Ok(c) => c,
@@ -1139,10 +1051,7 @@ mod tests {
         assert_eq!(go_parse_duration("1x"), None);
         assert_eq!(go_parse_duration(""), None);
         assert_eq!(parse_delay("0.25"), Ok(250_000_000));
-        assert_eq!(
-            parse_delay("abc"),
-            Err("strconv.ParseFloat: parsing \"abc\": invalid syntax".to_string())
-        );
+        assert_eq!(parse_delay("abc"), Err("strconv.ParseFloat: parsing \"abc\": invalid syntax".to_string()));
         assert_eq!(go_duration_string(11_000_000_000), "11s");
         assert_eq!(go_duration_string(10_500_000_000), "10.5s");
         assert_eq!(go_duration_string(90_000_000_000), "1m30s");
@@ -1170,10 +1079,7 @@ mod tests {
     #[test]
     fn weighted_status_lists() {
         assert_eq!(parse_weighted("200:0.9,503:0.1"), Ok(vec![(200, 0.9), (503, 0.1)]));
-        assert_eq!(
-            parse_weighted("200,abc"),
-            Err("invalid choice value: \"abc\"".to_string())
-        );
+        assert_eq!(parse_weighted("200,abc"), Err("invalid choice value: \"abc\"".to_string()));
         assert_eq!(parse_weighted("200:x"), Err("invalid weight value: \"x\"".to_string()));
         for _ in 0..20 {
             assert_eq!(weighted_choice(&[(200, 1.0), (503, 0.0)]), Some(200));

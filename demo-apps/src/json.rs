@@ -32,40 +32,16 @@ pub(crate) struct Style {
 }
 
 /// Node `JSON.stringify` and Ruby `to_json`.
-pub(crate) const COMPACT: Style = Style {
-    indent: None,
-    item_sep: ",",
-    key_sep: ":",
-    ascii: false,
-    go: false,
-};
+pub(crate) const COMPACT: Style = Style { indent: None, item_sep: ",", key_sep: ":", ascii: false, go: false };
 
 /// Python `json.dumps` defaults.
-pub(crate) const PYTHON: Style = Style {
-    indent: None,
-    item_sep: ", ",
-    key_sep: ": ",
-    ascii: true,
-    go: false,
-};
+pub(crate) const PYTHON: Style = Style { indent: None, item_sep: ", ", key_sep: ": ", ascii: true, go: false };
 
 /// Flask `jsonify` with pretty printing (the kennethreitz httpbin), keys sorted by the caller.
-pub(crate) const FLASK_PRETTY: Style = Style {
-    indent: Some(2),
-    item_sep: ", ",
-    key_sep: ": ",
-    ascii: true,
-    go: false,
-};
+pub(crate) const FLASK_PRETTY: Style = Style { indent: Some(2), item_sep: ", ", key_sep: ": ", ascii: true, go: false };
 
 /// Go `json.Encoder` with `SetIndent("", "  ")` and HTML escaping off (go-httpbin).
-pub(crate) const GO_PRETTY: Style = Style {
-    indent: Some(2),
-    item_sep: ",",
-    key_sep: ": ",
-    ascii: false,
-    go: true,
-};
+pub(crate) const GO_PRETTY: Style = Style { indent: Some(2), item_sep: ",", key_sep: ": ", ascii: false, go: true };
 
 /// Nesting limit, so hostile bodies cannot exhaust the stack.
 const MAX_DEPTH: usize = 256;
@@ -73,11 +49,7 @@ const MAX_DEPTH: usize = 256;
 impl Json {
     /// Parses strict JSON (RFC 8259) text.
     pub(crate) fn parse(text: &str) -> Result<Json, String> {
-        let mut p = Parser {
-            s: text.as_bytes(),
-            i: 0,
-            depth: 0,
-        };
+        let mut p = Parser { s: text.as_bytes(), i: 0, depth: 0 };
         p.ws();
         let v = p.value()?;
         p.ws();
@@ -121,10 +93,9 @@ impl Json {
     /// An integral number (fractions truncate, as Java's `JsonNumber.intValue` does).
     pub(crate) fn as_i64(&self) -> Option<i64> {
         match self {
-            Json::Num(t) => t
-                .parse::<i64>()
-                .ok()
-                .or_else(|| t.parse::<f64>().ok().filter(|f| f.is_finite()).map(|f| f as i64)),
+            Json::Num(t) => {
+                t.parse::<i64>().ok().or_else(|| t.parse::<f64>().ok().filter(|f| f.is_finite()).map(|f| f as i64))
+            }
             _ => None,
         }
     }
@@ -435,9 +406,7 @@ impl Parser<'_> {
         let Some(h) = self.s.get(self.i..self.i + 4) else {
             return self.err("invalid \\u escape");
         };
-        let parsed = std::str::from_utf8(h)
-            .ok()
-            .and_then(|h| u32::from_str_radix(h, 16).ok());
+        let parsed = std::str::from_utf8(h).ok().and_then(|h| u32::from_str_radix(h, 16).ok());
         match parsed {
             Some(v) => {
                 self.i += 4;
@@ -510,20 +479,14 @@ mod tests {
         let src = r#"{"id":0,"b":[1,2.50,{"z":null,"a":true}],"s":"é\"\n"}"#;
         let v = Json::parse(src).unwrap();
         assert_eq!(v.render(&COMPACT), src);
-        assert_eq!(
-            v.render(&PYTHON),
-            r#"{"id": 0, "b": [1, 2.50, {"z": null, "a": true}], "s": "\u00e9\"\n"}"#
-        );
+        assert_eq!(v.render(&PYTHON), r#"{"id": 0, "b": [1, 2.50, {"z": null, "a": true}], "s": "\u00e9\"\n"}"#);
     }
 
     #[test]
     fn pretty_styles() {
         let v = Json::obj(vec![("b", Json::Arr(vec![Json::str("x")])), ("a", Json::Obj(vec![]))]);
         assert_eq!(v.render(&GO_PRETTY), "{\n  \"b\": [\n    \"x\"\n  ],\n  \"a\": {}\n}");
-        assert_eq!(
-            v.clone().sorted().render(&FLASK_PRETTY),
-            "{\n  \"a\": {}, \n  \"b\": [\n    \"x\"\n  ]\n}"
-        );
+        assert_eq!(v.clone().sorted().render(&FLASK_PRETTY), "{\n  \"a\": {}, \n  \"b\": [\n    \"x\"\n  ]\n}");
     }
 
     #[test]

@@ -219,10 +219,7 @@ pub async fn serve(env: AppEnv, container_port: u16, listener: tokio::net::TcpLi
         }
         AppKind::Fortio => {
             let router = fortio::router(&env);
-            env.log(&format!(
-                "Fortio {} echo server listening on tcp [::]:{container_port}",
-                fortio::VERSION
-            ));
+            env.log(&format!("Fortio {} echo server listening on tcp [::]:{container_port}", fortio::VERSION));
             util::serve_router(router, listener).await
         }
         AppKind::Sleep => sleep::serve(listener).await,
@@ -237,14 +234,8 @@ mod tests {
     #[test]
     fn images_map_to_apps() {
         let cases = [
-            (
-                "registry.istio.io/release/examples-bookinfo-productpage-v1:1.20.3",
-                Some(AppKind::ProductPage),
-            ),
-            (
-                "registry.istio.io/release/examples-bookinfo-details-v2:1.20.3",
-                Some(AppKind::Details),
-            ),
+            ("registry.istio.io/release/examples-bookinfo-productpage-v1:1.20.3", Some(AppKind::ProductPage)),
+            ("registry.istio.io/release/examples-bookinfo-details-v2:1.20.3", Some(AppKind::Details)),
             ("docker.io/istio/examples-bookinfo-reviews-v3", Some(AppKind::Reviews)),
             ("examples-bookinfo-ratings-v2:1.0@sha256:abc", Some(AppKind::Ratings)),
             ("examples-bookinfo-ratings-v9", None),
@@ -273,32 +264,16 @@ mod tests {
             v.sort();
             v
         };
-        let pairs = |p: &[(&str, &str)]| {
-            p.iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<Vec<_>>()
-        };
+        let pairs = |p: &[(&str, &str)]| p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
         assert_eq!(
             get("registry.istio.io/release/examples-bookinfo-reviews-v1:1.20.3"),
             pairs(&[("ENABLE_RATINGS", "false")])
         );
-        assert_eq!(
-            get("examples-bookinfo-reviews-v2"),
-            pairs(&[("ENABLE_RATINGS", "true"), ("STAR_COLOR", "black")])
-        );
-        assert_eq!(
-            get("examples-bookinfo-reviews-v3:1"),
-            pairs(&[("ENABLE_RATINGS", "true"), ("STAR_COLOR", "red")])
-        );
+        assert_eq!(get("examples-bookinfo-reviews-v2"), pairs(&[("ENABLE_RATINGS", "true"), ("STAR_COLOR", "black")]));
+        assert_eq!(get("examples-bookinfo-reviews-v3:1"), pairs(&[("ENABLE_RATINGS", "true"), ("STAR_COLOR", "red")]));
         assert_eq!(get("examples-bookinfo-ratings-v1"), pairs(&[("SERVICE_VERSION", "v1")]));
-        assert_eq!(
-            get("examples-bookinfo-ratings-v2:1.20.3"),
-            pairs(&[("SERVICE_VERSION", "v2")])
-        );
-        assert_eq!(
-            get("docker.io/kennethreitz/httpbin"),
-            pairs(&[(HTTPBIN_FLAVOR_ENV, "kennethreitz")])
-        );
+        assert_eq!(get("examples-bookinfo-ratings-v2:1.20.3"), pairs(&[("SERVICE_VERSION", "v2")]));
+        assert_eq!(get("docker.io/kennethreitz/httpbin"), pairs(&[(HTTPBIN_FLAVOR_ENV, "kennethreitz")]));
         assert!(get("docker.io/mccutchen/go-httpbin:v2.15.0").is_empty());
         assert!(get("examples-bookinfo-productpage-v1").is_empty());
     }

@@ -29,11 +29,7 @@ pub(crate) struct Timing {
 
 impl Default for Timing {
     fn default() -> Self {
-        Timing {
-            details: Duration::from_secs(3),
-            reviews: Duration::from_secs(3),
-            ratings: Duration::from_secs(3),
-        }
+        Timing { details: Duration::from_secs(3), reviews: Duration::from_secs(3), ratings: Duration::from_secs(3) }
     }
 }
 
@@ -87,9 +83,7 @@ pub(crate) fn router(env: &AppEnv, timing: Timing) -> std::io::Result<Router> {
             base: backend_base(e, "RATINGS_HOSTNAME", "ratings", "RATINGS_SERVICE_PORT"),
             endpoint: "ratings",
         },
-        flood_factor: env_nonempty(e, "FLOOD_FACTOR")
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0),
+        flood_factor: env_nonempty(e, "FLOOD_FACTOR").and_then(|v| v.trim().parse().ok()).unwrap_or(0),
         timing,
         results: Mutex::new(Vec::new()),
     };
@@ -123,14 +117,7 @@ impl St {
     /// One GET. Err carries the status productpage reports: the upstream's, or 500 when there
     /// was no response (timeout, refused, unreadable body).
     async fn fetch(&self, url: String, headers: &HeaderMap, timeout: Duration) -> Result<Json, u16> {
-        let resp = self
-            .client
-            .get(url)
-            .headers(headers.clone())
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|_| 500u16)?;
+        let resp = self.client.get(url).headers(headers.clone()).timeout(timeout).send().await.map_err(|_| 500u16)?;
         let status = resp.status().as_u16();
         if status != 200 {
             return Err(status);
@@ -256,11 +243,7 @@ fn b3_extract(h: &HeaderMap) -> Option<(String, String, bool)> {
     }
     let is_sampled = matches!(sampled, "1" | "True" | "true" | "d") || flags == "1";
     // Re-injection prints ids as zero-padded lowercase hex (`format(id, "032x")`).
-    Some((
-        format!("{:0>32}", trace.to_ascii_lowercase()),
-        span.to_ascii_lowercase(),
-        is_sampled,
-    ))
+    Some((format!("{:0>32}", trace.to_ascii_lowercase()), span.to_ascii_lowercase(), is_sampled))
 }
 
 /// `getForwardHeaders`: B3 re-injected, `end-user` when logged in, then the verbatim list.
@@ -297,13 +280,7 @@ async fn front(State(st): State<Arc<St>>, headers: HeaderMap) -> Html<String> {
         st.flood("0", &fwd);
     }
     let (reviews_status, reviews) = st.reviews("0", &fwd).await;
-    Html(render_product_page(
-        user.as_deref().unwrap_or_default(),
-        details_status,
-        &details,
-        reviews_status,
-        &reviews,
-    ))
+    Html(render_product_page(user.as_deref().unwrap_or_default(), details_status, &details, reviews_status, &reviews))
 }
 
 fn api_json(status: u16, body: &Json) -> Response {
@@ -344,10 +321,7 @@ async fn product_ratings(State(st): State<Arc<St>>, Path(id): Path<String>, head
 /// Flask's `redirect()`: 302 with a small HTML body. Without a Referer the original redirects to
 /// `None`; meshd sends people back to the product page instead.
 fn redirect_back(headers: &HeaderMap, cookie: String) -> Response {
-    let target = headers
-        .get(header::REFERER)
-        .cloned()
-        .unwrap_or_else(|| HeaderValue::from_static("/productpage"));
+    let target = headers.get(header::REFERER).cloned().unwrap_or_else(|| HeaderValue::from_static("/productpage"));
     let shown = html_escape(target.to_str().unwrap_or("/productpage"));
     let body = format!(
         "<!doctype html>\n<html lang=en>\n<title>Redirecting...</title>\n<h1>Redirecting...</h1>\n<p>You should be redirected automatically to the target URL: <a href=\"{shown}\">{shown}</a>. If not, click the link.\n"
@@ -388,17 +362,10 @@ async fn metrics(State(st): State<Arc<St>>) -> Response {
         String::from("# HELP request_result_total Backend API request result\n# TYPE request_result_total counter\n");
     if let Ok(r) = st.results.lock() {
         for (app, code, n) in r.iter() {
-            let _ = writeln!(
-                out,
-                "request_result_total{{destination_app=\"{app}\",response_code=\"{code}\"}} {n}.0"
-            );
+            let _ = writeln!(out, "request_result_total{{destination_app=\"{app}\",response_code=\"{code}\"}} {n}.0");
         }
     }
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        out,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out).into_response()
 }
 
 const TAILWIND_CSS: &str = "/* meshd demo stand-in for tailwind.css: just enough to lay the page out */\n\
@@ -489,11 +456,7 @@ fn render_product_page(user: &str, details_status: u16, details: &Json, reviews_
         h.push_str("</tr>\n</thead>\n<tbody>\n<tr>");
         for key in ["ISBN-10", "publisher", "pages", "type", "language"] {
             let value = details.get(key).map(Json::display).unwrap_or_default();
-            let _ = write!(
-                h,
-                "<td class=\"px-2 py-2 text-sm text-gray-500\">{}</td>",
-                html_escape(&value)
-            );
+            let _ = write!(h, "<td class=\"px-2 py-2 text-sm text-gray-500\">{}</td>", html_escape(&value));
         }
         h.push_str("</tr>\n</tbody>\n</table>\n");
     } else {
@@ -751,35 +714,21 @@ mod tests {
         assert!(body.contains(REVIEWS_ERROR));
         assert!(body.contains(DETAILS_ERROR));
         assert_eq!(calls.load(Ordering::SeqCst), 2);
-        assert!(
-            elapsed >= Duration::from_millis(200) && elapsed < Duration::from_millis(600),
-            "{elapsed:?}"
-        );
+        assert!(elapsed >= Duration::from_millis(200) && elapsed < Duration::from_millis(600), "{elapsed:?}");
     }
 
     #[tokio::test]
     async fn reviews_retry_after_503_succeeds() {
         let (reviews, calls) = scripted_reviews(vec![(0, 503), (0, 200)]).await;
         let pp = productpage(reviews, 1).await;
-        let body = client()
-            .get(format!("http://{pp}/productpage"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let body = client().get(format!("http://{pp}/productpage")).send().await.unwrap().text().await.unwrap();
         assert!(body.contains("Book Reviews"), "{body}");
         assert_eq!(calls.load(Ordering::SeqCst), 2);
 
         // The API reports the last upstream status after both attempts fail.
         let (reviews, calls) = scripted_reviews(vec![(0, 503), (0, 504)]).await;
         let pp = productpage(reviews, 1).await;
-        let r = client()
-            .get(format!("http://{pp}/api/v1/products/0/reviews"))
-            .send()
-            .await
-            .unwrap();
+        let r = client().get(format!("http://{pp}/api/v1/products/0/reviews")).send().await.unwrap();
         assert_eq!(r.status(), 504);
         assert_eq!(r.text().await.unwrap(), format!(r#"{{"error": "{REVIEWS_ERROR}"}}"#));
         assert_eq!(calls.load(Ordering::SeqCst), 2);
@@ -802,10 +751,7 @@ mod tests {
         assert_eq!(out["x-request-id"], "abc");
 
         let mut single = HeaderMap::new();
-        single.insert(
-            "b3",
-            HeaderValue::from_static("80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-0"),
-        );
+        single.insert("b3", HeaderValue::from_static("80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-0"));
         let out = forward_headers(&single, None);
         assert_eq!(out["x-b3-sampled"], "0");
         assert!(out.get("end-user").is_none());

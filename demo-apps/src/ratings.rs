@@ -85,12 +85,7 @@ pub(crate) fn router(env: &AppEnv, timing: Timing) -> Router {
         Some("v-unhealthy") => Mode::Unhealthy,
         _ => Mode::V1,
     };
-    let st = St {
-        mode,
-        started: Instant::now(),
-        timing,
-        posted: Mutex::new(HashMap::new()),
-    };
+    let st = St { mode, started: Instant::now(), timing, posted: Mutex::new(HashMap::new()) };
     // The original dispatches on a regex prefix (`^/ratings/[0-9]*`) and reads the id from the
     // raw URL, so one fallback handler mirrors it more closely than axum's path patterns.
     Router::new().fallback(handle).with_state(Arc::new(st))
@@ -106,10 +101,7 @@ async fn handle(State(st): State<Arc<St>>, method: Method, uri: Uri, body: Bytes
         return if st.healthy() {
             json(StatusCode::OK, r#"{"status":"Ratings is healthy"}"#.into())
         } else {
-            json(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                r#"{"status":"Ratings is not healthy"}"#.into(),
-            )
+            json(StatusCode::INTERNAL_SERVER_ERROR, r#"{"status":"Ratings is not healthy"}"#.into())
         };
     }
     if !path.starts_with("/ratings/") || (method != Method::GET && method != Method::POST) {
@@ -119,10 +111,7 @@ async fn handle(State(st): State<Arc<St>>, method: Method, uri: Uri, body: Bytes
     let raw = uri.path_and_query().map(|p| p.as_str()).unwrap_or(path);
     let last = raw.rsplit('/').next().unwrap_or_default();
     let Some(id) = js_parse_int(last) else {
-        return json(
-            StatusCode::BAD_REQUEST,
-            r#"{"error":"please provide numeric product ID"}"#.into(),
-        );
+        return json(StatusCode::BAD_REQUEST, r#"{"error":"please provide numeric product ID"}"#.into());
     };
     if method == Method::POST {
         return post(&st, id, &body);
@@ -141,10 +130,7 @@ async fn handle(State(st): State<Arc<St>>, method: Method, uri: Uri, body: Bytes
 }
 
 fn service_unavailable() -> Response {
-    json(
-        StatusCode::SERVICE_UNAVAILABLE,
-        r#"{"error":"Service unavailable"}"#.into(),
-    )
+    json(StatusCode::SERVICE_UNAVAILABLE, r#"{"error":"Service unavailable"}"#.into())
 }
 
 fn ratings(st: &St, id: i64) -> Response {
@@ -156,10 +142,7 @@ fn ratings(st: &St, id: i64) -> Response {
 fn post(st: &St, id: i64, body: &Bytes) -> Response {
     let parsed = std::str::from_utf8(body).ok().and_then(|t| Json::parse(t).ok());
     let Some(value) = parsed else {
-        return json(
-            StatusCode::BAD_REQUEST,
-            r#"{"error":"please provide valid ratings JSON"}"#.into(),
-        );
+        return json(StatusCode::BAD_REQUEST, r#"{"error":"please provide valid ratings JSON"}"#.into());
     };
     if st.mode == Mode::V2 {
         return json(
@@ -187,10 +170,7 @@ fn js_parse_int(s: &str) -> Option<i64> {
         Some("0x" | "0X") => (16, &t[2..]),
         _ => (10, t),
     };
-    let end = t
-        .char_indices()
-        .find(|(_, c)| !c.is_digit(radix))
-        .map_or(t.len(), |(i, _)| i);
+    let end = t.char_indices().find(|(_, c)| !c.is_digit(radix)).map_or(t.len(), |(i, _)| i);
     let v = i64::from_str_radix(&t[..end], radix).ok()?;
     Some(if neg { -v } else { v })
 }
@@ -210,11 +190,7 @@ mod tests {
     }
 
     async fn start(version: &str) -> std::net::SocketAddr {
-        let env = app_env(
-            AppKind::Ratings,
-            "ratings-v1-1-abcde",
-            &[("SERVICE_VERSION", version.to_string())],
-        );
+        let env = app_env(AppKind::Ratings, "ratings-v1-1-abcde", &[("SERVICE_VERSION", version.to_string())]);
         spawn(router(&env, timing())).await
     }
 

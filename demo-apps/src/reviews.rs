@@ -24,10 +24,7 @@ pub(crate) struct Timing {
 
 impl Default for Timing {
     fn default() -> Self {
-        Timing {
-            black: Duration::from_millis(10_000),
-            other: Duration::from_millis(2_500),
-        }
+        Timing { black: Duration::from_millis(10_000), other: Duration::from_millis(2_500) }
     }
 }
 
@@ -45,20 +42,9 @@ struct St {
 /// RATINGS_SERVICE_PORT, SERVICES_DOMAIN and CLUSTER_NAME.
 pub(crate) fn router(env: &AppEnv, timing: Timing) -> std::io::Result<Router> {
     // Java's Boolean.valueOf: only a case-insensitive "true" enables ratings.
-    let ratings_enabled = env
-        .env
-        .get("ENABLE_RATINGS")
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    let star_color = env
-        .env
-        .get("STAR_COLOR")
-        .cloned()
-        .unwrap_or_else(|| "black".to_string());
-    let timeout = if star_color == "black" {
-        timing.black
-    } else {
-        timing.other
-    };
+    let ratings_enabled = env.env.get("ENABLE_RATINGS").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let star_color = env.env.get("STAR_COLOR").cloned().unwrap_or_else(|| "black".to_string());
+    let timeout = if star_color == "black" { timing.black } else { timing.other };
     let st = St {
         client: outbound_client(env.outbound_proxy)?,
         ratings_url: format!(
@@ -72,10 +58,7 @@ pub(crate) fn router(env: &AppEnv, timing: Timing) -> std::io::Result<Router> {
         clustername: env_nonempty(&env.env, "CLUSTER_NAME").unwrap_or("null").to_string(),
         timeout,
     };
-    Ok(Router::new()
-        .route("/health", get(health))
-        .route("/reviews/{id}", get(reviews))
-        .with_state(Arc::new(st)))
+    Ok(Router::new().route("/health", get(health)).route("/reviews/{id}", get(reviews)).with_state(Arc::new(st)))
 }
 
 fn json(status: StatusCode, body: String) -> Response {
@@ -147,10 +130,7 @@ fn reviews_body(st: &St, product_id: i32, stars: [i64; 2]) -> String {
         s.push_str(&format!("{{  \"reviewer\": \"{reviewer}\",  \"text\": \"{text}\""));
         if st.ratings_enabled {
             if n != -1 {
-                s.push_str(&format!(
-                    ", \"rating\": {{\"stars\": {}, \"color\": \"{}\"}}",
-                    n, st.star_color
-                ));
+                s.push_str(&format!(", \"rating\": {{\"stars\": {}, \"color\": \"{}\"}}", n, st.star_color));
             } else {
                 s.push_str(", \"rating\": {\"error\": \"Ratings service is currently unavailable\"}");
             }
@@ -190,10 +170,7 @@ mod tests {
                 ("RATINGS_SERVICE_PORT", ratings.port().to_string()),
             ],
         );
-        let timing = Timing {
-            black: Duration::from_millis(900),
-            other: Duration::from_millis(100),
-        };
+        let timing = Timing { black: Duration::from_millis(900), other: Duration::from_millis(100) };
         spawn(router(&env, timing).unwrap()).await
     }
 
@@ -204,21 +181,11 @@ mod tests {
         let v2 = reviews_with("black", ratings).await;
 
         let t = Instant::now();
-        let body = crate::testutil::get(format!("http://{v3}/reviews/0"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let body = crate::testutil::get(format!("http://{v3}/reviews/0")).await.unwrap().text().await.unwrap();
         assert!(t.elapsed() < Duration::from_millis(350), "{:?}", t.elapsed());
         assert!(body.contains(r#""rating": {"error": "Ratings service is currently unavailable"}"#));
 
-        let body = crate::testutil::get(format!("http://{v2}/reviews/0"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let body = crate::testutil::get(format!("http://{v2}/reviews/0")).await.unwrap().text().await.unwrap();
         assert!(body.contains(r#""rating": {"stars": 5, "color": "black"}"#), "{body}");
     }
 

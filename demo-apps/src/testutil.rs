@@ -27,14 +27,7 @@ pub(crate) fn log_sink() -> (LogSink, Arc<Mutex<Vec<String>>>) {
 /// An app env with the given env pairs and no sidecar.
 pub(crate) fn app_env(kind: AppKind, hostname: &str, pairs: &[(&str, String)]) -> AppEnv {
     let env: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-    AppEnv {
-        kind,
-        hostname: hostname.to_string(),
-        env,
-        args: Vec::new(),
-        outbound_proxy: None,
-        log: log_sink().0,
-    }
+    AppEnv { kind, hostname: hostname.to_string(), env, args: Vec::new(), outbound_proxy: None, log: log_sink().0 }
 }
 
 /// A client that ignores any proxy settings of the test environment.

@@ -31,14 +31,8 @@ pub(crate) const PROPAGATED: &[&str] = &[
 
 /// The extra headers reviews (and details) forward as-is, on top of [`PROPAGATED`]; productpage
 /// re-injects B3 through OpenTelemetry instead, so it does not use this list.
-pub(crate) const B3_AND_USER: &[&str] = &[
-    "x-b3-traceid",
-    "x-b3-spanid",
-    "x-b3-parentspanid",
-    "x-b3-sampled",
-    "x-b3-flags",
-    "end-user",
-];
+pub(crate) const B3_AND_USER: &[&str] =
+    &["x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags", "end-user"];
 
 /// Looks up a non-empty env value.
 pub(crate) fn env_nonempty<'a>(env: &'a HashMap<String, String>, key: &str) -> Option<&'a str> {
@@ -56,9 +50,7 @@ pub(crate) fn backend_base(
     port_key: &str,
 ) -> String {
     let host = env_nonempty(env, host_key).unwrap_or(default_host);
-    let domain = env_nonempty(env, "SERVICES_DOMAIN")
-        .map(|d| format!(".{d}"))
-        .unwrap_or_default();
+    let domain = env_nonempty(env, "SERVICES_DOMAIN").map(|d| format!(".{d}")).unwrap_or_default();
     let port = env_nonempty(env, port_key).unwrap_or("9080");
     format!("http://{host}{domain}:{port}")
 }
@@ -141,11 +133,7 @@ pub(crate) fn base64_encode(data: &[u8], url_safe: bool, pad: bool) -> String {
     let alphabet = if url_safe { B64_URL } else { B64_STD };
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
+        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         let chars = chunk.len() + 1;
         for i in 0..4 {
@@ -233,9 +221,7 @@ pub(crate) struct Civil {
     pub millis: u32,
 }
 
-const MONTHS: [&str; 12] = [
-    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-];
+const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
 
 impl Civil {
     /// The current time in UTC.
@@ -290,14 +276,8 @@ impl Civil {
 
     /// `21/Nov/2026:10:00:00 +0000` (Apache common log format, as gunicorn writes it).
     pub(crate) fn clf(&self) -> String {
-        let mon = MONTHS
-            .get(self.month.saturating_sub(1) as usize)
-            .copied()
-            .unwrap_or("Jan");
-        format!(
-            "{:02}/{}/{:04}:{:02}:{:02}:{:02} +0000",
-            self.day, mon, self.year, self.hour, self.minute, self.second
-        )
+        let mon = MONTHS.get(self.month.saturating_sub(1) as usize).copied().unwrap_or("Jan");
+        format!("{:02}/{}/{:04}:{:02}:{:02}:{:02} +0000", self.day, mon, self.year, self.hour, self.minute, self.second)
     }
 }
 
@@ -343,16 +323,10 @@ mod tests {
     #[test]
     fn backend_urls() {
         let mut env = HashMap::new();
-        assert_eq!(
-            backend_base(&env, "DETAILS_HOSTNAME", "details", "DETAILS_SERVICE_PORT"),
-            "http://details:9080"
-        );
+        assert_eq!(backend_base(&env, "DETAILS_HOSTNAME", "details", "DETAILS_SERVICE_PORT"), "http://details:9080");
         env.insert("DETAILS_HOSTNAME".to_string(), "d".to_string());
         env.insert("SERVICES_DOMAIN".to_string(), "ns.svc".to_string());
         env.insert("DETAILS_SERVICE_PORT".to_string(), "1234".to_string());
-        assert_eq!(
-            backend_base(&env, "DETAILS_HOSTNAME", "details", "DETAILS_SERVICE_PORT"),
-            "http://d.ns.svc:1234"
-        );
+        assert_eq!(backend_base(&env, "DETAILS_HOSTNAME", "details", "DETAILS_SERVICE_PORT"), "http://d.ns.svc:1234");
     }
 }

@@ -30,17 +30,7 @@ fn app(image: &str, hostname: &str, extra: &[(&str, String)]) -> (AppEnv, Lines)
     }
     let (log, lines) = sink();
     let kind = AppKind::from_image(image).expect("known image");
-    (
-        AppEnv {
-            kind,
-            hostname: hostname.to_string(),
-            env,
-            args: Vec::new(),
-            outbound_proxy: None,
-            log,
-        },
-        lines,
-    )
+    (AppEnv { kind, hostname: hostname.to_string(), env, args: Vec::new(), outbound_proxy: None, log }, lines)
 }
 
 async fn start(env: AppEnv, container_port: u16) -> SocketAddr {
@@ -57,11 +47,7 @@ async fn closed_port() -> u16 {
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
+    reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap()
 }
 
 async fn get_text(url: String) -> (u16, HeaderMap, String) {
@@ -131,19 +117,13 @@ async fn reviews_json_is_exact_for_each_version() {
     let (_, _, body) = get_text(format!("http://{v2}/reviews/0")).await;
     assert_eq!(
         body,
-        expected_reviews(
-            &h2,
-            Some([r#"{"stars": 5, "color": "black"}"#, r#"{"stars": 4, "color": "black"}"#])
-        )
+        expected_reviews(&h2, Some([r#"{"stars": 5, "color": "black"}"#, r#"{"stars": 4, "color": "black"}"#]))
     );
 
     let (_, _, body) = get_text(format!("http://{v3}/reviews/0")).await;
     assert_eq!(
         body,
-        expected_reviews(
-            &h3,
-            Some([r#"{"stars": 5, "color": "red"}"#, r#"{"stars": 4, "color": "red"}"#])
-        )
+        expected_reviews(&h3, Some([r#"{"stars": 5, "color": "red"}"#, r#"{"stars": 4, "color": "red"}"#]))
     );
 
     let (status, _, body) = get_text(format!("http://{v1}/health")).await;
@@ -222,11 +202,8 @@ async fn details_json_and_errors() {
 
 #[tokio::test]
 async fn details_v2_answers_like_v1_and_says_so() {
-    let (env, lines) = app(
-        "examples-bookinfo-details-v2",
-        "details-v2-1-abcde",
-        &[("DO_NOT_ENCRYPT", "true".to_string())],
-    );
+    let (env, lines) =
+        app("examples-bookinfo-details-v2", "details-v2-1-abcde", &[("DO_NOT_ENCRYPT", "true".to_string())]);
     let d = start(env, 9080).await;
     let (status, _, body) = get_text(format!("http://{d}/details/0")).await;
     assert_eq!(status, 200);
@@ -247,31 +224,16 @@ async fn ratings_get_post_and_versions() {
     assert_eq!(status, 400);
     assert_eq!(body, r#"{"error":"please provide numeric product ID"}"#);
 
-    let post = c
-        .post(format!("http://{r}/ratings/7"))
-        .body(r#"{ "Reviewer2": 1, "Reviewer1": 3 }"#)
-        .send()
-        .await
-        .unwrap();
+    let post =
+        c.post(format!("http://{r}/ratings/7")).body(r#"{ "Reviewer2": 1, "Reviewer1": 3 }"#).send().await.unwrap();
     assert_eq!(post.status(), 200);
-    assert_eq!(
-        post.text().await.unwrap(),
-        r#"{"id":7,"ratings":{"Reviewer2":1,"Reviewer1":3}}"#
-    );
+    assert_eq!(post.text().await.unwrap(), r#"{"id":7,"ratings":{"Reviewer2":1,"Reviewer1":3}}"#);
     let (_, _, body) = get_text(format!("http://{r}/ratings/7")).await;
     assert_eq!(body, r#"{"id":7,"ratings":{"Reviewer2":1,"Reviewer1":3}}"#);
 
-    let bad = c
-        .post(format!("http://{r}/ratings/7"))
-        .body("{nope")
-        .send()
-        .await
-        .unwrap();
+    let bad = c.post(format!("http://{r}/ratings/7")).body("{nope").send().await.unwrap();
     assert_eq!(bad.status(), 400);
-    assert_eq!(
-        bad.text().await.unwrap(),
-        r#"{"error":"please provide valid ratings JSON"}"#
-    );
+    assert_eq!(bad.text().await.unwrap(), r#"{"error":"please provide valid ratings JSON"}"#);
 
     let (status, _, body) = get_text(format!("http://{r}/health")).await;
     assert_eq!((status, body.as_str()), (200, r#"{"status":"Ratings is healthy"}"#));
@@ -280,23 +242,12 @@ async fn ratings_get_post_and_versions() {
     let v2 = start(env, 9080).await;
     let (_, _, body) = get_text(format!("http://{v2}/ratings/0")).await;
     assert_eq!(body, r#"{"id":0,"ratings":{"Reviewer1":5,"Reviewer2":4}}"#);
-    let post = c
-        .post(format!("http://{v2}/ratings/0"))
-        .body(r#"{"Reviewer1":1}"#)
-        .send()
-        .await
-        .unwrap();
+    let post = c.post(format!("http://{v2}/ratings/0")).body(r#"{"Reviewer1":1}"#).send().await.unwrap();
     assert_eq!(post.status(), 501);
-    assert_eq!(
-        post.text().await.unwrap(),
-        r#"{"error":"Post not implemented for database backed ratings"}"#
-    );
+    assert_eq!(post.text().await.unwrap(), r#"{"error":"Post not implemented for database backed ratings"}"#);
 
-    let (env, _) = app(
-        "examples-bookinfo-ratings-v1",
-        "ratings-v1-1-abcde",
-        &[("SERVICE_VERSION", "v-faulty".to_string())],
-    );
+    let (env, _) =
+        app("examples-bookinfo-ratings-v1", "ratings-v1-1-abcde", &[("SERVICE_VERSION", "v-faulty".to_string())]);
     let faulty = start(env, 9080).await;
     let mut codes = Vec::new();
     for _ in 0..40 {
@@ -363,13 +314,7 @@ async fn productpage_shows_backend_errors() {
     let (rv, _) = reviews("v2", down).await;
     let pp = productpage(d, rv).await;
     let (_, _, body) = get_text(format!("http://{pp}/productpage")).await;
-    assert_eq!(
-        count(
-            &body,
-            r#"<p class="text-red-500">Ratings service is currently unavailable</p>"#
-        ),
-        2
-    );
+    assert_eq!(count(&body, r#"<p class="text-red-500">Ratings service is currently unavailable</p>"#), 2);
     assert_eq!(count(&body, "glyphicon glyphicon-star"), 0);
 
     let (status, _, body) = get_text(format!("http://{pp}/metrics")).await;
@@ -416,10 +361,7 @@ async fn productpage_login_sends_end_user_to_reviews() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        with_referer.headers()["location"],
-        "http://localhost:8080/productpage?u=test"
-    );
+    assert_eq!(with_referer.headers()["location"], "http://localhost:8080/productpage?u=test");
 
     let page = c
         .get(format!("http://{pp}/productpage"))
@@ -456,12 +398,7 @@ async fn productpage_login_sends_end_user_to_reviews() {
     let h = seen.lock().unwrap().last().cloned().unwrap();
     assert!(h.get("end-user").is_none());
 
-    let logout = c
-        .get(format!("http://{pp}/logout"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+    let logout = c.get(format!("http://{pp}/logout")).header("cookie", &cookie).send().await.unwrap();
     assert_eq!(logout.status(), 302);
     assert!(logout.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
 }
@@ -506,10 +443,7 @@ async fn productpage_calls_go_through_the_sidecar_proxy() {
 
     let (status, _, body) = get_text(format!("http://{pp}/api/v1/products/0/reviews")).await;
     assert_eq!(status, 503);
-    assert_eq!(
-        body,
-        r#"{"error": "Sorry, product reviews are currently unavailable for this book."}"#
-    );
+    assert_eq!(body, r#"{"error": "Sorry, product reviews are currently unavailable for this book."}"#);
 }
 
 #[tokio::test]
@@ -664,10 +598,7 @@ async fn httpbin_status_codes() {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["status_code"], 400);
     assert_eq!(v["error"], "Bad Request");
-    assert_eq!(
-        v["detail"],
-        "invalid status code: \"abc\": strconv.Atoi: parsing \"abc\": invalid syntax"
-    );
+    assert_eq!(v["detail"], "invalid status code: \"abc\": strconv.Atoi: parsing \"abc\": invalid syntax");
     let (status, _, body) = get_text(format!("http://{hb}/status/600")).await;
     assert_eq!(status, 400);
     assert!(body.contains("invalid status code: 600 not in range [100, 599]"));
@@ -681,14 +612,9 @@ async fn httpbin_delay_bounds() {
     let elapsed = t.elapsed();
     assert_eq!(status, 200);
     assert!(elapsed >= Duration::from_millis(200) && elapsed < Duration::from_millis(900));
-    assert_eq!(
-        headers["server-timing"],
-        "initial_delay;dur=200.00;desc=\"initial delay\""
-    );
+    assert_eq!(headers["server-timing"], "initial_delay;dur=200.00;desc=\"initial delay\"");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    for key in [
-        "args", "headers", "method", "origin", "url", "data", "files", "form", "json",
-    ] {
+    for key in ["args", "headers", "method", "origin", "url", "data", "files", "form", "json"] {
         assert!(v.get(key).is_some(), "missing {key}");
     }
 
@@ -747,12 +673,7 @@ async fn fortio_server_answers() {
     let (status, _, body) = get_text(format!("http://{f}/fortio/")).await;
     assert_eq!(status, 200);
     assert!(body.contains("fortio"));
-    let r = client()
-        .get(format!("http://{f}/debug?x=1"))
-        .header("x-hello", "world")
-        .send()
-        .await
-        .unwrap();
+    let r = client().get(format!("http://{f}/debug?x=1")).header("x-hello", "world").send().await.unwrap();
     let text = r.text().await.unwrap();
     assert!(text.contains("GET /debug?x=1 HTTP/1.1"), "{text}");
     assert!(text.contains("X-Hello: world"), "{text}");
@@ -761,11 +682,7 @@ async fn fortio_server_answers() {
 
 #[tokio::test]
 async fn tcp_echo_prefixes_each_line() {
-    let (mut env, lines) = app(
-        "registry.istio.io/release/tcp-echo-server:1.3",
-        "tcp-echo-v1-1-abcde",
-        &[],
-    );
+    let (mut env, lines) = app("registry.istio.io/release/tcp-echo-server:1.3", "tcp-echo-v1-1-abcde", &[]);
     env.args = vec!["9000,9001,9002".to_string(), "one".to_string()];
     let addr = start(env, 9000).await;
     let mut s = TcpStream::connect(addr).await.unwrap();
@@ -773,10 +690,7 @@ async fn tcp_echo_prefixes_each_line() {
     let mut buf = vec![0u8; 64];
     let mut got = Vec::new();
     while got.len() < "one hello\none world\n".len() {
-        let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await.unwrap().unwrap();
         assert!(n > 0);
         got.extend_from_slice(&buf[..n]);
     }
@@ -813,10 +727,7 @@ async fn dropping_serve_stops_the_app() {
     let task = tokio::spawn(serve(env, 9080, listener));
     // A keep-alive connection is open and idle when the app stops.
     let c = client();
-    assert_eq!(
-        c.get(format!("http://{addr}/health")).send().await.unwrap().status(),
-        200
-    );
+    assert_eq!(c.get(format!("http://{addr}/health")).send().await.unwrap().status(), 200);
     task.abort();
     let _ = task.await;
     tokio::time::sleep(Duration::from_millis(50)).await;

@@ -95,65 +95,27 @@ fn pick_proxy(s: &DaemonState, q: &ProxyQuery) -> Option<Arc<crate::proxy::runti
 
 async fn stats(State(s): State<Arc<DaemonState>>, Query(q): Query<ProxyQuery>) -> (http::StatusCode, String) {
     let Some(rt) = pick_proxy(&s, &q) else {
-        return (
-            http::StatusCode::NOT_FOUND,
-            "no such proxy (or it has sent no traffic yet)\n".into(),
-        );
+        return (http::StatusCode::NOT_FOUND, "no such proxy (or it has sent no traffic yet)\n".into());
     };
     let snap = s.snapshot.load();
     let mut out = String::new();
     for (name, c) in rt.clusters() {
-        let pool = snap
-            .clusters
-            .iter()
-            .find(|x| x.name == name)
-            .map(|x| x.pool.clone())
-            .unwrap_or_default();
+        let pool = snap.clusters.iter().find(|x| x.name == name).map(|x| x.pool.clone()).unwrap_or_default();
         let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         let st = &c.stats;
         let remaining = |max: u32, used: u64| u64::from(max).saturating_sub(used);
         let open = |max: u32, used: u64| u64::from(used >= u64::from(max));
         let lines: [(&str, u64); 22] = [
-            (
-                "circuit_breakers.default.cx_open",
-                open(pool.max_connections, g(&c.cx_active)),
-            ),
-            (
-                "circuit_breakers.default.cx_pool_open",
-                open(pool.max_connections, g(&c.cx_active)),
-            ),
-            (
-                "circuit_breakers.default.remaining_cx",
-                remaining(pool.max_connections, g(&c.cx_active)),
-            ),
-            (
-                "circuit_breakers.default.remaining_pending",
-                remaining(pool.max_pending, g(&c.rq_pending_active)),
-            ),
-            (
-                "circuit_breakers.default.remaining_retries",
-                remaining(pool.max_retries, g(&c.rq_retry_active)),
-            ),
-            (
-                "circuit_breakers.default.remaining_rq",
-                remaining(pool.max_requests, g(&c.rq_active)),
-            ),
-            (
-                "circuit_breakers.default.rq_open",
-                open(pool.max_requests, g(&c.rq_active)),
-            ),
-            (
-                "circuit_breakers.default.rq_pending_open",
-                open(pool.max_pending, g(&c.rq_pending_active)),
-            ),
-            (
-                "circuit_breakers.default.rq_retry_open",
-                open(pool.max_retries, g(&c.rq_retry_active)),
-            ),
-            (
-                "outlier_detection.ejections_total",
-                g(&st.outlier_detection_ejections_total),
-            ),
+            ("circuit_breakers.default.cx_open", open(pool.max_connections, g(&c.cx_active))),
+            ("circuit_breakers.default.cx_pool_open", open(pool.max_connections, g(&c.cx_active))),
+            ("circuit_breakers.default.remaining_cx", remaining(pool.max_connections, g(&c.cx_active))),
+            ("circuit_breakers.default.remaining_pending", remaining(pool.max_pending, g(&c.rq_pending_active))),
+            ("circuit_breakers.default.remaining_retries", remaining(pool.max_retries, g(&c.rq_retry_active))),
+            ("circuit_breakers.default.remaining_rq", remaining(pool.max_requests, g(&c.rq_active))),
+            ("circuit_breakers.default.rq_open", open(pool.max_requests, g(&c.rq_active))),
+            ("circuit_breakers.default.rq_pending_open", open(pool.max_pending, g(&c.rq_pending_active))),
+            ("circuit_breakers.default.rq_retry_open", open(pool.max_retries, g(&c.rq_retry_active))),
+            ("outlier_detection.ejections_total", g(&st.outlier_detection_ejections_total)),
             ("upstream_cx_active", g(&c.cx_active)),
             ("upstream_cx_connect_fail", g(&st.upstream_cx_connect_fail)),
             ("upstream_cx_total", g(&st.upstream_cx_total)),
@@ -176,10 +138,7 @@ async fn stats(State(s): State<Arc<DaemonState>>, Query(q): Query<ProxyQuery>) -
 
 async fn clusters(State(s): State<Arc<DaemonState>>, Query(q): Query<ProxyQuery>) -> (http::StatusCode, String) {
     let Some(rt) = pick_proxy(&s, &q) else {
-        return (
-            http::StatusCode::NOT_FOUND,
-            "no such proxy (or it has sent no traffic yet)\n".into(),
-        );
+        return (http::StatusCode::NOT_FOUND, "no such proxy (or it has sent no traffic yet)\n".into());
     };
     let snap = s.snapshot.load();
     let generation = rt.for_snapshot(&snap);
@@ -192,11 +151,7 @@ async fn clusters(State(s): State<Arc<DaemonState>>, Query(q): Query<ProxyQuery>
             let _ = writeln!(out, "{p}::rq_active::{}", ert.active.load(Ordering::Relaxed));
             let _ = writeln!(out, "{p}::rq_error::{}", ert.errors.load(Ordering::Relaxed));
             let _ = writeln!(out, "{p}::rq_total::{}", ert.total.load(Ordering::Relaxed));
-            let _ = writeln!(
-                out,
-                "{p}::health_flags::{}",
-                if ej { "/failed_outlier_check" } else { "healthy" }
-            );
+            let _ = writeln!(out, "{p}::health_flags::{}", if ej { "/failed_outlier_check" } else { "healthy" });
         }
     }
     (http::StatusCode::OK, out)
@@ -211,12 +166,7 @@ async fn pod_mode(
         "stop" => PodMode::Stopped,
         "start" => PodMode::Running,
         "fail" => PodMode::Failing,
-        other => {
-            return (
-                http::StatusCode::BAD_REQUEST,
-                format!("unknown action {other:?}: stop, start or fail\n"),
-            )
-        }
+        other => return (http::StatusCode::BAD_REQUEST, format!("unknown action {other:?}: stop, start or fail\n")),
     };
     let controls = s.controls.lock().unwrap_or_else(|e| e.into_inner());
     match controls.get(&pod) {
@@ -229,11 +179,7 @@ async fn pod_mode(
 }
 
 async fn certs(State(s): State<Arc<DaemonState>>) -> Json<crate::cli::CertsView> {
-    let secs = |t: std::time::SystemTime| {
-        t.duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-    };
+    let secs = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let certs = s
         .registry
         .security()
@@ -248,8 +194,5 @@ async fn certs(State(s): State<Arc<DaemonState>>) -> Json<crate::cli::CertsView>
                 .collect()
         })
         .unwrap_or_default();
-    Json(crate::cli::CertsView {
-        root: s.dir.join(".meshd/ca.pem").display().to_string(),
-        certs,
-    })
+    Json(crate::cli::CertsView { root: s.dir.join(".meshd/ca.pem").display().to_string(), certs })
 }

@@ -29,6 +29,9 @@ pub enum Command {
         /// Ingress gateway HTTP listener (Gateway servers on port 80 or 8080).
         #[arg(long, default_value = "127.0.0.1:8080")]
         gateway: SocketAddr,
+        /// Ingress gateway HTTPS listener (Gateway servers on port 443 or 8443).
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        gateway_tls: SocketAddr,
         /// Admin API and dashboard.
         #[arg(long, default_value = "127.0.0.1:15000", env = "MESHD_ADMIN")]
         admin: SocketAddr,
@@ -101,9 +104,7 @@ pub enum Command {
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    s.parse::<crate::config::api::Duration>()
-        .map(|d| d.0)
-        .map_err(|e| e.to_string())
+    s.parse::<crate::config::api::Duration>().map(|d| d.0).map_err(|e| e.to_string())
 }
 
 /// One issued certificate, as the admin API lists it.
@@ -130,20 +131,11 @@ pub struct CertsView {
 pub async fn certs(admin: SocketAddr) -> anyhow::Result<()> {
     let view: CertsView = admin_get(admin, "/meshd/certs").await?;
     println!("root CA: {}", view.root);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let rows: Vec<[String; 3]> = view
         .certs
         .into_iter()
-        .map(|c| {
-            [
-                c.identity,
-                age(now.saturating_sub(c.not_before)),
-                age(c.not_after.saturating_sub(now)),
-            ]
-        })
+        .map(|c| [c.identity, age(now.saturating_sub(c.not_before)), age(c.not_after.saturating_sub(now))])
         .collect();
     print!("{}", table(&["IDENTITY", "AGE", "EXPIRES IN"], &rows));
     Ok(())
@@ -185,16 +177,9 @@ pub async fn curl(
     }
     let mut out = std::io::stdout();
     let mut err = std::io::stderr();
-    let status = crate::load::curl(
-        url,
-        headers,
-        method,
-        data.as_deref().map(str::as_bytes),
-        addrs.proxy,
-        &mut out,
-        &mut err,
-    )
-    .await?;
+    let status =
+        crate::load::curl(url, headers, method, data.as_deref().map(str::as_bytes), addrs.proxy, &mut out, &mut err)
+            .await?;
     Ok(if (200..300).contains(&status) { 0 } else { 1 })
 }
 
@@ -227,13 +212,7 @@ pub async fn status(admin: SocketAddr) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    print!(
-        "{}",
-        table(
-            &["NAMESPACE", "NAME", "READY", "STATUS", "AGE", "PORTS", "OUTBOUND"],
-            &rows
-        )
-    );
+    print!("{}", table(&["NAMESPACE", "NAME", "READY", "STATUS", "AGE", "PORTS", "OUTBOUND"], &rows));
     Ok(())
 }
 

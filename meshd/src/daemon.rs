@@ -24,6 +24,8 @@ pub struct Options {
     pub dir: PathBuf,
     /// Ingress gateway HTTP listener (Gateway servers on 80/8080).
     pub gateway: SocketAddr,
+    /// Ingress gateway HTTPS listener (Gateway servers on 443/8443).
+    pub gateway_tls: SocketAddr,
     /// Admin API.
     pub admin: SocketAddr,
     /// The mesh client's outbound listener, usable as `http_proxy`.
@@ -79,6 +81,8 @@ pub struct State {
 pub struct Addrs {
     /// Gateway.
     pub gateway: SocketAddr,
+    /// Gateway, HTTPS.
+    pub gateway_tls: SocketAddr,
     /// Admin.
     pub admin: SocketAddr,
     /// Mesh client proxy.
@@ -141,18 +145,14 @@ impl Reloader {
             jwks: &jwks,
         })?;
         let plan = workload::plan(&workloads);
-        let changes = self
-            .pods
-            .reconcile(&plan, &self.proxy, &self.state.logs)
-            .await
-            .map_err(|e| {
-                vec![ConfigError {
-                    file: self.state.dir.display().to_string(),
-                    line: 0,
-                    field: String::new(),
-                    message: format!("cannot start pods: {e}"),
-                }]
-            })?;
+        let changes = self.pods.reconcile(&plan, &self.proxy, &self.state.logs).await.map_err(|e| {
+            vec![ConfigError {
+                file: self.state.dir.display().to_string(),
+                line: 0,
+                field: String::new(),
+                message: format!("cannot start pods: {e}"),
+            }]
+        })?;
         let generation = self.generation + 1;
         let infos = self.pods.infos();
         let snap = snapshot::compile(snapshot::CompileInput {
@@ -187,11 +187,8 @@ impl Reloader {
         self.state.logs.retain(&live);
         self.applied = loaded.resources;
         *self.state.pods.lock().unwrap_or_else(|e| e.into_inner()) = self.pod_rows();
-        *self.state.controls.lock().unwrap_or_else(|e| e.into_inner()) = self
-            .pods
-            .iter()
-            .map(|p| (p.info.name.clone(), p.control.clone()))
-            .collect();
+        *self.state.controls.lock().unwrap_or_else(|e| e.into_inner()) =
+            self.pods.iter().map(|p| (p.info.name.clone(), p.control.clone())).collect();
         Ok(summary)
     }
 
@@ -250,12 +247,7 @@ impl Reloader {
                 },
                 status: "Running".into(),
                 age_secs: p.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
-                ports: p
-                    .info
-                    .inbound
-                    .iter()
-                    .map(|(port, addr)| format!("{port}->{addr}"))
-                    .collect(),
+                ports: p.info.inbound.iter().map(|(port, addr)| format!("{port}->{addr}")).collect(),
                 outbound: p.info.outbound.map(|a| a.to_string()),
                 labels: workload::labels_string(&p.info.labels),
             })
@@ -298,22 +290,19 @@ impl Reloader {
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} for the {what}"))
+    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for the {what}"))
 }
 
 /// Runs the daemon until ctrl-c.
 pub async fn run(opts: Options) -> anyhow::Result<()> {
-    let dir = opts
-        .dir
-        .canonicalize()
-        .with_context(|| format!("cannot open {}", opts.dir.display()))?;
+    let dir = opts.dir.canonicalize().with_context(|| format!("cannot open {}", opts.dir.display()))?;
     let gateway = bind(opts.gateway, "ingress gateway").await?;
+    let gateway_tls = bind(opts.gateway_tls, "ingress gateway (HTTPS)").await?;
     let admin = bind(opts.admin, "admin API").await?;
     let client = bind(opts.proxy, "mesh client proxy").await?;
     let addrs = Addrs {
         gateway: gateway.local_addr()?,
+        gateway_tls: gateway_tls.local_addr()?,
         admin: admin.local_addr()?,
         proxy: client.local_addr()?,
     };
@@ -349,19 +338,15 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let (_shutdown_tx, shutdown) = watch::channel(false);
     tokio::spawn(proxy.clone().serve(
         gateway,
-        Role::Gateway {
-            workload: Arc::new(gateway_workload()),
-            rt: state.registry.get(&gateway_workload()),
-        },
+        Role::Gateway { workload: Arc::new(gateway_workload()), rt: state.registry.get(&gateway_workload()) },
         shutdown.clone(),
     ));
     tokio::spawn(proxy.clone().serve(
-        client,
-        Role::MeshClient {
-            cache: Default::default(),
-        },
+        gateway_tls,
+        Role::GatewayTls { workload: Arc::new(gateway_workload()), rt: state.registry.get(&gateway_workload()) },
         shutdown.clone(),
     ));
+    tokio::spawn(proxy.clone().serve(client, Role::MeshClient { cache: Default::default() }, shutdown.clone()));
     tokio::spawn(crate::admin::serve(admin, state.clone()));
 
     let (_watch, mut changes) =
@@ -380,8 +365,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         reloader.reload_and_report().await;
     }
     println!(
-        "meshd: ready: gateway http://{} admin http://{} proxy http://{} (folder {})",
+        "meshd: ready: gateway http://{} gateway-tls https://{} admin http://{} proxy http://{} (folder {})",
         addrs.gateway,
+        addrs.gateway_tls,
         addrs.admin,
         addrs.proxy,
         display(&dir)

@@ -16,13 +16,8 @@ pub struct Logs(Arc<Mutex<HashMap<String, Buffer>>>);
 impl Logs {
     /// A sink for the apps of `pod` (taken once, when the pod starts).
     pub fn sink(&self, pod: &str) -> demo_apps::LogSink {
-        let buffer: Buffer = self
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(pod.to_string())
-            .or_default()
-            .clone();
+        let buffer: Buffer =
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(pod.to_string()).or_default().clone();
         let pod = pod.to_string();
         Arc::new(move |line: &str| {
             tracing::debug!(target: "app", pod = %pod, "{line}");
@@ -37,16 +32,11 @@ impl Logs {
     /// The lines of `pod`, oldest first.
     pub fn lines(&self, pod: &str) -> Vec<String> {
         let buffer = self.0.lock().unwrap_or_else(|e| e.into_inner()).get(pod).cloned();
-        buffer
-            .map(|b| b.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect())
-            .unwrap_or_default()
+        buffer.map(|b| b.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()).unwrap_or_default()
     }
 
     /// Forgets pods that are gone.
     pub fn retain(&self, live: &std::collections::HashSet<String>) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|k, _| live.contains(k));
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| live.contains(k));
     }
 }

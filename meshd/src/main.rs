@@ -27,31 +27,14 @@ fn main() -> std::process::ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Up {
-                dir,
-                gateway,
-                admin,
-                proxy,
-                cert_ttl,
-            } => {
-                let opts = meshd::daemon::Options {
-                    dir,
-                    gateway,
-                    admin,
-                    proxy,
-                    cert_ttl,
-                };
+            Command::Up { dir, gateway, gateway_tls, admin, proxy, cert_ttl } => {
+                let opts = meshd::daemon::Options { dir, gateway, gateway_tls, admin, proxy, cert_ttl };
                 meshd::daemon::run(opts).await.map(|_| 0)
             }
             Command::Certs { admin } => meshd::cli::certs(admin).await.map(|_| 0),
-            Command::Curl {
-                url,
-                headers,
-                method,
-                data,
-                from,
-                admin,
-            } => meshd::cli::curl(&url, &headers, &method, data, from.as_deref(), admin).await,
+            Command::Curl { url, headers, method, data, from, admin } => {
+                meshd::cli::curl(&url, &headers, &method, data, from.as_deref(), admin).await
+            }
             Command::Load { args, admin } => meshd::cli::load(&args, admin).await,
             Command::Status { admin } => meshd::cli::status(admin).await.map(|_| 0),
             Command::Pod { action, pod, admin } => meshd::cli::pod(&action, &pod, admin).await,

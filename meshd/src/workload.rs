@@ -41,10 +41,7 @@ pub struct PodTemplate {
 /// `istio-injection` label. A namespace the folder does not declare counts as labelled for
 /// injection, as every tutorial's first step does for `default`.
 fn injected(d: &DeploymentDef, namespaces: &std::collections::BTreeMap<String, Labels>) -> bool {
-    let explicit = d
-        .annotations
-        .get("sidecar.istio.io/inject")
-        .or_else(|| d.labels.get("sidecar.istio.io/inject"));
+    let explicit = d.annotations.get("sidecar.istio.io/inject").or_else(|| d.labels.get("sidecar.istio.io/inject"));
     match explicit.map(String::as_str) {
         Some("false") => return false,
         Some("true") => return true,
@@ -187,37 +184,23 @@ async fn start_pod(template: &PodTemplate, proxy: &Proxy, log: &crate::logs::Log
     let outbound = bind().await?;
     pod.info.outbound = Some(outbound.local_addr()?);
     // Without a sidecar the app still reaches services by name, as through kube-proxy: no mesh policy, plaintext.
-    let rt = if template.sidecar {
-        proxy.registry().get(&workload)
-    } else {
-        proxy.registry().get_plain(&workload)
-    };
+    let rt = if template.sidecar { proxy.registry().get(&workload) } else { proxy.registry().get_plain(&workload) };
     let role = if template.sidecar {
-        Role::Outbound {
-            workload: workload.clone(),
-            rt: rt.clone(),
-        }
+        Role::Outbound { workload: workload.clone(), rt: rt.clone() }
     } else {
-        Role::Plain {
-            workload: workload.clone(),
-            rt: rt.clone(),
-        }
+        Role::Plain { workload: workload.clone(), rt: rt.clone() }
     };
-    pod.tasks
-        .push(tokio::spawn(proxy.clone().serve(outbound, role, rx.clone())));
+    pod.tasks.push(tokio::spawn(proxy.clone().serve(outbound, role, rx.clone())));
 
     let sink = log.sink(&name);
     let spiffe = crate::security::ca::spiffe_id(&d.meta.namespace, &d.service_account);
-    let server_tls = proxy
-        .registry()
-        .security()
-        .and_then(|sec| match sec.server_config(&spiffe) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                tracing::error!(%spiffe, error = %e, "cannot issue a workload certificate: plaintext only");
-                None
-            }
-        });
+    let server_tls = proxy.registry().security().and_then(|sec| match sec.server_config(&spiffe) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::error!(%spiffe, error = %e, "cannot issue a workload certificate: plaintext only");
+            None
+        }
+    });
     for container in &d.containers {
         let Some(kind) = demo_apps::AppKind::from_image(&container.image) else {
             tracing::warn!(pod = %name, image = %container.image, "image not emulated: the pod runs without this container");
@@ -266,8 +249,7 @@ async fn start_pod(template: &PodTemplate, proxy: &Proxy, log: &crate::logs::Log
             let inbound = bind().await?;
             pod.info.inbound.insert(port, inbound.local_addr()?);
             let role = Role::inbound(app_addr, port, pod.control.clone(), rt.clone(), server_tls.clone());
-            pod.tasks
-                .push(tokio::spawn(proxy.clone().serve(inbound, role, rx.clone())));
+            pod.tasks.push(tokio::spawn(proxy.clone().serve(inbound, role, rx.clone())));
         }
     }
     Ok(pod)
@@ -344,11 +326,7 @@ impl Pods {
 
 /// Labels of a pod template, for tests and status.
 pub fn labels_string(labels: &Labels) -> String {
-    labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
+    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
 #[cfg(test)]

@@ -15,10 +15,7 @@ use serde_json::{json, Map, Value};
 
 use meshd::config::api::parse_document;
 
-const CRDS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/istio-samples/crds/crd-all.gen.yaml"
-);
+const CRDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/istio-samples/crds/crd-all.gen.yaml");
 
 const KINDS: &[(&str, &str)] = &[
     ("networking.istio.io", "VirtualService"),
@@ -193,10 +190,8 @@ fn every_crd_field_is_accepted_and_unknown_fields_rejected() {
                 }
 
                 // 3. Integers, numbers, booleans and enums reject a wrong value.
-                let scalar = matches!(
-                    schema["type"].as_str(),
-                    Some("integer") | Some("number") | Some("boolean")
-                ) || schema["enum"].is_array();
+                let scalar = matches!(schema["type"].as_str(), Some("integer") | Some("number") | Some("boolean"))
+                    || schema["enum"].is_array();
                 if scalar {
                     let doc = document(&api_version, kind, build(spec_schema, path, json!("notAValue")));
                     if parse_document(&doc).is_ok() {
@@ -208,9 +203,7 @@ fn every_crd_field_is_accepted_and_unknown_fields_rejected() {
                 let is_struct = schema["properties"].is_object() && !is_preserve(schema);
                 if is_struct {
                     let mut obj = minimal(schema);
-                    obj.as_object_mut()
-                        .unwrap()
-                        .insert("notAnIstioField".into(), json!("1s"));
+                    obj.as_object_mut().unwrap().insert("notAnIstioField".into(), json!("1s"));
                     let doc = document(&api_version, kind, build(spec_schema, path, obj));
                     match parse_document(&doc) {
                         Err(e) if e.message.contains("unknown field `notAnIstioField`") => {}
@@ -222,10 +215,5 @@ fn every_crd_field_is_accepted_and_unknown_fields_rejected() {
     }
     eprintln!("checked {checked} schema nodes");
     assert!(checked > 1000, "only {checked} nodes checked");
-    assert!(
-        failures.is_empty(),
-        "{} failures:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }

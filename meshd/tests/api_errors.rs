@@ -38,10 +38,7 @@ fn typo_reports_path_and_line() {
     assert_eq!(e.column, Some(9), "{e:?}");
     assert!(e.message.starts_with("unknown field `hots`, expected one of"), "{e:?}");
     assert!(!e.message.contains("line "), "location kept in message: {e:?}");
-    assert_eq!(
-        e.to_string(),
-        format!("spec.http[0].route[0].destination: {}", e.message)
-    );
+    assert_eq!(e.to_string(), format!("spec.http[0].route[0].destination: {}", e.message));
 }
 
 #[test]
@@ -113,9 +110,7 @@ spec:
     labels:
       version: v1
 ";
-    let Resource::DestinationRule(dr) = known(text) else {
-        panic!("not a DestinationRule")
-    };
+    let Resource::DestinationRule(dr) = known(text) else { panic!("not a DestinationRule") };
     let tp = dr.spec.traffic_policy.unwrap();
     assert_eq!(tp.load_balancer.unwrap().simple, Some(SimpleLb::LeastRequest));
     assert_eq!(tp.tls.unwrap().mode, Some(TlsMode::IstioMutual));
@@ -143,9 +138,7 @@ fn durations_parse() {
         ("2.5s", 2500),
         ("\"10s\"", 10_000),
     ] {
-        let Resource::VirtualService(vs) = known(&vs_with_timeout(text)) else {
-            panic!()
-        };
+        let Resource::VirtualService(vs) = known(&vs_with_timeout(text)) else { panic!() };
         let got = vs.spec.http[0].timeout.unwrap().0;
         assert_eq!(got.as_millis(), want, "{text}");
     }
@@ -200,9 +193,7 @@ spec:
       body:
         string: unavailable
 ";
-    let Resource::VirtualService(vs) = known(text) else {
-        panic!()
-    };
+    let Resource::VirtualService(vs) = known(text) else { panic!() };
     let route = &vs.spec.http[0];
     let m = &route.r#match[0];
     assert_eq!(m.headers["end-user"].exact.as_deref(), Some("jason"));
@@ -234,9 +225,7 @@ fn required_fields() {
     assert_eq!(e.path, "spec");
     assert!(e.message.contains("missing field `host`"), "{e:?}");
     // Subset.name.
-    let e = err(&dr
-        .replace("- name: v1", "- labels: {version: v1}")
-        .replace("spec:\n", "spec:\n  host: h\n"));
+    let e = err(&dr.replace("- name: v1", "- labels: {version: v1}").replace("spec:\n", "spec:\n  host: h\n"));
     assert_eq!(e.path, "spec.subsets[0]");
     assert!(e.message.contains("missing field `name`"), "{e:?}");
     // Gateway server port needs number, protocol and name.
@@ -264,10 +253,7 @@ spec:
 fn object_level_rules() {
     // Blank documents.
     assert_eq!(parse_document("").unwrap(), ParseOutcome::Empty);
-    assert_eq!(
-        parse_document("# only a comment\n\n   # another\n").unwrap(),
-        ParseOutcome::Empty
-    );
+    assert_eq!(parse_document("# only a comment\n\n   # another\n").unwrap(), ParseOutcome::Empty);
     // Missing apiVersion / kind.
     let e = err("kind: VirtualService\nmetadata:\n  name: x\n");
     assert_eq!(e.path, "apiVersion");
@@ -284,11 +270,7 @@ fn object_level_rules() {
     // Not emulated kinds.
     assert_eq!(
         parse_document("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm\ndata:\n  a: b\n").unwrap(),
-        ParseOutcome::NotEmulated {
-            api_version: "v1".into(),
-            kind: "ConfigMap".into(),
-            name: "cm".into()
-        }
+        ParseOutcome::NotEmulated { api_version: "v1".into(), kind: "ConfigMap".into(), name: "cm".into() }
     );
     for (api, kind) in [
         ("apps/v1", "StatefulSet"),
@@ -297,10 +279,7 @@ fn object_level_rules() {
         ("networking.istio.io/v1", "WorkloadGroup"),
     ] {
         let doc = format!("apiVersion: {api}\nkind: {kind}\nmetadata:\n  name: n\n");
-        assert!(
-            matches!(parse_document(&doc), Ok(ParseOutcome::NotEmulated { .. })),
-            "{api} {kind}"
-        );
+        assert!(matches!(parse_document(&doc), Ok(ParseOutcome::NotEmulated { .. })), "{api} {kind}");
     }
     // Status and other top-level keys are accepted; spec-less objects are fine.
     let ap = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: deny\nstatus:\n  x: 1\n";
@@ -338,14 +317,8 @@ spec:
 ";
     let Resource::Service(svc) = known(text) else { panic!() };
     assert_eq!(svc.spec.type_.as_deref(), Some("NodePort"));
-    assert_eq!(
-        svc.spec.ports[0].target_port,
-        Some(meshd::config::api::IntOrString::Int(9080))
-    );
-    assert_eq!(
-        svc.spec.ports[1].target_port,
-        Some(meshd::config::api::IntOrString::String("grpc-port".into()))
-    );
+    assert_eq!(svc.spec.ports[0].target_port, Some(meshd::config::api::IntOrString::Int(9080)));
+    assert_eq!(svc.spec.ports[1].target_port, Some(meshd::config::api::IntOrString::String("grpc-port".into())));
     let secret = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: s\ntype: kubernetes.io/tls\ndata:\n  tls.crt: YQ==\nstringData:\n  x: y\n";
     let Resource::Secret(s) = known(secret) else { panic!() };
     assert_eq!(s.type_.as_deref(), Some("kubernetes.io/tls"));
@@ -370,13 +343,8 @@ spec:
     80:
       mode: DISABLE
 ";
-    let Resource::PeerAuthentication(pa) = known(text) else {
-        panic!()
-    };
-    assert_eq!(
-        pa.spec.port_level_mtls["80"].mode,
-        Some(meshd::config::api::MtlsMode::Disable)
-    );
+    let Resource::PeerAuthentication(pa) = known(text) else { panic!() };
+    assert_eq!(pa.spec.port_level_mtls["80"].mode, Some(meshd::config::api::MtlsMode::Disable));
     let e = err(&text.replace("DISABLE", "OFF"));
     assert_eq!(e.path, "spec.portLevelMtls.80.mode");
 }
@@ -386,12 +354,8 @@ fn round_trip_through_yaml() {
     let text = format!(
         "{VS_HEAD}        host: reviews\n    timeout: 0.5s\n    retries:\n      attempts: 3\n      perTryTimeout: 2s\n"
     );
-    let Resource::VirtualService(vs) = known(&text) else {
-        panic!()
-    };
+    let Resource::VirtualService(vs) = known(&text) else { panic!() };
     let yaml = serde_yaml::to_string(&vs).unwrap();
-    let Resource::VirtualService(again) = known(&yaml) else {
-        panic!()
-    };
+    let Resource::VirtualService(again) = known(&yaml) else { panic!() };
     assert_eq!(vs, again);
 }

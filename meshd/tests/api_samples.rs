@@ -63,10 +63,7 @@ fn every_sample_document_parses() {
             }
         }
     }
-    eprintln!(
-        "{} files: {known} known, {not_emulated} not emulated, {empty} empty",
-        files.len()
-    );
+    eprintln!("{} files: {known} known, {not_emulated} not emulated, {empty} empty", files.len());
     assert!(failures.is_empty(), "failures:\n{}", failures.join("\n"));
     assert!(known > 100);
 }
@@ -76,10 +73,7 @@ fn bookinfo_kubernetes_objects_are_typed() {
     use meshd::config::api::Resource;
     let path = Path::new(SAMPLES).join("bookinfo/platform/kube/bookinfo.yaml");
     let Ok(text) = std::fs::read_to_string(&path) else {
-        panic!(
-            "{} is missing: the tests need shared/ beside the checkout",
-            path.display()
-        );
+        panic!("{} is missing: the tests need shared/ beside the checkout", path.display());
     };
     let resources: Vec<Resource> = split_documents(&text)
         .iter()
@@ -98,16 +92,7 @@ fn bookinfo_kubernetes_objects_are_typed() {
     let pod = &deployment.spec.template.spec;
     assert_eq!(pod.service_account_name.as_deref(), Some("bookinfo-details"));
     assert_eq!(pod.containers[0].ports[0].container_port, 9080);
-    assert_eq!(
-        deployment
-            .spec
-            .template
-            .metadata
-            .labels
-            .get("version")
-            .map(String::as_str),
-        Some("v1")
-    );
+    assert_eq!(deployment.spec.template.metadata.labels.get("version").map(String::as_str), Some("v1"));
     let service = resources
         .iter()
         .find_map(|r| match r {

@@ -51,9 +51,7 @@ async fn upstream(delay: Duration, status: fn(u32) -> u16) -> (SocketAddr, Arc<A
                         Ok::<_, std::convert::Infallible>(resp)
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
             });
         }
     });
@@ -106,16 +104,7 @@ async fn sidecar(vs: &str, addr: SocketAddr) -> SocketAddr {
     let (_tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         let _keep = _tx;
-        proxy
-            .serve(
-                listener,
-                Role::Outbound {
-                    workload: Arc::new(client),
-                    rt,
-                },
-                rx,
-            )
-            .await
+        proxy.serve(listener, Role::Outbound { workload: Arc::new(client), rt }, rx).await
     });
     local
 }
@@ -123,14 +112,9 @@ async fn sidecar(vs: &str, addr: SocketAddr) -> SocketAddr {
 /// GET http://web/ through the sidecar; returns status and body.
 async fn get(sidecar: SocketAddr) -> (u16, String) {
     let stream = tokio::net::TcpStream::connect(sidecar).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
-    let req = hyper::Request::get("http://web/")
-        .header("host", "web")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
+    let req = hyper::Request::get("http://web/").header("host", "web").body(Full::new(Bytes::new())).unwrap();
     let resp = send.send_request(req).await.unwrap();
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -148,10 +132,7 @@ async fn route_timeout_answers_504_at_the_deadline() {
     let start = Instant::now();
     assert_eq!(get(sc).await, (504, "upstream request timeout".into()));
     let took = start.elapsed();
-    assert!(
-        took >= Duration::from_millis(500) && took < Duration::from_millis(600),
-        "{took:?}"
-    );
+    assert!(took >= Duration::from_millis(500) && took < Duration::from_millis(600), "{took:?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -166,18 +147,11 @@ async fn no_timeout_by_default() {
 #[tokio::test(start_paused = true)]
 async fn per_try_timeout_retries_then_gives_up_within_the_route_timeout() {
     let (addr, hits) = upstream(Duration::from_secs(1), |_| 200).await;
-    let sc = sidecar(
-        &vs("retries: {attempts: 5, perTryTimeout: 0.2s, retryOn: 5xx}\n    timeout: 0.5s"),
-        addr,
-    )
-    .await;
+    let sc = sidecar(&vs("retries: {attempts: 5, perTryTimeout: 0.2s, retryOn: 5xx}\n    timeout: 0.5s"), addr).await;
     let start = Instant::now();
     assert_eq!(get(sc).await.0, 504);
     let took = start.elapsed();
-    assert!(
-        took >= Duration::from_millis(500) && took < Duration::from_millis(600),
-        "{took:?}"
-    );
+    assert!(took >= Duration::from_millis(500) && took < Duration::from_millis(600), "{took:?}");
     let n = hits.load(Ordering::SeqCst);
     assert!((2..=3).contains(&n), "tries of 0.2 s plus backoff fit in 0.5 s: {n}");
 }

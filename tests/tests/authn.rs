@@ -9,13 +9,7 @@ use common::{samples, Mesh, TempDir};
 fn in_namespace(rel: &str, ns: &str) -> String {
     let text = std::fs::read_to_string(samples().join(rel)).unwrap();
     text.lines()
-        .map(|l| {
-            if l == "metadata:" {
-                format!("metadata:\n  namespace: {ns}")
-            } else {
-                l.to_string()
-            }
-        })
+        .map(|l| if l == "metadata:" { format!("metadata:\n  namespace: {ns}") } else { l.to_string() })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -42,10 +36,8 @@ async fn probe(mesh: &Mesh, from: &str, to: &str) -> String {
         .and_then(|l| l.split_whitespace().last())
         .unwrap_or_else(|| panic!("sleep in {from}:\n{pods}"))
         .to_string();
-    let client = reqwest::Client::builder()
-        .proxy(reqwest::Proxy::http(format!("http://{outbound}")).unwrap())
-        .build()
-        .unwrap();
+    let client =
+        reqwest::Client::builder().proxy(reqwest::Proxy::http(format!("http://{outbound}")).unwrap()).build().unwrap();
     match client.get(format!("http://httpbin.{to}:8000/ip")).send().await {
         Ok(r) => r.status().as_u16().to_string(),
         Err(_) => "000".to_string(),
@@ -79,10 +71,7 @@ const TASK: &str = "istio.io-tasks/authn-policy/";
 async fn the_authentication_policy_task() {
     let mesh = Mesh::start(setup());
     let status = String::from_utf8(mesh.cli(&["status"]).stdout).unwrap();
-    assert!(
-        status.lines().any(|l| l.starts_with("legacy") && l.contains(" 1/1 ")),
-        "legacy has no sidecar:\n{status}"
-    );
+    assert!(status.lines().any(|l| l.starts_with("legacy") && l.contains(" 1/1 ")), "legacy has no sidecar:\n{status}");
     assert_eq!(matrix(&mesh).await, expect(&[]), "no policy: all 200");
 
     // Auto mTLS: foo to foo carries the client certificate, foo to legacy is plaintext.
@@ -97,10 +86,7 @@ async fn the_authentication_policy_task() {
         .to_string();
     let out = mesh.cli(&["curl", "--from", &sleep_foo, "http://httpbin.foo:8000/headers"]);
     let body = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        body.contains("By=spiffe://cluster.local/ns/foo/sa/httpbin;Hash="),
-        "{body}"
-    );
+    assert!(body.contains("By=spiffe://cluster.local/ns/foo/sa/httpbin;Hash="), "{body}");
     assert!(body.contains("URI=spiffe://cluster.local/ns/foo/sa/sleep"), "{body}");
     let out = mesh.cli(&["curl", "--from", &sleep_foo, "http://httpbin.legacy:8000/headers"]);
     assert!(!String::from_utf8_lossy(&out.stdout).contains("X-Forwarded-Client-Cert"));
@@ -121,19 +107,13 @@ async fn the_authentication_policy_task() {
     step(&["02-namespace-foo-strict.yaml"], &["01-mesh-strict.yaml"]);
     assert_eq!(matrix(&mesh).await, expect(&[("legacy", "foo")]));
 
-    step(
-        &["03-bar-httpbin-strict.yaml", "04-bar-httpbin-dr-istio-mutual.yaml"],
-        &[],
-    );
+    step(&["03-bar-httpbin-strict.yaml", "04-bar-httpbin-dr-istio-mutual.yaml"], &[]);
     assert_eq!(matrix(&mesh).await, expect(&[("legacy", "foo"), ("legacy", "bar")]));
 
     // (Steps 05/06 name workload port 80, the port of the old httpbin image; today's sample
     // listens on 8080, so on a cluster as here that exception would not apply. The port-level
     // precedence itself is covered by the PeerAuthentication unit test.)
-    step(
-        &["07-foo-overwrite-example-pa.yaml", "08-foo-overwrite-example-dr.yaml"],
-        &[],
-    );
+    step(&["07-foo-overwrite-example-pa.yaml", "08-foo-overwrite-example-dr.yaml"], &[]);
     let m = matrix(&mesh).await;
     assert!(
         m.contains(&"sleep.legacy to httpbin.foo: 200".to_string()),

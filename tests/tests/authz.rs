@@ -41,17 +41,11 @@ async fn the_http_authorization_task_step_by_step() {
     step("4-reviews-viewer.yaml");
     let page = mesh.page("/productpage").await;
     assert!(page.contains("Book Details") && page.contains("Book Reviews"), "{page}");
-    assert!(
-        page.contains("Ratings service is currently unavailable"),
-        "ratings still denied"
-    );
+    assert!(page.contains("Ratings service is currently unavailable"), "ratings still denied");
 
     step("5-ratings-viewer.yaml");
     let page = mesh.page("/productpage").await;
-    assert!(
-        page.contains("glyphicon glyphicon-star") && page.contains("text-red-500"),
-        "red stars from v3"
-    );
+    assert!(page.contains("glyphicon glyphicon-star") && page.contains("text-red-500"), "red stars from v3");
     assert!(!page.contains("Ratings service is currently unavailable"));
 }
 
@@ -91,13 +85,7 @@ impl Signer {
 fn in_namespace(rel: &str, ns: &str) -> String {
     let text = std::fs::read_to_string(samples().join(rel)).unwrap();
     text.lines()
-        .map(|l| {
-            if l == "metadata:" {
-                format!("metadata:\n  namespace: {ns}")
-            } else {
-                l.to_string()
-            }
-        })
+        .map(|l| if l == "metadata:" { format!("metadata:\n  namespace: {ns}") } else { l.to_string() })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -131,10 +119,7 @@ async fn end_user_authentication_at_the_gateway() {
     // The task's RequestAuthentication, with this test's key inline instead of the jwksUri on GitHub.
     let ra =
         std::fs::read_to_string(samples().join(format!("{AUTHN}11-jwt-example-requestauthentication.yaml"))).unwrap();
-    let uri_line = ra
-        .lines()
-        .find(|l| l.trim_start().starts_with("jwksUri:"))
-        .expect("the sample names a jwksUri");
+    let uri_line = ra.lines().find(|l| l.trim_start().starts_with("jwksUri:")).expect("the sample names a jwksUri");
     let indent = &uri_line[..uri_line.len() - uri_line.trim_start().len()];
     let ra = ra.replace(uri_line, &format!("{indent}jwks: '{}'", signer.jwks()));
     let mark = mesh.mark();
@@ -143,26 +128,21 @@ async fn end_user_authentication_at_the_gateway() {
     assert_eq!(get("/headers", None).await.0, 200, "no token: allowed");
     let (code, body) = get("/headers", Some("deadbeef".into())).await;
     assert_eq!(code, 401);
-    assert_eq!(
-        body,
-        "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections"
-    );
+    assert_eq!(body, "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections");
     let good = signer.token(4685989700);
     assert_eq!(get("/headers", Some(good.clone())).await.0, 200);
     let (code, body) = get("/headers", Some(signer.token(1_600_000_000))).await;
     assert_eq!((code, body.as_str()), (401, "Jwt is expired"));
 
     let mark = mesh.mark();
-    mesh.dir
-        .add_sample(&format!("{AUTHN}12-frontend-ingress-require-token.yaml"));
+    mesh.dir.add_sample(&format!("{AUTHN}12-frontend-ingress-require-token.yaml"));
     mesh.wait_applied(mark);
     assert_eq!(get("/headers", None).await, (403, "RBAC: access denied".into()));
     assert_eq!(get("/headers", Some(good.clone())).await.0, 200);
 
     let mark = mesh.mark();
     mesh.dir.remove("12-frontend-ingress-require-token.yaml");
-    mesh.dir
-        .add_sample(&format!("{AUTHN}13-frontend-ingress-require-token-per-path.yaml"));
+    mesh.dir.add_sample(&format!("{AUTHN}13-frontend-ingress-require-token-per-path.yaml"));
     mesh.wait_applied(mark);
     assert_eq!(get("/headers", None).await.0, 403);
     assert_eq!(get("/ip", None).await.0, 200);

@@ -23,11 +23,7 @@ async fn replicas_and_new_deployments_start_and_stop_pods() {
     dir.add_sample("httpbin/httpbin.yaml");
     let mesh = Mesh::start(dir);
     let before = pods(&mesh);
-    assert_eq!(
-        before.iter().filter(|p| p.starts_with("httpbin-")).count(),
-        1,
-        "{before:?}"
-    );
+    assert_eq!(before.iter().filter(|p| p.starts_with("httpbin-")).count(), 1, "{before:?}");
 
     let yaml = std::fs::read_to_string(common::samples().join("httpbin/httpbin.yaml")).unwrap();
     let three = yaml.replace("replicas: 1", "replicas: 3");
@@ -42,15 +38,7 @@ async fn replicas_and_new_deployments_start_and_stop_pods() {
     // Each replica answers with its own name.
     let mut names = std::collections::HashSet::new();
     for _ in 0..60 {
-        let body = mesh
-            .mesh_client()
-            .get("http://httpbin:8000/hostname")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let body = mesh.mesh_client().get("http://httpbin:8000/hostname").send().await.unwrap().text().await.unwrap();
         names.insert(body);
         if names.len() == 3 {
             break;
@@ -76,13 +64,7 @@ async fn request_in_flight_finishes_across_a_rollout() {
     dir.add_sample("httpbin/httpbin.yaml");
     let mesh = Mesh::start(dir);
     let client = mesh.mesh_client();
-    let slow = tokio::spawn(async move {
-        client
-            .get("http://httpbin:8000/delay/2")
-            .send()
-            .await
-            .map(|r| r.status())
-    });
+    let slow = tokio::spawn(async move { client.get("http://httpbin:8000/delay/2").send().await.map(|r| r.status()) });
     tokio::time::sleep(Duration::from_millis(300)).await;
     // A template change (new env) replaces the pod while the request is in flight.
     let yaml = std::fs::read_to_string(common::samples().join("httpbin/httpbin.yaml")).unwrap();

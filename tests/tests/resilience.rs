@@ -32,17 +32,12 @@ async fn fault_injection_delay_gives_jason_the_reviews_error_after_6s() {
     let mesh = Mesh::start(dir);
     let mark = mesh.mark();
     // test-v2 and ratings-test-delay both replace VirtualServices of all-v1 (same names), as kubectl apply would.
-    mesh.dir
-        .add_sample(&format!("{NET}virtual-service-reviews-test-v2.yaml"));
-    mesh.dir
-        .add_sample(&format!("{NET}virtual-service-ratings-test-delay.yaml"));
+    mesh.dir.add_sample(&format!("{NET}virtual-service-reviews-test-v2.yaml"));
+    mesh.dir.add_sample(&format!("{NET}virtual-service-ratings-test-delay.yaml"));
     mesh.wait_applied(mark);
     let jason = login(&mesh, "jason").await;
     let (page, took) = page_as(&mesh, Some(&jason)).await;
-    assert!(
-        page.contains("Sorry, product reviews are currently unavailable for this book."),
-        "{page}"
-    );
+    assert!(page.contains("Sorry, product reviews are currently unavailable for this book."), "{page}");
     // productpage gives reviews 3 s and tries twice: about 6 s, not 7.
     assert!(took >= Duration::from_millis(5900), "took {took:?}");
     let (page, _) = page_as(&mesh, None).await;
@@ -69,13 +64,8 @@ async fn fault_injection_abort_shows_ratings_unavailable_for_jason_only() {
     let (page, _) = page_as(&mesh, None).await;
     assert!(!page.contains("Ratings service is currently unavailable"));
     // The abort itself, seen from inside the mesh with jason's header.
-    let resp = mesh
-        .mesh_client()
-        .get("http://ratings:9080/ratings/0")
-        .header("end-user", "jason")
-        .send()
-        .await
-        .unwrap();
+    let resp =
+        mesh.mesh_client().get("http://ratings:9080/ratings/0").header("end-user", "jason").send().await.unwrap();
     assert_eq!(resp.status(), 500);
     assert_eq!(resp.text().await.unwrap(), "fault filter abort");
 }
@@ -94,22 +84,13 @@ async fn request_timeouts_task() {
     assert!(took >= Duration::from_millis(1900), "took {took:?}");
 
     let mark = mesh.mark();
-    mesh.dir
-        .add_sample("istio.io-tasks/request-timeouts/3-reviews-timeout-0.5s.yaml");
+    mesh.dir.add_sample("istio.io-tasks/request-timeouts/3-reviews-timeout-0.5s.yaml");
     mesh.wait_applied(mark);
     let (page, took) = page_as(&mesh, None).await;
-    assert!(
-        page.contains("Sorry, product reviews are currently unavailable for this book."),
-        "{page}"
-    );
+    assert!(page.contains("Sorry, product reviews are currently unavailable for this book."), "{page}");
     // Two tries of 0.5 s each.
     assert!(took >= Duration::from_millis(950), "took {took:?}");
-    let resp = mesh
-        .mesh_client()
-        .get("http://reviews:9080/reviews/0")
-        .send()
-        .await
-        .unwrap();
+    let resp = mesh.mesh_client().get("http://reviews:9080/reviews/0").send().await.unwrap();
     assert_eq!(resp.status(), 504);
     assert_eq!(resp.text().await.unwrap(), "upstream request timeout");
     // The per-request override beats the route timeout.
@@ -144,10 +125,7 @@ async fn circuit_breaking_overflows_with_envoys_answer() {
             for _ in 0..10 {
                 let r = c.get("http://httpbin:8000/get").send().await.unwrap();
                 let status = r.status().as_u16();
-                let overloaded = r
-                    .headers()
-                    .get("x-envoy-overloaded")
-                    .map(|v| v.to_str().unwrap().to_string());
+                let overloaded = r.headers().get("x-envoy-overloaded").map(|v| v.to_str().unwrap().to_string());
                 out.push((status, overloaded, r.text().await.unwrap()));
             }
             out
@@ -172,15 +150,7 @@ async fn circuit_breaking_overflows_with_envoys_answer() {
         }
     }
     assert!(ok > 0 && overflow > 0, "both 200s and 503s: {ok} / {overflow}");
-    let stats = mesh
-        .client()
-        .get(format!("http://{}/stats", mesh.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let stats = mesh.client().get(format!("http://{}/stats", mesh.admin)).send().await.unwrap().text().await.unwrap();
     let line = stats
         .lines()
         .find(|l| l.contains("outbound|8000||httpbin.default.svc.cluster.local.upstream_rq_pending_overflow"))
@@ -192,30 +162,15 @@ async fn circuit_breaking_overflows_with_envoys_answer() {
     let out = mesh.cli(&["curl", "http://httpbin:8000/get"]);
     let head = String::from_utf8_lossy(&out.stderr);
     assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
-    assert!(
-        head.contains("server: envoy") && head.contains("x-envoy-upstream-service-time: "),
-        "{head}"
-    );
-    let out = mesh.cli(&[
-        "load",
-        "-c",
-        "3",
-        "-qps",
-        "0",
-        "-n",
-        "30",
-        "-loglevel",
-        "Warning",
-        "http://httpbin:8000/get",
-    ]);
+    assert!(head.contains("server: envoy") && head.contains("x-envoy-upstream-service-time: "), "{head}");
+    let out =
+        mesh.cli(&["load", "-c", "3", "-qps", "0", "-n", "30", "-loglevel", "Warning", "http://httpbin:8000/get"]);
     assert!(out.status.success());
     let report = String::from_utf8_lossy(&out.stderr);
     assert!(report.contains("Starting at max qps with 3 thread(s)"), "{report}");
     let count = |code: &str| -> u64 {
-        let line = report
-            .lines()
-            .find(|l| l.starts_with(&format!("Code {code} : ")))
-            .unwrap_or_else(|| panic!("{report}"));
+        let line =
+            report.lines().find(|l| l.starts_with(&format!("Code {code} : "))).unwrap_or_else(|| panic!("{report}"));
         line.split_whitespace().nth(3).unwrap().parse().unwrap()
     };
     // As the task shows: with one connection and one pending request allowed, most of 3 callers' requests overflow.
@@ -238,20 +193,12 @@ async fn mirroring_copies_to_v2_with_the_shadow_host() {
     let mesh = Mesh::start(dir);
     let pods = String::from_utf8(mesh.cli(&["status"]).stdout).unwrap();
     let pod = |prefix: &str| {
-        pods.lines()
-            .find_map(|l| l.split_whitespace().nth(1).filter(|n| n.starts_with(prefix)))
-            .unwrap()
-            .to_string()
+        pods.lines().find_map(|l| l.split_whitespace().nth(1).filter(|n| n.starts_with(prefix))).unwrap().to_string()
     };
     let (v1, v2) = (pod("httpbin-v1-"), pod("httpbin-v2-"));
     let logs = |p: &str| String::from_utf8(mesh.cli(&["logs", p]).stdout).unwrap();
 
-    let resp = mesh
-        .mesh_client()
-        .get("http://httpbin:8000/headers")
-        .send()
-        .await
-        .unwrap();
+    let resp = mesh.mesh_client().get("http://httpbin:8000/headers").send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert!(logs(&v1).contains("GET /headers"));
     assert!(!logs(&v2).contains("GET /headers"), "no mirror yet");
@@ -260,17 +207,9 @@ async fn mirroring_copies_to_v2_with_the_shadow_host() {
     // Applied over the default route, as `kubectl apply` does: same VirtualService name, the later file wins.
     mesh.dir.add_sample("istio.io-tasks/mirroring/6-mirror-v2.yaml");
     mesh.wait_applied(mark);
-    let resp = mesh
-        .mesh_client()
-        .get("http://httpbin:8000/headers")
-        .send()
-        .await
-        .unwrap();
+    let resp = mesh.mesh_client().get("http://httpbin:8000/headers").send().await.unwrap();
     let v: serde_json::Value = resp.json().await.unwrap();
-    assert_eq!(
-        v["headers"]["Host"], "httpbin:8000",
-        "the caller gets v1's answer to its own request"
-    );
+    assert_eq!(v["headers"]["Host"], "httpbin:8000", "the caller gets v1's answer to its own request");
     let mut seen = false;
     for _ in 0..50 {
         if logs(&v2).contains("GET /headers") {
@@ -316,17 +255,9 @@ async fn retries_are_counted_at_the_upstream() {
     );
     let mesh = Mesh::start(dir);
     let pods = String::from_utf8(mesh.cli(&["status"]).stdout).unwrap();
-    let pod = pods
-        .lines()
-        .find_map(|l| l.split_whitespace().nth(1).filter(|n| n.starts_with("web-")))
-        .unwrap()
-        .to_string();
-    let resp = mesh
-        .mesh_client()
-        .get("http://web:8000/status/503")
-        .send()
-        .await
-        .unwrap();
+    let pod =
+        pods.lines().find_map(|l| l.split_whitespace().nth(1).filter(|n| n.starts_with("web-"))).unwrap().to_string();
+    let resp = mesh.mesh_client().get("http://web:8000/status/503").send().await.unwrap();
     assert_eq!(resp.status(), 503);
     let log = String::from_utf8(mesh.cli(&["logs", &pod]).stdout).unwrap();
     let lines = |log: &str, what: &str| log.lines().filter(|l| l.contains(what)).count();
@@ -336,25 +267,13 @@ async fn retries_are_counted_at_the_upstream() {
     let mark = mesh.mark();
     mesh.dir.remove("vs.yaml");
     mesh.wait_applied(mark);
-    let resp = mesh
-        .mesh_client()
-        .get("http://web:8000/status/500")
-        .send()
-        .await
-        .unwrap();
+    let resp = mesh.mesh_client().get("http://web:8000/status/500").send().await.unwrap();
     assert_eq!(resp.status(), 500);
     let log = String::from_utf8(mesh.cli(&["logs", &pod]).stdout).unwrap();
     assert_eq!(lines(&log, "/status/"), before + 1, "{log}");
     // The attempt count reaches the upstream.
-    let v: serde_json::Value = mesh
-        .mesh_client()
-        .get("http://web:8000/headers")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: serde_json::Value =
+        mesh.mesh_client().get("http://web:8000/headers").send().await.unwrap().json().await.unwrap();
     assert_eq!(v["headers"]["X-Envoy-Attempt-Count"][0], "1");
 }
 
@@ -380,15 +299,8 @@ spec:
     let host = |user: &'static str| {
         let c = c.clone();
         async move {
-            let v: serde_json::Value = c
-                .get("http://web:8000/hostname")
-                .header("x-user", user)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let v: serde_json::Value =
+                c.get("http://web:8000/hostname").header("x-user", user).send().await.unwrap().json().await.unwrap();
             v["hostname"].as_str().unwrap().to_string()
         }
     };
@@ -409,24 +321,12 @@ spec:
     let alice = host("alice").await;
     let out = mesh.cli(&["pod", "fail", &alice]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let resp = c
-        .get("http://web:8000/hostname")
-        .header("x-user", "alice")
-        .send()
-        .await
-        .unwrap();
+    let resp = c.get("http://web:8000/hostname").header("x-user", "alice").send().await.unwrap();
     assert_eq!(resp.status(), 503, "the failing replica answers once");
     let moved = host("alice").await;
     assert_ne!(moved, alice, "ejected: alice is served elsewhere");
-    let clusters = mesh
-        .client()
-        .get(format!("http://{}/clusters", mesh.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let clusters =
+        mesh.client().get(format!("http://{}/clusters", mesh.admin)).send().await.unwrap().text().await.unwrap();
     assert!(clusters.contains("failed_outlier_check"), "{clusters}");
     // Ejection state survives a config reload.
     let mark = mesh.mark();
@@ -499,26 +399,15 @@ async fn local_rate_limit_answers_429_after_the_bucket_empties() {
         let resp = c.get(mesh.url("/productpage")).send().await.unwrap();
         codes.push(resp.status().as_u16());
         if resp.status() == 429 {
-            let header = resp
-                .headers()
-                .get("x-local-rate-limit")
-                .map(|v| v.to_str().unwrap().to_string());
+            let header = resp.headers().get("x-local-rate-limit").map(|v| v.to_str().unwrap().to_string());
             limited = Some((header, resp.text().await.unwrap()));
         }
     }
     assert_eq!(codes, [200, 200, 200, 200, 429, 429], "4 tokens per minute");
-    assert_eq!(
-        limited,
-        Some((Some("true".to_string()), "local_rate_limited".to_string()))
-    );
+    assert_eq!(limited, Some((Some("true".to_string()), "local_rate_limited".to_string())));
     // Other workloads are not limited.
     for _ in 0..6 {
-        let r = mesh
-            .mesh_client()
-            .get("http://reviews:9080/reviews/0")
-            .send()
-            .await
-            .unwrap();
+        let r = mesh.mesh_client().get("http://reviews:9080/reviews/0").send().await.unwrap();
         assert_eq!(r.status(), 200);
     }
 }
@@ -537,15 +426,7 @@ async fn envoy_filter_patches_that_are_not_emulated_are_reported() {
         "{out}"
     );
     for _ in 0..12 {
-        assert_eq!(
-            mesh.client()
-                .get(mesh.url("/productpage"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
+        assert_eq!(mesh.client().get(mesh.url("/productpage")).send().await.unwrap().status(), 200);
     }
 }
 
@@ -555,11 +436,8 @@ async fn a_stopped_pod_refuses_connections_and_comes_back() {
     dir.write("web.yaml", &WEB.replace("replicas: 3", "replicas: 1"));
     let mesh = Mesh::start(dir);
     let pods = String::from_utf8(mesh.cli(&["status"]).stdout).unwrap();
-    let pod = pods
-        .lines()
-        .find_map(|l| l.split_whitespace().nth(1).filter(|n| n.starts_with("web-")))
-        .unwrap()
-        .to_string();
+    let pod =
+        pods.lines().find_map(|l| l.split_whitespace().nth(1).filter(|n| n.starts_with("web-"))).unwrap().to_string();
     assert!(mesh.cli(&["pod", "stop", &pod]).status.success());
     let resp = mesh.mesh_client().get("http://web:8000/get").send().await.unwrap();
     assert_eq!(resp.status(), 503);
@@ -570,15 +448,7 @@ async fn a_stopped_pod_refuses_connections_and_comes_back() {
     assert!(mesh.cli(&["pod", "start", &pod]).status.success());
     let mut ok = false;
     for _ in 0..40 {
-        if mesh
-            .mesh_client()
-            .get("http://web:8000/get")
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == 200
-        {
+        if mesh.mesh_client().get("http://web:8000/get").send().await.unwrap().status() == 200 {
             ok = true;
             break;
         }

@@ -46,18 +46,9 @@ async fn empty_folder_serves_bookinfo_with_every_reviews_version() {
     }
     assert_eq!(seen.len(), 3, "all of v1, v2, v3 serve: {seen:?}");
     // The same from inside the mesh.
-    let body = mesh
-        .mesh_client()
-        .get("http://productpage:9080/productpage")
-        .send()
-        .await
-        .unwrap();
+    let body = mesh.mesh_client().get("http://productpage:9080/productpage").send().await.unwrap();
     assert_eq!(body.headers()["server"], "envoy");
-    assert!(body
-        .text()
-        .await
-        .unwrap()
-        .contains("<title>Simple Bookstore App</title>"));
+    assert!(body.text().await.unwrap().contains("<title>Simple Bookstore App</title>"));
 }
 
 #[tokio::test]
@@ -70,8 +61,7 @@ async fn all_v1_never_shows_stars_and_test_v2_gives_jason_black_stars() {
     assert_eq!(seen.get("v1"), Some(&30), "{seen:?}");
 
     let mark = mesh.mark();
-    mesh.dir
-        .add_sample(&format!("{NET}virtual-service-reviews-test-v2.yaml"));
+    mesh.dir.add_sample(&format!("{NET}virtual-service-reviews-test-v2.yaml"));
     mesh.wait_applied(mark);
     let jason = login(&mesh, "jason").await;
     let page = mesh
@@ -107,11 +97,7 @@ async fn weighted_routes_split_traffic_within_bounds() {
     // 300 draws at p = 0.5: the bounds are more than 5 standard deviations wide.
     let v3 = share(&mesh, "v3", 300).await;
     assert!((0.35..=0.65).contains(&v3), "v3 share {v3}");
-    assert_eq!(
-        versions(&mesh, 20, None).await.get("v2"),
-        None,
-        "50-v3 never routes to v2"
-    );
+    assert_eq!(versions(&mesh, 20, None).await.get("v2"), None, "50-v3 never routes to v2");
 
     let mark = mesh.mark();
     mesh.dir.remove("virtual-service-reviews-50-v3.yaml");
@@ -128,12 +114,7 @@ async fn missing_subset_is_503_nc_and_unknown_host_is_404() {
     // A route to subset v1 with no DestinationRule: the classic "apply destination rules first".
     dir.add_sample(&format!("{NET}virtual-service-all-v1.yaml"));
     let mesh = Mesh::start(dir);
-    let resp = mesh
-        .mesh_client()
-        .get("http://reviews:9080/reviews/0")
-        .send()
-        .await
-        .unwrap();
+    let resp = mesh.mesh_client().get("http://reviews:9080/reviews/0").send().await.unwrap();
     assert_eq!(resp.status(), 503);
     assert_eq!(resp.text().await.unwrap(), "");
     let page = mesh.page("/productpage").await;
@@ -160,16 +141,9 @@ async fn invalid_edit_keeps_old_routing_and_fixed_edit_applies() {
     let err = mesh.wait_for_line_after(mark, |l| l.contains("error:"), Duration::from_secs(20));
     mesh.wait_rejected(mark);
     let line_no = bad.lines().position(|l| l.contains("hots:")).unwrap() + 1;
-    assert!(
-        err.contains(&format!("reviews.yaml:{line_no}")),
-        "error names file:line: {err}"
-    );
+    assert!(err.contains(&format!("reviews.yaml:{line_no}")), "error names file:line: {err}");
     assert!(err.contains("hots"), "error names the field: {err}");
-    assert_eq!(
-        versions(&mesh, 10, None).await.get("v1"),
-        Some(&10),
-        "old routing still serves"
-    );
+    assert_eq!(versions(&mesh, 10, None).await.get("v1"), Some(&10), "old routing still serves");
 
     // The fix: all-v1 and reviews-v3 both define `reviews`; replace all-v1 by the fixed file.
     let mark = mesh.mark();
@@ -189,27 +163,12 @@ async fn ingress_control_task_answers_as_the_page_says() {
     dir.add_sample("istio.io-tasks/ingress-control/2-httpbin-virtualservice.yaml");
     let mesh = Mesh::start(dir);
     let c = mesh.client();
-    let resp = c
-        .head(mesh.url("/status/200"))
-        .header("host", "httpbin.example.com")
-        .send()
-        .await
-        .unwrap();
+    let resp = c.head(mesh.url("/status/200")).header("host", "httpbin.example.com").send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["server"], "istio-envoy");
-    let resp = c
-        .get(mesh.url("/headers"))
-        .header("host", "httpbin.example.com")
-        .send()
-        .await
-        .unwrap();
+    let resp = c.get(mesh.url("/headers")).header("host", "httpbin.example.com").send().await.unwrap();
     assert_eq!(resp.status(), 404);
-    let resp = c
-        .get(mesh.url("/status/200"))
-        .header("host", "other.example.com")
-        .send()
-        .await
-        .unwrap();
+    let resp = c.get(mesh.url("/status/200")).header("host", "other.example.com").send().await.unwrap();
     assert_eq!(resp.status(), 404, "unmatched Host");
     // The folder has a workload, so the built-in Bookinfo does not run.
     let resp = c.get(mesh.url("/productpage")).send().await.unwrap();
@@ -217,8 +176,7 @@ async fn ingress_control_task_answers_as_the_page_says() {
 
     // Browser variant: hosts "*" and a /headers prefix.
     let mark = mesh.mark();
-    mesh.dir
-        .add_sample("istio.io-tasks/ingress-control/5-browser-httpbin-gateway-and-vs.yaml");
+    mesh.dir.add_sample("istio.io-tasks/ingress-control/5-browser-httpbin-gateway-and-vs.yaml");
     mesh.dir.remove("1-httpbin-gateway.yaml");
     mesh.dir.remove("2-httpbin-virtualservice.yaml");
     mesh.wait_applied(mark);
@@ -271,12 +229,7 @@ async fn status_lists_pods_and_curl_reaches_services() {
     assert!(body.contains("\"podname\": \"reviews-v"), "{body}");
 
     // The shared outbound port works as http_proxy for any client.
-    let resp = mesh
-        .mesh_client()
-        .get("http://httpbin:8000/headers")
-        .send()
-        .await
-        .unwrap();
+    let resp = mesh.mesh_client().get("http://httpbin:8000/headers").send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let v: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(v["headers"]["Host"][0], "httpbin:8000");
@@ -322,10 +275,7 @@ spec:
         .await
         .unwrap();
     assert_eq!(resp.headers()["x-served-by"], "meshd-route");
-    assert!(
-        !resp.headers().contains_key("access-control-allow-origin"),
-        "removed at the destination level"
-    );
+    assert!(!resp.headers().contains_key("access-control-allow-origin"), "removed at the destination level");
     let v: serde_json::Value = resp.json().await.unwrap();
     let h = &v["headers"];
     assert_eq!(h["X-Route"][0], "set", "{h}");

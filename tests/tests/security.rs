@@ -11,20 +11,9 @@ use common::{Mesh, TempDir};
 /// The inbound sidecar address of the first pod whose name starts with `prefix`.
 fn inbound_of(mesh: &Mesh, prefix: &str) -> std::net::SocketAddr {
     let out = String::from_utf8(mesh.cli(&["status"]).stdout).unwrap();
-    let line = out
-        .lines()
-        .find(|l| l.split_whitespace().nth(1).is_some_and(|n| n.starts_with(prefix)))
-        .unwrap();
+    let line = out.lines().find(|l| l.split_whitespace().nth(1).is_some_and(|n| n.starts_with(prefix))).unwrap();
     let ports = line.split_whitespace().nth(5).unwrap();
-    ports
-        .split(',')
-        .next()
-        .unwrap()
-        .split("->")
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap()
+    ports.split(',').next().unwrap().split("->").nth(1).unwrap().parse().unwrap()
 }
 
 /// Sends a plaintext request straight to an address; Err when the connection is reset or closed.
@@ -34,10 +23,7 @@ fn plaintext_get(addr: std::net::SocketAddr) -> std::io::Result<String> {
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     if out.is_empty() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "closed without a response",
-        ));
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed without a response"));
     }
     Ok(out)
 }
@@ -48,29 +34,26 @@ async fn auto_mtls_between_sidecars_sets_xfcc() {
     dir.add_sample("httpbin/httpbin.yaml");
     dir.add_sample("sleep/sleep.yaml");
     let mesh = Mesh::start(dir);
-    let v: serde_json::Value = mesh
-        .mesh_client()
-        .get("http://httpbin:8000/headers")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let xfcc = v["headers"]["X-Forwarded-Client-Cert"][0]
-        .as_str()
-        .unwrap_or_else(|| panic!("{v}"));
-    assert!(
-        xfcc.starts_with("By=spiffe://cluster.local/ns/default/sa/httpbin;Hash="),
-        "{xfcc}"
-    );
-    assert!(
-        xfcc.ends_with(";Subject=\"\";URI=spiffe://cluster.local/ns/default/sa/sleep"),
-        "{xfcc}"
-    );
+    let v: serde_json::Value =
+        mesh.mesh_client().get("http://httpbin:8000/headers").send().await.unwrap().json().await.unwrap();
+    let xfcc = v["headers"]["X-Forwarded-Client-Cert"][0].as_str().unwrap_or_else(|| panic!("{v}"));
+    assert!(xfcc.starts_with("By=spiffe://cluster.local/ns/default/sa/httpbin;Hash="), "{xfcc}");
+    assert!(xfcc.ends_with(";Subject=\"\";URI=spiffe://cluster.local/ns/default/sa/sleep"), "{xfcc}");
     // PERMISSIVE by default: a plaintext client still gets an answer, without XFCC.
     let plain = plaintext_get(inbound_of(&mesh, "httpbin-")).unwrap();
     assert!(plain.starts_with("HTTP/1.1 200"), "{plain}");
+
+    // Connections between sidecars are pooled: 20 requests, one mTLS handshake.
+    for _ in 0..20 {
+        assert_eq!(mesh.mesh_client().get("http://httpbin:8000/get").send().await.unwrap().status(), 200);
+    }
+    let stats = mesh.client().get(format!("http://{}/stats", mesh.admin)).send().await.unwrap().text().await.unwrap();
+    let stat = |name: &str| -> u64 {
+        let key = format!("cluster.outbound|8000||httpbin.default.svc.cluster.local.{name}: ");
+        stats.lines().find_map(|l| l.strip_prefix(&key)).unwrap_or_else(|| panic!("{stats}")).parse().unwrap()
+    };
+    assert_eq!(stat("upstream_cx_total"), 1, "{stats}");
+    assert_eq!(stat("upstream_rq_total"), 21);
 
     let out = mesh.cli(&["certs"]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -87,17 +70,11 @@ async fn strict_mtls_resets_plaintext_and_bookinfo_still_serves() {
     let mesh = Mesh::start(dir);
     let page = mesh.page("/productpage").await;
     assert!(page.contains("<title>Simple Bookstore App</title>"));
-    assert!(
-        page.contains("Book Details") && page.contains("Reviews served by: reviews-v"),
-        "the whole mesh over mTLS"
-    );
+    assert!(page.contains("Book Details") && page.contains("Reviews served by: reviews-v"), "the whole mesh over mTLS");
     for prefix in ["productpage-", "details-", "reviews-v1-", "ratings-", "httpbin-"] {
         let err = plaintext_get(inbound_of(&mesh, prefix)).expect_err("STRICT: plaintext is reset");
         assert!(
-            matches!(
-                err.kind(),
-                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
-            ),
+            matches!(err.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof),
             "{prefix}: {err}"
         );
     }
@@ -111,10 +88,7 @@ async fn strict_mtls_resets_plaintext_and_bookinfo_still_serves() {
     let resp = mesh.mesh_client().get("http://httpbin:8000/ip").send().await.unwrap();
     assert_eq!(resp.status(), 503);
     let body = resp.text().await.unwrap();
-    assert!(
-        body.contains("reset reason: connection termination") || body.contains("connection failure"),
-        "{body}"
-    );
+    assert!(body.contains("reset reason: connection termination") || body.contains("connection failure"), "{body}");
 }
 
 #[tokio::test]
@@ -128,4 +102,28 @@ async fn the_root_ca_is_kept_across_restarts() {
     let again = Mesh::start(mesh.stop());
     assert_eq!(std::fs::read_to_string(&path).unwrap(), first);
     drop(again);
+}
+
+#[tokio::test]
+async fn certificates_rotate_under_traffic_without_a_failed_request() {
+    let dir = TempDir::new();
+    dir.add_sample("httpbin/httpbin.yaml");
+    dir.add_sample("sleep/sleep.yaml");
+    // One request per connection: every request makes a fresh mTLS handshake with the current certificates.
+    dir.write(
+        "dr.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: httpbin}\nspec:\n  host: httpbin\n  trafficPolicy: {connectionPool: {http: {maxRequestsPerConnection: 1}}}\n",
+    );
+    let mesh = Mesh::start_with(dir, &["--cert-ttl", "600ms"]);
+    let client = mesh.mesh_client();
+    let started = std::time::Instant::now();
+    let mut n = 0;
+    while started.elapsed() < std::time::Duration::from_millis(2000) {
+        let resp = client.get("http://httpbin:8000/get").send().await.unwrap();
+        assert_eq!(resp.status(), 200, "request {n} failed during rotation");
+        n += 1;
+    }
+    assert!(n > 20, "traffic kept flowing: {n}");
+    let rotated = mesh.output().iter().filter(|l| l.contains("workload certificates rotated")).count();
+    assert!(rotated >= 2, "certificates rotated more than once while requests flowed: {rotated}");
 }

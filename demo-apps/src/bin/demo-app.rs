@@ -53,12 +53,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             word => return Err(format!("unexpected argument {word:?}")),
         }
     }
-    Ok(Options {
-        app: app.ok_or("missing app name")?,
-        port,
-        proxy,
-        prefix,
-    })
+    Ok(Options { app: app.ok_or("missing app name")?, port, proxy, prefix })
 }
 
 /// The image each app name stands for, and its usual container port.
@@ -85,11 +80,7 @@ fn main() -> ExitCode {
                 eprintln!("demo-app: {e}");
             }
             eprintln!("{USAGE}");
-            return if e.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(2)
-            };
+            return if e.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) };
         }
     };
     let Some((image, default_port)) = image_for(&opts.app) else {
@@ -105,26 +96,13 @@ fn main() -> ExitCode {
     // Image defaults first, then the process environment, as a Deployment's env overrides them.
     let mut env: HashMap<String, String> = image_env(image);
     env.extend(std::env::vars());
-    let hostname = env
-        .get("HOSTNAME")
-        .cloned()
-        .unwrap_or_else(|| format!("{}-standalone", opts.app));
+    let hostname = env.get("HOSTNAME").cloned().unwrap_or_else(|| format!("{}-standalone", opts.app));
     let container_args = match kind {
-        AppKind::TcpEcho => vec![
-            port.to_string(),
-            opts.prefix.clone().unwrap_or_else(|| "hello".to_string()),
-        ],
+        AppKind::TcpEcho => vec![port.to_string(), opts.prefix.clone().unwrap_or_else(|| "hello".to_string())],
         _ => Vec::new(),
     };
     let log: LogSink = Arc::new(|line: &str| println!("{line}"));
-    let app_env = AppEnv {
-        kind,
-        hostname,
-        env,
-        args: container_args,
-        outbound_proxy: opts.proxy,
-        log,
-    };
+    let app_env = AppEnv { kind, hostname, env, args: container_args, outbound_proxy: opts.proxy, log };
 
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -135,12 +113,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-        eprintln!(
-            "demo-app: {} ({}) listening on 127.0.0.1:{}",
-            opts.app,
-            kind.name(),
-            listener.local_addr()?.port()
-        );
+        eprintln!("demo-app: {} ({}) listening on 127.0.0.1:{}", opts.app, kind.name(), listener.local_addr()?.port());
         tokio::select! {
             r = serve(app_env, port, listener) => r,
             _ = tokio::signal::ctrl_c() => Ok(()),

@@ -86,13 +86,9 @@ impl Loaded {
             keep
         });
         for (key, origin) in replaced {
-            let by = self
-                .resources
-                .iter()
-                .find(|r| super::resource_key(&r.resource) == key)
-                .map(|r| r.origin.to_string());
-            self.replaced
-                .push(format!("{key} ({origin}) replaced by {}", by.unwrap_or_default()));
+            let by =
+                self.resources.iter().find(|r| super::resource_key(&r.resource) == key).map(|r| r.origin.to_string());
+            self.replaced.push(format!("{key} ({origin}) replaced by {}", by.unwrap_or_default()));
         }
     }
 }
@@ -108,10 +104,7 @@ pub fn is_config_file(path: &Path) -> bool {
 /// Reads every config file directly in `dir` (sorted by name), or fails with every error found.
 pub fn load_dir(dir: &Path) -> Result<Loaded, Vec<ConfigError>> {
     let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && is_config_file(p))
-            .collect(),
+        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file() && is_config_file(p)).collect(),
         Err(e) => {
             return Err(vec![ConfigError {
                 file: dir.display().to_string(),
@@ -147,21 +140,12 @@ pub fn load_dir(dir: &Path) -> Result<Loaded, Vec<ConfigError>> {
 /// Parses one file's text (any number of documents) into `loaded`, collecting errors.
 pub fn parse_text(file: &str, text: &str, loaded: &mut Loaded, errors: &mut Vec<ConfigError>) {
     for (start, doc) in split_documents(text) {
-        let origin = Origin {
-            file: file.to_string(),
-            line: start,
-        };
+        let origin = Origin { file: file.to_string(), line: start };
         match api::parse_document(doc) {
             Ok(ParseOutcome::Known(resource)) => loaded.resources.push(Located { resource, origin }),
-            Ok(ParseOutcome::NotEmulated {
-                api_version,
-                kind,
-                name,
-            }) => loaded.not_emulated.push(NotEmulated {
-                kind: format!("{api_version} {kind}"),
-                name,
-                origin,
-            }),
+            Ok(ParseOutcome::NotEmulated { api_version, kind, name }) => {
+                loaded.not_emulated.push(NotEmulated { kind: format!("{api_version} {kind}"), name, origin })
+            }
             Ok(ParseOutcome::Empty) => {}
             Err(e) => errors.push(ConfigError {
                 file: file.to_string(),

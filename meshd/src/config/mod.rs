@@ -16,25 +16,14 @@ use api::Resource;
 const BUILTIN: [(&str, &str); 4] = [
     ("builtin/bookinfo.yaml", include_str!("../../builtin/bookinfo.yaml")),
     ("builtin/httpbin.yaml", include_str!("../../builtin/httpbin.yaml")),
-    (
-        "builtin/fortio-deploy.yaml",
-        include_str!("../../builtin/fortio-deploy.yaml"),
-    ),
-    (
-        "builtin/bookinfo-gateway.yaml",
-        include_str!("../../builtin/bookinfo-gateway.yaml"),
-    ),
+    ("builtin/fortio-deploy.yaml", include_str!("../../builtin/fortio-deploy.yaml")),
+    ("builtin/bookinfo-gateway.yaml", include_str!("../../builtin/bookinfo-gateway.yaml")),
 ];
 
 /// `Kind ns/name` of a resource: what identifies it for overrides and change reports.
 pub fn resource_key(r: &Resource) -> String {
     let m = r.metadata();
-    format!(
-        "{} {}/{}",
-        r.kind(),
-        m.namespace.as_deref().unwrap_or("default"),
-        m.name.as_deref().unwrap_or("")
-    )
+    format!("{} {}/{}", r.kind(), m.namespace.as_deref().unwrap_or("default"), m.name.as_deref().unwrap_or(""))
 }
 
 /// The built-in resources.
@@ -51,10 +40,7 @@ pub fn builtin() -> load::Loaded {
 /// Adds the built-in set under `folder` when the folder has no workloads; the folder's
 /// resources override built-in ones of the same kind and name. Returns whether it did.
 pub fn with_builtin(folder: load::Loaded) -> (load::Loaded, bool) {
-    let has_workloads = folder
-        .resources
-        .iter()
-        .any(|r| matches!(r.resource, Resource::Deployment(_)));
+    let has_workloads = folder.resources.iter().any(|r| matches!(r.resource, Resource::Deployment(_)));
     if has_workloads {
         return (folder, false);
     }
@@ -70,9 +56,7 @@ pub fn with_builtin(folder: load::Loaded) -> (load::Loaded, bool) {
 /// What changed between two configs, as `+ Kind ns/name`, `- ...` and `~ ...` lines.
 pub fn diff(old: &[Located], new: &[Located]) -> Vec<String> {
     let fingerprint = |l: &[Located]| -> HashMap<String, String> {
-        l.iter()
-            .map(|r| (resource_key(&r.resource), format!("{:?}", r.resource)))
-            .collect()
+        l.iter().map(|r| (resource_key(&r.resource), format!("{:?}", r.resource))).collect()
     };
     let (a, b) = (fingerprint(old), fingerprint(new));
     let mut out = Vec::new();

@@ -94,11 +94,7 @@ impl DeploymentDef {
                 name: c.name.clone(),
                 image: c.image.clone().unwrap_or_default(),
                 args: c.args.clone(),
-                env: c
-                    .env
-                    .iter()
-                    .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
-                    .collect(),
+                env: c.env.iter().map(|e| (e.name.clone(), e.value.clone().unwrap_or_default())).collect(),
                 ports,
             });
         }
@@ -134,17 +130,9 @@ impl ServiceDef {
                     Err(_) => TargetPort::Name(s.clone()),
                 },
             };
-            ports.push(ServicePort {
-                name: p.name.clone().unwrap_or_default(),
-                port,
-                target_port,
-            });
+            ports.push(ServicePort { name: p.name.clone().unwrap_or_default(), port, target_port });
         }
-        Ok(ServiceDef {
-            meta: meta(&s.metadata, origin),
-            ports,
-            selector: spec.selector.clone(),
-        })
+        Ok(ServiceDef { meta: meta(&s.metadata, origin), ports, selector: spec.selector.clone() })
     }
 }
 
@@ -167,8 +155,7 @@ impl Workloads {
         for r in resources {
             match &r.resource {
                 Resource::Namespace(n) => {
-                    out.namespaces
-                        .insert(n.metadata.name.clone().unwrap_or_default(), n.metadata.labels.clone());
+                    out.namespaces.insert(n.metadata.name.clone().unwrap_or_default(), n.metadata.labels.clone());
                 }
                 Resource::Deployment(d) => match DeploymentDef::from_resource(d, &r.origin) {
                     Ok(d) => out.deployments.push(d),

@@ -65,11 +65,9 @@ pub fn parse_loglevel(s: &str) -> Result<LogLevel, String> {
         "crit" => "critical",
         other => other,
     };
-    all.into_iter()
-        .find(|l| l.name().eq_ignore_ascii_case(lower))
-        .ok_or_else(|| {
-            format!("invalid log level {s:?}, expected one of Debug|Verbose|Info|Warning|Error|Critical|Fatal")
-        })
+    all.into_iter().find(|l| l.name().eq_ignore_ascii_case(lower)).ok_or_else(|| {
+        format!("invalid log level {s:?}, expected one of Debug|Verbose|Info|Warning|Error|Critical|Fatal")
+    })
 }
 
 fn duration_arg(s: &str) -> Result<Duration, String> {
@@ -175,9 +173,8 @@ impl LoadArgs {
     pub fn percentiles(&self) -> anyhow::Result<Vec<f64>> {
         let mut res = Vec::new();
         for part in self.p.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let v: f64 = part
-                .parse()
-                .map_err(|e| anyhow::anyhow!("Unable to extract percentiles from -p: {part:?}: {e}"))?;
+            let v: f64 =
+                part.parse().map_err(|e| anyhow::anyhow!("Unable to extract percentiles from -p: {part:?}: {e}"))?;
             res.push(v);
         }
         if res.is_empty() {
@@ -189,22 +186,8 @@ impl LoadArgs {
 
 /// Long flags that take a separate value (`-qps 0`), so the next argument
 /// is a value and must not be rewritten even if it starts with `-`.
-const VALUE_FLAGS: &[&str] = &[
-    "c",
-    "qps",
-    "n",
-    "t",
-    "H",
-    "X",
-    "payload",
-    "content-type",
-    "timeout",
-    "loglevel",
-    "p",
-    "r",
-    "json",
-    "labels",
-];
+const VALUE_FLAGS: &[&str] =
+    &["c", "qps", "n", "t", "H", "X", "payload", "content-type", "timeout", "loglevel", "p", "r", "json", "labels"];
 
 /// Rewrites Go-style single-dash long flags (`-qps 0`, `-loglevel=Warning`)
 /// into clap's `--qps 0`; single-letter flags (`-c 3`) stay short flags,

@@ -47,34 +47,23 @@ impl RequestSpec {
             }
             None => anyhow::bail!("missing http:// scheme in {url:?}"),
         }
-        let authority = uri
-            .authority()
-            .ok_or_else(|| anyhow::anyhow!("missing host in url {url:?}"))?;
+        let authority = uri.authority().ok_or_else(|| anyhow::anyhow!("missing host in url {url:?}"))?;
         // Always send a path: `http://host:port` means `/`.
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
         let uri: Uri = format!("http://{}{}", authority, if path.is_empty() { "/" } else { path }).parse()?;
-        let host = authority
-            .as_str()
-            .rsplit('@')
-            .next()
-            .unwrap_or(authority.as_str())
-            .to_string();
+        let host = authority.as_str().rsplit('@').next().unwrap_or(authority.as_str()).to_string();
         let payload = Bytes::copy_from_slice(payload.unwrap_or_default());
         let mut map = HeaderMap::new();
         map.insert(HOST, HeaderValue::from_str(&host)?);
-        map.insert(
-            USER_AGENT,
-            HeaderValue::from_str(&format!("fortio.org/fortio-{FORTIO_VERSION}"))?,
-        );
+        map.insert(USER_AGENT, HeaderValue::from_str(&format!("fortio.org/fortio-{FORTIO_VERSION}"))?);
         if let Some(ct) = content_type.filter(|c| !c.is_empty()) {
             map.insert(CONTENT_TYPE, HeaderValue::from_str(ct)?);
         } else if !payload.is_empty() {
             map.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
         }
         for h in headers {
-            let (k, v) = h
-                .split_once(':')
-                .ok_or_else(|| anyhow::anyhow!("invalid extra header {h:?}, expecting Key: Value"))?;
+            let (k, v) =
+                h.split_once(':').ok_or_else(|| anyhow::anyhow!("invalid extra header {h:?}, expecting Key: Value"))?;
             let name = HeaderName::from_bytes(k.trim().as_bytes())?;
             let value = HeaderValue::from_str(v.trim())?;
             // Host and User-Agent replace the defaults; other headers add up.
@@ -93,13 +82,7 @@ impl RequestSpec {
         } else {
             Method::from_bytes(method.to_ascii_uppercase().as_bytes())?
         };
-        Ok(RequestSpec {
-            url,
-            method,
-            uri,
-            headers: map,
-            payload,
-        })
+        Ok(RequestSpec { url, method, uri, headers: map, payload })
     }
 
     fn build(&self) -> Result<Request<Full<Bytes>>, String> {
@@ -128,12 +111,7 @@ impl Fetched {
     /// (hyper does not expose the raw bytes).
     pub fn header_size(&self) -> u64 {
         let status = self.status_line().len() + 2;
-        let headers: usize = self
-            .parts
-            .headers
-            .iter()
-            .map(|(k, v)| k.as_str().len() + 2 + v.len() + 2)
-            .sum();
+        let headers: usize = self.parts.headers.iter().map(|(k, v)| k.as_str().len() + 2 + v.len() + 2).sum();
         (status + headers + 2) as u64
     }
 
@@ -261,10 +239,7 @@ impl Client {
             Ok(r) => r,
             Err(e) => {
                 self.reset();
-                return Err((
-                    FetchError::Io(format!("Unable to send/read response : {e}")),
-                    was_reused,
-                ));
+                return Err((FetchError::Io(format!("Unable to send/read response : {e}")), was_reused));
             }
         };
         let (parts, body) = resp.into_parts();

@@ -29,10 +29,7 @@ fn digits_of(v: f64, precision: Option<usize>) -> Digits {
         digits.pop();
     }
     if digits.iter().all(|&d| d == b'0') {
-        return Digits {
-            digits: vec![b'0'],
-            dp: 1,
-        };
+        return Digits { digits: vec![b'0'], dp: 1 };
     }
     Digits { digits, dp: exp + 1 }
 }
@@ -162,18 +159,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
     let mut total_ns: f64 = 0.0;
     while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
         let num = &rest[..num_len];
         if num.is_empty() || num == "." {
             return Err(err());
         }
         let value: f64 = num.parse().map_err(|_| err())?;
         rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let scale = match unit {
@@ -197,10 +190,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Current UTC wall-clock time as `HH:MM:SS`, the prefix of fortio's text
 /// log lines (no timezone database is available without extra crates).
 pub fn clock_hms() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let day = secs % 86_400;
     format!("{:02}:{:02}:{:02}", day / 3600, (day / 60) % 60, day % 60)
 }
@@ -219,12 +209,5 @@ pub fn civil_utc(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
     let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let year = yoe + era * 400 + i64::from(month <= 2);
-    (
-        year,
-        month,
-        day,
-        (rem / 3600) as u32,
-        ((rem / 60) % 60) as u32,
-        (rem % 60) as u32,
-    )
+    (year, month, day, (rem / 3600) as u32, ((rem / 60) % 60) as u32, (rem % 60) as u32)
 }

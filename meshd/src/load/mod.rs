@@ -83,11 +83,7 @@ fn make_plan(args: &LoadArgs, spec: RequestSpec, level: LogLevel) -> (Plan, Stri
         if infinite {
             text = format!("Starting at {qps} qps with {threads} thread(s) [gomax {gomax}] until interrupted\n");
         } else {
-            let mut num_calls = if args.n > 0 {
-                args.n
-            } else {
-                (args.qps * args.t.as_secs_f64()) as u64
-            };
+            let mut num_calls = if args.n > 0 { args.n } else { (args.qps * args.t.as_secs_f64()) as u64 };
             if num_calls < 2 && args.n != 1 {
                 let msg =
                     "Increasing the number of calls to the minimum of 2 with 1 thread. total duration will increase";
@@ -139,10 +135,7 @@ fn make_plan(args: &LoadArgs, spec: RequestSpec, level: LogLevel) -> (Plan, Stri
             );
         }
     } else if warn {
-        text = format!(
-            "Starting at max qps with {threads} thread(s) [gomax {gomax}] for {}\n",
-            fmt_duration(args.t)
-        );
+        text = format!("Starting at max qps with {threads} thread(s) [gomax {gomax}] for {}\n", fmt_duration(args.t));
     }
     let plan = Plan {
         spec,
@@ -217,9 +210,8 @@ pub async fn run(
     err.write_all(banner.as_bytes())?;
     let (plan, starting) = make_plan(args, spec, level);
     let plan = Arc::new(plan);
-    let mut clients: Vec<Client> = (0..plan.threads)
-        .map(|_| Client::new(proxy, args.keepalive, plan.offset, plan.resolution))
-        .collect();
+    let mut clients: Vec<Client> =
+        (0..plan.threads).map(|_| Client::new(proxy, args.keepalive, plan.offset, plan.resolution)).collect();
     if args.n == 0 {
         clients = warmup_all(clients, &plan, err).await?;
     }
@@ -293,12 +285,7 @@ pub async fn run(
         writeln!(err, "Successfully wrote {} bytes of Json data to {name}", json.len())?;
     }
     err.flush()?;
-    Ok(LoadResult {
-        codes: total.codes,
-        calls: total.durations.counter.count,
-        sockets: total.sockets,
-        elapsed,
-    })
+    Ok(LoadResult { codes: total.codes, calls: total.durations.counter.count, sockets: total.sockets, elapsed })
 }
 
 /// One warmup call per connection, in parallel; aborts on a failure unless

@@ -89,11 +89,7 @@ impl RunOutput<'_> {
         }
         s.push_str("# Socket and IP used for each connection:\n");
         for (i, r) in self.reports.iter().enumerate() {
-            let ip = if r.sockets > 0 {
-                self.proxy.to_string()
-            } else {
-                "[]".to_string()
-            };
+            let ip = if r.sockets > 0 { self.proxy.to_string() } else { "[]".to_string() };
             let _ = write!(s, "[{i}] {:3} socket used, resolved to {ip}", r.sockets);
             s.push_str(&r.connect_times.counter.line(", connection timing"));
         }
@@ -103,12 +99,7 @@ impl RunOutput<'_> {
         } else if warn {
             s.push_str(&connect.counter.line("Connection time (s)"));
         }
-        let _ = writeln!(
-            s,
-            "Sockets used: {} (for perfect keepalive, would be {})",
-            self.sockets(),
-            self.plan.threads
-        );
+        let _ = writeln!(s, "Sockets used: {} (for perfect keepalive, would be {})", self.sockets(), self.plan.threads);
         let _ = writeln!(
             s,
             "Uniform: {}, Jitter: {}, Catchup allowed: {}",
@@ -187,11 +178,8 @@ fn histogram_json(h: &HistogramData) -> String {
             )
         })
         .collect();
-    let pcts: Vec<String> = h
-        .percentiles
-        .iter()
-        .map(|(p, v)| format!("{{\"Percentile\":{},\"Value\":{}}}", jf(*p), jf(*v)))
-        .collect();
+    let pcts: Vec<String> =
+        h.percentiles.iter().map(|(p, v)| format!("{{\"Percentile\":{},\"Value\":{}}}", jf(*p), jf(*v))).collect();
     format!(
         "{{\"Count\":{},\"Min\":{},\"Max\":{},\"Sum\":{},\"Avg\":{},\"StdDev\":{},\"Data\":[{}],\"Percentiles\":{}}}",
         c.count,
@@ -201,11 +189,7 @@ fn histogram_json(h: &HistogramData) -> String {
         jf(c.avg()),
         jf(c.stddev()),
         data.join(","),
-        if pcts.is_empty() {
-            "null".to_string()
-        } else {
-            format!("[{}]", pcts.join(","))
-        }
+        if pcts.is_empty() { "null".to_string() } else { format!("[{}]", pcts.join(",")) }
     )
 }
 
@@ -214,16 +198,9 @@ impl RunOutput<'_> {
     pub fn json(&self) -> String {
         let started = self.started.duration_since(UNIX_EPOCH).unwrap_or_default();
         let (y, mo, d, h, mi, se) = civil_utc(started.as_secs());
-        let start_time = format!(
-            "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{se:02}.{:09}Z",
-            started.subsec_nanos()
-        );
+        let start_time = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{se:02}.{:09}Z", started.subsec_nanos());
         let id = format!("{y:04}-{mo:02}-{d:02}-{h:02}{mi:02}{se:02}");
-        let requested_qps = if self.plan.qps > 0.0 {
-            fmt_g(self.plan.qps, Some(9))
-        } else {
-            "max".to_string()
-        };
+        let requested_qps = if self.plan.qps > 0.0 { fmt_g(self.plan.qps, Some(9)) } else { "max".to_string() };
         let requested_duration = if self.args.n > 0 {
             let mut s = format!("exactly {} calls", self.args.n);
             if self.calls() != self.args.n {
@@ -252,14 +229,8 @@ impl RunOutput<'_> {
             ("ActualDuration", self.elapsed.as_nanos().to_string()),
             ("NumThreads", self.plan.threads.to_string()),
             ("Version", js(FORTIO_VERSION)),
-            (
-                "DurationHistogram",
-                histogram_json(&self.total.durations.export(self.percentiles)),
-            ),
-            (
-                "ErrorsDurationHistogram",
-                histogram_json(&self.total.errors.export(self.percentiles)),
-            ),
+            ("DurationHistogram", histogram_json(&self.total.durations.export(self.percentiles))),
+            ("ErrorsDurationHistogram", histogram_json(&self.total.errors.export(self.percentiles))),
             ("Exactly", self.args.n.to_string()),
             ("Jitter", self.plan.jitter.to_string()),
             ("Uniform", self.plan.uniform.to_string()),
@@ -276,10 +247,7 @@ impl RunOutput<'_> {
             ("HeaderSizes", histogram_json(&self.total.header_sizes.export(&[]))),
             ("Sockets", format!("[{}]", sockets.join(","))),
             ("SocketCount", self.sockets().to_string()),
-            (
-                "ConnectionStats",
-                histogram_json(&self.connect_total().export(self.percentiles)),
-            ),
+            ("ConnectionStats", histogram_json(&self.connect_total().export(self.percentiles))),
             ("AbortOn", "0".to_string()),
         ];
         let mut s = String::from("{\n");

@@ -119,19 +119,10 @@ pub async fn call(client: &mut Client, plan: &Plan) -> CallResult {
             let msg = match e {
                 FetchError::Connect(m) | FetchError::Io(m) => m,
                 FetchError::Timeout => {
-                    format!(
-                        "Timeout after {} waiting for response from {}",
-                        fmt_duration(plan.timeout),
-                        plan.spec.url
-                    )
+                    format!("Timeout after {} waiting for response from {}", fmt_duration(plan.timeout), plan.spec.url)
                 }
             };
-            CallResult {
-                code: -1,
-                header_size: 0,
-                total_size: 0,
-                error: Some(msg),
-            }
+            CallResult { code: -1, header_size: 0, total_size: 0, error: Some(msg) }
         }
     }
 }
@@ -172,10 +163,7 @@ fn jitter(d: Duration) -> Duration {
 pub async fn warmup(client: &mut Client, plan: &Plan) -> Result<(), String> {
     let r = call(client, plan).await;
     if !plan.allow_initial_errors && !code_is_ok(r.code) {
-        return Err(format!(
-            "error {} for {} ({} bytes)",
-            r.code, plan.spec.url, r.total_size
-        ));
+        return Err(format!("error {} for {} ({} bytes)", r.code, plan.spec.url, r.total_size));
     }
     Ok(())
 }

@@ -132,12 +132,7 @@ impl Histogram {
     /// New empty histogram; values are bucketed as `(v - offset) / divider`.
     pub fn new(offset: f64, divider: f64) -> Self {
         let divider = if divider > 0.0 { divider } else { 0.001 };
-        Histogram {
-            counter: Counter::default(),
-            offset,
-            divider,
-            data: vec![0; NUM_BUCKETS],
-        }
+        Histogram { counter: Counter::default(), offset, divider, data: vec![0; NUM_BUCKETS] }
     }
 
     /// Records one value.
@@ -176,11 +171,7 @@ impl Histogram {
         let mut buckets: Vec<Bucket> = Vec::new();
         let c = &self.counter;
         let Some(last_idx) = self.data.iter().rposition(|&n| n > 0) else {
-            return HistogramData {
-                counter: c.clone(),
-                buckets,
-                percentiles: Vec::new(),
-            };
+            return HistogramData { counter: c.clone(), buckets, percentiles: Vec::new() };
         };
         let mut prev = BUCKETS[0];
         let mut total = 0u64;
@@ -192,11 +183,7 @@ impl Histogram {
                 continue;
             }
             total += n;
-            let mut start = if buckets.is_empty() {
-                c.min
-            } else {
-                self.divider * f64::from(prev) + self.offset
-            };
+            let mut start = if buckets.is_empty() { c.min } else { self.divider * f64::from(prev) + self.offset };
             let end = if i < NUM_VALUES {
                 let cur = BUCKETS[i];
                 let end = self.divider * f64::from(cur) + self.offset;
@@ -207,21 +194,12 @@ impl Histogram {
                 c.max
             };
             let percent = 100.0 * total as f64 / c.count as f64;
-            buckets.push(Bucket {
-                start,
-                end,
-                percent,
-                count: n,
-            });
+            buckets.push(Bucket { start, end, percent, count: n });
         }
         if let Some(last) = buckets.last_mut() {
             last.end = c.max;
         }
-        let mut data = HistogramData {
-            counter: c.clone(),
-            buckets,
-            percentiles: Vec::new(),
-        };
+        let mut data = HistogramData { counter: c.clone(), buckets, percentiles: Vec::new() };
         data.percentiles = percentiles.iter().map(|&p| (p, data.percentile(p))).collect();
         data
     }

@@ -133,48 +133,25 @@ async fn load(args: &[&str], proxy: SocketAddr) -> (LoadResult, String, String) 
 #[tokio::test]
 async fn exact_number_of_calls() {
     let srv = server(Mode::Ok).await;
-    let (res, _, err) = load(
-        &["-n", "20", "-c", "2", "-qps", "0", "http://httpbin:8000/get"],
-        srv.addr,
-    )
-    .await;
+    let (res, _, err) = load(&["-n", "20", "-c", "2", "-qps", "0", "http://httpbin:8000/get"], srv.addr).await;
     assert_eq!(srv.count.load(Ordering::SeqCst), 20, "{err}");
     assert_eq!(res.calls, 20);
     assert_eq!(res.sockets, 2);
     assert!(err.contains("Code 200 : 20 (100.0 %)"), "{err}");
     assert!(err.contains("Starting at max qps with 2 thread(s) [gomax "), "{err}");
     assert!(err.contains("for exactly 20 calls (10 per thread + 0)"), "{err}");
-    assert!(
-        err.contains("Sockets used: 2 (for perfect keepalive, would be 2)"),
-        "{err}"
-    );
+    assert!(err.contains("Sockets used: 2 (for perfect keepalive, would be 2)"), "{err}");
     assert!(err.contains("All done 20 calls (plus 0 warmup) "), "{err}");
     assert!(err.contains("# target 50% "), "{err}");
     assert!(err.contains("Error cases : no data"), "{err}");
-    assert!(
-        err.starts_with("Fortio 1.75.2 running at 0 queries per second, "),
-        "{err}"
-    );
+    assert!(err.starts_with("Fortio 1.75.2 running at 0 queries per second, "), "{err}");
 }
 
 #[tokio::test]
 async fn connection_close_503_reopens_sockets() {
     let srv = server(Mode::Alternate).await;
-    let (res, _, err) = load(
-        &[
-            "-c",
-            "2",
-            "-qps",
-            "0",
-            "-n",
-            "20",
-            "-loglevel",
-            "Warning",
-            "http://httpbin:8000/get",
-        ],
-        srv.addr,
-    )
-    .await;
+    let (res, _, err) =
+        load(&["-c", "2", "-qps", "0", "-n", "20", "-loglevel", "Warning", "http://httpbin:8000/get"], srv.addr).await;
     assert_eq!(res.calls, 20);
     assert!(err.contains("Code 200 : "), "{err}");
     assert!(err.contains("Code 503 : "), "{err}");
@@ -189,11 +166,7 @@ async fn connection_close_503_reopens_sockets() {
 async fn paced_run_takes_time() {
     let srv = server(Mode::Ok).await;
     let t0 = Instant::now();
-    let (res, _, err) = load(
-        &["-qps", "20", "-n", "10", "-c", "1", "http://httpbin:8000/get"],
-        srv.addr,
-    )
-    .await;
+    let (res, _, err) = load(&["-qps", "20", "-n", "10", "-c", "1", "http://httpbin:8000/get"], srv.addr).await;
     assert!(t0.elapsed() >= Duration::from_millis(400), "{:?}", t0.elapsed());
     assert_eq!(res.calls, 10);
     assert!(err.contains("Starting at 20 qps with 1 thread(s)"), "{err}");
@@ -204,16 +177,9 @@ async fn paced_run_takes_time() {
 async fn duration_mode_stops_by_itself() {
     let srv = server(Mode::Ok).await;
     let t0 = Instant::now();
-    let (res, _, err) = load(
-        &["-t", "300ms", "-qps", "0", "-c", "2", "http://httpbin:8000/get"],
-        srv.addr,
-    )
-    .await;
+    let (res, _, err) = load(&["-t", "300ms", "-qps", "0", "-c", "2", "http://httpbin:8000/get"], srv.addr).await;
     let took = t0.elapsed();
-    assert!(
-        took >= Duration::from_millis(300) && took < Duration::from_secs(2),
-        "{took:?}"
-    );
+    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(2), "{took:?}");
     assert!(res.calls > 0);
     // Two warmup calls (one per connection) are not counted.
     assert_eq!(srv.count.load(Ordering::SeqCst), res.calls + 2);
@@ -239,21 +205,8 @@ async fn closed_port_gives_code_minus_one() {
 async fn timeout_gives_code_minus_one() {
     let srv = server(Mode::Silent).await;
     let t0 = Instant::now();
-    let (res, _, err) = load(
-        &[
-            "-n",
-            "1",
-            "-c",
-            "1",
-            "-qps",
-            "0",
-            "-timeout",
-            "200ms",
-            "http://httpbin:8000/get",
-        ],
-        srv.addr,
-    )
-    .await;
+    let (res, _, err) =
+        load(&["-n", "1", "-c", "1", "-qps", "0", "-timeout", "200ms", "http://httpbin:8000/get"], srv.addr).await;
     assert!(t0.elapsed() < Duration::from_secs(2));
     assert_eq!(res.codes.get(&-1), Some(&1), "{err}");
 }
@@ -261,29 +214,14 @@ async fn timeout_gives_code_minus_one() {
 #[tokio::test]
 async fn headers_and_absolute_form_reach_server() {
     let srv = server(Mode::Ok).await;
-    let args = [
-        "-n",
-        "2",
-        "-c",
-        "1",
-        "-qps",
-        "0",
-        "-H",
-        "x-test: hello",
-        "-H",
-        "X-Other:two",
-        "http://httpbin:8000/get",
-    ];
+    let args =
+        ["-n", "2", "-c", "1", "-qps", "0", "-H", "x-test: hello", "-H", "X-Other:two", "http://httpbin:8000/get"];
     let (res, _, err) = load(&args, srv.addr).await;
     assert_eq!(res.calls, 2, "{err}");
     let heads = srv.heads();
     assert_eq!(heads.len(), 2);
     let h = heads[0].to_ascii_lowercase();
-    assert!(
-        heads[0].starts_with("GET http://httpbin:8000/get HTTP/1.1\r\n"),
-        "{}",
-        heads[0]
-    );
+    assert!(heads[0].starts_with("GET http://httpbin:8000/get HTTP/1.1\r\n"), "{}", heads[0]);
     assert!(h.contains("\r\nhost: httpbin:8000\r\n"), "{h}");
     assert!(h.contains("\r\nuser-agent: fortio.org/fortio-1.75.2\r\n"), "{h}");
     assert!(h.contains("\r\nx-test: hello\r\n"), "{h}");
@@ -293,51 +231,20 @@ async fn headers_and_absolute_form_reach_server() {
 #[tokio::test]
 async fn payload_switches_to_post() {
     let srv = server(Mode::Ok).await;
-    let args = [
-        "-n",
-        "1",
-        "-c",
-        "1",
-        "-payload",
-        "abc",
-        "-content-type",
-        "text/plain",
-        "http://httpbin:8000/post",
-    ];
+    let args = ["-n", "1", "-c", "1", "-payload", "abc", "-content-type", "text/plain", "http://httpbin:8000/post"];
     let (_, _, err) = load(&args, srv.addr).await;
     let heads = srv.heads();
     assert_eq!(heads.len(), 1, "{err}");
-    assert!(
-        heads[0].starts_with("POST http://httpbin:8000/post HTTP/1.1\r\n"),
-        "{}",
-        heads[0]
-    );
-    assert!(
-        heads[0].to_ascii_lowercase().contains("content-type: text/plain"),
-        "{}",
-        heads[0]
-    );
+    assert!(heads[0].starts_with("POST http://httpbin:8000/post HTTP/1.1\r\n"), "{}", heads[0]);
+    assert!(heads[0].to_ascii_lowercase().contains("content-type: text/plain"), "{}", heads[0]);
     assert!(heads[0].ends_with("\r\n\r\nabc"), "{}", heads[0]);
 }
 
 #[tokio::test]
 async fn json_to_stdout() {
     let srv = server(Mode::Ok).await;
-    let (_, out, err) = load(
-        &[
-            "-n",
-            "4",
-            "-c",
-            "2",
-            "-qps",
-            "0",
-            "-json",
-            "-",
-            "http://httpbin:8000/get",
-        ],
-        srv.addr,
-    )
-    .await;
+    let (_, out, err) =
+        load(&["-n", "4", "-c", "2", "-qps", "0", "-json", "-", "http://httpbin:8000/get"], srv.addr).await;
     assert!(out.starts_with("{\n"), "{out}");
     assert!(out.contains("\"RetCodes\": {\"200\":4}"), "{out}");
     assert!(out.contains("\"RequestedDuration\": \"exactly 4 calls\""), "{out}");
@@ -356,11 +263,7 @@ async fn curl_prints_status_headers_and_body() {
     assert!(err.contains("content-type: text/plain\n"), "{err}");
     assert_eq!(out, b"ok");
     let heads = srv.heads();
-    assert!(
-        heads[0].starts_with("GET http://httpbin:8000/get HTTP/1.1\r\n"),
-        "{}",
-        heads[0]
-    );
+    assert!(heads[0].starts_with("GET http://httpbin:8000/get HTTP/1.1\r\n"), "{}", heads[0]);
 }
 
 #[tokio::test]
@@ -375,54 +278,18 @@ async fn curl_flag_in_load() {
 #[test]
 fn normalize_and_parse() {
     let v = normalize_args(
-        [
-            "-c",
-            "3",
-            "-qps",
-            "0",
-            "-n",
-            "30",
-            "-loglevel",
-            "Warning",
-            "http://httpbin:8000/get",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect(),
+        ["-c", "3", "-qps", "0", "-n", "30", "-loglevel", "Warning", "http://httpbin:8000/get"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
     );
-    assert_eq!(
-        v,
-        [
-            "-c",
-            "3",
-            "--qps",
-            "0",
-            "-n",
-            "30",
-            "--loglevel",
-            "Warning",
-            "http://httpbin:8000/get"
-        ]
-    );
-    let a = parse(&[
-        "-c",
-        "3",
-        "-qps",
-        "0",
-        "-n",
-        "30",
-        "-loglevel",
-        "Warning",
-        "http://httpbin:8000/get",
-    ]);
+    assert_eq!(v, ["-c", "3", "--qps", "0", "-n", "30", "--loglevel", "Warning", "http://httpbin:8000/get"]);
+    let a = parse(&["-c", "3", "-qps", "0", "-n", "30", "-loglevel", "Warning", "http://httpbin:8000/get"]);
     assert_eq!((a.c, a.qps, a.n), (3, 0.0, 30));
     assert_eq!(a.level(), LogLevel::Warning);
     assert_eq!(a.url, "http://httpbin:8000/get");
     let d = parse(&["http://x/"]);
-    assert_eq!(
-        (d.c, d.qps, d.n, d.t, d.timeout),
-        (4, 8.0, 0, Duration::from_secs(5), Duration::from_secs(3))
-    );
+    assert_eq!((d.c, d.qps, d.n, d.t, d.timeout), (4, 8.0, 0, Duration::from_secs(5), Duration::from_secs(3)));
     assert_eq!(d.level(), LogLevel::Info);
     assert_eq!(d.percentiles().ok(), Some(vec![50.0, 75.0, 90.0, 99.0, 99.9]));
     let e = parse(&[
@@ -445,25 +312,10 @@ fn normalize_and_parse() {
     assert_eq!(e.headers, ["a: b"]);
     assert_eq!(e.method.as_deref(), Some("put"));
     assert_eq!(e.json.as_deref(), Some("-"));
-    let f = parse(&[
-        "--qps",
-        "-1",
-        "-payload",
-        "-x",
-        "-keepalive=false",
-        "-nocatchup",
-        "-uniform",
-        "http://x/",
-    ]);
-    assert_eq!(
-        (f.qps, f.payload.as_deref(), f.keepalive, f.nocatchup),
-        (-1.0, Some("-x"), false, true)
-    );
+    let f = parse(&["--qps", "-1", "-payload", "-x", "-keepalive=false", "-nocatchup", "-uniform", "http://x/"]);
+    assert_eq!((f.qps, f.payload.as_deref(), f.keepalive, f.nocatchup), (-1.0, Some("-x"), false, true));
     let g = parse(&["-loglevel=debug", "-allow-initial-errors", "-k", "-c=2", "http://x/"]);
-    assert_eq!(
-        (g.level(), g.allow_initial_errors, g.k, g.c),
-        (LogLevel::Debug, true, true, 2)
-    );
+    assert_eq!((g.level(), g.allow_initial_errors, g.k, g.c), (LogLevel::Debug, true, true, 2));
 }
 
 #[test]
@@ -535,8 +387,5 @@ fn histogram_percentiles() {
         "{text}"
     );
     assert!(text.contains("# target 50% 0.0035\n"), "{text}");
-    assert_eq!(
-        Histogram::new(0.0, 0.001).export(&[50.0]).text("Error cases"),
-        "Error cases : no data\n"
-    );
+    assert_eq!(Histogram::new(0.0, 0.001).export(&[50.0]).text("Error cases"), "Error cases : no data\n");
 }

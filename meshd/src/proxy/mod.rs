@@ -74,10 +74,7 @@ pub struct PodControl {
 
 impl Default for PodControl {
     fn default() -> Self {
-        PodControl {
-            mode: AtomicU8::new(0),
-            changed: watch::Sender::new(()),
-        }
+        PodControl { mode: AtomicU8::new(0), changed: watch::Sender::new(()) }
     }
 }
 
@@ -120,6 +117,13 @@ pub enum Role {
     /// The ingress gateway's HTTP listener.
     Gateway {
         /// The gateway workload (labels match `selector: istio: ingressgateway`).
+        workload: Arc<Workload>,
+        /// Its runtime state.
+        rt: Arc<ProxyRuntime>,
+    },
+    /// The ingress gateway's HTTPS listener: TLS terminated per server, chosen by SNI.
+    GatewayTls {
+        /// The gateway workload.
         workload: Arc<Workload>,
         /// Its runtime state.
         rt: Arc<ProxyRuntime>,
@@ -219,15 +223,8 @@ static X_FCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// Headers that describe one hop and are never forwarded.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "upgrade",
-    "proxy-authorization",
-];
+const HOP_BY_HOP: [&str; 7] =
+    ["connection", "proxy-connection", "keep-alive", "te", "trailer", "upgrade", "proxy-authorization"];
 
 /// What a listener knows of one downstream connection.
 #[derive(Debug)]
@@ -253,8 +250,7 @@ impl Outgoing {
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = Uri::try_from(self.path_and_query.as_str()).unwrap_or_else(|_| Uri::from_static("/"));
         *req.headers_mut() = self.headers.clone();
-        req.headers_mut()
-            .insert(X_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
+        req.headers_mut().insert(X_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
         req
     }
 }
@@ -267,8 +263,10 @@ struct AbortConnection;
 /// Who sends through a routing listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Caller {
-    /// The ingress gateway.
+    /// The ingress gateway's HTTP listener.
     Gateway,
+    /// The ingress gateway's HTTPS listener.
+    GatewayTls,
     /// A sidecar's outbound side.
     Sidecar,
     /// A pod without a sidecar (kube-proxy behaviour).
@@ -368,22 +366,14 @@ impl Proxy {
         shutdown: watch::Receiver<bool>,
         changes: Option<watch::Receiver<()>>,
     ) {
-        let Role::Inbound {
-            workload, port, tls, ..
-        } = &*role
-        else {
-            let info = Arc::new(ConnInfo {
-                peer,
-                xfcc: None,
-                principal: None,
-            });
+        if let Role::GatewayTls { .. } = &*role {
+            return self.gateway_tls(stream, peer, role, shutdown, changes).await;
+        }
+        let Role::Inbound { workload, port, tls, .. } = &*role else {
+            let info = Arc::new(ConnInfo { peer, xfcc: None, principal: None });
             return self.serve_io(TokioIo::new(stream), info, role, shutdown, changes).await;
         };
-        let mode = self
-            .snapshot
-            .load()
-            .peer_auth
-            .mode(&workload.namespace, &workload.labels, *port);
+        let mode = self.snapshot.load().peer_auth.mode(&workload.namespace, &workload.labels, *port);
         let mut first = [0u8; 1];
         let tls_hello = matches!(stream.peek(&mut first).await, Ok(1) if first[0] == 0x16);
         match (tls, tls_hello, mode) {
@@ -392,10 +382,7 @@ impl Proxy {
                     return; // a failed handshake (unknown CA, no client certificate) closes the connection
                 };
                 let (_, session) = tls_stream.get_ref();
-                let client_cert = session
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .map(|c| c.as_ref().to_vec());
+                let client_cert = session.peer_certificates().and_then(|c| c.first()).map(|c| c.as_ref().to_vec());
                 let client = client_cert.as_deref().and_then(crate::security::tls::spiffe_of);
                 let xfcc = client_cert.as_ref().zip(client.as_ref()).and_then(|(c, client)| {
                     let server = crate::security::ca::spiffe_id(&workload.namespace, &workload.service_account);
@@ -403,8 +390,7 @@ impl Proxy {
                 });
                 let principal = client.map(|c| c.trim_start_matches("spiffe://").to_string());
                 let info = Arc::new(ConnInfo { peer, xfcc, principal });
-                self.serve_io(TokioIo::new(tls_stream), info, role, shutdown, changes)
-                    .await
+                self.serve_io(TokioIo::new(tls_stream), info, role, shutdown, changes).await
             }
             (_, false, MtlsMode::Strict) if tls.is_some() => {
                 // STRICT and a plaintext client: reset, as Envoy does (curl: exit 56).
@@ -415,14 +401,34 @@ impl Proxy {
                 reset(stream);
             }
             _ => {
-                let info = Arc::new(ConnInfo {
-                    peer,
-                    xfcc: None,
-                    principal: None,
-                });
+                let info = Arc::new(ConnInfo { peer, xfcc: None, principal: None });
                 self.serve_io(TokioIo::new(stream), info, role, shutdown, changes).await
             }
         }
+    }
+
+    /// The gateway's HTTPS side: reads the ClientHello, picks the Gateway server whose hosts match
+    /// the SNI (the first one when there is none), and terminates TLS with its certificate.
+    async fn gateway_tls(
+        self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        role: Arc<Role>,
+        shutdown: watch::Receiver<bool>,
+        changes: Option<watch::Receiver<()>>,
+    ) {
+        let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+        let Ok(start) = acceptor.await else { return };
+        let sni = start.client_hello().server_name().map(|s| s.to_ascii_lowercase());
+        let snapshot = self.snapshot.load();
+        let server = match &sni {
+            Some(name) => snapshot.tls_servers.iter().find(|s| s.hosts.iter().any(|h| h.matches(name))),
+            None => snapshot.tls_servers.first(),
+        };
+        let Some(server) = server else { return };
+        let Ok(tls_stream) = start.into_stream(server.config.clone()).await else { return };
+        let info = Arc::new(ConnInfo { peer, xfcc: None, principal: None });
+        self.serve_io(TokioIo::new(tls_stream), info, role, shutdown, changes).await
     }
 
     /// Serves HTTP on one connection until it ends, the listener shuts down, or the pod stops.
@@ -471,14 +477,9 @@ impl Proxy {
     async fn handle(&self, role: &Role, info: &ConnInfo, req: Request<Incoming>) -> Response<Body> {
         let peer = info.peer;
         match role {
-            Role::Inbound {
-                rt,
-                app,
-                cluster,
-                control,
-                ..
-            } => self.inbound(rt, app, cluster, control, info, req).await,
+            Role::Inbound { rt, app, cluster, control, .. } => self.inbound(rt, app, cluster, control, info, req).await,
             Role::Gateway { workload, rt } => self.route(workload, rt, Caller::Gateway, peer, req).await,
+            Role::GatewayTls { workload, rt } => self.route(workload, rt, Caller::GatewayTls, peer, req).await,
             Role::Outbound { workload, rt } => self.route(workload, rt, Caller::Sidecar, peer, req).await,
             Role::Plain { workload, rt } => self.route(workload, rt, Caller::Plain, peer, req).await,
             Role::MeshClient { cache } => {
@@ -516,22 +517,14 @@ impl Proxy {
             return respond::rate_limited(&limit.limit.headers, ServerName::IstioEnvoy);
         }
         let (mut parts, body) = req.into_parts();
-        if let Some(denied) = admit(
-            &snapshot,
-            &rt.workload,
-            cluster.port,
-            info,
-            &mut parts,
-            ServerName::IstioEnvoy,
-        ) {
+        if let Some(denied) = admit(&snapshot, &rt.workload, cluster.port, info, &mut parts, ServerName::IstioEnvoy) {
             return denied;
         }
         let xfcc = info.xfcc.as_ref();
         let req = Request::from_parts(parts, body);
         if control.mode() == PodMode::Failing {
             let mut resp = respond::direct(503, &Bytes::from_static(b"service unavailable"), ServerName::IstioEnvoy);
-            resp.headers_mut()
-                .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
             return resp;
         }
         let (mut parts, body) = req.into_parts();
@@ -541,12 +534,7 @@ impl Proxy {
             Some(v) => parts.headers.insert(X_FCC.clone(), v.clone()),
             None => parts.headers.remove(&X_FCC),
         };
-        let path = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-            .to_string();
+        let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
         let Ok(uri) = Uri::try_from(path) else {
             return respond::local_reply(LocalReply::BadRequest, ServerName::IstioEnvoy, false);
         };
@@ -575,10 +563,10 @@ impl Proxy {
         peer: SocketAddr,
         req: Request<Incoming>,
     ) -> Response<Body> {
-        let mesh = caller != Caller::Gateway;
+        let mesh = !matches!(caller, Caller::Gateway | Caller::GatewayTls);
         let server = match caller {
             Caller::Sidecar => ServerName::Envoy,
-            Caller::Gateway => ServerName::IstioEnvoy,
+            Caller::Gateway | Caller::GatewayTls => ServerName::IstioEnvoy,
             Caller::Plain => ServerName::Keep,
         };
         let snapshot = self.snapshot.load();
@@ -588,14 +576,11 @@ impl Proxy {
             return respond::rate_limited(&limit.limit.headers, server);
         }
         let (mut parts, body) = req.into_parts();
-        if caller == Caller::Gateway {
-            // Policies that select the gateway (istio: ingressgateway) apply here, on its port 8080.
-            let info = ConnInfo {
-                peer,
-                xfcc: None,
-                principal: None,
-            };
-            if let Some(denied) = admit(&snapshot, &rt.workload, 8080, &info, &mut parts, server) {
+        if !mesh {
+            // Policies that select the gateway (istio: ingressgateway) apply here, on its port 8080 (8443).
+            let info = ConnInfo { peer, xfcc: None, principal: None };
+            let port = if caller == Caller::GatewayTls { 8443 } else { 8080 };
+            if let Some(denied) = admit(&snapshot, &rt.workload, port, &info, &mut parts, server) {
                 return denied;
             }
         }
@@ -612,7 +597,14 @@ impl Proxy {
         let vhost = match caller {
             Caller::Sidecar => snapshot.mesh.get(&workload.namespace).and_then(|t| t.lookup(&host)),
             Caller::Plain => snapshot.mesh.get(&workload.namespace).and_then(|t| t.plain.get(&host)),
-            Caller::Gateway => snapshot.ingress.lookup(&host),
+            Caller::Gateway => {
+                if snapshot.ingress.https_redirect.iter().any(|p| p.matches(&host)) {
+                    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+                    return respond::redirect(301, &format!("https://{host}{path}"), server);
+                }
+                snapshot.ingress.lookup(&host)
+            }
+            Caller::GatewayTls => snapshot.ingress_tls.lookup(&host),
         };
         let Some(vhost) = vhost else {
             return respond::local_reply(LocalReply::NoRoute, server, false);
@@ -623,7 +615,7 @@ impl Proxy {
             method: &parts.method,
             path,
             query,
-            scheme: "http",
+            scheme: if caller == Caller::GatewayTls { "https" } else { "http" },
             authority: &authority,
             port,
             headers: &parts.headers,
@@ -634,25 +626,14 @@ impl Proxy {
             gateway: if mesh { "mesh" } else { "" },
         };
         let (matched, target, cluster) = match crate::snapshot::route::decide(&vhost.routes, &view, &src) {
-            Decision::Forward {
-                matched,
-                target,
-                cluster,
-            } => (matched, target, cluster),
+            Decision::Forward { matched, target, cluster } => (matched, target, cluster),
             Decision::Redirect { code, location, .. } => return respond::redirect(code, &location, server),
             Decision::Direct { status, body, .. } => return respond::direct(status, body, server),
             Decision::Reply(r) => return respond::local_reply(r, server, false),
         };
-        let no_policy = crate::snapshot::route::RoutePolicy {
-            retry: RetryPolicy::none(),
-            ..Default::default()
-        };
+        let no_policy = crate::snapshot::route::RoutePolicy { retry: RetryPolicy::none(), ..Default::default() };
         // kube-proxy neither retries nor times out.
-        let policy = if caller == Caller::Plain {
-            &no_policy
-        } else {
-            &matched.route.policy
-        };
+        let policy = if caller == Caller::Plain { &no_policy } else { &matched.route.policy };
         if let Some(fault) = &policy.fault {
             if let Some((delay, pct)) = fault.delay {
                 if roll(pct) {
@@ -675,43 +656,27 @@ impl Proxy {
             None => return respond::local_reply(LocalReply::BadRequest, server, false),
         };
         // Client overrides Envoy honours, then drops.
-        let timeout = match out
-            .headers
-            .remove(&X_RQ_TIMEOUT)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        {
+        let timeout = match out.headers.remove(&X_RQ_TIMEOUT).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
             Some(0) => None,
             Some(ms) => Some(Duration::from_millis(ms)),
             None => policy.timeout,
         };
         let retry = retry_overrides(&policy.retry, &mut out.headers);
         if let Some(t) = retry.per_try_timeout.or(timeout) {
-            out.headers
-                .insert(X_EXPECTED_TIMEOUT.clone(), HeaderValue::from(t.as_millis() as u64));
+            out.headers.insert(X_EXPECTED_TIMEOUT.clone(), HeaderValue::from(t.as_millis() as u64));
         }
         for m in &policy.mirrors {
             if roll(m.percentage) {
                 if let Target::Clusters(by_port) = &m.target {
                     if let Some((_, c)) = by_port.iter().find(|(p, _)| *p == port).or_else(|| by_port.first()) {
-                        mirror(
-                            &generation.clusters[c.index],
-                            c.clone(),
-                            &out,
-                            &authority,
-                            rt.tls.clone(),
-                        );
+                        mirror(&generation.clusters[c.index], c.clone(), &out, &authority, rt.tls.clone());
                     }
                 }
             }
         }
         let crt = &generation.clusters[cluster.index];
         let started = Instant::now();
-        let plan = Plan {
-            retry: &retry,
-            hash,
-            server,
-            tls: rt.tls.as_ref(),
-        };
+        let plan = Plan { retry: &retry, hash, server, tls: rt.tls.as_ref() };
         let attempts = self.attempts(crt, cluster, &out, plan);
         let mut resp = match timeout {
             Some(t) => match tokio::time::timeout(t, attempts).await {
@@ -724,12 +689,7 @@ impl Proxy {
             None => attempts.await,
         };
         if resp.extensions().get::<ResponseFlags>().is_none() {
-            resp = finish(
-                resp,
-                server,
-                started,
-                &[&matched.route.headers.response, &target.headers.response],
-            );
+            resp = finish(resp, server, started, &[&matched.route.headers.response, &target.headers.response]);
             if let Some(cookie) = new_cookie {
                 if let Ok(v) = HeaderValue::from_str(&cookie) {
                     resp.headers_mut().append(SET_COOKIE, v);
@@ -741,12 +701,7 @@ impl Proxy {
 
     /// The attempt loop: pick an endpoint, get a connection, send; retry as the policy says.
     async fn attempts(&self, crt: &ClusterRt, cluster: &Cluster, out: &Outgoing, plan: Plan<'_>) -> Response<Body> {
-        let Plan {
-            retry,
-            hash,
-            server,
-            tls,
-        } = plan;
+        let Plan { retry, hash, server, tls } = plan;
         let stats = &crt.shared.stats;
         let mut previous = None;
         let mut attempt: u32 = 1;
@@ -792,9 +747,7 @@ impl Proxy {
                 }
                 Attempt::Failed(UpstreamError::Connect(_)) => {
                     crt.record(cluster, idx, AttemptResult::LocalFailure);
-                    retry
-                        .on
-                        .has(RetryOn::CONNECT_FAILURE | RetryOn::FIVE_XX | RetryOn::GATEWAY_ERROR | RetryOn::RESET)
+                    retry.on.has(RetryOn::CONNECT_FAILURE | RetryOn::FIVE_XX | RetryOn::GATEWAY_ERROR | RetryOn::RESET)
                 }
                 Attempt::Failed(UpstreamError::Reset(_)) => {
                     crt.record(cluster, idx, AttemptResult::LocalFailure);
@@ -845,14 +798,8 @@ fn admit(
     use crate::security::authz::{Decision as Authz, Request as AuthzRequest, Target as AuthzTarget};
     let mut auth = None;
     if snapshot.jwt.applies_to(&w.namespace, &w.labels) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        match snapshot
-            .jwt
-            .authenticate(&w.namespace, &w.labels, &mut parts.headers, parts.uri.query(), now)
-        {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        match snapshot.jwt.authenticate(&w.namespace, &w.labels, &mut parts.headers, parts.uri.query(), now) {
             Ok(a) => auth = a,
             Err(why) => {
                 let host = parts.headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
@@ -860,10 +807,7 @@ fn admit(
             }
         }
     }
-    let target = AuthzTarget {
-        namespace: &w.namespace,
-        labels: &w.labels,
-    };
+    let target = AuthzTarget { namespace: &w.namespace, labels: &w.labels };
     if !snapshot.authz.applies_to(&target) {
         return None;
     }
@@ -882,9 +826,7 @@ fn admit(
     let principal = info.principal.as_deref();
     let req = AuthzRequest {
         source_principal: principal,
-        source_namespace: principal
-            .and_then(|p| p.split("/ns/").nth(1))
-            .and_then(|r| r.split('/').next()),
+        source_namespace: principal.and_then(|p| p.split("/ns/").nth(1)).and_then(|r| r.split('/').next()),
         source_ip: Some(info.peer.ip()),
         remote_ip: xff.or(Some(info.peer.ip())),
         request_principal: auth.as_ref().map(|a| a.principal.as_str()),
@@ -932,10 +874,7 @@ fn retriable_response(retry: &RetryPolicy, resp: &Response<Body>) -> bool {
     if on.has(RetryOn::ENVOY_RATELIMITED) && resp.headers().contains_key(&X_RATELIMITED) {
         return true;
     }
-    let grpc = resp
-        .headers()
-        .get(&GRPC_STATUS)
-        .and_then(|v| v.to_str().ok()?.parse::<u32>().ok());
+    let grpc = resp.headers().get(&GRPC_STATUS).and_then(|v| v.to_str().ok()?.parse::<u32>().ok());
     matches!(
         (grpc, on),
         (Some(1), on) if on.has(RetryOn::CANCELLED)
@@ -1001,19 +940,8 @@ fn outgoing(
         .rewrite
         .as_ref()
         .and_then(|rw| rw.path(path, query, matched.prefix))
-        .unwrap_or_else(|| {
-            parts
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/")
-                .to_string()
-        });
-    let new_authority = route
-        .rewrite
-        .as_ref()
-        .and_then(|rw| rw.authority.as_deref())
-        .unwrap_or(authority);
+        .unwrap_or_else(|| parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string());
+    let new_authority = route.rewrite.as_ref().and_then(|rw| rw.authority.as_deref()).unwrap_or(authority);
     let mut headers = parts.headers.clone();
     strip_hop_by_hop(&mut headers);
     headers.insert(HOST, HeaderValue::from_str(new_authority).ok()?);
@@ -1029,12 +957,7 @@ fn outgoing(
     headers.remove(http::header::TRANSFER_ENCODING);
     route.headers.request.apply(&mut headers);
     target.headers.request.apply(&mut headers);
-    Some(Outgoing {
-        method: parts.method.clone(),
-        path_and_query,
-        headers,
-        body,
-    })
+    Some(Outgoing { method: parts.method.clone(), path_and_query, headers, body })
 }
 
 /// Sends a copy to a mirror cluster, fire and forget, with the authority suffixed `-shadow`.
@@ -1097,16 +1020,12 @@ fn request_hash(
             None,
         ),
         HashKey::Cookie { name, path, ttl } => {
-            let found = headers
-                .get_all(COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .find_map(|c| {
-                    c.split(';').find_map(|kv| {
-                        let (k, v) = kv.trim().split_once('=')?;
-                        (k == name).then(|| v.to_string())
-                    })
-                });
+            let found = headers.get_all(COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|c| {
+                c.split(';').find_map(|kv| {
+                    let (k, v) = kv.trim().split_once('=')?;
+                    (k == name).then(|| v.to_string())
+                })
+            });
             match (found, ttl) {
                 (Some(v), _) => (Some(hash64(v.as_bytes())), None),
                 (None, Some(ttl)) => {
@@ -1134,10 +1053,7 @@ fn finish(resp: Response<Body>, server: ServerName, started: Instant, ops: &[&He
     if server != ServerName::Keep {
         parts.headers.insert(SERVER, server.value());
     }
-    parts.headers.insert(
-        X_SERVICE_TIME.clone(),
-        HeaderValue::from(started.elapsed().as_millis() as u64),
-    );
+    parts.headers.insert(X_SERVICE_TIME.clone(), HeaderValue::from(started.elapsed().as_millis() as u64));
     parts.extensions.insert(ResponseFlags("-"));
     Response::from_parts(parts, body)
 }
@@ -1191,14 +1107,7 @@ fn request_id() -> String {
     let a = fastrand::u128(..);
     let b = (a & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
     let h = format!("{b:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
 #[cfg(test)]
@@ -1216,30 +1125,17 @@ mod tests {
     #[test]
     fn shadow_host_goes_before_the_port() {
         assert_eq!(shadow_authority("httpbin:8000"), "httpbin-shadow:8000");
-        assert_eq!(
-            shadow_authority("httpbin.default.svc.cluster.local"),
-            "httpbin.default.svc.cluster.local-shadow"
-        );
+        assert_eq!(shadow_authority("httpbin.default.svc.cluster.local"), "httpbin.default.svc.cluster.local-shadow");
     }
 
     #[test]
     fn cookie_hash_is_issued_once_and_then_followed() {
-        let key = HashKey::Cookie {
-            name: "user".into(),
-            path: Some("/".into()),
-            ttl: Some(Duration::from_secs(60)),
-        };
-        let lb = LbPolicy::Hash {
-            key,
-            table: Arc::new(crate::snapshot::policy::HashTable::Ring(vec![])),
-        };
+        let key = HashKey::Cookie { name: "user".into(), path: Some("/".into()), ttl: Some(Duration::from_secs(60)) };
+        let lb = LbPolicy::Hash { key, table: Arc::new(crate::snapshot::policy::HashTable::Ring(vec![])) };
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let (h1, set) = request_hash(&lb, &HeaderMap::new(), None, peer);
         let set = set.expect("a cookie is issued when absent and ttl is set");
-        assert!(
-            set.starts_with("user=\"") && set.contains("Max-Age=60; Path=/"),
-            "{set}"
-        );
+        assert!(set.starts_with("user=\"") && set.contains("Max-Age=60; Path=/"), "{set}");
         let value = set.split(';').next().unwrap().to_string();
         let mut h = HeaderMap::new();
         h.insert(COOKIE, HeaderValue::from_str(&format!("a=b; {value}")).unwrap());
@@ -1247,11 +1143,7 @@ mod tests {
         assert_eq!(h1, h2, "the issued cookie hashes like the first request");
         assert!(again.is_none());
         let no_ttl = LbPolicy::Hash {
-            key: HashKey::Cookie {
-                name: "user".into(),
-                path: None,
-                ttl: None,
-            },
+            key: HashKey::Cookie { name: "user".into(), path: None, ttl: None },
             table: Arc::new(crate::snapshot::policy::HashTable::Ring(vec![])),
         };
         assert_eq!(request_hash(&no_ttl, &HeaderMap::new(), None, peer), (None, None));
@@ -1259,10 +1151,7 @@ mod tests {
             key: HashKey::QueryParam("u".into()),
             table: Arc::new(crate::snapshot::policy::HashTable::Ring(vec![])),
         };
-        assert_eq!(
-            request_hash(&q, &HeaderMap::new(), Some("x=1&u=7"), peer).0,
-            Some(hash64(b"7"))
-        );
+        assert_eq!(request_hash(&q, &HeaderMap::new(), Some("x=1&u=7"), peer).0, Some(hash64(b"7")));
     }
 
     #[test]

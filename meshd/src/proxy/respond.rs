@@ -16,9 +16,7 @@ pub struct ResponseFlags(pub &'static str);
 
 /// Wraps bytes in the proxy's body type.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    http_body_util::Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed()
+    http_body_util::Full::new(bytes.into()).map_err(|never| match never {}).boxed()
 }
 
 fn status(code: u16) -> StatusCode {
@@ -58,10 +56,7 @@ pub fn local_reply(reply: LocalReply, server: ServerName, retried: bool) -> Resp
     };
     let mut resp = text(reply.status(), body, server, flags);
     if reply == LocalReply::Overflow {
-        resp.headers_mut().insert(
-            HeaderName::from_static("x-envoy-overloaded"),
-            HeaderValue::from_static("true"),
-        );
+        resp.headers_mut().insert(HeaderName::from_static("x-envoy-overloaded"), HeaderValue::from_static("true"));
     }
     resp
 }
@@ -75,10 +70,7 @@ pub fn fault_abort(with: &AbortWith, server: ServerName) -> Response<Body> {
             let h = resp.headers_mut();
             h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
             h.insert(HeaderName::from_static("grpc-status"), HeaderValue::from(*code));
-            h.insert(
-                HeaderName::from_static("grpc-message"),
-                HeaderValue::from_static("fault filter abort"),
-            );
+            h.insert(HeaderName::from_static("grpc-message"), HeaderValue::from_static("fault filter abort"));
             resp
         }
     }

@@ -207,10 +207,7 @@ pub struct ClusterRt {
 impl ClusterRt {
     /// State for a one-endpoint cluster outside any snapshot (an inbound listener's app).
     pub fn single(addr: SocketAddr) -> ClusterRt {
-        ClusterRt {
-            shared: Arc::new(ClusterShared::new()),
-            endpoints: vec![Arc::new(EndpointRt::new(addr, None))],
-        }
+        ClusterRt { shared: Arc::new(ClusterShared::new()), endpoints: vec![Arc::new(EndpointRt::new(addr, None))] }
     }
 
     /// Picks an endpoint index; None when every endpoint is ejected (503 UH) or there is none.
@@ -300,12 +297,8 @@ impl ClusterRt {
         counts.consecutive_5xx = 0;
         counts.consecutive_gateway = 0;
         let duration = ejection_time(od, counts.ejections);
-        ep.ejected_until_ms
-            .store(now + duration.as_millis() as u64, Ordering::Relaxed);
-        self.shared
-            .stats
-            .outlier_detection_ejections_total
-            .fetch_add(1, Ordering::Relaxed);
+        ep.ejected_until_ms.store(now + duration.as_millis() as u64, Ordering::Relaxed);
+        self.shared.stats.outlier_detection_ejections_total.fetch_add(1, Ordering::Relaxed);
         true
     }
 
@@ -327,10 +320,7 @@ impl ClusterRt {
 /// Ejection time: base times the number of ejections, rounded up to the
 /// analysis interval (Envoy lifts ejections on its interval timer), capped at 300 s.
 fn ejection_time(od: &OutlierSettings, ejections: u32) -> Duration {
-    let raw = od
-        .base_ejection_time
-        .saturating_mul(ejections)
-        .min(Duration::from_secs(300));
+    let raw = od.base_ejection_time.saturating_mul(ejections).min(Duration::from_secs(300));
     let interval = od.interval.as_millis().max(1);
     Duration::from_millis((raw.as_millis().div_ceil(interval) * interval) as u64)
 }
@@ -343,9 +333,7 @@ pub struct Bucket {
 
 impl Bucket {
     fn new(tokens: u64) -> Bucket {
-        Bucket {
-            state: Mutex::new((tokens, Instant::now())),
-        }
+        Bucket { state: Mutex::new((tokens, Instant::now())) }
     }
 
     /// Takes a token if there is one, refilling `per_fill` every `interval` up to `max` first.
@@ -399,10 +387,7 @@ pub struct Generation {
 impl Generation {
     /// The first limit on a listener of kind `ctx` that refuses this request, if any.
     pub fn rate_limited(&self, ctx: Context) -> Option<&Limit> {
-        self.limits
-            .iter()
-            .find(|(c, l)| *c == ctx && l.refuses())
-            .map(|(_, l)| l)
+        self.limits.iter().find(|(c, l)| *c == ctx && l.refuses()).map(|(_, l)| l)
     }
 }
 
@@ -451,11 +436,7 @@ impl ProxyRuntime {
             .clusters
             .iter()
             .map(|c| ClusterRt {
-                shared: store
-                    .clusters
-                    .entry(c.name.clone())
-                    .or_insert_with(|| Arc::new(ClusterShared::new()))
-                    .clone(),
+                shared: store.clusters.entry(c.name.clone()).or_insert_with(|| Arc::new(ClusterShared::new())).clone(),
                 endpoints: c
                     .endpoints
                     .iter()
@@ -475,26 +456,13 @@ impl ProxyRuntime {
             for ctx in [Context::Inbound, Context::Outbound, Context::Gateway] {
                 if l.applies(workload, ctx) {
                     let max = l.max_tokens;
-                    let bucket = store
-                        .buckets
-                        .entry(l.key.clone())
-                        .or_insert_with(|| Arc::new(Bucket::new(max)))
-                        .clone();
-                    limits.push((
-                        ctx,
-                        Limit {
-                            limit: l.clone(),
-                            bucket,
-                        },
-                    ));
+                    let bucket =
+                        store.buckets.entry(l.key.clone()).or_insert_with(|| Arc::new(Bucket::new(max))).clone();
+                    limits.push((ctx, Limit { limit: l.clone(), bucket }));
                 }
             }
         }
-        let g = Arc::new(Generation {
-            generation: snap.generation,
-            clusters,
-            limits,
-        });
+        let g = Arc::new(Generation { generation: snap.generation, clusters, limits });
         // Only move forward: a request still on an older snapshot must not roll the cache back.
         let newer = self.current.load().as_ref().is_none_or(|c| c.generation < g.generation);
         if newer {
@@ -522,10 +490,7 @@ pub struct Registry {
 impl Registry {
     /// A registry whose proxies get mTLS identities from `security` (None: plaintext only).
     pub fn new(security: Option<Arc<crate::security::tls::Security>>) -> Registry {
-        Registry {
-            proxies: Mutex::default(),
-            security,
-        }
+        Registry { proxies: Mutex::default(), security }
     }
 
     /// Certificates and TLS configs, if security is on.
@@ -555,9 +520,7 @@ impl Registry {
     /// The runtime of a pod without a sidecar: no mTLS identity.
     pub fn get_plain(&self, workload: &Workload) -> Arc<ProxyRuntime> {
         let mut map = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(workload.name.clone())
-            .or_insert_with(|| Arc::new(ProxyRuntime::new(workload, None)))
-            .clone()
+        map.entry(workload.name.clone()).or_insert_with(|| Arc::new(ProxyRuntime::new(workload, None))).clone()
     }
 
     /// Every runtime, sorted by name.
@@ -570,10 +533,7 @@ impl Registry {
 
     /// Forgets proxies of pods that are gone.
     pub fn retain(&self, live: &std::collections::HashSet<String>) {
-        self.proxies
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|k, _| live.contains(k));
+        self.proxies.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| live.contains(k));
     }
 }
 
@@ -594,10 +554,7 @@ mod tests {
             .collect();
         let rt = ClusterRt {
             shared: Arc::new(ClusterShared::new()),
-            endpoints: endpoints
-                .iter()
-                .map(|e| Arc::new(EndpointRt::new(e.addr, None)))
-                .collect(),
+            endpoints: endpoints.iter().map(|e| Arc::new(EndpointRt::new(e.addr, None))).collect(),
         };
         let c = Cluster {
             name: "c".into(),
@@ -660,32 +617,16 @@ mod tests {
         assert_eq!(rt.ejected(), vec![true, false]);
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(rt.ejected(), vec![false, false]);
-        assert_eq!(
-            rt.shared
-                .stats
-                .outlier_detection_ejections_total
-                .load(Ordering::Relaxed),
-            2
-        );
+        assert_eq!(rt.shared.stats.outlier_detection_ejections_total.load(Ordering::Relaxed), 2);
     }
 
     #[tokio::test(start_paused = true)]
     async fn all_ejected_is_no_healthy_upstream_and_success_resets() {
-        let (c, rt) = cluster(
-            1,
-            LbPolicy::LeastRequest,
-            Some(OutlierSettings {
-                consecutive_5xx: Some(3),
-                ..od()
-            }),
-        );
+        let (c, rt) = cluster(1, LbPolicy::LeastRequest, Some(OutlierSettings { consecutive_5xx: Some(3), ..od() }));
         rt.record(&c, 0, AttemptResult::Status(500));
         rt.record(&c, 0, AttemptResult::Status(500));
         rt.record(&c, 0, AttemptResult::Status(200));
-        assert!(
-            !rt.record(&c, 0, AttemptResult::Status(500)),
-            "a success resets the count"
-        );
+        assert!(!rt.record(&c, 0, AttemptResult::Status(500)), "a success resets the count");
         rt.record(&c, 0, AttemptResult::Status(500));
         assert!(rt.record(&c, 0, AttemptResult::Status(500)));
         assert_eq!(rt.pick(&c, None, None), None, "one endpoint, ejected: UH");
@@ -704,19 +645,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn max_ejection_percent_allows_at_least_one() {
-        let (c, rt) = cluster(
-            4,
-            LbPolicy::Random,
-            Some(OutlierSettings {
-                max_ejection_percent: 10,
-                ..od()
-            }),
-        );
+        let (c, rt) = cluster(4, LbPolicy::Random, Some(OutlierSettings { max_ejection_percent: 10, ..od() }));
         assert!(rt.record(&c, 0, AttemptResult::Status(500)));
-        assert!(
-            !rt.record(&c, 1, AttemptResult::Status(500)),
-            "10% of 4 is 0, but one is always allowed"
-        );
+        assert!(!rt.record(&c, 1, AttemptResult::Status(500)), "10% of 4 is 0, but one is always allowed");
         assert_eq!(rt.ejected(), vec![true, false, false, false]);
     }
 }

@@ -67,9 +67,7 @@ pub struct Conn {
 fn try_slot(shared: &ClusterShared, max: u32) -> bool {
     shared
         .cx_active
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < u64::from(max)).then_some(n + 1)
-        })
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < u64::from(max)).then_some(n + 1))
         .is_ok()
 }
 
@@ -138,13 +136,7 @@ async fn connect(
             sender
         }
     };
-    Ok(Conn {
-        sender,
-        uses: 0,
-        ep: ep.clone(),
-        shared: shared.clone(),
-        max_uses: pool.max_requests_per_connection,
-    })
+    Ok(Conn { sender, uses: 0, ep: ep.clone(), shared: shared.clone(), max_uses: pool.max_requests_per_connection })
 }
 
 /// Gets a connection to `ep`: an idle one, a new one within `maxConnections`,
@@ -169,10 +161,7 @@ pub async fn acquire(
     let queued = shared.rq_pending_active.fetch_add(1, Ordering::AcqRel);
     let _pending = PendingSlot(shared);
     if queued >= u64::from(pool.max_pending) {
-        shared
-            .stats
-            .upstream_rq_pending_overflow
-            .fetch_add(1, Ordering::Relaxed);
+        shared.stats.upstream_rq_pending_overflow.fetch_add(1, Ordering::Relaxed);
         return Err(UpstreamError::Overflow);
     }
     shared.stats.upstream_rq_pending_total.fetch_add(1, Ordering::Relaxed);
@@ -196,11 +185,7 @@ impl Conn {
         if self.sender.ready().await.is_err() {
             return Err(UpstreamError::Reset("connection closed".into()));
         }
-        let resp = self
-            .sender
-            .send_request(req)
-            .await
-            .map_err(|e| UpstreamError::Reset(e.to_string()))?;
+        let resp = self.sender.send_request(req).await.map_err(|e| UpstreamError::Reset(e.to_string()))?;
         self.uses += 1;
         let (parts, body) = resp.into_parts();
         // A response without a body (204, HEAD, content-length 0) may never be polled.
@@ -217,11 +202,7 @@ impl Conn {
     fn give_back(self) {
         let keep = (self.max_uses == 0 || self.uses < self.max_uses) && !self.sender.is_closed();
         if keep {
-            self.ep.put_idle(IdleConn {
-                sender: self.sender,
-                uses: self.uses,
-                since: Instant::now(),
-            });
+            self.ep.put_idle(IdleConn { sender: self.sender, uses: self.uses, since: Instant::now() });
         }
         // Dropping the sender closes the connection; its task then frees the slot and notifies.
         self.shared.notify.notify_one();
@@ -234,6 +215,14 @@ struct PooledBody {
     conn: Option<Conn>,
 }
 
+impl PooledBody {
+    fn give_back(&mut self) {
+        if let Some(c) = self.conn.take() {
+            c.give_back();
+        }
+    }
+}
+
 impl HttpBody for PooledBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -241,11 +230,10 @@ impl HttpBody for PooledBody {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let res = Pin::new(&mut self.inner).poll_frame(cx);
         match &res {
-            Poll::Ready(None) => {
-                if let Some(c) = self.conn.take() {
-                    c.give_back();
-                }
-            }
+            // The last frame, or the end: hyper's server stops polling once `is_end_stream` is true,
+            // so the connection goes back as soon as the body is known to be complete.
+            Poll::Ready(None) => self.give_back(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.give_back(),
             Poll::Ready(Some(Err(_))) => {
                 // A broken body: the connection is not reused.
                 self.conn = None;

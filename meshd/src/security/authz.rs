@@ -149,11 +149,7 @@ enum StrMatch {
 impl StrMatch {
     /// Parses a pattern; `fold` lowercases it for case-insensitive fields.
     fn parse(pattern: &str, fold: bool) -> StrMatch {
-        let p = if fold {
-            pattern.to_ascii_lowercase()
-        } else {
-            pattern.to_string()
-        };
+        let p = if fold { pattern.to_ascii_lowercase() } else { pattern.to_string() };
         if p == "*" {
             StrMatch::Presence
         } else if let Some(rest) = p.strip_prefix('*') {
@@ -380,17 +376,9 @@ impl Attr {
         match self {
             Attr::Principal => text(req.source_principal),
             Attr::SourceNamespace => text(req.source_namespace),
-            Attr::ServiceAccount => text(
-                req.source_principal
-                    .and_then(|p| p.split_once("/ns/"))
-                    .map(|(_, sa)| sa),
-            )
-            .map_str(|s| s.replacen("/sa/", "/", 1)),
-            Attr::TrustDomain => text(
-                req.source_principal
-                    .and_then(|p| p.split_once("/ns/"))
-                    .map(|(td, _)| td),
-            ),
+            Attr::ServiceAccount => text(req.source_principal.and_then(|p| p.split_once("/ns/")).map(|(_, sa)| sa))
+                .map_str(|s| s.replacen("/sa/", "/", 1)),
+            Attr::TrustDomain => text(req.source_principal.and_then(|p| p.split_once("/ns/")).map(|(td, _)| td)),
             Attr::SourceIp => req.source_ip.map_or(Value::Absent, Value::Ip),
             Attr::RemoteIp => req.remote_ip.or(req.source_ip).map_or(Value::Absent, Value::Ip),
             Attr::DestinationIp => req.destination_ip.map_or(Value::Absent, Value::Ip),
@@ -406,12 +394,8 @@ impl Attr {
                 ":method" => Value::Str(req.method.into()),
                 ":path" => Value::Str(req.path.into()),
                 _ => {
-                    let values: Vec<&str> = req
-                        .headers
-                        .get_all(name.as_str())
-                        .iter()
-                        .filter_map(|v| v.to_str().ok())
-                        .collect();
+                    let values: Vec<&str> =
+                        req.headers.get_all(name.as_str()).iter().filter_map(|v| v.to_str().ok()).collect();
                     if values.is_empty() {
                         Value::Absent
                     } else {
@@ -609,18 +593,14 @@ fn compile_value(kind: Kind, v: &str, what: &str, w: &mut Warnings<'_>) -> Value
         Kind::Ip => match Cidr::parse(v) {
             Some(c) => ValueMatch::Ip(c),
             None => {
-                w.push(format!(
-                    "{what}: `{v}` is not an IP address or CIDR; the value matches nothing"
-                ));
+                w.push(format!("{what}: `{v}` is not an IP address or CIDR; the value matches nothing"));
                 ValueMatch::Invalid
             }
         },
         Kind::Port => match v.trim().parse::<u16>() {
             Ok(p) => ValueMatch::Port(p),
             Err(_) => {
-                w.push(format!(
-                    "{what}: `{v}` is not a port in [0, 65535]; the value matches nothing"
-                ));
+                w.push(format!("{what}: `{v}` is not a port in [0, 65535]; the value matches nothing"));
                 ValueMatch::Invalid
             }
         },
@@ -663,43 +643,13 @@ fn compile_source(s: &api::Source, what: &str, w: &mut Warnings<'_>) -> Vec<Chec
     }
     let mut c = Vec::new();
     let pairs: [FieldSpec<'_>; 7] = [
-        (
-            Attr::Principal,
-            Kind::Str,
-            (&s.principals, &s.not_principals),
-            "principals",
-        ),
-        (
-            Attr::RequestPrincipal,
-            Kind::Str,
-            (&s.request_principals, &s.not_request_principals),
-            "requestPrincipals",
-        ),
-        (
-            Attr::SourceNamespace,
-            Kind::Glob,
-            (&s.namespaces, &s.not_namespaces),
-            "namespaces",
-        ),
-        (
-            Attr::ServiceAccount,
-            Kind::Str,
-            (&s.service_accounts, &s.not_service_accounts),
-            "serviceAccounts",
-        ),
+        (Attr::Principal, Kind::Str, (&s.principals, &s.not_principals), "principals"),
+        (Attr::RequestPrincipal, Kind::Str, (&s.request_principals, &s.not_request_principals), "requestPrincipals"),
+        (Attr::SourceNamespace, Kind::Glob, (&s.namespaces, &s.not_namespaces), "namespaces"),
+        (Attr::ServiceAccount, Kind::Str, (&s.service_accounts, &s.not_service_accounts), "serviceAccounts"),
         (Attr::SourceIp, Kind::Ip, (&s.ip_blocks, &s.not_ip_blocks), "ipBlocks"),
-        (
-            Attr::RemoteIp,
-            Kind::Ip,
-            (&s.remote_ip_blocks, &s.not_remote_ip_blocks),
-            "remoteIpBlocks",
-        ),
-        (
-            Attr::TrustDomain,
-            Kind::Str,
-            (&s.trust_domains, &s.not_trust_domains),
-            "trustDomains",
-        ),
+        (Attr::RemoteIp, Kind::Ip, (&s.remote_ip_blocks, &s.not_remote_ip_blocks), "remoteIpBlocks"),
+        (Attr::TrustDomain, Kind::Str, (&s.trust_domains, &s.not_trust_domains), "trustDomains"),
     ];
     for (attr, kind, vals, field) in pairs {
         push_check(&mut c, attr, kind, vals, &format!("{what}.{field}"), w);
@@ -775,10 +725,7 @@ fn condition_key(key: &str) -> CondKey {
 /// Compiles a `when` entry into `rule`; marks the rule broken on an unknown key.
 fn compile_condition(c: &api::Condition, what: &str, rule: &mut CompiledRule, w: &mut Warnings<'_>) {
     if c.values.is_empty() && c.not_values.is_empty() {
-        w.push(format!(
-            "{what}: condition `{}` needs values or notValues (Istio rejects it); it is ignored",
-            c.key
-        ));
+        w.push(format!("{what}: condition `{}` needs values or notValues (Istio rejects it); it is ignored", c.key));
         return;
     }
     match condition_key(&c.key) {
@@ -788,36 +735,21 @@ fn compile_condition(c: &api::Condition, what: &str, rule: &mut CompiledRule, w:
                 "{what}: condition key `{}` is not emulated; an ALLOW rule using it never matches, a DENY or AUDIT rule ignores it",
                 c.key
             ));
-            rule.when.push(Check {
-                attr: Attr::Unavailable,
-                values: Vec::new(),
-                not_values: Vec::new(),
-            });
+            rule.when.push(Check { attr: Attr::Unavailable, values: Vec::new(), not_values: Vec::new() });
         }
         CondKey::Unknown => {
-            w.push(format!(
-                "{what}: unknown condition key `{}` (Istio rejects it); this rule never matches",
-                c.key
-            ));
+            w.push(format!("{what}: unknown condition key `{}` (Istio rejects it); this rule never matches", c.key));
             rule.broken = true;
         }
     }
 }
 
 fn compile_rule(rule: &api::Rule, what: &str, w: &mut Warnings<'_>) -> CompiledRule {
-    let mut out = CompiledRule {
-        from: Vec::new(),
-        to: Vec::new(),
-        when: Vec::new(),
-        broken: false,
-    };
+    let mut out = CompiledRule { from: Vec::new(), to: Vec::new(), when: Vec::new(), broken: false };
     for (j, f) in rule.from.iter().enumerate() {
         // `from: [{}]` has no source: it accepts any source.
-        let checks = f
-            .source
-            .as_ref()
-            .map(|s| compile_source(s, &format!("{what}.from[{j}].source"), w))
-            .unwrap_or_default();
+        let checks =
+            f.source.as_ref().map(|s| compile_source(s, &format!("{what}.from[{j}].source"), w)).unwrap_or_default();
         out.from.push(checks);
     }
     for (j, t) in rule.to.iter().enumerate() {
@@ -871,11 +803,7 @@ fn compile_policy(
         api::Action::Deny => Act::Deny,
         api::Action::Audit => Act::Audit,
         api::Action::Custom => {
-            let provider = spec
-                .provider
-                .as_ref()
-                .and_then(|p| p.name.as_deref())
-                .unwrap_or("<none>");
+            let provider = spec.provider.as_ref().and_then(|p| p.name.as_deref()).unwrap_or("<none>");
             w.push(format!(
                 "action CUSTOM (provider `{provider}`) is not emulated: the policy is ignored and no external authorizer is asked"
             ));
@@ -889,30 +817,16 @@ fn compile_policy(
         w.push("targetRef/targetRefs are not emulated: the policy is ignored");
         return None;
     }
-    if annotations
-        .get(DRY_RUN_ANNOTATION)
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
-    {
-        w.push(format!(
-            "{DRY_RUN_ANNOTATION}: the policy is dry-run, so it is not enforced"
-        ));
+    if annotations.get(DRY_RUN_ANNOTATION).is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        w.push(format!("{DRY_RUN_ANNOTATION}: the policy is dry-run, so it is not enforced"));
         return None;
     }
-    let rules = spec
-        .rules
-        .iter()
-        .enumerate()
-        .map(|(i, r)| compile_rule(r, &format!("rules[{i}]"), w))
-        .collect();
+    let rules = spec.rules.iter().enumerate().map(|(i, r)| compile_rule(r, &format!("rules[{i}]"), w)).collect();
     Some(CompiledPolicy {
         namespace: namespace.to_string(),
         name: name.to_string(),
         act,
-        selector: spec
-            .selector
-            .as_ref()
-            .map(|s| s.match_labels.clone())
-            .unwrap_or_default(),
+        selector: spec.selector.as_ref().map(|s| s.match_labels.clone()).unwrap_or_default(),
         rules,
     })
 }
@@ -937,10 +851,8 @@ impl AuthzTable {
             // The loader fills in the namespace; `default` is kubectl's fallback.
             let namespace = obj.metadata.namespace.as_deref().unwrap_or("default");
             let name = obj.metadata.name.as_deref().unwrap_or_default();
-            let mut w = Warnings {
-                out: &mut warnings,
-                prefix: format!("{origin}: AuthorizationPolicy {namespace}/{name}"),
-            };
+            let mut w =
+                Warnings { out: &mut warnings, prefix: format!("{origin}: AuthorizationPolicy {namespace}/{name}") };
             if let Some(p) = compile_policy(&obj.spec, &obj.metadata.annotations, namespace, name, &mut w) {
                 compiled.push(p);
             }
@@ -958,11 +870,7 @@ impl AuthzTable {
         let denied_by = in_scope()
             .filter(|p| p.act == Act::Deny)
             .flat_map(|p| {
-                p.rules
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, r)| r.matches(Act::Deny, req))
-                    .map(|(i, _)| p.rule_name(i))
+                p.rules.iter().enumerate().filter(|(_, r)| r.matches(Act::Deny, req)).map(|(i, _)| p.rule_name(i))
             })
             .min();
         if let Some(policy) = denied_by {
@@ -975,17 +883,13 @@ impl AuthzTable {
         if allows.any(|p| p.rules.iter().any(|r| r.matches(Act::Allow, req))) {
             return Decision::Allow;
         }
-        Decision::Deny {
-            policy: "none".to_string(),
-        }
+        Decision::Deny { policy: "none".to_string() }
     }
 
     /// Whether any ALLOW or DENY policy applies to `target`; when none does,
     /// every request is allowed and the proxy can skip evaluation.
     pub fn applies_to(&self, target: &Target<'_>) -> bool {
-        self.policies
-            .iter()
-            .any(|p| matches!(p.act, Act::Allow | Act::Deny) && p.applies(target))
+        self.policies.iter().any(|p| matches!(p.act, Act::Allow | Act::Deny) && p.applies(target))
     }
 }
 
@@ -1013,11 +917,8 @@ mod tests {
     }
 
     fn compile(policies: &[Policy]) -> (AuthzTable, Vec<String>) {
-        let with_origin: Vec<(&Policy, String)> = policies
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p, format!("test.yaml:{}", i + 1)))
-            .collect();
+        let with_origin: Vec<(&Policy, String)> =
+            policies.iter().enumerate().map(|(i, p)| (p, format!("test.yaml:{}", i + 1))).collect();
         AuthzTable::compile(&with_origin)
     }
 
@@ -1043,9 +944,7 @@ mod tests {
     }
 
     fn none() -> Decision {
-        Decision::Deny {
-            policy: "none".to_string(),
-        }
+        Decision::Deny { policy: "none".to_string() }
     }
 
     /// The Bookinfo workloads of namespace `default`.
@@ -1066,10 +965,7 @@ mod tests {
     }
 
     fn in_default(l: &BTreeMap<String, String>) -> Target<'_> {
-        Target {
-            namespace: "default",
-            labels: l,
-        }
+        Target { namespace: "default", labels: l }
     }
 
     fn authz_http(step: usize) -> Vec<Policy> {
@@ -1082,10 +978,7 @@ mod tests {
         ];
         // Step 3 applies two files (details and reviews viewers).
         let count = [0, 1, 2, 4, 5][step];
-        files[..count]
-            .iter()
-            .map(|f| load(&format!("istio.io-tasks/authz-http/{f}")))
-            .collect()
+        files[..count].iter().map(|f| load(&format!("istio.io-tasks/authz-http/{f}"))).collect()
     }
 
     #[test]
@@ -1093,28 +986,13 @@ mod tests {
         let (t, warnings) = compile(&authz_http(1));
         assert!(warnings.is_empty(), "{warnings:?}");
         let b = bookinfo();
-        assert_eq!(
-            t.evaluate(&in_default(&b.productpage), &req(Some(GW_SA), "GET", "/productpage")),
-            none()
-        );
-        assert_eq!(
-            t.evaluate(&in_default(&b.details), &req(Some(PRODUCTPAGE_SA), "GET", "/details/0")),
-            none()
-        );
-        assert_eq!(
-            t.evaluate(&in_default(&b.reviews), &req(Some(PRODUCTPAGE_SA), "GET", "/reviews/0")),
-            none()
-        );
-        assert_eq!(
-            t.evaluate(&in_default(&b.ratings), &req(Some(REVIEWS_SA), "GET", "/ratings/0")),
-            none()
-        );
+        assert_eq!(t.evaluate(&in_default(&b.productpage), &req(Some(GW_SA), "GET", "/productpage")), none());
+        assert_eq!(t.evaluate(&in_default(&b.details), &req(Some(PRODUCTPAGE_SA), "GET", "/details/0")), none());
+        assert_eq!(t.evaluate(&in_default(&b.reviews), &req(Some(PRODUCTPAGE_SA), "GET", "/reviews/0")), none());
+        assert_eq!(t.evaluate(&in_default(&b.ratings), &req(Some(REVIEWS_SA), "GET", "/ratings/0")), none());
         assert!(t.applies_to(&in_default(&b.ratings)));
         // Another namespace is untouched.
-        let other = Target {
-            namespace: "foo",
-            labels: &b.productpage,
-        };
+        let other = Target { namespace: "foo", labels: &b.productpage };
         assert!(!t.applies_to(&other));
         assert_eq!(t.evaluate(&other, &req(None, "GET", "/")), Decision::Allow);
     }
@@ -1125,22 +1003,13 @@ mod tests {
         assert!(warnings.is_empty(), "{warnings:?}");
         let b = bookinfo();
         let pp = in_default(&b.productpage);
-        assert_eq!(
-            t.evaluate(&pp, &req(Some(GW_SA), "GET", "/productpage")),
-            Decision::Allow
-        );
+        assert_eq!(t.evaluate(&pp, &req(Some(GW_SA), "GET", "/productpage")), Decision::Allow);
         // Any caller, even plaintext, may GET.
         assert_eq!(t.evaluate(&pp, &req(None, "GET", "/productpage")), Decision::Allow);
         assert_eq!(t.evaluate(&pp, &req(Some(GW_SA), "POST", "/productpage")), none());
         // "Error fetching product details" / "reviews": both still denied.
-        assert_eq!(
-            t.evaluate(&in_default(&b.details), &req(Some(PRODUCTPAGE_SA), "GET", "/details/0")),
-            none()
-        );
-        assert_eq!(
-            t.evaluate(&in_default(&b.reviews), &req(Some(PRODUCTPAGE_SA), "GET", "/reviews/0")),
-            none()
-        );
+        assert_eq!(t.evaluate(&in_default(&b.details), &req(Some(PRODUCTPAGE_SA), "GET", "/details/0")), none());
+        assert_eq!(t.evaluate(&in_default(&b.reviews), &req(Some(PRODUCTPAGE_SA), "GET", "/reviews/0")), none());
     }
 
     #[test]
@@ -1150,24 +1019,15 @@ mod tests {
         let b = bookinfo();
         for workload in [&b.details, &b.reviews] {
             let tg = in_default(workload);
-            assert_eq!(
-                t.evaluate(&tg, &req(Some(PRODUCTPAGE_SA), "GET", "/x/0")),
-                Decision::Allow
-            );
+            assert_eq!(t.evaluate(&tg, &req(Some(PRODUCTPAGE_SA), "GET", "/x/0")), Decision::Allow);
             assert_eq!(t.evaluate(&tg, &req(Some(PRODUCTPAGE_SA), "POST", "/x/0")), none());
             assert_eq!(t.evaluate(&tg, &req(Some(REVIEWS_SA), "GET", "/x/0")), none());
             // Without mTLS there is no principal to match.
             assert_eq!(t.evaluate(&tg, &req(None, "GET", "/x/0")), none());
         }
         // "Ratings service is currently unavailable".
-        assert_eq!(
-            t.evaluate(&in_default(&b.ratings), &req(Some(REVIEWS_SA), "GET", "/ratings/0")),
-            none()
-        );
-        assert_eq!(
-            t.evaluate(&in_default(&b.productpage), &req(Some(GW_SA), "GET", "/productpage")),
-            Decision::Allow
-        );
+        assert_eq!(t.evaluate(&in_default(&b.ratings), &req(Some(REVIEWS_SA), "GET", "/ratings/0")), none());
+        assert_eq!(t.evaluate(&in_default(&b.productpage), &req(Some(GW_SA), "GET", "/productpage")), Decision::Allow);
     }
 
     #[test]
@@ -1176,23 +1036,11 @@ mod tests {
         assert!(warnings.is_empty(), "{warnings:?}");
         let b = bookinfo();
         let ratings = in_default(&b.ratings);
-        assert_eq!(
-            t.evaluate(&ratings, &req(Some(REVIEWS_SA), "GET", "/ratings/0")),
-            Decision::Allow
-        );
-        assert_eq!(
-            t.evaluate(&ratings, &req(Some(PRODUCTPAGE_SA), "GET", "/ratings/0")),
-            none()
-        );
-        assert_eq!(
-            t.evaluate(&ratings, &req(Some(REVIEWS_SA), "POST", "/ratings/0")),
-            none()
-        );
+        assert_eq!(t.evaluate(&ratings, &req(Some(REVIEWS_SA), "GET", "/ratings/0")), Decision::Allow);
+        assert_eq!(t.evaluate(&ratings, &req(Some(PRODUCTPAGE_SA), "GET", "/ratings/0")), none());
+        assert_eq!(t.evaluate(&ratings, &req(Some(REVIEWS_SA), "POST", "/ratings/0")), none());
         // The whole page works again.
-        assert_eq!(
-            t.evaluate(&in_default(&b.productpage), &req(Some(GW_SA), "GET", "/productpage")),
-            Decision::Allow
-        );
+        assert_eq!(t.evaluate(&in_default(&b.productpage), &req(Some(GW_SA), "GET", "/productpage")), Decision::Allow);
         assert_eq!(
             t.evaluate(&in_default(&b.details), &req(Some(PRODUCTPAGE_SA), "GET", "/details/0")),
             Decision::Allow
@@ -1208,10 +1056,7 @@ mod tests {
     }
 
     fn gateway(l: &BTreeMap<String, String>) -> Target<'_> {
-        Target {
-            namespace: ROOT_NAMESPACE,
-            labels: l,
-        }
+        Target { namespace: ROOT_NAMESPACE, labels: l }
     }
 
     /// A request reaching the ingress gateway from outside (plaintext).
@@ -1229,47 +1074,33 @@ mod tests {
 
     #[test]
     fn frontend_ingress_requires_a_token() {
-        let (t, warnings) = compile(&[load(
-            "istio.io-tasks/authn-policy/12-frontend-ingress-require-token.yaml",
-        )]);
+        let (t, warnings) = compile(&[load("istio.io-tasks/authn-policy/12-frontend-ingress-require-token.yaml")]);
         assert!(warnings.is_empty(), "{warnings:?}");
         let gl = gateway_labels();
         let gw = gateway(&gl);
         assert!(t.applies_to(&gw));
         assert_eq!(
             t.evaluate(&gw, &external("/headers", None)),
-            Decision::Deny {
-                policy: "ns[istio-system]-policy[frontend-ingress]-rule[0]".to_string()
-            }
+            Decision::Deny { policy: "ns[istio-system]-policy[frontend-ingress]-rule[0]".to_string() }
         );
-        assert_eq!(
-            t.evaluate(&gw, &external("/headers", Some(JWT_PRINCIPAL))),
-            Decision::Allow
-        );
+        assert_eq!(t.evaluate(&gw, &external("/headers", Some(JWT_PRINCIPAL))), Decision::Allow);
         // The selector keeps it off the sidecars, even from the root namespace.
         let httpbin = labels(&[("app", "httpbin"), ("version", "v1")]);
-        let foo = Target {
-            namespace: "foo",
-            labels: &httpbin,
-        };
+        let foo = Target { namespace: "foo", labels: &httpbin };
         assert!(!t.applies_to(&foo));
         assert_eq!(t.evaluate(&foo, &req(None, "GET", "/headers")), Decision::Allow);
     }
 
     #[test]
     fn frontend_ingress_requires_a_token_per_path() {
-        let (t, warnings) = compile(&[load(
-            "istio.io-tasks/authn-policy/13-frontend-ingress-require-token-per-path.yaml",
-        )]);
+        let (t, warnings) =
+            compile(&[load("istio.io-tasks/authn-policy/13-frontend-ingress-require-token-per-path.yaml")]);
         assert!(warnings.is_empty(), "{warnings:?}");
         let gl = gateway_labels();
         let gw = gateway(&gl);
         assert!(denied(&t.evaluate(&gw, &external("/headers", None))));
         assert_eq!(t.evaluate(&gw, &external("/ip", None)), Decision::Allow);
-        assert_eq!(
-            t.evaluate(&gw, &external("/headers", Some(JWT_PRINCIPAL))),
-            Decision::Allow
-        );
+        assert_eq!(t.evaluate(&gw, &external("/headers", Some(JWT_PRINCIPAL))), Decision::Allow);
     }
 
     #[test]
@@ -1321,9 +1152,7 @@ mod tests {
         assert!(one.contains("10.1.2.3".parse().expect("ip")) && !one.contains("10.1.2.4".parse().expect("ip")));
         let v6 = Cidr::parse("fd00::/8").expect("cidr");
         assert!(v6.contains("fd12::1".parse().expect("ip")) && !v6.contains("fe80::1".parse().expect("ip")));
-        assert!(Cidr::parse("0.0.0.0/0")
-            .expect("cidr")
-            .contains("8.8.8.8".parse().expect("ip")));
+        assert!(Cidr::parse("0.0.0.0/0").expect("cidr").contains("8.8.8.8".parse().expect("ip")));
         assert!(Cidr::parse("10.0.0.0/33").is_none() && Cidr::parse("bogus").is_none());
     }
 
@@ -1339,10 +1168,7 @@ mod tests {
     }
 
     fn foo(l: &BTreeMap<String, String>) -> Target<'_> {
-        Target {
-            namespace: "foo",
-            labels: l,
-        }
+        Target { namespace: "foo", labels: l }
     }
 
     #[test]
@@ -1365,31 +1191,17 @@ mod tests {
     fn mtls_only_fields_on_plaintext() {
         // ALLOW notNamespaces [foo]: a plaintext request has no namespace, so
         // it is "not foo" and allowed (ISTIO-SECURITY-2021-004).
-        let (t, _) = compile(&[policy(
-            "foo",
-            "  rules:\n  - from:\n    - source:\n        notNamespaces: [\"foo\"]\n",
-        )]);
+        let (t, _) =
+            compile(&[policy("foo", "  rules:\n  - from:\n    - source:\n        notNamespaces: [\"foo\"]\n")]);
         let l = httpbin_labels();
         let tg = foo(&l);
         assert_eq!(t.evaluate(&tg, &req(None, "GET", "/")), Decision::Allow);
-        assert_eq!(
-            t.evaluate(&tg, &req(Some("cluster.local/ns/foo/sa/sleep"), "GET", "/")),
-            none()
-        );
-        assert_eq!(
-            t.evaluate(&tg, &req(Some("cluster.local/ns/bar/sa/sleep"), "GET", "/")),
-            Decision::Allow
-        );
+        assert_eq!(t.evaluate(&tg, &req(Some("cluster.local/ns/foo/sa/sleep"), "GET", "/")), none());
+        assert_eq!(t.evaluate(&tg, &req(Some("cluster.local/ns/bar/sa/sleep"), "GET", "/")), Decision::Allow);
         // principals ["*"] requires mTLS.
-        let (t, _) = compile(&[policy(
-            "foo",
-            "  rules:\n  - from:\n    - source:\n        principals: [\"*\"]\n",
-        )]);
+        let (t, _) = compile(&[policy("foo", "  rules:\n  - from:\n    - source:\n        principals: [\"*\"]\n")]);
         assert_eq!(t.evaluate(&tg, &req(None, "GET", "/")), none());
-        assert_eq!(
-            t.evaluate(&tg, &req(Some("cluster.local/ns/bar/sa/x"), "GET", "/")),
-            Decision::Allow
-        );
+        assert_eq!(t.evaluate(&tg, &req(Some("cluster.local/ns/bar/sa/x"), "GET", "/")), Decision::Allow);
     }
 
     #[test]
@@ -1401,22 +1213,10 @@ mod tests {
         assert!(warnings.is_empty(), "{warnings:?}");
         let l = httpbin_labels();
         let tg = foo(&l);
-        assert_eq!(
-            t.evaluate(&tg, &req(Some("cluster.local/ns/bar/sa/sleep"), "GET", "/")),
-            Decision::Allow
-        );
-        assert_eq!(
-            t.evaluate(&tg, &req(Some("other.td/ns/bar/sa/sleep"), "GET", "/")),
-            none()
-        );
-        assert_eq!(
-            t.evaluate(&tg, &req(Some("cluster.local/ns/bar/sa/curl"), "GET", "/")),
-            none()
-        );
-        assert_eq!(
-            t.evaluate(&tg, &req(Some("cluster.local/ns/te-x-st/sa/a"), "GET", "/")),
-            Decision::Allow
-        );
+        assert_eq!(t.evaluate(&tg, &req(Some("cluster.local/ns/bar/sa/sleep"), "GET", "/")), Decision::Allow);
+        assert_eq!(t.evaluate(&tg, &req(Some("other.td/ns/bar/sa/sleep"), "GET", "/")), none());
+        assert_eq!(t.evaluate(&tg, &req(Some("cluster.local/ns/bar/sa/curl"), "GET", "/")), none());
+        assert_eq!(t.evaluate(&tg, &req(Some("cluster.local/ns/te-x-st/sa/a"), "GET", "/")), Decision::Allow);
     }
 
     #[test]
@@ -1427,10 +1227,7 @@ mod tests {
         )]);
         let l = httpbin_labels();
         let tg = foo(&l);
-        let with_host = |host: &'static str| Request {
-            host,
-            ..req(None, "GET", "/")
-        };
+        let with_host = |host: &'static str| Request { host, ..req(None, "GET", "/") };
         assert_eq!(t.evaluate(&tg, &with_host("HTTPBIN.Example.com")), Decision::Allow);
         // Istio's exact host match does not strip a port (best practices page).
         assert_eq!(t.evaluate(&tg, &with_host("httpbin.example.com:8080")), none());
@@ -1456,38 +1253,14 @@ mod tests {
             ..req(None, "GET", "/")
         };
         assert_eq!(t.evaluate(&tg, &good), Decision::Allow);
-        let outside = Request {
-            source_ip: Some([192, 168, 0, 1].into()),
-            ..good
-        };
+        let outside = Request { source_ip: Some([192, 168, 0, 1].into()), ..good };
         assert_eq!(t.evaluate(&tg, &outside), none());
-        let no_header = Request {
-            headers: &http::HeaderMap::new(),
-            ..good
-        };
+        let no_header = Request { headers: &http::HeaderMap::new(), ..good };
         assert_eq!(t.evaluate(&tg, &no_header), none());
         let guest = serde_json::json!({"groups": "admin", "nested": {"role": "guest"}});
-        assert_eq!(
-            t.evaluate(
-                &tg,
-                &Request {
-                    claims: Some(&guest),
-                    ..good
-                }
-            ),
-            none()
-        );
+        assert_eq!(t.evaluate(&tg, &Request { claims: Some(&guest), ..good }), none());
         let string_claim = serde_json::json!({"groups": "admin"});
-        assert_eq!(
-            t.evaluate(
-                &tg,
-                &Request {
-                    claims: Some(&string_claim),
-                    ..good
-                }
-            ),
-            Decision::Allow
-        );
+        assert_eq!(t.evaluate(&tg, &Request { claims: Some(&string_claim), ..good }), Decision::Allow);
         assert_eq!(t.evaluate(&tg, &Request { claims: None, ..good }), none());
     }
 
@@ -1501,21 +1274,9 @@ mod tests {
         let l = httpbin_labels();
         let tg = foo(&l);
         let claims = serde_json::json!({"aud": ["web", "bookstore"], "azp": "1.my-svc.com"});
-        let r = Request {
-            claims: Some(&claims),
-            ..req(None, "GET", "/")
-        };
+        let r = Request { claims: Some(&claims), ..req(None, "GET", "/") };
         assert_eq!(t.evaluate(&tg, &r), Decision::Allow);
-        assert_eq!(
-            t.evaluate(
-                &tg,
-                &Request {
-                    sni: Some("blocked.example"),
-                    ..r
-                }
-            ),
-            none()
-        );
+        assert_eq!(t.evaluate(&tg, &Request { sni: Some("blocked.example"), ..r }), none());
         assert_eq!(t.evaluate(&tg, &Request { port: 80, ..r }), none());
     }
 
@@ -1542,15 +1303,11 @@ mod tests {
         assert_eq!(t.evaluate(&tg, &req(None, "GET", "/")), Decision::Allow);
         assert_eq!(
             t.evaluate(&tg, &req(None, "GET", "/admin")),
-            Decision::Deny {
-                policy: "ns[foo]-policy[p]-rule[1]".to_string()
-            }
+            Decision::Deny { policy: "ns[foo]-policy[p]-rule[1]".to_string() }
         );
         assert_eq!(
             t.evaluate(&tg, &req(None, "POST", "/admin")),
-            Decision::Deny {
-                policy: "ns[foo]-policy[p]-rule[0]".to_string()
-            }
+            Decision::Deny { policy: "ns[foo]-policy[p]-rule[0]".to_string() }
         );
     }
 
@@ -1565,16 +1322,10 @@ mod tests {
 
     #[test]
     fn custom_is_reported_and_ignored() {
-        let (t, warnings) = compile(&[policy(
-            "foo",
-            "  action: CUSTOM\n  provider:\n    name: my-ext-authz\n  rules:\n  - {}\n",
-        )]);
+        let (t, warnings) =
+            compile(&[policy("foo", "  action: CUSTOM\n  provider:\n    name: my-ext-authz\n  rules:\n  - {}\n")]);
         assert_eq!(warnings.len(), 1);
-        assert!(
-            warnings[0].starts_with("test.yaml:1: AuthorizationPolicy foo/p: "),
-            "{}",
-            warnings[0]
-        );
+        assert!(warnings[0].starts_with("test.yaml:1: AuthorizationPolicy foo/p: "), "{}", warnings[0]);
         assert!(warnings[0].contains("CUSTOM") && warnings[0].contains("my-ext-authz"));
         assert!(warnings[0].contains("not emulated") && warnings[0].contains("ignored"));
         let l = httpbin_labels();
@@ -1591,38 +1342,22 @@ mod tests {
         let v1 = labels(&[("app", "reviews"), ("version", "v1")]);
         let v2 = labels(&[("app", "reviews"), ("version", "v2")]);
         for ns in ["default", "foo", ROOT_NAMESPACE] {
-            let tg = Target {
-                namespace: ns,
-                labels: &v1,
-            };
+            let tg = Target { namespace: ns, labels: &v1 };
             assert!(denied(&t.evaluate(&tg, &req(None, "GET", "/"))), "{ns}");
-            let tg = Target {
-                namespace: ns,
-                labels: &v2,
-            };
+            let tg = Target { namespace: ns, labels: &v2 };
             assert_eq!(t.evaluate(&tg, &req(None, "GET", "/")), Decision::Allow, "{ns}");
         }
         // A non-root policy stays in its namespace.
         let (t, _) = compile(&[policy("bar", "  {}\n")]);
-        assert!(t.applies_to(&Target {
-            namespace: "bar",
-            labels: &v1
-        }));
-        assert!(!t.applies_to(&Target {
-            namespace: "foo",
-            labels: &v1
-        }));
+        assert!(t.applies_to(&Target { namespace: "bar", labels: &v1 }));
+        assert!(!t.applies_to(&Target { namespace: "foo", labels: &v1 }));
     }
 
     #[test]
     fn tcp_traffic_and_http_only_fields() {
         let l = httpbin_labels();
         let tg = foo(&l);
-        let tcp = Request {
-            tcp: true,
-            port: 9000,
-            ..Request::default()
-        };
+        let tcp = Request { tcp: true, port: 9000, ..Request::default() };
         // DENY: the method cannot be read on TCP, so only the port counts.
         let (t, _) = compile(&[policy(
             "foo",
@@ -1644,17 +1379,7 @@ mod tests {
         assert_eq!(t.evaluate(&tg, &tcp), none());
         assert_eq!(t.evaluate(&tg, &Request { port: 9001, ..tcp }), Decision::Allow);
         // The same ALLOW rule still works for HTTP on port 9000.
-        assert_eq!(
-            t.evaluate(
-                &tg,
-                &Request {
-                    tcp: false,
-                    method: "GET",
-                    ..tcp
-                }
-            ),
-            Decision::Allow
-        );
+        assert_eq!(t.evaluate(&tg, &Request { tcp: false, method: "GET", ..tcp }), Decision::Allow);
     }
 
     #[test]
@@ -1678,18 +1403,14 @@ mod tests {
         assert_eq!(t.evaluate(&tg, &req(None, "GET", "/")), none());
         assert_eq!(
             t.evaluate(&tg, &req(None, "GET", "/x")),
-            Decision::Deny {
-                policy: "ns[foo]-policy[p]-rule[0]".to_string()
-            }
+            Decision::Deny { policy: "ns[foo]-policy[p]-rule[0]".to_string() }
         );
     }
 
     #[test]
     fn ignored_policies_and_invalid_values_are_reported() {
         let mut dry = policy("foo", "  action: DENY\n  rules:\n  - {}\n");
-        dry.metadata
-            .annotations
-            .insert(DRY_RUN_ANNOTATION.to_string(), "true".to_string());
+        dry.metadata.annotations.insert(DRY_RUN_ANNOTATION.to_string(), "true".to_string());
         let (t, warnings) = compile(&[
             dry,
             policy(
@@ -1701,14 +1422,7 @@ mod tests {
                 "  rules:\n  - from:\n    - source:\n        ipBlocks: [\"300.1.1.1\"]\n    to:\n    - operation:\n        ports: [\"http\"]\n        paths: [\"/a/{*}.txt\"]\n    when:\n    - key: source.ip\n",
             ),
         ]);
-        let expect = [
-            "dry-run",
-            "targetRef",
-            "300.1.1.1",
-            "`http`",
-            "/a/{*}.txt",
-            "needs values",
-        ];
+        let expect = ["dry-run", "targetRef", "300.1.1.1", "`http`", "/a/{*}.txt", "needs values"];
         assert_eq!(warnings.len(), expect.len(), "{warnings:?}");
         for (w, e) in warnings.iter().zip(expect) {
             assert!(w.contains(e), "{w} should mention {e}");

@@ -53,10 +53,7 @@ pub struct Identity {
 impl std::fmt::Debug for Identity {
     // The key stays out of logs and debug output.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Identity")
-            .field("spiffe", &self.spiffe)
-            .field("not_after", &self.not_after)
-            .finish()
+        f.debug_struct("Identity").field("spiffe", &self.spiffe).field("not_after", &self.not_after).finish()
     }
 }
 
@@ -96,11 +93,7 @@ fn root_params() -> Result<CertificateParams, rcgen::Error> {
     dn.push(DnType::CommonName, "meshd root CA");
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     let now = time::OffsetDateTime::now_utc();
     p.not_before = now - time::Duration::days(1);
     p.not_after = now + time::Duration::days(3650);
@@ -108,10 +101,7 @@ fn root_params() -> Result<CertificateParams, rcgen::Error> {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CaError + '_ {
-    move |source| CaError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| CaError::Io { path: path.to_path_buf(), source }
 }
 
 impl Ca {
@@ -120,11 +110,7 @@ impl Ca {
         let key = KeyPair::generate()?;
         let params = root_params()?;
         let cert = params.self_signed(&key)?;
-        Ok(Ca {
-            root: cert.der().clone(),
-            root_pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        })
+        Ok(Ca { root: cert.der().clone(), root_pem: cert.pem(), issuer: Issuer::new(params, key) })
     }
 
     /// Loads the root from `dir` (`ca.pem`, `ca-key.pem`), creating it on first start.
@@ -137,11 +123,7 @@ impl Ca {
             let key = KeyPair::from_pem(&key_pem)?;
             let der = rustls_pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
                 .map_err(|_| CaError::Cert(rcgen::Error::CouldNotParseCertificate))?;
-            return Ok(Ca {
-                root: der,
-                root_pem: pem,
-                issuer: Issuer::new(root_params()?, key),
-            });
+            return Ok(Ca { root: der, root_pem: pem, issuer: Issuer::new(root_params()?, key) });
         }
         let ca = Ca::ephemeral()?;
         std::fs::create_dir_all(dir).map_err(io(dir))?;
@@ -215,16 +197,11 @@ mod tests {
         let a = Ca::load_or_create(&dir).unwrap();
         let b = Ca::load_or_create(&dir).unwrap();
         assert_eq!(a.root_pem, b.root_pem, "the same root after a restart");
-        let id = b
-            .issue(&spiffe_id("default", "bookinfo-reviews"), Duration::from_secs(3600))
-            .unwrap();
+        let id = b.issue(&spiffe_id("default", "bookinfo-reviews"), Duration::from_secs(3600)).unwrap();
         let cert = x509_parser::parse_x509_certificate(&id.cert).unwrap().1;
         let root = x509_parser::parse_x509_certificate(&a.root).unwrap().1;
         assert_eq!(cert.issuer(), root.subject());
-        assert!(
-            cert.verify_signature(Some(root.public_key())).is_ok(),
-            "signed by the stored root"
-        );
+        assert!(cert.verify_signature(Some(root.public_key())).is_ok(), "signed by the stored root");
         assert!(!id.due(SystemTime::now()));
         assert!(id.due(SystemTime::now() + Duration::from_secs(1900)));
         assert!(!format!("{id:?}").contains("key"), "no key material in debug output");

@@ -17,15 +17,8 @@ const CLOCK_SKEW_SECS: u64 = 60;
 /// A public key from a JWKS.
 #[derive(Debug, Clone)]
 pub enum Key {
-    Rsa {
-        kid: Option<String>,
-        n: Vec<u8>,
-        e: Vec<u8>,
-    },
-    EcP256 {
-        kid: Option<String>,
-        point: Vec<u8>,
-    },
+    Rsa { kid: Option<String>, n: Vec<u8>, e: Vec<u8> },
+    EcP256 { kid: Option<String>, point: Vec<u8> },
 }
 
 impl Key {
@@ -128,9 +121,8 @@ impl JwtTable {
             let ns = p.metadata.namespace.clone().unwrap_or_else(|| "default".into());
             let name = p.metadata.name.clone().unwrap_or_default();
             if p.spec.target_ref.is_some() || !p.spec.target_refs.is_empty() {
-                warnings.push(format!(
-                    "RequestAuthentication {ns}/{name}: targetRefs not emulated yet, policy ignored"
-                ));
+                warnings
+                    .push(format!("RequestAuthentication {ns}/{name}: targetRefs not emulated yet, policy ignored"));
                 continue;
             }
             let mut rules = Vec::new();
@@ -151,20 +143,14 @@ impl JwtTable {
                     .iter()
                     .filter_map(|h| {
                         let name = HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes()).ok()?;
-                        Some(From::Header {
-                            name,
-                            prefix: h.prefix.clone().unwrap_or_default(),
-                        })
+                        Some(From::Header { name, prefix: h.prefix.clone().unwrap_or_default() })
                     })
                     .chain(r.from_params.iter().map(|p| From::Param(p.clone())))
                     .chain(r.from_cookies.iter().map(|c| From::Cookie(c.clone())))
                     .collect();
                 if from.is_empty() {
                     from = vec![
-                        From::Header {
-                            name: http::header::AUTHORIZATION,
-                            prefix: "Bearer ".into(),
-                        },
+                        From::Header { name: http::header::AUTHORIZATION, prefix: "Bearer ".into() },
                         From::Param("access_token".into()),
                     ];
                 }
@@ -190,17 +176,8 @@ impl JwtTable {
                         .and_then(|h| HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).ok()),
                 });
             }
-            let selector = p
-                .spec
-                .selector
-                .as_ref()
-                .map(|s| s.match_labels.clone())
-                .filter(|l| !l.is_empty());
-            out.push(Policy {
-                namespace: ns,
-                selector,
-                rules,
-            });
+            let selector = p.spec.selector.as_ref().map(|s| s.match_labels.clone()).filter(|l| !l.is_empty());
+            out.push(Policy { namespace: ns, selector, rules });
         }
         (JwtTable { policies: out }, warnings)
     }
@@ -209,11 +186,7 @@ impl JwtTable {
         self.policies
             .iter()
             .filter(move |p| p.namespace == namespace || p.namespace == ROOT_NAMESPACE)
-            .filter(move |p| {
-                p.selector
-                    .as_ref()
-                    .is_none_or(|s| s.iter().all(|(k, v)| labels.get(k) == Some(v)))
-            })
+            .filter(move |p| p.selector.as_ref().is_none_or(|s| s.iter().all(|(k, v)| labels.get(k) == Some(v))))
             .flat_map(|p| p.rules.iter())
     }
 
@@ -251,18 +224,13 @@ impl JwtTable {
         if parts.len() != 3 {
             return Err("Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections");
         }
-        let header: Value = b64url(parts[0])
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or("Jwt header is an invalid JSON")?;
-        let payload: Value = b64url(parts[1])
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or("Jwt payload is an invalid JSON")?;
+        let header: Value =
+            b64url(parts[0]).and_then(|b| serde_json::from_slice(&b).ok()).ok_or("Jwt header is an invalid JSON")?;
+        let payload: Value =
+            b64url(parts[1]).and_then(|b| serde_json::from_slice(&b).ok()).ok_or("Jwt payload is an invalid JSON")?;
         let signature = b64url(parts[2]).ok_or("Jwt signature is an invalid Base64url encoded")?;
         let iss = payload.get("iss").and_then(Value::as_str).unwrap_or("");
-        let rule = rules
-            .iter()
-            .find(|r| r.issuer == iss)
-            .ok_or("Jwt issuer is not configured")?;
+        let rule = rules.iter().find(|r| r.issuer == iss).ok_or("Jwt issuer is not configured")?;
         if let Some(exp) = payload.get("exp").and_then(Value::as_u64) {
             if now_secs > exp + CLOCK_SKEW_SECS {
                 return Err("Jwt is expired");
@@ -316,10 +284,7 @@ impl JwtTable {
                 headers.insert(h.clone(), v);
             }
         }
-        Ok(Some(Authenticated {
-            principal: format!("{iss}/{sub}"),
-            claims: payload,
-        }))
+        Ok(Some(Authenticated { principal: format!("{iss}/{sub}"), claims: payload }))
     }
 }
 
@@ -333,16 +298,12 @@ fn extract(from: &From, headers: &HeaderMap, query: Option<&str>) -> Option<Stri
             let (k, v) = kv.split_once('=')?;
             (k == p).then(|| v.to_string())
         }),
-        From::Cookie(c) => headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find_map(|s| {
-                s.split(';').find_map(|kv| {
-                    let (k, v) = kv.trim().split_once('=')?;
-                    (k == c).then(|| v.to_string())
-                })
-            }),
+        From::Cookie(c) => headers.get_all(http::header::COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|s| {
+            s.split(';').find_map(|kv| {
+                let (k, v) = kv.trim().split_once('=')?;
+                (k == c).then(|| v.to_string())
+            })
+        }),
     }
 }
 
@@ -355,13 +316,11 @@ fn verify(key: &Key, alg: &str, message: &[u8], signature: &[u8]) -> bool {
                 "RS384" => &sig::RSA_PKCS1_2048_8192_SHA384,
                 _ => &sig::RSA_PKCS1_2048_8192_SHA512,
             };
-            sig::RsaPublicKeyComponents { n, e }
-                .verify(params, message, signature)
-                .is_ok()
+            sig::RsaPublicKeyComponents { n, e }.verify(params, message, signature).is_ok()
         }
-        (Key::EcP256 { point, .. }, "ES256") => sig::UnparsedPublicKey::new(&sig::ECDSA_P256_SHA256_FIXED, point)
-            .verify(message, signature)
-            .is_ok(),
+        (Key::EcP256 { point, .. }, "ES256") => {
+            sig::UnparsedPublicKey::new(&sig::ECDSA_P256_SHA256_FIXED, point).verify(message, signature).is_ok()
+        }
         _ => false,
     }
 }
@@ -433,9 +392,7 @@ pub(crate) mod tests {
     }
 
     fn gw() -> Labels {
-        [("istio".to_string(), "ingressgateway".to_string())]
-            .into_iter()
-            .collect()
+        [("istio".to_string(), "ingressgateway".to_string())].into_iter().collect()
     }
 
     fn run(t: &JwtTable, auth: Option<&str>) -> Result<Option<Authenticated>, JwtError> {
@@ -459,57 +416,34 @@ pub(crate) mod tests {
         let ok = run(&t, Some(&format!("Bearer {good}"))).unwrap().unwrap();
         assert_eq!(ok.principal, "testing@secure.istio.io/testing@secure.istio.io");
         let expired = s.token(&serde_json::json!({"iss":"testing@secure.istio.io","sub":"x","exp":1_600_000_000u64}));
-        assert_eq!(
-            run(&t, Some(&format!("Bearer {expired}"))).unwrap_err(),
-            "Jwt is expired"
-        );
+        assert_eq!(run(&t, Some(&format!("Bearer {expired}"))).unwrap_err(), "Jwt is expired");
         let other = Signer::new().token(&serde_json::json!({"iss":"testing@secure.istio.io","sub":"x"}));
-        assert_eq!(
-            run(&t, Some(&format!("Bearer {other}"))).unwrap_err(),
-            "Jwt verification fails"
-        );
+        assert_eq!(run(&t, Some(&format!("Bearer {other}"))).unwrap_err(), "Jwt verification fails");
         let wrong_iss = s.token(&serde_json::json!({"iss":"someone-else","sub":"x"}));
-        assert_eq!(
-            run(&t, Some(&format!("Bearer {wrong_iss}"))).unwrap_err(),
-            "Jwt issuer is not configured"
-        );
+        assert_eq!(run(&t, Some(&format!("Bearer {wrong_iss}"))).unwrap_err(), "Jwt issuer is not configured");
         // Other workloads are not covered.
         let mut h = HeaderMap::new();
         h.insert(http::header::AUTHORIZATION, HeaderValue::from_static("Bearer deadbeef"));
-        assert!(t
-            .authenticate("default", &Labels::new(), &mut h, None, 0)
-            .unwrap()
-            .is_none());
+        assert!(t.authenticate("default", &Labels::new(), &mut h, None, 0).unwrap().is_none());
     }
 
     #[test]
     fn token_forwarding_and_claim_headers() {
         let s = Signer::new();
-        let t = table(
-            &s.jwks(),
-            "    outputClaimToHeaders: [{header: x-jwt-foo, claim: foo}]\n    audiences: [meshd]\n",
-        );
+        let t =
+            table(&s.jwks(), "    outputClaimToHeaders: [{header: x-jwt-foo, claim: foo}]\n    audiences: [meshd]\n");
         let tok = s.token(&serde_json::json!({"iss":"testing@secure.istio.io","sub":"u","aud":["meshd"],"foo":"bar"}));
         let mut h = HeaderMap::new();
-        h.insert(
-            http::header::AUTHORIZATION,
-            HeaderValue::from_str(&format!("Bearer {tok}")).unwrap(),
-        );
+        h.insert(http::header::AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {tok}")).unwrap());
         let ok = t.authenticate("istio-system", &gw(), &mut h, None, 0).unwrap().unwrap();
         assert_eq!(claim(&ok.claims, &["foo"]).unwrap(), "bar");
         assert!(!h.contains_key(http::header::AUTHORIZATION), "not forwarded by default");
         assert_eq!(h["x-jwt-foo"], "bar");
         let bad_aud = s.token(&serde_json::json!({"iss":"testing@secure.istio.io","sub":"u","aud":"other"}));
-        assert_eq!(
-            run(&t, Some(&format!("Bearer {bad_aud}"))).unwrap_err(),
-            "Audiences in Jwt are not allowed"
-        );
+        assert_eq!(run(&t, Some(&format!("Bearer {bad_aud}"))).unwrap_err(), "Audiences in Jwt are not allowed");
         // The access_token query parameter is a default location.
         let mut h = HeaderMap::new();
         let q = format!("a=1&access_token={tok}");
-        assert!(t
-            .authenticate("istio-system", &gw(), &mut h, Some(&q), 0)
-            .unwrap()
-            .is_some());
+        assert!(t.authenticate("istio-system", &gw(), &mut h, Some(&q), 0).unwrap().is_some());
     }
 }

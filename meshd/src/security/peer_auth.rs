@@ -48,36 +48,23 @@ impl PeerAuthTable {
         for p in policies {
             let ns = p.metadata.namespace.clone().unwrap_or_else(|| "default".into());
             let name = p.metadata.name.clone().unwrap_or_default();
-            let selector = p
-                .spec
-                .selector
-                .as_ref()
-                .map(|s| s.match_labels.clone())
-                .filter(|l| !l.is_empty());
+            let selector = p.spec.selector.as_ref().map(|s| s.match_labels.clone()).filter(|l| !l.is_empty());
             if selector.is_some() && ns == ROOT_NAMESPACE {
-                warnings.push(format!(
-                    "PeerAuthentication {ns}/{name}: a selector in the root namespace is ignored"
-                ));
+                warnings.push(format!("PeerAuthentication {ns}/{name}: a selector in the root namespace is ignored"));
                 continue;
             }
             let mut ports = Vec::new();
             for (k, v) in &p.spec.port_level_mtls {
                 match k.parse::<u16>() {
                     Ok(port) if selector.is_some() => ports.push((port, mode(&Some(v.clone())))),
-                    Ok(_) => warnings.push(format!(
-                        "PeerAuthentication {ns}/{name}: portLevelMtls needs a selector; ignored"
-                    )),
-                    Err(_) => warnings.push(format!(
-                        "PeerAuthentication {ns}/{name}: portLevelMtls key {k:?} is not a port"
-                    )),
+                    Ok(_) => warnings
+                        .push(format!("PeerAuthentication {ns}/{name}: portLevelMtls needs a selector; ignored")),
+                    Err(_) => {
+                        warnings.push(format!("PeerAuthentication {ns}/{name}: portLevelMtls key {k:?} is not a port"))
+                    }
                 }
             }
-            out.push(Policy {
-                namespace: ns,
-                selector,
-                mode: mode(&p.spec.mtls),
-                ports,
-            });
+            out.push(Policy { namespace: ns, selector, mode: mode(&p.spec.mtls), ports });
         }
         (PeerAuthTable { policies: out }, warnings)
     }
@@ -86,9 +73,7 @@ impl PeerAuthTable {
     pub fn mode(&self, namespace: &str, labels: &Labels, port: u16) -> MtlsMode {
         let workload = self.policies.iter().find(|p| {
             p.namespace == namespace
-                && p.selector
-                    .as_ref()
-                    .is_some_and(|s| s.iter().all(|(k, v)| labels.get(k) == Some(v)))
+                && p.selector.as_ref().is_some_and(|s| s.iter().all(|(k, v)| labels.get(k) == Some(v)))
         });
         if let Some(w) = workload {
             if let Some(m) = w.ports.iter().find(|(p, _)| *p == port).and_then(|(_, m)| *m) {
@@ -98,16 +83,9 @@ impl PeerAuthTable {
                 return m;
             }
         }
-        let ns = self
-            .policies
-            .iter()
-            .find(|p| p.namespace == namespace && p.selector.is_none())
-            .and_then(|p| p.mode);
-        let mesh = self
-            .policies
-            .iter()
-            .find(|p| p.namespace == ROOT_NAMESPACE && p.selector.is_none())
-            .and_then(|p| p.mode);
+        let ns = self.policies.iter().find(|p| p.namespace == namespace && p.selector.is_none()).and_then(|p| p.mode);
+        let mesh =
+            self.policies.iter().find(|p| p.namespace == ROOT_NAMESPACE && p.selector.is_none()).and_then(|p| p.mode);
         ns.or(mesh).unwrap_or(MtlsMode::Permissive)
     }
 }
@@ -116,10 +94,8 @@ impl PeerAuthTable {
 mod tests {
     use super::*;
 
-    const SAMPLES: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/istio-samples/istio.io-tasks/authn-policy/"
-    );
+    const SAMPLES: &str =
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/istio-samples/istio.io-tasks/authn-policy/");
 
     fn load(files: &[&str]) -> PeerAuthTable {
         let objs: Vec<api::Object<api::PeerAuthenticationSpec>> = files
@@ -136,10 +112,7 @@ mod tests {
 
     #[test]
     fn the_authn_task_precedence() {
-        assert_eq!(
-            PeerAuthTable::default().mode("foo", &httpbin(), 80),
-            MtlsMode::Permissive
-        );
+        assert_eq!(PeerAuthTable::default().mode("foo", &httpbin(), 80), MtlsMode::Permissive);
         let mesh = load(&["01-mesh-strict.yaml"]);
         assert_eq!(mesh.mode("foo", &httpbin(), 80), MtlsMode::Strict);
         assert_eq!(mesh.mode("legacy", &httpbin(), 80), MtlsMode::Strict);
@@ -148,17 +121,10 @@ mod tests {
         assert_eq!(foo.mode("bar", &httpbin(), 80), MtlsMode::Permissive);
         let bar = load(&["02-namespace-foo-strict.yaml", "03-bar-httpbin-strict.yaml"]);
         assert_eq!(bar.mode("bar", &httpbin(), 80), MtlsMode::Strict);
-        let port = load(&[
-            "02-namespace-foo-strict.yaml",
-            "05-bar-httpbin-strict-port80-disable.yaml",
-        ]);
+        let port = load(&["02-namespace-foo-strict.yaml", "05-bar-httpbin-strict-port80-disable.yaml"]);
         assert_eq!(port.mode("bar", &httpbin(), 80), MtlsMode::Disable, "port level first");
         assert_eq!(port.mode("bar", &httpbin(), 8080), MtlsMode::Strict);
         let over = load(&["02-namespace-foo-strict.yaml", "07-foo-overwrite-example-pa.yaml"]);
-        assert_eq!(
-            over.mode("foo", &httpbin(), 80),
-            MtlsMode::Disable,
-            "workload beats namespace"
-        );
+        assert_eq!(over.mode("foo", &httpbin(), 80), MtlsMode::Disable, "workload beats namespace");
     }
 }

@@ -181,10 +181,7 @@ impl Security {
         if let Some(c) = map.get(spiffe) {
             return Ok(c.clone());
         }
-        let cur = Arc::new(ArcSwap::from_pointee(certified(
-            self.ca.issue(spiffe, self.ttl)?,
-            &self.provider,
-        )?));
+        let cur = Arc::new(ArcSwap::from_pointee(certified(self.ca.issue(spiffe, self.ttl)?, &self.provider)?));
         map.insert(spiffe.to_string(), cur.clone());
         Ok(cur)
     }
@@ -195,9 +192,7 @@ impl Security {
             return Ok(c.clone());
         }
         let mut roots = RootCertStore::empty();
-        roots
-            .add(self.ca.root.clone())
-            .map_err(|_| CaError::Cert(rcgen::Error::CouldNotParseCertificate))?;
+        roots.add(self.ca.root.clone()).map_err(|_| CaError::Cert(rcgen::Error::CouldNotParseCertificate))?;
         let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
             .build()
             .map_err(|_| CaError::Cert(rcgen::Error::CouldNotParseCertificate))?;
@@ -208,10 +203,7 @@ impl Security {
             .with_cert_resolver(Arc::new(Resolver(self.current(spiffe)?)));
         cfg.alpn_protocols = vec![b"istio-http/1.1".to_vec(), b"http/1.1".to_vec()];
         let cfg = Arc::new(cfg);
-        self.servers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(spiffe.to_string(), cfg.clone());
+        self.servers.lock().unwrap_or_else(|e| e.into_inner()).insert(spiffe.to_string(), cfg.clone());
         Ok(cfg)
     }
 
@@ -220,10 +212,7 @@ impl Security {
         if let Some(c) = self.clients.lock().unwrap_or_else(|e| e.into_inner()).get(spiffe) {
             return Ok(c.clone());
         }
-        let verifier = Arc::new(MeshServerVerifier {
-            root: self.ca.root.clone(),
-            provider: self.provider.clone(),
-        });
+        let verifier = Arc::new(MeshServerVerifier { root: self.ca.root.clone(), provider: self.provider.clone() });
         let mut cfg = ClientConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|_| CaError::Cert(rcgen::Error::Time))?
@@ -232,10 +221,7 @@ impl Security {
             .with_client_cert_resolver(Arc::new(Resolver(self.current(spiffe)?)));
         cfg.alpn_protocols = vec![b"istio-http/1.1".to_vec(), b"http/1.1".to_vec()];
         let cfg = Arc::new(cfg);
-        self.clients
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(spiffe.to_string(), cfg.clone());
+        self.clients.lock().unwrap_or_else(|e| e.into_inner()).insert(spiffe.to_string(), cfg.clone());
         Ok(cfg)
     }
 
@@ -246,11 +232,7 @@ impl Security {
         let mut n = 0;
         for (spiffe, cur) in map {
             if cur.load().identity.due(now) {
-                match self
-                    .ca
-                    .issue(&spiffe, self.ttl)
-                    .and_then(|id| certified(id, &self.provider))
-                {
+                match self.ca.issue(&spiffe, self.ttl).and_then(|id| certified(id, &self.provider)) {
                     Ok(c) => {
                         cur.store(Arc::new(c));
                         n += 1;
@@ -274,12 +256,7 @@ impl Security {
             .iter()
             .map(|(k, c)| {
                 let c = c.load();
-                (
-                    k.clone(),
-                    c.identity.not_before,
-                    c.identity.not_after,
-                    c.identity.cert_pem.clone(),
-                )
+                (k.clone(), c.identity.not_before, c.identity.not_after, c.identity.cert_pem.clone())
             })
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
@@ -300,12 +277,7 @@ mod tests {
         let srv = tokio::spawn(async move {
             let (s, _) = listener.accept().await.unwrap();
             let mut tls = acceptor.accept(s).await?;
-            let peer = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| spiffe_of(c));
+            let peer = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| spiffe_of(c));
             tls.write_all(b"ok").await?;
             Ok::<_, std::io::Error>(peer)
         });
@@ -314,16 +286,8 @@ mod tests {
         let name = ServerName::try_from("httpbin.default.svc.cluster.local").unwrap();
         let res = async {
             let mut tls = connector.connect(name, tcp).await?;
-            let server_id = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| spiffe_of(c));
-            assert_eq!(
-                server_id.as_deref(),
-                Some("spiffe://cluster.local/ns/default/sa/httpbin")
-            );
+            let server_id = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| spiffe_of(c));
+            assert_eq!(server_id.as_deref(), Some("spiffe://cluster.local/ns/default/sa/httpbin"));
             let mut buf = [0u8; 2];
             tls.read_exact(&mut buf).await?;
             Ok::<_, std::io::Error>(())
@@ -362,11 +326,7 @@ mod tests {
 
     #[test]
     fn xfcc_has_istios_shape() {
-        let x = xfcc(
-            "spiffe://cluster.local/ns/foo/sa/httpbin",
-            b"cert",
-            "spiffe://cluster.local/ns/foo/sa/sleep",
-        );
+        let x = xfcc("spiffe://cluster.local/ns/foo/sa/httpbin", b"cert", "spiffe://cluster.local/ns/foo/sa/sleep");
         assert!(x.starts_with("By=spiffe://cluster.local/ns/foo/sa/httpbin;Hash="));
         assert!(x.ends_with(";Subject=\"\";URI=spiffe://cluster.local/ns/foo/sa/sleep"));
         assert_eq!(x.split(';').nth(1).unwrap().len(), "Hash=".len() + 64);

@@ -77,12 +77,7 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn err(&mut self, origin: &Origin, field: String, message: String) {
-        self.errors.push(ConfigError {
-            file: origin.file.clone(),
-            line: origin.line,
-            field,
-            message,
-        });
+        self.errors.push(ConfigError { file: origin.file.clone(), line: origin.line, field, message });
     }
 }
 
@@ -95,11 +90,7 @@ fn string_match(ctx: &mut Ctx<'_>, m: &api::StringMatch, origin: &Origin, field:
         match StrMatch::regex(r) {
             Ok(m) => Some(m),
             Err(e) => {
-                ctx.err(
-                    origin,
-                    format!("{field}.regex"),
-                    format!("invalid regular expression {r:?}: {e}"),
-                );
+                ctx.err(origin, format!("{field}.regex"), format!("invalid regular expression {r:?}: {e}"));
                 None
             }
         }
@@ -114,16 +105,9 @@ fn header_ops(ctx: &mut Ctx<'_>, ops: &Option<api::HeaderOperations>, origin: &O
     let pairs = |map: &BTreeMap<String, String>, which: &str, ctx: &mut Ctx<'_>| {
         let mut v = Vec::new();
         for (k, val) in map {
-            match (
-                HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()),
-                HeaderValue::from_str(val),
-            ) {
+            match (HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()), HeaderValue::from_str(val)) {
                 (Ok(n), Ok(hv)) => v.push((n, hv)),
-                _ => ctx.err(
-                    origin,
-                    format!("{field}.{which}.{k}"),
-                    "invalid header name or value".into(),
-                ),
+                _ => ctx.err(origin, format!("{field}.{which}.{k}"), "invalid header name or value".into()),
             }
         }
         v
@@ -232,10 +216,7 @@ fn cluster_for(
     if let Some(subset) = subset {
         let found = rule.and_then(|r| r.spec.subsets.iter().find(|s| s.name == subset));
         let Some(found) = found else {
-            return Err(format!(
-                "subset {subset} of {} is not defined by any DestinationRule",
-                svc.fqdn
-            ));
+            return Err(format!("subset {subset} of {} is not defined by any DestinationRule", svc.fqdn));
         };
         labels.extend(found.labels.clone());
         effective.apply(found.traffic_policy.as_ref(), port);
@@ -254,21 +235,12 @@ fn cluster_for(
                 // Auto mTLS: to a sidecar, unless its PeerAuthentication disables mTLS on that port.
                 None => p.sidecar && ctx.peer_auth.mode(&p.namespace, &p.labels, target) != MtlsMode::Disable,
             };
-            Some(Endpoint {
-                addr,
-                pod: p.name.clone(),
-                identity: spiffe_id(&p.namespace, &p.service_account),
-                mtls,
-            })
+            Some(Endpoint { addr, pod: p.name.clone(), identity: spiffe_id(&p.namespace, &p.service_account), mtls })
         })
         .collect();
-    if matches!(
-        effective.tls.and_then(|t| t.mode),
-        Some(api::TlsMode::Simple | api::TlsMode::Mutual)
-    ) {
-        ctx.warnings.push(format!(
-            "{name}: tls.mode SIMPLE/MUTUAL (TLS origination) not emulated yet: plaintext is sent"
-        ));
+    if matches!(effective.tls.and_then(|t| t.mode), Some(api::TlsMode::Simple | api::TlsMode::Mutual)) {
+        ctx.warnings
+            .push(format!("{name}: tls.mode SIMPLE/MUTUAL (TLS origination) not emulated yet: plaintext is sent"));
     }
     let lb = lb_policy(effective.lb, &endpoints);
     let cluster = Arc::new(Cluster {
@@ -312,10 +284,8 @@ impl<'a> Effective<'a> {
         if p.tls.is_some() {
             self.tls = p.tls.as_ref();
         }
-        if let Some(pl) = p
-            .port_level_settings
-            .iter()
-            .find(|s| s.port.as_ref().map(|x| x.number) == Some(u32::from(port)))
+        if let Some(pl) =
+            p.port_level_settings.iter().find(|s| s.port.as_ref().map(|x| x.number) == Some(u32::from(port)))
         {
             self.lb = pl.load_balancer.as_ref();
             self.pool = pl.connection_pool.as_ref();
@@ -331,11 +301,7 @@ fn lb_policy(lb: Option<&api::LoadBalancerSettings>, endpoints: &[Endpoint]) -> 
         let key = if let Some(h) = &ch.http_header_name {
             HashKey::Header(h.to_ascii_lowercase())
         } else if let Some(c) = &ch.http_cookie {
-            HashKey::Cookie {
-                name: c.name.clone(),
-                path: c.path.clone(),
-                ttl: c.ttl.as_ref().map(|d| d.0),
-            }
+            HashKey::Cookie { name: c.name.clone(), path: c.path.clone(), ttl: c.ttl.as_ref().map(|d| d.0) }
         } else if let Some(q) = &ch.http_query_parameter_name {
             HashKey::QueryParam(q.clone())
         } else {
@@ -346,17 +312,10 @@ fn lb_policy(lb: Option<&api::LoadBalancerSettings>, endpoints: &[Endpoint]) -> 
             Some(m) => HashTable::maglev(&keys, m.table_size.unwrap_or(65537)),
             None => HashTable::ring(
                 &keys,
-                ch.ring_hash
-                    .as_ref()
-                    .and_then(|r| r.minimum_ring_size)
-                    .or(ch.minimum_ring_size)
-                    .unwrap_or(1024),
+                ch.ring_hash.as_ref().and_then(|r| r.minimum_ring_size).or(ch.minimum_ring_size).unwrap_or(1024),
             ),
         };
-        return LbPolicy::Hash {
-            key,
-            table: Arc::new(table),
-        };
+        return LbPolicy::Hash { key, table: Arc::new(table) };
     }
     match lb.simple.as_ref() {
         Some(api::SimpleLb::RoundRobin) => LbPolicy::RoundRobin,
@@ -370,10 +329,7 @@ fn lb_policy(lb: Option<&api::LoadBalancerSettings>, endpoints: &[Endpoint]) -> 
 fn target(ctx: &mut Ctx<'_>, input: &CompileInput<'_>, d: &api::Destination, vs_ns: &str, who: &str) -> Target {
     let fqdn = resolve_short_name(&d.host, vs_ns);
     let Some(svc) = ctx.services.get(&fqdn).cloned() else {
-        ctx.warnings.push(format!(
-            "{who}: destination host {} is not a known service (503 NC)",
-            d.host
-        ));
+        ctx.warnings.push(format!("{who}: destination host {} is not a known service (503 NC)", d.host));
         return Target::Missing(fqdn);
     };
     let ports: Vec<u16> = match d.port.as_ref().and_then(|p| u16::try_from(p.number).ok()) {
@@ -420,16 +376,11 @@ fn compile_routes(
             let ns = del.namespace.clone().unwrap_or_else(|| vs_ns.clone());
             let key = format!("{ns}/{}", del.name.as_deref().unwrap_or(""));
             let Some((child, child_origin)) = ctx.vs_by_name.get(&key).copied() else {
-                ctx.warnings
-                    .push(format!("{vs_name}: delegate VirtualService {key} not found"));
+                ctx.warnings.push(format!("{vs_name}: delegate VirtualService {key} not found"));
                 continue;
             };
             if depth > 0 {
-                ctx.err(
-                    origin,
-                    format!("{field}.delegate"),
-                    "delegation is only one level deep".into(),
-                );
+                ctx.err(origin, format!("{field}.delegate"), "delegation is only one level deep".into());
                 continue;
             }
             let mut p = parents.to_vec();
@@ -463,21 +414,14 @@ fn compile_routes(
                     (None, Some(b64)) => match base64_decode(b64) {
                         Some(v) => Bytes::from(v),
                         None => {
-                            ctx.err(
-                                origin,
-                                format!("{field}.directResponse.body.bytes"),
-                                "not valid base64".into(),
-                            );
+                            ctx.err(origin, format!("{field}.directResponse.body.bytes"), "not valid base64".into());
                             Bytes::new()
                         }
                     },
                     (None, None) => Bytes::new(),
                 },
             };
-            RouteAction::Direct {
-                status: u16::try_from(dr.status).unwrap_or(500),
-                body,
-            }
+            RouteAction::Direct { status: u16::try_from(dr.status).unwrap_or(500), body }
         } else if !r.route.is_empty() {
             let single = r.route.len() == 1;
             let mut targets = Vec::new();
@@ -490,11 +434,7 @@ fn compile_routes(
                 let who = format!("VirtualService {vs_name} ({origin})");
                 let t = target(ctx, input, &d.destination, &vs_ns, &who);
                 let h = headers(ctx, &d.headers, origin, &format!("{field}.route[{j}].headers"));
-                targets.push(WeightedTarget {
-                    weight,
-                    target: t,
-                    headers: h,
-                });
+                targets.push(WeightedTarget { weight, target: t, headers: h });
             }
             let total = targets.iter().map(|t| t.weight).sum();
             RouteAction::Forward { targets, total }
@@ -524,9 +464,7 @@ fn compile_routes(
             }),
         });
         if r.cors_policy.is_some() {
-            ctx.warnings.push(format!(
-                "{vs_name} ({origin}) {field}: corsPolicy not emulated yet, ignored"
-            ));
+            ctx.warnings.push(format!("{vs_name} ({origin}) {field}: corsPolicy not emulated yet, ignored"));
         }
         let policy = route_policy(ctx, input, r, &vs_ns, origin, &field);
         out.push(HttpRoute {
@@ -569,43 +507,22 @@ fn route_policy(
     };
     let mut mirrors = Vec::new();
     if let Some(m) = &r.mirror {
-        let pct = r
-            .mirror_percentage
-            .as_ref()
-            .map(|p| p.value)
-            .or(r.mirror_percent.map(f64::from))
-            .unwrap_or(100.0);
+        let pct = r.mirror_percentage.as_ref().map(|p| p.value).or(r.mirror_percent.map(f64::from)).unwrap_or(100.0);
         mirrors.push(Mirror {
-            target: target(
-                ctx,
-                input,
-                m,
-                vs_ns,
-                &format!("VirtualService {vs_ns} ({origin}) mirror"),
-            ),
+            target: target(ctx, input, m, vs_ns, &format!("VirtualService {vs_ns} ({origin}) mirror")),
             percentage: pct.clamp(0.0, 100.0),
         });
     }
     for m in &r.mirrors {
         let pct = m.percentage.as_ref().map(|p| p.value).unwrap_or(100.0);
         mirrors.push(Mirror {
-            target: target(
-                ctx,
-                input,
-                &m.destination,
-                vs_ns,
-                &format!("VirtualService {vs_ns} ({origin}) mirror"),
-            ),
+            target: target(ctx, input, &m.destination, vs_ns, &format!("VirtualService {vs_ns} ({origin}) mirror")),
             percentage: pct.clamp(0.0, 100.0),
         });
     }
     let faulty = fault.is_some();
     RoutePolicy {
-        timeout: if faulty {
-            None
-        } else {
-            r.timeout.as_ref().map(|d| d.0).filter(|d| !d.is_zero())
-        },
+        timeout: if faulty { None } else { r.timeout.as_ref().map(|d| d.0).filter(|d| !d.is_zero()) },
         retry: if faulty { RetryPolicy::none() } else { retry },
         fault,
         mirrors,
@@ -663,8 +580,7 @@ fn bind_routes(routes: &[HttpRoute], gateway: &str) -> Vec<HttpRoute> {
         .filter_map(|r| {
             let mut r = r.clone();
             if !r.matches.is_empty() {
-                r.matches
-                    .retain(|m| m.gateways.is_empty() || m.gateways.iter().any(|g| g == gateway));
+                r.matches.retain(|m| m.gateways.is_empty() || m.gateways.iter().any(|g| g == gateway));
                 if r.matches.is_empty() {
                     return None;
                 }
@@ -721,13 +637,7 @@ fn vhosts(by_pattern: Vec<(HostPattern, Vec<HttpRoute>)>) -> Vec<(HostPattern, A
         .into_iter()
         .map(|(p, routes)| {
             let name = format!("{p:?}");
-            (
-                p,
-                Arc::new(VirtualHost {
-                    name,
-                    routes: routes.into(),
-                }),
-            )
+            (p, Arc::new(VirtualHost { name, routes: routes.into() }))
         })
         .collect();
     v.sort_by_key(|(p, _)| p.specificity());
@@ -781,20 +691,14 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
     for r in input.resources {
         match &r.resource {
             Resource::VirtualService(vs) => {
-                ctx.vs_by_name.insert(
-                    format!("{}/{}", ns_of(&vs.metadata), name_of(&vs.metadata)),
-                    (vs, &r.origin),
-                );
+                ctx.vs_by_name.insert(format!("{}/{}", ns_of(&vs.metadata), name_of(&vs.metadata)), (vs, &r.origin));
                 virtual_services.push((vs, &r.origin));
             }
             Resource::DestinationRule(dr) => {
                 let host = resolve_short_name(&dr.spec.host, ns_of(&dr.metadata));
                 // Istio prefers the rule in the service's own namespace; otherwise the first one seen.
-                let own_ns = ctx
-                    .services
-                    .get(&host)
-                    .map(|s| s.namespace.as_str() == ns_of(&dr.metadata))
-                    .unwrap_or(false);
+                let own_ns =
+                    ctx.services.get(&host).map(|s| s.namespace.as_str() == ns_of(&dr.metadata)).unwrap_or(false);
                 if own_ns || !ctx.rules.contains_key(&host) {
                     ctx.rules.insert(host, (dr, &r.origin));
                 }
@@ -864,13 +768,7 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
             if mesh_vhosts.iter().any(|(k, _)| *k == fqdn) {
                 continue; // the first VirtualService for a host wins
             }
-            mesh_vhosts.push((
-                fqdn.clone(),
-                Arc::new(VirtualHost {
-                    name: fqdn,
-                    routes: routes.clone(),
-                }),
-            ));
+            mesh_vhosts.push((fqdn.clone(), Arc::new(VirtualHost { name: fqdn, routes: routes.clone() })));
         }
     }
     let mut services: Vec<Arc<Service>> = ctx.services.values().cloned().collect();
@@ -880,11 +778,7 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
         let targets: Vec<(u16, Arc<Cluster>)> = svc
             .ports
             .iter()
-            .filter_map(|p| {
-                cluster_for(&mut ctx, &input, svc, p.port, None)
-                    .ok()
-                    .map(|c| (p.port, c))
-            })
+            .filter_map(|p| cluster_for(&mut ctx, &input, svc, p.port, None).ok().map(|c| (p.port, c)))
             .collect();
         let route = HttpRoute {
             name: Some("default".into()),
@@ -903,13 +797,8 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
             headers: Headers::default(),
             policy: RoutePolicy::default(),
         };
-        default_vhosts.insert(
-            svc.fqdn.clone(),
-            Arc::new(VirtualHost {
-                name: svc.fqdn.clone(),
-                routes: vec![route].into(),
-            }),
-        );
+        default_vhosts
+            .insert(svc.fqdn.clone(), Arc::new(VirtualHost { name: svc.fqdn.clone(), routes: vec![route].into() }));
     }
     let mut mesh = HashMap::new();
     for ns in &caller_namespaces {
@@ -964,18 +853,13 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
             let http = matches!(port, 80 | 8080) && matches!(proto.as_str(), "HTTP" | "HTTP2" | "GRPC");
             let https = matches!(port, 443 | 8443) && proto == "HTTPS";
             if !http && !https {
-                ctx.warnings
-                    .push(format!("Gateway {gw_ref}: server port {port} {proto} not emulated yet"));
+                ctx.warnings.push(format!("Gateway {gw_ref}: server port {port} {proto} not emulated yet"));
                 continue;
             }
             let redirect = server.tls.as_ref().and_then(|t| t.https_redirect).unwrap_or(false);
             if https {
                 let Some(tls) = &server.tls else {
-                    ctx.err(
-                        origin,
-                        format!("spec.servers[{i}].tls"),
-                        "an HTTPS server needs tls".into(),
-                    );
+                    ctx.err(origin, format!("spec.servers[{i}].tls"), "an HTTPS server needs tls".into());
                     continue;
                 };
                 match super::gateway_tls::server_config(tls, gw_ns, &secrets, input.base) {
@@ -989,19 +873,14 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
                         config,
                     })),
                     Err(e) => {
-                        ctx.warnings.push(format!(
-                            "Gateway {gw_ref} ({origin}) server {i}: {e}: this server is not served"
-                        ));
+                        ctx.warnings
+                            .push(format!("Gateway {gw_ref} ({origin}) server {i}: {e}: this server is not served"));
                         continue;
                     }
                 }
-                ingress_tls
-                    .servers
-                    .push(format!("{gw_ref} {port} {}", server.hosts.join(",")));
+                ingress_tls.servers.push(format!("{gw_ref} {port} {}", server.hosts.join(",")));
             } else {
-                ingress
-                    .servers
-                    .push(format!("{gw_ref} {port} {}", server.hosts.join(",")));
+                ingress.servers.push(format!("{gw_ref} {port} {}", server.hosts.join(",")));
             }
             let table = if https { &mut https_hosts } else { &mut http_hosts };
             for server_host in &server.hosts {
@@ -1028,11 +907,8 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
     }
     let mesh_client = mesh_client(input.pods);
     let (rate_limits, ignored_patches) = super::ratelimit::compile(&envoy_filters);
-    let mut not_emulated: Vec<String> = input
-        .not_emulated
-        .iter()
-        .map(|n| format!("{} {} ({})", n.kind, n.name, n.origin))
-        .collect();
+    let mut not_emulated: Vec<String> =
+        input.not_emulated.iter().map(|n| format!("{} {} ({})", n.kind, n.name, n.origin)).collect();
     not_emulated.extend(kinds_not_emulated);
     not_emulated.extend(ignored_patches);
     Ok(Snapshot {
@@ -1070,10 +946,7 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
 /// The workload behind the shared outbound port: fortio, else sleep, else curl, else a bare client.
 fn mesh_client(pods: &[PodInfo]) -> Workload {
     for app in ["fortio", "sleep", "curl"] {
-        if let Some(p) = pods
-            .iter()
-            .find(|p| p.labels.get("app").map(String::as_str) == Some(app))
-        {
+        if let Some(p) = pods.iter().find(|p| p.labels.get("app").map(String::as_str) == Some(app)) {
             return Workload {
                 name: p.name.clone(),
                 namespace: p.namespace.clone(),

@@ -78,10 +78,7 @@ fn route(snap: &Snapshot, from: Option<&Labels>, url: &str, headers: &[(&str, &s
     };
     let mut h = HeaderMap::new();
     for (k, v) in headers {
-        h.insert(
-            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            HeaderValue::from_str(v).unwrap(),
-        );
+        h.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
     }
     let (host, port) = split_authority(authority);
     let view = RequestView {
@@ -95,22 +92,8 @@ fn route(snap: &Snapshot, from: Option<&Labels>, url: &str, headers: &[(&str, &s
     };
     let gw_labels = compile::ingress_labels();
     let (vhost, src) = match from {
-        Some(l) => (
-            snap.mesh["default"].lookup(host),
-            SourceView {
-                labels: l,
-                namespace: "default",
-                gateway: "mesh",
-            },
-        ),
-        None => (
-            snap.ingress.lookup(host),
-            SourceView {
-                labels: &gw_labels,
-                namespace: "istio-system",
-                gateway: "",
-            },
-        ),
+        Some(l) => (snap.mesh["default"].lookup(host), SourceView { labels: l, namespace: "default", gateway: "mesh" }),
+        None => (snap.ingress.lookup(host), SourceView { labels: &gw_labels, namespace: "istio-system", gateway: "" }),
     };
     let Some(vhost) = vhost else { return "NR".into() };
     match decide(&vhost.routes, &view, &src) {
@@ -144,45 +127,13 @@ fn bookinfo_header_routing_from_the_samples() {
     ])
     .unwrap();
     let pp = labels(&[("app", "productpage"), ("version", "v1")]);
-    assert_eq!(
-        route(
-            &snap,
-            Some(&pp),
-            "http://reviews:9080/reviews/0",
-            &[("end-user", "jason")]
-        ),
-        V2
-    );
-    assert_eq!(
-        route(
-            &snap,
-            Some(&pp),
-            "http://reviews:9080/reviews/0",
-            &[("end-user", "bob")]
-        ),
-        V1
-    );
+    assert_eq!(route(&snap, Some(&pp), "http://reviews:9080/reviews/0", &[("end-user", "jason")]), V2);
+    assert_eq!(route(&snap, Some(&pp), "http://reviews:9080/reviews/0", &[("end-user", "bob")]), V1);
     assert_eq!(route(&snap, Some(&pp), "http://reviews:9080/reviews/0", &[]), V1);
     // Every alias of the host, with and without the port.
-    for host in [
-        "reviews",
-        "reviews.default",
-        "reviews.default.svc",
-        "reviews.default.svc.cluster.local",
-    ] {
-        assert_eq!(
-            route(
-                &snap,
-                Some(&pp),
-                &format!("http://{host}:9080/x"),
-                &[("end-user", "jason")]
-            ),
-            V2
-        );
-        assert_eq!(
-            route(&snap, Some(&pp), &format!("http://{host}/x"), &[("end-user", "jason")]),
-            V2
-        );
+    for host in ["reviews", "reviews.default", "reviews.default.svc", "reviews.default.svc.cluster.local"] {
+        assert_eq!(route(&snap, Some(&pp), &format!("http://{host}:9080/x"), &[("end-user", "jason")]), V2);
+        assert_eq!(route(&snap, Some(&pp), &format!("http://{host}/x"), &[("end-user", "jason")]), V2);
     }
     // No VirtualService for ratings: the service's default cluster.
     assert_eq!(
@@ -194,12 +145,7 @@ fn bookinfo_header_routing_from_the_samples() {
     let c = cluster(V2);
     assert_eq!(c.endpoints.len(), 1);
     assert_eq!(c.endpoints[0].pod, "reviews-v2-pod");
-    assert_eq!(
-        cluster("outbound|9080||reviews.default.svc.cluster.local")
-            .endpoints
-            .len(),
-        3
-    );
+    assert_eq!(cluster("outbound|9080||reviews.default.svc.cluster.local").endpoints.len(), 3);
 }
 
 #[test]
@@ -211,22 +157,13 @@ fn gateway_binds_hosts_and_answers_nr() {
     ])
     .unwrap();
     let cluster = "outbound|8000||httpbin.default.svc.cluster.local";
-    assert_eq!(
-        route(&snap, None, "http://httpbin.example.com/status/200", &[]),
-        cluster
-    );
-    assert_eq!(
-        route(&snap, None, "http://httpbin.example.com:8080/delay/1", &[]),
-        cluster
-    );
+    assert_eq!(route(&snap, None, "http://httpbin.example.com/status/200", &[]), cluster);
+    assert_eq!(route(&snap, None, "http://httpbin.example.com:8080/delay/1", &[]), cluster);
     assert_eq!(route(&snap, None, "http://httpbin.example.com/headers", &[]), "NR");
     assert_eq!(route(&snap, None, "http://other.example.com/status/200", &[]), "NR");
     // The VS is bound to the gateway only, not to the mesh.
     let any = labels(&[("app", "x")]);
-    assert_eq!(
-        route(&snap, Some(&any), "http://httpbin.example.com/status/200", &[]),
-        "NR"
-    );
+    assert_eq!(route(&snap, Some(&any), "http://httpbin.example.com/status/200", &[]), "NR");
 }
 
 #[test]
@@ -328,16 +265,10 @@ spec:
         route(&snap, Some(&me), "http://web/old/page?a=1", &[]),
         format!("{WEB_V1} path=/new/page?a=1 authority=web.internal")
     );
-    assert_eq!(
-        route(&snap, Some(&me), "http://web/moved?q=1", &[]),
-        "302 http://example.com/elsewhere?q=1"
-    );
+    assert_eq!(route(&snap, Some(&me), "http://web/moved?q=1", &[]), "302 http://example.com/elsewhere?q=1");
     assert_eq!(route(&snap, Some(&me), "http://web/quiet", &[]), WEB_V1);
     assert_eq!(route(&snap, Some(&me), "http://web/quiet", &[("x-debug", "1")]), WEB_V2);
-    assert_eq!(
-        route(&snap, Some(&me), "http://web/svc/foo/bar", &[]),
-        format!("{WEB_V1} path=/bar/foo")
-    );
+    assert_eq!(route(&snap, Some(&me), "http://web/svc/foo/bar", &[]), format!("{WEB_V1} path=/bar/foo"));
     assert_eq!(route(&snap, Some(&me), "http://web/nothing", &[]), "NR");
     // GET does not satisfy the POST-only direct response.
     assert_eq!(route(&snap, Some(&me), "http://web/api/v1/x", &[]), "NR");
@@ -379,11 +310,7 @@ fn bad_regex_is_an_error_with_file_line_and_field() {
     assert_eq!(errs.len(), 1);
     assert_eq!(errs[0].file, "f1.yaml");
     assert_eq!(errs[0].field, "spec.http[0].match[0].uri.regex");
-    assert!(
-        errs[0].message.contains("invalid regular expression"),
-        "{}",
-        errs[0].message
-    );
+    assert!(errs[0].message.contains("invalid regular expression"), "{}", errs[0].message);
 }
 
 #[test]
@@ -410,11 +337,7 @@ fn every_sample_folder_of_the_project_compiles() {
         })
         .unwrap_or_else(|e| panic!("{}: {e:?}", dir.display()));
         // Every route target of a sample resolves: no sample ships a 503 NC.
-        for vh in snap.mesh["default"]
-            .hosts
-            .values()
-            .chain(snap.ingress.vhosts.iter().map(|(_, v)| v))
-        {
+        for vh in snap.mesh["default"].hosts.values().chain(snap.ingress.vhosts.iter().map(|(_, v)| v)) {
             for r in vh.routes.iter() {
                 if let route::RouteAction::Forward { targets, .. } = &r.action {
                     for t in targets {
@@ -458,10 +381,7 @@ spec:
       - port: {number: 80}
         loadBalancer: {simple: RANDOM}
 "#;
-    let svc = SVC
-        .split("---\napiVersion: networking.istio.io/v1beta1")
-        .next()
-        .unwrap();
+    let svc = SVC.split("---\napiVersion: networking.istio.io/v1beta1").next().unwrap();
     let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: web}\nspec:\n  hosts: [web]\n  http:\n  - route:\n    - {destination: {host: web, subset: v1}, weight: 50}\n    - {destination: {host: web, subset: v2}, weight: 50}\n";
     let snap = build(&[svc, dr, vs]).unwrap();
     let c = |name: &str| snap.clusters.iter().find(|c| c.name == name).unwrap().clone();

@@ -94,14 +94,8 @@ pub fn server_config(
             .or_else(|| lookup(&format!("{name}-cacert")).and_then(|c| c.get("cacert").or(c.get("ca.crt")).cloned()));
         (cert, key, ca)
     } else {
-        let cert = tls
-            .server_certificate
-            .as_deref()
-            .ok_or("serverCertificate or credentialName is required")?;
-        let key = tls
-            .private_key
-            .as_deref()
-            .ok_or("privateKey is required with serverCertificate")?;
+        let cert = tls.server_certificate.as_deref().ok_or("serverCertificate or credentialName is required")?;
+        let key = tls.private_key.as_deref().ok_or("privateKey is required with serverCertificate")?;
         (read(cert)?, read(key)?, None)
     };
     if let Some(ca) = &tls.ca_certificates {

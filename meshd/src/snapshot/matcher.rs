@@ -277,11 +277,7 @@ mod tests {
     }
 
     fn mesh_src(labels: &BTreeMap<String, String>) -> SourceView<'_> {
-        SourceView {
-            labels,
-            namespace: "default",
-            gateway: "mesh",
-        }
+        SourceView { labels, namespace: "default", gateway: "mesh" }
     }
 
     #[test]
@@ -289,26 +285,17 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("end-user", "jason".parse().unwrap());
         let labels = BTreeMap::new();
-        let m = RequestMatch {
-            headers: vec![("end-user".into(), StrMatch::Exact("jason".into()))],
-            ..Default::default()
-        };
+        let m =
+            RequestMatch { headers: vec![("end-user".into(), StrMatch::Exact("jason".into()))], ..Default::default() };
         assert!(m.matches(&view(&h, "/", None), &mesh_src(&labels)));
-        let other = RequestMatch {
-            headers: vec![("end-user".into(), StrMatch::Exact("bob".into()))],
-            ..Default::default()
-        };
+        let other =
+            RequestMatch { headers: vec![("end-user".into(), StrMatch::Exact("bob".into()))], ..Default::default() };
         assert!(!other.matches(&view(&h, "/", None), &mesh_src(&labels)));
-        let present = RequestMatch {
-            headers: vec![("end-user".into(), StrMatch::Present)],
-            ..Default::default()
-        };
+        let present = RequestMatch { headers: vec![("end-user".into(), StrMatch::Present)], ..Default::default() };
         assert!(present.matches(&view(&h, "/", None), &mesh_src(&labels)));
         assert!(!present.matches(&view(&HeaderMap::new(), "/", None), &mesh_src(&labels)));
-        let without = RequestMatch {
-            without_headers: vec![("end-user".into(), StrMatch::Present)],
-            ..Default::default()
-        };
+        let without =
+            RequestMatch { without_headers: vec![("end-user".into(), StrMatch::Present)], ..Default::default() };
         assert!(!without.matches(&view(&h, "/", None), &mesh_src(&labels)));
         assert!(without.matches(&view(&HeaderMap::new(), "/", None), &mesh_src(&labels)));
     }
@@ -317,26 +304,14 @@ mod tests {
     fn uri_kinds_and_case() {
         let h = HeaderMap::new();
         let labels = BTreeMap::new();
-        let prefix = RequestMatch {
-            uri: Some(StrMatch::Prefix("/static".into())),
-            ..Default::default()
-        };
+        let prefix = RequestMatch { uri: Some(StrMatch::Prefix("/static".into())), ..Default::default() };
         assert!(prefix.matches(&view(&h, "/static/img.png", None), &mesh_src(&labels)));
         assert!(!prefix.matches(&view(&h, "/STATIC/img.png", None), &mesh_src(&labels)));
-        let icase = RequestMatch {
-            ignore_uri_case: true,
-            ..prefix
-        };
+        let icase = RequestMatch { ignore_uri_case: true, ..prefix };
         assert!(icase.matches(&view(&h, "/STATIC/img.png", None), &mesh_src(&labels)));
-        let re = RequestMatch {
-            uri: Some(StrMatch::regex("/api/v[0-9]+").unwrap()),
-            ..Default::default()
-        };
+        let re = RequestMatch { uri: Some(StrMatch::regex("/api/v[0-9]+").unwrap()), ..Default::default() };
         assert!(re.matches(&view(&h, "/api/v1", None), &mesh_src(&labels)));
-        assert!(
-            !re.matches(&view(&h, "/api/v1/x", None), &mesh_src(&labels)),
-            "regex is a full match"
-        );
+        assert!(!re.matches(&view(&h, "/api/v1/x", None), &mesh_src(&labels)), "regex is a full match");
     }
 
     #[test]
@@ -361,17 +336,9 @@ mod tests {
     fn gateways_and_port() {
         let h = HeaderMap::new();
         let labels = BTreeMap::new();
-        let m = RequestMatch {
-            gateways: vec!["default/gw".into()],
-            port: Some(9080),
-            ..Default::default()
-        };
+        let m = RequestMatch { gateways: vec!["default/gw".into()], port: Some(9080), ..Default::default() };
         assert!(!m.matches(&view(&h, "/", None), &mesh_src(&labels)));
-        let gw = SourceView {
-            labels: &labels,
-            namespace: "istio-system",
-            gateway: "default/gw",
-        };
+        let gw = SourceView { labels: &labels, namespace: "istio-system", gateway: "default/gw" };
         assert!(m.matches(&view(&h, "/", None), &gw));
     }
 

@@ -91,11 +91,9 @@ impl PodInfo {
     pub fn resolve_port(&self, target: &TargetPort) -> Option<u16> {
         match target {
             TargetPort::Number(n) => Some(*n),
-            TargetPort::Name(name) => self
-                .container_ports
-                .iter()
-                .find(|(n, _)| n.as_deref() == Some(name.as_str()))
-                .map(|(_, p)| *p),
+            TargetPort::Name(name) => {
+                self.container_ports.iter().find(|(n, _)| n.as_deref() == Some(name.as_str())).map(|(_, p)| *p)
+            }
         }
     }
 }
@@ -224,10 +222,7 @@ mod tests {
 
     #[test]
     fn short_names() {
-        assert_eq!(
-            resolve_short_name("reviews", "default"),
-            "reviews.default.svc.cluster.local"
-        );
+        assert_eq!(resolve_short_name("reviews", "default"), "reviews.default.svc.cluster.local");
         assert_eq!(resolve_short_name("httpbin.foo", "bar"), "httpbin.foo");
         assert_eq!(resolve_short_name("*", "bar"), "*");
     }

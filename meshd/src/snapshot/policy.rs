@@ -139,10 +139,7 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// No retries at all (`attempts: 0`, or a route with a fault).
     pub fn none() -> RetryPolicy {
-        RetryPolicy {
-            attempts: 0,
-            ..RetryPolicy::default()
-        }
+        RetryPolicy { attempts: 0, ..RetryPolicy::default() }
     }
 
     /// Compiles `retries`; None means Istio's default.
@@ -206,12 +203,7 @@ fn grpc_code(name: &str) -> Option<u32> {
         "DATA_LOSS",
         "UNAUTHENTICATED",
     ];
-    name.parse().ok().or_else(|| {
-        CODES
-            .iter()
-            .position(|c| c.eq_ignore_ascii_case(name))
-            .map(|i| i as u32)
-    })
+    name.parse().ok().or_else(|| CODES.iter().position(|c| c.eq_ignore_ascii_case(name)).map(|i| i as u32))
 }
 
 impl Fault {
@@ -220,12 +212,7 @@ impl Fault {
     pub fn from_api(f: &api::HttpFaultInjection) -> Result<Fault, String> {
         let mut out = Fault::default();
         if let Some(d) = &f.delay {
-            let pct = d
-                .percentage
-                .as_ref()
-                .map(|p| p.value)
-                .or(d.percent.map(f64::from))
-                .unwrap_or(0.0);
+            let pct = d.percentage.as_ref().map(|p| p.value).or(d.percent.map(f64::from)).unwrap_or(0.0);
             match &d.fixed_delay {
                 Some(delay) => out.delay = Some((delay.0, pct.clamp(0.0, 100.0))),
                 // Istio drops exponentialDelay: Envoy does not implement it.
@@ -237,10 +224,7 @@ impl Fault {
             let pct = a.percentage.as_ref().map(|p| p.value).unwrap_or(0.0).clamp(0.0, 100.0);
             let with = if let Some(s) = a.http_status {
                 AbortWith::Http(
-                    u16::try_from(s)
-                        .ok()
-                        .filter(|s| (200..=599).contains(s))
-                        .ok_or("httpStatus must be 200-599")?,
+                    u16::try_from(s).ok().filter(|s| (200..=599).contains(s)).ok_or("httpStatus must be 200-599")?,
                 )
             } else if let Some(g) = &a.grpc_status {
                 AbortWith::Grpc(grpc_code(g).ok_or_else(|| format!("unknown grpcStatus {g:?}"))?)
@@ -507,19 +491,12 @@ pub struct OutlierSettings {
 impl OutlierSettings {
     /// Compiles `outlierDetection` with Istio's defaults.
     pub fn from_api(o: &api::OutlierDetection) -> OutlierSettings {
-        let five = o
-            .consecutive_5xx_errors
-            .or(o.consecutive_errors.and_then(|e| u32::try_from(e).ok()))
-            .unwrap_or(5);
+        let five = o.consecutive_5xx_errors.or(o.consecutive_errors.and_then(|e| u32::try_from(e).ok())).unwrap_or(5);
         OutlierSettings {
             consecutive_5xx: (five > 0).then_some(five),
             consecutive_gateway: o.consecutive_gateway_errors.filter(|n| *n > 0),
             interval: o.interval.as_ref().map(|d| d.0).unwrap_or(Duration::from_secs(10)),
-            base_ejection_time: o
-                .base_ejection_time
-                .as_ref()
-                .map(|d| d.0)
-                .unwrap_or(Duration::from_secs(30)),
+            base_ejection_time: o.base_ejection_time.as_ref().map(|d| d.0).unwrap_or(Duration::from_secs(30)),
             max_ejection_percent: o.max_ejection_percent.map(|p| p.clamp(0, 100) as u32).unwrap_or(10),
             min_health_percent: o.min_health_percent.map(|p| p.clamp(0, 100) as u32).unwrap_or(0),
         }
@@ -534,10 +511,7 @@ mod tests {
     fn retry_on_names_and_codes() {
         let (on, codes) = parse_retry_on("gateway-error,connect-failure,503").unwrap();
         assert!(on.has(RetryOn::GATEWAY_ERROR) && on.has(RetryOn::CONNECT_FAILURE));
-        assert!(
-            on.has(RetryOn::RETRIABLE_STATUS_CODES),
-            "a code adds retriable-status-codes"
-        );
+        assert!(on.has(RetryOn::RETRIABLE_STATUS_CODES), "a code adds retriable-status-codes");
         assert_eq!(codes, vec![503]);
         assert!(parse_retry_on("5xx,bogus").is_err());
         let d = RetryPolicy::default();
@@ -565,10 +539,7 @@ mod tests {
         let f: api::HttpFaultInjection = serde_yaml::from_str("abort: {httpStatus: 500}").unwrap();
         assert_eq!(Fault::from_api(&f).unwrap().abort, Some((AbortWith::Http(500), 0.0)));
         let f: api::HttpFaultInjection = serde_yaml::from_str("delay: {percent: 100, fixedDelay: 2s}").unwrap();
-        assert_eq!(
-            Fault::from_api(&f).unwrap().delay,
-            Some((Duration::from_secs(2), 100.0))
-        );
+        assert_eq!(Fault::from_api(&f).unwrap().delay, Some((Duration::from_secs(2), 100.0)));
         let f: api::HttpFaultInjection =
             serde_yaml::from_str("abort: {grpcStatus: UNAVAILABLE, percentage: {value: 50}}").unwrap();
         assert_eq!(Fault::from_api(&f).unwrap().abort, Some((AbortWith::Grpc(14), 50.0)));

@@ -137,12 +137,7 @@ pub fn compile(filters: &[(&api::Object<api::EnvoyFilterSpec>, String)]) -> (Vec
             out.push(LocalRateLimit {
                 key: format!("{ns}/{name}#{i}"),
                 namespace: ns.clone(),
-                selector: ef
-                    .spec
-                    .workload_selector
-                    .as_ref()
-                    .map(|s| s.labels.clone())
-                    .unwrap_or_default(),
+                selector: ef.spec.workload_selector.as_ref().map(|s| s.labels.clone()).unwrap_or_default(),
                 context,
                 max_tokens,
                 tokens_per_fill,
@@ -218,10 +213,7 @@ spec:
         let (limits, ignored) = compile(&[(&ef, "rl.yaml:1".into())]);
         assert_eq!(limits.len(), 1);
         let l = &limits[0];
-        assert_eq!(
-            (l.max_tokens, l.tokens_per_fill, l.fill_interval),
-            (4, 4, Duration::from_secs(60))
-        );
+        assert_eq!((l.max_tokens, l.tokens_per_fill, l.fill_interval), (4, 4, Duration::from_secs(60)));
         assert_eq!((l.enabled, l.enforced, l.context), (100.0, 100.0, Context::Inbound));
         assert_eq!(l.headers[0].0, "x-local-rate-limit");
         assert_eq!(ignored.len(), 1, "{ignored:?}");
@@ -232,10 +224,7 @@ spec:
             labels: [("app".to_string(), app.to_string())].into_iter().collect(),
             service_account: "sa".into(),
         };
-        assert!(
-            l.applies(&w("productpage", "default"), Context::Inbound),
-            "root namespace: every namespace"
-        );
+        assert!(l.applies(&w("productpage", "default"), Context::Inbound), "root namespace: every namespace");
         assert!(!l.applies(&w("productpage", "default"), Context::Outbound));
         assert!(!l.applies(&w("reviews", "default"), Context::Inbound));
     }

@@ -227,10 +227,7 @@ impl HttpRoute {
             prefix = first_match(parent, req, src)?.or(prefix);
         }
         let own = first_match(&self.matches, req, src)?;
-        Some(Matched {
-            route: self,
-            prefix: own.or(prefix),
-        })
+        Some(Matched { route: self, prefix: own.or(prefix) })
     }
 }
 
@@ -263,9 +260,7 @@ pub struct MeshTable {
 impl MeshTable {
     /// The virtual host for a request's host (lower-case, without port).
     pub fn lookup(&self, host: &str) -> Option<&Arc<VirtualHost>> {
-        self.hosts
-            .get(host)
-            .or_else(|| self.wildcards.iter().find(|(p, _)| p.matches(host)).map(|(_, v)| v))
+        self.hosts.get(host).or_else(|| self.wildcards.iter().find(|(p, _)| p.matches(host)).map(|(_, v)| v))
     }
 }
 
@@ -434,32 +429,19 @@ pub fn decide<'s>(routes: &'s [HttpRoute], req: &RequestView<'_>, src: &SourceVi
             match &target.target {
                 Target::Missing(_) => Decision::Reply(LocalReply::NoCluster),
                 Target::Clusters(by_port) => {
-                    let cluster = by_port
-                        .iter()
-                        .find(|(p, _)| *p == req.port)
-                        .or_else(|| by_port.first())
-                        .map(|(_, c)| c);
+                    let cluster =
+                        by_port.iter().find(|(p, _)| *p == req.port).or_else(|| by_port.first()).map(|(_, c)| c);
                     match cluster {
-                        Some(cluster) => Decision::Forward {
-                            matched,
-                            target,
-                            cluster,
-                        },
+                        Some(cluster) => Decision::Forward { matched, target, cluster },
                         None => Decision::Reply(LocalReply::NoCluster),
                     }
                 }
             }
         }
-        RouteAction::Redirect(r) => Decision::Redirect {
-            matched,
-            code: r.code,
-            location: redirect_location(r, req, matched.prefix),
-        },
-        RouteAction::Direct { status, body } => Decision::Direct {
-            matched,
-            status: *status,
-            body,
-        },
+        RouteAction::Redirect(r) => {
+            Decision::Redirect { matched, code: r.code, location: redirect_location(r, req, matched.prefix) }
+        }
+        RouteAction::Direct { status, body } => Decision::Direct { matched, status: *status, body },
     }
 }
 
@@ -523,11 +505,7 @@ mod tests {
         RouteAction::Forward {
             targets: targets
                 .into_iter()
-                .map(|(weight, target)| WeightedTarget {
-                    weight,
-                    target,
-                    headers: Headers::default(),
-                })
+                .map(|(weight, target)| WeightedTarget { weight, target, headers: Headers::default() })
                 .collect(),
             total,
         }
@@ -561,21 +539,12 @@ mod tests {
     #[test]
     fn first_match_wins_and_missing_subset_is_nc() {
         let labels = Labels::new();
-        let src = SourceView {
-            labels: &labels,
-            namespace: "default",
-            gateway: "mesh",
-        };
-        let jason = RequestMatch {
-            headers: vec![("end-user".into(), StrMatch::Exact("jason".into()))],
-            ..Default::default()
-        };
+        let src = SourceView { labels: &labels, namespace: "default", gateway: "mesh" };
+        let jason =
+            RequestMatch { headers: vec![("end-user".into(), StrMatch::Exact("jason".into()))], ..Default::default() };
         let routes = vec![
             route(vec![jason], forward(vec![(100, Target::Missing("v2".into()))])),
-            route(
-                vec![],
-                forward(vec![(100, Target::Clusters(vec![(9080, cluster("v1"))]))]),
-            ),
+            route(vec![], forward(vec![(100, Target::Clusters(vec![(9080, cluster("v1"))]))])),
         ];
         let mut h = HeaderMap::new();
         match decide(&routes, &req(&h, "/"), &src) {
@@ -583,10 +552,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         h.insert("end-user", HeaderValue::from_static("jason"));
-        assert!(matches!(
-            decide(&routes, &req(&h, "/"), &src),
-            Decision::Reply(LocalReply::NoCluster)
-        ));
+        assert!(matches!(decide(&routes, &req(&h, "/"), &src), Decision::Reply(LocalReply::NoCluster)));
         assert!(matches!(
             decide(&routes[..1], &req(&HeaderMap::new(), "/"), &src),
             Decision::Reply(LocalReply::NoRoute)
@@ -615,26 +581,14 @@ mod tests {
 
     #[test]
     fn rewrite_and_redirect() {
-        let rw = Rewrite {
-            uri: Some("/v2".into()),
-            ..Default::default()
-        };
-        assert_eq!(
-            rw.path("/v1/items", Some("a=1"), Some("/v1")).as_deref(),
-            Some("/v2/items?a=1")
-        );
+        let rw = Rewrite { uri: Some("/v2".into()), ..Default::default() };
+        assert_eq!(rw.path("/v1/items", Some("a=1"), Some("/v1")).as_deref(), Some("/v2/items?a=1"));
         assert_eq!(rw.path("/exact", None, None).as_deref(), Some("/v2"));
         let re = Rewrite {
-            uri_regex: Some((
-                Regex::new("^/service/([^/]+)(/.*)$").unwrap(),
-                "${2}/instance/${1}".into(),
-            )),
+            uri_regex: Some((Regex::new("^/service/([^/]+)(/.*)$").unwrap(), "${2}/instance/${1}".into())),
             ..Default::default()
         };
-        assert_eq!(
-            re.path("/service/foo/v1/api", None, None).as_deref(),
-            Some("/v1/api/instance/foo")
-        );
+        assert_eq!(re.path("/service/foo/v1/api", None, None).as_deref(), Some("/v1/api/instance/foo"));
         let h = HeaderMap::new();
         let r = Redirect {
             uri: Some("/new".into()),
@@ -644,18 +598,8 @@ mod tests {
             scheme: None,
             code: 301,
         };
-        assert_eq!(
-            redirect_location(&r, &req(&h, "/old"), None),
-            "http://example.com:9080/new"
-        );
-        let r2 = Redirect {
-            scheme: Some("https".into()),
-            uri: None,
-            ..r
-        };
-        assert_eq!(
-            redirect_location(&r2, &req(&h, "/old"), None),
-            "https://example.com/old"
-        );
+        assert_eq!(redirect_location(&r, &req(&h, "/old"), None), "http://example.com:9080/new");
+        let r2 = Redirect { scheme: Some("https".into()), uri: None, ..r };
+        assert_eq!(redirect_location(&r2, &req(&h, "/old"), None), "https://example.com/old");
     }
 }

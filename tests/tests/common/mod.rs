@@ -25,11 +25,7 @@ pub fn meshd_bin() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
     let bin = target.join("debug/meshd");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p meshd` first (make test does)",
-        bin.display()
-    );
+    assert!(bin.exists(), "{} is missing: run `cargo build -p meshd` first (make test does)", bin.display());
     bin
 }
 
@@ -79,6 +75,8 @@ impl Drop for TempDir {
 #[derive(Default)]
 struct Output {
     lines: Vec<String>,
+    /// Streams (stdout, stderr) that reached their end: both means meshd exited.
+    closed: usize,
 }
 
 /// A running meshd.
@@ -86,6 +84,7 @@ pub struct Mesh {
     child: Child,
     pub dir: TempDir,
     pub gateway: SocketAddr,
+    pub gateway_tls: SocketAddr,
     pub admin: SocketAddr,
     pub proxy: SocketAddr,
     out: Arc<(Mutex<Output>, Condvar)>,
@@ -101,23 +100,26 @@ fn pump(stream: impl std::io::Read + Send + 'static, out: Arc<(Mutex<Output>, Co
             m.lock().unwrap().lines.push(line);
             cv.notify_all();
         }
+        let (m, cv) = &*out;
+        m.lock().unwrap().closed += 1;
+        cv.notify_all();
     });
 }
 
 impl Mesh {
     /// Starts meshd on `dir` and waits until it is ready.
     pub fn start(dir: TempDir) -> Mesh {
+        Mesh::start_with(dir, &[])
+    }
+
+    /// Starts meshd on `dir` with extra `meshd up` flags.
+    pub fn start_with(dir: TempDir, extra: &[&str]) -> Mesh {
         let mut child = Command::new(meshd_bin())
             .arg("up")
             .arg(&dir.0)
-            .args([
-                "--gateway",
-                "127.0.0.1:0",
-                "--admin",
-                "127.0.0.1:0",
-                "--proxy",
-                "127.0.0.1:0",
-            ])
+            .args(extra)
+            .args(["--gateway", "127.0.0.1:0", "--gateway-tls", "127.0.0.1:0"])
+            .args(["--admin", "127.0.0.1:0", "--proxy", "127.0.0.1:0"])
             .env("MESHD_LOG", "meshd=info,warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -131,6 +133,7 @@ impl Mesh {
             child,
             dir,
             gateway: "0.0.0.0:0".parse().unwrap(),
+            gateway_tls: "0.0.0.0:0".parse().unwrap(),
             admin: "0.0.0.0:0".parse().unwrap(),
             proxy: "0.0.0.0:0".parse().unwrap(),
             out,
@@ -141,6 +144,10 @@ impl Mesh {
             rest.split_whitespace().next().unwrap().parse().unwrap()
         };
         mesh.gateway = addr("gateway");
+        mesh.gateway_tls = {
+            let rest = ready.split("gateway-tls https://").nth(1).expect("gateway-tls");
+            rest.split_whitespace().next().unwrap().parse().unwrap()
+        };
         mesh.admin = addr("admin");
         mesh.proxy = addr("proxy");
         mesh
@@ -177,6 +184,9 @@ impl Mesh {
                 return l.clone();
             }
             let now = Instant::now();
+            if g.closed == 2 {
+                panic!("meshd exited; its output:\n{}", g.lines.join("\n"));
+            }
             if now >= deadline {
                 panic!("timed out waiting for a line; output so far:\n{}", g.lines.join("\n"));
             }
@@ -196,11 +206,7 @@ impl Mesh {
 
     /// A client for the gateway (no proxy, no redirects).
     pub fn client(&self) -> reqwest::Client {
-        reqwest::Client::builder()
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap()
+        reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap()
     }
 
     /// A client inside the mesh: the mesh client's sidecar as HTTP proxy.
@@ -225,11 +231,7 @@ impl Mesh {
 
     /// Runs a meshd CLI verb against this daemon.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(meshd_bin())
-            .args(args)
-            .env("MESHD_ADMIN", self.admin.to_string())
-            .output()
-            .unwrap()
+        Command::new(meshd_bin()).args(args).env("MESHD_ADMIN", self.admin.to_string()).output().unwrap()
     }
 }
 
@@ -242,9 +244,7 @@ impl Drop for Mesh {
 
 /// Which reviews version served a product page: "v1" (no stars), "v2" (black) or "v3" (red).
 pub fn reviews_version(page: &str) -> &'static str {
-    let by_pod = ["reviews-v1-", "reviews-v2-", "reviews-v3-"]
-        .iter()
-        .position(|p| page.contains(p));
+    let by_pod = ["reviews-v1-", "reviews-v2-", "reviews-v3-"].iter().position(|p| page.contains(p));
     let by_stars = if !page.contains("glyphicon glyphicon-star") {
         0
     } else if page.contains("gap-x-1 text-red-500") {

@@ -23,11 +23,7 @@ pub struct DurationParseError {
 
 impl fmt::Display for DurationParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid duration `{}`: {} (expected e.g. `7s`, `0.5s`, `500ms`, `1h30m`)",
-            self.input, self.reason
-        )
+        write!(f, "invalid duration `{}`: {} (expected e.g. `7s`, `0.5s`, `500ms`, `1h30m`)", self.input, self.reason)
     }
 }
 
@@ -50,10 +46,7 @@ const UNITS: &[(&str, u128)] = &[
 impl Duration {
     /// Parses an Istio / Go duration string.
     pub fn parse(input: &str) -> Result<Self, DurationParseError> {
-        let err = |reason| DurationParseError {
-            input: input.to_string(),
-            reason,
-        };
+        let err = |reason| DurationParseError { input: input.to_string(), reason };
         let s = input.trim();
         if s.is_empty() {
             return Err(err("empty string"));
@@ -81,10 +74,8 @@ impl Duration {
             if int_part.is_empty() && frac_part.is_empty() {
                 return Err(err("expected a number"));
             }
-            let unit_len = rest
-                .char_indices()
-                .find(|(_, c)| c.is_ascii_digit() || *c == '.')
-                .map_or(rest.len(), |(i, _)| i);
+            let unit_len =
+                rest.char_indices().find(|(_, c)| c.is_ascii_digit() || *c == '.').map_or(rest.len(), |(i, _)| i);
             let unit = &rest[..unit_len];
             rest = &rest[unit_len..];
             if unit.is_empty() {
@@ -93,11 +84,8 @@ impl Duration {
             let Some(&(_, scale)) = UNITS.iter().find(|(name, _)| *name == unit) else {
                 return Err(err("unknown unit (expected one of ns, us, ms, s, m, h)"));
             };
-            let int_value: u128 = if int_part.is_empty() {
-                0
-            } else {
-                int_part.parse().map_err(|_| err("number too large"))?
-            };
+            let int_value: u128 =
+                if int_part.is_empty() { 0 } else { int_part.parse().map_err(|_| err("number too large"))? };
             let mut value = int_value.checked_mul(scale).ok_or_else(|| err("too large"))?;
             // Fraction: exact up to nanosecond precision, extra digits truncated.
             let mut place = scale;

@@ -91,12 +91,7 @@ impl<'de, S: DeserializeOwned> Deserialize<'de> for Object<S> {
                     .map_err(|e| D::Error::custom(format!("missing field `spec` (an empty spec is invalid: {e})")))?
             }
         };
-        Ok(Object {
-            api_version: raw.api_version,
-            kind: raw.kind,
-            metadata: raw.metadata,
-            spec,
-        })
+        Ok(Object { api_version: raw.api_version, kind: raw.kind, metadata: raw.metadata, spec })
     }
 }
 
@@ -361,17 +356,8 @@ fn is_blank(text: &str) -> bool {
 
 /// A `NotEmulated` outcome carrying the object's name.
 fn not_emulated(map: &serde_yaml::Mapping, api_version: String, kind: String) -> ParseOutcome {
-    let name = map
-        .get("metadata")
-        .and_then(|m| m.get("name"))
-        .and_then(|n| n.as_str())
-        .unwrap_or_default()
-        .to_string();
-    ParseOutcome::NotEmulated {
-        api_version,
-        kind,
-        name,
-    }
+    let name = map.get("metadata").and_then(|m| m.get("name")).and_then(|n| n.as_str()).unwrap_or_default().to_string();
+    ParseOutcome::NotEmulated { api_version, kind, name }
 }
 
 /// A required top-level string (`apiVersion`, `kind`).
@@ -387,12 +373,9 @@ fn top_level_string(map: &serde_yaml::Mapping, text: &str, key: &str) -> Result<
                 message: format!("`{key}` must be a non-empty string"),
             })
         }
-        None => Err(DocError {
-            path: key.to_string(),
-            line: None,
-            column: None,
-            message: format!("missing field `{key}`"),
-        }),
+        None => {
+            Err(DocError { path: key.to_string(), line: None, column: None, message: format!("missing field `{key}`") })
+        }
     }
 }
 
@@ -444,10 +427,7 @@ fn yaml_error(err: &serde_yaml::Error, path: &str) -> DocError {
         }
     }
     if let Some(index) = message.rfind(" at position ") {
-        if message[index + " at position ".len()..]
-            .chars()
-            .all(|c| c.is_ascii_digit())
-        {
+        if message[index + " at position ".len()..].chars().all(|c| c.is_ascii_digit()) {
             message.truncate(index);
         }
     }
