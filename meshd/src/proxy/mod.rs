@@ -371,7 +371,7 @@ impl Proxy {
         }
         let Role::Inbound { workload, port, tls, .. } = &*role else {
             let info = Arc::new(ConnInfo { peer, xfcc: None, principal: None });
-            return self.serve_io(TokioIo::new(stream), info, role, shutdown, changes).await;
+            return self.serve_io(TokioIo::new(stream), info, role, shutdown, changes, None).await;
         };
         let mode = self.snapshot.load().peer_auth.mode(&workload.namespace, &workload.labels, *port);
         let mut first = [0u8; 1];
@@ -390,7 +390,10 @@ impl Proxy {
                 });
                 let principal = client.map(|c| c.trim_start_matches("spiffe://").to_string());
                 let info = Arc::new(ConnInfo { peer, xfcc, principal });
-                self.serve_io(TokioIo::new(tls_stream), info, role, shutdown, changes).await
+                let (ns, labels, port) = (workload.namespace.clone(), workload.labels.clone(), *port);
+                let recheck: Recheck =
+                    Box::new(move |snap| snap.peer_auth.mode(&ns, &labels, port) != MtlsMode::Disable);
+                self.serve_io(TokioIo::new(tls_stream), info, role, shutdown, changes, Some(recheck)).await
             }
             (_, false, MtlsMode::Strict) if tls.is_some() => {
                 // STRICT and a plaintext client: reset, as Envoy does (curl: exit 56).
@@ -402,7 +405,11 @@ impl Proxy {
             }
             _ => {
                 let info = Arc::new(ConnInfo { peer, xfcc: None, principal: None });
-                self.serve_io(TokioIo::new(stream), info, role, shutdown, changes).await
+                let strict = tls.is_some();
+                let (ns, labels, port) = (workload.namespace.clone(), workload.labels.clone(), *port);
+                let recheck: Recheck =
+                    Box::new(move |snap| !strict || snap.peer_auth.mode(&ns, &labels, port) != MtlsMode::Strict);
+                self.serve_io(TokioIo::new(stream), info, role, shutdown, changes, Some(recheck)).await
             }
         }
     }
@@ -428,7 +435,7 @@ impl Proxy {
         let Some(server) = server else { return };
         let Ok(tls_stream) = start.into_stream(server.config.clone()).await else { return };
         let info = Arc::new(ConnInfo { peer, xfcc: None, principal: None });
-        self.serve_io(TokioIo::new(tls_stream), info, role, shutdown, changes).await
+        self.serve_io(TokioIo::new(tls_stream), info, role, shutdown, changes, None).await
     }
 
     /// Serves HTTP on one connection until it ends, the listener shuts down, or the pod stops.
@@ -439,10 +446,12 @@ impl Proxy {
         role: Arc<Role>,
         mut shutdown: watch::Receiver<bool>,
         mut changes: Option<watch::Receiver<()>>,
+        recheck: Option<Recheck>,
     ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let conn_role = role.clone();
+        let snapshots = self.snapshot.clone();
         let svc = service_fn(move |req| {
             let proxy = self.clone();
             let role = role.clone();
@@ -471,6 +480,12 @@ impl Proxy {
             }
             // A stopped pod's open connections die with it.
             _ = pod_stopped(&mut changes, &conn_role) => {}
+            // A config change that no longer admits this connection drains it, as Envoy drains a
+            // filter chain that changed (a plaintext connection when the port turns STRICT).
+            _ = disallowed(&snapshots, recheck) => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
         }
     }
 
@@ -1075,6 +1090,23 @@ async fn mode_changed(rx: &mut Option<watch::Receiver<()>>) {
             }
         }
         None => std::future::pending().await,
+    }
+}
+
+/// A condition a connection must keep meeting under new snapshots.
+type Recheck = Box<dyn Fn(&crate::snapshot::Snapshot) -> bool + Send + Sync>;
+
+/// Resolves when a new snapshot no longer meets `recheck`; never without one.
+async fn disallowed(snapshots: &SnapshotHandle, recheck: Option<Recheck>) {
+    let Some(ok) = recheck else { return std::future::pending().await };
+    let mut rx = snapshots.subscribe();
+    loop {
+        if rx.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if !ok(&snapshots.load()) {
+            return;
+        }
     }
 }
 

@@ -186,11 +186,11 @@ pub struct Snapshot {
 
 /// Shared handle to the current snapshot.
 #[derive(Debug, Clone)]
-pub struct SnapshotHandle(Arc<ArcSwap<Snapshot>>);
+pub struct SnapshotHandle(Arc<ArcSwap<Snapshot>>, tokio::sync::watch::Sender<u64>);
 
 impl Default for SnapshotHandle {
     fn default() -> Self {
-        SnapshotHandle(Arc::new(ArcSwap::from_pointee(Snapshot::default())))
+        SnapshotHandle(Arc::new(ArcSwap::from_pointee(Snapshot::default())), tokio::sync::watch::Sender::new(0))
     }
 }
 
@@ -202,7 +202,14 @@ impl SnapshotHandle {
 
     /// Swaps in a new snapshot; in-flight requests keep the old one.
     pub fn store(&self, snapshot: Snapshot) {
+        let generation = snapshot.generation;
         self.0.store(Arc::new(snapshot));
+        self.1.send_replace(generation);
+    }
+
+    /// Wakes on every new generation (for connections whose terms depend on the config).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.1.subscribe()
     }
 }
 
