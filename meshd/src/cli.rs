@@ -38,6 +38,9 @@ pub enum Command {
         /// Outbound listener of the mesh client workload, usable as `http_proxy`.
         #[arg(long, default_value = "127.0.0.1:15001")]
         proxy: SocketAddr,
+        /// Print every proxy's access log (Istio's default text format) to stdout too.
+        #[arg(long)]
+        access_log: bool,
         /// Lifetime of workload certificates; they rotate at half of it (Istio: 24h).
         #[arg(long, default_value = "24h", value_parser = parse_duration)]
         cert_ttl: std::time::Duration,
@@ -93,10 +96,13 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:15000", env = "MESHD_ADMIN")]
         admin: SocketAddr,
     },
-    /// Print a pod's app log.
+    /// Print a pod's app log, or its sidecar's access log with `-c istio-proxy`.
     Logs {
-        /// Pod name (as `meshd status` shows it).
+        /// Pod name (as `meshd status` shows it; `istio-ingressgateway` for the gateway).
         pod: String,
+        /// Container: the app (default) or `istio-proxy`.
+        #[arg(short = 'c', long = "container")]
+        container: Option<String>,
         /// Admin API of the running daemon.
         #[arg(long, default_value = "127.0.0.1:15000", env = "MESHD_ADMIN")]
         admin: SocketAddr,
@@ -217,9 +223,13 @@ pub async fn status(admin: SocketAddr) -> anyhow::Result<()> {
 }
 
 /// `meshd logs POD`.
-pub async fn logs(pod: &str, admin: SocketAddr) -> anyhow::Result<()> {
+pub async fn logs(pod: &str, container: Option<&str>, admin: SocketAddr) -> anyhow::Result<()> {
+    let key = match container {
+        Some("istio-proxy") => format!("{pod}/istio-proxy"),
+        _ => pod.to_string(),
+    };
     let text = admin_client()?
-        .get(format!("http://{admin}/meshd/logs/{pod}"))
+        .get(format!("http://{admin}/meshd/logs/{}", key.replace('/', "%2F")))
         .send()
         .await
         .with_context(|| format!("no meshd daemon answers on {admin}"))?

@@ -32,6 +32,8 @@ pub struct Options {
     pub proxy: SocketAddr,
     /// Lifetime of workload certificates (rotated at half).
     pub cert_ttl: std::time::Duration,
+    /// Print every proxy's access log to stdout too.
+    pub access_log: bool,
 }
 
 /// A pod as `meshd status` shows it.
@@ -184,7 +186,9 @@ impl Reloader {
         live.insert(GATEWAY_NAME.to_string());
         live.insert("meshd-client".to_string());
         self.proxy.registry().retain(&live);
-        self.state.logs.retain(&live);
+        let with_proxies: std::collections::HashSet<String> =
+            live.iter().flat_map(|p| [p.clone(), format!("{p}/istio-proxy")]).collect();
+        self.state.logs.retain(&with_proxies);
         self.applied = loaded.resources;
         *self.state.pods.lock().unwrap_or_else(|e| e.into_inner()) = self.pod_rows();
         *self.state.controls.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -334,7 +338,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         registry: Arc::new(Registry::new(Some(security.clone()))),
         controls: Mutex::default(),
     });
-    let proxy = Proxy::new(snapshot.clone(), state.registry.clone());
+    let access = crate::proxy::accesslog::AccessLog::start(state.logs.clone(), opts.access_log);
+    let proxy = Proxy::new(snapshot.clone(), state.registry.clone()).with_access_log(access);
     let (_shutdown_tx, shutdown) = watch::channel(false);
     tokio::spawn(proxy.clone().serve(
         gateway,

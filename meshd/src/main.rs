@@ -27,8 +27,8 @@ fn main() -> std::process::ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Up { dir, gateway, gateway_tls, admin, proxy, cert_ttl } => {
-                let opts = meshd::daemon::Options { dir, gateway, gateway_tls, admin, proxy, cert_ttl };
+            Command::Up { dir, gateway, gateway_tls, admin, proxy, access_log, cert_ttl } => {
+                let opts = meshd::daemon::Options { dir, gateway, gateway_tls, admin, proxy, cert_ttl, access_log };
                 meshd::daemon::run(opts).await.map(|_| 0)
             }
             Command::Certs { admin } => meshd::cli::certs(admin).await.map(|_| 0),
@@ -38,7 +38,9 @@ fn main() -> std::process::ExitCode {
             Command::Load { args, admin } => meshd::cli::load(&args, admin).await,
             Command::Status { admin } => meshd::cli::status(admin).await.map(|_| 0),
             Command::Pod { action, pod, admin } => meshd::cli::pod(&action, &pod, admin).await,
-            Command::Logs { pod, admin } => meshd::cli::logs(&pod, admin).await.map(|_| 0),
+            Command::Logs { pod, container, admin } => {
+                meshd::cli::logs(&pod, container.as_deref(), admin).await.map(|_| 0)
+            }
         }
     });
     match result {

@@ -68,6 +68,7 @@ async fn fault_injection_abort_shows_ratings_unavailable_for_jason_only() {
         mesh.mesh_client().get("http://ratings:9080/ratings/0").header("end-user", "jason").send().await.unwrap();
     assert_eq!(resp.status(), 500);
     assert_eq!(resp.text().await.unwrap(), "fault filter abort");
+    mesh.proxy_log_line("reviews-v2-", &["\"GET /ratings/0 HTTP/1.1\" 500 FI fault_filter_abort"]);
 }
 
 #[tokio::test]
@@ -93,6 +94,10 @@ async fn request_timeouts_task() {
     let resp = mesh.mesh_client().get("http://reviews:9080/reviews/0").send().await.unwrap();
     assert_eq!(resp.status(), 504);
     assert_eq!(resp.text().await.unwrap(), "upstream request timeout");
+    mesh.proxy_log_line(
+        "productpage-v1-",
+        &["504 UT upstream_response_timeout", "outbound|9080|v2|reviews.default.svc.cluster.local"],
+    );
     // The per-request override beats the route timeout.
     let resp = mesh
         .mesh_client()
@@ -150,6 +155,7 @@ async fn circuit_breaking_overflows_with_envoys_answer() {
         }
     }
     assert!(ok > 0 && overflow > 0, "both 200s and 503s: {ok} / {overflow}");
+    mesh.proxy_log_line("fortio-deploy-", &["503 UO upstream_reset_before_response_started{overflow}"]);
     let stats = mesh.client().get(format!("http://{}/stats", mesh.admin)).send().await.unwrap().text().await.unwrap();
     let line = stats
         .lines()
@@ -260,6 +266,7 @@ async fn retries_are_counted_at_the_upstream() {
     let resp = mesh.mesh_client().get("http://web:8000/status/503").send().await.unwrap();
     assert_eq!(resp.status(), 503);
     let log = String::from_utf8(mesh.cli(&["logs", &pod]).stdout).unwrap();
+    mesh.proxy_log_line("meshd-client", &["\"GET /status/503 HTTP/1.1\" 503 URX via_upstream"]);
     let lines = |log: &str, what: &str| log.lines().filter(|l| l.contains(what)).count();
     assert_eq!(lines(&log, "/status/503"), 4, "1 try + 3 retries:\n{log}");
     // Istio's default policy does not retry a 5xx.
@@ -404,6 +411,7 @@ async fn local_rate_limit_answers_429_after_the_bucket_empties() {
         }
     }
     assert_eq!(codes, [200, 200, 200, 200, 429, 429], "4 tokens per minute");
+    mesh.proxy_log_line("productpage-v1-", &["429 RL local_rate_limited"]);
     assert_eq!(limited, Some((Some("true".to_string()), "local_rate_limited".to_string())));
     // Other workloads are not limited.
     for _ in 0..6 {

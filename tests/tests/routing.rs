@@ -123,6 +123,13 @@ async fn missing_subset_is_503_nc_and_unknown_host_is_404() {
     let resp = mesh.client().get(mesh.url("/nothing-here")).send().await.unwrap();
     assert_eq!(resp.status(), 404, "no route at the gateway: NR");
     assert_eq!(resp.headers()["server"], "istio-envoy");
+    // The access logs say why, with Envoy's flags.
+    mesh.proxy_log_line("istio-ingressgateway", &["\"GET /nothing-here HTTP/1.1\" 404 NR route_not_found"]);
+    let line = mesh.proxy_log_line(
+        "productpage-v1-",
+        &["\"GET /reviews/0 HTTP/1.1\" 503 NC cluster_not_found", "\"reviews:9080\""],
+    );
+    assert!(line.starts_with('['), "{line}");
 }
 
 #[tokio::test]

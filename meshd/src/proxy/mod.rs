@@ -4,6 +4,7 @@
 //! retries), then the cluster's (balancing, circuit breakers, outlier
 //! detection), then bytes move.
 
+pub mod accesslog;
 pub mod respond;
 pub mod runtime;
 pub mod upstream;
@@ -208,6 +209,7 @@ impl Role {
 pub struct Proxy {
     snapshot: SnapshotHandle,
     registry: Arc<Registry>,
+    access: Option<accesslog::AccessLog>,
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -234,6 +236,8 @@ struct ConnInfo {
     xfcc: Option<HeaderValue>,
     /// The mTLS peer's identity without `spiffe://` (an AuthorizationPolicy principal).
     principal: Option<String>,
+    /// The listener's address.
+    local: Option<SocketAddr>,
 }
 
 /// The request as the policies see it: everything but the body, which is buffered once.
@@ -253,6 +257,22 @@ impl Outgoing {
         req.headers_mut().insert(X_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
         req
     }
+}
+
+/// The endpoint a response came from (or the last one tried).
+#[derive(Debug, Clone, Copy)]
+struct UpstreamHost {
+    addr: SocketAddr,
+    /// Whether the upstream answered (false: a local reply after a failed attempt).
+    responded: bool,
+}
+
+/// Which route and cluster served a request, for the access log.
+#[derive(Debug, Clone)]
+struct RouteInfo {
+    cluster: Option<String>,
+    route: Option<String>,
+    request_id: Option<String>,
 }
 
 /// Marks a response that must not be sent: the downstream connection is closed instead.
@@ -292,7 +312,13 @@ enum Attempt {
 impl Proxy {
     /// A proxy reading routes from `snapshot`, with per-proxy state in `registry`.
     pub fn new(snapshot: SnapshotHandle, registry: Arc<Registry>) -> Proxy {
-        Proxy { snapshot, registry }
+        Proxy { snapshot, registry, access: None }
+    }
+
+    /// Sends every proxy's access-log records to `log`.
+    pub fn with_access_log(mut self, log: accesslog::AccessLog) -> Proxy {
+        self.access = Some(log);
+        self
     }
 
     /// The runtime registry (for stats).
@@ -366,11 +392,12 @@ impl Proxy {
         shutdown: watch::Receiver<bool>,
         changes: Option<watch::Receiver<()>>,
     ) {
+        let local = stream.local_addr().ok();
         if let Role::GatewayTls { .. } = &*role {
             return self.gateway_tls(stream, peer, role, shutdown, changes).await;
         }
         let Role::Inbound { workload, port, tls, .. } = &*role else {
-            let info = Arc::new(ConnInfo { peer, xfcc: None, principal: None });
+            let info = Arc::new(ConnInfo { peer, xfcc: None, principal: None, local });
             return self.serve_io(TokioIo::new(stream), info, role, shutdown, changes, None).await;
         };
         let mode = self.snapshot.load().peer_auth.mode(&workload.namespace, &workload.labels, *port);
@@ -389,7 +416,7 @@ impl Proxy {
                     HeaderValue::from_str(&crate::security::tls::xfcc(&server, c, client)).ok()
                 });
                 let principal = client.map(|c| c.trim_start_matches("spiffe://").to_string());
-                let info = Arc::new(ConnInfo { peer, xfcc, principal });
+                let info = Arc::new(ConnInfo { peer, xfcc, principal, local });
                 let (ns, labels, port) = (workload.namespace.clone(), workload.labels.clone(), *port);
                 let recheck: Recheck =
                     Box::new(move |snap| snap.peer_auth.mode(&ns, &labels, port) != MtlsMode::Disable);
@@ -404,7 +431,7 @@ impl Proxy {
                 reset(stream);
             }
             _ => {
-                let info = Arc::new(ConnInfo { peer, xfcc: None, principal: None });
+                let info = Arc::new(ConnInfo { peer, xfcc: None, principal: None, local });
                 let strict = tls.is_some();
                 let (ns, labels, port) = (workload.namespace.clone(), workload.labels.clone(), *port);
                 let recheck: Recheck =
@@ -424,6 +451,7 @@ impl Proxy {
         shutdown: watch::Receiver<bool>,
         changes: Option<watch::Receiver<()>>,
     ) {
+        let local = stream.local_addr().ok();
         let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
         let Ok(start) = acceptor.await else { return };
         let sni = start.client_hello().server_name().map(|s| s.to_ascii_lowercase());
@@ -434,7 +462,7 @@ impl Proxy {
         };
         let Some(server) = server else { return };
         let Ok(tls_stream) = start.into_stream(server.config.clone()).await else { return };
-        let info = Arc::new(ConnInfo { peer, xfcc: None, principal: None });
+        let info = Arc::new(ConnInfo { peer, xfcc: None, principal: None, local });
         self.serve_io(TokioIo::new(tls_stream), info, role, shutdown, changes, None).await
     }
 
@@ -489,7 +517,68 @@ impl Proxy {
         }
     }
 
+    /// Handles one request and hands its access-log record to the logger.
     async fn handle(&self, role: &Role, info: &ConnInfo, req: Request<Incoming>) -> Response<Body> {
+        let Some(log) = &self.access else { return self.dispatch(role, info, req).await };
+        let proxy: Arc<str> = match role {
+            Role::Gateway { rt, .. }
+            | Role::GatewayTls { rt, .. }
+            | Role::Outbound { rt, .. }
+            | Role::Inbound { rt, .. } => rt.name.as_str().into(),
+            Role::MeshClient { .. } => match &self.snapshot.load().mesh_client {
+                Some(w) => w.name.as_str().into(),
+                None => "meshd-client".into(),
+            },
+            // A pod without a sidecar has no proxy to log.
+            Role::Plain { .. } => return self.dispatch(role, info, req).await,
+        };
+        let start = std::time::SystemTime::now();
+        let t0 = Instant::now();
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let (user_agent, forwarded_for, incoming_id) =
+            (header("user-agent"), header("x-forwarded-for"), header("x-request-id"));
+        let bytes_received = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let method = req.method().to_string();
+        let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+        let authority = req.uri().authority().map(|a| a.to_string()).or_else(|| header("host")).unwrap_or_default();
+        let protocol = match req.version() {
+            http::Version::HTTP_2 => "HTTP/2",
+            http::Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        };
+        let resp = self.dispatch(role, info, req).await;
+        let ext = resp.extensions();
+        let flags = ext.get::<ResponseFlags>();
+        let route = ext.get::<RouteInfo>();
+        let upstream = ext.get::<UpstreamHost>();
+        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        log.send(accesslog::Record {
+            proxy,
+            start,
+            method,
+            path,
+            protocol,
+            status: resp.status().as_u16(),
+            flags: flags.map(|f| f.flags.to_string()).unwrap_or_else(|| "-".into()),
+            details: flags.map(|f| f.details).unwrap_or("via_upstream"),
+            bytes_received,
+            bytes_sent: header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0),
+            duration_ms: t0.elapsed().as_millis() as u64,
+            upstream_service_time: header("x-envoy-upstream-service-time"),
+            forwarded_for,
+            user_agent,
+            request_id: route.and_then(|r| r.request_id.clone()).or(incoming_id),
+            authority,
+            upstream_host: upstream.map(|u| u.addr),
+            upstream_cluster: route.and_then(|r| r.cluster.as_deref()).map(Into::into),
+            downstream_local: info.local,
+            downstream_remote: info.peer,
+            route: route.and_then(|r| r.route.clone()),
+        });
+        resp
+    }
+
+    async fn dispatch(&self, role: &Role, info: &ConnInfo, req: Request<Incoming>) -> Response<Body> {
         let peer = info.peer;
         match role {
             Role::Inbound { rt, app, cluster, control, .. } => self.inbound(rt, app, cluster, control, info, req).await,
@@ -563,10 +652,18 @@ impl Proxy {
             Ok((conn, _)) => conn.send(upstream).await,
             Err(e) => Err(e),
         };
-        match result {
+        let mut resp = match result {
             Ok(resp) => finish(resp, ServerName::IstioEnvoy, started, &[]),
             Err(e) => respond::local_reply(reply_for(&e), ServerName::IstioEnvoy, false),
-        }
+        };
+        let responded = resp.extensions().get::<ResponseFlags>().is_some_and(|f| f.details == "via_upstream");
+        resp.extensions_mut().insert(UpstreamHost { addr: ep.addr, responded });
+        resp.extensions_mut().insert(RouteInfo {
+            cluster: Some(cluster.name.clone()),
+            route: Some("default".into()),
+            request_id: None,
+        });
+        resp
     }
 
     /// Gateway and outbound: route by the snapshot, run the route's policies, forward.
@@ -593,7 +690,7 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         if !mesh {
             // Policies that select the gateway (istio: ingressgateway) apply here, on its port 8080 (8443).
-            let info = ConnInfo { peer, xfcc: None, principal: None };
+            let info = ConnInfo { peer, xfcc: None, principal: None, local: None };
             let port = if caller == Caller::GatewayTls { 8443 } else { 8080 };
             if let Some(denied) = admit(&snapshot, &rt.workload, port, &info, &mut parts, server) {
                 return denied;
@@ -649,10 +746,12 @@ impl Proxy {
         let no_policy = crate::snapshot::route::RoutePolicy { retry: RetryPolicy::none(), ..Default::default() };
         // kube-proxy neither retries nor times out.
         let policy = if caller == Caller::Plain { &no_policy } else { &matched.route.policy };
+        let mut delayed = false;
         if let Some(fault) = &policy.fault {
             if let Some((delay, pct)) = fault.delay {
                 if roll(pct) {
                     tokio::time::sleep(delay).await;
+                    delayed = true;
                 }
             }
             if let Some((with, pct)) = &fault.abort {
@@ -698,12 +797,12 @@ impl Proxy {
                 Ok(r) => r,
                 Err(_) => {
                     crt.shared.stats.upstream_rq_timeout.fetch_add(1, Ordering::Relaxed);
-                    return respond::local_reply(LocalReply::Timeout, server, false);
+                    respond::local_reply(LocalReply::Timeout, server, false)
                 }
             },
             None => attempts.await,
         };
-        if resp.extensions().get::<ResponseFlags>().is_none() {
+        if resp.extensions().get::<UpstreamHost>().is_some_and(|u| u.responded) {
             resp = finish(resp, server, started, &[&matched.route.headers.response, &target.headers.response]);
             if let Some(cookie) = new_cookie {
                 if let Ok(v) = HeaderValue::from_str(&cookie) {
@@ -711,6 +810,16 @@ impl Proxy {
                 }
             }
         }
+        if delayed {
+            if let Some(f) = resp.extensions().get::<ResponseFlags>().map(|f| f.with("DI")) {
+                resp.extensions_mut().insert(f);
+            }
+        }
+        resp.extensions_mut().insert(RouteInfo {
+            cluster: Some(cluster.name.clone()),
+            route: matched.route.name.clone(),
+            request_id: out.headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_string),
+        });
         resp
     }
 
@@ -781,8 +890,15 @@ impl Proxy {
                 stats.upstream_rq_retry_overflow.fetch_add(1, Ordering::Relaxed);
             }
             if !budget {
-                return match result {
-                    Attempt::Response(resp) => resp,
+                let host = UpstreamHost { addr: ep.addr, responded: matches!(result, Attempt::Response(_)) };
+                let mut resp = match result {
+                    Attempt::Response(mut resp) => {
+                        if retriable && retried {
+                            // The retries ran out on a response the policy would have retried.
+                            resp.extensions_mut().insert(ResponseFlags::new("URX", "via_upstream"));
+                        }
+                        resp
+                    }
                     Attempt::Failed(e) if server == ServerName::Keep => {
                         let mut resp = respond::local_reply(reply_for(&e), server, retried);
                         resp.extensions_mut().insert(AbortConnection);
@@ -791,6 +907,8 @@ impl Proxy {
                     Attempt::Failed(e) => respond::local_reply(reply_for(&e), server, retried),
                     Attempt::PerTryTimeout => respond::local_reply(LocalReply::Timeout, server, false),
                 };
+                resp.extensions_mut().insert(host);
+                return resp;
             }
             drop(result);
             stats.upstream_rq_retry.fetch_add(1, Ordering::Relaxed);
@@ -1069,7 +1187,9 @@ fn finish(resp: Response<Body>, server: ServerName, started: Instant, ops: &[&He
         parts.headers.insert(SERVER, server.value());
     }
     parts.headers.insert(X_SERVICE_TIME.clone(), HeaderValue::from(started.elapsed().as_millis() as u64));
-    parts.extensions.insert(ResponseFlags("-"));
+    if parts.extensions.get::<ResponseFlags>().is_none() {
+        parts.extensions.insert(ResponseFlags::new("-", "via_upstream"));
+    }
     Response::from_parts(parts, body)
 }
 

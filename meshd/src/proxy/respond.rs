@@ -10,9 +10,27 @@ use super::{Body, ServerName};
 use crate::snapshot::policy::AbortWith;
 use crate::snapshot::LocalReply;
 
-/// Envoy's response flags of a response, for logs and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ResponseFlags(pub &'static str);
+/// Envoy's response flags and code details of a response, for logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseFlags {
+    /// `%RESPONSE_FLAGS%`: `-`, `NR`, `UF,URX`, ...
+    pub flags: std::borrow::Cow<'static, str>,
+    /// `%RESPONSE_CODE_DETAILS%`.
+    pub details: &'static str,
+}
+
+impl ResponseFlags {
+    /// Flags and details.
+    pub fn new(flags: &'static str, details: &'static str) -> ResponseFlags {
+        ResponseFlags { flags: std::borrow::Cow::Borrowed(flags), details }
+    }
+
+    /// Adds a flag in front (`DI` goes before the others, as Envoy lists them).
+    pub fn with(&self, flag: &str) -> ResponseFlags {
+        let flags = if self.flags == "-" { flag.to_string() } else { format!("{flag},{}", self.flags) };
+        ResponseFlags { flags: std::borrow::Cow::Owned(flags), details: self.details }
+    }
+}
 
 /// Wraps bytes in the proxy's body type.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
@@ -23,7 +41,7 @@ fn status(code: u16) -> StatusCode {
     StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
-fn text(code: u16, body: impl Into<Bytes>, server: ServerName, flags: &'static str) -> Response<Body> {
+fn text(code: u16, body: impl Into<Bytes>, server: ServerName, flags: ResponseFlags) -> Response<Body> {
     let body = body.into();
     let len = body.len();
     let mut resp = Response::new(full(body));
@@ -34,7 +52,7 @@ fn text(code: u16, body: impl Into<Bytes>, server: ServerName, flags: &'static s
     }
     h.insert(CONTENT_LENGTH, HeaderValue::from(len));
     h.insert(SERVER, server.value());
-    resp.extensions_mut().insert(ResponseFlags(flags));
+    resp.extensions_mut().insert(flags);
     resp
 }
 
@@ -54,7 +72,7 @@ pub fn local_reply(reply: LocalReply, server: ServerName, retried: bool) -> Resp
     } else {
         reply.flag()
     };
-    let mut resp = text(reply.status(), body, server, flags);
+    let mut resp = text(reply.status(), body, server, ResponseFlags::new(flags, reply.details()));
     if reply == LocalReply::Overflow {
         resp.headers_mut().insert(HeaderName::from_static("x-envoy-overloaded"), HeaderValue::from_static("true"));
     }
@@ -64,9 +82,11 @@ pub fn local_reply(reply: LocalReply, server: ServerName, retried: bool) -> Resp
 /// A fault-injection abort: `fault filter abort`, flag FI; gRPC aborts are trailers-only responses.
 pub fn fault_abort(with: &AbortWith, server: ServerName) -> Response<Body> {
     match with {
-        AbortWith::Http(code) => text(*code, "fault filter abort", server, "FI"),
+        AbortWith::Http(code) => {
+            text(*code, "fault filter abort", server, ResponseFlags::new("FI", "fault_filter_abort"))
+        }
         AbortWith::Grpc(code) => {
-            let mut resp = text(200, Bytes::new(), server, "FI");
+            let mut resp = text(200, Bytes::new(), server, ResponseFlags::new("FI", "fault_filter_abort"));
             let h = resp.headers_mut();
             h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
             h.insert(HeaderName::from_static("grpc-status"), HeaderValue::from(*code));
@@ -78,7 +98,7 @@ pub fn fault_abort(with: &AbortWith, server: ServerName) -> Response<Body> {
 
 /// A VirtualService `redirect`.
 pub fn redirect(code: u16, location: &str, server: ServerName) -> Response<Body> {
-    let mut resp = text(code, Bytes::new(), server, "-");
+    let mut resp = text(code, Bytes::new(), server, ResponseFlags::new("-", "via_redirect"));
     if let Ok(v) = HeaderValue::from_str(location) {
         resp.headers_mut().insert(LOCATION, v);
     }
@@ -87,12 +107,12 @@ pub fn redirect(code: u16, location: &str, server: ServerName) -> Response<Body>
 
 /// A VirtualService `directResponse`.
 pub fn direct(code: u16, body: &Bytes, server: ServerName) -> Response<Body> {
-    text(code, body.clone(), server, "-")
+    text(code, body.clone(), server, ResponseFlags::new("-", "direct_response"))
 }
 
 /// A local rate limit refusal: 429 `local_rate_limited`, flag RL, with the filter's extra headers.
 pub fn rate_limited(headers: &[(HeaderName, HeaderValue)], server: ServerName) -> Response<Body> {
-    let mut resp = text(429, "local_rate_limited", server, "RL");
+    let mut resp = text(429, "local_rate_limited", server, ResponseFlags::new("RL", "local_rate_limited"));
     for (k, v) in headers {
         resp.headers_mut().insert(k.clone(), v.clone());
     }
@@ -101,12 +121,12 @@ pub fn rate_limited(headers: &[(HeaderName, HeaderValue)], server: ServerName) -
 
 /// An AuthorizationPolicy denial: 403 `RBAC: access denied` (no response flag).
 pub fn rbac_denied(server: ServerName) -> Response<Body> {
-    text(403, "RBAC: access denied", server, "-")
+    text(403, "RBAC: access denied", server, ResponseFlags::new("-", "rbac_access_denied_matched_policy[none]"))
 }
 
 /// A present but invalid JWT: 401 with jwt_verify_lib's text and a `www-authenticate` challenge.
 pub fn jwt_denied(why: &str, host: &str, path: &str, server: ServerName) -> Response<Body> {
-    let mut resp = text(401, why.to_string(), server, "-");
+    let mut resp = text(401, why.to_string(), server, ResponseFlags::new("-", "jwt_authn_access_denied"));
     let challenge = format!("Bearer realm=\"http://{host}{path}\", error=\"invalid_token\"");
     if let Ok(v) = HeaderValue::from_str(&challenge) {
         resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);

@@ -271,3 +271,34 @@ pub async fn login(mesh: &Mesh, user: &str) -> String {
     let cookie = resp.headers().get("set-cookie").expect("set-cookie").to_str().unwrap();
     cookie.split(';').next().unwrap().to_string()
 }
+
+impl Mesh {
+    /// The name of the first pod whose name starts with `prefix` (or the gateway's).
+    pub fn pod(&self, prefix: &str) -> String {
+        if prefix == "istio-ingressgateway" || prefix == "meshd-client" {
+            return prefix.to_string();
+        }
+        let out = String::from_utf8(self.cli(&["status"]).stdout).unwrap();
+        out.lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .find(|n| n.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no pod {prefix}* in\n{out}"))
+            .to_string()
+    }
+
+    /// Waits until the access log of the pod named `prefix...` has a line containing every part of `want`.
+    pub fn proxy_log_line(&self, prefix: &str, want: &[&str]) -> String {
+        let pod = self.pod(prefix);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = String::from_utf8(self.cli(&["logs", &pod, "-c", "istio-proxy"]).stdout).unwrap();
+            if let Some(l) = log.lines().find(|l| want.iter().all(|w| l.contains(w))) {
+                return l.to_string();
+            }
+            if Instant::now() > deadline {
+                panic!("no access-log line of {pod} with {want:?}:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
