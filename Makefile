@@ -28,3 +28,4 @@ clean:
 bench:
 	$(CARGO) build --release -p meshd
 	python3 scripts/bench_startup.py
+	python3 scripts/bench_dataplane.py

@@ -76,6 +76,9 @@ pub enum Command {
         /// fortio's flags and the URL.
         #[command(flatten)]
         args: Box<crate::load::LoadArgs>,
+        /// Send to this address instead of the mesh client's sidecar (benchmarks: any HTTP server).
+        #[arg(long)]
+        via: Option<SocketAddr>,
         /// Admin API of the running daemon.
         #[arg(long, default_value = "127.0.0.1:15000", env = "MESHD_ADMIN")]
         admin: SocketAddr,
@@ -190,11 +193,14 @@ pub async fn curl(
 }
 
 /// `meshd load`: fortio's load test through the mesh client's sidecar.
-pub async fn load(args: &crate::load::LoadArgs, admin: SocketAddr) -> anyhow::Result<i32> {
-    let addrs: Addrs = admin_get(admin, "/meshd/info").await?;
+pub async fn load(args: &crate::load::LoadArgs, via: Option<SocketAddr>, admin: SocketAddr) -> anyhow::Result<i32> {
+    let target = match via {
+        Some(v) => v,
+        None => admin_get::<Addrs>(admin, "/meshd/info").await?.proxy,
+    };
     let mut out = std::io::stdout();
     let mut err = std::io::stderr();
-    match crate::load::run(args, addrs.proxy, &mut out, &mut err).await {
+    match crate::load::run(args, target, &mut out, &mut err).await {
         Ok(_) => Ok(0),
         // run() has already said why (fortio's "Aborting because of ...").
         Err(_) => Ok(1),

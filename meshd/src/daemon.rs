@@ -55,6 +55,9 @@ pub struct PodRow {
     pub outbound: Option<String>,
     /// Pod labels, `k=v,...`.
     pub labels: String,
+    /// Where the apps listen, `9080->127.0.0.1:40111` (behind the sidecar; for benchmarks).
+    #[serde(default)]
+    pub apps: Vec<String>,
 }
 
 /// Daemon state the admin API reads.
@@ -254,6 +257,7 @@ impl Reloader {
                 ports: p.info.inbound.iter().map(|(port, addr)| format!("{port}->{addr}")).collect(),
                 outbound: p.info.outbound.map(|a| a.to_string()),
                 labels: workload::labels_string(&p.info.labels),
+                apps: p.app_addrs.iter().map(|(port, addr)| format!("{port}->{addr}")).collect(),
             })
             .collect()
     }

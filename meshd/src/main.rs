@@ -18,7 +18,12 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // Benchmarks match worker threads with the reference proxy.
+    if let Some(n) = std::env::var("MESHD_THREADS").ok().and_then(|v| v.parse().ok()) {
+        builder.worker_threads(n);
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("meshd: cannot start the runtime: {e}");
@@ -35,7 +40,7 @@ fn main() -> std::process::ExitCode {
             Command::Curl { url, headers, method, data, from, admin } => {
                 meshd::cli::curl(&url, &headers, &method, data, from.as_deref(), admin).await
             }
-            Command::Load { args, admin } => meshd::cli::load(&args, admin).await,
+            Command::Load { args, via, admin } => meshd::cli::load(&args, via, admin).await,
             Command::Status { admin } => meshd::cli::status(admin).await.map(|_| 0),
             Command::Pod { action, pod, admin } => meshd::cli::pod(&action, &pod, admin).await,
             Command::Logs { pod, container, admin } => {

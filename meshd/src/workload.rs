@@ -120,6 +120,8 @@ pub struct Pod {
     pub apps: Vec<String>,
     /// When it started.
     pub started: SystemTime,
+    /// Where its apps listen, by container port (behind the inbound sidecar).
+    pub app_addrs: BTreeMap<u16, std::net::SocketAddr>,
     /// Its emulated condition (`meshd pod stop|fail|start`).
     pub control: Arc<crate::proxy::PodControl>,
     shutdown: watch::Sender<bool>,
@@ -176,6 +178,7 @@ async fn start_pod(template: &PodTemplate, proxy: &Proxy, log: &crate::logs::Log
         apps: vec![],
         started: SystemTime::now(),
         control: Arc::default(),
+        app_addrs: BTreeMap::new(),
         shutdown,
         tasks: vec![],
     };
@@ -235,6 +238,7 @@ async fn start_pod(template: &PodTemplate, proxy: &Proxy, log: &crate::logs::Log
         for port in ports {
             let app_listener = bind().await?;
             let app_addr = app_listener.local_addr()?;
+            pod.app_addrs.insert(port, app_addr);
             let env = app_env.clone();
             let pod_name = name.clone();
             pod.tasks.push(tokio::spawn(async move {
