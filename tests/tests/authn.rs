@@ -3,16 +3,7 @@
 
 mod common;
 
-use common::{samples, Mesh, TempDir};
-
-/// A sample file placed in `ns`, as `kubectl apply -n ns -f` would.
-fn in_namespace(rel: &str, ns: &str) -> String {
-    let text = std::fs::read_to_string(samples().join(rel)).unwrap();
-    text.lines()
-        .map(|l| if l == "metadata:" { format!("metadata:\n  namespace: {ns}") } else { l.to_string() })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
+use common::{in_namespace, Mesh, TempDir};
 
 fn setup() -> TempDir {
     let dir = TempDir::new();

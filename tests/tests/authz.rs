@@ -5,7 +5,7 @@ mod common;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use common::{samples, Mesh, TempDir};
+use common::{in_namespace, samples, Mesh, TempDir};
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 
@@ -80,14 +80,6 @@ impl Signer {
         let sig = self.key.sign(&self.rng, format!("{h}.{p}").as_bytes()).unwrap();
         format!("{h}.{p}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
     }
-}
-
-fn in_namespace(rel: &str, ns: &str) -> String {
-    let text = std::fs::read_to_string(samples().join(rel)).unwrap();
-    text.lines()
-        .map(|l| if l == "metadata:" { format!("metadata:\n  namespace: {ns}") } else { l.to_string() })
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 #[tokio::test]

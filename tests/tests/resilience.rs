@@ -346,58 +346,13 @@ spec:
     assert_eq!(host("alice").await, alice, "the replica returns after baseEjectionTime");
 }
 
-/// The local rate limit EnvoyFilter of Istio's "Enabling Rate Limits using Envoy" task.
-const LOCAL_RATE_LIMIT: &str = r#"apiVersion: networking.istio.io/v1alpha3
-kind: EnvoyFilter
-metadata:
-  name: filter-local-ratelimit-svc
-  namespace: istio-system
-spec:
-  workloadSelector:
-    labels:
-      app: productpage
-  configPatches:
-    - applyTo: HTTP_FILTER
-      match:
-        context: SIDECAR_INBOUND
-        listener:
-          filterChain:
-            filter:
-              name: "envoy.filters.network.http_connection_manager"
-      patch:
-        operation: INSERT_BEFORE
-        value:
-          name: envoy.filters.http.local_ratelimit
-          typed_config:
-            "@type": type.googleapis.com/udpa.type.v1.TypedStruct
-            type_url: type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
-            value:
-              stat_prefix: http_local_rate_limiter
-              token_bucket:
-                max_tokens: 4
-                tokens_per_fill: 4
-                fill_interval: 60s
-              filter_enabled:
-                runtime_key: local_rate_limit_enabled
-                default_value:
-                  numerator: 100
-                  denominator: HUNDRED
-              filter_enforced:
-                runtime_key: local_rate_limit_enforced
-                default_value:
-                  numerator: 100
-                  denominator: HUNDRED
-              response_headers_to_add:
-                - append: false
-                  header:
-                    key: x-local-rate-limit
-                    value: 'true'
-"#;
-
 #[tokio::test]
 async fn local_rate_limit_answers_429_after_the_bucket_empties() {
     let dir = TempDir::new();
-    dir.write("ratelimit.yaml", LOCAL_RATE_LIMIT);
+    // The EnvoyFilter of Istio's "Enabling Rate Limits using Envoy" task, as the project's sample folder ships it.
+    let filter = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../samples/rate-limiting/filter-local-ratelimit-svc.yaml");
+    dir.write("ratelimit.yaml", &std::fs::read_to_string(filter).unwrap());
     let mesh = Mesh::start(dir);
     let c = mesh.client();
     let mut codes = Vec::new();

@@ -116,27 +116,26 @@ async fn connect(
                     peer.as_deref().unwrap_or("(none)")
                 )));
             }
-            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls_stream))
-                .await
-                .map_err(|e| UpstreamError::Connect(e.to_string()))?;
-            tokio::spawn(async move {
-                let _slot = slot;
-                let _ = conn.await;
-            });
-            sender
+            http1(tls_stream, slot).await?
         }
-        _ => {
-            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| UpstreamError::Connect(e.to_string()))?;
-            tokio::spawn(async move {
-                let _slot = slot;
-                let _ = conn.await;
-            });
-            sender
-        }
+        _ => http1(stream, slot).await?,
     };
     Ok(Conn { sender, uses: 0, ep: ep.clone(), shared: shared.clone(), max_uses: pool.max_requests_per_connection })
+}
+
+/// HTTP/1.1 over `io`; the connection's task holds the pool slot until the connection ends.
+async fn http1<I>(io: I, slot: CxSlot) -> Result<SendRequest<Body>, UpstreamError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+    tokio::spawn(async move {
+        let _slot = slot;
+        let _ = conn.await;
+    });
+    Ok(sender)
 }
 
 /// Gets a connection to `ep`: an idle one, a new one within `maxConnections`,

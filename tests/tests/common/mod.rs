@@ -302,3 +302,12 @@ impl Mesh {
         }
     }
 }
+
+/// A sample file placed in namespace `ns`, as `kubectl apply -n ns -f` would place it.
+pub fn in_namespace(rel: &str, ns: &str) -> String {
+    let text = std::fs::read_to_string(samples().join(rel)).unwrap();
+    text.lines()
+        .map(|l| if l == "metadata:" { format!("metadata:\n  namespace: {ns}") } else { l.to_string() })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
