@@ -121,6 +121,10 @@ struct Reloader {
     listed: std::collections::HashSet<String>,
     /// A jwksUri could not be fetched before the mesh was up: reload once more after start.
     retry_jwks: bool,
+    /// The gateway's TCP listeners, by Gateway server port.
+    tcp_listeners: std::collections::BTreeMap<u16, (SocketAddr, watch::Sender<bool>)>,
+    /// Bind TCP servers on ephemeral ports (when the gateway itself is on port 0: tests).
+    tcp_ephemeral: bool,
 }
 
 impl Reloader {
@@ -185,6 +189,7 @@ impl Reloader {
         summary.extend(changes.started.iter().map(|p| format!("+ Pod {p}")));
         summary.extend(changes.retired.iter().map(|p| format!("- Pod {}", p.info.name)));
         Pods::retire(changes.retired);
+        self.sync_tcp_listeners().await;
         let mut live: std::collections::HashSet<String> = self.pods.iter().map(|p| p.info.name.clone()).collect();
         live.insert(GATEWAY_NAME.to_string());
         live.insert("meshd-client".to_string());
@@ -238,6 +243,37 @@ impl Reloader {
             out.insert(uri, fetched);
         }
         out
+    }
+
+    /// Opens a listener for every TCP server of the gateway (on its own port, as the ingress
+    /// Service maps 31400 to 31400), and closes the ones no Gateway names any more.
+    async fn sync_tcp_listeners(&mut self) {
+        let snap = self.state.snapshot.load();
+        let wanted: std::collections::BTreeSet<u16> = snap.tcp_servers.iter().map(|s| s.port).collect();
+        self.tcp_listeners.retain(|port, (_, stop)| {
+            let keep = wanted.contains(port);
+            if !keep {
+                let _ = stop.send(true);
+            }
+            keep
+        });
+        for port in wanted {
+            if self.tcp_listeners.contains_key(&port) {
+                continue;
+            }
+            let addr = SocketAddr::from(([127, 0, 0, 1], if self.tcp_ephemeral { 0 } else { port }));
+            match TcpListener::bind(addr).await {
+                Ok(l) => {
+                    let local = l.local_addr().unwrap_or(addr);
+                    let (stop, rx) = watch::channel(false);
+                    let role = Role::GatewayTcp { rt: self.proxy.registry().get(&gateway_workload()), port };
+                    tokio::spawn(self.proxy.clone().serve(l, role, rx));
+                    println!("meshd: gateway tcp {port} listening on {local}");
+                    self.tcp_listeners.insert(port, (local, stop));
+                }
+                Err(e) => eprintln!("meshd: error: cannot listen on {addr} for the gateway's TCP server {port}: {e}"),
+            }
+        }
     }
 
     fn pod_rows(&self) -> Vec<PodRow> {
@@ -368,6 +404,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         applied: vec![],
         listed: Default::default(),
         retry_jwks: false,
+        tcp_listeners: Default::default(),
+        tcp_ephemeral: opts.gateway.port() == 0,
     };
     reloader.reload_and_report().await;
     if std::mem::take(&mut reloader.retry_jwks) {

@@ -35,6 +35,8 @@ pub struct PodTemplate {
     pub ports: Vec<(Option<String>, u16)>,
     /// Whether the pod gets a sidecar (Istio's injection rules).
     pub sidecar: bool,
+    /// Container ports that Services expose as TCP.
+    pub tcp_ports: std::collections::BTreeSet<u16>,
 }
 
 /// Istio's injection decision: the pod's `sidecar.istio.io/inject` first, then the namespace's
@@ -75,6 +77,7 @@ pub fn plan(workloads: &Workloads) -> Vec<PodTemplate> {
         .map(|d| {
             let mut ports: Vec<(Option<String>, u16)> =
                 d.containers.iter().flat_map(|c| c.ports.iter().cloned()).collect();
+            let mut tcp_ports = std::collections::BTreeSet::new();
             for svc in &workloads.services {
                 let selects = svc.meta.namespace == d.meta.namespace
                     && !svc.selector.is_empty()
@@ -83,6 +86,15 @@ pub fn plan(workloads: &Workloads) -> Vec<PodTemplate> {
                     continue;
                 }
                 for p in &svc.ports {
+                    let n = match &p.target_port {
+                        TargetPort::Number(n) => Some(*n),
+                        TargetPort::Name(name) => {
+                            ports.iter().find(|(pn, _)| pn.as_deref() == Some(name)).map(|(_, n)| *n)
+                        }
+                    };
+                    if let (true, Some(n)) = (p.tcp, n) {
+                        tcp_ports.insert(n);
+                    }
                     if let TargetPort::Number(n) = p.target_port {
                         if !ports.iter().any(|(_, q)| *q == n) {
                             ports.push((None, n));
@@ -104,6 +116,7 @@ pub fn plan(workloads: &Workloads) -> Vec<PodTemplate> {
                 hash: name_part(h.finish(), 10),
                 ports,
                 sidecar,
+                tcp_ports,
             }
         })
         .collect()
@@ -252,7 +265,8 @@ async fn start_pod(template: &PodTemplate, proxy: &Proxy, log: &crate::logs::Log
             }
             let inbound = bind().await?;
             pod.info.inbound.insert(port, inbound.local_addr()?);
-            let role = Role::inbound(app_addr, port, pod.control.clone(), rt.clone(), server_tls.clone());
+            let tcp = template.tcp_ports.contains(&port);
+            let role = Role::inbound(app_addr, port, pod.control.clone(), rt.clone(), server_tls.clone(), tcp);
             pod.tasks.push(tokio::spawn(proxy.clone().serve(inbound, role, rx.clone())));
         }
     }

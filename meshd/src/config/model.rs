@@ -130,7 +130,9 @@ impl ServiceDef {
                     Err(_) => TargetPort::Name(s.clone()),
                 },
             };
-            ports.push(ServicePort { name: p.name.clone().unwrap_or_default(), port, target_port });
+            let name = p.name.clone().unwrap_or_default();
+            let tcp = crate::snapshot::is_tcp_port(&name, p.app_protocol.as_deref());
+            ports.push(ServicePort { name, port, target_port, tcp });
         }
         Ok(ServiceDef { meta: meta(&s.metadata, origin), ports, selector: spec.selector.clone() })
     }

@@ -129,6 +129,13 @@ pub enum Role {
         /// Its runtime state.
         rt: Arc<ProxyRuntime>,
     },
+    /// A TCP server of the ingress gateway (Gateway server with protocol TCP).
+    GatewayTcp {
+        /// The gateway's runtime state.
+        rt: Arc<ProxyRuntime>,
+        /// The Gateway server's port.
+        port: u16,
+    },
     /// A pod's outbound sidecar listener: the pod's apps use it as their HTTP proxy.
     Outbound {
         /// The calling workload.
@@ -158,6 +165,8 @@ pub enum Role {
         port: u16,
         /// The pod's mTLS server config; None when security is off.
         tls: Option<Arc<rustls::ServerConfig>>,
+        /// Raw TCP (a Service port of TCP protocol) rather than HTTP.
+        tcp: bool,
         /// The local app's connection pool (`inbound|port||`).
         app: ClusterRt,
         /// Pool settings for the app.
@@ -175,6 +184,7 @@ impl Role {
         control: Arc<PodControl>,
         rt: Arc<ProxyRuntime>,
         tls: Option<Arc<rustls::ServerConfig>>,
+        tcp: bool,
     ) -> Role {
         let cluster = Cluster {
             name: format!("inbound|{port}||"),
@@ -197,6 +207,7 @@ impl Role {
             rt,
             port,
             tls,
+            tcp,
             app: ClusterRt::single(app),
             cluster: Arc::new(cluster),
             control,
@@ -396,7 +407,10 @@ impl Proxy {
         if let Role::GatewayTls { .. } = &*role {
             return self.gateway_tls(stream, peer, role, shutdown, changes).await;
         }
-        let Role::Inbound { workload, port, tls, .. } = &*role else {
+        if let Role::GatewayTcp { rt, port } = &*role {
+            return self.gateway_tcp(stream, rt, *port).await;
+        }
+        let Role::Inbound { workload, port, tls, tcp, .. } = &*role else {
             let info = Arc::new(ConnInfo { peer, xfcc: None, principal: None, local });
             return self.serve_io(TokioIo::new(stream), info, role, shutdown, changes, None).await;
         };
@@ -420,6 +434,9 @@ impl Proxy {
                 let (ns, labels, port) = (workload.namespace.clone(), workload.labels.clone(), *port);
                 let recheck: Recheck =
                     Box::new(move |snap| snap.peer_auth.mode(&ns, &labels, port) != MtlsMode::Disable);
+                if *tcp {
+                    return self.tcp_inbound(tls_stream, &info, &role).await;
+                }
                 self.serve_io(TokioIo::new(tls_stream), info, role, shutdown, changes, Some(recheck)).await
             }
             (_, false, MtlsMode::Strict) if tls.is_some() => {
@@ -436,8 +453,70 @@ impl Proxy {
                 let (ns, labels, port) = (workload.namespace.clone(), workload.labels.clone(), *port);
                 let recheck: Recheck =
                     Box::new(move |snap| !strict || snap.peer_auth.mode(&ns, &labels, port) != MtlsMode::Strict);
+                if *tcp {
+                    return self.tcp_inbound(stream, &info, &role).await;
+                }
                 self.serve_io(TokioIo::new(stream), info, role, shutdown, changes, Some(recheck)).await
             }
+        }
+    }
+
+    /// A TCP connection at the gateway: the first `tcp` route bound to this server picks a
+    /// destination per connection; bytes are then copied both ways (over mTLS to a sidecar).
+    async fn gateway_tcp(self, mut client: TcpStream, rt: &ProxyRuntime, port: u16) {
+        let snapshot = self.snapshot.load();
+        let Some(server) = snapshot.tcp_servers.iter().find(|s| s.port == port) else { return };
+        let Some(Target::Clusters(by_port)) = server.routes.first().and_then(|r| r.pick()) else { return };
+        let Some((_, cluster)) = by_port.first() else { return };
+        let generation = rt.for_snapshot(&snapshot);
+        let crt = &generation.clusters[cluster.index];
+        let Some(idx) = crt.pick(cluster, None, None) else { return };
+        let ep = crt.endpoints[idx].clone();
+        let _active = ActiveGuard::new(&ep);
+        match upstream::dial(&ep, rt.tls.as_ref(), cluster.pool.connect_timeout).await {
+            Ok(upstream::Dialed::Plain(mut up)) => {
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+            }
+            Ok(upstream::Dialed::Tls(mut up)) => {
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+            }
+            Err(e) => {
+                crt.record(cluster, idx, AttemptResult::LocalFailure);
+                tracing::debug!(error = %e, "tcp upstream connect failed");
+            }
+        }
+    }
+
+    /// A TCP connection at a pod's inbound port: AuthorizationPolicy for TCP (a denial closes
+    /// the connection), then bytes copied to the app.
+    async fn tcp_inbound<I>(&self, mut io: I, info: &ConnInfo, role: &Role)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        use crate::security::authz::{Decision as Authz, Request as AuthzRequest, Target as AuthzTarget};
+        let Role::Inbound { workload, port, app, .. } = role else { return };
+        let snapshot = self.snapshot.load();
+        let target = AuthzTarget { namespace: &workload.namespace, labels: &workload.labels };
+        if snapshot.authz.applies_to(&target) {
+            let principal = info.principal.as_deref();
+            let req = AuthzRequest {
+                source_principal: principal,
+                source_namespace: principal.and_then(|p| p.split("/ns/").nth(1)).and_then(|r| r.split('/').next()),
+                source_ip: Some(info.peer.ip()),
+                remote_ip: Some(info.peer.ip()),
+                port: *port,
+                tcp: true,
+                ..Default::default()
+            };
+            if let Authz::Deny { policy } = snapshot.authz.evaluate(&target, &req) {
+                tracing::debug!(%policy, "rbac: tcp connection denied");
+                return;
+            }
+        }
+        let Some(ep) = app.endpoints.first() else { return };
+        if let Ok(mut up) = TcpStream::connect(ep.addr).await {
+            let _ = up.set_nodelay(true);
+            let _ = tokio::io::copy_bidirectional(&mut io, &mut up).await;
         }
     }
 
@@ -529,8 +608,8 @@ impl Proxy {
                 Some(w) => w.name.as_str().into(),
                 None => "meshd-client".into(),
             },
-            // A pod without a sidecar has no proxy to log.
-            Role::Plain { .. } => return self.dispatch(role, info, req).await,
+            // A pod without a sidecar has no proxy to log; TCP listeners never get here.
+            Role::Plain { .. } | Role::GatewayTcp { .. } => return self.dispatch(role, info, req).await,
         };
         let start = std::time::SystemTime::now();
         let t0 = Instant::now();
@@ -584,6 +663,7 @@ impl Proxy {
             Role::Inbound { rt, app, cluster, control, .. } => self.inbound(rt, app, cluster, control, info, req).await,
             Role::Gateway { workload, rt } => self.route(workload, rt, Caller::Gateway, peer, req).await,
             Role::GatewayTls { workload, rt } => self.route(workload, rt, Caller::GatewayTls, peer, req).await,
+            Role::GatewayTcp { .. } => respond::local_reply(LocalReply::BadRequest, ServerName::IstioEnvoy, false),
             Role::Outbound { workload, rt } => self.route(workload, rt, Caller::Sidecar, peer, req).await,
             Role::Plain { workload, rt } => self.route(workload, rt, Caller::Plain, peer, req).await,
             Role::MeshClient { cache } => {

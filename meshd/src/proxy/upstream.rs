@@ -82,45 +82,60 @@ async fn connect(
 ) -> Result<Conn, UpstreamError> {
     let slot = CxSlot(shared.clone());
     shared.stats.upstream_cx_total.fetch_add(1, Ordering::Relaxed);
-    let stream = match tokio::time::timeout(pool.connect_timeout, TcpStream::connect(ep.addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            shared.stats.upstream_cx_connect_fail.fetch_add(1, Ordering::Relaxed);
-            return Err(UpstreamError::Connect(
-                e.raw_os_error().map(|c| c.to_string()).unwrap_or_else(|| e.to_string()),
-            ));
-        }
-        Err(_) => {
-            shared.stats.upstream_cx_connect_fail.fetch_add(1, Ordering::Relaxed);
-            return Err(UpstreamError::Connect("connection timeout".into()));
-        }
-    };
-    let _ = stream.set_nodelay(true);
-    let sender = match (&ep.mtls, tls) {
-        (Some(expected), Some(cfg)) => {
-            let name =
-                rustls_pki_types::ServerName::try_from(MESH_SNI).map_err(|e| UpstreamError::Connect(e.to_string()))?;
-            let tls_stream = tokio_rustls::TlsConnector::from(cfg.clone())
-                .connect(name, stream)
-                .await
-                .map_err(|e| UpstreamError::Connect(format!("TLS error: {e}")))?;
-            let peer = tls_stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| crate::security::tls::spiffe_of(c));
-            if peer.as_deref() != Some(expected.as_str()) {
-                return Err(UpstreamError::Connect(format!(
-                    "TLS error: peer identity {} is not {expected}",
-                    peer.as_deref().unwrap_or("(none)")
-                )));
-            }
-            http1(tls_stream, slot).await?
-        }
-        _ => http1(stream, slot).await?,
+    let dialed = dial(ep, tls, pool.connect_timeout).await;
+    if dialed.is_err() {
+        shared.stats.upstream_cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+    }
+    let sender = match dialed? {
+        Dialed::Tls(tls_stream) => http1(tls_stream, slot).await?,
+        Dialed::Plain(stream) => http1(stream, slot).await?,
     };
     Ok(Conn { sender, uses: 0, ep: ep.clone(), shared: shared.clone(), max_uses: pool.max_requests_per_connection })
+}
+
+/// A connection to an endpoint: mTLS when the endpoint takes it, else plaintext.
+pub enum Dialed {
+    /// Plaintext.
+    Plain(TcpStream),
+    /// mTLS, the peer's SPIFFE identity checked.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// Connects to `ep` within `timeout`, with mTLS (and the expected identity) when the endpoint asks for it.
+pub async fn dial(
+    ep: &EndpointRt,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    timeout: std::time::Duration,
+) -> Result<Dialed, UpstreamError> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(ep.addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return Err(UpstreamError::Connect(
+                e.raw_os_error().map(|c| c.to_string()).unwrap_or_else(|| e.to_string()),
+            ))
+        }
+        Err(_) => return Err(UpstreamError::Connect("connection timeout".into())),
+    };
+    let _ = stream.set_nodelay(true);
+    let (Some(expected), Some(cfg)) = (&ep.mtls, tls) else { return Ok(Dialed::Plain(stream)) };
+    let name = rustls_pki_types::ServerName::try_from(MESH_SNI).map_err(|e| UpstreamError::Connect(e.to_string()))?;
+    let tls_stream = tokio_rustls::TlsConnector::from(cfg.clone())
+        .connect(name, stream)
+        .await
+        .map_err(|e| UpstreamError::Connect(format!("TLS error: {e}")))?;
+    let peer = tls_stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| crate::security::tls::spiffe_of(c));
+    if peer.as_deref() != Some(expected.as_str()) {
+        return Err(UpstreamError::Connect(format!(
+            "TLS error: peer identity {} is not {expected}",
+            peer.as_deref().unwrap_or("(none)")
+        )));
+    }
+    Ok(Dialed::Tls(Box::new(tls_stream)))
 }
 
 /// HTTP/1.1 over `io`; the connection's task holds the pool slot until the connection ends.

@@ -593,6 +593,47 @@ fn bind_routes(routes: &[HttpRoute], gateway: &str) -> Vec<HttpRoute> {
         .collect()
 }
 
+/// A TCP server of the gateway with the `tcp` routes of the VirtualServices bound to it.
+fn tcp_server(
+    ctx: &mut Ctx<'_>,
+    input: &CompileInput<'_>,
+    virtual_services: &[(&VsObj, &Origin)],
+    gw_ref: &str,
+    port: u32,
+) -> super::tcp::TcpServer {
+    let mut routes = Vec::new();
+    for (vs, origin) in virtual_services {
+        let vs_ns = ns_of(&vs.metadata);
+        if !vs.spec.gateways.iter().any(|g| gateway_ref(g, vs_ns) == gw_ref) {
+            continue;
+        }
+        let vs_name = format!("{vs_ns}/{}", name_of(&vs.metadata));
+        for r in &vs.spec.tcp {
+            let applies = r.r#match.is_empty()
+                || r.r#match.iter().any(|m| {
+                    m.port.is_none_or(|p| p == port)
+                        && (m.gateways.is_empty() || m.gateways.iter().any(|g| gateway_ref(g, vs_ns) == gw_ref))
+                });
+            if !applies {
+                continue;
+            }
+            let single = r.route.len() == 1;
+            let who = format!("VirtualService {vs_name} ({origin})");
+            let targets: Vec<(u32, Target)> = r
+                .route
+                .iter()
+                .map(|d| {
+                    let w = d.weight.map(|w| u32::try_from(w).unwrap_or(0)).unwrap_or(if single { 100 } else { 0 });
+                    (w, target(ctx, input, &d.destination, vs_ns, &who))
+                })
+                .collect();
+            let total = targets.iter().map(|(w, _)| w).sum();
+            routes.push(Arc::new(super::tcp::TcpRoute { virtual_service: vs_name.clone(), targets, total }));
+        }
+    }
+    super::tcp::TcpServer { port: u16::try_from(port).unwrap_or(0), gateway: gw_ref.to_string(), routes }
+}
+
 /// Binds the VirtualServices that name gateway `gw_ref` to one server host.
 fn bind_server(
     table: &mut Vec<(HostPattern, Vec<HttpRoute>)>,
@@ -715,12 +756,13 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
         }
     }
     for (vs, origin) in &virtual_services {
-        if !vs.spec.tcp.is_empty() || !vs.spec.tls.is_empty() {
-            kinds_not_emulated.push(format!(
-                "VirtualService {}/{} ({origin}): tcp and tls routes",
-                ns_of(&vs.metadata),
-                name_of(&vs.metadata)
-            ));
+        let (ns, name) = (ns_of(&vs.metadata), name_of(&vs.metadata));
+        if !vs.spec.tls.is_empty() {
+            kinds_not_emulated.push(format!("VirtualService {ns}/{name} ({origin}): tls routes"));
+        }
+        let for_mesh = vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh");
+        if !vs.spec.tcp.is_empty() && for_mesh {
+            kinds_not_emulated.push(format!("VirtualService {ns}/{name} ({origin}): tcp routes between sidecars"));
         }
     }
 
@@ -840,6 +882,7 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
     let mut ingress = GatewayTable::default();
     let mut ingress_tls = GatewayTable::default();
     let mut tls_servers = Vec::new();
+    let mut tcp_servers = Vec::new();
     for (gw, origin) in &gateways {
         let selects = gw.spec.selector.iter().all(|(k, v)| gw_labels.get(k) == Some(v));
         if !selects {
@@ -850,6 +893,10 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
         for (i, server) in gw.spec.servers.iter().enumerate() {
             let port = server.port.number;
             let proto = server.port.protocol.to_ascii_uppercase();
+            if proto == "TCP" {
+                tcp_servers.push(Arc::new(tcp_server(&mut ctx, &input, &virtual_services, &gw_ref, port)));
+                continue;
+            }
             let http = matches!(port, 80 | 8080) && matches!(proto.as_str(), "HTTP" | "HTTP2" | "GRPC");
             let https = matches!(port, 443 | 8443) && proto == "HTTPS";
             if !http && !https {
@@ -918,6 +965,7 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
         ingress,
         ingress_tls,
         tls_servers,
+        tcp_servers,
         clusters: {
             let mut v: Vec<Arc<Cluster>> = ctx.clusters.into_values().collect();
             v.sort_by_key(|c| c.index);

@@ -10,6 +10,7 @@ pub mod matcher;
 pub mod policy;
 pub mod ratelimit;
 pub mod route;
+pub mod tcp;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -52,6 +53,15 @@ pub struct ServicePort {
     pub port: u16,
     /// Container port on the pods (resolved from a number or a port name per pod).
     pub target_port: TargetPort,
+    /// Raw TCP rather than HTTP (Istio's protocol selection: port name prefix or `appProtocol`).
+    pub tcp: bool,
+}
+
+/// Istio's protocol selection for a Service port: `tcp`, `tls`, `mongo`, `mysql`, `redis` (by
+/// `appProtocol`, or the port name's prefix before `-`) are TCP; the rest is HTTP here.
+pub fn is_tcp_port(name: &str, app_protocol: Option<&str>) -> bool {
+    let proto = app_protocol.unwrap_or_else(|| name.split('-').next().unwrap_or(""));
+    matches!(proto.to_ascii_lowercase().as_str(), "tcp" | "tls" | "mongo" | "mysql" | "redis")
 }
 
 /// A Service's `targetPort`.
@@ -160,6 +170,8 @@ pub struct Snapshot {
     pub ingress: route::GatewayTable,
     /// Routing table of the ingress gateway's HTTPS listener.
     pub ingress_tls: route::GatewayTable,
+    /// TCP servers of the ingress gateway, by port.
+    pub tcp_servers: Vec<Arc<tcp::TcpServer>>,
     /// HTTPS servers, chosen by SNI.
     pub tls_servers: Vec<Arc<gateway_tls::TlsServer>>,
     /// Every cluster, `index` order.
