@@ -197,6 +197,7 @@ impl Role {
                 pod: String::new(),
                 identity: String::new(),
                 mtls: false,
+                origin: None,
             }],
             lb: LbPolicy::RoundRobin,
             pool: crate::snapshot::policy::PoolSettings::default(),

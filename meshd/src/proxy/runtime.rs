@@ -118,6 +118,8 @@ pub struct EndpointRt {
     pub addr: SocketAddr,
     /// The SPIFFE identity to verify when connections use mTLS; None = plaintext.
     pub mtls: Option<String>,
+    /// TLS this proxy originates to it (DestinationRule SIMPLE/MUTUAL).
+    pub origin: Option<Arc<crate::security::origination::OriginTls>>,
     /// Requests in flight (LEAST_REQUEST reads it).
     pub active: AtomicU64,
     /// Requests sent.
@@ -136,6 +138,7 @@ impl EndpointRt {
         EndpointRt {
             addr,
             mtls,
+            origin: None,
             active: AtomicU64::new(0),
             total: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -394,7 +397,7 @@ impl Generation {
 #[derive(Debug, Default)]
 struct Store {
     clusters: HashMap<String, Arc<ClusterShared>>,
-    endpoints: HashMap<(String, SocketAddr, bool), Arc<EndpointRt>>,
+    endpoints: HashMap<(String, SocketAddr, bool, u64), Arc<EndpointRt>>,
     buckets: HashMap<String, Arc<Bucket>>,
 }
 
@@ -444,8 +447,12 @@ impl ProxyRuntime {
                         let mtls = e.mtls.then(|| e.identity.clone());
                         store
                             .endpoints
-                            .entry((c.name.clone(), e.addr, e.mtls))
-                            .or_insert_with(|| Arc::new(EndpointRt::new(e.addr, mtls)))
+                            .entry((c.name.clone(), e.addr, e.mtls, e.origin.as_ref().map_or(0, |o| o.fingerprint)))
+                            .or_insert_with(|| {
+                                let mut rt = EndpointRt::new(e.addr, mtls);
+                                rt.origin = e.origin.clone();
+                                Arc::new(rt)
+                            })
                             .clone()
                     })
                     .collect(),
@@ -550,6 +557,7 @@ mod tests {
                 pod: format!("p{i}"),
                 identity: String::new(),
                 mtls: false,
+                origin: None,
             })
             .collect();
         let rt = ClusterRt {

@@ -117,6 +117,13 @@ pub async fn dial(
         Err(_) => return Err(UpstreamError::Connect("connection timeout".into())),
     };
     let _ = stream.set_nodelay(true);
+    if let Some(origin) = &ep.origin {
+        let tls_stream = tokio_rustls::TlsConnector::from(origin.config.clone())
+            .connect(origin.sni.clone(), stream)
+            .await
+            .map_err(|e| UpstreamError::Connect(format!("TLS error: {e}")))?;
+        return Ok(Dialed::Tls(Box::new(tls_stream)));
+    }
     let (Some(expected), Some(cfg)) = (&ep.mtls, tls) else { return Ok(Dialed::Plain(stream)) };
     let name = rustls_pki_types::ServerName::try_from(MESH_SNI).map_err(|e| UpstreamError::Connect(e.to_string()))?;
     let tls_stream = tokio_rustls::TlsConnector::from(cfg.clone())

@@ -4,5 +4,6 @@
 pub mod authz;
 pub mod ca;
 pub mod jwt;
+pub mod origination;
 pub mod peer_auth;
 pub mod tls;

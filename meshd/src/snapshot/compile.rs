@@ -16,7 +16,10 @@ use super::route::{
     GatewayTable, HeaderOps, Headers, HttpRoute, MeshTable, Mirror, Redirect, RedirectPort, Rewrite, RouteAction,
     RoutePolicy, Target, VirtualHost, WeightedTarget,
 };
-use super::{resolve_short_name, Cluster, Endpoint, Labels, PodInfo, Service, Snapshot, Workload, CLUSTER_DOMAIN};
+use super::{
+    resolve_short_name, Cluster, Endpoint, ExternalEndpoint, Labels, PodInfo, Service, Snapshot, TargetPort, Workload,
+    CLUSTER_DOMAIN,
+};
 use crate::config::api::{self, Resource};
 use crate::config::load::NotEmulated;
 use crate::config::model::Workloads;
@@ -73,6 +76,7 @@ struct Ctx<'a> {
     vs_by_name: HashMap<String, (&'a VsObj, &'a Origin)>,
     warnings: Vec<String>,
     peer_auth: PeerAuthTable,
+    secrets: HashMap<(String, String), super::gateway_tls::SecretData>,
 }
 
 impl Ctx<'_> {
@@ -235,12 +239,44 @@ fn cluster_for(
                 // Auto mTLS: to a sidecar, unless its PeerAuthentication disables mTLS on that port.
                 None => p.sidecar && ctx.peer_auth.mode(&p.namespace, &p.labels, target) != MtlsMode::Disable,
             };
-            Some(Endpoint { addr, pod: p.name.clone(), identity: spiffe_id(&p.namespace, &p.service_account), mtls })
+            Some(Endpoint {
+                addr,
+                pod: p.name.clone(),
+                identity: spiffe_id(&p.namespace, &p.service_account),
+                mtls,
+                origin: None,
+            })
         })
         .collect();
-    if matches!(effective.tls.and_then(|t| t.mode), Some(api::TlsMode::Simple | api::TlsMode::Mutual)) {
-        ctx.warnings
-            .push(format!("{name}: tls.mode SIMPLE/MUTUAL (TLS origination) not emulated yet: plaintext is sent"));
+    let mut endpoints = endpoints;
+    // A ServiceEntry's endpoints: no sidecar, so no mTLS; TLS only when the DestinationRule originates it.
+    let origin = match effective.tls {
+        Some(t) if matches!(t.mode, Some(api::TlsMode::Simple | api::TlsMode::Mutual)) => {
+            match crate::security::origination::compile(t, &svc.name, &svc.namespace, &ctx.secrets, input.base) {
+                Ok(o) => Some(o),
+                Err(e) => {
+                    ctx.warnings.push(format!("{name}: tls: {e}: connections will fail"));
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    for e in svc.external.iter().filter(|e| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v))) {
+        let port = e.ports.get(&svc_port.name).copied().unwrap_or(match &svc_port.target_port {
+            TargetPort::Number(n) => *n,
+            TargetPort::Name(_) => port,
+        });
+        endpoints.push(Endpoint {
+            addr: std::net::SocketAddr::new(e.ip, port),
+            pod: svc.name.clone(),
+            identity: String::new(),
+            mtls: false,
+            origin: origin.clone(),
+        });
+    }
+    if origin.is_some() && svc.external.is_empty() {
+        ctx.warnings.push(format!("{name}: TLS origination applies to ServiceEntry endpoints only"));
     }
     let lb = lb_policy(effective.lb, &endpoints);
     let cluster = Arc::new(Cluster {
@@ -687,6 +723,10 @@ fn vhosts(by_pattern: Vec<(HostPattern, Vec<HttpRoute>)>) -> Vec<(HostPattern, A
 
 /// Every host alias a caller in `caller_ns` may use for a service.
 fn aliases(svc: &Service, caller_ns: &str) -> Vec<String> {
+    if svc.selector.is_empty() && svc.fqdn == svc.name {
+        // A ServiceEntry host is only known by its own name.
+        return vec![svc.fqdn.clone()];
+    }
     let mut v = vec![
         svc.fqdn.clone(),
         format!("{}.{}", svc.name, svc.namespace),
@@ -696,6 +736,76 @@ fn aliases(svc: &Service, caller_ns: &str) -> Vec<String> {
         v.push(svc.name.clone());
     }
     v
+}
+
+/// Registers a ServiceEntry's hosts as services: STATIC endpoints, or for DNS resolution the
+/// host itself resolved now (meshd reaches loopback only, so `localhost`-like names).
+fn service_entry(ctx: &mut Ctx<'_>, se: &api::Object<api::ServiceEntrySpec>, origin: &Origin) {
+    let ns = ns_of(&se.metadata).to_string();
+    let ports: Vec<super::ServicePort> = se
+        .spec
+        .ports
+        .iter()
+        .filter_map(|p| {
+            let port = u16::try_from(p.number).ok()?;
+            let target = p.target_port.and_then(|t| u16::try_from(t).ok()).unwrap_or(port);
+            let tcp = super::is_tcp_port(&p.name, p.protocol.as_deref().map(str::to_ascii_lowercase).as_deref());
+            Some(super::ServicePort { name: p.name.clone(), port, target_port: TargetPort::Number(target), tcp })
+        })
+        .collect();
+    for host in &se.spec.hosts {
+        if host.starts_with('*') {
+            ctx.warnings.push(format!(
+                "ServiceEntry {ns}/{} ({origin}): wildcard host {host} not emulated",
+                name_of(&se.metadata)
+            ));
+            continue;
+        }
+        let mut external = Vec::new();
+        for e in &se.spec.endpoints {
+            let Some(addr) = &e.address else { continue };
+            let ip = addr.parse().ok().or_else(|| resolve(addr));
+            match ip {
+                Some(ip) => external.push(ExternalEndpoint {
+                    ip,
+                    ports: e.ports.iter().filter_map(|(k, v)| Some((k.clone(), u16::try_from(*v).ok()?))).collect(),
+                    labels: e.labels.clone(),
+                }),
+                None => ctx
+                    .warnings
+                    .push(format!("ServiceEntry {ns}/{}: endpoint {addr} does not resolve", name_of(&se.metadata))),
+            }
+        }
+        if se.spec.endpoints.is_empty()
+            && matches!(se.spec.resolution, Some(api::Resolution::Dns | api::Resolution::DnsRoundRobin))
+        {
+            match resolve(host) {
+                Some(ip) => external.push(ExternalEndpoint { ip, ports: BTreeMap::new(), labels: Labels::new() }),
+                None => ctx.warnings.push(format!(
+                    "ServiceEntry {ns}/{} ({origin}): {host} does not resolve here (meshd reaches loopback only): 503 UH",
+                    name_of(&se.metadata)
+                )),
+            }
+        }
+        let fqdn = host.to_ascii_lowercase();
+        ctx.services.insert(
+            fqdn.clone(),
+            Arc::new(Service {
+                name: fqdn.clone(),
+                namespace: ns.clone(),
+                fqdn,
+                ports: ports.clone(),
+                selector: Labels::new(),
+                external,
+            }),
+        );
+    }
+}
+
+/// Resolves a name to a loopback address (the only kind meshd may reach).
+fn resolve(host: &str) -> Option<std::net::IpAddr> {
+    use std::net::ToSocketAddrs;
+    (host, 0).to_socket_addrs().ok()?.map(|a| a.ip()).find(|ip| ip.is_loopback())
 }
 
 /// Compiles a snapshot, or returns every error found.
@@ -708,6 +818,7 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
         vs_by_name: HashMap::new(),
         warnings: vec![],
         peer_auth: PeerAuthTable::default(),
+        secrets: super::gateway_tls::secrets(input.resources),
     };
     for s in &input.workloads.services {
         let fqdn = format!("{}.{}.{CLUSTER_DOMAIN}", s.meta.name, s.meta.namespace);
@@ -719,8 +830,14 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
                 fqdn,
                 ports: s.ports.clone(),
                 selector: s.selector.clone(),
+                external: vec![],
             }),
         );
+    }
+    for r in input.resources {
+        if let Resource::ServiceEntry(se) = &r.resource {
+            service_entry(&mut ctx, se, &r.origin);
+        }
     }
     let mut virtual_services: Vec<(&VsObj, &Origin)> = Vec::new();
     let mut gateways: Vec<(&GwObj, &Origin)> = Vec::new();
@@ -752,6 +869,7 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
             Resource::Namespace(_) | Resource::Service(_) | Resource::ServiceAccount(_) | Resource::Deployment(_) => {}
             // Parsed and validated, but meshd does not act on these kinds yet: say so, never ignore silently.
             Resource::Secret(_) => {}
+            Resource::ServiceEntry(_) => {}
             other => kinds_not_emulated.push(format!("{} ({})", crate::config::resource_key(other), r.origin)),
         }
     }
@@ -876,7 +994,7 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
 
     // The ingress gateway: HTTP servers on 80/8080 share one listener, HTTPS servers on 443/8443 another.
     let gw_labels = ingress_labels();
-    let secrets = super::gateway_tls::secrets(input.resources);
+    let secrets = ctx.secrets.clone();
     let mut http_hosts: Vec<(HostPattern, Vec<HttpRoute>)> = Vec::new();
     let mut https_hosts: Vec<(HostPattern, Vec<HttpRoute>)> = Vec::new();
     let mut ingress = GatewayTable::default();

@@ -42,6 +42,19 @@ pub struct Service {
     pub ports: Vec<ServicePort>,
     /// Pod selector.
     pub selector: Labels,
+    /// Endpoints of a ServiceEntry (address, port by port name, labels); empty for a Kubernetes Service.
+    pub external: Vec<ExternalEndpoint>,
+}
+
+/// An endpoint a ServiceEntry lists (or its resolved host).
+#[derive(Debug, Clone)]
+pub struct ExternalEndpoint {
+    /// Address.
+    pub ip: std::net::IpAddr,
+    /// Port by ServiceEntry port name.
+    pub ports: BTreeMap<String, u16>,
+    /// Labels (for subsets).
+    pub labels: Labels,
 }
 
 /// One port of a Service.
@@ -119,6 +132,8 @@ pub struct Endpoint {
     pub identity: String,
     /// Whether callers speak mTLS to it (auto mTLS, or the DestinationRule's `tls.mode`).
     pub mtls: bool,
+    /// TLS the caller originates (DestinationRule `tls.mode` SIMPLE or MUTUAL).
+    pub origin: Option<Arc<crate::security::origination::OriginTls>>,
 }
 
 /// An Envoy-style cluster: `outbound|9080|v1|reviews.default.svc.cluster.local`.
