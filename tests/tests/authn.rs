@@ -12,7 +12,14 @@ fn setup() -> TempDir {
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: foo\n  labels: {istio-injection: enabled}\n---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: bar\n  labels: {istio-injection: enabled}\n---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: legacy\n",
     );
     for ns in ["foo", "bar", "legacy"] {
-        dir.write(&format!("httpbin-{ns}.yaml"), &in_namespace("httpbin/httpbin.yaml", ns));
+        if ns == "bar" {
+            // The task's port-level steps name workload port 80: bar runs the httpbin that listens
+            // there (the one the mirroring task uses), behind the same Service port 8000.
+            dir.write("httpbin-bar.yaml", &in_namespace("istio.io-tasks/mirroring/1-httpbin-v1-deployment.yaml", ns));
+            dir.write("httpbin-bar-svc.yaml", &in_namespace("istio.io-tasks/mirroring/3-httpbin-service.yaml", ns));
+        } else {
+            dir.write(&format!("httpbin-{ns}.yaml"), &in_namespace("httpbin/httpbin.yaml", ns));
+        }
         dir.write(&format!("sleep-{ns}.yaml"), &in_namespace("sleep/sleep.yaml", ns));
     }
     dir

@@ -139,3 +139,64 @@ async fn end_user_authentication_at_the_gateway() {
     assert_eq!(get("/headers", None).await.0, 403);
     assert_eq!(get("/ip", None).await.0, 200);
 }
+
+/// Serves `body` on every path over plain HTTP on loopback.
+async fn serve_text(body: String) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else { return };
+            let body = body.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| {
+                    let body = body.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                            hyper::body::Bytes::from(body),
+                        )))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+// Multi-threaded: the JWKS server must answer while this thread waits for meshd to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_from_a_uri_served_through_the_mesh_and_from_a_file() {
+    let web = Signer::new();
+    let filed = Signer::new();
+    let jwks_server = serve_text(web.jwks()).await;
+    let dir = TempDir::new();
+    dir.add_sample("httpbin/httpbin.yaml");
+    dir.add_sample("istio.io-tasks/ingress-control/5-browser-httpbin-gateway-and-vs.yaml");
+    dir.write("jwks.json", &filed.jwks());
+    dir.write(
+        "jwks-service.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: jwks}}\nspec:\n  hosts: [jwks.local]\n  resolution: STATIC\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  endpoints:\n  - address: 127.0.0.1\n    ports: {{http: {}}}\n",
+            jwks_server.port()
+        ),
+    );
+    dir.write(
+        "ra.yaml",
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt, namespace: istio-system}\nspec:\n  selector: {matchLabels: {istio: ingressgateway}}\n  jwtRules:\n  - issuer: testing@secure.istio.io\n    jwksUri: http://jwks.local/jwks.json\n  - issuer: file-issuer\n    jwksUri: jwks.json\n",
+    );
+    let mesh = Mesh::start(dir);
+    let get = |token: String| {
+        let c = mesh.client();
+        let url = mesh.url("/headers");
+        async move { c.get(url).header("authorization", format!("Bearer {token}")).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(get(web.token(4685989700)).await, 200, "keys fetched from jwks.local through the mesh");
+    assert_eq!(get(filed.token(4685989700)).await, 401, "the file's keys are for the other issuer");
+    let h = URL_SAFE_NO_PAD.encode(br#"{"alg":"ES256","kid":"meshd-test"}"#);
+    let p = URL_SAFE_NO_PAD.encode(br#"{"iss":"file-issuer","sub":"me","exp":4685989700}"#);
+    let sig = filed.key.sign(&filed.rng, format!("{h}.{p}").as_bytes()).unwrap();
+    assert_eq!(get(format!("{h}.{p}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))).await, 200, "keys from the file");
+}
