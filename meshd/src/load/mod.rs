@@ -12,7 +12,7 @@
 
 mod args;
 mod client;
-mod gofmt;
+pub(crate) mod gofmt;
 mod output;
 mod runner;
 mod stats;
