@@ -192,7 +192,7 @@ impl Reloader {
         self.sync_tcp_listeners().await;
         let mut live: std::collections::HashSet<String> = self.pods.iter().map(|p| p.info.name.clone()).collect();
         live.insert(GATEWAY_NAME.to_string());
-        live.insert("meshd-client".to_string());
+        live.insert(snapshot::MESH_CLIENT.to_string());
         self.proxy.registry().retain(&live);
         let with_proxies: std::collections::HashSet<String> =
             live.iter().flat_map(|p| [p.clone(), format!("{p}/istio-proxy")]).collect();

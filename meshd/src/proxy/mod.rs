@@ -236,6 +236,11 @@ static X_RATELIMITED: HeaderName = HeaderName::from_static("x-envoy-ratelimited"
 static X_FCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
+/// The policies of a pod without a sidecar: none (built once, not per request).
+static NO_POLICY: std::sync::LazyLock<crate::snapshot::route::RoutePolicy> = std::sync::LazyLock::new(|| {
+    crate::snapshot::route::RoutePolicy { retry: RetryPolicy::none(), ..Default::default() }
+});
+
 /// Headers that describe one hop and are never forwarded.
 const HOP_BY_HOP: [&str; 7] =
     ["connection", "proxy-connection", "keep-alive", "te", "trailer", "upgrade", "proxy-authorization"];
@@ -502,7 +507,7 @@ impl Proxy {
             let principal = info.principal.as_deref();
             let req = AuthzRequest {
                 source_principal: principal,
-                source_namespace: principal.and_then(|p| p.split("/ns/").nth(1)).and_then(|r| r.split('/').next()),
+                source_namespace: principal.and_then(principal_namespace),
                 source_ip: Some(info.peer.ip()),
                 remote_ip: Some(info.peer.ip()),
                 port: *port,
@@ -607,7 +612,7 @@ impl Proxy {
             | Role::Inbound { rt, .. } => rt.name.as_str().into(),
             Role::MeshClient { .. } => match &self.snapshot.load().mesh_client {
                 Some(w) => w.name.as_str().into(),
-                None => "meshd-client".into(),
+                None => crate::snapshot::MESH_CLIENT.into(),
             },
             // A pod without a sidecar has no proxy to log; TCP listeners never get here.
             Role::Plain { .. } | Role::GatewayTcp { .. } => return self.dispatch(role, info, req).await,
@@ -824,9 +829,8 @@ impl Proxy {
             Decision::Direct { status, body, .. } => return respond::direct(status, body, server),
             Decision::Reply(r) => return respond::local_reply(r, server, false),
         };
-        let no_policy = crate::snapshot::route::RoutePolicy { retry: RetryPolicy::none(), ..Default::default() };
         // kube-proxy neither retries nor times out.
-        let policy = if caller == Caller::Plain { &no_policy } else { &matched.route.policy };
+        let policy = if caller == Caller::Plain { &*NO_POLICY } else { &matched.route.policy };
         let mut delayed = false;
         if let Some(fault) = &policy.fault {
             if let Some((delay, pct)) = fault.delay {
@@ -846,7 +850,7 @@ impl Proxy {
             Err(_) => return respond::local_reply(LocalReply::TooLarge, server, false),
         };
         let (hash, new_cookie) = request_hash(&cluster.lb, &parts.headers, query, peer);
-        let mut out = match outgoing(&parts, &authority, path, query, matched, target, body) {
+        let mut out = match outgoing(&mut parts, &authority, matched, target, body) {
             Some(o) => o,
             None => return respond::local_reply(LocalReply::BadRequest, server, false),
         };
@@ -999,6 +1003,11 @@ impl Proxy {
     }
 }
 
+/// The namespace of a principal `cluster.local/ns/<ns>/sa/<sa>`.
+fn principal_namespace(principal: &str) -> Option<&str> {
+    principal.split("/ns/").nth(1)?.split('/').next()
+}
+
 /// Server-side checks in Envoy's filter order: JWT (401 for a bad token), then
 /// AuthorizationPolicy (403 `RBAC: access denied`). Some(response) refuses the request.
 fn admit(
@@ -1040,7 +1049,7 @@ fn admit(
     let principal = info.principal.as_deref();
     let req = AuthzRequest {
         source_principal: principal,
-        source_namespace: principal.and_then(|p| p.split("/ns/").nth(1)).and_then(|r| r.split('/').next()),
+        source_namespace: principal.and_then(principal_namespace),
         source_ip: Some(info.peer.ip()),
         remote_ip: xff.or(Some(info.peer.ip())),
         request_principal: auth.as_ref().map(|a| a.principal.as_str()),
@@ -1099,17 +1108,19 @@ fn retriable_response(retry: &RetryPolicy, resp: &Response<Body>) -> bool {
 }
 
 /// The policy after the client's `x-envoy-retry-on` / `x-envoy-max-retries` (removed from the request).
-fn retry_overrides(policy: &RetryPolicy, headers: &mut HeaderMap) -> RetryPolicy {
-    let mut p = policy.clone();
+/// The policy is copied only when a client header overrides it.
+fn retry_overrides<'p>(policy: &'p RetryPolicy, headers: &mut HeaderMap) -> std::borrow::Cow<'p, RetryPolicy> {
+    let mut p = std::borrow::Cow::Borrowed(policy);
     if let Some(v) = headers.remove(&X_RETRY_ON) {
         if let Some(Ok((on, codes))) = v.to_str().ok().map(parse_retry_on) {
+            let p = p.to_mut();
             p.on = p.on | on;
             p.codes.extend(codes);
         }
     }
     if let Some(v) = headers.remove(&X_MAX_RETRIES) {
         if let Some(n) = v.to_str().ok().and_then(|s| s.parse().ok()) {
-            p.attempts = n;
+            p.to_mut().attempts = n;
         }
     }
     p
@@ -1141,22 +1152,22 @@ fn reply_for(e: &UpstreamError) -> LocalReply {
 
 /// The request toward the upstream: rewrite, Host, Envoy's headers, the route's header edits.
 fn outgoing(
-    parts: &http::request::Parts,
+    parts: &mut http::request::Parts,
     authority: &str,
-    path: &str,
-    query: Option<&str>,
     matched: Matched<'_>,
     target: &WeightedTarget,
     body: Bytes,
 ) -> Option<Outgoing> {
     let route = matched.route;
+    let uri = &parts.uri;
     let path_and_query = route
         .rewrite
         .as_ref()
-        .and_then(|rw| rw.path(path, query, matched.prefix))
-        .unwrap_or_else(|| parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string());
+        .and_then(|rw| rw.path(uri.path(), uri.query(), matched.prefix))
+        .unwrap_or_else(|| uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string());
+    // The headers move to the upstream request rather than being copied.
+    let mut headers = std::mem::take(&mut parts.headers);
     let new_authority = route.rewrite.as_ref().and_then(|rw| rw.authority.as_deref()).unwrap_or(authority);
-    let mut headers = parts.headers.clone();
     strip_hop_by_hop(&mut headers);
     headers.insert(HOST, HeaderValue::from_str(new_authority).ok()?);
     if !headers.contains_key(&X_REQUEST_ID) {

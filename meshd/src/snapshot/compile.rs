@@ -1122,9 +1122,9 @@ fn mesh_client(pods: &[PodInfo]) -> Workload {
         }
     }
     Workload {
-        name: "meshd-client".into(),
+        name: super::MESH_CLIENT.into(),
         namespace: "default".into(),
-        labels: [("app".to_string(), "meshd-client".to_string())].into_iter().collect(),
+        labels: [("app".to_string(), super::MESH_CLIENT.to_string())].into_iter().collect(),
         service_account: "default".into(),
     }
 }

@@ -23,6 +23,9 @@ pub use route::{Decision, HttpRoute, LocalReply};
 
 /// The Kubernetes cluster domain meshd emulates.
 pub const CLUSTER_DOMAIN: &str = "svc.cluster.local";
+/// Name of the bare client workload behind the shared outbound port when the folder runs no
+/// fortio, sleep or curl.
+pub const MESH_CLIENT: &str = "meshd-client";
 /// Istio's root namespace.
 pub const ROOT_NAMESPACE: &str = "istio-system";
 
