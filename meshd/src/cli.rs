@@ -41,6 +41,12 @@ pub enum Command {
         /// Print every proxy's access log (Istio's default text format) to stdout too.
         #[arg(long)]
         access_log: bool,
+        /// Access-log encoding: TEXT (Istio's default) or JSON (`meshConfig.accessLogEncoding`).
+        #[arg(long, default_value = "TEXT", value_parser = ["TEXT", "JSON", "text", "json"])]
+        access_log_encoding: String,
+        /// Export spans to this OpenTelemetry collector (OTLP/HTTP), e.g. http://127.0.0.1:4318.
+        #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+        otlp_endpoint: Option<String>,
         /// Lifetime of workload certificates; they rotate at half of it (Istio: 24h).
         #[arg(long, default_value = "24h", value_parser = parse_duration)]
         cert_ttl: std::time::Duration,

@@ -32,8 +32,8 @@ pub struct Options {
     pub proxy: SocketAddr,
     /// Lifetime of workload certificates (rotated at half).
     pub cert_ttl: std::time::Duration,
-    /// Print every proxy's access log to stdout too.
-    pub access_log: bool,
+    /// Access-log printing and encoding, and where spans are exported.
+    pub telemetry: crate::telemetry::Options,
 }
 
 /// A pod as `meshd status` shows it.
@@ -79,6 +79,10 @@ pub struct State {
     pub registry: Arc<Registry>,
     /// Pod conditions by pod name, for `meshd pod`.
     pub controls: Mutex<std::collections::HashMap<String, Arc<crate::proxy::PodControl>>>,
+    /// Metrics, traces and the access-log task.
+    pub telemetry: crate::telemetry::Telemetry,
+    /// Rate samples for the dashboard's graph.
+    pub graph: crate::telemetry::graph::Graph,
 }
 
 /// Bound addresses.
@@ -98,7 +102,8 @@ pub struct Addrs {
 /// Name of the ingress gateway's proxy (as its pod would be named).
 pub const GATEWAY_NAME: &str = "istio-ingressgateway";
 
-fn gateway_workload() -> Workload {
+/// The gateway as a workload.
+pub fn gateway_workload() -> Workload {
     let labels = [("app", "istio-ingressgateway"), ("istio", "ingressgateway")]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -108,6 +113,7 @@ fn gateway_workload() -> Workload {
         namespace: snapshot::ROOT_NAMESPACE.into(),
         labels,
         service_account: "istio-ingressgateway-service-account".into(),
+        deployment: GATEWAY_NAME.into(),
     }
 }
 
@@ -368,18 +374,29 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         });
     }
     let snapshot = SnapshotHandle::default();
+    let logs = Logs::default();
     let state = Arc::new(State {
         snapshot: snapshot.clone(),
         addrs,
         dir: dir.clone(),
         errors: Mutex::new(vec![]),
         pods: Mutex::new(vec![]),
-        logs: Logs::default(),
+        logs: logs.clone(),
         registry: Arc::new(Registry::new(Some(security.clone()))),
         controls: Mutex::default(),
+        telemetry: crate::telemetry::Telemetry::start(logs.clone(), opts.telemetry.clone()),
+        graph: Default::default(),
     });
-    let access = crate::proxy::accesslog::AccessLog::start(state.logs.clone(), opts.access_log);
-    let proxy = Proxy::new(snapshot.clone(), state.registry.clone()).with_access_log(access);
+    let proxy = Proxy::new(snapshot.clone(), state.registry.clone()).with_telemetry(state.telemetry.clone());
+    let sampled = state.clone();
+    tokio::spawn(async move {
+        // The dashboard's rates are differences of these samples.
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            sampled.graph.sample(&sampled.telemetry.metrics);
+        }
+    });
     let (_shutdown_tx, shutdown) = watch::channel(false);
     tokio::spawn(proxy.clone().serve(
         gateway,

@@ -11,4 +11,5 @@ pub mod logs;
 pub mod proxy;
 pub mod security;
 pub mod snapshot;
+pub mod telemetry;
 pub mod workload;

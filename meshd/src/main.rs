@@ -32,8 +32,23 @@ fn main() -> std::process::ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Up { dir, gateway, gateway_tls, admin, proxy, access_log, cert_ttl } => {
-                let opts = meshd::daemon::Options { dir, gateway, gateway_tls, admin, proxy, cert_ttl, access_log };
+            Command::Up {
+                dir,
+                gateway,
+                gateway_tls,
+                admin,
+                proxy,
+                access_log,
+                access_log_encoding,
+                otlp_endpoint,
+                cert_ttl,
+            } => {
+                let telemetry = meshd::telemetry::Options {
+                    print: access_log,
+                    json: access_log_encoding.eq_ignore_ascii_case("json"),
+                    otlp: otlp_endpoint,
+                };
+                let opts = meshd::daemon::Options { dir, gateway, gateway_tls, admin, proxy, cert_ttl, telemetry };
                 meshd::daemon::run(opts).await.map(|_| 0)
             }
             Command::Certs { admin } => meshd::cli::certs(admin).await.map(|_| 0),

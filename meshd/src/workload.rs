@@ -149,6 +149,7 @@ impl Pod {
             namespace: self.info.namespace.clone(),
             labels: self.info.labels.clone(),
             service_account: self.info.service_account.clone(),
+            deployment: self.info.workload.clone(),
         }
     }
 

@@ -96,6 +96,7 @@ async fn sidecar(vs: &str, addr: SocketAddr) -> SocketAddr {
         namespace: "default".into(),
         labels: BTreeMap::new(),
         service_account: "default".into(),
+        deployment: "client".into(),
     };
     let rt = registry.get(&client);
     let proxy = Proxy::new(handle, registry);

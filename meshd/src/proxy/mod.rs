@@ -4,7 +4,7 @@
 //! retries), then the cluster's (balancing, circuit breakers, outlier
 //! detection), then bytes move.
 
-pub mod accesslog;
+pub mod report;
 pub mod respond;
 pub mod runtime;
 pub mod upstream;
@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, COOKIE, HOST, SERVER, SET_COOKIE};
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, COOKIE, HOST, SERVER, SET_COOKIE, USER_AGENT};
 use http::{HeaderMap, Method, Request, Response, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Limited};
@@ -33,8 +33,12 @@ use crate::snapshot::policy::{hash64, parse_retry_on, roll, HashKey, LbPolicy, R
 use crate::snapshot::ratelimit::Context;
 use crate::snapshot::route::{Decision, HeaderOps, Matched, Target, WeightedTarget};
 use crate::snapshot::{Cluster, LocalReply, SnapshotHandle, Workload};
+use crate::telemetry::accesslog::Record;
+use crate::telemetry::metrics::{DestService, Peer, Reporter, SeriesKey, TcpSeries};
+use crate::telemetry::trace::SpanContext;
+use crate::telemetry::Telemetry;
 use respond::ResponseFlags;
-use runtime::{ActiveGuard, AttemptResult, ClusterRt, ProxyRuntime, Registry};
+use runtime::{ActiveGuard, AttemptResult, ClusterRt, EndpointRt, ProxyRuntime, Registry};
 use upstream::UpstreamError;
 
 /// Errors a body may carry.
@@ -173,6 +177,8 @@ pub enum Role {
         cluster: Arc<Cluster>,
         /// The pod's emulated condition.
         control: Arc<PodControl>,
+        /// Its destination reports, by caller.
+        series: Arc<report::InboundSeries>,
     },
 }
 
@@ -212,6 +218,7 @@ impl Role {
             app: ClusterRt::single(app),
             cluster: Arc::new(cluster),
             control,
+            series: Arc::default(),
         }
     }
 }
@@ -221,10 +228,11 @@ impl Role {
 pub struct Proxy {
     snapshot: SnapshotHandle,
     registry: Arc<Registry>,
-    access: Option<accesslog::AccessLog>,
+    telemetry: Option<Telemetry>,
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
 static X_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
@@ -235,6 +243,7 @@ static X_MAX_RETRIES: HeaderName = HeaderName::from_static("x-envoy-max-retries"
 static X_RATELIMITED: HeaderName = HeaderName::from_static("x-envoy-ratelimited");
 static X_FCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+static PEER_ID: HeaderName = HeaderName::from_static("x-envoy-peer-metadata-id");
 
 /// The policies of a pod without a sidecar: none (built once, not per request).
 static NO_POLICY: std::sync::LazyLock<crate::snapshot::route::RoutePolicy> = std::sync::LazyLock::new(|| {
@@ -277,19 +286,20 @@ impl Outgoing {
 }
 
 /// The endpoint a response came from (or the last one tried).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct UpstreamHost {
     addr: SocketAddr,
     /// Whether the upstream answered (false: a local reply after a failed attempt).
     responded: bool,
+    /// The endpoint's runtime state (its metric label set); None for an inbound app.
+    endpoint: Option<Arc<EndpointRt>>,
 }
 
-/// Which route and cluster served a request, for the access log.
+/// Which route and cluster served a request, for the access log and metrics.
 #[derive(Debug, Clone)]
 struct RouteInfo {
-    cluster: Option<String>,
+    cluster: Arc<Cluster>,
     route: Option<String>,
-    request_id: Option<String>,
 }
 
 /// Marks a response that must not be sent: the downstream connection is closed instead.
@@ -329,12 +339,12 @@ enum Attempt {
 impl Proxy {
     /// A proxy reading routes from `snapshot`, with per-proxy state in `registry`.
     pub fn new(snapshot: SnapshotHandle, registry: Arc<Registry>) -> Proxy {
-        Proxy { snapshot, registry, access: None }
+        Proxy { snapshot, registry, telemetry: None }
     }
 
-    /// Sends every proxy's access-log records to `log`.
-    pub fn with_access_log(mut self, log: accesslog::AccessLog) -> Proxy {
-        self.access = Some(log);
+    /// Reports every request to `telemetry` (metrics, access log, spans).
+    pub fn with_telemetry(mut self, telemetry: Telemetry) -> Proxy {
+        self.telemetry = Some(telemetry);
         self
     }
 
@@ -479,18 +489,37 @@ impl Proxy {
         let Some(idx) = crt.pick(cluster, None, None) else { return };
         let ep = crt.endpoints[idx].clone();
         let _active = ActiveGuard::new(&ep);
-        match upstream::dial(&ep, rt.tls.as_ref(), cluster.pool.connect_timeout).await {
+        let series = self.telemetry.as_ref().map(|t| {
+            let destination = match snapshot.pods.iter().find(|p| p.name == ep.pod) {
+                Some(p) => Peer::of_pod(p, ep.mtls.is_some()),
+                None => Peer::unknown(),
+            };
+            t.metrics.tcp(SeriesKey {
+                proxy: rt.name.clone(),
+                reporter: Reporter::Source,
+                source: Peer::of_workload(&rt.workload, rt.tls.is_some()),
+                destination,
+                service: DestService::from_fqdn(&cluster.service),
+                protocol: "tcp",
+                mtls: ep.mtls.is_some(),
+            })
+        });
+        let copied = match upstream::dial(&ep, rt.tls.as_ref(), cluster.pool.connect_timeout).await {
             Ok(upstream::Dialed::Plain(mut up)) => {
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+                count_open(&series);
+                tokio::io::copy_bidirectional(&mut client, &mut up).await
             }
             Ok(upstream::Dialed::Tls(mut up)) => {
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+                count_open(&series);
+                tokio::io::copy_bidirectional(&mut client, &mut up).await
             }
             Err(e) => {
                 crt.record(cluster, idx, AttemptResult::LocalFailure);
                 tracing::debug!(error = %e, "tcp upstream connect failed");
+                return;
             }
-        }
+        };
+        count_close(&series, copied);
     }
 
     /// A TCP connection at a pod's inbound port: AuthorizationPolicy for TCP (a denial closes
@@ -500,7 +529,7 @@ impl Proxy {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         use crate::security::authz::{Decision as Authz, Request as AuthzRequest, Target as AuthzTarget};
-        let Role::Inbound { workload, port, app, .. } = role else { return };
+        let Role::Inbound { workload, port, app, rt, .. } = role else { return };
         let snapshot = self.snapshot.load();
         let target = AuthzTarget { namespace: &workload.namespace, labels: &workload.labels };
         if snapshot.authz.applies_to(&target) {
@@ -522,7 +551,24 @@ impl Proxy {
         let Some(ep) = app.endpoints.first() else { return };
         if let Ok(mut up) = TcpStream::connect(ep.addr).await {
             let _ = up.set_nodelay(true);
-            let _ = tokio::io::copy_bidirectional(&mut io, &mut up).await;
+            let series = self.telemetry.as_ref().map(|t| {
+                let source = match info.principal.as_deref() {
+                    Some(p) => Peer { principal: format!("spiffe://{p}"), ..Peer::unknown() },
+                    None => Peer::unknown(),
+                };
+                t.metrics.tcp(SeriesKey {
+                    proxy: rt.name.clone(),
+                    reporter: Reporter::Destination,
+                    source,
+                    destination: Peer::of_workload(workload, rt.tls.is_some()),
+                    service: DestService::unknown(),
+                    protocol: "tcp",
+                    mtls: info.principal.is_some(),
+                })
+            });
+            count_open(&series);
+            let copied = tokio::io::copy_bidirectional(&mut io, &mut up).await;
+            count_close(&series, copied);
         }
     }
 
@@ -602,65 +648,118 @@ impl Proxy {
         }
     }
 
-    /// Handles one request and hands its access-log record to the logger.
-    async fn handle(&self, role: &Role, info: &ConnInfo, req: Request<Incoming>) -> Response<Body> {
-        let Some(log) = &self.access else { return self.dispatch(role, info, req).await };
-        let proxy: Arc<str> = match role {
+    /// Handles one request: the first proxy names it (`x-request-id`), every proxy opens a span,
+    /// counts it in its metrics and hands its access-log record to the telemetry task.
+    async fn handle(&self, role: &Role, info: &ConnInfo, mut req: Request<Incoming>) -> Response<Body> {
+        let Some(tel) = &self.telemetry else { return self.dispatch(role, info, req).await };
+        let client;
+        let rt: &ProxyRuntime = match role {
             Role::Gateway { rt, .. }
             | Role::GatewayTls { rt, .. }
             | Role::Outbound { rt, .. }
-            | Role::Inbound { rt, .. } => rt.name.as_str().into(),
-            Role::MeshClient { .. } => match &self.snapshot.load().mesh_client {
-                Some(w) => w.name.as_str().into(),
-                None => crate::snapshot::MESH_CLIENT.into(),
+            | Role::Inbound { rt, .. } => rt,
+            Role::MeshClient { cache } => match self.mesh_client(cache) {
+                Some(c) => {
+                    client = c;
+                    &client.1
+                }
+                None => return self.dispatch(role, info, req).await,
             },
-            // A pod without a sidecar has no proxy to log; TCP listeners never get here.
+            // A pod without a sidecar has no proxy to report; TCP listeners never get here.
             Role::Plain { .. } | Role::GatewayTcp { .. } => return self.dispatch(role, info, req).await,
         };
         let start = std::time::SystemTime::now();
         let t0 = Instant::now();
-        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let (user_agent, forwarded_for, incoming_id) =
-            (header("user-agent"), header("x-forwarded-for"), header("x-request-id"));
-        let bytes_received = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-        let method = req.method().to_string();
-        let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
-        let authority = req.uri().authority().map(|a| a.to_string()).or_else(|| header("host")).unwrap_or_default();
+        let headers = req.headers_mut();
+        if !headers.contains_key(&X_REQUEST_ID) {
+            if let Ok(v) = HeaderValue::try_from(request_id()) {
+                headers.insert(X_REQUEST_ID.clone(), v);
+            }
+        }
+        let span = SpanContext::continue_or_start(headers);
+        span.inject(headers);
+        let get = |name: &HeaderName| headers.get(name).cloned();
+        let (request_id, user_agent, forwarded_for, authority) =
+            (get(&X_REQUEST_ID), get(&USER_AGENT), get(&X_FORWARDED_FOR), get(&HOST));
+        let caller = match role {
+            Role::Inbound { .. } => get(&PEER_ID),
+            _ => None,
+        };
+        let bytes_received = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
+        let (method, uri) = (req.method().clone(), req.uri().clone());
         let protocol = match req.version() {
             http::Version::HTTP_2 => "HTTP/2",
             http::Version::HTTP_10 => "HTTP/1.0",
             _ => "HTTP/1.1",
         };
         let resp = self.dispatch(role, info, req).await;
+        let elapsed = t0.elapsed();
         let ext = resp.extensions();
         let flags = ext.get::<ResponseFlags>();
         let route = ext.get::<RouteInfo>();
         let upstream = ext.get::<UpstreamHost>();
-        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-        log.send(accesslog::Record {
-            proxy,
+        let status = resp.status().as_u16();
+        let bytes_sent = resp.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
+        let flag_text = flags.map_or(std::borrow::Cow::Borrowed("-"), |f| f.flags.clone());
+        let snap = self.snapshot.load();
+        let metrics = &tel.metrics;
+        let series = match (role, route, upstream.and_then(|u| u.endpoint.as_ref())) {
+            (Role::Inbound { series, port, .. }, _, _) => {
+                let caller = caller.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
+                series.get(metrics, &snap, rt, *port, caller, info.principal.is_some())
+            }
+            (_, Some(r), Some(ep)) => report::source(metrics, &snap, rt, &r.cluster, ep),
+            (_, Some(r), None) => {
+                let generation = rt.for_snapshot(&snap);
+                match generation.clusters.get(r.cluster.index) {
+                    Some(crt) => report::source_no_endpoint(metrics, rt, &r.cluster, &crt.shared),
+                    None => report::unrouted(metrics, rt),
+                }
+            }
+            (_, None, _) => report::unrouted(metrics, rt),
+        };
+        series.record(status, &flag_text, elapsed, bytes_received, bytes_sent);
+        tel.send(Record {
+            proxy: rt.proxy.clone(),
             start,
             method,
-            path,
+            uri,
             protocol,
-            status: resp.status().as_u16(),
-            flags: flags.map(|f| f.flags.to_string()).unwrap_or_else(|| "-".into()),
+            status,
+            flags: flag_text,
             details: flags.map(|f| f.details).unwrap_or("via_upstream"),
             bytes_received,
-            bytes_sent: header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0),
-            duration_ms: t0.elapsed().as_millis() as u64,
-            upstream_service_time: header("x-envoy-upstream-service-time"),
+            bytes_sent,
+            duration_us: elapsed.as_micros() as u64,
+            upstream_service_time: resp.headers().get(&X_SERVICE_TIME).cloned(),
             forwarded_for,
             user_agent,
-            request_id: route.and_then(|r| r.request_id.clone()).or(incoming_id),
+            request_id,
             authority,
             upstream_host: upstream.map(|u| u.addr),
-            upstream_cluster: route.and_then(|r| r.cluster.as_deref()).map(Into::into),
+            upstream_cluster: route.map(|r| r.cluster.clone()),
             downstream_local: info.local,
             downstream_remote: info.peer,
             route: route.and_then(|r| r.route.clone()),
+            span: Some(span),
+            series: Some(series),
         });
         resp
+    }
+
+    /// The mesh client's workload and runtime, refreshed when the snapshot names another.
+    fn mesh_client(
+        &self,
+        cache: &ArcSwapOption<(Arc<Workload>, Arc<ProxyRuntime>)>,
+    ) -> Option<Arc<(Arc<Workload>, Arc<ProxyRuntime>)>> {
+        let snapshot = self.snapshot.load();
+        let w = snapshot.mesh_client.clone()?;
+        if let Some(c) = cache.load_full().filter(|c| c.0.name == w.name) {
+            return Some(c);
+        }
+        let e = Arc::new((w.clone(), self.registry.get(&w)));
+        cache.store(Some(e.clone()));
+        Some(e)
     }
 
     async fn dispatch(&self, role: &Role, info: &ConnInfo, req: Request<Incoming>) -> Response<Body> {
@@ -672,22 +771,10 @@ impl Proxy {
             Role::GatewayTcp { .. } => respond::local_reply(LocalReply::BadRequest, ServerName::IstioEnvoy, false),
             Role::Outbound { workload, rt } => self.route(workload, rt, Caller::Sidecar, peer, req).await,
             Role::Plain { workload, rt } => self.route(workload, rt, Caller::Plain, peer, req).await,
-            Role::MeshClient { cache } => {
-                let snapshot = self.snapshot.load();
-                let Some(w) = snapshot.mesh_client.clone() else {
-                    return respond::local_reply(LocalReply::NoRoute, ServerName::Envoy, false);
-                };
-                let current = cache.load_full().filter(|c| c.0.name == w.name);
-                let entry = match current {
-                    Some(c) => c,
-                    None => {
-                        let e = Arc::new((w.clone(), self.registry.get(&w)));
-                        cache.store(Some(e.clone()));
-                        e
-                    }
-                };
-                self.route(&entry.0, &entry.1, Caller::Sidecar, peer, req).await
-            }
+            Role::MeshClient { cache } => match self.mesh_client(cache) {
+                Some(entry) => self.route(&entry.0, &entry.1, Caller::Sidecar, peer, req).await,
+                None => respond::local_reply(LocalReply::NoRoute, ServerName::Envoy, false),
+            },
         }
     }
 
@@ -696,7 +783,7 @@ impl Proxy {
         &self,
         rt: &ProxyRuntime,
         app: &ClusterRt,
-        cluster: &Cluster,
+        cluster: &Arc<Cluster>,
         control: &PodControl,
         info: &ConnInfo,
         req: Request<Incoming>,
@@ -719,6 +806,7 @@ impl Proxy {
         }
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(&PEER_ID);
         // Only an mTLS peer vouches for a client certificate; anything else a client sent is dropped.
         match xfcc {
             Some(v) => parts.headers.insert(X_FCC.clone(), v.clone()),
@@ -743,12 +831,8 @@ impl Proxy {
             Err(e) => respond::local_reply(reply_for(&e), ServerName::IstioEnvoy, false),
         };
         let responded = resp.extensions().get::<ResponseFlags>().is_some_and(|f| f.details == "via_upstream");
-        resp.extensions_mut().insert(UpstreamHost { addr: ep.addr, responded });
-        resp.extensions_mut().insert(RouteInfo {
-            cluster: Some(cluster.name.clone()),
-            route: Some("default".into()),
-            request_id: None,
-        });
+        resp.extensions_mut().insert(UpstreamHost { addr: ep.addr, responded, endpoint: None });
+        resp.extensions_mut().insert(RouteInfo { cluster: cluster.clone(), route: Some("default".into()) });
         resp
     }
 
@@ -860,6 +944,10 @@ impl Proxy {
             Some(ms) => Some(Duration::from_millis(ms)),
             None => policy.timeout,
         };
+        // Metadata exchange: the callee's sidecar learns who called (its metrics' source labels).
+        if caller != Caller::Plain && snapshot.services.get(&cluster.service).is_none_or(|s| s.external.is_empty()) {
+            out.headers.insert(PEER_ID.clone(), rt.peer_id.clone());
+        }
         let retry = retry_overrides(&policy.retry, &mut out.headers);
         if let Some(t) = retry.per_try_timeout.or(timeout) {
             out.headers.insert(X_EXPECTED_TIMEOUT.clone(), HeaderValue::from(t.as_millis() as u64));
@@ -900,11 +988,7 @@ impl Proxy {
                 resp.extensions_mut().insert(f);
             }
         }
-        resp.extensions_mut().insert(RouteInfo {
-            cluster: Some(cluster.name.clone()),
-            route: matched.route.name.clone(),
-            request_id: out.headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_string),
-        });
+        resp.extensions_mut().insert(RouteInfo { cluster: cluster.clone(), route: matched.route.name.clone() });
         resp
     }
 
@@ -975,7 +1059,11 @@ impl Proxy {
                 stats.upstream_rq_retry_overflow.fetch_add(1, Ordering::Relaxed);
             }
             if !budget {
-                let host = UpstreamHost { addr: ep.addr, responded: matches!(result, Attempt::Response(_)) };
+                let host = UpstreamHost {
+                    addr: ep.addr,
+                    responded: matches!(result, Attempt::Response(_)),
+                    endpoint: Some(ep.clone()),
+                };
                 let mut resp = match result {
                     Attempt::Response(mut resp) => {
                         if retriable && retried {
@@ -999,6 +1087,23 @@ impl Proxy {
             stats.upstream_rq_retry.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(backoff(retry.backoff, attempt)).await;
             attempt += 1;
+        }
+    }
+}
+
+fn count_open(series: &Option<Arc<TcpSeries>>) {
+    if let Some(s) = series {
+        s.opened.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts a closed connection and its bytes: received from the caller, sent back to it.
+fn count_close(series: &Option<Arc<TcpSeries>>, copied: std::io::Result<(u64, u64)>) {
+    if let Some(s) = series {
+        s.closed.fetch_add(1, Ordering::Relaxed);
+        if let Ok((from_client, to_client)) = copied {
+            s.received.fetch_add(from_client, Ordering::Relaxed);
+            s.sent.fetch_add(to_client, Ordering::Relaxed);
         }
     }
 }

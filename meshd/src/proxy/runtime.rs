@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use crate::snapshot::policy::{roll, LbPolicy, OutlierSettings};
 use crate::snapshot::ratelimit::{Context, LocalRateLimit};
 use crate::snapshot::{Cluster, Snapshot, Workload};
+use crate::telemetry::metrics::Series;
 
 /// Envoy-style counters of one cluster in one proxy.
 #[derive(Debug, Default)]
@@ -64,6 +65,8 @@ pub struct ClusterShared {
     pub notify: Notify,
     /// Counters.
     pub stats: ClusterStats,
+    /// The metric label set of requests that reached no endpoint of this cluster.
+    pub series: OnceLock<Arc<Series>>,
     /// Zero of the ejection clock.
     epoch: Instant,
 }
@@ -78,6 +81,7 @@ impl ClusterShared {
             rr: AtomicU64::new(0),
             notify: Notify::new(),
             stats: ClusterStats::default(),
+            series: OnceLock::new(),
             epoch: Instant::now(),
         }
     }
@@ -116,6 +120,10 @@ impl std::fmt::Debug for IdleConn {
 pub struct EndpointRt {
     /// Address.
     pub addr: SocketAddr,
+    /// The pod behind it (empty outside the mesh).
+    pub pod: String,
+    /// The metric label set of requests this proxy sends to it.
+    pub series: OnceLock<Arc<Series>>,
     /// The SPIFFE identity to verify when connections use mTLS; None = plaintext.
     pub mtls: Option<String>,
     /// TLS this proxy originates to it (DestinationRule SIMPLE/MUTUAL).
@@ -137,6 +145,8 @@ impl EndpointRt {
     fn new(addr: SocketAddr, mtls: Option<String>) -> EndpointRt {
         EndpointRt {
             addr,
+            pod: String::new(),
+            series: OnceLock::new(),
             mtls,
             origin: None,
             active: AtomicU64::new(0),
@@ -406,6 +416,12 @@ struct Store {
 pub struct ProxyRuntime {
     /// The pod (or gateway) it belongs to.
     pub name: String,
+    /// The same, shared with access-log records.
+    pub proxy: Arc<str>,
+    /// Istio's node id, sent to peers as `x-envoy-peer-metadata-id` (metadata exchange).
+    pub peer_id: http::HeaderValue,
+    /// The metric label set of requests this proxy could not route.
+    pub unrouted: OnceLock<Arc<Series>>,
     /// The workload it proxies for (rate limits select on it).
     pub workload: Workload,
     /// Its mTLS client config (its own SPIFFE certificate); None when security is off.
@@ -417,9 +433,16 @@ pub struct ProxyRuntime {
 impl ProxyRuntime {
     /// Empty state for the proxy of `workload`.
     pub fn new(workload: &Workload, tls: Option<Arc<rustls::ClientConfig>>) -> ProxyRuntime {
+        let id = format!(
+            "sidecar~127.0.0.1~{}.{}~{}.svc.cluster.local",
+            workload.name, workload.namespace, workload.namespace
+        );
         ProxyRuntime {
             tls,
             name: workload.name.clone(),
+            proxy: workload.name.as_str().into(),
+            peer_id: http::HeaderValue::try_from(id).unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),
+            unrouted: OnceLock::new(),
             workload: workload.clone(),
             current: ArcSwapOption::empty(),
             store: Mutex::new(Store::default()),
@@ -451,6 +474,7 @@ impl ProxyRuntime {
                             .or_insert_with(|| {
                                 let mut rt = EndpointRt::new(e.addr, mtls);
                                 rt.origin = e.origin.clone();
+                                rt.pod = e.pod.clone();
                                 Arc::new(rt)
                             })
                             .clone()

@@ -1118,6 +1118,7 @@ fn mesh_client(pods: &[PodInfo]) -> Workload {
                 namespace: p.namespace.clone(),
                 labels: p.labels.clone(),
                 service_account: p.service_account.clone(),
+                deployment: p.workload.clone(),
             };
         }
     }
@@ -1126,6 +1127,7 @@ fn mesh_client(pods: &[PodInfo]) -> Workload {
         namespace: "default".into(),
         labels: [("app".to_string(), super::MESH_CLIENT.to_string())].into_iter().collect(),
         service_account: "default".into(),
+        deployment: super::MESH_CLIENT.into(),
     }
 }
 

@@ -173,6 +173,8 @@ pub struct Workload {
     pub labels: Labels,
     /// Service account.
     pub service_account: String,
+    /// The Deployment that owns it (`reviews-v2`; the gateway's own name): metrics' `workload`.
+    pub deployment: String,
 }
 
 /// A compiled snapshot of the whole mesh.

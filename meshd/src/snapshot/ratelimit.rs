@@ -223,6 +223,7 @@ spec:
             namespace: ns.into(),
             labels: [("app".to_string(), app.to_string())].into_iter().collect(),
             service_account: "sa".into(),
+            deployment: "p".into(),
         };
         assert!(l.applies(&w("productpage", "default"), Context::Inbound), "root namespace: every namespace");
         assert!(!l.applies(&w("productpage", "default"), Context::Outbound));

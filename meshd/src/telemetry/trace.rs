@@ -1,0 +1,296 @@
+//! Tracing as Envoy does it in Istio: every proxy continues the caller's
+//! trace (B3 first, then W3C `traceparent`) or starts one, opens its own span
+//! and hands the span to the app or upstream in both header forms. Spans are
+//! kept in memory, grouped by trace, and exported as OTLP/JSON when a
+//! collector is configured.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+static B3_TRACE: HeaderName = HeaderName::from_static("x-b3-traceid");
+static B3_SPAN: HeaderName = HeaderName::from_static("x-b3-spanid");
+static B3_PARENT: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+static B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// A proxy's place in a trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanContext {
+    /// The trace (128 bits; a 64-bit B3 id keeps its width when propagated).
+    pub trace_id: u128,
+    /// Whether the trace id is printed with 32 hex digits.
+    pub wide: bool,
+    /// This proxy's span.
+    pub span_id: u64,
+    /// The caller's span.
+    pub parent: Option<u64>,
+}
+
+fn hex_u128(s: &str, widths: &[usize]) -> Option<u128> {
+    if !widths.contains(&s.len()) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u128::from_str_radix(s, 16).ok().filter(|v| *v != 0)
+}
+
+impl SpanContext {
+    /// Continues the trace in `headers` (B3, then `traceparent`), or starts one; a new span either way.
+    pub fn continue_or_start(headers: &HeaderMap) -> SpanContext {
+        let get = |n: &HeaderName| headers.get(n).and_then(|v| v.to_str().ok());
+        let span_id = fastrand::u64(1..);
+        if let (Some(t), Some(s)) = (get(&B3_TRACE), get(&B3_SPAN)) {
+            if let (Some(trace_id), Some(parent)) = (hex_u128(t, &[16, 32]), hex_u128(s, &[16])) {
+                return SpanContext { trace_id, wide: t.len() == 32, span_id, parent: Some(parent as u64) };
+            }
+        }
+        if let Some(tp) = get(&TRACEPARENT) {
+            let f: Vec<&str> = tp.split('-').collect();
+            if let [_, t, s, _] = f.as_slice() {
+                if let (Some(trace_id), Some(parent)) = (hex_u128(t, &[32]), hex_u128(s, &[16])) {
+                    return SpanContext { trace_id, wide: true, span_id, parent: Some(parent as u64) };
+                }
+            }
+        }
+        SpanContext { trace_id: fastrand::u128(1..), wide: true, span_id, parent: None }
+    }
+
+    /// The trace id as propagated.
+    pub fn trace_hex(&self) -> String {
+        if self.wide {
+            format!("{:032x}", self.trace_id)
+        } else {
+            format!("{:016x}", self.trace_id)
+        }
+    }
+
+    /// Puts this span into `headers` as the caller's span for the next hop.
+    pub fn inject(&self, headers: &mut HeaderMap) {
+        fn set(headers: &mut HeaderMap, n: &HeaderName, v: String) {
+            if let Ok(v) = HeaderValue::try_from(v) {
+                headers.insert(n.clone(), v);
+            }
+        }
+        set(headers, &B3_TRACE, self.trace_hex());
+        set(headers, &B3_SPAN, format!("{:016x}", self.span_id));
+        match self.parent {
+            Some(p) => set(headers, &B3_PARENT, format!("{p:016x}")),
+            None => {
+                headers.remove(&B3_PARENT);
+            }
+        }
+        headers.insert(B3_SAMPLED.clone(), HeaderValue::from_static("1"));
+        set(headers, &TRACEPARENT, format!("00-{:032x}-{:016x}-01", self.trace_id, self.span_id));
+    }
+}
+
+/// Client (gateway, outbound sidecar) or server (inbound sidecar) span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpanKind {
+    /// Sent by the proxy.
+    Client,
+    /// Received by the proxy.
+    Server,
+}
+
+/// One finished span.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Span {
+    /// 32 (or 16) hex digits.
+    pub trace_id: String,
+    /// 16 hex digits.
+    pub span_id: String,
+    /// The caller's span, if any.
+    pub parent_span_id: Option<String>,
+    /// The proxy's pod.
+    pub proxy: String,
+    /// Its workload (Deployment).
+    pub workload: String,
+    /// Client or server.
+    pub kind: SpanKind,
+    /// Envoy's decorator: `reviews.default.svc.cluster.local:9080/*`.
+    pub operation: String,
+    /// Start, microseconds since the epoch.
+    pub start_unix_us: u64,
+    /// Duration in microseconds.
+    pub duration_us: u64,
+    /// Response status.
+    pub status: u16,
+    /// Envoy's response flags.
+    pub flags: String,
+    /// The upstream cluster.
+    pub cluster: String,
+    /// Method and path, for the trace list.
+    pub request: String,
+}
+
+/// One trace as the admin API lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TraceSummary {
+    /// Trace id.
+    pub trace_id: String,
+    /// The earliest span's proxy and request.
+    pub root: String,
+    /// Start, milliseconds since the epoch.
+    pub start_unix_ms: u64,
+    /// From the first span's start to the last span's end.
+    pub duration_ms: f64,
+    /// Span count.
+    pub spans: usize,
+    /// Any span with a 5xx or a response flag.
+    pub error: bool,
+}
+
+/// How many traces and spans per trace are kept.
+const MAX_TRACES: usize = 1000;
+const MAX_SPANS: usize = 256;
+
+/// The last traces, in memory. Written by the telemetry task only.
+#[derive(Debug, Default)]
+pub struct TraceStore {
+    inner: Mutex<Store>,
+}
+
+#[derive(Debug, Default)]
+struct Store {
+    order: VecDeque<String>,
+    traces: HashMap<String, Vec<Span>>,
+}
+
+impl TraceStore {
+    /// Adds a span; the oldest trace goes when the store is full.
+    pub fn add(&self, span: Span) {
+        let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if !s.traces.contains_key(&span.trace_id) {
+            if s.order.len() >= MAX_TRACES {
+                if let Some(old) = s.order.pop_front() {
+                    s.traces.remove(&old);
+                }
+            }
+            s.order.push_back(span.trace_id.clone());
+        }
+        let spans = s.traces.entry(span.trace_id.clone()).or_default();
+        if spans.len() < MAX_SPANS {
+            spans.push(span);
+        }
+    }
+
+    /// The newest traces first.
+    pub fn list(&self, limit: usize) -> Vec<TraceSummary> {
+        let s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        s.order.iter().rev().take(limit).filter_map(|id| s.traces.get(id).map(|spans| summary(id, spans))).collect()
+    }
+
+    /// The spans of one trace, by start time.
+    pub fn get(&self, trace_id: &str) -> Option<Vec<Span>> {
+        let s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut spans = s.traces.get(&trace_id.to_ascii_lowercase())?.clone();
+        spans.sort_by_key(|s| s.start_unix_us);
+        Some(spans)
+    }
+}
+
+fn summary(id: &str, spans: &[Span]) -> TraceSummary {
+    let first = spans.iter().min_by_key(|s| (s.start_unix_us, std::cmp::Reverse(s.duration_us)));
+    let start = first.map_or(0, |s| s.start_unix_us);
+    let end = spans.iter().map(|s| s.start_unix_us + s.duration_us).max().unwrap_or(start);
+    TraceSummary {
+        trace_id: id.to_string(),
+        root: first.map(|s| format!("{} {}", s.workload, s.request)).unwrap_or_default(),
+        start_unix_ms: start / 1000,
+        duration_ms: (end - start) as f64 / 1000.0,
+        spans: spans.len(),
+        error: spans.iter().any(|s| s.status >= 500 || s.flags != "-"),
+    }
+}
+
+/// Microseconds since the epoch.
+pub fn unix_us(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or(Duration::ZERO).as_micros() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn b3_is_continued_with_a_new_span() {
+        let mut h = HeaderMap::new();
+        h.insert("x-b3-traceid", HeaderValue::from_static("463ac35c9f6413ad"));
+        h.insert("x-b3-spanid", HeaderValue::from_static("a2fb4a1d1a96d312"));
+        let ctx = SpanContext::continue_or_start(&h);
+        assert_eq!(ctx.trace_hex(), "463ac35c9f6413ad");
+        assert_eq!(ctx.parent, Some(0xa2fb4a1d1a96d312));
+        assert_ne!(ctx.span_id, 0xa2fb4a1d1a96d312);
+        ctx.inject(&mut h);
+        assert_eq!(h["x-b3-parentspanid"], "a2fb4a1d1a96d312");
+        assert_eq!(h["x-b3-spanid"], format!("{:016x}", ctx.span_id).as_str());
+        assert_eq!(h["x-b3-sampled"], "1");
+        let tp = h["traceparent"].to_str().unwrap();
+        assert_eq!(tp, format!("00-0000000000000000463ac35c9f6413ad-{:016x}-01", ctx.span_id));
+    }
+
+    #[test]
+    fn traceparent_is_used_without_b3_and_a_trace_starts_without_either() {
+        let mut h = HeaderMap::new();
+        h.insert("traceparent", HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+        let ctx = SpanContext::continue_or_start(&h);
+        assert_eq!(ctx.trace_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(ctx.parent, Some(0x00f067aa0ba902b7));
+        let fresh = SpanContext::continue_or_start(&HeaderMap::new());
+        assert_eq!(fresh.parent, None);
+        assert_eq!(fresh.trace_hex().len(), 32);
+        let mut out = HeaderMap::new();
+        out.insert("x-b3-parentspanid", HeaderValue::from_static("0000000000000001"));
+        fresh.inject(&mut out);
+        assert!(!out.contains_key("x-b3-parentspanid"));
+    }
+
+    #[test]
+    fn malformed_ids_start_a_new_trace() {
+        let mut h = HeaderMap::new();
+        h.insert("x-b3-traceid", HeaderValue::from_static("zz"));
+        h.insert("x-b3-spanid", HeaderValue::from_static("0000000000000000"));
+        assert_eq!(SpanContext::continue_or_start(&h).parent, None);
+    }
+
+    fn span(trace: &str, id: &str, start: u64, dur: u64, status: u16) -> Span {
+        Span {
+            trace_id: trace.into(),
+            span_id: id.into(),
+            parent_span_id: None,
+            proxy: "p".into(),
+            workload: "w".into(),
+            kind: SpanKind::Client,
+            operation: "op".into(),
+            start_unix_us: start,
+            duration_us: dur,
+            status,
+            flags: "-".into(),
+            cluster: "c".into(),
+            request: "GET /".into(),
+        }
+    }
+
+    #[test]
+    fn the_store_groups_spans_and_forgets_the_oldest_trace() {
+        let store = TraceStore::default();
+        store.add(span("t1", "b", 2_000, 1_000, 200));
+        store.add(span("t1", "a", 1_000, 5_000, 503));
+        for i in 0..MAX_TRACES {
+            store.add(span(&format!("x{i}"), "a", 0, 1, 200));
+        }
+        assert!(store.get("t1").is_none());
+        let store = TraceStore::default();
+        store.add(span("t1", "b", 2_000, 1_000, 200));
+        store.add(span("t1", "a", 1_000, 5_000, 503));
+        let list = store.list(10);
+        assert_eq!(list[0].spans, 2);
+        assert_eq!(list[0].duration_ms, 5.0);
+        assert!(list[0].error);
+        assert_eq!(store.get("t1").unwrap()[0].span_id, "a");
+    }
+}
