@@ -89,6 +89,23 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:15000", env = "MESHD_ADMIN")]
         admin: SocketAddr,
     },
+    /// Explain every decision the mesh takes for a request: rules tried, destination, policies, mTLS, authorization.
+    Explain {
+        /// URL, e.g. http://reviews:9080/reviews/0 (or a path such as /productpage with `--from istio-ingressgateway`).
+        url: String,
+        /// Extra header `name: value` (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// Method.
+        #[arg(short = 'X', long = "request", default_value = "GET")]
+        method: String,
+        /// The calling pod or workload (`productpage-v1`), or `istio-ingressgateway`; default: the mesh client.
+        #[arg(long, default_value = "")]
+        from: String,
+        /// Admin API of the running daemon.
+        #[arg(long, default_value = "127.0.0.1:15000", env = "MESHD_ADMIN")]
+        admin: SocketAddr,
+    },
     /// List the pods, like `kubectl get pods -A -o wide`.
     Status {
         /// Admin API of the running daemon.
@@ -211,6 +228,37 @@ pub async fn load(args: &crate::load::LoadArgs, via: Option<SocketAddr>, admin: 
         // run() has already said why (fortio's "Aborting because of ...").
         Err(_) => Ok(1),
     }
+}
+
+/// `meshd explain`: prints the numbered decisions; exit 1 when the daemon refuses the request.
+pub async fn explain(
+    url: &str,
+    headers: &[String],
+    method: &str,
+    from: &str,
+    admin: SocketAddr,
+) -> anyhow::Result<i32> {
+    let mut map = std::collections::BTreeMap::new();
+    for h in headers {
+        let Some((k, v)) = h.split_once(':') else { bail!("header {h:?} is not `name: value`") };
+        map.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    let req =
+        crate::explain::ExplainRequest { method: method.into(), url: url.into(), headers: map, from: from.into() };
+    let resp = admin_client()?
+        .post(format!("http://{admin}/meshd/explain"))
+        .json(&req)
+        .send()
+        .await
+        .with_context(|| format!("no meshd daemon answers on {admin} (start one with `meshd up`)"))?;
+    if !resp.status().is_success() {
+        let v: serde_json::Value = resp.json().await.unwrap_or_default();
+        eprintln!("meshd: {}", v["error"].as_str().unwrap_or("cannot explain"));
+        return Ok(1);
+    }
+    let e: crate::explain::Explanation = resp.json().await?;
+    print!("{}", e.text);
+    Ok(0)
 }
 
 /// `meshd status`.

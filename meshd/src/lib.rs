@@ -6,6 +6,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod explain;
 pub mod load;
 pub mod logs;
 pub mod proxy;

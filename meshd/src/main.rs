@@ -56,6 +56,9 @@ fn main() -> std::process::ExitCode {
                 meshd::cli::curl(&url, &headers, &method, data, from.as_deref(), admin).await
             }
             Command::Load { args, via, admin } => meshd::cli::load(&args, via, admin).await,
+            Command::Explain { url, headers, method, from, admin } => {
+                meshd::cli::explain(&url, &headers, &method, &from, admin).await
+            }
             Command::Status { admin } => meshd::cli::status(admin).await.map(|_| 0),
             Command::Pod { action, pod, admin } => meshd::cli::pod(&action, &pod, admin).await,
             Command::Logs { pod, container, admin } => {

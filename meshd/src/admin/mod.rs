@@ -41,6 +41,7 @@ pub async fn serve(listener: TcpListener, state: Arc<DaemonState>) {
         .route("/meshd/graph", get(graph))
         .route("/meshd/traces", get(traces))
         .route("/meshd/traces/{id}", get(trace))
+        .route("/meshd/explain", axum::routing::post(explain))
         .with_state(state);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "admin API stopped");
@@ -103,6 +104,16 @@ async fn trace(
         Some(spans) => Ok(Json(TraceView { trace_id: id.to_ascii_lowercase(), spans })),
         None => Err((http::StatusCode::NOT_FOUND, format!("trace {id} not found (kept: the last 1000)\n"))),
     }
+}
+
+async fn explain(
+    State(s): State<Arc<DaemonState>>,
+    Json(req): Json<crate::explain::ExplainRequest>,
+) -> Result<Json<crate::explain::Explanation>, (http::StatusCode, Json<serde_json::Value>)> {
+    let snap = s.snapshot.load();
+    crate::explain::explain(&snap, &req)
+        .map(Json)
+        .map_err(|e| (http::StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": e }))))
 }
 
 async fn logs(State(s): State<Arc<DaemonState>>, Path(pod): Path<String>) -> String {

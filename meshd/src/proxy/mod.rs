@@ -208,6 +208,8 @@ impl Role {
             lb: LbPolicy::RoundRobin,
             pool: crate::snapshot::policy::PoolSettings::default(),
             outlier: None,
+            destination_rule: None,
+            tls_mode: None,
         };
         Role::Inbound {
             workload: Arc::new(rt.workload.clone()),

@@ -598,6 +598,8 @@ mod tests {
             lb,
             pool: PoolSettings::default(),
             outlier,
+            destination_rule: None,
+            tls_mode: None,
         };
         (c, rt)
     }

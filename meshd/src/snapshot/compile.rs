@@ -289,6 +289,19 @@ fn cluster_for(
         lb,
         pool: PoolSettings::from_api(effective.pool),
         outlier: effective.outlier.map(OutlierSettings::from_api),
+        destination_rule: rule.map(|r| {
+            let m = &r.metadata;
+            format!("{}.{}", m.name.as_deref().unwrap_or(""), m.namespace.as_deref().unwrap_or("default"))
+        }),
+        tls_mode: effective.tls.and_then(|t| t.mode).map(|m| {
+            match m {
+                api::TlsMode::Disable => "DISABLE",
+                api::TlsMode::Simple => "SIMPLE",
+                api::TlsMode::Mutual => "MUTUAL",
+                api::TlsMode::IstioMutual => "ISTIO_MUTUAL",
+            }
+            .to_string()
+        }),
     });
     ctx.clusters.insert(name, cluster.clone());
     Ok(cluster)
@@ -713,7 +726,7 @@ fn vhosts(by_pattern: Vec<(HostPattern, Vec<HttpRoute>)>) -> Vec<(HostPattern, A
     let mut v: Vec<_> = by_pattern
         .into_iter()
         .map(|(p, routes)| {
-            let name = format!("{p:?}");
+            let name = p.to_string();
             (p, Arc::new(VirtualHost { name, routes: routes.into() }))
         })
         .collect();

@@ -101,65 +101,85 @@ pub struct SourceView<'a> {
     pub gateway: &'a str,
 }
 
+/// The first condition of a match that a request fails (no allocation: it borrows the match).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mismatch<'m> {
+    /// The match is limited to other gateways.
+    Gateway,
+    /// Another port.
+    Port(u16),
+    /// The path.
+    Uri,
+    /// The scheme.
+    Scheme,
+    /// The method.
+    Method,
+    /// The authority.
+    Authority,
+    /// A header is missing or has another value.
+    Header(&'m str),
+    /// A header that must not match does.
+    WithoutHeader(&'m str),
+    /// A query parameter.
+    Query(&'m str),
+    /// The caller's labels.
+    SourceLabels,
+    /// The caller's namespace.
+    SourceNamespace,
+}
+
 impl RequestMatch {
     /// Whether the request satisfies every condition of this match.
     pub fn matches(&self, req: &RequestView<'_>, src: &SourceView<'_>) -> bool {
+        self.mismatch(req, src).is_none()
+    }
+
+    /// The first condition the request fails, in Envoy's evaluation order; None when it matches.
+    pub fn mismatch(&self, req: &RequestView<'_>, src: &SourceView<'_>) -> Option<Mismatch<'_>> {
         if !self.gateways.is_empty() && !self.gateways.iter().any(|g| g == src.gateway) {
-            return false;
+            return Some(Mismatch::Gateway);
         }
         if let Some(p) = self.port {
             if p != req.port {
-                return false;
+                return Some(Mismatch::Port(p));
             }
         }
-        if let Some(m) = &self.uri {
-            if !m.matches(req.path, self.ignore_uri_case) {
-                return false;
-            }
+        if self.uri.as_ref().is_some_and(|m| !m.matches(req.path, self.ignore_uri_case)) {
+            return Some(Mismatch::Uri);
         }
-        if let Some(m) = &self.scheme {
-            if !m.matches(req.scheme, false) {
-                return false;
-            }
+        if self.scheme.as_ref().is_some_and(|m| !m.matches(req.scheme, false)) {
+            return Some(Mismatch::Scheme);
         }
-        if let Some(m) = &self.method {
-            if !m.matches(req.method.as_str(), false) {
-                return false;
-            }
+        if self.method.as_ref().is_some_and(|m| !m.matches(req.method.as_str(), false)) {
+            return Some(Mismatch::Method);
         }
-        if let Some(m) = &self.authority {
-            if !m.matches(req.authority, false) {
-                return false;
-            }
+        if self.authority.as_ref().is_some_and(|m| !m.matches(req.authority, false)) {
+            return Some(Mismatch::Authority);
         }
         for (name, m) in &self.headers {
             match header_str(req.headers, name) {
                 Some(v) if m.matches(v, false) => {}
-                _ => return false,
+                _ => return Some(Mismatch::Header(name)),
             }
         }
         for (name, m) in &self.without_headers {
-            if let Some(v) = header_str(req.headers, name) {
-                if m.matches(v, false) {
-                    return false;
-                }
+            if header_str(req.headers, name).is_some_and(|v| m.matches(v, false)) {
+                return Some(Mismatch::WithoutHeader(name));
             }
         }
         for (name, m) in &self.query_params {
             match query_value(req.query, name) {
                 Some(v) if query_matches(m, v) => {}
-                _ => return false,
+                _ => return Some(Mismatch::Query(name)),
             }
         }
         if !self.source_labels.iter().all(|(k, v)| src.labels.get(k) == Some(v)) {
-            return false;
+            return Some(Mismatch::SourceLabels);
         }
-        if let Some(ns) = &self.source_namespace {
-            if ns != src.namespace {
-                return false;
-            }
+        if self.source_namespace.as_ref().is_some_and(|ns| ns != src.namespace) {
+            return Some(Mismatch::SourceNamespace);
         }
-        true
+        None
     }
 
     /// The prefix this match tested the path with, for `rewrite.uri`.
@@ -168,6 +188,57 @@ impl RequestMatch {
             Some(StrMatch::Prefix(p)) => Some(p),
             _ => None,
         }
+    }
+}
+
+impl std::fmt::Display for StrMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StrMatch::Present => write!(f, "present"),
+            StrMatch::Exact(s) => write!(f, "exact {s:?}"),
+            StrMatch::Prefix(s) => write!(f, "prefix {s:?}"),
+            // Shown as written: the anchors were added at compile time.
+            StrMatch::Regex(r) => {
+                let p = r.as_str();
+                let inner = p.strip_prefix("^(?:").and_then(|p| p.strip_suffix(")$")).unwrap_or(p);
+                write!(f, "regex {inner:?}")
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for RequestMatch {
+    /// `uri prefix "/productpage", headers end-user exact "jason"`; `any request` when empty.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts: Vec<String> = Vec::new();
+        if let Some(m) = &self.uri {
+            parts.push(format!("uri {m}{}", if self.ignore_uri_case { " (ignoring case)" } else { "" }));
+        }
+        for (label, m) in [("scheme", &self.scheme), ("method", &self.method), ("authority", &self.authority)] {
+            if let Some(m) = m {
+                parts.push(format!("{label} {m}"));
+            }
+        }
+        parts.extend(self.headers.iter().map(|(n, m)| format!("headers {n} {m}")));
+        parts.extend(self.without_headers.iter().map(|(n, m)| format!("withoutHeaders {n} {m}")));
+        parts.extend(self.query_params.iter().map(|(n, m)| format!("queryParams {n} {m}")));
+        if let Some(p) = self.port {
+            parts.push(format!("port {p}"));
+        }
+        if !self.source_labels.is_empty() {
+            let l: Vec<String> = self.source_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            parts.push(format!("sourceLabels {}", l.join(",")));
+        }
+        if let Some(ns) = &self.source_namespace {
+            parts.push(format!("sourceNamespace {ns}"));
+        }
+        if !self.gateways.is_empty() {
+            parts.push(format!("gateways {}", self.gateways.join(",")));
+        }
+        if parts.is_empty() {
+            return write!(f, "any request");
+        }
+        write!(f, "{}", parts.join(", "))
     }
 }
 
@@ -201,6 +272,16 @@ pub enum HostPattern {
     Suffix(String),
     /// An exact, lower-case name.
     Exact(String),
+}
+
+impl std::fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostPattern::Any => write!(f, "*"),
+            HostPattern::Suffix(s) => write!(f, "*{s}"),
+            HostPattern::Exact(s) => write!(f, "{s}"),
+        }
+    }
 }
 
 impl HostPattern {

@@ -160,6 +160,10 @@ pub struct Cluster {
     pub pool: policy::PoolSettings,
     /// Outlier detection, if configured.
     pub outlier: Option<policy::OutlierSettings>,
+    /// The DestinationRule in force, `name.namespace`.
+    pub destination_rule: Option<String>,
+    /// The DestinationRule's `tls.mode` (None: auto mTLS).
+    pub tls_mode: Option<String>,
 }
 
 /// A workload as the proxies see it: who is calling.

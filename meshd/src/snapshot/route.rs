@@ -497,6 +497,8 @@ mod tests {
             lb: LbPolicy::LeastRequest,
             pool: PoolSettings::default(),
             outlier: None,
+            destination_rule: None,
+            tls_mode: None,
         })
     }
 
