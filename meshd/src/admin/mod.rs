@@ -28,6 +28,7 @@ pub struct ConfigView {
 /// Serves the admin API until the task is dropped.
 pub async fn serve(listener: TcpListener, state: Arc<DaemonState>) {
     let app = Router::new()
+        .route("/", get(dashboard))
         .route("/ready", get(ready))
         .route("/meshd/info", get(info))
         .route("/meshd/pods", get(pods))
@@ -46,6 +47,11 @@ pub async fn serve(listener: TcpListener, state: Arc<DaemonState>) {
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "admin API stopped");
     }
+}
+
+/// The dashboard: one self-contained page that polls the JSON endpoints below.
+async fn dashboard() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("dashboard.html"))
 }
 
 async fn ready(State(s): State<Arc<DaemonState>>) -> (http::StatusCode, &'static str) {
