@@ -11,6 +11,7 @@
 mod docs;
 pub mod lines;
 mod refs;
+mod routes;
 pub mod schema;
 
 use std::fmt;
@@ -147,6 +148,7 @@ pub fn analyze_files(files: &[(String, String)]) -> Report {
     let builtin = docs::builtin_for(&own);
     let set = docs::effective(&own, &builtin);
     refs::check(&set, &mut messages);
+    routes::check(&set, &mut messages);
     Report::new(messages)
 }
 
