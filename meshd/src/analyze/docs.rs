@@ -247,6 +247,7 @@ impl<'a> Set<'a> {
     accessor!(gateways, Gateway, api::GatewaySpec);
     accessor!(service_entries, ServiceEntry, api::ServiceEntrySpec);
     accessor!(services, Service, api::ServiceSpec);
+    accessor!(deployments, Deployment, api::DeploymentSpec);
 }
 
 #[cfg(test)]

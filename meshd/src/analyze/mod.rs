@@ -9,6 +9,7 @@
 //! `pkg/config/analysis/analyzers`); see each module for what is covered.
 
 mod docs;
+mod gateways;
 pub mod lines;
 mod refs;
 mod routes;
@@ -149,6 +150,7 @@ pub fn analyze_files(files: &[(String, String)]) -> Report {
     let set = docs::effective(&own, &builtin);
     refs::check(&set, &mut messages);
     routes::check(&set, &mut messages);
+    gateways::check(&set, &mut messages);
     Report::new(messages)
 }
 
