@@ -248,6 +248,7 @@ impl<'a> Set<'a> {
     accessor!(service_entries, ServiceEntry, api::ServiceEntrySpec);
     accessor!(services, Service, api::ServiceSpec);
     accessor!(deployments, Deployment, api::DeploymentSpec);
+    accessor!(peer_authentications, PeerAuthentication, api::PeerAuthenticationSpec);
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 mod docs;
 mod gateways;
 pub mod lines;
+mod mtls;
 mod refs;
 mod routes;
 pub mod schema;
@@ -151,6 +152,7 @@ pub fn analyze_files(files: &[(String, String)]) -> Report {
     refs::check(&set, &mut messages);
     routes::check(&set, &mut messages);
     gateways::check(&set, &mut messages);
+    mtls::check(&set, &mut messages);
     Report::new(messages)
 }
 
