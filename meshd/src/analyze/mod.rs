@@ -15,6 +15,8 @@ mod mtls;
 mod refs;
 mod routes;
 pub mod schema;
+#[cfg(test)]
+mod tests;
 
 use std::fmt;
 use std::path::Path;
