@@ -138,7 +138,9 @@ pub fn analyze_dir(dir: &Path) -> Report {
     Report::new(messages)
 }
 
-/// Same over in-memory files (name, text), in the order `meshd up` reads them (sorted by name).
+/// Same over in-memory files (name, text) — used by tests and by the daemon on reload. Files are taken in
+/// the order given (`meshd up` reads them sorted by name): of two documents with the same kind and name,
+/// the later one is in force.
 pub fn analyze_files(files: &[(String, String)]) -> Report {
     let mut messages = Vec::new();
     let mut own: Vec<Doc> = Vec::new();
