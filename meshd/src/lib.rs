@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod analyze;
 pub mod cli;
 pub mod config;
 pub mod daemon;
