@@ -106,6 +106,12 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:15000", env = "MESHD_ADMIN")]
         admin: SocketAddr,
     },
+    /// Check a folder of Istio YAML as `istioctl analyze` does (offline; exit 79 on errors).
+    Analyze {
+        /// The folder.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
     /// List the pods, like `kubectl get pods -A -o wide`.
     Status {
         /// Admin API of the running daemon.
@@ -259,6 +265,24 @@ pub async fn explain(
     let e: crate::explain::Explanation = resp.json().await?;
     print!("{}", e.text);
     Ok(0)
+}
+
+/// `meshd analyze DIR`: istioctl's output and exit code (79 when an Error was found).
+pub fn analyze(dir: &std::path::Path) -> i32 {
+    let report = crate::analyze::analyze_dir(dir);
+    if report.messages.is_empty() {
+        eprintln!("\u{2714} No validation issues found when analyzing {}.", dir.display());
+        return 0;
+    }
+    print!("{report}");
+    if report.has_errors() {
+        eprintln!("Error: Analyzers found issues when analyzing {}.", dir.display());
+        eprintln!(
+            "See https://istio.io/docs/reference/config/analysis for more information about causes and resolutions."
+        );
+        return 79;
+    }
+    0
 }
 
 /// `meshd status`.

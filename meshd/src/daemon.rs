@@ -83,6 +83,8 @@ pub struct State {
     pub telemetry: crate::telemetry::Telemetry,
     /// Rate samples for the dashboard's graph.
     pub graph: crate::telemetry::graph::Graph,
+    /// The folder's last analysis.
+    pub analysis: Mutex<Analysis>,
 }
 
 /// Bound addresses.
@@ -131,6 +133,8 @@ struct Reloader {
     tcp_listeners: std::collections::BTreeMap<u16, (SocketAddr, watch::Sender<bool>)>,
     /// Bind TCP servers on ephemeral ports (when the gateway itself is on port 0: tests).
     tcp_ephemeral: bool,
+    /// Analyses started (each reload starts one).
+    analyses: u64,
 }
 
 impl Reloader {
@@ -336,7 +340,36 @@ impl Reloader {
                 *self.state.errors.lock().unwrap_or_else(|e| e.into_inner()) = lines;
             }
         }
+        self.analyze();
     }
+
+    /// Runs `meshd analyze` on the folder off the reload path; prints the messages that are new.
+    fn analyze(&mut self) {
+        self.analyses += 1;
+        let (seq, generation, state) = (self.analyses, self.generation, self.state.clone());
+        tokio::task::spawn_blocking(move || {
+            let report = crate::analyze::analyze_dir(&state.dir);
+            let mut current = state.analysis.lock().unwrap_or_else(|e| e.into_inner());
+            if current.seq > seq {
+                return; // a later edit's analysis already landed
+            }
+            for m in report.messages.iter().filter(|m| !current.report.messages.contains(m)) {
+                println!("meshd: analyze: {m}");
+            }
+            *current = Analysis { seq, generation, report };
+        });
+    }
+}
+
+/// The last `meshd analyze` of the folder.
+#[derive(Debug, Default)]
+pub struct Analysis {
+    /// Which reload it belongs to (newer wins).
+    pub seq: u64,
+    /// The generation served when it ran.
+    pub generation: u64,
+    /// The messages.
+    pub report: crate::analyze::Report,
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
@@ -386,6 +419,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         controls: Mutex::default(),
         telemetry: crate::telemetry::Telemetry::start(logs.clone(), opts.telemetry.clone()),
         graph: Default::default(),
+        analysis: Mutex::default(),
     });
     let proxy = Proxy::new(snapshot.clone(), state.registry.clone()).with_telemetry(state.telemetry.clone());
     let sampled = state.clone();
@@ -423,6 +457,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         retry_jwks: false,
         tcp_listeners: Default::default(),
         tcp_ephemeral: opts.gateway.port() == 0,
+        analyses: 0,
     };
     reloader.reload_and_report().await;
     if std::mem::take(&mut reloader.retry_jwks) {

@@ -124,15 +124,3 @@ fn every_istio_sample_validates_against_its_crd_schema() {
     assert!(validated > 60, "{validated}");
     assert!(failures.is_empty(), "schema errors:\n{}", failures.join("\n"));
 }
-
-/// Prints the analysis of the folders in `ANALYZE_DIRS` (colon-separated), to read the output by hand:
-/// `ANALYZE_DIRS=samples/canary cargo test -p meshd --test analyze_samples print -- --ignored --nocapture`.
-#[test]
-#[ignore]
-fn print_analysis_of_dirs() {
-    let dirs = std::env::var("ANALYZE_DIRS").expect("set ANALYZE_DIRS");
-    for dir in dirs.split(':') {
-        println!("== {dir}");
-        print!("{}", analyze_dir(Path::new(dir)));
-    }
-}

@@ -43,6 +43,7 @@ pub async fn serve(listener: TcpListener, state: Arc<DaemonState>) {
         .route("/meshd/traces", get(traces))
         .route("/meshd/traces/{id}", get(trace))
         .route("/meshd/explain", axum::routing::post(explain))
+        .route("/meshd/analyze", get(analyze))
         .with_state(state);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "admin API stopped");
@@ -110,6 +111,21 @@ async fn trace(
         Some(spans) => Ok(Json(TraceView { trace_id: id.to_ascii_lowercase(), spans })),
         None => Err((http::StatusCode::NOT_FOUND, format!("trace {id} not found (kept: the last 1000)\n"))),
     }
+}
+
+async fn analyze(State(s): State<Arc<DaemonState>>) -> Json<serde_json::Value> {
+    let a = s.analysis.lock().unwrap_or_else(|e| e.into_inner());
+    let messages: Vec<serde_json::Value> = a
+        .report
+        .messages
+        .iter()
+        .map(|m| {
+            let mut v = serde_json::to_value(m).unwrap_or_default();
+            v["line_text"] = serde_json::Value::String(m.to_string());
+            v
+        })
+        .collect();
+    Json(serde_json::json!({ "generation": a.generation, "messages": messages }))
 }
 
 async fn explain(
