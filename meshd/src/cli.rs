@@ -112,6 +112,30 @@ pub enum Command {
         #[arg(default_value = ".")]
         dir: PathBuf,
     },
+    /// A proxy's configuration, as `istioctl proxy-config routes|clusters|endpoints|listeners POD`.
+    ProxyConfig {
+        /// routes, clusters, endpoints or listeners (singular works too).
+        what: String,
+        /// Pod name (or its prefix), or `istio-ingressgateway`.
+        pod: String,
+        /// Admin API of the running daemon.
+        #[arg(long, default_value = "127.0.0.1:15000", env = "MESHD_ADMIN")]
+        admin: SocketAddr,
+    },
+    /// Every proxy's sync state, as `istioctl proxy-status`.
+    ProxyStatus {
+        /// Admin API of the running daemon.
+        #[arg(long, default_value = "127.0.0.1:15000", env = "MESHD_ADMIN")]
+        admin: SocketAddr,
+    },
+    /// A pod's services, DestinationRules, VirtualServices and mTLS, as `istioctl x describe pod`.
+    Describe {
+        /// Pod name (or its prefix).
+        pod: String,
+        /// Admin API of the running daemon.
+        #[arg(long, default_value = "127.0.0.1:15000", env = "MESHD_ADMIN")]
+        admin: SocketAddr,
+    },
     /// List the pods, like `kubectl get pods -A -o wide`.
     Status {
         /// Admin API of the running daemon.
@@ -283,6 +307,69 @@ pub fn analyze(dir: &std::path::Path) -> i32 {
         return 79;
     }
     0
+}
+
+/// `meshd proxy-config WHAT POD`: istioctl's columns.
+pub async fn proxy_config(what: &str, pod: &str, admin: SocketAddr) -> anyhow::Result<i32> {
+    use crate::admin::proxy_config::ProxyConfig;
+    let c: ProxyConfig = admin_get(admin, &format!("/meshd/proxy-config/{pod}")).await?;
+    let text = match what.trim_end_matches('s') {
+        "route" => {
+            let rows: Vec<[String; 4]> =
+                c.routes.into_iter().map(|r| [r.name, r.domains.join(", "), r.matches, r.virtual_service]).collect();
+            table(&["NAME", "DOMAINS", "MATCH", "VIRTUAL SERVICE"], &rows)
+        }
+        "cluster" => {
+            let rows: Vec<[String; 6]> = c
+                .clusters
+                .into_iter()
+                .map(|r| [r.fqdn, r.port, r.subset, r.direction, r.kind, r.destination_rule])
+                .collect();
+            table(&["SERVICE FQDN", "PORT", "SUBSET", "DIRECTION", "TYPE", "DESTINATION RULE"], &rows)
+        }
+        "endpoint" => {
+            let rows: Vec<[String; 4]> =
+                c.endpoints.into_iter().map(|r| [r.endpoint, r.status, r.outlier_check, r.cluster]).collect();
+            table(&["ENDPOINT", "STATUS", "OUTLIER CHECK", "CLUSTER"], &rows)
+        }
+        "listener" => {
+            let rows: Vec<[String; 3]> =
+                c.listeners.into_iter().map(|r| [r.address, r.port.to_string(), r.kind]).collect();
+            table(&["ADDRESS", "PORT", "TYPE"], &rows)
+        }
+        other => bail!("unknown proxy-config {other:?}: routes, clusters, endpoints or listeners"),
+    };
+    print!("{text}");
+    Ok(0)
+}
+
+/// `meshd proxy-status`.
+pub async fn proxy_status(admin: SocketAddr) -> anyhow::Result<()> {
+    let rows: Vec<crate::admin::proxy_config::StatusRow> = admin_get(admin, "/meshd/proxy-status").await?;
+    let rows: Vec<[String; 7]> = rows
+        .into_iter()
+        .map(|r| [r.proxy, r.sync.clone(), r.sync.clone(), r.sync.clone(), r.sync, r.pilot, r.version])
+        .collect();
+    print!("{}", table(&["PROXY", "CDS", "LDS", "EDS", "RDS", "PILOT", "VERSION"], &rows));
+    Ok(())
+}
+
+/// `meshd describe POD`.
+pub async fn describe(pod: &str, admin: SocketAddr) -> anyhow::Result<i32> {
+    let resp = admin_client()?
+        .get(format!("http://{admin}/meshd/describe/{pod}"))
+        .send()
+        .await
+        .with_context(|| format!("no meshd daemon answers on {admin}"))?;
+    let ok = resp.status().is_success();
+    let text = resp.text().await?;
+    if ok {
+        print!("{text}");
+        Ok(0)
+    } else {
+        eprint!("meshd: {text}");
+        Ok(1)
+    }
 }
 
 /// `meshd status`.

@@ -59,6 +59,9 @@ fn main() -> std::process::ExitCode {
             Command::Explain { url, headers, method, from, admin } => {
                 meshd::cli::explain(&url, &headers, &method, &from, admin).await
             }
+            Command::ProxyConfig { what, pod, admin } => meshd::cli::proxy_config(&what, &pod, admin).await,
+            Command::ProxyStatus { admin } => meshd::cli::proxy_status(admin).await.map(|_| 0),
+            Command::Describe { pod, admin } => meshd::cli::describe(&pod, admin).await,
             Command::Analyze { dir } => Ok(meshd::cli::analyze(&dir)),
             Command::Status { admin } => meshd::cli::status(admin).await.map(|_| 0),
             Command::Pod { action, pod, admin } => meshd::cli::pod(&action, &pod, admin).await,

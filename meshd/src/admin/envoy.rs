@@ -148,3 +148,33 @@ pub async fn clusters(State(s): State<Arc<DaemonState>>, Query(q): Query<ProxyQu
     }
     (http::StatusCode::OK, out)
 }
+
+/// `/config_dump`: the proxy's listeners, routes, clusters and endpoints under Envoy's type URLs.
+pub async fn config_dump(
+    State(s): State<Arc<DaemonState>>,
+    Query(q): Query<ProxyQuery>,
+) -> Result<axum::Json<serde_json::Value>, (http::StatusCode, String)> {
+    let rt = pick_proxy(&s, &q).ok_or((http::StatusCode::NOT_FOUND, NO_PROXY.to_string()))?;
+    let c = super::proxy_config::build(&s, &rt.name).ok_or((http::StatusCode::NOT_FOUND, NO_PROXY.to_string()))?;
+    let t = |k: &str| format!("type.googleapis.com/envoy.admin.v3.{k}");
+    Ok(axum::Json(serde_json::json!({
+        "configs": [
+            { "@type": t("ListenersConfigDump"), "dynamic_listeners": c.listeners },
+            { "@type": t("RoutesConfigDump"), "dynamic_route_configs": c.routes },
+            { "@type": t("ClustersConfigDump"), "dynamic_active_clusters": c.clusters, "version_info": c.generation.to_string() },
+            { "@type": t("EndpointsConfigDump"), "dynamic_endpoint_configs": c.endpoints },
+        ]
+    })))
+}
+
+/// `/listeners`: `name::address:port` lines, as Envoy prints them.
+pub async fn listeners(State(s): State<Arc<DaemonState>>, Query(q): Query<ProxyQuery>) -> (http::StatusCode, String) {
+    let Some(c) = pick_proxy(&s, &q).and_then(|rt| super::proxy_config::build(&s, &rt.name)) else {
+        return (http::StatusCode::NOT_FOUND, NO_PROXY.into());
+    };
+    let mut out = String::new();
+    for l in c.listeners {
+        let _ = writeln!(out, "{}::{}:{}", l.name, l.address, l.port);
+    }
+    (http::StatusCode::OK, out)
+}

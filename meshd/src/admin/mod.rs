@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use crate::daemon::{Addrs, PodRow, State as DaemonState};
 
 mod envoy;
+pub mod proxy_config;
 
 /// What `/meshd/config` answers.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -44,6 +45,11 @@ pub async fn serve(listener: TcpListener, state: Arc<DaemonState>) {
         .route("/meshd/traces/{id}", get(trace))
         .route("/meshd/explain", axum::routing::post(explain))
         .route("/meshd/analyze", get(analyze))
+        .route("/meshd/proxy-config/{pod}", get(proxy_config))
+        .route("/meshd/proxy-status", get(proxy_status))
+        .route("/meshd/describe/{pod}", get(describe))
+        .route("/config_dump", get(envoy::config_dump))
+        .route("/listeners", get(envoy::listeners))
         .with_state(state);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "admin API stopped");
@@ -126,6 +132,24 @@ async fn analyze(State(s): State<Arc<DaemonState>>) -> Json<serde_json::Value> {
         })
         .collect();
     Json(serde_json::json!({ "generation": a.generation, "messages": messages }))
+}
+
+async fn proxy_config(
+    State(s): State<Arc<DaemonState>>,
+    Path(pod): Path<String>,
+) -> Result<Json<proxy_config::ProxyConfig>, (http::StatusCode, String)> {
+    proxy_config::build(&s, &pod).map(Json).ok_or((http::StatusCode::NOT_FOUND, format!("no proxy {pod:?}\n")))
+}
+
+async fn proxy_status(State(s): State<Arc<DaemonState>>) -> Json<Vec<proxy_config::StatusRow>> {
+    Json(proxy_config::status(&s))
+}
+
+async fn describe(State(s): State<Arc<DaemonState>>, Path(pod): Path<String>) -> (http::StatusCode, String) {
+    match proxy_config::describe(&s.snapshot.load(), &pod) {
+        Some(text) => (http::StatusCode::OK, text),
+        None => (http::StatusCode::NOT_FOUND, format!("pod {pod:?} not found\n")),
+    }
 }
 
 async fn explain(
