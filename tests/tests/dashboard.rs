@@ -79,6 +79,11 @@ async fn the_dashboard_draws_the_live_graph_and_lists_traces() {
     assert!(traces.matches("<tr class=\"trace").count() >= 10, "trace rows:\n{traces}");
     assert!(traces.contains("istio-ingressgateway GET /productpage"));
 
+    // The explain form, submitted on load by the `#explain/run` hash, with its default request.
+    let explain = chrome(&format!("{base}#explain/run"), "--dump-dom", &profile);
+    assert!(explain.contains("<li data-stage=\"virtualservice\""), "explain steps:\n{explain}");
+    assert!(explain.contains("outbound|9080||reviews.default.svc.cluster.local"));
+
     let shot = mesh.dir.0.join("graph.png");
     chrome(&base, &format!("--screenshot={}", shot.display()), &profile);
     let png = std::fs::read(&shot).expect("screenshot written");
