@@ -49,7 +49,8 @@ impl Telemetry {
         let store = traces.clone();
         tokio::spawn(async move {
             let mut sinks: std::collections::HashMap<Arc<str>, demo_apps::LogSink> = Default::default();
-            let client = reqwest::Client::new();
+            // A user's http_proxy (often meshd's own 15001) must not carry the export.
+            let client = reqwest::Client::builder().no_proxy().build().unwrap_or_default();
             let mut batch: Vec<Span> = Vec::new();
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {

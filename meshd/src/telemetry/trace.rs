@@ -146,7 +146,7 @@ pub struct TraceSummary {
 
 /// How many traces and spans per trace are kept.
 const MAX_TRACES: usize = 1000;
-const MAX_SPANS: usize = 256;
+const MAX_SPANS: usize = 64;
 
 /// The last traces, in memory. Written by the telemetry task only.
 #[derive(Debug, Default)]
