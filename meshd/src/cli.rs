@@ -354,13 +354,8 @@ pub async fn proxy_status(admin: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `meshd describe POD`.
-pub async fn describe(pod: &str, admin: SocketAddr) -> anyhow::Result<i32> {
-    let resp = admin_client()?
-        .get(format!("http://{admin}/meshd/describe/{pod}"))
-        .send()
-        .await
-        .with_context(|| format!("no meshd daemon answers on {admin}"))?;
+/// Prints a text answer of the admin API: the body on stdout (exit 0), or on stderr as `meshd: ...` (exit 1).
+async fn print_reply(resp: reqwest::Response) -> anyhow::Result<i32> {
     let ok = resp.status().is_success();
     let text = resp.text().await?;
     if ok {
@@ -370,6 +365,16 @@ pub async fn describe(pod: &str, admin: SocketAddr) -> anyhow::Result<i32> {
         eprint!("meshd: {text}");
         Ok(1)
     }
+}
+
+/// `meshd describe POD`.
+pub async fn describe(pod: &str, admin: SocketAddr) -> anyhow::Result<i32> {
+    let resp = admin_client()?
+        .get(format!("http://{admin}/meshd/describe/{pod}"))
+        .send()
+        .await
+        .with_context(|| format!("no meshd daemon answers on {admin}"))?;
+    print_reply(resp).await
 }
 
 /// `meshd status`.
@@ -417,15 +422,7 @@ pub async fn pod(action: &str, pod: &str, admin: SocketAddr) -> anyhow::Result<i
         .send()
         .await
         .with_context(|| format!("no meshd daemon answers on {admin}"))?;
-    let ok = resp.status().is_success();
-    let text = resp.text().await?;
-    if ok {
-        print!("{text}");
-        Ok(0)
-    } else {
-        eprint!("meshd: {text}");
-        Ok(1)
-    }
+    print_reply(resp).await
 }
 
 fn age(secs: u64) -> String {

@@ -91,13 +91,7 @@ fn pick_source<'s>(snap: &'s Snapshot, from: &str) -> Result<From<'s>, String> {
     if matches!(from, "istio-ingressgateway" | "gateway" | "ingress") {
         return Ok(From::Gateway);
     }
-    snap.pods
-        .iter()
-        .find(|p| p.name == from)
-        .or_else(|| snap.pods.iter().find(|p| p.workload == from))
-        .or_else(|| snap.pods.iter().find(|p| p.name.starts_with(from)))
-        .map(From::Pod)
-        .ok_or_else(|| format!("no pod or workload named {from:?} (see `meshd status`)"))
+    snap.find_pod(from).map(From::Pod).ok_or_else(|| format!("no pod or workload named {from:?} (see `meshd status`)"))
 }
 
 fn header_map(headers: &BTreeMap<String, String>) -> Result<HeaderMap, String> {
@@ -133,12 +127,15 @@ pub fn explain(snap: &Snapshot, req: &ExplainRequest) -> Result<Explanation, Str
     }
     let mut out = Out { steps: Vec::new() };
     let gw = crate::daemon::gateway_workload();
-    let principal = match &source {
-        From::Gateway => Some(format!("cluster.local/ns/{}/sa/{}", gw.namespace, gw.service_account)),
-        From::Pod(p) if p.sidecar => Some(format!("cluster.local/ns/{}/sa/{}", p.namespace, p.service_account)),
+    // The caller's mTLS identity as AuthorizationPolicy sees it (no `spiffe://`).
+    let identity = match &source {
+        From::Gateway => Some((&gw.namespace, &gw.service_account)),
+        From::Pod(p) if p.sidecar => Some((&p.namespace, &p.service_account)),
         From::Pod(_) => None,
-        From::Client(w) => Some(format!("cluster.local/ns/{}/sa/{}", w.namespace, w.service_account)),
+        From::Client(w) => Some((&w.namespace, &w.service_account)),
     };
+    let principal =
+        identity.map(|(ns, sa)| crate::security::ca::spiffe_id(ns, sa).trim_start_matches("spiffe://").to_string());
     let (ns, labels, sidecar) = match &source {
         From::Gateway => {
             out.push("source", "istio-ingressgateway (istio-system), the ingress gateway's HTTP listener");
@@ -318,16 +315,11 @@ fn lb_text(lb: &LbPolicy) -> &'static str {
     }
 }
 
-/// The cluster a target sends port `port` to (as the proxy picks it).
+/// The cluster a target sends port `port` to (as the proxy picks it), or why there is none.
 fn cluster_of(target: &Target, port: u16) -> Result<&std::sync::Arc<Cluster>, String> {
     match target {
-        Target::Clusters(by_port) => by_port
-            .iter()
-            .find(|(p, _)| *p == port)
-            .or_else(|| by_port.first())
-            .map(|(_, c)| c)
-            .ok_or_else(|| "no port".to_string()),
         Target::Missing(why) => Err(why.clone()),
+        t => t.cluster_for(port).ok_or_else(|| "no port".to_string()),
     }
 }
 
@@ -453,7 +445,7 @@ fn authorize(
 ) {
     use crate::security::authz::{Decision, Request, Target};
     let mode = snap.peer_auth.mode(&pod.namespace, &pod.labels, port);
-    let mode_name = format!("{mode:?}").to_ascii_uppercase();
+    let mode_name = mode.name();
     let verdict = match (mode, mtls) {
         (MtlsMode::Strict, false) => {
             out.push(
@@ -493,7 +485,7 @@ fn authorize(
     let principal = if mtls { principal } else { None };
     let req = Request {
         source_principal: principal,
-        source_namespace: principal.and_then(|p| p.split("/ns/").nth(1)?.split('/').next()),
+        source_namespace: principal.and_then(crate::security::authz::principal_namespace),
         host: view.authority,
         method: view.method.as_str(),
         path: view.path,

@@ -81,7 +81,7 @@ pub fn plan(workloads: &Workloads) -> Vec<PodTemplate> {
             for svc in &workloads.services {
                 let selects = svc.meta.namespace == d.meta.namespace
                     && !svc.selector.is_empty()
-                    && svc.selector.iter().all(|(k, v)| d.labels.get(k) == Some(v));
+                    && crate::snapshot::selects(&svc.selector, &d.labels);
                 if !selects {
                     continue;
                 }

@@ -89,9 +89,8 @@ async fn config(State(s): State<Arc<DaemonState>>) -> Json<ConfigView> {
 
 async fn graph(State(s): State<Arc<DaemonState>>) -> Json<crate::telemetry::graph::GraphView> {
     let snap = s.snapshot.load();
-    let mode = snap.peer_auth.mode("", &Default::default(), 0);
-    let mode = format!("{mode:?}").to_ascii_uppercase();
-    Json(s.graph.view(&s.telemetry.metrics, snap.generation, &mode))
+    let mode = snap.peer_auth.mode("", &Default::default(), 0).name();
+    Json(s.graph.view(&s.telemetry.metrics, snap.generation, mode))
 }
 
 #[derive(serde::Serialize)]

@@ -107,16 +107,11 @@ fn route_rows(name: &str, domains: Vec<String>, vhost: &VirtualHost, out: &mut V
     }
 }
 
-/// The pod (or gateway) `name` names, and whether it is the gateway.
-fn find_pod<'s>(snap: &'s Snapshot, name: &str) -> Option<&'s PodInfo> {
-    snap.pods.iter().find(|p| p.name == name).or_else(|| snap.pods.iter().find(|p| p.name.starts_with(name)))
-}
-
 /// The proxy config of `name`, or None when no such proxy runs.
 pub fn build(s: &DaemonState, name: &str) -> Option<ProxyConfig> {
     let snap = s.snapshot.load();
     let gateway = name == crate::daemon::GATEWAY_NAME;
-    let pod = if gateway { None } else { Some(find_pod(&snap, name)?) };
+    let pod = if gateway { None } else { Some(snap.find_pod(name)?) };
     let proxy = pod.map_or_else(|| name.to_string(), |p| p.name.clone());
     let mut listeners = Vec::new();
     let mut routes = Vec::new();
@@ -246,7 +241,7 @@ pub fn status(s: &DaemonState) -> Vec<StatusRow> {
 
 /// `istioctl x describe pod` for `name`.
 pub fn describe(snap: &Snapshot, name: &str) -> Option<String> {
-    let pod = find_pod(snap, name)?;
+    let pod = snap.find_pod(name)?;
     let mut o = String::new();
     let _ = writeln!(o, "Pod: {}", pod.name);
     let ports: Vec<String> = pod
@@ -261,13 +256,7 @@ pub fn describe(snap: &Snapshot, name: &str) -> Option<String> {
     if !pod.sidecar {
         let _ = writeln!(o, "WARNING: {} is not part of mesh; no Istio sidecar", pod.name);
     }
-    let services: Vec<_> = snap
-        .services
-        .values()
-        .filter(|s| s.namespace == pod.namespace && !s.selector.is_empty())
-        .filter(|s| s.selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v)))
-        .collect();
-    for svc in &services {
+    for svc in snap.services_of(pod) {
         let _ = writeln!(o, "--------------------");
         let _ = writeln!(o, "Service: {}", svc.name);
         for sp in &svc.ports {
@@ -299,7 +288,7 @@ pub fn describe(snap: &Snapshot, name: &str) -> Option<String> {
     let _ = writeln!(o, "--------------------");
     let _ = writeln!(o, "Effective PeerAuthentication:");
     let port = pod.container_ports.first().map(|(_, p)| *p).unwrap_or(0);
-    let mode = format!("{:?}", snap.peer_auth.mode(&pod.namespace, &pod.labels, port)).to_ascii_uppercase();
+    let mode = snap.peer_auth.mode(&pod.namespace, &pod.labels, port).name();
     let _ = writeln!(o, "   Workload mTLS mode: {mode}");
     Some(o)
 }

@@ -11,15 +11,11 @@ use std::collections::BTreeMap;
 use super::docs::Set;
 use super::lines::FieldPath;
 use super::{Level, Message};
-use crate::snapshot::Labels;
+use crate::snapshot::{selects, Labels};
 
 /// `k=v,k2=v2`, sorted by key.
 fn selector_string(s: &BTreeMap<String, String>) -> String {
     s.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
-}
-
-fn selects(selector: &BTreeMap<String, String>, labels: &Labels) -> bool {
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
 /// One server of one Gateway: its hosts and bind address.

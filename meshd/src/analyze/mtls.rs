@@ -23,9 +23,8 @@ fn effective<'a>(pas: &[(&'a Doc, &'a PaObj)], ns: &str, labels: &Labels, port: 
     fn selector(p: &PaObj) -> Option<&Labels> {
         p.spec.selector.as_ref().map(|s| &s.match_labels).filter(|l| !l.is_empty())
     }
-    let workload = pas.iter().find(|(d, p)| {
-        d.namespace == ns && selector(p).is_some_and(|s| s.iter().all(|(k, v)| labels.get(k) == Some(v)))
-    });
+    let workload =
+        pas.iter().find(|(d, p)| d.namespace == ns && selector(p).is_some_and(|s| crate::snapshot::selects(s, labels)));
     if let Some((d, p)) = workload {
         if let Some(m) = p.spec.port_level_mtls.get(&port.to_string()).and_then(|m| set_mode(Some(m))) {
             return Some((d, m));
@@ -85,7 +84,7 @@ pub(crate) fn check(set: &Set<'_>, out: &mut Vec<Message>) {
                 for (_, dep) in set.deployments() {
                     let labels = &dep.spec.template.metadata.labels;
                     let dep_ns = dep.metadata.namespace.as_deref().unwrap_or("default");
-                    if dep_ns != sd.namespace || !svc.spec.selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+                    if dep_ns != sd.namespace || !crate::snapshot::selects(&svc.spec.selector, labels) {
                         continue;
                     }
                     let target = target_port(p.target_port.as_ref(), port, dep);

@@ -34,7 +34,7 @@ use crate::snapshot::ratelimit::Context;
 use crate::snapshot::route::{Decision, HeaderOps, Matched, Target, WeightedTarget};
 use crate::snapshot::{Cluster, LocalReply, SnapshotHandle, Workload};
 use crate::telemetry::accesslog::Record;
-use crate::telemetry::metrics::{DestService, Peer, Reporter, SeriesKey, TcpSeries};
+use crate::telemetry::metrics::TcpSeries;
 use crate::telemetry::trace::SpanContext;
 use crate::telemetry::Telemetry;
 use respond::ResponseFlags;
@@ -210,6 +210,7 @@ impl Role {
             outlier: None,
             destination_rule: None,
             tls_mode: None,
+            external: false,
         };
         Role::Inbound {
             workload: Arc::new(rt.workload.clone()),
@@ -491,21 +492,7 @@ impl Proxy {
         let Some(idx) = crt.pick(cluster, None, None) else { return };
         let ep = crt.endpoints[idx].clone();
         let _active = ActiveGuard::new(&ep);
-        let series = self.telemetry.as_ref().map(|t| {
-            let destination = match snapshot.pods.iter().find(|p| p.name == ep.pod) {
-                Some(p) => Peer::of_pod(p, ep.mtls.is_some()),
-                None => Peer::unknown(),
-            };
-            t.metrics.tcp(SeriesKey {
-                proxy: rt.name.clone(),
-                reporter: Reporter::Source,
-                source: Peer::of_workload(&rt.workload, rt.tls.is_some()),
-                destination,
-                service: DestService::from_fqdn(&cluster.service),
-                protocol: "tcp",
-                mtls: ep.mtls.is_some(),
-            })
-        });
+        let series = self.telemetry.as_ref().map(|t| report::tcp_source(&t.metrics, &snapshot, rt, cluster, &ep));
         let copied = match upstream::dial(&ep, rt.tls.as_ref(), cluster.pool.connect_timeout).await {
             Ok(upstream::Dialed::Plain(mut up)) => {
                 count_open(&series);
@@ -538,7 +525,7 @@ impl Proxy {
             let principal = info.principal.as_deref();
             let req = AuthzRequest {
                 source_principal: principal,
-                source_namespace: principal.and_then(principal_namespace),
+                source_namespace: principal.and_then(crate::security::authz::principal_namespace),
                 source_ip: Some(info.peer.ip()),
                 remote_ip: Some(info.peer.ip()),
                 port: *port,
@@ -553,21 +540,8 @@ impl Proxy {
         let Some(ep) = app.endpoints.first() else { return };
         if let Ok(mut up) = TcpStream::connect(ep.addr).await {
             let _ = up.set_nodelay(true);
-            let series = self.telemetry.as_ref().map(|t| {
-                let source = match info.principal.as_deref() {
-                    Some(p) => Peer { principal: format!("spiffe://{p}"), ..Peer::unknown() },
-                    None => Peer::unknown(),
-                };
-                t.metrics.tcp(SeriesKey {
-                    proxy: rt.name.clone(),
-                    reporter: Reporter::Destination,
-                    source,
-                    destination: Peer::of_workload(workload, rt.tls.is_some()),
-                    service: DestService::unknown(),
-                    protocol: "tcp",
-                    mtls: info.principal.is_some(),
-                })
-            });
+            let series =
+                self.telemetry.as_ref().map(|t| report::tcp_destination(&t.metrics, rt, info.principal.as_deref()));
             count_open(&series);
             let copied = tokio::io::copy_bidirectional(&mut io, &mut up).await;
             count_close(&series, copied);
@@ -703,16 +677,16 @@ impl Proxy {
         let status = resp.status().as_u16();
         let bytes_sent = resp.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
         let flag_text = flags.map_or(std::borrow::Cow::Borrowed("-"), |f| f.flags.clone());
-        let snap = self.snapshot.load();
+        // Label sets are cached; the snapshot is only read to build one the first time.
         let metrics = &tel.metrics;
         let series = match (role, route, upstream.and_then(|u| u.endpoint.as_ref())) {
             (Role::Inbound { series, port, .. }, _, _) => {
                 let caller = caller.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
-                series.get(metrics, &snap, rt, *port, caller, info.principal.is_some())
+                series.get(metrics, &self.snapshot, rt, *port, caller, info.principal.is_some())
             }
-            (_, Some(r), Some(ep)) => report::source(metrics, &snap, rt, &r.cluster, ep),
+            (_, Some(r), Some(ep)) => report::source(metrics, &self.snapshot, rt, &r.cluster, ep),
             (_, Some(r), None) => {
-                let generation = rt.for_snapshot(&snap);
+                let generation = rt.for_snapshot(&self.snapshot.load());
                 match generation.clusters.get(r.cluster.index) {
                     Some(crt) => report::source_no_endpoint(metrics, rt, &r.cluster, &crt.shared),
                     None => report::unrouted(metrics, rt),
@@ -947,7 +921,7 @@ impl Proxy {
             None => policy.timeout,
         };
         // Metadata exchange: the callee's sidecar learns who called (its metrics' source labels).
-        if caller != Caller::Plain && snapshot.services.get(&cluster.service).is_none_or(|s| s.external.is_empty()) {
+        if caller != Caller::Plain && !cluster.external {
             out.headers.insert(PEER_ID.clone(), rt.peer_id.clone());
         }
         let retry = retry_overrides(&policy.retry, &mut out.headers);
@@ -956,10 +930,8 @@ impl Proxy {
         }
         for m in &policy.mirrors {
             if roll(m.percentage) {
-                if let Target::Clusters(by_port) = &m.target {
-                    if let Some((_, c)) = by_port.iter().find(|(p, _)| *p == port).or_else(|| by_port.first()) {
-                        mirror(&generation.clusters[c.index], c.clone(), &out, &authority, rt.tls.clone());
-                    }
+                if let Some(c) = m.target.cluster_for(port) {
+                    mirror(&generation.clusters[c.index], c.clone(), &out, &authority, rt.tls.clone());
                 }
             }
         }
@@ -1110,11 +1082,6 @@ fn count_close(series: &Option<Arc<TcpSeries>>, copied: std::io::Result<(u64, u6
     }
 }
 
-/// The namespace of a principal `cluster.local/ns/<ns>/sa/<sa>`.
-fn principal_namespace(principal: &str) -> Option<&str> {
-    principal.split("/ns/").nth(1)?.split('/').next()
-}
-
 /// Server-side checks in Envoy's filter order: JWT (401 for a bad token), then
 /// AuthorizationPolicy (403 `RBAC: access denied`). Some(response) refuses the request.
 fn admit(
@@ -1156,7 +1123,7 @@ fn admit(
     let principal = info.principal.as_deref();
     let req = AuthzRequest {
         source_principal: principal,
-        source_namespace: principal.and_then(principal_namespace),
+        source_namespace: principal.and_then(crate::security::authz::principal_namespace),
         source_ip: Some(info.peer.ip()),
         remote_ip: xff.or(Some(info.peer.ip())),
         request_principal: auth.as_ref().map(|a| a.principal.as_str()),

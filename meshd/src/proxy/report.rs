@@ -7,24 +7,68 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use super::runtime::{ClusterShared, EndpointRt, ProxyRuntime};
-use crate::snapshot::{Cluster, Snapshot};
-use crate::telemetry::metrics::{DestService, Metrics, Peer, Reporter, Series, SeriesKey};
+use crate::snapshot::{Cluster, Snapshot, SnapshotHandle};
+use crate::telemetry::metrics::{DestService, Metrics, Peer, Reporter, Series, SeriesKey, TcpSeries};
+
+/// A report by `rt` as the caller.
+fn source_key(
+    rt: &ProxyRuntime,
+    destination: Peer,
+    service: DestService,
+    protocol: &'static str,
+    mtls: bool,
+) -> SeriesKey {
+    SeriesKey {
+        proxy: rt.name.clone(),
+        reporter: Reporter::Source,
+        source: Peer::of_workload(&rt.workload, rt.tls.is_some()),
+        destination,
+        service,
+        protocol,
+        mtls,
+    }
+}
+
+/// A report by `rt` as the callee.
+fn destination_key(
+    rt: &ProxyRuntime,
+    source: Peer,
+    service: DestService,
+    protocol: &'static str,
+    mtls: bool,
+) -> SeriesKey {
+    SeriesKey {
+        proxy: rt.name.clone(),
+        reporter: Reporter::Destination,
+        source,
+        destination: Peer::of_workload(&rt.workload, rt.tls.is_some()),
+        service,
+        protocol,
+        mtls,
+    }
+}
+
+/// The labels of the pod behind an endpoint; unknown outside the mesh.
+fn endpoint_peer(snap: &Snapshot, ep: &EndpointRt) -> Peer {
+    match snap.pods.iter().find(|p| p.name == ep.pod) {
+        Some(p) => Peer::of_pod(p, ep.mtls.is_some()),
+        None => Peer::unknown(),
+    }
+}
 
 /// The caller's (source) report of a request sent to `ep` of `cluster`.
 pub fn source(
     metrics: &Metrics,
-    snap: &Snapshot,
+    snapshots: &SnapshotHandle,
     rt: &ProxyRuntime,
     cluster: &Cluster,
     ep: &EndpointRt,
 ) -> Arc<Series> {
     ep.series
         .get_or_init(|| {
-            let destination = match snap.pods.iter().find(|p| p.name == ep.pod) {
-                Some(p) => Peer::of_pod(p, ep.mtls.is_some()),
-                None => Peer::unknown(),
-            };
-            metrics.http(key(rt, cluster, destination, ep.mtls.is_some()))
+            let destination = endpoint_peer(&snapshots.load(), ep);
+            let service = DestService::from_fqdn(&cluster.service);
+            metrics.http(source_key(rt, destination, service, "http", ep.mtls.is_some()))
         })
         .clone()
 }
@@ -36,36 +80,40 @@ pub fn source_no_endpoint(
     cluster: &Cluster,
     shared: &ClusterShared,
 ) -> Arc<Series> {
-    shared.series.get_or_init(|| metrics.http(key(rt, cluster, Peer::unknown(), false))).clone()
+    shared
+        .series
+        .get_or_init(|| {
+            metrics.http(source_key(rt, Peer::unknown(), DestService::from_fqdn(&cluster.service), "http", false))
+        })
+        .clone()
 }
 
 /// The caller's report of a request no route took (NR, NC, local replies before routing).
 pub fn unrouted(metrics: &Metrics, rt: &ProxyRuntime) -> Arc<Series> {
     rt.unrouted
-        .get_or_init(|| {
-            metrics.http(SeriesKey {
-                proxy: rt.name.clone(),
-                reporter: Reporter::Source,
-                source: Peer::of_workload(&rt.workload, rt.tls.is_some()),
-                destination: Peer::unknown(),
-                service: DestService::unknown(),
-                protocol: "http",
-                mtls: false,
-            })
-        })
+        .get_or_init(|| metrics.http(source_key(rt, Peer::unknown(), DestService::unknown(), "http", false)))
         .clone()
 }
 
-fn key(rt: &ProxyRuntime, cluster: &Cluster, destination: Peer, mtls: bool) -> SeriesKey {
-    SeriesKey {
-        proxy: rt.name.clone(),
-        reporter: Reporter::Source,
-        source: Peer::of_workload(&rt.workload, rt.tls.is_some()),
-        destination,
-        service: DestService::from_fqdn(&cluster.service),
-        protocol: "http",
-        mtls,
-    }
+/// The gateway's report of a TCP connection to `ep` of `cluster` (once per connection).
+pub fn tcp_source(
+    metrics: &Metrics,
+    snap: &Snapshot,
+    rt: &ProxyRuntime,
+    cluster: &Cluster,
+    ep: &EndpointRt,
+) -> Arc<TcpSeries> {
+    let service = DestService::from_fqdn(&cluster.service);
+    metrics.tcp(source_key(rt, endpoint_peer(snap, ep), service, "tcp", ep.mtls.is_some()))
+}
+
+/// An inbound sidecar's report of a TCP connection; the caller is known by its mTLS principal only.
+pub fn tcp_destination(metrics: &Metrics, rt: &ProxyRuntime, principal: Option<&str>) -> Arc<TcpSeries> {
+    let source = match principal {
+        Some(p) => Peer { principal: format!("spiffe://{p}"), ..Peer::unknown() },
+        None => Peer::unknown(),
+    };
+    metrics.tcp(destination_key(rt, source, DestService::unknown(), "tcp", principal.is_some()))
 }
 
 /// Callers seen at one port (node id, over mTLS) and their label sets; a handful, scanned in order.
@@ -83,7 +131,7 @@ impl InboundSeries {
     pub fn get(
         &self,
         metrics: &Metrics,
-        snap: &Snapshot,
+        snapshots: &SnapshotHandle,
         rt: &ProxyRuntime,
         port: u16,
         caller: &str,
@@ -98,7 +146,7 @@ impl InboundSeries {
         if let Some(s) = lookup(&current) {
             return s;
         }
-        let s = metrics.http(inbound_key(snap, rt, port, caller, mtls));
+        let s = metrics.http(inbound_key(&snapshots.load(), rt, port, caller, mtls));
         let mut next = (*current).clone();
         next.push((caller.into(), mtls, s.clone()));
         self.by_caller.store(Arc::new(next));
@@ -125,25 +173,15 @@ fn inbound_key(snap: &Snapshot, rt: &ProxyRuntime, port: u16, caller: &str, mtls
     };
     let w = &rt.workload;
     let service = snap
-        .services
-        .values()
-        .filter(|s| s.namespace == w.namespace && !s.selector.is_empty())
-        .filter(|s| s.selector.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
-        .find(|s| {
-            let pod = snap.pods.iter().find(|p| p.name == w.name);
-            s.ports.iter().any(|sp| pod.and_then(|p| p.resolve_port(&sp.target_port)) == Some(port))
+        .pods
+        .iter()
+        .find(|p| p.name == w.name)
+        .and_then(|pod| {
+            snap.services_of(pod).find(|s| s.ports.iter().any(|sp| pod.resolve_port(&sp.target_port) == Some(port)))
         })
         .map(|s| DestService::from_fqdn(&s.fqdn))
         .unwrap_or_else(DestService::unknown);
-    SeriesKey {
-        proxy: rt.name.clone(),
-        reporter: Reporter::Destination,
-        source,
-        destination: Peer::of_workload(w, rt.tls.is_some()),
-        service,
-        protocol: "http",
-        mtls,
-    }
+    destination_key(rt, source, service, "http", mtls)
 }
 
 #[cfg(test)]

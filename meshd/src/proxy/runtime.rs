@@ -600,6 +600,7 @@ mod tests {
             outlier,
             destination_rule: None,
             tls_mode: None,
+            external: false,
         };
         (c, rt)
     }

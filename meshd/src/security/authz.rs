@@ -780,7 +780,7 @@ struct CompiledPolicy {
 impl CompiledPolicy {
     fn applies(&self, t: &Target<'_>) -> bool {
         (self.namespace == ROOT_NAMESPACE || self.namespace == t.namespace)
-            && self.selector.iter().all(|(k, v)| t.labels.get(k) == Some(v))
+            && crate::snapshot::selects(&self.selector, t.labels)
     }
 
     /// Envoy's RBAC policy name for one rule of this policy.
@@ -891,6 +891,11 @@ impl AuthzTable {
     pub fn applies_to(&self, target: &Target<'_>) -> bool {
         self.policies.iter().any(|p| matches!(p.act, Act::Allow | Act::Deny) && p.applies(target))
     }
+}
+
+/// The namespace of a principal `cluster.local/ns/<ns>/sa/<sa>`.
+pub fn principal_namespace(principal: &str) -> Option<&str> {
+    principal.split("/ns/").nth(1)?.split('/').next()
 }
 
 #[cfg(test)]

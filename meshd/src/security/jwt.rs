@@ -186,7 +186,7 @@ impl JwtTable {
         self.policies
             .iter()
             .filter(move |p| p.namespace == namespace || p.namespace == ROOT_NAMESPACE)
-            .filter(move |p| p.selector.as_ref().is_none_or(|s| s.iter().all(|(k, v)| labels.get(k) == Some(v))))
+            .filter(move |p| p.selector.as_ref().is_none_or(|s| crate::snapshot::selects(s, labels)))
             .flat_map(|p| p.rules.iter())
     }
 

@@ -16,6 +16,17 @@ pub enum MtlsMode {
     Strict,
 }
 
+impl MtlsMode {
+    /// The mode as PeerAuthentication writes it: `STRICT`, `PERMISSIVE`, `DISABLE`.
+    pub fn name(self) -> &'static str {
+        match self {
+            MtlsMode::Disable => "DISABLE",
+            MtlsMode::Permissive => "PERMISSIVE",
+            MtlsMode::Strict => "STRICT",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Policy {
     namespace: String,
@@ -72,8 +83,7 @@ impl PeerAuthTable {
     /// The mode on container `port` of a workload in `namespace` with `labels`.
     pub fn mode(&self, namespace: &str, labels: &Labels, port: u16) -> MtlsMode {
         let workload = self.policies.iter().find(|p| {
-            p.namespace == namespace
-                && p.selector.as_ref().is_some_and(|s| s.iter().all(|(k, v)| labels.get(k) == Some(v)))
+            p.namespace == namespace && p.selector.as_ref().is_some_and(|s| crate::snapshot::selects(s, labels))
         });
         if let Some(w) = workload {
             if let Some(m) = w.ports.iter().find(|(p, _)| *p == port).and_then(|(_, m)| *m) {

@@ -229,7 +229,7 @@ fn cluster_for(
         .pods
         .iter()
         .filter(|p| p.namespace == svc.namespace && !svc.selector.is_empty())
-        .filter(|p| labels.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
+        .filter(|p| super::selects(&labels, &p.labels))
         .filter_map(|p| {
             let target = p.resolve_port(&svc_port.target_port)?;
             let addr = *p.inbound.get(&target)?;
@@ -262,7 +262,7 @@ fn cluster_for(
         }
         _ => None,
     };
-    for e in svc.external.iter().filter(|e| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v))) {
+    for e in svc.external.iter().filter(|e| super::selects(&labels, &e.labels)) {
         let port = e.ports.get(&svc_port.name).copied().unwrap_or(match &svc_port.target_port {
             TargetPort::Number(n) => *n,
             TargetPort::Name(_) => port,
@@ -302,6 +302,7 @@ fn cluster_for(
             }
             .to_string()
         }),
+        external: !svc.external.is_empty(),
     });
     ctx.clusters.insert(name, cluster.clone());
     Ok(cluster)
@@ -1015,7 +1016,7 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
     let mut tls_servers = Vec::new();
     let mut tcp_servers = Vec::new();
     for (gw, origin) in &gateways {
-        let selects = gw.spec.selector.iter().all(|(k, v)| gw_labels.get(k) == Some(v));
+        let selects = super::selects(&gw.spec.selector, &gw_labels);
         if !selects {
             continue;
         }

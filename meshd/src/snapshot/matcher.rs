@@ -173,7 +173,7 @@ impl RequestMatch {
                 _ => return Some(Mismatch::Query(name)),
             }
         }
-        if !self.source_labels.iter().all(|(k, v)| src.labels.get(k) == Some(v)) {
+        if !super::selects(&self.source_labels, src.labels) {
             return Some(Mismatch::SourceLabels);
         }
         if self.source_namespace.as_ref().is_some_and(|ns| ns != src.namespace) {

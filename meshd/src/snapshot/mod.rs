@@ -32,6 +32,11 @@ pub const ROOT_NAMESPACE: &str = "istio-system";
 /// Labels of a workload.
 pub type Labels = BTreeMap<String, String>;
 
+/// Whether `labels` carry every `key=value` of `selector` (an empty selector selects all).
+pub fn selects(selector: &Labels, labels: &Labels) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
 /// A Kubernetes Service, resolved.
 #[derive(Debug)]
 pub struct Service {
@@ -112,6 +117,24 @@ pub struct PodInfo {
     pub sidecar: bool,
 }
 
+impl Snapshot {
+    /// The pod `name` names: exactly, else by its Deployment, else as a prefix of a pod name.
+    pub fn find_pod(&self, name: &str) -> Option<&PodInfo> {
+        let pods = &self.pods;
+        pods.iter()
+            .find(|p| p.name == name)
+            .or_else(|| pods.iter().find(|p| p.workload == name))
+            .or_else(|| pods.iter().find(|p| p.name.starts_with(name)))
+    }
+
+    /// The Kubernetes Services that select `pod`.
+    pub fn services_of<'s>(&'s self, pod: &'s PodInfo) -> impl Iterator<Item = &'s Arc<Service>> + 's {
+        self.services.values().filter(move |s| {
+            s.namespace == pod.namespace && !s.selector.is_empty() && selects(&s.selector, &pod.labels)
+        })
+    }
+}
+
 impl PodInfo {
     /// Resolves a Service targetPort against this pod's containers.
     pub fn resolve_port(&self, target: &TargetPort) -> Option<u16> {
@@ -164,6 +187,8 @@ pub struct Cluster {
     pub destination_rule: Option<String>,
     /// The DestinationRule's `tls.mode` (None: auto mTLS).
     pub tls_mode: Option<String>,
+    /// A ServiceEntry's hosts, outside the mesh: no metadata exchange with them.
+    pub external: bool,
 }
 
 /// A workload as the proxies see it: who is calling.

@@ -54,7 +54,7 @@ impl LocalRateLimit {
     pub fn applies(&self, w: &Workload, ctx: Context) -> bool {
         (self.context == Context::Any || self.context == ctx)
             && (self.namespace == ROOT_NAMESPACE || self.namespace == w.namespace)
-            && self.selector.iter().all(|(k, v)| w.labels.get(k) == Some(v))
+            && super::selects(&self.selector, &w.labels)
     }
 }
 

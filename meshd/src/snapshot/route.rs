@@ -135,6 +135,18 @@ pub enum Target {
     Missing(String),
 }
 
+impl Target {
+    /// The cluster a request to `port` goes to: the one for that port, else the first.
+    pub fn cluster_for(&self, port: u16) -> Option<&Arc<Cluster>> {
+        match self {
+            Target::Clusters(by_port) => {
+                by_port.iter().find(|(p, _)| *p == port).or_else(|| by_port.first()).map(|(_, c)| c)
+            }
+            Target::Missing(_) => None,
+        }
+    }
+}
+
 /// What a matched route does.
 #[derive(Debug, Clone)]
 pub enum RouteAction {
@@ -426,16 +438,9 @@ pub fn decide<'s>(routes: &'s [HttpRoute], req: &RequestView<'_>, src: &SourceVi
             let Some(target) = pick_weighted(targets, *total, roll) else {
                 return Decision::Reply(LocalReply::NoCluster);
             };
-            match &target.target {
-                Target::Missing(_) => Decision::Reply(LocalReply::NoCluster),
-                Target::Clusters(by_port) => {
-                    let cluster =
-                        by_port.iter().find(|(p, _)| *p == req.port).or_else(|| by_port.first()).map(|(_, c)| c);
-                    match cluster {
-                        Some(cluster) => Decision::Forward { matched, target, cluster },
-                        None => Decision::Reply(LocalReply::NoCluster),
-                    }
-                }
+            match target.target.cluster_for(req.port) {
+                Some(cluster) => Decision::Forward { matched, target, cluster },
+                None => Decision::Reply(LocalReply::NoCluster),
             }
         }
         RouteAction::Redirect(r) => {
@@ -499,6 +504,7 @@ mod tests {
             outlier: None,
             destination_rule: None,
             tls_mode: None,
+            external: false,
         })
     }
 

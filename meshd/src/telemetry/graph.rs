@@ -89,7 +89,7 @@ struct EdgeAcc {
     totals: Totals,
     mtls: bool,
     cum: [u64; BUCKETS.len() + 1],
-    source: Peer,
+    source: Node,
     target: Node,
 }
 
@@ -146,7 +146,7 @@ fn add(out: &mut BTreeMap<EdgeKey, EdgeAcc>, s: &Series) {
         totals: Totals::default(),
         mtls: false,
         cum: [0; BUCKETS.len() + 1],
-        source: k.source.clone(),
+        source,
         target,
     });
     acc.mtls |= k.mtls;
@@ -193,9 +193,8 @@ impl Graph {
                 (0, all) => acc.totals.errors as f64 / all as f64,
                 (n, _) => d_err as f64 / n as f64,
             };
-            let source = node_of(&acc.source, "unknown", "unknown");
-            nodes.entry(source.id.clone()).or_insert(source);
-            nodes.entry(acc.target.id.clone()).or_insert_with(|| acc.target.clone());
+            nodes.entry(acc.source.id.clone()).or_insert(acc.source);
+            nodes.entry(acc.target.id.clone()).or_insert(acc.target);
             out.push(Edge {
                 source: key.0,
                 target: key.1,

@@ -193,13 +193,11 @@ pub struct DestService {
 impl DestService {
     /// A service named by its FQDN (`name.namespace.svc...`, or an external host).
     pub fn from_fqdn(fqdn: &str) -> DestService {
-        let mut parts = fqdn.split('.');
-        let name = parts.next().unwrap_or(UNKNOWN).to_string();
-        let namespace = match fqdn.contains(".svc.") {
-            true => parts.next().unwrap_or(UNKNOWN).to_string(),
-            false => UNKNOWN.to_string(),
+        // A Kubernetes service is `name.namespace.svc...`; an external host names itself.
+        let (name, namespace) = match fqdn.split_once(".svc.").and_then(|(head, _)| head.split_once('.')) {
+            Some((name, ns)) => (name.to_string(), ns.to_string()),
+            None => (fqdn.to_string(), UNKNOWN.to_string()),
         };
-        let name = if fqdn.contains(".svc.") { name } else { fqdn.to_string() };
         DestService { fqdn: fqdn.to_string(), name, namespace }
     }
 
