@@ -127,7 +127,7 @@ def main():
         shutil.copy(os.path.join(SAMPLES, rel), cfg)
     with open(os.path.join(cfg, "backend.yaml"), "w") as f:
         f.write(DIRECT_APP)
-    env = dict(os.environ, MESHD_THREADS=THREADS)
+    env = dict(os.environ, MESHD_THREADS=THREADS, MESHD_APP_THREADS=THREADS)
     meshd = subprocess.Popen([BIN, "up", cfg, "--gateway", "127.0.0.1:0", "--gateway-tls", "127.0.0.1:0",
                               "--admin", "127.0.0.1:0", "--proxy", "127.0.0.1:0"],
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)

@@ -19,6 +19,7 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.thread_name("meshd-proxy");
     // Benchmarks match worker threads with the reference proxy.
     if let Some(n) = std::env::var("MESHD_THREADS").ok().and_then(|v| v.parse().ok()) {
         builder.worker_threads(n);

@@ -5,7 +5,7 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use tokio::net::TcpListener;
@@ -21,6 +21,27 @@ const NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
 /// How long a removed pod keeps serving requests already in flight.
 const DRAIN: Duration = Duration::from_secs(10);
+
+/// The demo apps stand for other containers: they run on their own threads so that a busy app
+/// never delays a proxy and each side's CPU can be told apart (threads `meshd-app` and
+/// `meshd-proxy`). `MESHD_APP_THREADS` sets how many; the default is one per core.
+fn apps() -> &'static tokio::runtime::Runtime {
+    static APPS: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    APPS.get_or_init(|| {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if let Some(n) = std::env::var("MESHD_APP_THREADS").ok().and_then(|v| v.parse().ok()) {
+            b.worker_threads(n);
+        }
+        b.thread_name("meshd-app").enable_all().build().expect("the demo apps' runtime starts")
+    })
+}
+
+/// Binds an app's listener; it is registered with the apps' runtime when the app starts.
+fn bind_app() -> std::io::Result<std::net::TcpListener> {
+    let l = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
 
 /// A pod the config asks for.
 #[derive(Debug, Clone)]
@@ -244,19 +265,24 @@ async fn start_pod(template: &PodTemplate, proxy: &Proxy, log: &crate::logs::Log
         if ports.is_empty() {
             // A client such as sleep: it runs, but serves nothing.
             let env = app_env.clone();
-            let listener = bind().await?;
-            pod.tasks.push(tokio::spawn(async move {
+            let listener = bind_app()?;
+            pod.tasks.push(apps().spawn(async move {
+                let Ok(listener) = TcpListener::from_std(listener) else { return };
                 let _ = demo_apps::serve(env, 0, listener).await;
             }));
         }
         for port in ports {
-            let app_listener = bind().await?;
+            let app_listener = bind_app()?;
             let app_addr = app_listener.local_addr()?;
             pod.app_addrs.insert(port, app_addr);
             let env = app_env.clone();
             let pod_name = name.clone();
-            pod.tasks.push(tokio::spawn(async move {
-                if let Err(e) = demo_apps::serve(env, port, app_listener).await {
+            pod.tasks.push(apps().spawn(async move {
+                let served = match TcpListener::from_std(app_listener) {
+                    Ok(l) => demo_apps::serve(env, port, l).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = served {
                     tracing::warn!(pod = %pod_name, error = %e, "app stopped");
                 }
             }));
