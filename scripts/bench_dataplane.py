@@ -1,29 +1,30 @@
 #!/usr/bin/env python3
-"""Data-plane benchmark: the same backend reached directly, through nginx, through
-meshd's gateway (one hop), through a meshd sidecar pair with mTLS, and Bookinfo's
-/productpage. Closed-loop throughput with wrk, and latency percentiles plus CPU at a
-fixed 1000 rps with `meshd load` (fortio-style, paced per connection). Loopback only.
+"""Data-plane benchmark: the same backend reached directly, through nginx, through meshd's
+gateway (one hop), through a meshd sidecar pair with mTLS (the Istio sidecar-pair path), and
+Bookinfo's /productpage. For each path: closed-loop throughput (wrk), then open-loop latency
+at a fixed 1000 rps with latency correction (oha -q), the proxies' CPU at that rate, and the
+share of upstream requests on a reused connection. Loopback only, bounded in time.
 
-The backend is the httpbin demo app inside meshd (a pod without a sidecar), so every
-configuration hits the same code in the same process; meshd's CPU in the direct run is
-the backend's cost, and the difference in the other runs is the proxies' cost.
+The backend is meshd's httpbin demo app (a pod without a sidecar). Demo apps run on their own
+threads (`meshd-app`), proxies on theirs (`meshd-proxy`): both get THREADS threads, as nginx
+gets THREADS workers, so every proxy under test has the same CPU budget and the backend is
+the same in every row.
+
+`--profile ROW` (1-based row number) records the proxies' threads with perf during that row's
+wrk run and prints the hottest symbols instead of the table.
 """
-import json
+import argparse
 import os
-import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.environ.get("MESHD_BIN", os.path.join(ROOT, "target", "release", "meshd"))
-SAMPLES = os.path.join(ROOT, "..", "shared", "istio-samples")
-DUR = os.environ.get("DURATION", "5")
+import benchlib as b
+
+DUR = int(os.environ.get("DURATION", "5"))
 THREADS = os.environ.get("THREADS", "1")
-HZ = os.sysconf("SC_CLK_TCK")
 
 DIRECT_APP = """apiVersion: apps/v1
 kind: Deployment
@@ -72,79 +73,7 @@ spec:
   - route: [{destination: {host: backend, port: {number: 8000}}}]
 """
 
-
-def cpu_ticks(pids):
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        except OSError:
-            pass
-    return total
-
-
-def wrk(url, host=None):
-    cmd = ["wrk", "-t", THREADS, "-c", "16", "-d", f"{DUR}s", url]
-    if host:
-        cmd[1:1] = ["-H", f"Host: {host}"]
-    out = subprocess.run(cmd, capture_output=True, text=True).stdout
-    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    return float(m.group(1)) if m else 0.0
-
-
-def latency(via, url, host, pids):
-    cmd = [BIN, "load", "--via", via, "-qps", "1000", "-c", "8", "-t", f"{DUR}s", "-loglevel", "Error"]
-    if host:
-        cmd += ["-H", f"Host: {host}"]
-    cmd.append(url)
-    before, t0 = cpu_ticks(pids), time.time()
-    out = subprocess.run(cmd, capture_output=True, text=True).stderr
-    secs = time.time() - t0
-    cpu = (cpu_ticks(pids) - before) / HZ / secs
-    pct = {}
-    for p in ("50", "90", "99"):
-        m = re.search(rf"# target {p}% ([\d.e-]+)", out)
-        pct[p] = float(m.group(1)) * 1000 if m else float("nan")
-    m = re.search(r"All done \d+ calls .* ([\d.]+) qps", out)
-    qps = float(m.group(1)) if m else 0.0
-    codes = re.findall(r"^Code (\s*-?\d+) : (\d+)", out, re.M)
-    return pct, cpu, qps, codes
-
-
-def main():
-    for tool in ("wrk", "nginx"):
-        if not shutil.which(tool):
-            subprocess.run(["apt-get", "install", "-y", "nginx-light", "wrk"], check=False, capture_output=True)
-    if not os.path.exists(BIN):
-        sys.exit(f"{BIN} missing: cargo build --release -p meshd")
-    work = tempfile.mkdtemp(prefix="meshd-bench-")
-    cfg = os.path.join(work, "mesh")
-    os.makedirs(cfg)
-    for rel in ("httpbin/httpbin.yaml", "httpbin/sample-client/fortio-deploy.yaml",
-                "bookinfo/platform/kube/bookinfo.yaml", "bookinfo/networking/bookinfo-gateway.yaml"):
-        shutil.copy(os.path.join(SAMPLES, rel), cfg)
-    with open(os.path.join(cfg, "backend.yaml"), "w") as f:
-        f.write(DIRECT_APP)
-    env = dict(os.environ, MESHD_THREADS=THREADS, MESHD_APP_THREADS=THREADS)
-    meshd = subprocess.Popen([BIN, "up", cfg, "--gateway", "127.0.0.1:0", "--gateway-tls", "127.0.0.1:0",
-                              "--admin", "127.0.0.1:0", "--proxy", "127.0.0.1:0"],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-    nginx = None
-    try:
-        for line in meshd.stdout:
-            if "meshd: ready:" in line:
-                ready = line
-                break
-        gw = re.search(r"gateway http://(\S+)", ready).group(1)
-        admin = re.search(r"admin http://(\S+)", ready).group(1)
-        proxy = re.search(r"proxy http://(\S+)", ready).group(1)
-        pods = json.load(urllib.request.urlopen(f"http://{admin}/meshd/pods"))
-        backend = next(p for p in pods if p["name"].startswith("backend-"))["apps"][0].split("->")[1]
-        conf = os.path.join(work, "nginx.conf")
-        with open(conf, "w") as f:
-            f.write(f"""worker_processes {THREADS};
+NGINX = """worker_processes {threads};
 pid {work}/nginx.pid;
 error_log {work}/nginx-error.log;
 events {{ worker_connections 1024; }}
@@ -156,41 +85,109 @@ http {{
     location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }}
   }}
 }}
-""")
+"""
+
+
+def mesh_folder(work):
+    cfg = os.path.join(work, "mesh")
+    os.makedirs(cfg)
+    for rel in ("httpbin/httpbin.yaml", "httpbin/sample-client/fortio-deploy.yaml",
+                "bookinfo/platform/kube/bookinfo.yaml", "bookinfo/networking/bookinfo-gateway.yaml"):
+        shutil.copy(os.path.join(b.SAMPLES, rel), cfg)
+    with open(os.path.join(cfg, "backend.yaml"), "w") as f:
+        f.write(DIRECT_APP)
+    return cfg
+
+
+def profile(mesh, addr, host, path):
+    tids = [t for t in os.listdir(f"/proc/{mesh.pid}/task")
+            if open(f"/proc/{mesh.pid}/task/{t}/comm").read().startswith("meshd-proxy")]
+    data = "/tmp/meshd-perf.data"
+    rec = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "1500", "--call-graph", "dwarf,32768", "-o", data, "-t", ",".join(tids)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rps, _ = b.wrk(f"http://{addr}{path}", host, DUR, threads=int(THREADS))
+    rec.send_signal(2)
+    rec.wait()
+    print(f"# {rps:,.0f} rps under perf; hottest symbols of the meshd-proxy threads (self time)\n")
+    out = subprocess.run(["perf", "report", "-i", data, "--no-children", "--stdio", "-g", "none",
+                          "--percent-limit", "0.7", "--sort", "symbol"], capture_output=True, text=True).stdout
+    print("\n".join(line for line in out.splitlines() if line and not line.startswith("#")))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--profile", type=int, help="profile one row (1-based) with perf instead of the table")
+    args = ap.parse_args()
+    b.ensure_tools(oha=not args.profile)
+    work = tempfile.mkdtemp(prefix="meshd-bench-")
+    env = {"MESHD_THREADS": THREADS, "MESHD_APP_THREADS": THREADS}
+    mesh = b.Mesh(mesh_folder(work), env)
+    nginx = None
+    try:
+        backend = mesh.pod_addr("backend-")
+        conf = os.path.join(work, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(NGINX.format(threads=THREADS, work=work, backend=backend))
         nginx = subprocess.Popen(["nginx", "-c", conf, "-g", "daemon off;"], stderr=subprocess.DEVNULL)
         time.sleep(0.5)
-        nginx_pids = [int(p) for p in subprocess.run(["pgrep", "-P", str(nginx.pid)], capture_output=True, text=True).stdout.split()] + [nginx.pid]
-        # Warm up every path (connections, certificates).
-        for via, host, path in ((gw, "bench.one", "/get"), (proxy, "httpbin:8000", "/get"), (gw, None, "/productpage")):
+        nginx_pids = [int(p) for p in subprocess.run(["pgrep", "-P", str(nginx.pid)], capture_output=True,
+                                                     text=True).stdout.split()]
+        # Warm every path (connections, certificates).
+        for via, host, path in ((mesh.gateway, "bench.one", "/get"), (mesh.proxy, "httpbin:8000", "/get"),
+                                (mesh.gateway, None, "/productpage")):
             req = urllib.request.Request(f"http://{via}{path}", headers={"Host": host} if host else {})
             urllib.request.urlopen(req).read()
-        rows = [
-            ("direct (backend)", backend, None, "/get", [meshd.pid]),
-            ("nginx, 1 hop", "127.0.0.1:18081", None, "/get", nginx_pids + [meshd.pid]),
-            ("meshd gateway, 1 hop", gw, "bench.one", "/get", [meshd.pid]),
-            ("meshd sidecar pair, mTLS", proxy, "httpbin:8000", "/get", [meshd.pid]),
-            ("Bookinfo /productpage via gateway", gw, None, "/productpage", [meshd.pid]),
+        proxies = [(mesh.pid, "meshd-proxy")]
+        rows = [  # name, address, Host, path, proxy threads, hops
+            ("direct (backend)", backend, None, "/get", [], 0),
+            ("nginx, 1 hop", "127.0.0.1:18081", None, "/get", [(p, None) for p in nginx_pids], 1),
+            ("meshd gateway, 1 hop", mesh.gateway, "bench.one", "/get", proxies, 1),
+            ("meshd sidecar pair, mTLS", mesh.proxy, "httpbin:8000", "/get", proxies, 2),
+            ("Bookinfo /productpage via gateway", mesh.gateway, None, "/productpage", proxies, 0),
         ]
+        if args.profile:
+            name, addr, host, path, _, _ = rows[args.profile - 1]
+            print(f"## {name}")
+            profile(mesh, addr, host, path)
+            return
         results = []
-        for name, addr, host, path, pids in rows:
-            rps = wrk(f"http://{addr}{path}", host)
-            pct, cpu, qps, codes = latency(addr, f"http://{host or addr}{path}", host, pids)
-            results.append((name, rps, pct, cpu, qps, codes))
-        base = results[0]
-        print(f"# Data plane, {THREADS} worker thread(s) each, wrk -c16 {DUR}s, latency at 1000 rps over {DUR}s ({os.cpu_count()} cores)\n")
-        print("| path | throughput (rps) | / direct | p50 ms | p90 ms | p99 ms | added p50 / p90 / p99 ms | CPU cores at 1000 rps | codes |")
-        print("|---|---|---|---|---|---|---|---|---|")
-        for name, rps, pct, cpu, qps, codes in results:
-            added = " / ".join(f"{pct[p] - base[2][p]:+.3f}" for p in ("50", "90", "99"))
-            code_s = ", ".join(f"{c.strip()}: {n}" for c, n in codes)
-            print(f"| {name} | {rps:,.0f} | {rps / base[1]:.2f} | {pct['50']:.3f} | {pct['90']:.3f} | {pct['99']:.3f} | {added} | {cpu:.3f} | {code_s} |")
-        print("\nCPU is the measured processes' user+system time (meshd runs the backend too: the direct row is the backend's own cost).")
+        for name, addr, host, path, threads, hops in rows:
+            before = mesh.stats()
+            rps, non2xx = b.wrk(f"http://{addr}{path}", host, DUR, threads=int(THREADS))
+            after = mesh.stats()
+            rq = after.get("upstream_rq_total", 0) - before.get("upstream_rq_total", 0)
+            cx = after.get("upstream_cx_total", 0) - before.get("upstream_cx_total", 0)
+            reuse = (rq - cx) / rq * 100 if rq and threads and threads[0][0] == mesh.pid else None
+            cpu = b.CpuMeter({"proxy": threads, "app": [(mesh.pid, "meshd-app")]})
+            pct, qps, codes, errors = b.oha(f"http://{addr}{path}", host, 1000, DUR)
+            used = cpu.cores()
+            results.append(dict(name=name, rps=rps, pct=pct, qps=qps, codes=codes, errors=errors + non2xx,
+                                proxy=used["proxy"], app=used["app"], hops=hops, reuse=reuse))
+        report(results)
     finally:
         if nginx:
             nginx.terminate()
-        meshd.terminate()
-        meshd.wait()
+        mesh.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def report(results):
+    base = results[0]
+    print(f"# Data plane: {THREADS} thread(s) per proxy and for the apps, wrk -t{THREADS} -c16 {DUR}s; "
+          f"oha -q 1000 -c 8 --latency-correction {DUR}s ({os.cpu_count()} cores)\n")
+    print("| path | throughput (rps) | / direct | p50 ms | p90 ms | p99 ms | added p50 / p90 / p99 ms "
+          "| proxy CPU at 1000 rps (cores) | per hop | upstream reuse | failed |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        added = " / ".join(f"{r['pct'][p] - base['pct'][p]:+.3f}" for p in ("50", "90", "99"))
+        per_hop = f"{r['proxy'] / r['hops'] * 1000 / max(r['qps'], 1):.3f}" if r["hops"] else "—"
+        reuse = f"{r['reuse']:.2f} %" if r["reuse"] is not None else "—"
+        print(f"| {r['name']} | {r['rps']:,.0f} | {r['rps'] / base['rps']:.2f} | {r['pct']['50']:.3f} | "
+              f"{r['pct']['90']:.3f} | {r['pct']['99']:.3f} | {added} | {r['proxy']:.3f} | {per_hop} | {reuse} | "
+              f"{r['errors'] + sum(n for c, n in r['codes'].items() if c != '200')} |")
+    print("\nproxy CPU: the proxies' threads only (meshd-proxy; nginx's workers), user+system, during the "
+          "1000 rps run; per hop: that, per 1000 rps, divided by the proxies on the path (not given for "
+          "Bookinfo, whose path length depends on the reviews version). Apps' threads (the backend) are measured apart and not counted.")
 
 
 if __name__ == "__main__":

@@ -1,23 +1,57 @@
-//! Per-pod app logs, kept in memory (bounded) for `meshd logs`. Each pod's
-//! apps write to their own buffer: no lock is shared between pods.
+//! Per-pod app logs and per-proxy access logs, kept in memory (bounded) for
+//! `meshd logs`. Each pod's apps write to their own buffer: no lock is shared
+//! between pods. Access-log entries are kept as they are and formatted when read.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+
+use crate::telemetry::accesslog::Entry;
 
 /// How many lines each pod keeps.
 const KEEP: usize = 1000;
 
 type Buffer = Arc<Mutex<VecDeque<String>>>;
 
-/// Log lines of every pod's apps.
+/// One proxy's last requests, and how its lines are encoded.
+#[derive(Debug, Default)]
+pub struct AccessLog {
+    json: bool,
+    entries: Mutex<VecDeque<Arc<Entry>>>,
+}
+
+impl AccessLog {
+    /// Keeps `e`, forgetting the oldest entry when full.
+    pub fn push(&self, e: Arc<Entry>) {
+        let mut q = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() == KEEP {
+            q.pop_front();
+        }
+        q.push_back(e);
+    }
+
+    fn lines(&self) -> Vec<String> {
+        let q = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        q.iter().map(|e| if self.json { e.json() } else { e.text() }).collect()
+    }
+}
+
+/// Log lines of every pod's apps, and every proxy's access log.
 #[derive(Debug, Clone, Default)]
-pub struct Logs(Arc<Mutex<HashMap<String, Buffer>>>);
+pub struct Logs {
+    apps: Arc<Mutex<HashMap<String, Buffer>>>,
+    access: Arc<Mutex<HashMap<String, Arc<AccessLog>>>>,
+}
+
+/// The log name of a proxy's access log: its pod's `istio-proxy` container.
+fn access_name(proxy: &str) -> String {
+    format!("{proxy}/istio-proxy")
+}
 
 impl Logs {
     /// A sink for the apps of `pod` (taken once, when the pod starts).
     pub fn sink(&self, pod: &str) -> demo_apps::LogSink {
         let buffer: Buffer =
-            self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(pod.to_string()).or_default().clone();
+            self.apps.lock().unwrap_or_else(|e| e.into_inner()).entry(pod.to_string()).or_default().clone();
         let pod = pod.to_string();
         Arc::new(move |line: &str| {
             tracing::debug!(target: "app", pod = %pod, "{line}");
@@ -29,14 +63,26 @@ impl Logs {
         })
     }
 
-    /// The lines of `pod`, oldest first.
+    /// The access log of `proxy` (taken once per proxy by the telemetry task).
+    pub fn access_log(&self, proxy: &str, json: bool) -> Arc<AccessLog> {
+        let mut map = self.access.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(access_name(proxy))
+            .or_insert_with(|| Arc::new(AccessLog { json, entries: Default::default() }))
+            .clone()
+    }
+
+    /// The lines of `pod` (or of `pod/istio-proxy`, its access log), oldest first.
     pub fn lines(&self, pod: &str) -> Vec<String> {
-        let buffer = self.0.lock().unwrap_or_else(|e| e.into_inner()).get(pod).cloned();
+        if let Some(log) = self.access.lock().unwrap_or_else(|e| e.into_inner()).get(pod).cloned() {
+            return log.lines();
+        }
+        let buffer = self.apps.lock().unwrap_or_else(|e| e.into_inner()).get(pod).cloned();
         buffer.map(|b| b.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()).unwrap_or_default()
     }
 
     /// Forgets pods that are gone.
     pub fn retain(&self, live: &std::collections::HashSet<String>) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| live.contains(k));
+        self.apps.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| live.contains(k));
+        self.access.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| live.contains(k));
     }
 }

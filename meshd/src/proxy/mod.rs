@@ -302,8 +302,11 @@ struct UpstreamHost {
 #[derive(Debug, Clone)]
 struct RouteInfo {
     cluster: Arc<Cluster>,
-    route: Option<String>,
+    route: Option<Arc<str>>,
 }
+
+/// Envoy's name for the inbound route to the app.
+static INBOUND_ROUTE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("default"));
 
 /// Marks a response that must not be sent: the downstream connection is closed instead.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
@@ -648,9 +651,7 @@ impl Proxy {
         let t0 = Instant::now();
         let headers = req.headers_mut();
         if !headers.contains_key(&X_REQUEST_ID) {
-            if let Ok(v) = HeaderValue::try_from(request_id()) {
-                headers.insert(X_REQUEST_ID.clone(), v);
-            }
+            headers.insert(X_REQUEST_ID.clone(), request_id());
         }
         let span = SpanContext::continue_or_start(headers);
         span.inject(headers);
@@ -798,6 +799,7 @@ impl Proxy {
             return respond::local_reply(LocalReply::NoHealthyUpstream, ServerName::IstioEnvoy, false);
         };
         let started = Instant::now();
+        app.shared.stats.upstream_rq_total.fetch_add(1, Ordering::Relaxed);
         let result = match upstream::acquire(&app.shared, ep, &cluster.pool, None).await {
             Ok((conn, _)) => conn.send(upstream).await,
             Err(e) => Err(e),
@@ -808,7 +810,7 @@ impl Proxy {
         };
         let responded = resp.extensions().get::<ResponseFlags>().is_some_and(|f| f.details == "via_upstream");
         resp.extensions_mut().insert(UpstreamHost { addr: ep.addr, responded, endpoint: None });
-        resp.extensions_mut().insert(RouteInfo { cluster: cluster.clone(), route: Some("default".into()) });
+        resp.extensions_mut().insert(RouteInfo { cluster: cluster.clone(), route: Some(INBOUND_ROUTE.clone()) });
         resp
     }
 
@@ -1245,9 +1247,7 @@ fn outgoing(
     strip_hop_by_hop(&mut headers);
     headers.insert(HOST, HeaderValue::from_str(new_authority).ok()?);
     if !headers.contains_key(&X_REQUEST_ID) {
-        if let Ok(v) = HeaderValue::from_str(&request_id()) {
-            headers.insert(X_REQUEST_ID.clone(), v);
-        }
+        headers.insert(X_REQUEST_ID.clone(), request_id());
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     if !body.is_empty() || headers.contains_key(CONTENT_LENGTH) {
@@ -1421,11 +1421,16 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// A random UUID v4, as Envoy generates for `x-request-id`.
-fn request_id() -> String {
+fn request_id() -> HeaderValue {
     let a = fastrand::u128(..);
-    let b = (a & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
-    let h = format!("{b:032x}");
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    let v = (a & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
+    let mut h = [0u8; 32];
+    crate::telemetry::trace::hex(&mut h, v);
+    let mut id = [b'-'; 36];
+    for (range, at) in [(0..8, 0), (8..12, 9), (12..16, 14), (16..20, 19), (20..32, 24)] {
+        id[at..at + range.len()].copy_from_slice(&h[range]);
+    }
+    HeaderValue::from_bytes(&id).expect("hex digits and dashes are a valid header value")
 }
 
 #[cfg(test)]
@@ -1435,8 +1440,11 @@ mod tests {
     #[test]
     fn request_id_is_uuid_v4() {
         let id = request_id();
+        let id = id.to_str().unwrap();
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "4");
+        assert!([8, 13, 18, 23].iter().all(|&i| &id[i..i + 1] == "-"), "{id}");
+        assert!(id.chars().filter(|c| *c != '-').all(|c| c.is_ascii_hexdigit()), "{id}");
         assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
     }
 

@@ -518,7 +518,7 @@ fn compile_routes(
         }
         let policy = route_policy(ctx, input, r, &vs_ns, origin, &field);
         out.push(HttpRoute {
-            name: r.name.clone(),
+            name: r.name.as_deref().map(Arc::from),
             virtual_service: vs_name.clone(),
             parent_matches: parents.to_vec(),
             matches,

@@ -194,7 +194,7 @@ pub struct RoutePolicy {
 #[derive(Debug, Clone)]
 pub struct HttpRoute {
     /// Route name (`name:` in YAML), for logs and explain.
-    pub name: Option<String>,
+    pub name: Option<Arc<str>>,
     /// The VirtualService it came from, `ns/name`.
     pub virtual_service: String,
     /// Conditions of a delegating parent route (all must hold).

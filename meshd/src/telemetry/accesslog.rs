@@ -1,6 +1,7 @@
 //! Access logs in Istio's default TEXT format (or its JSON format), one line
-//! per request per proxy. Formatting happens on the telemetry task, off the
-//! request path: the record holds cheap clones of what the request carried.
+//! per request per proxy. The request task hands over a [`Record`] of cheap
+//! clones; the telemetry task packs it into an [`Entry`]; a line is formatted
+//! only when the log is read (or printed with `--access-log`).
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -57,15 +58,109 @@ pub struct Record {
     /// The client address.
     pub downstream_remote: SocketAddr,
     /// The route name.
-    pub route: Option<String>,
+    pub route: Option<Arc<str>>,
     /// This proxy's span.
     pub span: Option<SpanContext>,
     /// The metric label set the request counted in (names the peers of the span).
     pub series: Option<Arc<Series>>,
 }
 
-fn hv(v: &Option<HeaderValue>) -> &str {
-    v.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-")
+/// Header-borne fields of an [`Entry`], in the order they are packed.
+#[derive(Debug, Clone, Copy)]
+enum Field {
+    Path,
+    Authority,
+    UserAgent,
+    ForwardedFor,
+    RequestId,
+    ServiceTime,
+}
+
+const FIELDS: usize = 6;
+
+/// A request as kept for the access log and the trace store: what the [`Record`] borrowed from
+/// the request is copied into one string, so nothing keeps a connection's read buffer alive,
+/// and the line is only formatted when somebody reads it.
+#[derive(Debug)]
+pub struct Entry {
+    /// The proxy.
+    pub proxy: Arc<str>,
+    /// When the request started.
+    pub start: SystemTime,
+    /// Method.
+    pub method: Method,
+    protocol: &'static str,
+    /// Status sent downstream.
+    pub status: u16,
+    /// Envoy's response flags, `-` for none.
+    pub flags: Cow<'static, str>,
+    details: &'static str,
+    bytes_received: u64,
+    bytes_sent: u64,
+    /// Microseconds until the response headers.
+    pub duration_us: u64,
+    /// The packed header-borne fields, and where each ends (absent: `None`).
+    packed: Box<str>,
+    ends: [Option<u16>; FIELDS],
+    upstream_host: Option<SocketAddr>,
+    /// The upstream cluster.
+    pub upstream_cluster: Option<Arc<Cluster>>,
+    downstream_local: Option<SocketAddr>,
+    downstream_remote: SocketAddr,
+    route: Option<Arc<str>>,
+    /// This proxy's span.
+    pub span: Option<SpanContext>,
+    /// The metric label set the request counted in (names the peers of the span).
+    pub series: Option<Arc<Series>>,
+}
+
+impl From<Record> for Entry {
+    fn from(r: Record) -> Entry {
+        let authority =
+            r.authority.as_ref().map(|v| v.as_bytes()).or_else(|| r.uri.authority().map(|a| a.as_str().as_bytes()));
+        let path = r.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes();
+        let fields: [Option<&[u8]>; FIELDS] = [
+            Some(path),
+            authority,
+            r.user_agent.as_ref().map(|v| v.as_bytes()),
+            r.forwarded_for.as_ref().map(|v| v.as_bytes()),
+            r.request_id.as_ref().map(|v| v.as_bytes()),
+            r.upstream_service_time.as_ref().map(|v| v.as_bytes()),
+        ];
+        let mut packed = String::with_capacity(fields.iter().flatten().map(|f| f.len()).sum());
+        let mut ends = [None; FIELDS];
+        for (end, field) in ends.iter_mut().zip(fields) {
+            if let Some(f) = field {
+                // Header values may hold obs-text; the log shows their visible-ASCII form.
+                match std::str::from_utf8(f) {
+                    Ok(s) => packed.push_str(s),
+                    Err(_) => packed.extend(f.iter().map(|&b| if b.is_ascii() { b as char } else { '?' })),
+                }
+                *end = u16::try_from(packed.len()).ok();
+            }
+        }
+        Entry {
+            proxy: r.proxy,
+            start: r.start,
+            method: r.method,
+            protocol: r.protocol,
+            status: r.status,
+            flags: r.flags,
+            details: r.details,
+            bytes_received: r.bytes_received,
+            bytes_sent: r.bytes_sent,
+            duration_us: r.duration_us,
+            packed: packed.into_boxed_str(),
+            ends,
+            upstream_host: r.upstream_host,
+            upstream_cluster: r.upstream_cluster,
+            downstream_local: r.downstream_local,
+            downstream_remote: r.downstream_remote,
+            route: r.route,
+            span: r.span,
+            series: r.series,
+        }
+    }
 }
 
 /// RFC 3339 UTC with milliseconds, as Envoy's `%START_TIME%`.
@@ -75,21 +170,21 @@ fn timestamp(t: SystemTime) -> String {
     format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{sec:02}.{:03}Z", d.subsec_millis())
 }
 
-impl Record {
-    fn path(&self) -> &str {
-        self.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+impl Entry {
+    fn field(&self, f: Field) -> Option<&str> {
+        let i = f as usize;
+        let end = usize::from(self.ends[i]?);
+        let start = self.ends[..i].iter().rev().flatten().next().map_or(0, |e| usize::from(*e));
+        self.packed.get(start..end)
     }
 
-    fn authority(&self) -> &str {
-        match &self.authority {
-            Some(v) => v.to_str().unwrap_or("-"),
-            None => self.uri.authority().map(|a| a.as_str()).unwrap_or("-"),
-        }
+    /// The request target as received.
+    pub fn path(&self) -> &str {
+        self.field(Field::Path).unwrap_or("/")
     }
 
-    /// Milliseconds as Envoy's `%DURATION%`.
-    pub fn duration_ms(&self) -> u64 {
-        self.duration_us / 1000
+    fn dash(&self, f: Field) -> &str {
+        self.field(f).unwrap_or("-")
     }
 
     /// The line in Istio's default TEXT format (`EnvoyTextLogFormat`).
@@ -106,12 +201,12 @@ impl Record {
             self.details,
             self.bytes_received,
             self.bytes_sent,
-            self.duration_ms(),
-            hv(&self.upstream_service_time),
-            hv(&self.forwarded_for),
-            hv(&self.user_agent),
-            hv(&self.request_id),
-            self.authority(),
+            self.duration_us / 1000,
+            self.dash(Field::ServiceTime),
+            self.dash(Field::ForwardedFor),
+            self.dash(Field::UserAgent),
+            self.dash(Field::RequestId),
+            self.dash(Field::Authority),
             opt(&self.upstream_host),
             self.upstream_cluster.as_ref().map_or("-", |c| c.name.as_str()),
             opt(&self.downstream_local),
@@ -123,7 +218,6 @@ impl Record {
     /// The line in Istio's JSON format (`meshConfig.accessLogEncoding: JSON`), keys as Istio names them.
     pub fn json(&self) -> String {
         let opt = |a: &Option<SocketAddr>| a.map(|a| a.to_string());
-        let h = |v: &Option<HeaderValue>| v.as_ref().and_then(|v| v.to_str().ok()).map(str::to_string);
         serde_json::json!({
             "start_time": timestamp(self.start),
             "method": self.method.as_str(),
@@ -136,19 +230,19 @@ impl Record {
             "upstream_transport_failure_reason": null,
             "bytes_received": self.bytes_received,
             "bytes_sent": self.bytes_sent,
-            "duration": self.duration_ms(),
-            "upstream_service_time": h(&self.upstream_service_time),
-            "x_forwarded_for": h(&self.forwarded_for),
-            "user_agent": h(&self.user_agent),
-            "request_id": h(&self.request_id),
-            "authority": self.authority(),
+            "duration": self.duration_us / 1000,
+            "upstream_service_time": self.field(Field::ServiceTime),
+            "x_forwarded_for": self.field(Field::ForwardedFor),
+            "user_agent": self.field(Field::UserAgent),
+            "request_id": self.field(Field::RequestId),
+            "authority": self.dash(Field::Authority),
             "upstream_host": opt(&self.upstream_host),
             "upstream_cluster": self.upstream_cluster.as_ref().map(|c| c.name.as_str()),
             "upstream_local_address": null,
             "downstream_local_address": opt(&self.downstream_local),
             "downstream_remote_address": self.downstream_remote.to_string(),
             "requested_server_name": null,
-            "route_name": self.route,
+            "route_name": self.route.as_deref(),
         })
         .to_string()
     }
@@ -185,6 +279,7 @@ mod tests {
             span: None,
             series: None,
         };
+        let r = Entry::from(r);
         assert_eq!(
             r.text(),
             "[2023-11-14T22:13:20.123Z] \"GET /reviews/0 HTTP/1.1\" 503 NC cluster_not_found - \"-\" 0 0 0 - \"-\" \"curl/8.11.1\" \"abc\" \"reviews:9080\" \"-\" - - - 10.244.0.12:54662 - -"
@@ -195,5 +290,8 @@ mod tests {
         assert_eq!(j["authority"], "reviews:9080");
         assert_eq!(j["upstream_cluster"], serde_json::Value::Null);
         assert_eq!(j["start_time"], "2023-11-14T22:13:20.123Z");
+        assert_eq!(j["user_agent"], "curl/8.11.1");
+        assert_eq!(j["x_forwarded_for"], serde_json::Value::Null);
+        assert_eq!(r.path(), "/reviews/0");
     }
 }

@@ -13,9 +13,12 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use self::accesslog::Record;
-use self::metrics::{Metrics, Reporter};
-use self::trace::{Span, SpanKind, TraceStore};
+use std::collections::HashMap;
+
+use self::accesslog::{Entry, Record};
+use self::metrics::Metrics;
+use self::trace::{Span, TraceStore};
+use crate::logs::AccessLog;
 
 /// How access logs are written and where spans go.
 #[derive(Debug, Clone, Default)]
@@ -41,6 +44,9 @@ pub struct Telemetry {
 /// Spans go to the collector in batches of at most this many, or every second.
 const OTLP_BATCH: usize = 256;
 
+/// Records taken from the channel per wake-up of the telemetry task.
+const RECV_BATCH: usize = 64;
+
 impl Telemetry {
     /// Starts the telemetry task: log lines go to `logs` under `<proxy>/istio-proxy`.
     pub fn start(logs: crate::logs::Logs, opts: Options) -> Telemetry {
@@ -48,34 +54,38 @@ impl Telemetry {
         let traces = Arc::new(TraceStore::default());
         let store = traces.clone();
         tokio::spawn(async move {
-            let mut sinks: std::collections::HashMap<Arc<str>, demo_apps::LogSink> = Default::default();
+            let mut access: HashMap<Arc<str>, Arc<AccessLog>> = HashMap::new();
             // A user's http_proxy (often meshd's own 15001) must not carry the export.
             let client = reqwest::Client::builder().no_proxy().build().unwrap_or_default();
             let mut batch: Vec<Span> = Vec::new();
+            let mut records = Vec::with_capacity(RECV_BATCH);
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
-                let r = tokio::select! {
-                    r = rx.recv() => match r { Some(r) => r, None => break },
+                tokio::select! {
+                    n = rx.recv_many(&mut records, RECV_BATCH) => if n == 0 { break },
                     _ = tick.tick() => {
                         flush(&client, &opts, &mut batch);
+                        // Proxies whose pods are gone: their logs left `logs` already.
+                        access.retain(|_, log| Arc::strong_count(log) > 1);
                         continue;
                     }
-                };
-                let line = if opts.json { r.json() } else { r.text() };
-                if opts.print {
-                    println!("{} {line}", r.proxy);
                 }
-                let sink =
-                    sinks.entry(r.proxy.clone()).or_insert_with(|| logs.sink(&format!("{}/istio-proxy", r.proxy)));
-                sink(&line);
-                if let Some(span) = span_of(&r) {
-                    if opts.otlp.is_some() {
-                        batch.push(span.clone());
-                        if batch.len() >= OTLP_BATCH {
-                            flush(&client, &opts, &mut batch);
-                        }
+                for r in records.drain(..) {
+                    let e = Arc::new(Entry::from(r));
+                    if opts.print {
+                        println!("{} {}", e.proxy, if opts.json { e.json() } else { e.text() });
                     }
-                    store.add(span);
+                    let log = access.entry(e.proxy.clone()).or_insert_with(|| logs.access_log(&e.proxy, opts.json));
+                    log.push(e.clone());
+                    if e.span.is_some() {
+                        if opts.otlp.is_some() {
+                            batch.extend(trace::span(&e));
+                            if batch.len() >= OTLP_BATCH {
+                                flush(&client, &opts, &mut batch);
+                            }
+                        }
+                        store.add(e);
+                    }
                 }
             }
         });
@@ -96,41 +106,4 @@ fn flush(client: &reqwest::Client, opts: &Options, batch: &mut Vec<Span>) {
     let spans = std::mem::take(batch);
     let (client, endpoint) = (client.clone(), endpoint.clone());
     tokio::spawn(async move { otlp::export(&client, &endpoint, spans).await });
-}
-
-/// The span of a record: a server span at an inbound sidecar, a client span elsewhere.
-fn span_of(r: &Record) -> Option<Span> {
-    let ctx = r.span?;
-    let series = r.series.as_ref();
-    let kind = match series.map(|s| s.key.reporter) {
-        Some(Reporter::Destination) => SpanKind::Server,
-        _ => SpanKind::Client,
-    };
-    let workload = series
-        .map(|s| match kind {
-            SpanKind::Server => s.key.destination.workload.clone(),
-            SpanKind::Client => s.key.source.workload.clone(),
-        })
-        .unwrap_or_else(|| r.proxy.to_string());
-    let service = series.map(|s| s.key.service.fqdn.as_str()).filter(|s| *s != "unknown");
-    let operation = match (service, &r.upstream_cluster) {
-        (Some(svc), Some(c)) if c.port != 0 => format!("{svc}:{}/*", c.port),
-        (Some(svc), _) => format!("{svc}/*"),
-        (None, _) => "unknown".to_string(),
-    };
-    Some(Span {
-        trace_id: ctx.trace_hex(),
-        span_id: format!("{:016x}", ctx.span_id),
-        parent_span_id: ctx.parent.map(|p| format!("{p:016x}")),
-        proxy: r.proxy.to_string(),
-        workload,
-        kind,
-        operation,
-        start_unix_us: trace::unix_us(r.start),
-        duration_us: r.duration_us,
-        status: r.status,
-        flags: r.flags.to_string(),
-        cluster: r.upstream_cluster.as_ref().map_or("-".into(), |c| c.name.clone()),
-        request: format!("{} {}", r.method, r.uri.path()),
-    })
 }

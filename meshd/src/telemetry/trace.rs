@@ -5,10 +5,13 @@
 //! collector is configured.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
+
+use super::accesslog::Entry;
+use super::metrics::Reporter;
 
 static B3_TRACE: HeaderName = HeaderName::from_static("x-b3-traceid");
 static B3_SPAN: HeaderName = HeaderName::from_static("x-b3-spanid");
@@ -66,24 +69,42 @@ impl SpanContext {
         }
     }
 
-    /// Puts this span into `headers` as the caller's span for the next hop.
+    /// Puts this span into `headers` as the caller's span for the next hop. The values are
+    /// spelled into a stack buffer: no formatting machinery on the request path.
     pub fn inject(&self, headers: &mut HeaderMap) {
-        fn set(headers: &mut HeaderMap, n: &HeaderName, v: String) {
-            if let Ok(v) = HeaderValue::try_from(v) {
+        fn set(headers: &mut HeaderMap, n: &HeaderName, v: &[u8]) {
+            if let Ok(v) = HeaderValue::from_bytes(v) {
                 headers.insert(n.clone(), v);
             }
         }
-        set(headers, &B3_TRACE, self.trace_hex());
-        set(headers, &B3_SPAN, format!("{:016x}", self.span_id));
+        let mut buf = [0u8; 55];
+        let trace_digits = if self.wide { 32 } else { 16 };
+        set(headers, &B3_TRACE, hex(&mut buf[..trace_digits], self.trace_id));
+        set(headers, &B3_SPAN, hex(&mut buf[..16], u128::from(self.span_id)));
         match self.parent {
-            Some(p) => set(headers, &B3_PARENT, format!("{p:016x}")),
+            Some(p) => set(headers, &B3_PARENT, hex(&mut buf[..16], u128::from(p))),
             None => {
                 headers.remove(&B3_PARENT);
             }
         }
         headers.insert(B3_SAMPLED.clone(), HeaderValue::from_static("1"));
-        set(headers, &TRACEPARENT, format!("00-{:032x}-{:016x}-01", self.trace_id, self.span_id));
+        buf[..3].copy_from_slice(b"00-");
+        hex(&mut buf[3..35], self.trace_id);
+        buf[35] = b'-';
+        hex(&mut buf[36..52], u128::from(self.span_id));
+        buf[52..].copy_from_slice(b"-01");
+        set(headers, &TRACEPARENT, &buf);
     }
+}
+
+/// Writes the low `out.len()` hex digits of `v` (lowercase, zero-padded) into `out`.
+pub fn hex(out: &mut [u8], mut v: u128) -> &[u8] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in out.iter_mut().rev() {
+        *b = DIGITS[(v & 0xf) as usize];
+        v >>= 4;
+    }
+    out
 }
 
 /// Client (gateway, outbound sidecar) or server (inbound sidecar) span.
@@ -148,7 +169,8 @@ pub struct TraceSummary {
 const MAX_TRACES: usize = 1000;
 const MAX_SPANS: usize = 64;
 
-/// The last traces, in memory. Written by the telemetry task only.
+/// The last traces, in memory, as the entries that made them: spans are only spelled out
+/// when the admin API asks. Written by the telemetry task only.
 #[derive(Debug, Default)]
 pub struct TraceStore {
     inner: Mutex<Store>,
@@ -156,49 +178,96 @@ pub struct TraceStore {
 
 #[derive(Debug, Default)]
 struct Store {
-    order: VecDeque<String>,
-    traces: HashMap<String, Vec<Span>>,
+    order: VecDeque<u128>,
+    traces: HashMap<u128, Vec<Arc<Entry>>>,
 }
 
 impl TraceStore {
-    /// Adds a span; the oldest trace goes when the store is full.
-    pub fn add(&self, span: Span) {
+    /// Adds a request's span; the oldest trace goes when the store is full.
+    pub fn add(&self, e: Arc<Entry>) {
+        let Some(ctx) = e.span else { return };
         let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if !s.traces.contains_key(&span.trace_id) {
+        if !s.traces.contains_key(&ctx.trace_id) {
             if s.order.len() >= MAX_TRACES {
                 if let Some(old) = s.order.pop_front() {
                     s.traces.remove(&old);
                 }
             }
-            s.order.push_back(span.trace_id.clone());
+            s.order.push_back(ctx.trace_id);
         }
-        let spans = s.traces.entry(span.trace_id.clone()).or_default();
+        let spans = s.traces.entry(ctx.trace_id).or_default();
         if spans.len() < MAX_SPANS {
-            spans.push(span);
+            spans.push(e);
         }
     }
 
     /// The newest traces first.
     pub fn list(&self, limit: usize) -> Vec<TraceSummary> {
         let s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        s.order.iter().rev().take(limit).filter_map(|id| s.traces.get(id).map(|spans| summary(id, spans))).collect()
+        s.order
+            .iter()
+            .rev()
+            .take(limit)
+            .filter_map(|id| s.traces.get(id))
+            .map(|entries| summary(&entries.iter().filter_map(|e| span(e)).collect::<Vec<_>>()))
+            .collect()
     }
 
     /// The spans of one trace, by start time.
     pub fn get(&self, trace_id: &str) -> Option<Vec<Span>> {
+        let id = hex_u128(&trace_id.to_ascii_lowercase(), &[16, 32])?;
         let s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let mut spans = s.traces.get(&trace_id.to_ascii_lowercase())?.clone();
+        let mut spans: Vec<Span> = s.traces.get(&id)?.iter().filter_map(|e| span(e)).collect();
+        drop(s);
         spans.sort_by_key(|s| s.start_unix_us);
         Some(spans)
     }
 }
 
-fn summary(id: &str, spans: &[Span]) -> TraceSummary {
+/// The span of a request: a server span at an inbound sidecar, a client span elsewhere.
+pub fn span(e: &Entry) -> Option<Span> {
+    let ctx = e.span?;
+    let series = e.series.as_ref();
+    let kind = match series.map(|s| s.key.reporter) {
+        Some(Reporter::Destination) => SpanKind::Server,
+        _ => SpanKind::Client,
+    };
+    let workload = series
+        .map(|s| match kind {
+            SpanKind::Server => s.key.destination.workload.clone(),
+            SpanKind::Client => s.key.source.workload.clone(),
+        })
+        .unwrap_or_else(|| e.proxy.to_string());
+    let service = series.map(|s| s.key.service.fqdn.as_str()).filter(|s| *s != "unknown");
+    let operation = match (service, &e.upstream_cluster) {
+        (Some(svc), Some(c)) if c.port != 0 => format!("{svc}:{}/*", c.port),
+        (Some(svc), _) => format!("{svc}/*"),
+        (None, _) => "unknown".to_string(),
+    };
+    let path = e.path();
+    Some(Span {
+        trace_id: ctx.trace_hex(),
+        span_id: format!("{:016x}", ctx.span_id),
+        parent_span_id: ctx.parent.map(|p| format!("{p:016x}")),
+        proxy: e.proxy.to_string(),
+        workload,
+        kind,
+        operation,
+        start_unix_us: unix_us(e.start),
+        duration_us: e.duration_us,
+        status: e.status,
+        flags: e.flags.to_string(),
+        cluster: e.upstream_cluster.as_ref().map_or("-".into(), |c| c.name.clone()),
+        request: format!("{} {}", e.method, path.split('?').next().unwrap_or(path)),
+    })
+}
+
+fn summary(spans: &[Span]) -> TraceSummary {
     let first = spans.iter().min_by_key(|s| (s.start_unix_us, std::cmp::Reverse(s.duration_us)));
     let start = first.map_or(0, |s| s.start_unix_us);
     let end = spans.iter().map(|s| s.start_unix_us + s.duration_us).max().unwrap_or(start);
     TraceSummary {
-        trace_id: id.to_string(),
+        trace_id: first.map(|s| s.trace_id.clone()).unwrap_or_default(),
         root: first.map(|s| format!("{} {}", s.workload, s.request)).unwrap_or_default(),
         start_unix_ms: start / 1000,
         duration_ms: (end - start) as f64 / 1000.0,
@@ -257,40 +326,54 @@ mod tests {
         assert_eq!(SpanContext::continue_or_start(&h).parent, None);
     }
 
-    fn span(trace: &str, id: &str, start: u64, dur: u64, status: u16) -> Span {
-        Span {
-            trace_id: trace.into(),
-            span_id: id.into(),
-            parent_span_id: None,
+    fn entry(trace: u128, id: u64, start_us: u64, dur: u64, status: u16) -> Arc<Entry> {
+        let r = crate::telemetry::accesslog::Record {
             proxy: "p".into(),
-            workload: "w".into(),
-            kind: SpanKind::Client,
-            operation: "op".into(),
-            start_unix_us: start,
-            duration_us: dur,
+            start: SystemTime::UNIX_EPOCH + Duration::from_micros(start_us),
+            method: http::Method::GET,
+            uri: http::Uri::from_static("/x?y=1"),
+            protocol: "HTTP/1.1",
             status,
             flags: "-".into(),
-            cluster: "c".into(),
-            request: "GET /".into(),
-        }
+            details: "via_upstream",
+            bytes_received: 0,
+            bytes_sent: 0,
+            duration_us: dur,
+            upstream_service_time: None,
+            forwarded_for: None,
+            user_agent: None,
+            request_id: None,
+            authority: None,
+            upstream_host: None,
+            upstream_cluster: None,
+            downstream_local: None,
+            downstream_remote: "127.0.0.1:1".parse().unwrap(),
+            route: None,
+            span: Some(SpanContext { trace_id: trace, wide: true, span_id: id, parent: None }),
+            series: None,
+        };
+        Arc::new(Entry::from(r))
     }
 
     #[test]
     fn the_store_groups_spans_and_forgets_the_oldest_trace() {
         let store = TraceStore::default();
-        store.add(span("t1", "b", 2_000, 1_000, 200));
-        store.add(span("t1", "a", 1_000, 5_000, 503));
+        store.add(entry(1, 0xb, 2_000, 1_000, 200));
+        store.add(entry(1, 0xa, 1_000, 5_000, 503));
         for i in 0..MAX_TRACES {
-            store.add(span(&format!("x{i}"), "a", 0, 1, 200));
+            store.add(entry(100 + i as u128, 1, 0, 1, 200));
         }
-        assert!(store.get("t1").is_none());
+        assert!(store.get(&format!("{:032x}", 1)).is_none());
         let store = TraceStore::default();
-        store.add(span("t1", "b", 2_000, 1_000, 200));
-        store.add(span("t1", "a", 1_000, 5_000, 503));
+        store.add(entry(1, 0xb, 2_000, 1_000, 200));
+        store.add(entry(1, 0xa, 1_000, 5_000, 503));
         let list = store.list(10);
         assert_eq!(list[0].spans, 2);
+        assert_eq!(list[0].trace_id, format!("{:032x}", 1));
         assert_eq!(list[0].duration_ms, 5.0);
+        assert_eq!(list[0].root, "p GET /x");
         assert!(list[0].error);
-        assert_eq!(store.get("t1").unwrap()[0].span_id, "a");
+        let spans = store.get(&format!("{:032X}", 1)).unwrap();
+        assert_eq!(spans[0].span_id, "000000000000000a");
     }
 }

@@ -1,0 +1,157 @@
+"""Shared pieces of the benchmarks: starting meshd and nginx, load generators (wrk for
+closed-loop throughput, oha for open-loop latency), per-thread CPU, RSS and the admin API.
+Loopback only."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.environ.get("MESHD_BIN", os.path.join(ROOT, "target", "release", "meshd"))
+SAMPLES = os.path.join(ROOT, "..", "shared", "istio-samples")
+HZ = os.sysconf("SC_CLK_TCK")
+CARGO_BIN = os.path.join(os.path.expanduser("~"), ".cargo", "bin")
+
+
+def ensure_tools(oha=True):
+    """wrk and nginx from Debian, oha (open-loop, latency-corrected) from crates.io."""
+    if not (shutil.which("wrk") and shutil.which("nginx")):
+        subprocess.run(["apt-get", "install", "-y", "nginx-light", "wrk"], check=False, capture_output=True)
+    if oha and not shutil.which("oha") and not os.path.exists(os.path.join(CARGO_BIN, "oha")):
+        print("installing oha (cargo install oha --locked), once", file=sys.stderr)
+        subprocess.run(["cargo", "install", "oha", "--locked"], check=False, capture_output=True)
+    if not os.path.exists(BIN):
+        sys.exit(f"{BIN} missing: cargo build --release -p meshd")
+
+
+def oha_bin():
+    return shutil.which("oha") or os.path.join(CARGO_BIN, "oha")
+
+
+class Mesh:
+    """`meshd up DIR` on ephemeral ports; reads the addresses from the ready line."""
+
+    def __init__(self, folder, env=None, extra_args=()):
+        self.proc = subprocess.Popen(
+            [BIN, "up", folder, "--gateway", "127.0.0.1:0", "--gateway-tls", "127.0.0.1:0",
+             "--admin", "127.0.0.1:0", "--proxy", "127.0.0.1:0", *extra_args],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=dict(os.environ, **(env or {})))
+        self.lines = []
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if "meshd: ready:" in line:
+                break
+        else:
+            sys.exit("meshd exited before it was ready")
+        ready = self.lines[-1]
+        self.gateway = re.search(r"gateway http://(\S+)", ready).group(1)
+        self.admin = re.search(r"admin http://(\S+)", ready).group(1)
+        self.proxy = re.search(r"proxy http://(\S+)", ready).group(1)
+        self.pid = self.proc.pid
+
+    def api(self, path):
+        with urllib.request.urlopen(f"http://{self.admin}{path}") as r:
+            body = r.read()
+        return json.loads(body) if path.startswith("/meshd/") else body.decode()
+
+    def pod_addr(self, prefix, index=0):
+        """The app address of a pod (for a pod without a sidecar, what direct clients reach)."""
+        pods = self.api("/meshd/pods")
+        pod = next(p for p in pods if p["name"].startswith(prefix))
+        return pod["apps"][index].split("->")[1]
+
+    def stats(self):
+        """Envoy's cluster counters summed over every proxy and cluster: {counter: value}."""
+        total = {}
+        for line in self.api("/stats/prometheus").splitlines():
+            m = re.match(r"envoy_cluster_(\w+)\{.*\} (\d+)$", line)
+            if m:
+                total[m.group(1)] = total.get(m.group(1), 0) + int(m.group(2))
+        return total
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def thread_ticks(pid, name_prefix=None):
+    """User+system clock ticks of a process's threads whose name starts with `name_prefix`."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                comm = f.read().strip()
+            if name_prefix and not comm.startswith(name_prefix):
+                continue
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total
+
+
+class CpuMeter:
+    """CPU seconds per second of named thread groups over an interval: {label: cores}."""
+
+    def __init__(self, groups):
+        self.groups = groups  # label -> [(pid, thread-name prefix or None)]
+        self.before = self.read()
+        self.t0 = time.time()
+
+    def read(self):
+        return {k: sum(thread_ticks(pid, prefix) for pid, prefix in v) for k, v in self.groups.items()}
+
+    def cores(self):
+        secs = time.time() - self.t0
+        after = self.read()
+        return {k: (after[k] - self.before[k]) / HZ / secs for k in self.groups}
+
+
+def rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def wrk(url, host=None, duration=5, connections=16, threads=1):
+    cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration}s", url]
+    if host:
+        cmd[1:1] = ["-H", f"Host: {host}"]
+    out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return (float(m.group(1)) if m else 0.0), (int(errors.group(1)) if errors else 0)
+
+
+def oha(url, host=None, qps=1000, duration=5, connections=8):
+    """Open-loop load at `qps` with latency correction (latency counted from when each request
+    was due, so a stall is charged to every request it delays). Returns percentiles in ms,
+    the achieved rate and the status-code counts."""
+    cmd = [oha_bin(), "-z", f"{duration}s", "-q", str(qps), "-c", str(connections), "--latency-correction",
+           "--no-tui", "--output-format", "json", url]
+    if host:
+        cmd[1:1] = ["-H", f"Host: {host}"]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        data = json.loads(out.stdout)
+    except json.JSONDecodeError:
+        sys.exit(f"oha failed: {out.stderr[-500:]}")
+    pct = data.get("latencyPercentiles", {})
+    ms = {p: (pct.get(f"p{p}") or float("nan")) * 1000 for p in ("50", "90", "99")}
+    codes = data.get("statusCodeDistribution", {})
+    errors = sum(data.get("errorDistribution", {}).values())
+    return ms, data["summary"].get("requestsPerSec", 0.0), codes, errors
