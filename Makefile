@@ -29,3 +29,4 @@ bench:
 	$(CARGO) build --release -p meshd
 	python3 scripts/bench_startup.py
 	python3 scripts/bench_dataplane.py
+	python3 scripts/bench_reload.py
