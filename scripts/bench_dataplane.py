@@ -16,6 +16,7 @@ wrk run and prints the hottest symbols instead of the table.
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -25,6 +26,7 @@ import benchlib as b
 
 DUR = int(os.environ.get("DURATION", "5"))
 THREADS = os.environ.get("THREADS", "1")
+ROUNDS = int(os.environ.get("ROUNDS", "3"))
 
 DIRECT_APP = """apiVersion: apps/v1
 kind: Deployment
@@ -158,11 +160,22 @@ def main():
             rq = after.get("upstream_rq_total", 0) - before.get("upstream_rq_total", 0)
             cx = after.get("upstream_cx_total", 0) - before.get("upstream_cx_total", 0)
             reuse = (rq - cx) / rq * 100 if rq and threads and threads[0][0] == mesh.pid else None
-            cpu = b.CpuMeter({"proxy": threads, "app": [(mesh.pid, "meshd-app")]})
-            pct, qps, codes, errors = b.oha(f"http://{addr}{path}", host, 1000, DUR)
-            used = cpu.cores()
-            results.append(dict(name=name, rps=rps, pct=pct, qps=qps, codes=codes, errors=errors + non2xx,
-                                proxy=used["proxy"], app=used["app"], hops=hops, reuse=reuse))
+            results.append(dict(name=name, rps=rps, hops=hops, reuse=reuse, errors=non2xx, codes={}, runs=[],
+                                proxy=0.0, qps=0.0))
+        # Latency rounds interleave the paths, so a noisy moment of the machine is spread over all
+        # of them; each percentile is the median over the rounds.
+        for _ in range(ROUNDS):
+            for r, (name, addr, host, path, threads, hops) in zip(results, rows):
+                cpu = b.CpuMeter({"proxy": threads})
+                pct, qps, codes, errors = b.oha(f"http://{addr}{path}", host, 1000, DUR)
+                r["proxy"] += cpu.cores()["proxy"] / ROUNDS
+                r["qps"] += qps / ROUNDS
+                r["runs"].append(pct)
+                r["errors"] += errors
+                for c, n in codes.items():
+                    r["codes"][c] = r["codes"].get(c, 0) + n
+        for r in results:
+            r["pct"] = {p: statistics.median(run[p] for run in r["runs"]) for p in ("50", "90", "99")}
         report(results)
     finally:
         if nginx:
@@ -174,7 +187,7 @@ def main():
 def report(results):
     base = results[0]
     print(f"# Data plane: {THREADS} thread(s) per proxy and for the apps, wrk -t{THREADS} -c16 {DUR}s; "
-          f"oha -q 1000 -c 8 --latency-correction {DUR}s ({os.cpu_count()} cores)\n")
+          f"oha -q 1000 -c 8 --latency-correction {DUR}s, {ROUNDS} rounds ({os.cpu_count()} cores)\n")
     print("| path | throughput (rps) | / direct | p50 ms | p90 ms | p99 ms | added p50 / p90 / p99 ms "
           "| proxy CPU at 1000 rps (cores) | per hop | upstream reuse | failed |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -186,7 +199,7 @@ def report(results):
               f"{r['pct']['90']:.3f} | {r['pct']['99']:.3f} | {added} | {r['proxy']:.3f} | {per_hop} | {reuse} | "
               f"{r['errors'] + sum(n for c, n in r['codes'].items() if c != '200')} |")
     print("\nproxy CPU: the proxies' threads only (meshd-proxy; nginx's workers), user+system, during the "
-          "1000 rps run; per hop: that, per 1000 rps, divided by the proxies on the path (not given for "
+          "1000 rps runs; latency percentiles are medians over the rounds; per hop: that, per 1000 rps, divided by the proxies on the path (not given for "
           "Bookinfo, whose path length depends on the reviews version). Apps' threads (the backend) are measured apart and not counted.")
 
 
