@@ -254,8 +254,16 @@ static NO_POLICY: std::sync::LazyLock<crate::snapshot::route::RoutePolicy> = std
 });
 
 /// Headers that describe one hop and are never forwarded.
-const HOP_BY_HOP: [&str; 7] =
-    ["connection", "proxy-connection", "keep-alive", "te", "trailer", "upgrade", "proxy-authorization"];
+/// Parsed once: removing by `&str` would parse each name on every request.
+static HOP_BY_HOP: [HeaderName; 7] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::UPGRADE,
+    http::header::PROXY_AUTHORIZATION,
+];
 
 /// What a listener knows of one downstream connection.
 #[derive(Debug)]
@@ -272,7 +280,8 @@ struct ConnInfo {
 /// The request as the policies see it: everything but the body, which is buffered once.
 struct Outgoing {
     method: Method,
-    path_and_query: String,
+    /// Origin-form target, parsed once for every attempt.
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 }
@@ -281,7 +290,7 @@ impl Outgoing {
     fn request(&self, attempt: u32) -> Request<Body> {
         let mut req = Request::new(respond::full(self.body.clone()));
         *req.method_mut() = self.method.clone();
-        *req.uri_mut() = Uri::try_from(self.path_and_query.as_str()).unwrap_or_else(|_| Uri::from_static("/"));
+        *req.uri_mut() = self.uri.clone();
         *req.headers_mut() = self.headers.clone();
         req.headers_mut().insert(X_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
         req
@@ -789,11 +798,9 @@ impl Proxy {
             Some(v) => parts.headers.insert(X_FCC.clone(), v.clone()),
             None => parts.headers.remove(&X_FCC),
         };
-        let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
-        let Ok(uri) = Uri::try_from(path) else {
-            return respond::local_reply(LocalReply::BadRequest, ServerName::IstioEnvoy, false);
-        };
-        parts.uri = uri;
+        // Origin form for the app; the path is shared, not copied.
+        let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        parts.uri = Uri::from(path);
         let upstream = Request::from_parts(parts, body.map_err(BoxError::from).boxed());
         let Some(ep) = app.endpoints.first() else {
             return respond::local_reply(LocalReply::NoHealthyUpstream, ServerName::IstioEnvoy, false);
@@ -852,11 +859,12 @@ impl Proxy {
             },
         };
         let (host, port) = split_authority(&authority);
-        let host = host.to_ascii_lowercase();
+        let host: std::borrow::Cow<str> =
+            if host.bytes().any(|b| b.is_ascii_uppercase()) { host.to_ascii_lowercase().into() } else { host.into() };
         let port = port.unwrap_or(80);
         let vhost = match caller {
             Caller::Sidecar => snapshot.mesh.get(&workload.namespace).and_then(|t| t.lookup(&host)),
-            Caller::Plain => snapshot.mesh.get(&workload.namespace).and_then(|t| t.plain.get(&host)),
+            Caller::Plain => snapshot.mesh.get(&workload.namespace).and_then(|t| t.plain.get(&*host)),
             Caller::Gateway => {
                 if snapshot.ingress.https_redirect.iter().any(|p| p.matches(&host)) {
                     let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
@@ -1236,11 +1244,12 @@ fn outgoing(
 ) -> Option<Outgoing> {
     let route = matched.route;
     let uri = &parts.uri;
-    let path_and_query = route
-        .rewrite
-        .as_ref()
-        .and_then(|rw| rw.path(uri.path(), uri.query(), matched.prefix))
-        .unwrap_or_else(|| uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string());
+    let rewritten = route.rewrite.as_ref().and_then(|rw| rw.path(uri.path(), uri.query(), matched.prefix));
+    let path_and_query = match rewritten {
+        Some(p) => http::uri::PathAndQuery::try_from(p).ok()?,
+        None => uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    };
+    let uri = Uri::from(path_and_query);
     // The headers move to the upstream request rather than being copied.
     let mut headers = std::mem::take(&mut parts.headers);
     let new_authority = route.rewrite.as_ref().and_then(|rw| rw.authority.as_deref()).unwrap_or(authority);
@@ -1256,7 +1265,7 @@ fn outgoing(
     headers.remove(http::header::TRANSFER_ENCODING);
     route.headers.request.apply(&mut headers);
     target.headers.request.apply(&mut headers);
-    Some(Outgoing { method: parts.method.clone(), path_and_query, headers, body })
+    Some(Outgoing { method: parts.method.clone(), uri, headers, body })
 }
 
 /// Sends a copy to a mirror cluster, fire and forget, with the authority suffixed `-shadow`.
@@ -1415,7 +1424,7 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
