@@ -19,8 +19,13 @@ CARGO_BIN = os.path.join(os.path.expanduser("~"), ".cargo", "bin")
 
 def ensure_tools(oha=True):
     """wrk and nginx from Debian, oha (open-loop, latency-corrected) from crates.io."""
-    if not (shutil.which("wrk") and shutil.which("nginx")):
-        subprocess.run(["apt-get", "install", "-y", "nginx-light", "wrk"], check=False, capture_output=True)
+    for refresh in (False, True):
+        if shutil.which("wrk") and shutil.which("nginx"):
+            break
+        if refresh:  # a fresh machine may have no package lists yet
+            subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "nginx-light", "wrk"], check=False, capture_output=True,
+                       env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
     if oha and not shutil.which("oha") and not os.path.exists(os.path.join(CARGO_BIN, "oha")):
         print("installing oha (cargo install oha --locked), once", file=sys.stderr)
         subprocess.run(["cargo", "install", "oha", "--locked"], check=False, capture_output=True)
