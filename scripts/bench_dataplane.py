@@ -158,13 +158,15 @@ def main():
         results = []
         for name, addr, host, path, threads, hops in rows:
             before = mesh.stats()
+            busy = b.CpuMeter({"proxy": threads})
             rps, non2xx = b.wrk(f"http://{addr}{path}", host, DUR, threads=int(THREADS))
+            us_per_rq = busy.cores()["proxy"] / max(rps, 1) * 1e6
             after = mesh.stats()
             rq = after.get("upstream_rq_total", 0) - before.get("upstream_rq_total", 0)
             cx = after.get("upstream_cx_total", 0) - before.get("upstream_cx_total", 0)
             reuse = (rq - cx) / rq * 100 if rq and threads and threads[0][0] == mesh.pid else None
             results.append(dict(name=name, rps=rps, hops=hops, reuse=reuse, errors=non2xx, codes={}, runs=[],
-                                proxy=0.0, qps=0.0))
+                                proxy=0.0, qps=0.0, us=us_per_rq))
         # Latency rounds interleave the paths, so a noisy moment of the machine is spread over all
         # of them; each percentile is the median over the rounds.
         for _ in range(ROUNDS):
@@ -194,14 +196,15 @@ def report(results):
     print(f"# Data plane: {THREADS} thread(s) per proxy and for the apps, wrk -t{THREADS} -c16 {DUR}s; "
           f"oha -q 1000 -c {LAT_CONNS} --latency-correction {DUR}s, {ROUNDS} rounds (Bookinfo: -c 4) ({os.cpu_count()} cores)\n")
     print("| path | throughput (rps) | / direct | p50 ms | p90 ms | p99 ms | added p50 / p90 / p99 ms "
-          "| proxy CPU at 1000 rps (cores) | per hop | upstream reuse | failed |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| proxy CPU at 1000 rps (cores) | per hop | proxy CPU per request at saturation (µs) | upstream reuse "
+          "| failed |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         added = " / ".join(f"{r['pct'][p] - base['pct'][p]:+.3f}" for p in ("50", "90", "99"))
         per_hop = f"{r['proxy'] / r['hops'] * 1000 / max(r['qps'], 1):.3f}" if r["hops"] else "—"
         reuse = f"{r['reuse']:.2f} %" if r["reuse"] is not None else "—"
         print(f"| {r['name']} | {r['rps']:,.0f} | {r['rps'] / base['rps']:.2f} | {r['pct']['50']:.3f} | "
-              f"{r['pct']['90']:.3f} | {r['pct']['99']:.3f} | {added} | {r['proxy']:.3f} | {per_hop} | {reuse} | "
+              f"{r['pct']['90']:.3f} | {r['pct']['99']:.3f} | {added} | {r['proxy']:.3f} | {per_hop} | {r['us']:.1f} | {reuse} | "
               f"{r['errors'] + sum(n for c, n in r['codes'].items() if c != '200')} |")
     print("\nproxy CPU: the proxies' threads only (meshd-proxy; nginx's workers), user+system, during the "
           "1000 rps runs; latency percentiles are medians over the rounds; per hop: that, per 1000 rps, divided by the proxies on the path (not given for "
