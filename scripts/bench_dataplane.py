@@ -31,42 +31,7 @@ ROUNDS = int(os.environ.get("ROUNDS", "3"))
 # one-thread backend (with -c 8 the direct row's own p99 rises to about 0.4 ms, above the proxied rows').
 LAT_CONNS = int(os.environ.get("LAT_CONNS", "1"))
 
-DIRECT_APP = """apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: backend
-spec:
-  replicas: 1
-  selector:
-    matchLabels: {app: backend}
-  template:
-    metadata:
-      labels: {app: backend}
-      annotations: {sidecar.istio.io/inject: "false"}
-    spec:
-      containers:
-      - name: httpbin
-        image: docker.io/mccutchen/go-httpbin:v2.15.0
-        ports: [{containerPort: 8080}]
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: backend
-spec:
-  ports: [{name: http, port: 8000, targetPort: 8080}]
-  selector: {app: backend}
----
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata:
-  name: bench
-spec:
-  selector: {istio: ingressgateway}
-  servers:
-  - port: {number: 80, name: http, protocol: HTTP}
-    hosts: ["bench.one"]
----
+DIRECT_APP = b.httpbin_app("backend", sidecar=False) + "---\n" + b.BENCH_GATEWAY + """---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata:
@@ -164,7 +129,7 @@ def main():
             after = mesh.stats()
             rq = after.get("upstream_rq_total", 0) - before.get("upstream_rq_total", 0)
             cx = after.get("upstream_cx_total", 0) - before.get("upstream_cx_total", 0)
-            reuse = (rq - cx) / rq * 100 if rq and threads and threads[0][0] == mesh.pid else None
+            reuse = (rq - cx) / rq * 100 if rq and threads is proxies else None
             results.append(dict(name=name, rps=rps, hops=hops, reuse=reuse, errors=non2xx, codes={}, runs=[],
                                 proxy=0.0, qps=0.0, us=us_per_rq))
         # Latency rounds interleave the paths, so a noisy moment of the machine is spread over all

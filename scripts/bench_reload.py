@@ -7,7 +7,6 @@ import http.client
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -18,41 +17,7 @@ import benchlib as b
 RELOADS = int(os.environ.get("RELOADS", "20"))
 THREADS = os.environ.get("THREADS", "1")
 
-BACKEND = """apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: backend
-spec:
-  replicas: 1
-  selector:
-    matchLabels: {app: backend}
-  template:
-    metadata:
-      labels: {app: backend}
-    spec:
-      containers:
-      - name: httpbin
-        image: docker.io/mccutchen/go-httpbin:v2.15.0
-        ports: [{containerPort: 8080}]
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: backend
-spec:
-  ports: [{name: http, port: 8000, targetPort: 8080}]
-  selector: {app: backend}
----
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata:
-  name: bench
-spec:
-  selector: {istio: ingressgateway}
-  servers:
-  - port: {number: 80, name: http, protocol: HTTP}
-    hosts: ["bench.one"]
-"""
+BACKEND = b.httpbin_app("backend") + "---\n" + b.BENCH_GATEWAY
 
 ROUTE = """apiVersion: networking.istio.io/v1
 kind: VirtualService

@@ -11,24 +11,13 @@ import os
 import re
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 
 import benchlib as b
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.environ.get("MESHD_BIN", os.path.join(ROOT, "target", "release", "meshd"))
 RUNS = int(os.environ.get("RUNS", "5"))
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def get(addr, path):
@@ -47,7 +36,7 @@ def one_run():
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
         p = subprocess.Popen(
-            [BIN, "up", d, "--gateway", "127.0.0.1:0", "--gateway-tls", "127.0.0.1:0", "--admin", "127.0.0.1:0",
+            [b.BIN, "up", d, "--gateway", "127.0.0.1:0", "--gateway-tls", "127.0.0.1:0", "--admin", "127.0.0.1:0",
              "--proxy", "127.0.0.1:0"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
@@ -69,48 +58,21 @@ def one_run():
                 time.sleep(0.002)
             first_200 = time.perf_counter() - t0
             time.sleep(2)
-            idle = rss_kib(p.pid)
+            idle = b.rss_mib(p.pid)
             for _ in range(200):
                 get(gateway, "/productpage")
-            loaded = rss_kib(p.pid)
+            loaded = b.rss_mib(p.pid)
             return first_200, idle, loaded
         finally:
             p.terminate()
             p.wait()
 
 
-EXTRA = """apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: extra
-spec:
-  replicas: {n}
-  selector:
-    matchLabels: {{app: extra}}
-  template:
-    metadata:
-      labels: {{app: extra}}
-    spec:
-      containers:
-      - name: httpbin
-        image: docker.io/mccutchen/go-httpbin:v2.15.0
-        ports: [{{containerPort: 8080}}]
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: extra
-spec:
-  ports: [{{name: http, port: 8000, targetPort: 8080}}]
-  selector: {{app: extra}}
-"""
-
-
 def idle_rss(extra_pods):
     """RSS of the built-in mesh plus `extra_pods` httpbin pods with sidecars, after 2 s idle."""
     with tempfile.TemporaryDirectory() as d:
         with open(os.path.join(d, "extra.yaml"), "w") as f:
-            f.write(EXTRA.format(n=extra_pods))
+            f.write(b.httpbin_app("extra", replicas=extra_pods))
         mesh = b.Mesh(d)
         try:
             # Every extra sidecar has served a request (its pools and label sets exist).
@@ -151,8 +113,8 @@ def main():
     b.ensure_tools(oha=False)
     runs = [one_run() for _ in range(RUNS)]
     t = [r[0] * 1000 for r in runs]
-    idle = [r[1] / 1024 for r in runs]
-    loaded = [r[2] / 1024 for r in runs]
+    idle = [r[1] for r in runs]
+    loaded = [r[2] for r in runs]
     print(f"meshd up (empty folder: Bookinfo + httpbin + fortio: 8 pods and the gateway), {RUNS} launches, {os.cpu_count()} cores")
     print()
     print("| figure | median | min | max | target |")

@@ -17,6 +17,49 @@ HZ = os.sysconf("SC_CLK_TCK")
 CARGO_BIN = os.path.join(os.path.expanduser("~"), ".cargo", "bin")
 
 
+def httpbin_app(name, replicas=1, sidecar=True):
+    """A Deployment of meshd's httpbin demo app and its Service on port 8000."""
+    inject = "\n      annotations: {sidecar.istio.io/inject: \"false\"}" if not sidecar else ""
+    return f"""apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}{inject}
+    spec:
+      containers:
+      - name: httpbin
+        image: docker.io/mccutchen/go-httpbin:v2.15.0
+        ports: [{{containerPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+spec:
+  ports: [{{name: http, port: 8000, targetPort: 8080}}]
+  selector: {{app: {name}}}
+"""
+
+
+# The gateway serves host bench.one; the benchmarks add the VirtualService.
+BENCH_GATEWAY = """apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: bench
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["bench.one"]
+"""
+
+
 def ensure_tools(oha=True):
     """wrk and nginx from Debian, oha (open-loop, latency-corrected) from crates.io."""
     for refresh in (False, True):

@@ -401,7 +401,7 @@ pub async fn status(admin: SocketAddr) -> anyhow::Result<()> {
 /// `meshd logs POD`.
 pub async fn logs(pod: &str, container: Option<&str>, admin: SocketAddr) -> anyhow::Result<()> {
     let key = match container {
-        Some("istio-proxy") => format!("{pod}/istio-proxy"),
+        Some("istio-proxy") => crate::logs::access_name(pod),
         _ => pod.to_string(),
     };
     let text = admin_client()?

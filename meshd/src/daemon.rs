@@ -204,9 +204,7 @@ impl Reloader {
         live.insert(GATEWAY_NAME.to_string());
         live.insert(snapshot::MESH_CLIENT.to_string());
         self.proxy.registry().retain(&live);
-        let with_proxies: std::collections::HashSet<String> =
-            live.iter().flat_map(|p| [p.clone(), format!("{p}/istio-proxy")]).collect();
-        self.state.logs.retain(&with_proxies);
+        self.state.logs.retain(&live);
         self.applied = loaded.resources;
         *self.state.pods.lock().unwrap_or_else(|e| e.into_inner()) = self.pod_rows();
         *self.state.controls.lock().unwrap_or_else(|e| e.into_inner()) =

@@ -43,9 +43,11 @@ pub struct Logs {
 }
 
 /// The log name of a proxy's access log: its pod's `istio-proxy` container.
-fn access_name(proxy: &str) -> String {
-    format!("{proxy}/istio-proxy")
+pub fn access_name(proxy: &str) -> String {
+    format!("{proxy}{ACCESS_SUFFIX}")
 }
+
+const ACCESS_SUFFIX: &str = "/istio-proxy";
 
 impl Logs {
     /// A sink for the apps of `pod` (taken once, when the pod starts).
@@ -66,21 +68,22 @@ impl Logs {
     /// The access log of `proxy` (taken once per proxy by the telemetry task).
     pub fn access_log(&self, proxy: &str, json: bool) -> Arc<AccessLog> {
         let mut map = self.access.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(access_name(proxy))
+        map.entry(proxy.to_string())
             .or_insert_with(|| Arc::new(AccessLog { json, entries: Default::default() }))
             .clone()
     }
 
     /// The lines of `pod` (or of `pod/istio-proxy`, its access log), oldest first.
     pub fn lines(&self, pod: &str) -> Vec<String> {
-        if let Some(log) = self.access.lock().unwrap_or_else(|e| e.into_inner()).get(pod).cloned() {
-            return log.lines();
+        if let Some(proxy) = pod.strip_suffix(ACCESS_SUFFIX) {
+            let log = self.access.lock().unwrap_or_else(|e| e.into_inner()).get(proxy).cloned();
+            return log.map(|l| l.lines()).unwrap_or_default();
         }
         let buffer = self.apps.lock().unwrap_or_else(|e| e.into_inner()).get(pod).cloned();
         buffer.map(|b| b.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()).unwrap_or_default()
     }
 
-    /// Forgets pods that are gone.
+    /// Forgets pods (and their proxies' access logs) that are gone.
     pub fn retain(&self, live: &std::collections::HashSet<String>) {
         self.apps.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| live.contains(k));
         self.access.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| live.contains(k));

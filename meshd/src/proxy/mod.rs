@@ -798,9 +798,7 @@ impl Proxy {
             Some(v) => parts.headers.insert(X_FCC.clone(), v.clone()),
             None => parts.headers.remove(&X_FCC),
         };
-        // Origin form for the app; the path is shared, not copied.
-        let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        parts.uri = Uri::from(path);
+        parts.uri = origin_form(&parts.uri);
         let upstream = Request::from_parts(parts, body.map_err(BoxError::from).boxed());
         let Some(ep) = app.endpoints.first() else {
             return respond::local_reply(LocalReply::NoHealthyUpstream, ServerName::IstioEnvoy, false);
@@ -1245,11 +1243,10 @@ fn outgoing(
     let route = matched.route;
     let uri = &parts.uri;
     let rewritten = route.rewrite.as_ref().and_then(|rw| rw.path(uri.path(), uri.query(), matched.prefix));
-    let path_and_query = match rewritten {
-        Some(p) => http::uri::PathAndQuery::try_from(p).ok()?,
-        None => uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    let uri = match rewritten {
+        Some(p) => Uri::from(http::uri::PathAndQuery::try_from(p).ok()?),
+        None => origin_form(uri),
     };
-    let uri = Uri::from(path_and_query);
     // The headers move to the upstream request rather than being copied.
     let mut headers = std::mem::take(&mut parts.headers);
     let new_authority = route.rewrite.as_ref().and_then(|rw| rw.authority.as_deref()).unwrap_or(authority);
@@ -1352,6 +1349,11 @@ fn request_hash(
 }
 
 /// Shapes an upstream response for the caller: Envoy's headers and the route's edits.
+/// The request target in origin form; the path is shared with `uri`, not copied.
+fn origin_form(uri: &Uri) -> Uri {
+    Uri::from(uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")))
+}
+
 fn finish(resp: Response<Body>, server: ServerName, started: Instant, ops: &[&HeaderOps]) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
