@@ -101,8 +101,8 @@ struct OutlierCounts {
 
 /// An idle upstream connection.
 pub struct IdleConn {
-    /// The connection's request sender.
-    pub sender: hyper::client::conn::http1::SendRequest<super::Body>,
+    /// The connection.
+    pub link: super::upstream::Link,
     /// Requests it has served.
     pub uses: u32,
     /// When it went idle.
@@ -165,13 +165,13 @@ impl EndpointRt {
 
     /// Pops an idle connection that is still open and not past `idle_timeout`.
     pub fn take_idle(&self, idle_timeout: Duration) -> Option<IdleConn> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(c) = idle.pop() {
-            if !c.sender.is_closed() && c.since.elapsed() < idle_timeout {
+        loop {
+            // Checked outside the lock: the check reads from the socket.
+            let mut c = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            if c.since.elapsed() < idle_timeout && c.link.is_open() {
                 return Some(c);
             }
         }
-        None
     }
 
     /// Returns a connection to the idle list.

@@ -2,11 +2,15 @@
 //! endpoint, `maxConnections`, `http1MaxPendingRequests`, `http2MaxRequests`
 //! and `maxRequestsPerConnection` counted per cluster, connections returned
 //! to the pool when the response body ends.
+//!
+//! A connection has no task of its own: whoever holds it (the request, then the response body)
+//! drives it, so a request costs no hand-off to another task and back.
 
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -54,9 +58,37 @@ impl Drop for PendingSlot<'_> {
     }
 }
 
+/// The connection future hyper gives with a sender, boxed so TLS and plaintext links share a type.
+type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send + Sync>>;
+
+/// One HTTP/1.1 connection: the sender, and the connection future that does its I/O.
+pub struct Link {
+    sender: SendRequest<Body>,
+    driver: Driver,
+    closed: bool,
+    /// Holds the `maxConnections` slot until the link is dropped.
+    _slot: CxSlot,
+}
+
+impl Link {
+    /// Does the connection's pending I/O; wakes `cx` when there is more.
+    fn drive(&mut self, cx: &mut Context<'_>) {
+        if !self.closed && self.driver.as_mut().poll(cx).is_ready() {
+            self.closed = true;
+        }
+    }
+
+    /// Whether it can take another request. Reads what the peer sent while it sat idle, so a
+    /// connection the server closed is seen as closed; nothing is woken later.
+    pub fn is_open(&mut self) -> bool {
+        self.drive(&mut Context::from_waker(Waker::noop()));
+        !self.closed && !self.sender.is_closed()
+    }
+}
+
 /// A connection checked out for one request.
 pub struct Conn {
-    sender: SendRequest<Body>,
+    link: Link,
     uses: u32,
     ep: Arc<EndpointRt>,
     shared: Arc<ClusterShared>,
@@ -86,11 +118,11 @@ async fn connect(
     if dialed.is_err() {
         shared.stats.upstream_cx_connect_fail.fetch_add(1, Ordering::Relaxed);
     }
-    let sender = match dialed? {
+    let link = match dialed? {
         Dialed::Tls(tls_stream) => http1(tls_stream, slot).await?,
         Dialed::Plain(stream) => http1(stream, slot).await?,
     };
-    Ok(Conn { sender, uses: 0, ep: ep.clone(), shared: shared.clone(), max_uses: pool.max_requests_per_connection })
+    Ok(Conn { link, uses: 0, ep: ep.clone(), shared: shared.clone(), max_uses: pool.max_requests_per_connection })
 }
 
 /// A connection to an endpoint: mTLS when the endpoint takes it, else plaintext.
@@ -145,19 +177,15 @@ pub async fn dial(
     Ok(Dialed::Tls(Box::new(tls_stream)))
 }
 
-/// HTTP/1.1 over `io`; the connection's task holds the pool slot until the connection ends.
-async fn http1<I>(io: I, slot: CxSlot) -> Result<SendRequest<Body>, UpstreamError>
+/// HTTP/1.1 over `io`; the link holds the pool slot until it is dropped.
+async fn http1<I>(io: I, slot: CxSlot) -> Result<Link, UpstreamError>
 where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync + 'static,
 {
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| UpstreamError::Connect(e.to_string()))?;
-    tokio::spawn(async move {
-        let _slot = slot;
-        let _ = conn.await;
-    });
-    Ok(sender)
+    Ok(Link { sender, driver: Box::pin(conn), closed: false, _slot: slot })
 }
 
 /// Gets a connection to `ep`: an idle one, a new one within `maxConnections`,
@@ -169,7 +197,7 @@ pub async fn acquire(
     tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<(Conn, bool), UpstreamError> {
     let reuse = |c: IdleConn| Conn {
-        sender: c.sender,
+        link: c.link,
         uses: c.uses,
         ep: ep.clone(),
         shared: shared.clone(),
@@ -203,10 +231,21 @@ pub async fn acquire(
 impl Conn {
     /// Sends `req`; the response body gives the connection back to the pool when it ends.
     pub async fn send(mut self, req: Request<Body>) -> Result<Response<Body>, UpstreamError> {
-        if self.sender.ready().await.is_err() {
+        let link = &mut self.link;
+        let ready = poll_fn(|cx| {
+            link.drive(cx);
+            link.sender.poll_ready(cx)
+        });
+        if ready.await.is_err() {
             return Err(UpstreamError::Reset("connection closed".into()));
         }
-        let resp = self.sender.send_request(req).await.map_err(|e| UpstreamError::Reset(e.to_string()))?;
+        let mut response = std::pin::pin!(link.sender.send_request(req));
+        let resp = poll_fn(|cx| {
+            link.drive(cx);
+            response.as_mut().poll(cx)
+        })
+        .await
+        .map_err(|e| UpstreamError::Reset(e.to_string()))?;
         self.uses += 1;
         let (parts, body) = resp.into_parts();
         // A response without a body (204, HEAD, content-length 0) may never be polled.
@@ -220,12 +259,12 @@ impl Conn {
         Ok(Response::from_parts(parts, Body::new(body)))
     }
 
-    fn give_back(self) {
-        let keep = (self.max_uses == 0 || self.uses < self.max_uses) && !self.sender.is_closed();
+    fn give_back(mut self) {
+        let keep = (self.max_uses == 0 || self.uses < self.max_uses) && self.link.is_open();
         if keep {
-            self.ep.put_idle(IdleConn { sender: self.sender, uses: self.uses, since: Instant::now() });
+            self.ep.put_idle(IdleConn { link: self.link, uses: self.uses, since: Instant::now() });
         }
-        // Dropping the sender closes the connection; its task then frees the slot and notifies.
+        // A link not kept is dropped here, which closes it and frees its slot.
         self.shared.notify.notify_one();
     }
 }
@@ -249,6 +288,10 @@ impl HttpBody for PooledBody {
     type Error = BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        // The connection reads the body into `inner`: drive it first.
+        if let Some(c) = &mut self.conn {
+            c.link.drive(cx);
+        }
         let res = Pin::new(&mut self.inner).poll_frame(cx);
         match &res {
             // The last frame, or the end: hyper's server stops polling once `is_end_stream` is true,
@@ -270,5 +313,97 @@ impl HttpBody for PooledBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::proxy::runtime::ClusterRt;
+
+    /// An HTTP/1.1 server on a thread of its own (so the test's runtime counts only the proxy's
+    /// tasks) that answers `ok` to each request. Sending on the returned channel closes the
+    /// connection it has open; the reply says it is closed.
+    fn server() -> (SocketAddr, std::sync::mpsc::Sender<std::sync::mpsc::Sender<()>>) {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = std_listener.local_addr().unwrap();
+        let (close, on_close) = std::sync::mpsc::channel::<std::sync::mpsc::Sender<()>>();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                std_listener.set_nonblocking(true).unwrap();
+                let listener = TcpListener::from_std(std_listener).unwrap();
+                loop {
+                    let (mut s, _) = listener.accept().await.unwrap();
+                    let mut buf = vec![0u8; 4096];
+                    loop {
+                        let read = tokio::time::timeout(Duration::from_millis(5), s.read(&mut buf)).await;
+                        if let Ok(done) = on_close.try_recv() {
+                            drop(s);
+                            let _ = done.send(());
+                            break;
+                        }
+                        match read {
+                            Ok(Ok(0)) | Ok(Err(_)) => break,
+                            Ok(Ok(_)) => s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap(),
+                            Err(_) => {}
+                        }
+                    }
+                }
+            });
+        });
+        (addr, close)
+    }
+
+    fn get() -> Request<Body> {
+        Request::builder().uri("/").header("host", "backend").body(crate::proxy::respond::full("")).unwrap()
+    }
+
+    async fn exchange(crt: &ClusterRt, pool: &PoolSettings) -> (bool, Response<Body>) {
+        let (conn, reused) = acquire(&crt.shared, &crt.endpoints[0], pool, None).await.unwrap();
+        (reused, conn.send(get()).await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_request_runs_on_its_own_task_and_the_connection_is_reused() {
+        let (addr, _close) = server();
+        let crt = ClusterRt::single(addr);
+        let pool = PoolSettings::default();
+        let (reused, resp) = exchange(&crt, &pool).await;
+        assert!(!reused);
+        // The connection is driven by whoever holds it: no task was spawned for it.
+        assert_eq!(tokio::runtime::Handle::current().metrics().num_alive_tasks(), 0);
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+        let (reused, resp) = exchange(&crt, &pool).await;
+        assert!(reused, "the idle connection is used again");
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+        assert_eq!(crt.shared.stats.upstream_cx_total.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_the_server_closed_is_not_used_again() {
+        let (addr, close) = server();
+        let crt = ClusterRt::single(addr);
+        let pool = PoolSettings::default();
+        let (_, resp) = exchange(&crt, &pool).await;
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+        assert_eq!(crt.shared.cx_active.load(Ordering::Relaxed), 1, "kept idle in the pool");
+        let (done, closed) = std::sync::mpsc::channel();
+        close.send(done).unwrap();
+        tokio::task::spawn_blocking(move || closed.recv().unwrap()).await.unwrap();
+        // Let the I/O driver see the FIN, as it does between requests in a running proxy.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (reused, resp) = exchange(&crt, &pool).await;
+        assert!(!reused, "the closed connection was dropped, not reused");
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+        assert_eq!(crt.shared.cx_active.load(Ordering::Relaxed), 1, "the closed one's slot was freed");
+        assert_eq!(crt.shared.stats.upstream_cx_total.load(Ordering::Relaxed), 2);
     }
 }
