@@ -5,7 +5,9 @@ Bookinfo's /productpage. For each path: closed-loop throughput (wrk), then open-
 at a fixed 1000 rps with latency correction (oha -q), the proxies' CPU at that rate, and the
 share of upstream requests on a reused connection. Loopback only, bounded in time.
 
-The backend is meshd's httpbin demo app (a pod without a sidecar). Demo apps run on their own
+The backend is meshd's fortio server demo app answering `/echo?size=1024` with 1 KiB (a pod
+without a sidecar; the pair row reaches a second one with a sidecar): the response does not
+depend on the headers a proxy adds, so every row asks the backend for the same work. Demo apps run on their own
 threads (`meshd-app`), proxies on theirs (`meshd-proxy`): both get THREADS threads, as nginx
 gets THREADS workers, so every proxy under test has the same CPU budget and the backend is
 the same in every row.
@@ -31,7 +33,9 @@ ROUNDS = int(os.environ.get("ROUNDS", "3"))
 # one-thread backend (with -c 8 the direct row's own p99 rises to about 0.4 ms, above the proxied rows').
 LAT_CONNS = int(os.environ.get("LAT_CONNS", "1"))
 
-DIRECT_APP = b.httpbin_app("backend", sidecar=False) + "---\n" + b.BENCH_GATEWAY + """---
+PATH = "/echo?size=1024"
+
+DIRECT_APP = b.fortio_app("backend", sidecar=False) + "---\n" + b.fortio_app("echo") + "---\n" + b.BENCH_GATEWAY + """---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata:
@@ -40,7 +44,7 @@ spec:
   hosts: ["bench.one"]
   gateways: [bench]
   http:
-  - route: [{destination: {host: backend, port: {number: 8000}}}]
+  - route: [{destination: {host: backend, port: {number: 8080}}}]
 """
 
 NGINX = """worker_processes {threads};
@@ -103,16 +107,16 @@ def main():
         nginx_pids = [int(p) for p in subprocess.run(["pgrep", "-P", str(nginx.pid)], capture_output=True,
                                                      text=True).stdout.split()]
         # Warm every path (connections, certificates).
-        for via, host, path in ((mesh.gateway, "bench.one", "/get"), (mesh.proxy, "httpbin:8000", "/get"),
+        for via, host, path in ((mesh.gateway, "bench.one", PATH), (mesh.proxy, "echo:8080", PATH),
                                 (mesh.gateway, None, "/productpage")):
             req = urllib.request.Request(f"http://{via}{path}", headers={"Host": host} if host else {})
             urllib.request.urlopen(req).read()
         proxies = [(mesh.pid, "meshd-proxy")]
         rows = [  # name, address, Host, path, proxy threads, hops
-            ("direct (backend)", backend, None, "/get", [], 0),
-            ("nginx, 1 hop", "127.0.0.1:18081", None, "/get", [(p, None) for p in nginx_pids], 1),
-            ("meshd gateway, 1 hop", mesh.gateway, "bench.one", "/get", proxies, 1),
-            ("meshd sidecar pair, mTLS", mesh.proxy, "httpbin:8000", "/get", proxies, 2),
+            ("direct (backend)", backend, None, PATH, [], 0),
+            ("nginx, 1 hop", "127.0.0.1:18081", None, PATH, [(p, None) for p in nginx_pids], 1),
+            ("meshd gateway, 1 hop", mesh.gateway, "bench.one", PATH, proxies, 1),
+            ("meshd sidecar pair, mTLS", mesh.proxy, "echo:8080", PATH, proxies, 2),
             ("Bookinfo /productpage via gateway", mesh.gateway, None, "/productpage", proxies, 0),
         ]
         if args.profile:

@@ -47,6 +47,39 @@ spec:
 """
 
 
+def fortio_app(name, sidecar=True):
+    """A Deployment of meshd's fortio server demo app and its Service on port 8080. Its echo
+    answers `?size=N` with N fixed bytes, whatever the request's headers: the backend Istio's
+    own data-plane benchmarks use, so a proxy that adds headers does not make the backend work more."""
+    inject = "\n      annotations: {sidecar.istio.io/inject: \"false\"}" if not sidecar else ""
+    return f"""apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}{inject}
+    spec:
+      containers:
+      - name: fortio
+        image: fortio/fortio:latest_release
+        args: [server]
+        ports: [{{containerPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+spec:
+  ports: [{{name: http, port: 8080}}]
+  selector: {{app: {name}}}
+"""
+
+
 # The gateway serves host bench.one; the benchmarks add the VirtualService.
 BENCH_GATEWAY = """apiVersion: networking.istio.io/v1
 kind: Gateway

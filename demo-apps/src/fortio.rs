@@ -52,9 +52,24 @@ async fn handle(
         )
             .into_response();
     }
-    // fortio's echo handler: the body comes back as-is with 200.
-    (StatusCode::OK, body).into_response()
+    // fortio's echo handler: the body comes back as-is with 200, or `size` bytes of its payload.
+    match uri.query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("size="))) {
+        Some(size) => {
+            let n = size.parse::<usize>().unwrap_or(0).min(MAX_PAYLOAD);
+            ([(header::CONTENT_TYPE, "application/octet-stream")], PAYLOAD.slice(..n)).into_response()
+        }
+        None => (StatusCode::OK, body).into_response(),
+    }
 }
+
+/// fortio's largest generated payload (`fnet.MaxPayloadSize`).
+const MAX_PAYLOAD: usize = 256 * 1024;
+
+/// The bytes `?size=N` answers with: random, made once, as fortio does.
+static PAYLOAD: std::sync::LazyLock<Bytes> = std::sync::LazyLock::new(|| {
+    let mut rng = fastrand::Rng::with_seed(0x6d65_7368_64);
+    Bytes::from((0..MAX_PAYLOAD).map(|_| rng.u8(..)).collect::<Vec<u8>>())
+});
 
 fn debug_text(
     st: &St,
@@ -98,4 +113,31 @@ fn canonical(name: &str) -> String {
             o
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil;
+    use crate::AppKind;
+
+    #[tokio::test]
+    async fn echo_returns_the_body_or_a_payload_of_the_asked_size() {
+        let env = testutil::app_env(AppKind::Fortio, "fortio-1", &[]);
+        let addr = testutil::spawn(router(&env)).await;
+        let client = testutil::client();
+        let echoed = client.post(format!("http://{addr}/echo")).body("hello").send().await.unwrap();
+        assert_eq!(echoed.status(), 200);
+        assert_eq!(echoed.text().await.unwrap(), "hello");
+        let sized = client.get(format!("http://{addr}/echo?size=1024")).send().await.unwrap();
+        assert_eq!(sized.status(), 200);
+        assert_eq!(sized.headers()["content-type"], "application/octet-stream");
+        let first = sized.bytes().await.unwrap();
+        assert_eq!(first.len(), 1024);
+        // The same bytes every time, and capped at fortio's maximum.
+        let again = testutil::get(format!("http://{addr}/?x=1&size=1024")).await.unwrap().bytes().await.unwrap();
+        assert_eq!(first, again);
+        let capped = testutil::get(format!("http://{addr}/?size=999999999")).await.unwrap().bytes().await.unwrap();
+        assert_eq!(capped.len(), MAX_PAYLOAD);
+    }
 }
