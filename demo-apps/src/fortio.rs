@@ -67,7 +67,7 @@ const MAX_PAYLOAD: usize = 256 * 1024;
 
 /// The bytes `?size=N` answers with: random, made once, as fortio does.
 static PAYLOAD: std::sync::LazyLock<Bytes> = std::sync::LazyLock::new(|| {
-    let mut rng = fastrand::Rng::with_seed(0x6d65_7368_64);
+    let mut rng = fastrand::Rng::with_seed(0x6d_6573_6864);
     Bytes::from((0..MAX_PAYLOAD).map(|_| rng.u8(..)).collect::<Vec<u8>>())
 });
 
