@@ -4,11 +4,6 @@
 use clap::Parser;
 use meshd::cli::{Cli, Command};
 
-/// mimalloc: the proxies allocate and free small buffers on every request, and glibc's malloc
-/// spent a tenth of the data plane's user time on them (see docs/BENCHMARKS.md).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     // fortio's Go-style flags (`-qps 0`) are rewritten for clap after the `load` verb.
     let mut argv: Vec<String> = std::env::args().collect();
