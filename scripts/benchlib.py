@@ -17,9 +17,10 @@ HZ = os.sysconf("SC_CLK_TCK")
 CARGO_BIN = os.path.join(os.path.expanduser("~"), ".cargo", "bin")
 
 
-def httpbin_app(name, replicas=1, sidecar=True):
-    """A Deployment of meshd's httpbin demo app and its Service on port 8000."""
+def _app(name, container, image, args, container_port, service_port, replicas, sidecar):
+    """A Deployment of one demo-app container and its Service."""
     inject = "\n      annotations: {sidecar.istio.io/inject: \"false\"}" if not sidecar else ""
+    args = f"\n        args: [{', '.join(args)}]" if args else ""
     return f"""apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -33,51 +34,30 @@ spec:
       labels: {{app: {name}}}{inject}
     spec:
       containers:
-      - name: httpbin
-        image: docker.io/mccutchen/go-httpbin:v2.15.0
-        ports: [{{containerPort: 8080}}]
+      - name: {container}
+        image: {image}{args}
+        ports: [{{containerPort: {container_port}}}]
 ---
 apiVersion: v1
 kind: Service
 metadata:
   name: {name}
 spec:
-  ports: [{{name: http, port: 8000, targetPort: 8080}}]
+  ports: [{{name: http, port: {service_port}, targetPort: {container_port}}}]
   selector: {{app: {name}}}
 """
+
+
+def httpbin_app(name, replicas=1, sidecar=True):
+    """A Deployment of meshd's httpbin demo app and its Service on port 8000."""
+    return _app(name, "httpbin", "docker.io/mccutchen/go-httpbin:v2.15.0", [], 8080, 8000, replicas, sidecar)
 
 
 def fortio_app(name, sidecar=True):
     """A Deployment of meshd's fortio server demo app and its Service on port 8080. Its echo
     answers `?size=N` with N fixed bytes, whatever the request's headers: the backend Istio's
     own data-plane benchmarks use, so a proxy that adds headers does not make the backend work more."""
-    inject = "\n      annotations: {sidecar.istio.io/inject: \"false\"}" if not sidecar else ""
-    return f"""apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: {name}
-spec:
-  replicas: 1
-  selector:
-    matchLabels: {{app: {name}}}
-  template:
-    metadata:
-      labels: {{app: {name}}}{inject}
-    spec:
-      containers:
-      - name: fortio
-        image: fortio/fortio:latest_release
-        args: [server]
-        ports: [{{containerPort: 8080}}]
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: {name}
-spec:
-  ports: [{{name: http, port: 8080}}]
-  selector: {{app: {name}}}
-"""
+    return _app(name, "fortio", "fortio/fortio:latest_release", ["server"], 8080, 8080, 1, sidecar)
 
 
 # The gateway serves host bench.one; the benchmarks add the VirtualService.
