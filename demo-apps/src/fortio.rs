@@ -14,6 +14,7 @@ use axum::http::{header, HeaderMap, Method, StatusCode, Uri, Version};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 
+use crate::util::parse_query;
 use crate::AppEnv;
 
 /// The fortio version this stand-in reports.
@@ -53,8 +54,9 @@ async fn handle(
             .into_response();
     }
     // fortio's echo handler: the body comes back as-is with 200, or `size` bytes of its payload.
-    match uri.query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("size="))) {
-        Some(size) => {
+    let size = parse_query(uri.query().unwrap_or_default()).into_iter().find(|(k, _)| k == "size");
+    match size {
+        Some((_, size)) => {
             let n = size.parse::<usize>().unwrap_or(0).min(MAX_PAYLOAD);
             ([(header::CONTENT_TYPE, "application/octet-stream")], PAYLOAD.slice(..n)).into_response()
         }

@@ -21,6 +21,8 @@ mod sleep;
 mod tcp_echo;
 mod util;
 
+pub use util::Civil;
+
 #[cfg(test)]
 mod testutil;
 

@@ -211,7 +211,7 @@ pub(crate) fn parse_query(q: &str) -> Vec<(String, String)> {
 
 /// A UTC wall-clock time broken into calendar fields, for log lines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Civil {
+pub struct Civil {
     pub year: i64,
     pub month: u32,
     pub day: u32,
@@ -232,7 +232,7 @@ impl Civil {
 
     /// Converts milliseconds since the Unix epoch (days-to-civil conversion on the proleptic
     /// Gregorian calendar).
-    pub(crate) fn from_unix_millis(ms: i64) -> Civil {
+    pub fn from_unix_millis(ms: i64) -> Civil {
         let secs = ms.div_euclid(1000);
         let millis = ms.rem_euclid(1000) as u32;
         let days = secs.div_euclid(86_400);
@@ -259,7 +259,7 @@ impl Civil {
     }
 
     /// `2026-11-21T10:00:00.000Z` (Go slog's text handler in a UTC container).
-    pub(crate) fn rfc3339_millis(&self) -> String {
+    pub fn rfc3339_millis(&self) -> String {
         format!(
             "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
             self.year, self.month, self.day, self.hour, self.minute, self.second, self.millis

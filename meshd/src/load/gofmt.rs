@@ -194,20 +194,3 @@ pub fn clock_hms() -> String {
     let day = secs % 86_400;
     format!("{:02}:{:02}:{:02}", day / 3600, (day / 60) % 60, day % 60)
 }
-
-/// UTC date-time of a UNIX timestamp as (year, month, day, hour, min, sec),
-/// using the days-from-civil inverse (Howard Hinnant's algorithm).
-pub fn civil_utc(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day, (rem / 3600) as u32, ((rem / 60) % 60) as u32, (rem % 60) as u32)
-}

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::args::{LoadArgs, LogLevel};
 use super::client::FORTIO_VERSION;
-use super::gofmt::{civil_utc, fmt_duration, fmt_g};
+use super::gofmt::{fmt_duration, fmt_g};
 use super::runner::{Plan, WorkerReport};
 use super::stats::{Histogram, HistogramData};
 
@@ -181,7 +181,8 @@ impl RunOutput<'_> {
     /// A subset of fortio's JSON result (same field names), one object.
     pub fn json(&self) -> String {
         let started = self.started.duration_since(UNIX_EPOCH).unwrap_or_default();
-        let (y, mo, d, h, mi, se) = civil_utc(started.as_secs());
+        let demo_apps::Civil { year: y, month: mo, day: d, hour: h, minute: mi, second: se, .. } =
+            demo_apps::Civil::from_unix_millis(started.as_millis() as i64);
         let start_time = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{se:02}.{:09}Z", started.subsec_nanos());
         let id = format!("{y:04}-{mo:02}-{d:02}-{h:02}{mi:02}{se:02}");
         let requested_qps = if self.plan.qps > 0.0 { fmt_g(self.plan.qps, Some(9)) } else { "max".to_string() };

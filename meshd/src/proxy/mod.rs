@@ -436,7 +436,7 @@ impl Proxy {
     ) {
         let local = stream.local_addr().ok();
         if let Role::GatewayTls { .. } = &*role {
-            return self.gateway_tls(stream, peer, role, shutdown, changes).await;
+            return self.gateway_tls(stream, peer, local, role, shutdown, changes).await;
         }
         if let Role::GatewayTcp { rt, port } = &*role {
             return self.gateway_tcp(stream, rt, *port).await;
@@ -566,11 +566,11 @@ impl Proxy {
         self,
         stream: TcpStream,
         peer: SocketAddr,
+        local: Option<SocketAddr>,
         role: Arc<Role>,
         shutdown: watch::Receiver<bool>,
         changes: Option<watch::Receiver<()>>,
     ) {
-        let local = stream.local_addr().ok();
         let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
         let Ok(start) = acceptor.await else { return };
         let sni = start.client_hello().server_name().map(|s| s.to_ascii_lowercase());

@@ -166,8 +166,7 @@ impl From<Record> for Entry {
 /// RFC 3339 UTC with milliseconds, as Envoy's `%START_TIME%`.
 fn timestamp(t: SystemTime) -> String {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let (year, month, day, h, m, sec) = crate::load::gofmt::civil_utc(d.as_secs());
-    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{sec:02}.{:03}Z", d.subsec_millis())
+    demo_apps::Civil::from_unix_millis(d.as_millis() as i64).rfc3339_millis()
 }
 
 impl Entry {
