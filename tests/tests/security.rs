@@ -127,3 +127,51 @@ async fn certificates_rotate_under_traffic_without_a_failed_request() {
     let rotated = mesh.output().iter().filter(|l| l.contains("workload certificates rotated")).count();
     assert!(rotated >= 2, "certificates rotated more than once while requests flowed: {rotated}");
 }
+
+#[tokio::test]
+async fn h2_upgrade_multiplexes_requests_between_sidecars_over_one_connection() {
+    let dir = TempDir::new();
+    dir.add_sample("httpbin/httpbin.yaml");
+    dir.add_sample("sleep/sleep.yaml");
+    dir.write(
+        "dr-h2.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: httpbin}\nspec:\n  host: httpbin\n  trafficPolicy: {connectionPool: {http: {h2UpgradePolicy: UPGRADE}}}\n",
+    );
+    let mesh = Mesh::start(dir);
+    // Twenty requests in flight at once (each waits 300 ms at httpbin): over HTTP/1.1 each would
+    // need a connection of its own.
+    let client = mesh.mesh_client();
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let resp = client.get("http://httpbin:8000/delay/0.3").send().await.unwrap();
+                assert_eq!(resp.status(), 200);
+                resp.json::<serde_json::Value>().await.unwrap()
+            })
+        })
+        .collect();
+    for t in tasks {
+        let v = t.await.unwrap();
+        // The app still gets an HTTP/1.1 request with its Host, and the hop stayed mTLS.
+        assert_eq!(v["headers"]["Host"][0], "httpbin:8000", "{v}");
+        let xfcc = v["headers"]["X-Forwarded-Client-Cert"][0].as_str().unwrap_or_else(|| panic!("{v}"));
+        assert!(xfcc.ends_with("URI=spiffe://cluster.local/ns/default/sa/sleep"), "{xfcc}");
+    }
+    let stats = mesh.client().get(format!("http://{}/stats", mesh.admin)).send().await.unwrap().text().await.unwrap();
+    let stat = |name: &str| -> u64 {
+        let key = format!("cluster.outbound|8000||httpbin.default.svc.cluster.local.{name}: ");
+        stats.lines().find_map(|l| l.strip_prefix(&key)).unwrap_or_else(|| panic!("{stats}")).parse().unwrap()
+    };
+    assert_eq!(stat("upstream_rq_total"), 20, "{stats}");
+    assert_eq!(stat("upstream_cx_total"), 1, "one multiplexed connection: {stats}");
+    // The server sidecar saw HTTP/2 from its peer, as Envoy's inbound access log shows it.
+    mesh.proxy_log_line("httpbin-", &["\"GET /delay/0.3 HTTP/2\" 200"]);
+
+    // Without the policy the mesh default applies again: HTTP/1.1 between the sidecars.
+    let mark = mesh.mark();
+    mesh.dir.remove("dr-h2.yaml");
+    mesh.wait_applied(mark);
+    assert_eq!(client.get("http://httpbin:8000/get").send().await.unwrap().status(), 200);
+    mesh.proxy_log_line("httpbin-", &["\"GET /get HTTP/1.1\" 200"]);
+}

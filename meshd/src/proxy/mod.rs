@@ -604,6 +604,10 @@ impl Proxy {
             let role = role.clone();
             let info = info.clone();
             async move {
+                let mut req = req;
+                if req.version() == http::Version::HTTP_2 {
+                    h1_form(&mut req);
+                }
                 let resp = proxy.handle(&role, &info, req).await;
                 // Without a sidecar there is no proxy to answer: the caller sees the connection fail.
                 if resp.extensions().get::<AbortConnection>().is_some() {
@@ -1350,6 +1354,20 @@ fn request_hash(
 
 /// Shapes an upstream response for the caller: Envoy's headers and the route's edits.
 /// The request target in origin form; the path is shared with `uri`, not copied.
+/// An HTTP/2 request in the shape the rest of the proxy and an HTTP/1.1 upstream expect: `Host`
+/// from `:authority`, an origin-form target. Envoy does the same when it forwards HTTP/2 as
+/// HTTP/1.1. The version stays HTTP/2, so the access log shows the protocol the caller used.
+fn h1_form<B>(req: &mut Request<B>) {
+    if let Some(authority) = req.uri().authority() {
+        if !req.headers().contains_key(HOST) {
+            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+                req.headers_mut().insert(HOST, v);
+            }
+        }
+        *req.uri_mut() = origin_form(req.uri());
+    }
+}
+
 fn origin_form(uri: &Uri) -> Uri {
     Uri::from(uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")))
 }

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -86,7 +86,8 @@ impl ClusterShared {
         }
     }
 
-    fn now_ms(&self) -> u64 {
+    /// Milliseconds since the cluster's state was made.
+    pub fn now_ms(&self) -> u64 {
         Instant::now().saturating_duration_since(self.epoch).as_millis() as u64
     }
 }
@@ -136,6 +137,10 @@ pub struct EndpointRt {
     pub errors: AtomicU64,
     /// Idle keep-alive connections.
     pub idle: Mutex<Vec<IdleConn>>,
+    /// The shared HTTP/2 connection (`h2UpgradePolicy: UPGRADE`).
+    pub h2: ArcSwapOption<super::upstream::H2Link>,
+    /// Whether a request is opening the HTTP/2 connection; the others wait for it.
+    pub h2_connecting: AtomicBool,
     /// Ejected until this many ms after the cluster epoch (0 = not ejected).
     ejected_until_ms: AtomicU64,
     outlier: Mutex<OutlierCounts>,
@@ -153,6 +158,8 @@ impl EndpointRt {
             total: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             idle: Mutex::new(Vec::new()),
+            h2: ArcSwapOption::empty(),
+            h2_connecting: AtomicBool::new(false),
             ejected_until_ms: AtomicU64::new(0),
             outlier: Mutex::new(OutlierCounts::default()),
         }

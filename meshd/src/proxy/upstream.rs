@@ -3,21 +3,27 @@
 //! and `maxRequestsPerConnection` counted per cluster, connections returned
 //! to the pool when the response body ends.
 //!
-//! A connection has no task of its own: whoever holds it (the request, then the response body)
-//! drives it, so a request costs no hand-off to another task and back.
+//! An HTTP/1.1 connection has no task of its own: whoever holds it (the request, then the
+//! response body) drives it, so a request costs no hand-off to another task and back.
+//!
+//! With `h2UpgradePolicy: UPGRADE` every request to an endpoint shares one HTTP/2 connection, as
+//! Envoy's HTTP/2 pool does; that connection's I/O runs on a task of its own, since many requests
+//! use it at once.
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1::SendRequest, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -195,6 +201,18 @@ pub async fn acquire(
     ep: &Arc<EndpointRt>,
     pool: &PoolSettings,
     tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<(Checkout, bool), UpstreamError> {
+    if pool.h2_upgrade {
+        return acquire_h2(shared, ep, pool, tls).await;
+    }
+    acquire_h1(shared, ep, pool, tls).await.map(|(c, reused)| (Checkout::H1(c), reused))
+}
+
+async fn acquire_h1(
+    shared: &Arc<ClusterShared>,
+    ep: &Arc<EndpointRt>,
+    pool: &PoolSettings,
+    tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<(Conn, bool), UpstreamError> {
     let reuse = |c: IdleConn| Conn {
         link: c.link,
@@ -226,6 +244,169 @@ pub async fn acquire(
         }
         notified.await;
     }
+}
+
+/// What a request got from the pool: an HTTP/1.1 connection of its own, or a stream on the
+/// endpoint's shared HTTP/2 connection.
+pub enum Checkout {
+    /// HTTP/1.1, returned to the pool when the response body ends.
+    H1(Conn),
+    /// HTTP/2 (`h2UpgradePolicy: UPGRADE`).
+    H2(Arc<H2Link>, Arc<EndpointRt>),
+}
+
+impl Checkout {
+    /// Sends `req` and waits for the response head.
+    pub async fn send(self, req: Request<Body>) -> Result<Response<Body>, UpstreamError> {
+        match self {
+            Checkout::H1(conn) => conn.send(req).await,
+            Checkout::H2(link, ep) => link.send(req, &ep).await,
+        }
+    }
+}
+
+/// One multiplexed HTTP/2 connection to an endpoint, shared by every request to it.
+pub struct H2Link {
+    sender: http2::SendRequest<Body>,
+    /// Streams opened on it, for `maxRequestsPerConnection`.
+    streams: AtomicU32,
+    /// When a stream last opened, on the cluster's clock (ms), for `idleTimeout`.
+    last_ms: AtomicU64,
+}
+
+impl std::fmt::Debug for H2Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2Link").field("streams", &self.streams.load(Ordering::Relaxed)).finish()
+    }
+}
+
+impl H2Link {
+    /// Counts one more stream if the connection is up, has not sat idle past `idleTimeout`, and
+    /// has room under `maxRequestsPerConnection`.
+    fn open_stream(&self, now_ms: u64, pool: &PoolSettings) -> bool {
+        if self.sender.is_closed()
+            || now_ms.saturating_sub(self.last_ms.load(Ordering::Relaxed)) >= pool.idle_timeout.as_millis() as u64
+        {
+            return false;
+        }
+        let max = pool.max_requests_per_connection;
+        let opened =
+            self.streams.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (max == 0 || n < max).then_some(n + 1));
+        if opened.is_ok() {
+            self.last_ms.store(now_ms, Ordering::Relaxed);
+        }
+        opened.is_ok()
+    }
+
+    /// Sends `req` as HTTP/2: the authority and scheme go in pseudo-headers, not `Host`. The
+    /// response is handed on as HTTP/1.1, the protocol of the caller's connection.
+    async fn send(&self, mut req: Request<Body>, ep: &EndpointRt) -> Result<Response<Body>, UpstreamError> {
+        let host = req.headers_mut().remove(http::header::HOST);
+        let authority = host
+            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+            .or_else(|| Authority::try_from(ep.addr.to_string()).ok());
+        let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = authority;
+        parts.path_and_query.get_or_insert(PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from_parts(parts).map_err(|e| UpstreamError::Reset(e.to_string()))?;
+        *req.version_mut() = Version::HTTP_2;
+        let mut sender = self.sender.clone();
+        sender.ready().await.map_err(|e| UpstreamError::Reset(e.to_string()))?;
+        let mut resp = sender.send_request(req).await.map_err(|e| UpstreamError::Reset(e.to_string()))?;
+        *resp.version_mut() = Version::HTTP_11;
+        Ok(resp.map(|b| Body::new(b.map_err(BoxError::from))))
+    }
+}
+
+/// Clears the endpoint's "connecting" mark and wakes the requests waiting for the connection.
+struct Connecting<'a>(&'a EndpointRt, &'a ClusterShared);
+
+impl Drop for Connecting<'_> {
+    fn drop(&mut self) {
+        self.0.h2_connecting.store(false, Ordering::Release);
+        self.1.notify.notify_waiters();
+    }
+}
+
+/// A stream on the endpoint's HTTP/2 connection. While none is open, one request connects (within
+/// `maxConnections`) and the others wait for it in the pending queue, as Envoy's HTTP/2 pool does.
+async fn acquire_h2(
+    shared: &Arc<ClusterShared>,
+    ep: &Arc<EndpointRt>,
+    pool: &PoolSettings,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<(Checkout, bool), UpstreamError> {
+    let current = || ep.h2.load_full().filter(|l| l.open_stream(shared.now_ms(), pool));
+    if let Some(link) = current() {
+        return Ok((Checkout::H2(link, ep.clone()), true));
+    }
+    let queued = shared.rq_pending_active.fetch_add(1, Ordering::AcqRel);
+    let _pending = PendingSlot(shared);
+    if queued >= u64::from(pool.max_pending) {
+        shared.stats.upstream_rq_pending_overflow.fetch_add(1, Ordering::Relaxed);
+        return Err(UpstreamError::Overflow);
+    }
+    shared.stats.upstream_rq_pending_total.fetch_add(1, Ordering::Relaxed);
+    loop {
+        let notified = shared.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(link) = current() {
+            return Ok((Checkout::H2(link, ep.clone()), true));
+        }
+        if !ep.h2_connecting.load(Ordering::Acquire) && try_slot(shared, pool.max_connections) {
+            if ep.h2_connecting.swap(true, Ordering::AcqRel) {
+                // Another request started connecting first: give the slot back and wait for it.
+                shared.cx_active.fetch_sub(1, Ordering::AcqRel);
+            } else {
+                let _connecting = Connecting(ep, shared);
+                let link = connect_h2(ep, shared, tls, pool.connect_timeout).await?;
+                link.open_stream(shared.now_ms(), pool);
+                ep.h2.store(Some(link.clone()));
+                return Ok((Checkout::H2(link, ep.clone()), false));
+            }
+        }
+        notified.await;
+    }
+}
+
+/// Opens an HTTP/2 connection; its task holds the `maxConnections` slot (already taken) until
+/// the connection ends.
+async fn connect_h2(
+    ep: &EndpointRt,
+    shared: &Arc<ClusterShared>,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    timeout: std::time::Duration,
+) -> Result<Arc<H2Link>, UpstreamError> {
+    let slot = CxSlot(shared.clone());
+    shared.stats.upstream_cx_total.fetch_add(1, Ordering::Relaxed);
+    let dialed = dial(ep, tls, timeout).await;
+    if dialed.is_err() {
+        shared.stats.upstream_cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+    }
+    let (sender, driver) = match dialed? {
+        Dialed::Tls(tls_stream) => http2_handshake(tls_stream).await?,
+        Dialed::Plain(stream) => http2_handshake(stream).await?,
+    };
+    tokio::spawn(async move {
+        let _slot = slot;
+        if let Err(e) = driver.await {
+            tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+        }
+    });
+    let now = shared.now_ms();
+    Ok(Arc::new(H2Link { sender, streams: AtomicU32::new(0), last_ms: AtomicU64::new(now) }))
+}
+
+async fn http2_handshake<I>(io: I) -> Result<(http2::SendRequest<Body>, Driver), UpstreamError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync + 'static,
+{
+    let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+        .await
+        .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+    Ok((sender, Box::pin(conn)))
 }
 
 impl Conn {
@@ -405,5 +586,77 @@ mod tests {
         assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
         assert_eq!(crt.shared.cx_active.load(Ordering::Relaxed), 1, "the closed one's slot was freed");
         assert_eq!(crt.shared.stats.upstream_cx_total.load(Ordering::Relaxed), 2);
+    }
+
+    /// An HTTP/2 server (prior knowledge) on a thread of its own that answers each request with
+    /// its version, authority and path.
+    fn h2_server() -> SocketAddr {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = std_listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                std_listener.set_nonblocking(true).unwrap();
+                let listener = TcpListener::from_std(std_listener).unwrap();
+                loop {
+                    let (s, _) = listener.accept().await.unwrap();
+                    tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                            // Long enough for every request of a burst to be in flight at once.
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            let text =
+                                format!("{:?} {} {}", req.version(), req.uri().authority().unwrap(), req.uri().path());
+                            Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(Bytes::from(
+                                text,
+                            ))))
+                        });
+                        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(s), svc)
+                            .await;
+                    });
+                }
+            });
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn with_h2_upgrade_concurrent_requests_share_one_connection() {
+        let crt = Arc::new(ClusterRt::single(h2_server()));
+        let pool = Arc::new(PoolSettings { h2_upgrade: true, ..PoolSettings::default() });
+        let mut burst = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let (crt, pool) = (crt.clone(), pool.clone());
+            burst.spawn(async move {
+                let (_, resp) = exchange(&crt, &pool).await;
+                assert_eq!(resp.version(), Version::HTTP_11, "handed on as the caller's protocol");
+                resp.into_body().collect().await.unwrap().to_bytes()
+            });
+        }
+        while let Some(body) = burst.join_next().await {
+            assert_eq!(body.unwrap(), "HTTP/2.0 backend /", "Host became :authority");
+        }
+        assert_eq!(crt.shared.stats.upstream_cx_total.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            crt.shared.stats.upstream_rq_pending_total.load(Ordering::Relaxed),
+            8,
+            "all waited for the one handshake"
+        );
+        let (reused, _) = exchange(&crt, &pool).await;
+        assert!(reused);
+    }
+
+    #[tokio::test]
+    async fn with_h2_upgrade_max_requests_per_connection_opens_a_new_connection() {
+        let crt = ClusterRt::single(h2_server());
+        let pool = PoolSettings { h2_upgrade: true, max_requests_per_connection: 2, ..PoolSettings::default() };
+        let mut reuses = Vec::new();
+        for _ in 0..5 {
+            let (reused, resp) = exchange(&crt, &pool).await;
+            resp.into_body().collect().await.unwrap();
+            reuses.push(reused);
+        }
+        assert_eq!(reuses, [false, true, false, true, false]);
+        assert_eq!(crt.shared.stats.upstream_cx_total.load(Ordering::Relaxed), 3);
     }
 }

@@ -423,6 +423,9 @@ pub struct PoolSettings {
     pub max_retries: u32,
     /// `http.idleTimeout` (Istio default 1 h).
     pub idle_timeout: Duration,
+    /// `http.h2UpgradePolicy: UPGRADE`: requests go to the endpoint over one multiplexed HTTP/2
+    /// connection. The mesh default (`DEFAULT`, as in Istio) is not to upgrade.
+    pub h2_upgrade: bool,
 }
 
 impl Default for PoolSettings {
@@ -436,6 +439,7 @@ impl Default for PoolSettings {
             max_requests_per_connection: 0,
             max_retries: u32::MAX,
             idle_timeout: Duration::from_secs(3600),
+            h2_upgrade: false,
         }
     }
 }
@@ -466,6 +470,7 @@ impl PoolSettings {
             if let Some(d) = &h.idle_timeout {
                 out.idle_timeout = d.0;
             }
+            out.h2_upgrade = h.h2_upgrade_policy == Some(api::H2UpgradePolicy::Upgrade);
         }
         out
     }
