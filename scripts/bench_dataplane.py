@@ -8,9 +8,10 @@ share of upstream requests on a reused connection. Loopback only, bounded in tim
 The backend is meshd's fortio server demo app answering `/echo?size=1024` with 1 KiB (a pod
 without a sidecar; the pair row reaches a second one with a sidecar): the response does not
 depend on the headers a proxy adds, so every row asks the backend for the same work. Demo apps run on their own
-threads (`meshd-app`), proxies on theirs (`meshd-proxy`): both get THREADS threads, as nginx
-gets THREADS workers, so every proxy under test has the same CPU budget and the backend is
-the same in every row.
+threads (`meshd-app`), proxies on worker threads of theirs (`meshd-proxy`): both get THREADS
+threads, as nginx gets THREADS workers, so every proxy under test has the same CPU budget and the
+backend is the same in every row. meshd's CPU is every thread of it but the apps': the workers and
+the control thread (accepting, reloads, admin API).
 
 `--profile ROW` (1-based row number) records the proxies' threads with perf during that row's
 wrk run and prints the hottest symbols instead of the table.
@@ -35,7 +36,18 @@ LAT_CONNS = int(os.environ.get("LAT_CONNS", "1"))
 
 PATH = "/echo?size=1024"
 
-DIRECT_APP = b.fortio_app("backend", sidecar=False) + "---\n" + b.fortio_app("echo") + "---\n" + b.BENCH_GATEWAY + """---
+DIRECT_APP = b.fortio_app("backend", sidecar=False) + "---\n" + b.fortio_app("echo") + "---\n" + b.fortio_app("echo-h2") + """---
+# The same pair, its sidecars talking HTTP/2 (one multiplexed connection) instead of Istio's
+# default HTTP/1.1.
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: echo-h2
+spec:
+  host: echo-h2
+  trafficPolicy: {connectionPool: {http: {h2UpgradePolicy: UPGRADE}}}
+---
+""" + b.BENCH_GATEWAY + """---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata:
@@ -108,15 +120,16 @@ def main():
                                                      text=True).stdout.split()]
         # Warm every path (connections, certificates).
         for via, host, path in ((mesh.gateway, "bench.one", PATH), (mesh.proxy, "echo:8080", PATH),
-                                (mesh.gateway, None, "/productpage")):
+                                (mesh.proxy, "echo-h2:8080", PATH), (mesh.gateway, None, "/productpage")):
             req = urllib.request.Request(f"http://{via}{path}", headers={"Host": host} if host else {})
             urllib.request.urlopen(req).read()
-        proxies = [(mesh.pid, "meshd-proxy")]
+        proxies = [(mesh.pid, "!meshd-app")]
         rows = [  # name, address, Host, path, proxy threads, hops
             ("direct (backend)", backend, None, PATH, [], 0),
             ("nginx, 1 hop", "127.0.0.1:18081", None, PATH, [(p, None) for p in nginx_pids], 1),
             ("meshd gateway, 1 hop", mesh.gateway, "bench.one", PATH, proxies, 1),
             ("meshd sidecar pair, mTLS", mesh.proxy, "echo:8080", PATH, proxies, 2),
+            ("same pair, HTTP/2 between the sidecars", mesh.proxy, "echo-h2:8080", PATH, proxies, 2),
             ("Bookinfo /productpage via gateway", mesh.gateway, None, "/productpage", proxies, 0),
         ]
         if args.profile:
@@ -175,7 +188,7 @@ def report(results):
         print(f"| {r['name']} | {r['rps']:,.0f} | {r['rps'] / base['rps']:.2f} | {r['pct']['50']:.3f} | "
               f"{r['pct']['90']:.3f} | {r['pct']['99']:.3f} | {added} | {r['proxy']:.3f} | {per_hop} | {r['us']:.1f} | {reuse} | "
               f"{r['errors'] + sum(n for c, n in r['codes'].items() if c != '200')} |")
-    print("\nproxy CPU: the proxies' threads only (meshd-proxy; nginx's workers), user+system, during the "
+    print("\nproxy CPU: meshd's threads but the apps' (meshd-proxy workers and the control thread); nginx's workers, user+system, during the "
           "1000 rps runs; latency percentiles are medians over the rounds; per hop: that, per 1000 rps, divided by the proxies on the path (not given for "
           "Bookinfo, whose path length depends on the reviews version). Apps' threads (the backend) are measured apart and not counted.")
 

@@ -143,7 +143,8 @@ class Mesh:
 
 
 def thread_ticks(pid, name_prefix=None):
-    """User+system clock ticks of a process's threads whose name starts with `name_prefix`."""
+    """User+system clock ticks of a process's threads whose name starts with `name_prefix`
+    (`!prefix`: whose name does not)."""
     total = 0
     try:
         tids = os.listdir(f"/proc/{pid}/task")
@@ -153,7 +154,10 @@ def thread_ticks(pid, name_prefix=None):
         try:
             with open(f"/proc/{pid}/task/{tid}/comm") as f:
                 comm = f.read().strip()
-            if name_prefix and not comm.startswith(name_prefix):
+            if name_prefix and name_prefix.startswith("!"):
+                if comm.startswith(name_prefix[1:]):
+                    continue
+            elif name_prefix and not comm.startswith(name_prefix):
                 continue
             with open(f"/proc/{pid}/task/{tid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()

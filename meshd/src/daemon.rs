@@ -34,6 +34,8 @@ pub struct Options {
     pub cert_ttl: std::time::Duration,
     /// Access-log printing and encoding, and where spans are exported.
     pub telemetry: crate::telemetry::Options,
+    /// The data plane's worker threads.
+    pub workers: usize,
 }
 
 /// A pod as `meshd status` shows it.
@@ -419,7 +421,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         graph: Default::default(),
         analysis: Mutex::default(),
     });
-    let proxy = Proxy::new(snapshot.clone(), state.registry.clone()).with_telemetry(state.telemetry.clone());
+    let telemetry = state.telemetry.clone();
+    let workers = crate::workers::Workers::start(opts.workers, move || telemetry.start_local())
+        .context("cannot start the worker threads")?;
+    let proxy = Proxy::new(snapshot.clone(), state.registry.clone())
+        .with_telemetry(state.telemetry.clone())
+        .with_workers(Arc::new(workers));
     let sampled = state.clone();
     tokio::spawn(async move {
         // The dashboard's rates are differences of these samples.

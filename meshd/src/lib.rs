@@ -14,4 +14,5 @@ pub mod proxy;
 pub mod security;
 pub mod snapshot;
 pub mod telemetry;
+pub mod workers;
 pub mod workload;

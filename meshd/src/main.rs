@@ -18,12 +18,21 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.thread_name("meshd-proxy");
-    // Benchmarks match worker threads with the reference proxy.
-    if let Some(n) = std::env::var("MESHD_THREADS").ok().and_then(|v| v.parse().ok()) {
-        builder.worker_threads(n);
-    }
+    // `MESHD_THREADS`: the data plane's worker threads (default one per core); benchmarks match
+    // them with the reference proxy's workers.
+    let threads = std::env::var("MESHD_THREADS").ok().and_then(|v| v.parse().ok());
+    // `meshd up` runs its control plane (reloads, admin API, telemetry, accepting) on this thread
+    // and the proxies on worker threads of their own; the other verbs are clients.
+    let mut builder = match cli.command {
+        Command::Up { .. } => tokio::runtime::Builder::new_current_thread(),
+        _ => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = threads {
+                b.worker_threads(n);
+            }
+            b
+        }
+    };
     let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -49,7 +58,9 @@ fn main() -> std::process::ExitCode {
                     json: access_log_encoding.eq_ignore_ascii_case("json"),
                     otlp: otlp_endpoint,
                 };
-                let opts = meshd::daemon::Options { dir, gateway, gateway_tls, admin, proxy, cert_ttl, telemetry };
+                let workers = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+                let opts =
+                    meshd::daemon::Options { dir, gateway, gateway_tls, admin, proxy, cert_ttl, telemetry, workers };
                 meshd::daemon::run(opts).await.map(|_| 0)
             }
             Command::Certs { admin } => meshd::cli::certs(admin).await.map(|_| 0),

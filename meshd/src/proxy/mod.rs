@@ -232,6 +232,8 @@ pub struct Proxy {
     snapshot: SnapshotHandle,
     registry: Arc<Registry>,
     telemetry: Option<Telemetry>,
+    /// Where accepted connections are served; None: on the accepting task's runtime.
+    workers: Option<Arc<crate::workers::Workers>>,
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -354,7 +356,13 @@ enum Attempt {
 impl Proxy {
     /// A proxy reading routes from `snapshot`, with per-proxy state in `registry`.
     pub fn new(snapshot: SnapshotHandle, registry: Arc<Registry>) -> Proxy {
-        Proxy { snapshot, registry, telemetry: None }
+        Proxy { snapshot, registry, telemetry: None, workers: None }
+    }
+
+    /// Serves accepted connections on `workers`' event loops.
+    pub fn with_workers(mut self, workers: Arc<crate::workers::Workers>) -> Proxy {
+        self.workers = Some(workers);
+        self
     }
 
     /// Reports every request to `telemetry` (metrics, access log, spans).
@@ -421,7 +429,13 @@ impl Proxy {
             let role = role.clone();
             let shutdown = shutdown.clone();
             let changes = changes.clone();
-            tokio::spawn(async move { proxy.connection(stream, peer, role, shutdown, changes).await });
+            let serve = move |stream| async move { proxy.connection(stream, peer, role, shutdown, changes).await };
+            match &self.workers {
+                Some(workers) => workers.hand_off(stream, serve),
+                None => {
+                    tokio::spawn(serve(stream));
+                }
+            }
         }
     }
 

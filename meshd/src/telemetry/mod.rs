@@ -1,6 +1,8 @@
 //! What the proxies report: metrics (counted on the request task with atomic
-//! adds), and access-log records that one telemetry task turns into log
-//! lines, spans in memory and OTLP exports, off the request path.
+//! adds), and access-log records that a telemetry task turns into log lines,
+//! spans in memory and OTLP exports, off the request path. Each worker thread
+//! has a telemetry task of its own, so handing over a record never wakes
+//! another thread.
 
 pub mod accesslog;
 pub mod graph;
@@ -8,6 +10,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod trace;
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +37,9 @@ pub struct Options {
 /// The proxies' handle on telemetry.
 #[derive(Debug, Clone)]
 pub struct Telemetry {
+    /// The task started with the handle, for threads without one of their own.
     tx: mpsc::UnboundedSender<Record>,
+    sink: Arc<Sink>,
     /// Istio's metrics.
     pub metrics: Arc<Metrics>,
     /// Recent traces.
@@ -50,9 +55,48 @@ const RECV_BATCH: usize = 64;
 impl Telemetry {
     /// Starts the telemetry task: log lines go to `logs` under `<proxy>/istio-proxy`.
     pub fn start(logs: crate::logs::Logs, opts: Options) -> Telemetry {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Record>();
         let traces = Arc::new(TraceStore::default());
-        let store = traces.clone();
+        let sink = Arc::new(Sink { logs, opts, traces: traces.clone() });
+        let tx = sink.clone().writer();
+        Telemetry { tx, sink, metrics: Arc::new(Metrics::default()), traces }
+    }
+
+    /// Gives the calling thread (a worker, inside its runtime) a telemetry task of its own.
+    pub fn start_local(&self) {
+        let tx = self.sink.clone().writer();
+        LOCAL.with(|l| *l.borrow_mut() = Some(tx));
+    }
+
+    /// Hands a record to the telemetry task (never blocks).
+    pub fn send(&self, r: Record) {
+        let unsent = LOCAL.with(|l| match &*l.borrow() {
+            Some(tx) => tx.send(r).err().map(|e| e.0),
+            None => Some(r),
+        });
+        if let Some(r) = unsent {
+            let _ = self.tx.send(r);
+        }
+    }
+}
+
+thread_local! {
+    /// This thread's telemetry task, if it has one.
+    static LOCAL: RefCell<Option<mpsc::UnboundedSender<Record>>> = const { RefCell::new(None) };
+}
+
+/// Where records end up; shared by every telemetry task.
+#[derive(Debug)]
+struct Sink {
+    logs: crate::logs::Logs,
+    opts: Options,
+    traces: Arc<TraceStore>,
+}
+
+impl Sink {
+    /// Spawns a task that writes the records sent on the returned channel.
+    fn writer(self: Arc<Self>) -> mpsc::UnboundedSender<Record> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Record>();
+        let (logs, opts, store) = (self.logs.clone(), self.opts.clone(), self.traces.clone());
         tokio::spawn(async move {
             let mut access: HashMap<Arc<str>, Arc<AccessLog>> = HashMap::new();
             // A user's http_proxy (often meshd's own 15001) must not carry the export.
@@ -89,12 +133,7 @@ impl Telemetry {
                 }
             }
         });
-        Telemetry { tx, metrics: Arc::new(Metrics::default()), traces }
-    }
-
-    /// Hands a record to the telemetry task (never blocks).
-    pub fn send(&self, r: Record) {
-        let _ = self.tx.send(r);
+        tx
     }
 }
 
