@@ -101,6 +101,19 @@ pub struct Conn {
     max_uses: u32,
 }
 
+/// Puts a request in the cluster's pending queue until the returned slot drops; a full queue
+/// (`http1MaxPendingRequests`) is an overflow.
+fn pending<'a>(shared: &'a ClusterShared, pool: &PoolSettings) -> Result<PendingSlot<'a>, UpstreamError> {
+    let queued = shared.rq_pending_active.fetch_add(1, Ordering::AcqRel);
+    let slot = PendingSlot(shared);
+    if queued >= u64::from(pool.max_pending) {
+        shared.stats.upstream_rq_pending_overflow.fetch_add(1, Ordering::Relaxed);
+        return Err(UpstreamError::Overflow);
+    }
+    shared.stats.upstream_rq_pending_total.fetch_add(1, Ordering::Relaxed);
+    Ok(slot)
+}
+
 /// Takes one more connection slot if `max` allows.
 fn try_slot(shared: &ClusterShared, max: u32) -> bool {
     shared
@@ -225,13 +238,7 @@ async fn acquire_h1(
         return Ok((reuse(c), true));
     }
     // No ready connection: the request is pending until it gets one.
-    let queued = shared.rq_pending_active.fetch_add(1, Ordering::AcqRel);
-    let _pending = PendingSlot(shared);
-    if queued >= u64::from(pool.max_pending) {
-        shared.stats.upstream_rq_pending_overflow.fetch_add(1, Ordering::Relaxed);
-        return Err(UpstreamError::Overflow);
-    }
-    shared.stats.upstream_rq_pending_total.fetch_add(1, Ordering::Relaxed);
+    let _pending = pending(shared, pool)?;
     loop {
         let notified = shared.notify.notified();
         tokio::pin!(notified);
@@ -341,13 +348,7 @@ async fn acquire_h2(
     if let Some(link) = current() {
         return Ok((Checkout::H2(link, ep.clone()), true));
     }
-    let queued = shared.rq_pending_active.fetch_add(1, Ordering::AcqRel);
-    let _pending = PendingSlot(shared);
-    if queued >= u64::from(pool.max_pending) {
-        shared.stats.upstream_rq_pending_overflow.fetch_add(1, Ordering::Relaxed);
-        return Err(UpstreamError::Overflow);
-    }
-    shared.stats.upstream_rq_pending_total.fetch_add(1, Ordering::Relaxed);
+    let _pending = pending(shared, pool)?;
     loop {
         let notified = shared.notify.notified();
         tokio::pin!(notified);
