@@ -5,35 +5,12 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{Mesh, TempDir};
+use common::{Mesh, Pki, TempDir};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
-struct Pki {
-    ca_pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.distinguished_name.push(DnType::OrganizationName, "external Inc.");
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let cert = p.self_signed(&key).unwrap();
-        Pki { ca_pem: cert.pem(), issuer: Issuer::new(p, key) }
-    }
-
-    fn leaf(&self, names: &[&str]) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-        (p.signed_by(&key, &self.issuer).unwrap().pem(), key.serialize_pem())
-    }
-}
 
 /// An HTTPS server on loopback that says whether the client presented a certificate.
 async fn tls_server(pki: &Pki) -> std::net::SocketAddr {
@@ -88,7 +65,7 @@ fn destination_rule(mode: &str, extra: &str) -> String {
 
 #[tokio::test]
 async fn sidecars_originate_tls_to_external_services() {
-    let pki = Pki::new();
+    let pki = Pki::new("external Inc.");
     let server = tls_server(&pki).await;
     let dir = TempDir::new();
     dir.add_sample("sleep/sleep.yaml");
