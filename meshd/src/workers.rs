@@ -38,16 +38,6 @@ impl Workers {
         Ok(Workers { loops, next: AtomicUsize::new(0) })
     }
 
-    /// How many workers there are.
-    pub fn len(&self) -> usize {
-        self.loops.len()
-    }
-
-    /// Whether there are none (never: `start` makes at least one).
-    pub fn is_empty(&self) -> bool {
-        self.loops.is_empty()
-    }
-
     /// Runs `serve` for an accepted connection on the next worker. The socket moves to that
     /// worker's reactor, so its readiness events never pass through another thread.
     pub fn hand_off<F, Fut>(&self, stream: TcpStream, serve: F)

@@ -132,16 +132,27 @@ async fn connect(
     tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<Conn, UpstreamError> {
     let slot = CxSlot(shared.clone());
-    shared.stats.upstream_cx_total.fetch_add(1, Ordering::Relaxed);
-    let dialed = dial(ep, tls, pool.connect_timeout).await;
-    if dialed.is_err() {
-        shared.stats.upstream_cx_connect_fail.fetch_add(1, Ordering::Relaxed);
-    }
-    let link = match dialed? {
+    let link = match open(ep, shared, tls, pool.connect_timeout).await? {
         Dialed::Tls(tls_stream) => http1(tls_stream, slot).await?,
         Dialed::Plain(stream) => http1(stream, slot).await?,
     };
     Ok(Conn { link, uses: 0, ep: ep.clone(), shared: shared.clone(), max_uses: pool.max_requests_per_connection })
+}
+
+/// Dials a new pool connection to `ep`, counted in `upstream_cx_total` (and in
+/// `upstream_cx_connect_fail` when it fails).
+async fn open(
+    ep: &EndpointRt,
+    shared: &ClusterShared,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    timeout: std::time::Duration,
+) -> Result<Dialed, UpstreamError> {
+    shared.stats.upstream_cx_total.fetch_add(1, Ordering::Relaxed);
+    let dialed = dial(ep, tls, timeout).await;
+    if dialed.is_err() {
+        shared.stats.upstream_cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+    }
+    dialed
 }
 
 /// A connection to an endpoint: mTLS when the endpoint takes it, else plaintext.
@@ -381,12 +392,7 @@ async fn connect_h2(
     timeout: std::time::Duration,
 ) -> Result<Arc<H2Link>, UpstreamError> {
     let slot = CxSlot(shared.clone());
-    shared.stats.upstream_cx_total.fetch_add(1, Ordering::Relaxed);
-    let dialed = dial(ep, tls, timeout).await;
-    if dialed.is_err() {
-        shared.stats.upstream_cx_connect_fail.fetch_add(1, Ordering::Relaxed);
-    }
-    let (sender, driver) = match dialed? {
+    let (sender, driver) = match open(ep, shared, tls, timeout).await? {
         Dialed::Tls(tls_stream) => http2_handshake(tls_stream).await?,
         Dialed::Plain(stream) => http2_handshake(stream).await?,
     };

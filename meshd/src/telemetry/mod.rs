@@ -96,8 +96,8 @@ impl Sink {
     /// Spawns a task that writes the records sent on the returned channel.
     fn writer(self: Arc<Self>) -> mpsc::UnboundedSender<Record> {
         let (tx, mut rx) = mpsc::unbounded_channel::<Record>();
-        let (logs, opts, store) = (self.logs.clone(), self.opts.clone(), self.traces.clone());
         tokio::spawn(async move {
+            let Sink { logs, opts, traces: store } = &*self;
             let mut access: HashMap<Arc<str>, Arc<AccessLog>> = HashMap::new();
             // A user's http_proxy (often meshd's own 15001) must not carry the export.
             let client = reqwest::Client::builder().no_proxy().build().unwrap_or_default();
@@ -108,7 +108,7 @@ impl Sink {
                 tokio::select! {
                     n = rx.recv_many(&mut records, RECV_BATCH) => if n == 0 { break },
                     _ = tick.tick() => {
-                        flush(&client, &opts, &mut batch);
+                        flush(&client, opts, &mut batch);
                         // Proxies whose pods are gone: their logs left `logs` already.
                         access.retain(|_, log| Arc::strong_count(log) > 1);
                         continue;
@@ -125,7 +125,7 @@ impl Sink {
                         if opts.otlp.is_some() {
                             batch.extend(trace::span(&e));
                             if batch.len() >= OTLP_BATCH {
-                                flush(&client, &opts, &mut batch);
+                                flush(&client, opts, &mut batch);
                             }
                         }
                         store.add(e);
