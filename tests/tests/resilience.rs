@@ -121,48 +121,49 @@ async fn circuit_breaking_overflows_with_envoys_answer() {
     assert_eq!(resp.headers()["server"], "envoy");
     assert!(resp.headers().contains_key("x-envoy-upstream-service-time"));
 
-    // Three concurrent callers against maxConnections 1 / http1MaxPendingRequests 1.
-    let mut tasks = Vec::new();
-    for _ in 0..3 {
-        let c = mesh.mesh_client();
-        tasks.push(tokio::spawn(async move {
-            let mut out = Vec::new();
-            for _ in 0..10 {
-                let r = c.get("http://httpbin:8000/get").send().await.unwrap();
-                let status = r.status().as_u16();
-                let overloaded = r.headers().get("x-envoy-overloaded").map(|v| v.to_str().unwrap().to_string());
-                out.push((status, overloaded, r.text().await.unwrap()));
-            }
-            out
-        }));
-    }
-    let mut ok = 0;
-    let mut overflow = 0;
-    for t in tasks {
-        for (status, overloaded, body) in t.await.unwrap() {
-            match status {
-                200 => ok += 1,
-                503 => {
-                    overflow += 1;
-                    assert_eq!(overloaded.as_deref(), Some("true"));
-                    assert_eq!(
-                        body,
-                        "upstream connect error or disconnect/reset before headers. reset reason: overflow"
-                    );
-                }
-                s => panic!("unexpected status {s}"),
-            }
+    // maxConnections 1 / http1MaxPendingRequests 1, forced without racing: one request holds the only
+    // connection, a second waits in the pending queue, so a third overflows.
+    let stat = |name: &'static str| {
+        let (client, admin) = (mesh.client(), mesh.admin);
+        async move {
+            let stats = client.get(format!("http://{admin}/stats")).send().await.unwrap().text().await.unwrap();
+            let key = format!("outbound|8000||httpbin.default.svc.cluster.local.{name}");
+            let line = stats.lines().find(|l| l.contains(&key)).unwrap_or_else(|| panic!("no {key} in {stats}"));
+            line.rsplit(' ').next().unwrap().parse::<u64>().unwrap()
         }
-    }
-    assert!(ok > 0 && overflow > 0, "both 200s and 503s: {ok} / {overflow}");
+    };
+    let until = |name: &'static str, want: u64| {
+        let stat = &stat;
+        async move {
+            for _ in 0..500 {
+                if stat(name).await == want {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("{name} never reached {want}");
+        }
+    };
+    let send = |path: &'static str| {
+        let c = mesh.mesh_client();
+        tokio::spawn(async move {
+            let r = c.get(format!("http://httpbin:8000{path}")).send().await.unwrap();
+            let overloaded = r.headers().get("x-envoy-overloaded").map(|v| v.to_str().unwrap().to_string());
+            (r.status().as_u16(), overloaded, r.text().await.unwrap())
+        })
+    };
+    let holding = send("/delay/1");
+    until("upstream_rq_active", 1).await;
+    let waiting = send("/get");
+    until("upstream_rq_pending_active", 1).await;
+    let (status, overloaded, body) = send("/get").await.unwrap();
+    assert_eq!(status, 503);
+    assert_eq!(overloaded.as_deref(), Some("true"));
+    assert_eq!(body, "upstream connect error or disconnect/reset before headers. reset reason: overflow");
+    assert_eq!(holding.await.unwrap().0, 200);
+    assert_eq!(waiting.await.unwrap().0, 200, "the pending request is served once the connection frees");
     mesh.proxy_log_line("fortio-deploy-", &["503 UO upstream_reset_before_response_started{overflow}"]);
-    let stats = mesh.client().get(format!("http://{}/stats", mesh.admin)).send().await.unwrap().text().await.unwrap();
-    let line = stats
-        .lines()
-        .find(|l| l.contains("outbound|8000||httpbin.default.svc.cluster.local.upstream_rq_pending_overflow"))
-        .unwrap_or_else(|| panic!("{stats}"));
-    let n: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-    assert_eq!(n, overflow, "{line}");
+    assert_eq!(stat("upstream_rq_pending_overflow").await, 1);
 
     // The task's own commands: fortio curl, then fortio load with 3 connections.
     let out = mesh.cli(&["curl", "http://httpbin:8000/get"]);
@@ -179,8 +180,12 @@ async fn circuit_breaking_overflows_with_envoys_answer() {
             report.lines().find(|l| l.starts_with(&format!("Code {code} : "))).unwrap_or_else(|| panic!("{report}"));
         line.split_whitespace().nth(3).unwrap().parse().unwrap()
     };
-    // As the task shows: with one connection and one pending request allowed, most of 3 callers' requests overflow.
-    assert!(count("503") >= count("200"), "{report}");
+    // How many of the 30 overflow depends on timing (the task's page shows most of them); every 503 is an
+    // overflow, counted as such, and none is lost.
+    let (ok, overflow) =
+        (count("200"), report.lines().find(|l| l.starts_with("Code 503 : ")).map_or(0, |_| count("503")));
+    assert!(ok > 0 && ok + overflow == 30, "{report}");
+    assert_eq!(stat("upstream_rq_pending_overflow").await, 1 + overflow, "{report}");
     assert!(report.contains("All done 30 calls (plus 0 warmup)"), "{report}");
 }
 
@@ -342,8 +347,12 @@ spec:
     assert_ne!(host("alice").await, alice, "still ejected after the reload");
     // Healthy again, and back after the ejection time.
     assert!(mesh.cli(&["pod", "start", &alice]).status.success());
-    tokio::time::sleep(Duration::from_millis(3200)).await;
-    assert_eq!(host("alice").await, alice, "the replica returns after baseEjectionTime");
+    // Back once baseEjectionTime (2s) has passed and the next 1s interval has run; the deadline only stops a hang.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while host("alice").await != alice {
+        assert!(Instant::now() < deadline, "the replica returns after baseEjectionTime");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]
