@@ -633,7 +633,10 @@ impl Proxy {
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         let conn = builder.serve_connection(io, svc);
         tokio::pin!(conn);
+        // The connection first: it is what wakes this task for every request; the signals below
+        // are rare, and an unbiased select would draw a random order on every wake.
         tokio::select! {
+            biased;
             res = conn.as_mut() => {
                 if let Err(e) = res {
                     tracing::debug!(error = %e, "connection ended with an error");
