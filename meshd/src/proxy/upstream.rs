@@ -245,20 +245,43 @@ async fn acquire_h1(
         shared: shared.clone(),
         max_uses: pool.max_requests_per_connection,
     };
-    if let Some(c) = ep.take_idle(pool.idle_timeout) {
-        return Ok((reuse(c), true));
+    queued(
+        shared,
+        pool,
+        || ep.take_idle(pool.idle_timeout).map(|c| (reuse(c), true)),
+        || {
+            try_slot(shared, pool.max_connections)
+                .then_some(async { Ok((connect(ep, shared, pool, tls).await?, false)) })
+        },
+    )
+    .await
+}
+
+/// Gets what `ready` offers; when it offers nothing, the request waits in the pending queue
+/// (`http1MaxPendingRequests`), trying `ready` and then `start` (which may open a connection)
+/// each time the cluster's pool changes.
+async fn queued<T, F>(
+    shared: &ClusterShared,
+    pool: &PoolSettings,
+    mut ready: impl FnMut() -> Option<T>,
+    mut start: impl FnMut() -> Option<F>,
+) -> Result<T, UpstreamError>
+where
+    F: Future<Output = Result<T, UpstreamError>>,
+{
+    if let Some(got) = ready() {
+        return Ok(got);
     }
-    // No ready connection: the request is pending until it gets one.
     let _pending = pending(shared, pool)?;
     loop {
         let notified = shared.notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        if let Some(c) = ep.take_idle(pool.idle_timeout) {
-            return Ok((reuse(c), true));
+        if let Some(got) = ready() {
+            return Ok(got);
         }
-        if try_slot(shared, pool.max_connections) {
-            return connect(ep, shared, pool, tls).await.map(|c| (c, false));
+        if let Some(connecting) = start() {
+            return connecting.await;
         }
         notified.await;
     }
@@ -356,31 +379,25 @@ async fn acquire_h2(
     tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<(Checkout, bool), UpstreamError> {
     let current = || ep.h2.load_full().filter(|l| l.open_stream(shared.now_ms(), pool));
-    if let Some(link) = current() {
-        return Ok((Checkout::H2(link, ep.clone()), true));
-    }
-    let _pending = pending(shared, pool)?;
-    loop {
-        let notified = shared.notify.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if let Some(link) = current() {
-            return Ok((Checkout::H2(link, ep.clone()), true));
+    let start = || {
+        if ep.h2_connecting.load(Ordering::Acquire) || !try_slot(shared, pool.max_connections) {
+            return None;
         }
-        if !ep.h2_connecting.load(Ordering::Acquire) && try_slot(shared, pool.max_connections) {
-            if ep.h2_connecting.swap(true, Ordering::AcqRel) {
-                // Another request started connecting first: give the slot back and wait for it.
-                shared.cx_active.fetch_sub(1, Ordering::AcqRel);
-            } else {
-                let _connecting = Connecting(ep, shared);
-                let link = connect_h2(ep, shared, tls, pool.connect_timeout).await?;
-                link.open_stream(shared.now_ms(), pool);
-                ep.h2.store(Some(link.clone()));
-                return Ok((Checkout::H2(link, ep.clone()), false));
-            }
+        if ep.h2_connecting.swap(true, Ordering::AcqRel) {
+            // Another request started connecting first: give the slot back and wait for it.
+            shared.cx_active.fetch_sub(1, Ordering::AcqRel);
+            return None;
         }
-        notified.await;
-    }
+        let connecting = Connecting(ep, shared);
+        Some(async move {
+            let _connecting = connecting;
+            let link = connect_h2(ep, shared, tls, pool.connect_timeout).await?;
+            link.open_stream(shared.now_ms(), pool);
+            ep.h2.store(Some(link.clone()));
+            Ok((Checkout::H2(link, ep.clone()), false))
+        })
+    };
+    queued(shared, pool, || current().map(|link| (Checkout::H2(link, ep.clone()), true)), start).await
 }
 
 /// Opens an HTTP/2 connection; its task holds the `maxConnections` slot (already taken) until
