@@ -4,6 +4,7 @@
 //! retries), then the cluster's (balancing, circuit breakers, outlier
 //! detection), then bytes move.
 
+pub mod h1;
 pub mod report;
 pub mod respond;
 pub mod runtime;

@@ -4,29 +4,30 @@
 //! to the pool when the response body ends.
 //!
 //! An HTTP/1.1 connection has no task of its own: whoever holds it (the request, then the
-//! response body) drives it, so a request costs no hand-off to another task and back.
+//! response body) drives it, so a request costs no hand-off to another task and back. It speaks
+//! the proxy's own HTTP/1.1 client ([`super::h1`]).
 //!
 //! With `h2UpgradePolicy: UPGRADE` every request to an endpoint shares one HTTP/2 connection, as
 //! Envoy's HTTP/2 pool does; that connection's I/O runs on a task of its own, since many requests
 //! use it at once.
 
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper::client::conn::{http1::SendRequest, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::h1::{self, Framing};
 use super::runtime::{ClusterShared, EndpointRt, IdleConn};
 use super::{Body, BoxError};
 use crate::snapshot::policy::PoolSettings;
@@ -64,31 +65,21 @@ impl Drop for PendingSlot<'_> {
     }
 }
 
-/// The connection future hyper gives with a sender, boxed so TLS and plaintext links share a type.
+/// The connection future hyper gives with an HTTP/2 sender, boxed so TLS and plaintext links share a type.
 type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send + Sync>>;
 
-/// One HTTP/1.1 connection: the sender, and the connection future that does its I/O.
+/// One pooled HTTP/1.1 connection.
 pub struct Link {
-    sender: SendRequest<Body>,
-    driver: Driver,
-    closed: bool,
+    conn: h1::Connection,
     /// Holds the `maxConnections` slot until the link is dropped.
     _slot: CxSlot,
 }
 
 impl Link {
-    /// Does the connection's pending I/O; wakes `cx` when there is more.
-    fn drive(&mut self, cx: &mut Context<'_>) {
-        if !self.closed && self.driver.as_mut().poll(cx).is_ready() {
-            self.closed = true;
-        }
-    }
-
     /// Whether it can take another request. Reads what the peer sent while it sat idle, so a
     /// connection the server closed is seen as closed; nothing is woken later.
     pub fn is_open(&mut self) -> bool {
-        self.drive(&mut Context::from_waker(Waker::noop()));
-        !self.closed && !self.sender.is_closed()
+        self.conn.is_open()
     }
 }
 
@@ -132,10 +123,11 @@ async fn connect(
     tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<Conn, UpstreamError> {
     let slot = CxSlot(shared.clone());
-    let link = match open(ep, shared, tls, pool.connect_timeout).await? {
-        Dialed::Tls(tls_stream) => http1(tls_stream, slot).await?,
-        Dialed::Plain(stream) => http1(stream, slot).await?,
+    let io = match open(ep, shared, tls, pool.connect_timeout).await? {
+        Dialed::Tls(tls_stream) => h1::Io::Tls(tls_stream),
+        Dialed::Plain(stream) => h1::Io::Plain(stream),
     };
+    let link = Link { conn: h1::Connection::new(io), _slot: slot };
     Ok(Conn { link, uses: 0, ep: ep.clone(), shared: shared.clone(), max_uses: pool.max_requests_per_connection })
 }
 
@@ -205,17 +197,6 @@ pub async fn dial(
         )));
     }
     Ok(Dialed::Tls(Box::new(tls_stream)))
-}
-
-/// HTTP/1.1 over `io`; the link holds the pool slot until it is dropped.
-async fn http1<I>(io: I, slot: CxSlot) -> Result<Link, UpstreamError>
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync + 'static,
-{
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| UpstreamError::Connect(e.to_string()))?;
-    Ok(Link { sender, driver: Box::pin(conn), closed: false, _slot: slot })
 }
 
 /// Gets a connection to `ep`: an idle one, a new one within `maxConnections`,
@@ -436,32 +417,16 @@ where
 impl Conn {
     /// Sends `req`; the response body gives the connection back to the pool when it ends.
     pub async fn send(mut self, req: Request<Body>) -> Result<Response<Body>, UpstreamError> {
-        let link = &mut self.link;
-        let ready = poll_fn(|cx| {
-            link.drive(cx);
-            link.sender.poll_ready(cx)
-        });
-        if ready.await.is_err() {
-            return Err(UpstreamError::Reset("connection closed".into()));
-        }
-        let mut response = std::pin::pin!(link.sender.send_request(req));
-        let resp = poll_fn(|cx| {
-            link.drive(cx);
-            response.as_mut().poll(cx)
-        })
-        .await
-        .map_err(|e| UpstreamError::Reset(e.to_string()))?;
+        let (parts, framing) = self.link.conn.send(req).await.map_err(|e| UpstreamError::Reset(e.to_string()))?;
         self.uses += 1;
-        let (parts, body) = resp.into_parts();
         // A response without a body (204, HEAD, content-length 0) may never be polled.
-        let conn = if body.is_end_stream() {
+        let conn = if framing.is_end() {
             self.give_back();
             None
         } else {
             Some(self)
         };
-        let body = PooledBody { inner: body, conn };
-        Ok(Response::from_parts(parts, Body::new(body)))
+        Ok(Response::from_parts(parts, Body::new(PooledBody { conn, framing })))
     }
 
     fn give_back(mut self) {
@@ -474,18 +439,10 @@ impl Conn {
     }
 }
 
-/// A response body that returns its connection to the pool at the end of the stream.
+/// A response body read from its connection, which goes back to the pool at the body's end.
 struct PooledBody {
-    inner: Incoming,
     conn: Option<Conn>,
-}
-
-impl PooledBody {
-    fn give_back(&mut self) {
-        if let Some(c) = self.conn.take() {
-            c.give_back();
-        }
-    }
+    framing: Framing,
 }
 
 impl HttpBody for PooledBody {
@@ -493,31 +450,49 @@ impl HttpBody for PooledBody {
     type Error = BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        // The connection reads the body into `inner`: drive it first.
-        if let Some(c) = &mut self.conn {
-            c.link.drive(cx);
-        }
-        let res = Pin::new(&mut self.inner).poll_frame(cx);
-        match &res {
-            // The last frame, or the end: hyper's server stops polling once `is_end_stream` is true,
-            // so the connection goes back as soon as the body is known to be complete.
-            Poll::Ready(None) => self.give_back(),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.give_back(),
-            Poll::Ready(Some(Err(_))) => {
-                // A broken body: the connection is not reused.
-                self.conn = None;
+        let this = &mut *self;
+        let Some(conn) = &mut this.conn else { return Poll::Ready(None) };
+        let polled = conn.link.conn.poll_body(cx, &mut this.framing);
+        match polled {
+            // hyper's server stops polling once `is_end_stream` is true, so the connection goes
+            // back as soon as the body is known to be complete.
+            Poll::Ready(Some(Ok(data))) => {
+                if this.framing.is_end() {
+                    this.give_back();
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
             }
-            _ => {}
+            Poll::Ready(None) => {
+                this.give_back();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                // A broken body: the connection is not reused.
+                this.conn = None;
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Pending => Poll::Pending,
         }
-        res.map(|o| o.map(|r| r.map_err(BoxError::from)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.framing.is_end()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            Framing::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+impl PooledBody {
+    fn give_back(&mut self) {
+        if let Some(c) = self.conn.take() {
+            c.give_back();
+        }
     }
 }
 
@@ -625,7 +600,7 @@ mod tests {
                 loop {
                     let (s, _) = listener.accept().await.unwrap();
                     tokio::spawn(async move {
-                        let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                        let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
                             // Long enough for every request of a burst to be in flight at once.
                             tokio::time::sleep(Duration::from_millis(50)).await;
                             let text =

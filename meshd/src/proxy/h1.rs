@@ -1,0 +1,709 @@
+//! HTTP/1.1 toward an upstream, written for the proxy hop: one request at a time on a pooled
+//! connection, driven by whoever holds it.
+//!
+//! A general client costs more than the hop needs: hyper's hands each request through a
+//! dispatcher and a channel, and rebuilds what the proxy already has. Here the request head is
+//! written from the request as it stands into a buffer the connection keeps (with a small body
+//! behind it, so one write sends both); the response head is parsed once, its header values
+//! are slices of the bytes read, and the body is handed on as it arrives, without a copy.
+
+use std::future::poll_fn;
+use std::io::Write as _;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, Method, Request, StatusCode, Version};
+use http_body::Body as HttpBody;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::io::poll_read_buf;
+
+use super::{Body, BoxError};
+
+/// Most header lines in a response (Envoy's and hyper's default).
+const MAX_HEADERS: usize = 100;
+/// Largest response head (Envoy's default limit is 60 KiB).
+const MAX_HEAD: usize = 64 << 10;
+/// Room made in the read buffer before a read: a loopback response fits in one read, and a read
+/// that comes back short tells the reactor the socket is drained (no extra empty read).
+const READ_ROOM: usize = 8 << 10;
+/// Body bytes gathered behind the head before writing (a request body streams past this).
+const WRITE_BATCH: usize = 64 << 10;
+/// Longest chunk-size or trailer line.
+const MAX_LINE: usize = 4 << 10;
+
+/// Why an exchange or a response body failed.
+#[derive(Debug, thiserror::Error)]
+pub enum H1Error {
+    /// The peer closed the connection mid-message.
+    #[error("connection closed before message completed")]
+    Closed,
+    /// The response was not valid HTTP/1.x.
+    #[error("invalid HTTP response: {0}")]
+    Invalid(&'static str),
+    /// A socket error.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The request body failed while being sent.
+    #[error("request body: {0}")]
+    Body(BoxError),
+}
+
+/// The byte stream under a connection: plaintext, or TLS (mTLS to a peer, or TLS origination).
+pub enum Io {
+    /// Plaintext TCP.
+    Plain(TcpStream),
+    /// TLS over TCP.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// How the request body is framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sending {
+    /// No body.
+    Nothing,
+    /// As is: `content-length` says how much.
+    Raw,
+    /// `transfer-encoding: chunked`.
+    Chunked,
+}
+
+/// How the rest of a response body is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// This many bytes still to come.
+    Length(u64),
+    /// Chunked, in this state.
+    Chunked(Chunk),
+    /// Until the server closes the connection.
+    UntilClose,
+    /// Complete.
+    Done,
+}
+
+impl Framing {
+    /// Whether the body is complete.
+    pub fn is_end(self) -> bool {
+        matches!(self, Framing::Done | Framing::Length(0))
+    }
+}
+
+/// Where a chunked body's decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunk {
+    /// Before a chunk-size line.
+    Size,
+    /// Inside a chunk's data, this many bytes left.
+    Data(u64),
+    /// After a chunk's data, before its CRLF.
+    DataEnd,
+    /// After the last chunk: trailer lines up to an empty line (trailers are dropped).
+    Trailers,
+}
+
+/// One step of the chunked decoder.
+enum Step {
+    Data(Bytes),
+    NeedMore,
+    End,
+}
+
+/// One HTTP/1.1 connection to an upstream.
+pub struct Connection {
+    io: Io,
+    /// Bytes read and not yet handed on; response heads and bodies are split off it.
+    rbuf: BytesMut,
+    /// The request head (and the first body bytes) being written.
+    wbuf: Vec<u8>,
+    /// False once the connection cannot carry another request.
+    reusable: bool,
+}
+
+impl Connection {
+    /// A connection over `io`, ready for its first request.
+    pub fn new(io: Io) -> Connection {
+        Connection { io, rbuf: BytesMut::new(), wbuf: Vec::new(), reusable: true }
+    }
+
+    /// Whether it can take another request. Tries a read without waiting: an idle connection
+    /// the server closed (or sent bytes on, unasked) is not used again.
+    pub fn is_open(&mut self) -> bool {
+        if !self.reusable || !self.rbuf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        if poll_read_buf(Pin::new(&mut self.io), &mut cx, &mut self.rbuf).is_pending() {
+            return true;
+        }
+        self.reusable = false;
+        false
+    }
+
+    /// Sends `req` and reads the response head. The body is read after, with [`Self::poll_body`].
+    pub async fn send(&mut self, req: Request<Body>) -> Result<(http::response::Parts, Framing), H1Error> {
+        let (parts, mut body) = req.into_parts();
+        let head_request = parts.method == Method::HEAD;
+        let sending = self.encode_head(&parts, &body);
+        let mut written = 0;
+        let mut body_done = sending == Sending::Nothing;
+        let mut sent = false;
+        let head = poll_fn(|cx| {
+            // The request: gather what the body has ready behind the head, then write.
+            while !sent {
+                if !body_done && self.wbuf.len() - written < WRITE_BATCH {
+                    match Pin::new(&mut body).poll_frame(cx) {
+                        Poll::Ready(Some(Ok(frame))) => {
+                            if written == self.wbuf.len() {
+                                self.wbuf.clear();
+                                written = 0;
+                            }
+                            if let Ok(data) = frame.into_data() {
+                                encode_data(&mut self.wbuf, sending, &data);
+                            }
+                            continue;
+                        }
+                        Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(H1Error::Body(e))),
+                        Poll::Ready(None) => {
+                            body_done = true;
+                            if sending == Sending::Chunked {
+                                self.wbuf.extend_from_slice(b"0\r\n\r\n");
+                            }
+                            continue;
+                        }
+                        Poll::Pending => {}
+                    }
+                }
+                if written < self.wbuf.len() {
+                    match Pin::new(&mut self.io).poll_write(cx, &self.wbuf[written..]) {
+                        Poll::Ready(Ok(0)) => return Poll::Ready(Err(H1Error::Closed)),
+                        Poll::Ready(Ok(n)) => {
+                            written += n;
+                            continue;
+                        }
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                        Poll::Pending => break,
+                    }
+                }
+                if !body_done {
+                    break;
+                }
+                match Pin::new(&mut self.io).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => sent = true,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                    Poll::Pending => break,
+                }
+            }
+            // The response, which may come before the request is complete.
+            loop {
+                if !self.rbuf.is_empty() {
+                    if let Some(head) = parse_head(&mut self.rbuf, head_request)? {
+                        return Poll::Ready(Ok(head));
+                    }
+                }
+                match poll_read_buf(Pin::new(&mut self.io), cx, reserve(&mut self.rbuf)) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(H1Error::Closed)),
+                    Poll::Ready(Ok(_)) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        })
+        .await;
+        if self.wbuf.capacity() > WRITE_BATCH {
+            self.wbuf = Vec::new();
+        }
+        let (parts, framing, keep_alive) = head?;
+        // An answer before the whole request was sent leaves the connection mid-request.
+        self.reusable &= keep_alive && sent && framing != Framing::UntilClose;
+        Ok((parts, framing))
+    }
+
+    /// The next piece of the response body, `None` at its end.
+    pub fn poll_body(&mut self, cx: &mut Context<'_>, framing: &mut Framing) -> Poll<Option<Result<Bytes, H1Error>>> {
+        loop {
+            match framing {
+                Framing::Done => return Poll::Ready(None),
+                Framing::Length(0) => {
+                    *framing = Framing::Done;
+                    return Poll::Ready(None);
+                }
+                Framing::Length(left) if !self.rbuf.is_empty() => {
+                    let n = (*left).min(self.rbuf.len() as u64);
+                    *left -= n;
+                    return Poll::Ready(Some(Ok(self.rbuf.split_to(n as usize).freeze())));
+                }
+                Framing::UntilClose if !self.rbuf.is_empty() => {
+                    return Poll::Ready(Some(Ok(self.rbuf.split().freeze())));
+                }
+                Framing::Chunked(state) => match decode_chunk(&mut self.rbuf, state)? {
+                    Step::Data(data) => return Poll::Ready(Some(Ok(data))),
+                    Step::End => {
+                        *framing = Framing::Done;
+                        return Poll::Ready(None);
+                    }
+                    Step::NeedMore => {}
+                },
+                Framing::Length(_) | Framing::UntilClose => {}
+            }
+            match poll_read_buf(Pin::new(&mut self.io), cx, reserve(&mut self.rbuf)) {
+                Poll::Ready(Ok(0)) if *framing == Framing::UntilClose => {
+                    *framing = Framing::Done;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Ok(0)) => return Poll::Ready(Some(Err(H1Error::Closed))),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Writes the request line and headers into `wbuf`, adding the body's framing when the
+    /// request does not state it.
+    fn encode_head(&mut self, parts: &http::request::Parts, body: &Body) -> Sending {
+        let w = &mut self.wbuf;
+        w.clear();
+        w.extend_from_slice(parts.method.as_str().as_bytes());
+        w.push(b' ');
+        let target = if parts.method == Method::CONNECT {
+            parts.uri.authority().map(|a| a.as_str())
+        } else {
+            parts.uri.path_and_query().map(|p| p.as_str())
+        };
+        w.extend_from_slice(target.unwrap_or("/").as_bytes());
+        w.extend_from_slice(b" HTTP/1.1\r\n");
+        let (mut length, mut chunked) = (false, false);
+        for (name, value) in &parts.headers {
+            if name == CONTENT_LENGTH {
+                length = true;
+            } else if name == TRANSFER_ENCODING {
+                chunked = last_token_is(value.as_bytes(), b"chunked");
+            }
+            w.extend_from_slice(name.as_str().as_bytes());
+            w.extend_from_slice(b": ");
+            w.extend_from_slice(value.as_bytes());
+            w.extend_from_slice(b"\r\n");
+        }
+        let sending = if chunked {
+            Sending::Chunked
+        } else if length {
+            Sending::Raw
+        } else if body.is_end_stream() {
+            // What hyper does too: a method that carries a body says it is empty.
+            if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
+                w.extend_from_slice(b"content-length: 0\r\n");
+            }
+            Sending::Nothing
+        } else if let Some(n) = body.size_hint().exact() {
+            let _ = write!(w, "content-length: {n}\r\n");
+            Sending::Raw
+        } else {
+            w.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            Sending::Chunked
+        };
+        w.extend_from_slice(b"\r\n");
+        sending
+    }
+}
+
+/// Room for the next read, reusing the buffer's allocation once what was split off is gone.
+fn reserve(buf: &mut BytesMut) -> &mut BytesMut {
+    if buf.capacity() - buf.len() < READ_ROOM / 4 {
+        buf.reserve(READ_ROOM);
+    }
+    buf
+}
+
+fn encode_data(w: &mut Vec<u8>, sending: Sending, data: &[u8]) {
+    match sending {
+        Sending::Chunked if data.is_empty() => {}
+        Sending::Chunked => {
+            let _ = write!(w, "{:x}\r\n", data.len());
+            w.extend_from_slice(data);
+            w.extend_from_slice(b"\r\n");
+        }
+        _ => w.extend_from_slice(data),
+    }
+}
+
+/// Parses a response head at the start of `buf`, skipping interim (1xx) responses. `None`: not
+/// all of it has arrived. Header values are slices of the bytes read, not copies.
+#[allow(clippy::type_complexity)]
+fn parse_head(
+    buf: &mut BytesMut,
+    head_request: bool,
+) -> Result<Option<(http::response::Parts, Framing, bool)>, H1Error> {
+    loop {
+        // Where each name and value lies in `buf`, so the head can be split off after parsing.
+        let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut res = httparse::Response::new(&mut slots);
+        let len = match res.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(H1Error::Invalid("head too large")),
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(H1Error::Invalid("too many headers")),
+            Err(_) => return Err(H1Error::Invalid("malformed head")),
+        };
+        let code = res.code.unwrap_or(0);
+        let version = if res.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+        let status = StatusCode::from_u16(code).map_err(|_| H1Error::Invalid("status code"))?;
+        if status.is_informational() && code != 101 {
+            // 100 Continue and the like: the final response follows.
+            buf.advance(len);
+            continue;
+        }
+        let base = buf.as_ptr() as usize;
+        let count = res.headers.len();
+        for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
+            let name = h.name.as_ptr() as usize - base;
+            let value = h.value.as_ptr() as usize - base;
+            *span = (name, name + h.name.len(), value, value + h.value.len());
+        }
+        let head = buf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(count);
+        for &(ns, ne, vs, ve) in &spans[..count] {
+            let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| H1Error::Invalid("header name"))?;
+            let value =
+                HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| H1Error::Invalid("header value"))?;
+            headers.append(name, value);
+        }
+        let framing = framing(&headers, status, head_request)?;
+        let keep_alive = match version {
+            Version::HTTP_11 => !headers.get_all(CONNECTION).iter().any(|v| has_token(v.as_bytes(), b"close")),
+            _ => headers.get_all(CONNECTION).iter().any(|v| has_token(v.as_bytes(), b"keep-alive")),
+        } && code != 101;
+        let (mut parts, ()) = http::Response::new(()).into_parts();
+        parts.status = status;
+        parts.version = version;
+        parts.headers = headers;
+        return Ok(Some((parts, framing, keep_alive)));
+    }
+}
+
+/// How the response body is delimited (RFC 9112, section 6.3).
+fn framing(headers: &HeaderMap, status: StatusCode, head_request: bool) -> Result<Framing, H1Error> {
+    if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok(Framing::Done);
+    }
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(Framing::UntilClose);
+    }
+    if let Some(te) = headers.get_all(TRANSFER_ENCODING).iter().next_back() {
+        return Ok(if last_token_is(te.as_bytes(), b"chunked") {
+            Framing::Chunked(Chunk::Size)
+        } else {
+            Framing::UntilClose
+        });
+    }
+    let mut length = None;
+    for v in headers.get_all(CONTENT_LENGTH) {
+        let n = std::str::from_utf8(v.as_bytes())
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .ok_or(H1Error::Invalid("content-length"))?;
+        if length.is_some_and(|l| l != n) {
+            return Err(H1Error::Invalid("content-length"));
+        }
+        length = Some(n);
+    }
+    Ok(length.map_or(Framing::UntilClose, Framing::Length))
+}
+
+/// One step through a chunked body in `buf`.
+fn decode_chunk(buf: &mut BytesMut, state: &mut Chunk) -> Result<Step, H1Error> {
+    loop {
+        match *state {
+            Chunk::Size => {
+                let Some(len) = line_len(buf)? else { return Ok(Step::NeedMore) };
+                let digits = buf[..len].split(|&b| b == b';' || b == b' ' || b == b'\t').next().unwrap_or(&[]);
+                if digits.is_empty() || digits.len() > 16 {
+                    return Err(H1Error::Invalid("chunk size"));
+                }
+                let mut size: u64 = 0;
+                for &d in digits {
+                    let v = (d as char).to_digit(16).ok_or(H1Error::Invalid("chunk size"))?;
+                    size = size << 4 | u64::from(v);
+                }
+                buf.advance(len + 2);
+                *state = if size == 0 { Chunk::Trailers } else { Chunk::Data(size) };
+            }
+            Chunk::Data(left) => {
+                if buf.is_empty() {
+                    return Ok(Step::NeedMore);
+                }
+                let n = left.min(buf.len() as u64);
+                *state = if n == left { Chunk::DataEnd } else { Chunk::Data(left - n) };
+                return Ok(Step::Data(buf.split_to(n as usize).freeze()));
+            }
+            Chunk::DataEnd => {
+                if buf.len() < 2 {
+                    return Ok(Step::NeedMore);
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Err(H1Error::Invalid("chunk end"));
+                }
+                buf.advance(2);
+                *state = Chunk::Size;
+            }
+            Chunk::Trailers => {
+                let Some(len) = line_len(buf)? else { return Ok(Step::NeedMore) };
+                buf.advance(len + 2);
+                if len == 0 {
+                    return Ok(Step::End);
+                }
+            }
+        }
+    }
+}
+
+/// The length of the CRLF-terminated line at the start of `buf`, without its CRLF.
+fn line_len(buf: &BytesMut) -> Result<Option<usize>, H1Error> {
+    match buf.windows(2).position(|w| w == b"\r\n") {
+        Some(at) => Ok(Some(at)),
+        None if buf.len() > MAX_LINE => Err(H1Error::Invalid("line too long")),
+        None => Ok(None),
+    }
+}
+
+/// Whether the comma-separated `value` lists `token` (case-insensitive).
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// Whether the last of the comma-separated codings in `value` is `token`.
+fn last_token_is(value: &[u8], token: &[u8]) -> bool {
+    value.rsplit(|&b| b == b',').next().is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::proxy::respond::full;
+
+    fn head(bytes: &[u8], head_request: bool) -> (http::response::Parts, Framing, bool, BytesMut) {
+        let mut buf = BytesMut::from(bytes);
+        let (parts, framing, keep) = parse_head(&mut buf, head_request).unwrap().expect("complete");
+        (parts, framing, keep, buf)
+    }
+
+    #[test]
+    fn a_head_is_parsed_once_and_the_body_bytes_stay() {
+        let (parts, framing, keep, rest) =
+            head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nx-a: 2\r\n\r\nhello", false);
+        assert_eq!(parts.status, 200);
+        assert_eq!(parts.version, Version::HTTP_11);
+        assert_eq!(parts.headers.get_all("x-a").iter().collect::<Vec<_>>(), ["1", "2"]);
+        assert_eq!(framing, Framing::Length(5));
+        assert!(keep);
+        assert_eq!(&rest[..], b"hello");
+    }
+
+    #[test]
+    fn interim_responses_are_skipped_and_partial_heads_wait() {
+        let (parts, _, _, _) =
+            head(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n", false);
+        assert_eq!(parts.status, 201);
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-le"[..]);
+        assert!(parse_head(&mut buf, false).unwrap().is_none());
+        assert!(parse_head(&mut BytesMut::from(&b"HTTP/1.1 2x0 OK\r\n\r\n"[..]), false).is_err());
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let f = |bytes: &[u8], head_request| head(bytes, head_request).1;
+        assert_eq!(f(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n", true), Framing::Done, "HEAD");
+        assert_eq!(f(b"HTTP/1.1 204 No Content\r\n\r\n", false), Framing::Done);
+        assert_eq!(f(b"HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n", false), Framing::Done);
+        assert_eq!(
+            f(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 3\r\n\r\n", false),
+            Framing::Chunked(Chunk::Size),
+            "transfer-encoding wins over content-length"
+        );
+        assert_eq!(f(b"HTTP/1.1 200 OK\r\n\r\n", false), Framing::UntilClose);
+        let conflicting = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n";
+        assert!(parse_head(&mut BytesMut::from(&conflicting[..]), false).is_err());
+    }
+
+    #[test]
+    fn keep_alive_follows_the_version_and_connection_header() {
+        assert!(!head(b"HTTP/1.1 200 OK\r\nConnection: Close\r\ncontent-length: 0\r\n\r\n", false).2);
+        assert!(!head(b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n", false).2);
+        assert!(head(b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n", false).2);
+    }
+
+    #[test]
+    fn chunked_bodies_decode_across_reads_and_drop_trailers() {
+        let wire = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\ntrailer: x\r\n\r\n";
+        // Fed one byte at a time, then all at once: the same body.
+        for step in [1, wire.len()] {
+            let mut buf = BytesMut::new();
+            let mut state = Chunk::Size;
+            let mut body = Vec::new();
+            let mut fed = 0;
+            loop {
+                match decode_chunk(&mut buf, &mut state).unwrap() {
+                    Step::Data(d) => body.extend_from_slice(&d),
+                    Step::End => break,
+                    Step::NeedMore => {
+                        let end = (fed + step).min(wire.len());
+                        buf.extend_from_slice(&wire[fed..end]);
+                        fed = end;
+                    }
+                }
+            }
+            assert_eq!(body, b"hello world");
+            assert!(buf.is_empty());
+        }
+        let mut bad = BytesMut::from(&b"zz\r\n"[..]);
+        assert!(decode_chunk(&mut bad, &mut Chunk::Size).is_err());
+    }
+
+    /// A server that answers each connection with `reply` once the request (up to its blank line
+    /// and `body_len` bytes more) is in, and hands back what it read.
+    async fn serve_once(reply: &'static [u8], body_len: usize) -> (Connection, tokio::task::JoinHandle<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n")
+                || got.len() < got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4 + body_len
+            {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "client closed early");
+                got.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(reply).await.unwrap();
+            // Hold the connection open until the client goes.
+            let _ = s.read(&mut buf).await;
+            got
+        });
+        let io = Io::Plain(TcpStream::connect(addr).await.unwrap());
+        (Connection::new(io), server)
+    }
+
+    async fn body(conn: &mut Connection, mut framing: Framing) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Some(piece) = poll_fn(|cx| conn.poll_body(cx, &mut framing)).await {
+            out.extend_from_slice(&piece.unwrap());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_request_goes_out_in_one_head_and_the_response_streams_back() {
+        let (mut conn, server) = serve_once(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-up: 1\r\n\r\nok", 4).await;
+        let req = Request::post("/p?q=1").header("host", "backend").header("x-b3", "ab").body(full("ping")).unwrap();
+        let (parts, framing) = conn.send(req).await.unwrap();
+        assert_eq!(parts.headers["x-up"], "1");
+        assert_eq!(body(&mut conn, framing).await, b"ok");
+        assert!(conn.is_open(), "kept for the next request");
+        drop(conn);
+        let wire = String::from_utf8(server.await.unwrap()).unwrap();
+        assert_eq!(wire, "POST /p?q=1 HTTP/1.1\r\nhost: backend\r\nx-b3: ab\r\ncontent-length: 4\r\n\r\nping");
+    }
+
+    #[tokio::test]
+    async fn a_streamed_request_body_is_chunked() {
+        let (mut conn, server) =
+            serve_once(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", 13).await;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(2);
+        let stream = ChannelBody(rx).boxed();
+        let req = Request::put("/up").header("host", "backend").body(stream).unwrap();
+        tx.send(Bytes::from_static(b"abc")).await.unwrap();
+        drop(tx);
+        let (parts, framing) = conn.send(req).await.unwrap();
+        assert_eq!(parts.status, 200);
+        assert_eq!(body(&mut conn, framing).await, b"ok");
+        assert!(conn.is_open());
+        drop(conn);
+        let wire = String::from_utf8(server.await.unwrap()).unwrap();
+        assert!(wire.ends_with("transfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"), "{wire}");
+    }
+
+    /// A body of unknown length, fed through a channel.
+    struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+    impl HttpBody for ChannelBody {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+            self.0.poll_recv(cx).map(|d| d.map(|d| Ok(http_body::Frame::data(d))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_closed_idle_connection_is_not_open_and_an_early_close_is_an_error() {
+        let (mut conn, server) =
+            serve_once(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n", 0).await;
+        let req = Request::get("/").header("host", "b").body(full("")).unwrap();
+        let (_, framing) = conn.send(req).await.unwrap();
+        assert!(framing.is_end());
+        assert!(!conn.is_open(), "the server said close");
+        drop(conn);
+        server.await.unwrap();
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc").await.unwrap();
+        });
+        let mut conn = Connection::new(Io::Plain(TcpStream::connect(addr).await.unwrap()));
+        let req = Request::get("/").header("host", "b").body(full("")).unwrap();
+        let (_, mut framing) = conn.send(req).await.unwrap();
+        let first = poll_fn(|cx| conn.poll_body(cx, &mut framing)).await.unwrap().unwrap();
+        assert_eq!(&first[..], b"abc");
+        let cut =
+            tokio::time::timeout(Duration::from_secs(5), poll_fn(|cx| conn.poll_body(cx, &mut framing))).await.unwrap();
+        assert!(matches!(cut, Some(Err(H1Error::Closed))), "{cut:?}");
+    }
+}
