@@ -14,7 +14,7 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, Method, Request, StatusCode, Version};
+use http::{HeaderMap, Method, StatusCode, Uri, Version};
 use http_body::Body as HttpBody;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -142,6 +142,26 @@ enum Step {
     End,
 }
 
+/// A request head to write. Borrowed, so a retry writes the same head again without a copy.
+#[derive(Debug, Clone, Copy)]
+pub struct Head<'a> {
+    /// Method.
+    pub method: &'a Method,
+    /// Target (origin-form is written).
+    pub uri: &'a Uri,
+    /// Header fields.
+    pub headers: &'a HeaderMap,
+    /// One more field, not in `headers` (`x-envoy-attempt-count`).
+    pub extra: Option<(&'a HeaderName, &'a HeaderValue)>,
+}
+
+impl<'a> Head<'a> {
+    /// The head of a request as it stands.
+    pub fn of(parts: &'a http::request::Parts) -> Head<'a> {
+        Head { method: &parts.method, uri: &parts.uri, headers: &parts.headers, extra: None }
+    }
+}
+
 /// One HTTP/1.1 connection to an upstream.
 pub struct Connection {
     io: Io,
@@ -173,11 +193,11 @@ impl Connection {
         false
     }
 
-    /// Sends `req` and reads the response head. The body is read after, with [`Self::poll_body`].
-    pub async fn send(&mut self, req: Request<Body>) -> Result<(http::response::Parts, Framing), H1Error> {
-        let (parts, mut body) = req.into_parts();
-        let head_request = parts.method == Method::HEAD;
-        let sending = self.encode_head(&parts, &body);
+    /// Sends a request and reads the response head. The body is read after, with
+    /// [`Self::poll_body`].
+    pub async fn send(&mut self, head: Head<'_>, mut body: Body) -> Result<(http::response::Parts, Framing), H1Error> {
+        let head_request = *head.method == Method::HEAD;
+        let sending = self.encode_head(head, &body);
         let mut written = 0;
         let mut body_done = sending == Sending::Nothing;
         let mut sent = false;
@@ -294,12 +314,12 @@ impl Connection {
 
     /// Writes the request line and headers into `wbuf`, adding the body's framing when the
     /// request does not state it.
-    fn encode_head(&mut self, parts: &http::request::Parts, body: &Body) -> Sending {
+    fn encode_head(&mut self, parts: Head<'_>, body: &Body) -> Sending {
         let w = &mut self.wbuf;
         w.clear();
         w.extend_from_slice(parts.method.as_str().as_bytes());
         w.push(b' ');
-        let target = if parts.method == Method::CONNECT {
+        let target = if *parts.method == Method::CONNECT {
             parts.uri.authority().map(|a| a.as_str())
         } else {
             parts.uri.path_and_query().map(|p| p.as_str())
@@ -307,7 +327,7 @@ impl Connection {
         w.extend_from_slice(target.unwrap_or("/").as_bytes());
         w.extend_from_slice(b" HTTP/1.1\r\n");
         let (mut length, mut chunked) = (false, false);
-        for (name, value) in &parts.headers {
+        for (name, value) in parts.headers.iter().chain(parts.extra) {
             if name == CONTENT_LENGTH {
                 length = true;
             } else if name == TRANSFER_ENCODING {
@@ -324,7 +344,7 @@ impl Connection {
             Sending::Raw
         } else if body.is_end_stream() {
             // What hyper does too: a method that carries a body says it is empty.
-            if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
+            if matches!(*parts.method, Method::POST | Method::PUT | Method::PATCH) {
                 w.extend_from_slice(b"content-length: 0\r\n");
             }
             Sending::Nothing
@@ -518,8 +538,15 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
+    use http::Request;
+
     use super::*;
     use crate::proxy::respond::full;
+
+    async fn send(conn: &mut Connection, req: Request<Body>) -> Result<(http::response::Parts, Framing), H1Error> {
+        let (parts, body) = req.into_parts();
+        conn.send(Head::of(&parts), body).await
+    }
 
     fn head(bytes: &[u8], head_request: bool) -> (http::response::Parts, Framing, bool, BytesMut) {
         let mut buf = BytesMut::from(bytes);
@@ -636,7 +663,7 @@ mod tests {
     async fn a_request_goes_out_in_one_head_and_the_response_streams_back() {
         let (mut conn, server) = serve_once(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-up: 1\r\n\r\nok", 4).await;
         let req = Request::post("/p?q=1").header("host", "backend").header("x-b3", "ab").body(full("ping")).unwrap();
-        let (parts, framing) = conn.send(req).await.unwrap();
+        let (parts, framing) = send(&mut conn, req).await.unwrap();
         assert_eq!(parts.headers["x-up"], "1");
         assert_eq!(body(&mut conn, framing).await, b"ok");
         assert!(conn.is_open(), "kept for the next request");
@@ -654,7 +681,7 @@ mod tests {
         let req = Request::put("/up").header("host", "backend").body(stream).unwrap();
         tx.send(Bytes::from_static(b"abc")).await.unwrap();
         drop(tx);
-        let (parts, framing) = conn.send(req).await.unwrap();
+        let (parts, framing) = send(&mut conn, req).await.unwrap();
         assert_eq!(parts.status, 200);
         assert_eq!(body(&mut conn, framing).await, b"ok");
         assert!(conn.is_open());
@@ -683,7 +710,7 @@ mod tests {
         let (mut conn, server) =
             serve_once(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n", 0).await;
         let req = Request::get("/").header("host", "b").body(full("")).unwrap();
-        let (_, framing) = conn.send(req).await.unwrap();
+        let (_, framing) = send(&mut conn, req).await.unwrap();
         assert!(framing.is_end());
         assert!(!conn.is_open(), "the server said close");
         drop(conn);
@@ -699,7 +726,7 @@ mod tests {
         });
         let mut conn = Connection::new(Io::Plain(TcpStream::connect(addr).await.unwrap()));
         let req = Request::get("/").header("host", "b").body(full("")).unwrap();
-        let (_, mut framing) = conn.send(req).await.unwrap();
+        let (_, mut framing) = send(&mut conn, req).await.unwrap();
         let first = poll_fn(|cx| conn.poll_body(cx, &mut framing)).await.unwrap().unwrap();
         assert_eq!(&first[..], b"abc");
         let cut =

@@ -290,6 +290,16 @@ struct Outgoing {
 }
 
 impl Outgoing {
+    /// The head of one attempt, borrowed: only the attempt count differs between attempts.
+    fn head<'a>(&'a self, attempt: &'a HeaderValue) -> h1::Head<'a> {
+        h1::Head {
+            method: &self.method,
+            uri: &self.uri,
+            headers: &self.headers,
+            extra: Some((&X_ATTEMPT_COUNT, attempt)),
+        }
+    }
+
     fn request(&self, attempt: u32) -> Request<Body> {
         let mut req = Request::new(respond::full(self.body.clone()));
         *req.method_mut() = self.method.clone();
@@ -1021,7 +1031,8 @@ impl Proxy {
                 if reused {
                     stats.upstream_rq_reused.fetch_add(1, Ordering::Relaxed);
                 }
-                conn.send(out.request(attempt)).await
+                let count = HeaderValue::from(attempt);
+                conn.send_head(out.head(&count), respond::full(out.body.clone())).await
             };
             let result = match retry.per_try_timeout {
                 Some(t) => match tokio::time::timeout(t, send).await {
@@ -1284,6 +1295,8 @@ fn outgoing(
     headers.remove(http::header::TRANSFER_ENCODING);
     route.headers.request.apply(&mut headers);
     target.headers.request.apply(&mut headers);
+    // Each attempt writes its own count.
+    headers.remove(&X_ATTEMPT_COUNT);
     Some(Outgoing { method: parts.method.clone(), uri, headers, body })
 }
 

@@ -280,9 +280,26 @@ pub enum Checkout {
 impl Checkout {
     /// Sends `req` and waits for the response head.
     pub async fn send(self, req: Request<Body>) -> Result<Response<Body>, UpstreamError> {
+        let (parts, body) = req.into_parts();
+        self.send_head(h1::Head::of(&parts), body).await
+    }
+
+    /// Sends a request from a borrowed head (an attempt of a request kept for retries) and
+    /// waits for the response head.
+    pub async fn send_head(self, head: h1::Head<'_>, body: Body) -> Result<Response<Body>, UpstreamError> {
         match self {
-            Checkout::H1(conn) => conn.send(req).await,
-            Checkout::H2(link, ep) => link.send(req, &ep).await,
+            Checkout::H1(conn) => conn.send(head, body).await,
+            Checkout::H2(link, ep) => {
+                // hyper's HTTP/2 client takes the request by value.
+                let mut req = Request::new(body);
+                *req.method_mut() = head.method.clone();
+                *req.uri_mut() = head.uri.clone();
+                *req.headers_mut() = head.headers.clone();
+                if let Some((name, value)) = head.extra {
+                    req.headers_mut().insert(name.clone(), value.clone());
+                }
+                link.send(req, &ep).await
+            }
         }
     }
 }
@@ -415,9 +432,10 @@ where
 }
 
 impl Conn {
-    /// Sends `req`; the response body gives the connection back to the pool when it ends.
-    pub async fn send(mut self, req: Request<Body>) -> Result<Response<Body>, UpstreamError> {
-        let (parts, framing) = self.link.conn.send(req).await.map_err(|e| UpstreamError::Reset(e.to_string()))?;
+    /// Sends a request; the response body gives the connection back to the pool when it ends.
+    pub async fn send(mut self, head: h1::Head<'_>, body: Body) -> Result<Response<Body>, UpstreamError> {
+        let (parts, framing) =
+            self.link.conn.send(head, body).await.map_err(|e| UpstreamError::Reset(e.to_string()))?;
         self.uses += 1;
         // A response without a body (204, HEAD, content-length 0) may never be polled.
         let conn = if framing.is_end() {
