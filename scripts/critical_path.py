@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Time a proxy spends between the syscalls of a request, meshd's gateway against nginx.
 
-Records the `recvfrom`, `writev` and `epoll_wait` tracepoints of the proxy's one worker thread
+Records the `recvfrom`, write (`writev`, `sendto`, `write`) and `epoll_wait` tracepoints of the proxy's one worker thread
 with `perf record` while oha sends 1000 rps on one connection, then prints medians (µs) of:
 wake-up to the request's read, request read to the upstream write, response read to the
 downstream write, and the downstream write to the next sleep. Needs perf with tracepoints
@@ -20,8 +20,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib as b  # noqa: E402
 import bench_dataplane as d  # noqa: E402
 
+WRITES = ("writev", "sendto", "write")
 EVENTS = ",".join(f"syscalls:sys_{e}" for e in (
-    "enter_recvfrom", "exit_recvfrom", "enter_writev", "exit_writev", "enter_epoll_wait", "exit_epoll_wait"))
+    "enter_recvfrom", "exit_recvfrom", "enter_epoll_wait", "exit_epoll_wait",
+    *(f"{side}_{w}" for w in WRITES for side in ("enter", "exit"))))
 
 
 def segments(script):
@@ -36,9 +38,9 @@ def segments(script):
             fd = int(args.split("fd:")[1].split(",")[0], 0)
         elif ev == "exit_recvfrom" and 0 < int(args.split()[-1], 0) < 1 << 40:
             order.append((ts, "read", fd))
-        elif ev == "enter_writev":
+        elif ev.startswith("enter_") and ev[6:] in WRITES:
             order.append((ts, "write", int(args.split("fd:")[1].split(",")[0], 0)))
-        elif ev == "exit_writev":
+        elif ev.startswith("exit_") and ev[5:] in WRITES:
             order.append((ts, "written", None))
         elif ev == "exit_epoll_wait":
             order.append((ts, "wake", None))

@@ -24,6 +24,8 @@ use super::{Body, BoxError};
 
 /// Most header lines in a response (Envoy's and hyper's default).
 const MAX_HEADERS: usize = 100;
+/// Header lines parsed for first: a response with more is parsed again with room for all.
+const FEW_HEADERS: usize = 24;
 /// Largest response head (Envoy's default limit is 60 KiB).
 const MAX_HEAD: usize = 64 << 10;
 /// Room made in the read buffer before a read: a loopback response fits in one read, and a read
@@ -382,21 +384,30 @@ fn encode_data(w: &mut Vec<u8>, sending: Sending, data: &[u8]) {
 
 /// Parses a response head at the start of `buf`, skipping interim (1xx) responses. `None`: not
 /// all of it has arrived. Header values are slices of the bytes read, not copies.
-#[allow(clippy::type_complexity)]
-fn parse_head(
-    buf: &mut BytesMut,
-    head_request: bool,
-) -> Result<Option<(http::response::Parts, Framing, bool)>, H1Error> {
+fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<ParsedHead>, H1Error> {
+    // Most responses carry a few headers: the small parse leaves less stack to clear.
+    match parse_sized::<FEW_HEADERS>(buf, head_request) {
+        Err(H1Error::Invalid(TOO_MANY)) => parse_sized::<MAX_HEADERS>(buf, head_request),
+        parsed => parsed,
+    }
+}
+
+/// A response head, how its body is framed, and whether the connection stays open after it.
+type ParsedHead = (http::response::Parts, Framing, bool);
+
+const TOO_MANY: &str = "too many headers";
+
+fn parse_sized<const N: usize>(buf: &mut BytesMut, head_request: bool) -> Result<Option<ParsedHead>, H1Error> {
     loop {
         // Where each name and value lies in `buf`, so the head can be split off after parsing.
-        let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut spans = [(0usize, 0usize, 0usize, 0usize); N];
+        let mut slots = [httparse::EMPTY_HEADER; N];
         let mut res = httparse::Response::new(&mut slots);
         let len = match res.parse(buf) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(H1Error::Invalid("head too large")),
             Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => return Err(H1Error::Invalid("too many headers")),
+            Err(httparse::Error::TooManyHeaders) => return Err(H1Error::Invalid(TOO_MANY)),
             Err(_) => return Err(H1Error::Invalid("malformed head")),
         };
         let code = res.code.unwrap_or(0);
@@ -564,6 +575,22 @@ mod tests {
         assert_eq!(framing, Framing::Length(5));
         assert!(keep);
         assert_eq!(&rest[..], b"hello");
+    }
+
+    #[test]
+    fn a_head_with_many_headers_is_parsed_whole_and_too_many_is_an_error() {
+        let head_with = |n: usize| {
+            let mut h = String::from("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n");
+            for i in 0..n {
+                h.push_str(&format!("x-h{i}: {i}\r\n"));
+            }
+            h + "\r\n"
+        };
+        let (parts, _, _, _) = head(head_with(60).as_bytes(), false);
+        assert_eq!(parts.headers.len(), 61);
+        assert_eq!(parts.headers["x-h59"], "59");
+        let mut buf = BytesMut::from(head_with(120).as_bytes());
+        assert!(matches!(parse_head(&mut buf, false), Err(H1Error::Invalid(TOO_MANY))));
     }
 
     #[test]
