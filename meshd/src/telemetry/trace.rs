@@ -8,6 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::accesslog::Entry;
@@ -69,31 +70,37 @@ impl SpanContext {
         }
     }
 
-    /// Puts this span into `headers` as the caller's span for the next hop. The values are
-    /// spelled into a stack buffer: no formatting machinery on the request path.
+    /// Puts this span into `headers` as the caller's span for the next hop. Every value is a
+    /// slice of one buffer: `traceparent` already spells the trace and span ids, and the parent
+    /// id goes after it (one allocation, no formatting machinery on the request path).
     pub fn inject(&self, headers: &mut HeaderMap) {
-        fn set(headers: &mut HeaderMap, n: &HeaderName, v: &[u8]) {
-            if let Ok(v) = HeaderValue::from_bytes(v) {
+        fn set(headers: &mut HeaderMap, n: &HeaderName, v: Bytes) {
+            if let Ok(v) = HeaderValue::from_maybe_shared(v) {
                 headers.insert(n.clone(), v);
             }
         }
-        let mut buf = [0u8; 55];
-        let trace_digits = if self.wide { 32 } else { 16 };
-        set(headers, &B3_TRACE, hex(&mut buf[..trace_digits], self.trace_id));
-        set(headers, &B3_SPAN, hex(&mut buf[..16], u128::from(self.span_id)));
+        // 00-<trace, 32 digits>-<span, 16 digits>-01<parent, 16 digits>
+        let mut buf = [0u8; 71];
+        buf[..3].copy_from_slice(b"00-");
+        hex(&mut buf[3..35], self.trace_id);
+        buf[35] = b'-';
+        hex(&mut buf[36..52], u128::from(self.span_id));
+        buf[52..55].copy_from_slice(b"-01");
+        if let Some(p) = self.parent {
+            hex(&mut buf[55..], u128::from(p));
+        }
+        let all = Bytes::copy_from_slice(&buf);
+        // A 64-bit trace id keeps its 16 digits in B3: the low half of the 32.
+        set(headers, &B3_TRACE, all.slice(if self.wide { 3..35 } else { 19..35 }));
+        set(headers, &B3_SPAN, all.slice(36..52));
         match self.parent {
-            Some(p) => set(headers, &B3_PARENT, hex(&mut buf[..16], u128::from(p))),
+            Some(_) => set(headers, &B3_PARENT, all.slice(55..71)),
             None => {
                 headers.remove(&B3_PARENT);
             }
         }
         headers.insert(B3_SAMPLED.clone(), HeaderValue::from_static("1"));
-        buf[..3].copy_from_slice(b"00-");
-        hex(&mut buf[3..35], self.trace_id);
-        buf[35] = b'-';
-        hex(&mut buf[36..52], u128::from(self.span_id));
-        buf[52..].copy_from_slice(b"-01");
-        set(headers, &TRACEPARENT, &buf);
+        set(headers, &TRACEPARENT, all.slice(..55));
     }
 }
 
@@ -295,6 +302,7 @@ mod tests {
         assert_eq!(ctx.parent, Some(0xa2fb4a1d1a96d312));
         assert_ne!(ctx.span_id, 0xa2fb4a1d1a96d312);
         ctx.inject(&mut h);
+        assert_eq!(h["x-b3-traceid"], "463ac35c9f6413ad", "a 64-bit trace id keeps its width");
         assert_eq!(h["x-b3-parentspanid"], "a2fb4a1d1a96d312");
         assert_eq!(h["x-b3-spanid"], format!("{:016x}", ctx.span_id).as_str());
         assert_eq!(h["x-b3-sampled"], "1");
@@ -316,6 +324,9 @@ mod tests {
         out.insert("x-b3-parentspanid", HeaderValue::from_static("0000000000000001"));
         fresh.inject(&mut out);
         assert!(!out.contains_key("x-b3-parentspanid"));
+        assert_eq!(out["x-b3-traceid"], fresh.trace_hex().as_str());
+        assert_eq!(out["x-b3-spanid"], format!("{:016x}", fresh.span_id).as_str());
+        assert_eq!(out["traceparent"], format!("00-{}-{:016x}-01", fresh.trace_hex(), fresh.span_id).as_str());
     }
 
     #[test]
