@@ -23,16 +23,16 @@ use tokio_util::io::poll_read_buf;
 use super::{Body, BoxError};
 
 /// Most header lines in a response (Envoy's and hyper's default).
-const MAX_HEADERS: usize = 100;
+pub(super) const MAX_HEADERS: usize = 100;
 /// Header lines parsed for first: a response with more is parsed again with room for all.
-const FEW_HEADERS: usize = 24;
+pub(super) const FEW_HEADERS: usize = 24;
 /// Largest response head (Envoy's default limit is 60 KiB).
-const MAX_HEAD: usize = 64 << 10;
+pub(super) const MAX_HEAD: usize = 64 << 10;
 /// Room made in the read buffer before a read: a loopback response fits in one read, and a read
 /// that comes back short tells the reactor the socket is drained (no extra empty read).
-const READ_ROOM: usize = 8 << 10;
+pub(super) const READ_ROOM: usize = 8 << 10;
 /// Body bytes gathered behind the head before writing (a request body streams past this).
-const WRITE_BATCH: usize = 64 << 10;
+pub(super) const WRITE_BATCH: usize = 64 << 10;
 /// Longest chunk-size or trailer line.
 const MAX_LINE: usize = 4 << 10;
 
@@ -95,7 +95,7 @@ impl AsyncWrite for Io {
 
 /// How the request body is framed on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sending {
+pub(super) enum Sending {
     /// No body.
     Nothing,
     /// As is: `content-length` says how much.
@@ -363,14 +363,14 @@ impl Connection {
 }
 
 /// Room for the next read, reusing the buffer's allocation once what was split off is gone.
-fn reserve(buf: &mut BytesMut) -> &mut BytesMut {
+pub(super) fn reserve(buf: &mut BytesMut) -> &mut BytesMut {
     if buf.capacity() - buf.len() < READ_ROOM / 4 {
         buf.reserve(READ_ROOM);
     }
     buf
 }
 
-fn encode_data(w: &mut Vec<u8>, sending: Sending, data: &[u8]) {
+pub(super) fn encode_data(w: &mut Vec<u8>, sending: Sending, data: &[u8]) {
     match sending {
         Sending::Chunked if data.is_empty() => {}
         Sending::Chunked => {
@@ -532,12 +532,12 @@ fn line_len(buf: &BytesMut) -> Result<Option<usize>, H1Error> {
 }
 
 /// Whether the comma-separated `value` lists `token` (case-insensitive).
-fn has_token(value: &[u8], token: &[u8]) -> bool {
+pub(super) fn has_token(value: &[u8], token: &[u8]) -> bool {
     value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// Whether the last of the comma-separated codings in `value` is `token`.
-fn last_token_is(value: &[u8], token: &[u8]) -> bool {
+pub(super) fn last_token_is(value: &[u8], token: &[u8]) -> bool {
     value.rsplit(|&b| b == b',').next().is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 

@@ -4,6 +4,7 @@
 //! retries), then the cluster's (balancing, circuit breakers, outlier
 //! detection), then bytes move.
 
+pub mod downstream;
 pub mod h1;
 pub mod report;
 pub mod respond;
@@ -20,7 +21,7 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, COOKIE, HOST, SERVER, SET_COOKIE, USER_AGENT};
 use http::{HeaderMap, Method, Request, Response, Uri};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -468,7 +469,7 @@ impl Proxy {
         }
         let Role::Inbound { workload, port, tls, tcp, .. } = &*role else {
             let info = Arc::new(ConnInfo { peer, xfcc: None, principal: None, local });
-            return self.serve_io(TokioIo::new(stream), info, role, shutdown, changes, None).await;
+            return self.serve_io(stream, info, role, shutdown, changes, None).await;
         };
         let mode = self.snapshot.load().peer_auth.mode(&workload.namespace, &workload.labels, *port);
         let mut first = [0u8; 1];
@@ -493,7 +494,7 @@ impl Proxy {
                 if *tcp {
                     return self.tcp_inbound(tls_stream, &info, &role).await;
                 }
-                self.serve_io(TokioIo::new(tls_stream), info, role, shutdown, changes, Some(recheck)).await
+                self.serve_io(tls_stream, info, role, shutdown, changes, Some(recheck)).await
             }
             (_, false, MtlsMode::Strict) if tls.is_some() => {
                 // STRICT and a plaintext client: reset, as Envoy does (curl: exit 56).
@@ -512,7 +513,7 @@ impl Proxy {
                 if *tcp {
                     return self.tcp_inbound(stream, &info, &role).await;
                 }
-                self.serve_io(TokioIo::new(stream), info, role, shutdown, changes, Some(recheck)).await
+                self.serve_io(stream, info, role, shutdown, changes, Some(recheck)).await
             }
         }
     }
@@ -607,13 +608,15 @@ impl Proxy {
         let Some(server) = server else { return };
         let Ok(tls_stream) = start.into_stream(server.config.clone()).await else { return };
         let info = Arc::new(ConnInfo { peer, xfcc: None, principal: None, local });
-        self.serve_io(TokioIo::new(tls_stream), info, role, shutdown, changes, None).await
+        self.serve_io(tls_stream, info, role, shutdown, changes, None).await
     }
 
     /// Serves HTTP on one connection until it ends, the listener shuts down, or the pod stops.
+    /// HTTP/1.1 goes through the proxy's own loop ([`downstream`]); whatever that loop hands on
+    /// (HTTP/2, upgrades, streamed bodies) through hyper.
     async fn serve_io<I>(
         self,
-        io: TokioIo<I>,
+        io: I,
         info: Arc<ConnInfo>,
         role: Arc<Role>,
         mut shutdown: watch::Receiver<bool>,
@@ -622,19 +625,50 @@ impl Proxy {
     ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let conn_role = role.clone();
         let snapshots = self.snapshot.clone();
-        let svc = service_fn(move |req| {
+        let drain = downstream::Drain::default();
+        let conn = self.clone().serve_http(io, info, role.clone(), &drain);
+        tokio::pin!(conn);
+        // The connection first: it is what wakes this task for every request; the signals below
+        // are rare, and an unbiased select would draw a random order on every wake.
+        tokio::select! {
+            biased;
+            _ = conn.as_mut() => {}
+            _ = stopped(&mut shutdown) => {
+                if !drain.start() {
+                    conn.await;
+                }
+            }
+            // A stopped pod's open connections die with it.
+            _ = pod_stopped(&mut changes, &role) => {}
+            // A config change that no longer admits this connection drains it, as Envoy drains a
+            // filter chain that changed (a plaintext connection when the port turns STRICT).
+            _ = disallowed(&snapshots, recheck) => {
+                if !drain.start() {
+                    conn.await;
+                }
+            }
+        }
+    }
+
+    /// One connection's requests: the HTTP/1.1 loop, then hyper for what it hands on.
+    async fn serve_http<I>(self, io: I, info: Arc<ConnInfo>, role: Arc<Role>, drain: &downstream::Drain)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let handler = ConnHandler { proxy: &self, role: &role, info: &info };
+        let served = downstream::serve(io, drain, &handler).await;
+        let downstream::Served::Handoff(rest) = served else { return };
+        let svc = service_fn(move |req: Request<Incoming>| {
             let proxy = self.clone();
             let role = role.clone();
             let info = info.clone();
             async move {
-                let mut req = req;
+                let mut req = req.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed());
                 if req.version() == http::Version::HTTP_2 {
                     h1_form(&mut req);
                 }
                 let resp = proxy.handle(&role, &info, req).await;
-                // Without a sidecar there is no proxy to answer: the caller sees the connection fail.
                 if resp.extensions().get::<AbortConnection>().is_some() {
                     return Err(AbortConnection);
                 }
@@ -642,10 +676,8 @@ impl Proxy {
             }
         });
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        let conn = builder.serve_connection(io, svc);
+        let conn = builder.serve_connection(TokioIo::new(rest), svc);
         tokio::pin!(conn);
-        // The connection first: it is what wakes this task for every request; the signals below
-        // are rare, and an unbiased select would draw a random order on every wake.
         tokio::select! {
             biased;
             res = conn.as_mut() => {
@@ -653,15 +685,7 @@ impl Proxy {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
             }
-            _ = stopped(&mut shutdown) => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
-            }
-            // A stopped pod's open connections die with it.
-            _ = pod_stopped(&mut changes, &conn_role) => {}
-            // A config change that no longer admits this connection drains it, as Envoy drains a
-            // filter chain that changed (a plaintext connection when the port turns STRICT).
-            _ = disallowed(&snapshots, recheck) => {
+            _ = drain.drained() => {
                 conn.as_mut().graceful_shutdown();
                 let _ = conn.await;
             }
@@ -670,7 +694,7 @@ impl Proxy {
 
     /// Handles one request: the first proxy names it (`x-request-id`), every proxy opens a span,
     /// counts it in its metrics and hands its access-log record to the telemetry task.
-    async fn handle(&self, role: &Role, info: &ConnInfo, mut req: Request<Incoming>) -> Response<Body> {
+    async fn handle(&self, role: &Role, info: &ConnInfo, mut req: Request<Body>) -> Response<Body> {
         let Some(tel) = &self.telemetry else { return self.dispatch(role, info, req).await };
         let client;
         let rt: &ProxyRuntime = match role {
@@ -780,7 +804,7 @@ impl Proxy {
         Some(e)
     }
 
-    async fn dispatch(&self, role: &Role, info: &ConnInfo, req: Request<Incoming>) -> Response<Body> {
+    async fn dispatch(&self, role: &Role, info: &ConnInfo, req: Request<Body>) -> Response<Body> {
         let peer = info.peer;
         match role {
             Role::Inbound { rt, app, cluster, control, .. } => self.inbound(rt, app, cluster, control, info, req).await,
@@ -804,7 +828,7 @@ impl Proxy {
         cluster: &Arc<Cluster>,
         control: &PodControl,
         info: &ConnInfo,
-        req: Request<Incoming>,
+        req: Request<Body>,
     ) -> Response<Body> {
         let snapshot = self.snapshot.load();
         let generation = rt.for_snapshot(&snapshot);
@@ -831,7 +855,7 @@ impl Proxy {
             None => parts.headers.remove(&X_FCC),
         };
         parts.uri = origin_form(&parts.uri);
-        let upstream = Request::from_parts(parts, body.map_err(BoxError::from).boxed());
+        let upstream = Request::from_parts(parts, body);
         let Some(ep) = app.endpoints.first() else {
             return respond::local_reply(LocalReply::NoHealthyUpstream, ServerName::IstioEnvoy, false);
         };
@@ -858,7 +882,7 @@ impl Proxy {
         rt: &ProxyRuntime,
         caller: Caller,
         peer: SocketAddr,
-        req: Request<Incoming>,
+        req: Request<Body>,
     ) -> Response<Body> {
         let mesh = !matches!(caller, Caller::Gateway | Caller::GatewayTls);
         let server = match caller {
@@ -945,9 +969,8 @@ impl Proxy {
                 }
             }
         }
-        let body = match Limited::new(body, BODY_LIMIT).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(_) => return respond::local_reply(LocalReply::TooLarge, server, false),
+        let Some(body) = buffer(body, BODY_LIMIT).await else {
+            return respond::local_reply(LocalReply::TooLarge, server, false);
         };
         let (hash, new_cookie) = request_hash(&cluster.lb, &parts.headers, query, peer);
         let mut out = match outgoing(&mut parts, &authority, matched, target, body) {
@@ -1262,6 +1285,46 @@ fn reply_for(e: &UpstreamError) -> LocalReply {
         UpstreamError::Overflow => LocalReply::Overflow,
         UpstreamError::Connect(_) => LocalReply::ConnectFailure,
         UpstreamError::Reset(_) => LocalReply::UpstreamReset,
+    }
+}
+
+/// The whole request body, kept for retries and mirrors; `None` past `limit` bytes or when the
+/// body breaks. A body of one piece (what the HTTP/1.1 loop gives) is kept without a copy.
+async fn buffer(mut body: Body, limit: usize) -> Option<Bytes> {
+    let mut one: Option<Bytes> = None;
+    let mut joined = bytes::BytesMut::new();
+    let mut len = 0;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.ok()?.into_data() else { continue };
+        len += data.len();
+        if len > limit {
+            return None;
+        }
+        match one.take() {
+            None if joined.is_empty() => one = Some(data),
+            earlier => {
+                if let Some(e) = earlier {
+                    joined.extend_from_slice(&e);
+                }
+                joined.extend_from_slice(&data);
+            }
+        }
+    }
+    Some(one.unwrap_or_else(|| joined.freeze()))
+}
+
+/// Answers the requests of one downstream connection.
+struct ConnHandler<'a> {
+    proxy: &'a Proxy,
+    role: &'a Role,
+    info: &'a ConnInfo,
+}
+
+impl downstream::Handler for ConnHandler<'_> {
+    async fn call(&self, req: Request<Body>) -> downstream::Answer {
+        let resp = self.proxy.handle(self.role, self.info, req).await;
+        // Without a sidecar there is no proxy to answer: the caller sees the connection fail.
+        resp.extensions().get::<AbortConnection>().is_none().then_some(resp)
     }
 }
 
