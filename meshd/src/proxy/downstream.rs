@@ -107,11 +107,13 @@ where
     let mut rbuf = BytesMut::with_capacity(h1::READ_ROOM);
     let mut wbuf = Vec::new();
     let mut spans: Vec<Span> = Vec::new();
+    // Kept across requests: a client that closed after pipelining is not read again.
+    let mut watch = Watch::Open;
     loop {
         // The next request's head (and body).
         let head = loop {
             drain.idle.store(rbuf.is_empty(), Ordering::Relaxed);
-            if drain.requested() && rbuf.is_empty() {
+            if (drain.requested() || watch == Watch::ClosedAfterMore) && rbuf.is_empty() {
                 return Served::Closed;
             }
             if !rbuf.is_empty() {
@@ -141,31 +143,60 @@ where
         // Run the request, watching the client: a connection it closes cancels the request, as
         // hyper and Envoy do. Bytes it pipelines meanwhile wait in `rbuf`.
         let mut handling = std::pin::pin!(handler.call(req));
-        let mut client_open = true;
         let answer = poll_fn(|cx| {
             if let Poll::Ready(answer) = handling.as_mut().poll(cx) {
                 return Poll::Ready(answer);
             }
-            while client_open && rbuf.len() < MAX_HEAD {
-                match poll_read_buf(Pin::new(&mut io), cx, h1::reserve(&mut rbuf)) {
-                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                        client_open = false;
-                        return Poll::Ready(None);
-                    }
-                    Poll::Ready(Ok(_)) => {}
-                    Poll::Pending => break,
-                }
+            match watch.poll(&mut io, &mut rbuf, cx) {
+                Poll::Ready(()) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
             }
-            Poll::Pending
         })
         .await;
         let Some(resp) = answer else { return Served::Closed };
         let keep_alive = keep_alive && !drain.requested();
-        match respond(&mut io, &mut wbuf, resp, version, head_request, keep_alive).await {
+        let out = Out { wbuf: &mut wbuf, rbuf: &mut rbuf, watch: &mut watch };
+        match respond(&mut io, out, resp, version, head_request, keep_alive).await {
             Ok(true) => {}
-            Ok(false) | Err(_) => return Served::Closed,
+            Ok(false) => {
+                // A clean end: TLS says close_notify, so a body the close delimits is complete.
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), io.shutdown()).await;
+                return Served::Closed;
+            }
+            Err(_) => return Served::Closed,
         }
     }
+}
+
+/// The client's side of the connection while a request is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Watch {
+    Open,
+    /// Closed after sending more requests: those are still answered.
+    ClosedAfterMore,
+}
+
+impl Watch {
+    /// Reads what the client sends while its request is served. Ready: the client is gone with
+    /// nothing more asked, so the request is cancelled (hyper and Envoy do the same).
+    fn poll<I: AsyncRead + Unpin>(&mut self, io: &mut I, rbuf: &mut BytesMut, cx: &mut Context<'_>) -> Poll<()> {
+        while *self == Watch::Open && rbuf.len() < MAX_HEAD {
+            match poll_read_buf(Pin::new(&mut *io), cx, h1::reserve(rbuf)) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) if rbuf.is_empty() => return Poll::Ready(()),
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => *self = Watch::ClosedAfterMore,
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => break,
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// The buffers and client watch a response is written with.
+struct Out<'a> {
+    wbuf: &'a mut Vec<u8>,
+    rbuf: &'a mut BytesMut,
+    watch: &'a mut Watch,
 }
 
 /// Parses the request head at the start of `buf` and decides whether this loop serves it.
@@ -193,7 +224,7 @@ fn parse_sized<const N: usize>(buf: &BytesMut, spans: &mut Vec<Span>) -> Result<
     let base = buf.as_ptr() as usize;
     let at = |s: &[u8]| s.as_ptr() as usize - base;
     spans.clear();
-    let mut body = 0;
+    let mut body: Option<u64> = None;
     let mut conn_close = minor == 0;
     for h in r.headers.iter() {
         let name = h.name.as_bytes();
@@ -202,9 +233,9 @@ fn parse_sized<const N: usize>(buf: &BytesMut, spans: &mut Vec<Span>) -> Result<
             return Ok(Parsed::Handoff);
         }
         if is("content-length") {
-            let n = std::str::from_utf8(h.value).ok().and_then(|s| s.trim().parse::<u64>().ok());
-            match n {
-                Some(n) if n <= BODY_IN_MEMORY && (body == 0 || body == n) => body = n,
+            // Anything but one agreed length goes to hyper, which refuses it (400).
+            match h1::content_length(h.value) {
+                Some(n) if n <= BODY_IN_MEMORY && body.is_none_or(|b| b == n) => body = Some(n),
                 _ => return Ok(Parsed::Handoff),
             }
         } else if is("connection") {
@@ -223,7 +254,7 @@ fn parse_sized<const N: usize>(buf: &BytesMut, spans: &mut Vec<Span>) -> Result<
     }
     let target = (at(path.as_bytes()), at(path.as_bytes()) + path.len());
     let version = if minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
-    Ok(Parsed::Head(Head { method, version, target, len, body, keep_alive: !conn_close }))
+    Ok(Parsed::Head(Head { method, version, target, len, body: body.unwrap_or(0), keep_alive: !conn_close }))
 }
 
 /// The request from its parsed head, with values sliced from the head's bytes. `None` when a
@@ -244,14 +275,15 @@ fn request(head: Head, spans: &[Span], bytes: &Bytes, body: Body) -> Option<Requ
 
 /// Writes `resp`: the head with the body's first bytes behind it, then the rest as it comes.
 /// `Ok(false)`: the connection cannot carry another request.
-async fn respond<I: AsyncWrite + Unpin>(
+async fn respond<I: AsyncRead + AsyncWrite + Unpin>(
     io: &mut I,
-    wbuf: &mut Vec<u8>,
+    out: Out<'_>,
     resp: Response<Body>,
     version: Version,
     head_request: bool,
     mut keep_alive: bool,
 ) -> std::io::Result<bool> {
+    let Out { wbuf, rbuf, watch } = out;
     let (parts, mut body) = resp.into_parts();
     let status = parts.status;
     // These never carry a body, nor a length for one.
@@ -263,17 +295,20 @@ async fn respond<I: AsyncWrite + Unpin>(
     w.push(b' ');
     w.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
     w.extend_from_slice(b"\r\n");
-    let (mut length, mut chunked, mut dated) = (None, false, false);
+    // The body's framing on this hop is this loop's to choose: the upstream's chunking was
+    // decoded, and an HTTP/1.0 client cannot read chunks.
+    let chunked = parts.headers.contains_key(TRANSFER_ENCODING);
+    let (mut length, mut dated) = (None, false);
     for (name, value) in &parts.headers {
         if name == CONTENT_LENGTH {
-            length = std::str::from_utf8(value.as_bytes()).ok().and_then(|s| s.trim().parse::<u64>().ok());
-        } else if name == TRANSFER_ENCODING {
-            chunked = h1::last_token_is(value.as_bytes(), b"chunked");
+            if chunked || status == StatusCode::NO_CONTENT {
+                continue;
+            }
+            length = h1::content_length(value.as_bytes());
+        } else if name == TRANSFER_ENCODING || name == CONNECTION {
+            continue;
         } else if name == DATE {
             dated = true;
-        } else if name == CONNECTION {
-            // This hop decides its own connection handling.
-            continue;
         }
         w.extend_from_slice(name.as_str().as_bytes());
         w.extend_from_slice(b": ");
@@ -282,17 +317,15 @@ async fn respond<I: AsyncWrite + Unpin>(
     }
     let sending = if bodiless {
         Sending::Nothing
-    } else if chunked {
-        if version == Version::HTTP_10 {
-            keep_alive = false;
-        }
-        Sending::Chunked
     } else if length.is_some() {
         Sending::Raw
-    } else if body.is_end_stream() {
+    } else if head_request && !chunked {
+        // HEAD: the headers as given; no length is made up for a body never sent.
+        Sending::Nothing
+    } else if body.is_end_stream() && !chunked {
         w.extend_from_slice(b"content-length: 0\r\n");
         Sending::Nothing
-    } else if let Some(n) = body.size_hint().exact() {
+    } else if let Some(n) = body.size_hint().exact().filter(|_| !chunked) {
         let _ = write!(w, "content-length: {n}\r\n");
         length = Some(n);
         Sending::Raw
@@ -368,6 +401,13 @@ async fn respond<I: AsyncWrite + Unpin>(
             }
         }
         if !body_done {
+            // The body waits: send what TLS buffered, and notice a client that leaves meanwhile.
+            if let Poll::Ready(Err(e)) = Pin::new(&mut *io).poll_flush(cx) {
+                return Poll::Ready(Err(e));
+            }
+            if watch.poll(&mut *io, rbuf, cx).is_ready() {
+                return Poll::Ready(Err(std::io::ErrorKind::ConnectionAborted.into()));
+            }
             return Poll::Pending;
         }
         return Pin::new(&mut *io).poll_flush(cx);
@@ -471,6 +511,13 @@ mod tests {
             if parts.uri.path() == "/slow" {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+            if parts.uri.path() == "/chunked" {
+                // As an upstream's chunked response arrives: decoded, the header kept.
+                let mut resp = Response::new(full("abc"));
+                resp.headers_mut().insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+                resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from_static("3"));
+                return Some(resp);
+            }
             let body = body.collect().await.ok()?.to_bytes();
             let text = format!(
                 "{} {} {:?} x={} body={}",
@@ -533,6 +580,47 @@ mod tests {
         let head = &wire[second..];
         assert!(head.contains("connection: close\r\n\r\n"), "{head}");
         assert!(head.ends_with("\r\n\r\n"), "no body after HEAD's head: {head}");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_half_closes_after_pipelining_gets_every_answer() {
+        let (mut client, task, _) = pair().await;
+        client.write_all(b"GET /slow HTTP/1.1\r\nhost: h\r\n\r\nGET /b HTTP/1.1\r\nhost: h\r\n\r\n").await.unwrap();
+        client.shutdown().await.unwrap();
+        let wire = read_all(&mut client).await;
+        assert!(wire.contains("GET /slow HTTP/1.1") && wire.contains("GET /b HTTP/1.1"), "{wire}");
+        assert_eq!(task.await.unwrap(), (false, 2));
+    }
+
+    #[tokio::test]
+    async fn lengths_that_disagree_or_carry_a_sign_go_to_hyper() {
+        for request in [
+            &b"POST /s HTTP/1.1\r\nhost: h\r\ncontent-length: 0\r\ncontent-length: 5\r\n\r\nhello"[..],
+            b"POST /s HTTP/1.1\r\nhost: h\r\ncontent-length: +5\r\n\r\nhello",
+        ] {
+            let (mut client, task, _) = pair().await;
+            client.write_all(request).await.unwrap();
+            client.shutdown().await.unwrap();
+            assert_eq!(task.await.unwrap(), (true, 0), "{request:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_chunked_response_is_chunked_anew_for_1_1_and_ends_with_the_connection_for_1_0() {
+        let (mut client, task, _) = pair().await;
+        client.write_all(b"GET /chunked HTTP/1.1\r\nhost: h\r\nconnection: close\r\n\r\n").await.unwrap();
+        let wire = read_all(&mut client).await;
+        assert!(wire.contains("transfer-encoding: chunked\r\n"), "{wire}");
+        assert!(!wire.contains("content-length"), "{wire}");
+        assert!(wire.ends_with("\r\n\r\n3\r\nabc\r\n0\r\n\r\n"), "{wire}");
+        task.await.unwrap();
+
+        let (mut client, task, _) = pair().await;
+        client.write_all(b"GET /chunked HTTP/1.0\r\nconnection: keep-alive\r\n\r\n").await.unwrap();
+        let wire = read_all(&mut client).await;
+        assert!(!wire.contains("transfer-encoding") && !wire.contains("content-length"), "{wire}");
+        assert!(wire.ends_with("connection: close\r\n\r\nabc"), "{wire}");
+        task.await.unwrap();
     }
 
     #[tokio::test]

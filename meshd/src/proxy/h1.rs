@@ -241,6 +241,10 @@ impl Connection {
                     }
                 }
                 if !body_done {
+                    // The body waits: what TLS buffered goes out now, not with the next piece.
+                    if let Poll::Ready(Err(e)) = Pin::new(&mut self.io).poll_flush(cx) {
+                        return Poll::Ready(Err(e.into()));
+                    }
                     break;
                 }
                 match Pin::new(&mut self.io).poll_flush(cx) {
@@ -434,6 +438,11 @@ fn parse_sized<const N: usize>(buf: &mut BytesMut, head_request: bool) -> Result
             headers.append(name, value);
         }
         let framing = framing(&headers, status, head_request)?;
+        if headers.contains_key(TRANSFER_ENCODING) {
+            // Transfer-Encoding overrides Content-Length (RFC 9112, 6.3); forwarding both would
+            // let the next hop frame the body differently.
+            headers.remove(CONTENT_LENGTH);
+        }
         let keep_alive = match version {
             Version::HTTP_11 => !headers.get_all(CONNECTION).iter().any(|v| has_token(v.as_bytes(), b"close")),
             _ => headers.get_all(CONNECTION).iter().any(|v| has_token(v.as_bytes(), b"keep-alive")),
@@ -463,10 +472,7 @@ fn framing(headers: &HeaderMap, status: StatusCode, head_request: bool) -> Resul
     }
     let mut length = None;
     for v in headers.get_all(CONTENT_LENGTH) {
-        let n = std::str::from_utf8(v.as_bytes())
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .ok_or(H1Error::Invalid("content-length"))?;
+        let n = content_length(v.as_bytes()).ok_or(H1Error::Invalid("content-length"))?;
         if length.is_some_and(|l| l != n) {
             return Err(H1Error::Invalid("content-length"));
         }
@@ -529,6 +535,14 @@ fn line_len(buf: &BytesMut) -> Result<Option<usize>, H1Error> {
         None if buf.len() > MAX_LINE => Err(H1Error::Invalid("line too long")),
         None => Ok(None),
     }
+}
+
+/// A `content-length` value: digits only (no sign, no spaces), as RFC 9110 defines it.
+pub(super) fn content_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 /// Whether the comma-separated `value` lists `token` (case-insensitive).
@@ -617,6 +631,10 @@ mod tests {
         assert_eq!(f(b"HTTP/1.1 200 OK\r\n\r\n", false), Framing::UntilClose);
         let conflicting = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n";
         assert!(parse_head(&mut BytesMut::from(&conflicting[..]), false).is_err());
+        let signed = b"HTTP/1.1 200 OK\r\ncontent-length: +3\r\n\r\n";
+        assert!(parse_head(&mut BytesMut::from(&signed[..]), false).is_err());
+        let both = head(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n", false);
+        assert!(!both.0.headers.contains_key(CONTENT_LENGTH), "the length chunking overrides is not forwarded");
     }
 
     #[test]
