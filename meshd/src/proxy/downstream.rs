@@ -310,10 +310,7 @@ async fn respond<I: AsyncRead + AsyncWrite + Unpin>(
         } else if name == DATE {
             dated = true;
         }
-        w.extend_from_slice(name.as_str().as_bytes());
-        w.extend_from_slice(b": ");
-        w.extend_from_slice(value.as_bytes());
-        w.extend_from_slice(b"\r\n");
+        h1::write_field(w, name, value);
     }
     let sending = if bodiless {
         Sending::Nothing

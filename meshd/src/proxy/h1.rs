@@ -339,10 +339,7 @@ impl Connection {
             } else if name == TRANSFER_ENCODING {
                 chunked = last_token_is(value.as_bytes(), b"chunked");
             }
-            w.extend_from_slice(name.as_str().as_bytes());
-            w.extend_from_slice(b": ");
-            w.extend_from_slice(value.as_bytes());
-            w.extend_from_slice(b"\r\n");
+            write_field(w, name, value);
         }
         let sending = if chunked {
             Sending::Chunked
@@ -374,6 +371,15 @@ pub(super) fn reserve(buf: &mut BytesMut) -> &mut BytesMut {
     buf
 }
 
+/// Writes one header line.
+pub(super) fn write_field(w: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    w.extend_from_slice(name.as_str().as_bytes());
+    w.extend_from_slice(b": ");
+    w.extend_from_slice(value.as_bytes());
+    w.extend_from_slice(b"\r\n");
+}
+
+/// Appends body bytes in the framing the message was given.
 pub(super) fn encode_data(w: &mut Vec<u8>, sending: Sending, data: &[u8]) {
     match sending {
         Sending::Chunked if data.is_empty() => {}
