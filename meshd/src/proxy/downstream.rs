@@ -22,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::Notify;
 use tokio_util::io::poll_read_buf;
 
-use super::h1::{self, Sending, FEW_HEADERS, MAX_HEAD, MAX_HEADERS, WRITE_BATCH};
+use super::h1::{self, Sending, FEW_HEADERS, MAX_HEAD, MAX_HEADERS};
 use super::respond::full;
 use super::Body;
 
@@ -348,73 +348,18 @@ async fn respond<I: AsyncRead + AsyncWrite + Unpin>(
         w.extend_from_slice(b"connection: keep-alive\r\n");
     }
     w.extend_from_slice(b"\r\n");
-    let mut written = 0;
-    let mut left = length;
-    let mut body_done = sending == Sending::Nothing;
-    let mut failed = false;
-    poll_fn(|cx| loop {
-        if !body_done && wbuf.len() - written < WRITE_BATCH {
-            match Pin::new(&mut body).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Ok(mut data) = frame.into_data() {
-                        if let Some(l) = &mut left {
-                            // More than the stated length is cut, and the connection closes.
-                            if data.len() as u64 > *l {
-                                data.truncate(*l as usize);
-                                failed = true;
-                            }
-                            *l -= data.len() as u64;
-                        }
-                        if written == wbuf.len() {
-                            wbuf.clear();
-                            written = 0;
-                        }
-                        h1::encode_data(wbuf, sending, &data);
-                    }
-                    continue;
-                }
-                Poll::Ready(Some(Err(_))) => {
-                    failed = true;
-                    body_done = true;
-                }
-                Poll::Ready(None) => {
-                    body_done = true;
-                    if sending == Sending::Chunked {
-                        wbuf.extend_from_slice(b"0\r\n\r\n");
-                    }
-                }
-                Poll::Pending => {}
-            }
+    let mut out = h1::Outbound::new(sending, length);
+    poll_fn(|cx| {
+        let polled = out.poll(&mut *io, wbuf, &mut body, cx);
+        // The body waits: notice a client that leaves meanwhile.
+        if polled.is_pending() && out.body_waits(wbuf) && watch.poll(&mut *io, rbuf, cx).is_ready() {
+            return Poll::Ready(Err(std::io::ErrorKind::ConnectionAborted.into()));
         }
-        if written < wbuf.len() {
-            match Pin::new(&mut *io).poll_write(cx, &wbuf[written..]) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => {
-                    written += n;
-                    continue;
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        if !body_done {
-            // The body waits: send what TLS buffered, and notice a client that leaves meanwhile.
-            if let Poll::Ready(Err(e)) = Pin::new(&mut *io).poll_flush(cx) {
-                return Poll::Ready(Err(e));
-            }
-            if watch.poll(&mut *io, rbuf, cx).is_ready() {
-                return Poll::Ready(Err(std::io::ErrorKind::ConnectionAborted.into()));
-            }
-            return Poll::Pending;
-        }
-        return Pin::new(&mut *io).poll_flush(cx);
+        polled
     })
     .await?;
-    if wbuf.capacity() > WRITE_BATCH {
-        *wbuf = Vec::new();
-    }
-    // A body shorter than its length, or broken, leaves the client waiting: close.
-    let complete = !failed && left.is_none_or(|l| l == 0 || no_body);
+    // A body shorter than its length, longer, or broken leaves the client unsure: close.
+    let complete = out.broken.is_none() && !out.overran && (no_body || !out.short());
     Ok(keep_alive && complete)
 }
 

@@ -32,7 +32,7 @@ pub(super) const MAX_HEAD: usize = 64 << 10;
 /// that comes back short tells the reactor the socket is drained (no extra empty read).
 pub(super) const READ_ROOM: usize = 8 << 10;
 /// Body bytes gathered behind the head before writing (a request body streams past this).
-pub(super) const WRITE_BATCH: usize = 64 << 10;
+const WRITE_BATCH: usize = 64 << 10;
 /// Longest chunk-size or trailer line.
 const MAX_LINE: usize = 4 << 10;
 
@@ -200,60 +200,20 @@ impl Connection {
     pub async fn send(&mut self, head: Head<'_>, mut body: Body) -> Result<(http::response::Parts, Framing), H1Error> {
         let head_request = *head.method == Method::HEAD;
         let sending = self.encode_head(head, &body);
-        let mut written = 0;
-        let mut body_done = sending == Sending::Nothing;
+        let mut out = Outbound::new(sending, None);
         let mut sent = false;
         let head = poll_fn(|cx| {
-            // The request: gather what the body has ready behind the head, then write.
-            while !sent {
-                if !body_done && self.wbuf.len() - written < WRITE_BATCH {
-                    match Pin::new(&mut body).poll_frame(cx) {
-                        Poll::Ready(Some(Ok(frame))) => {
-                            if written == self.wbuf.len() {
-                                self.wbuf.clear();
-                                written = 0;
-                            }
-                            if let Ok(data) = frame.into_data() {
-                                encode_data(&mut self.wbuf, sending, &data);
-                            }
-                            continue;
-                        }
-                        Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(H1Error::Body(e))),
-                        Poll::Ready(None) => {
-                            body_done = true;
-                            if sending == Sending::Chunked {
-                                self.wbuf.extend_from_slice(b"0\r\n\r\n");
-                            }
-                            continue;
-                        }
-                        Poll::Pending => {}
-                    }
-                }
-                if written < self.wbuf.len() {
-                    match Pin::new(&mut self.io).poll_write(cx, &self.wbuf[written..]) {
-                        Poll::Ready(Ok(0)) => return Poll::Ready(Err(H1Error::Closed)),
-                        Poll::Ready(Ok(n)) => {
-                            written += n;
-                            continue;
-                        }
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
-                        Poll::Pending => break,
-                    }
-                }
-                if !body_done {
-                    // The body waits: what TLS buffered goes out now, not with the next piece.
-                    if let Poll::Ready(Err(e)) = Pin::new(&mut self.io).poll_flush(cx) {
-                        return Poll::Ready(Err(e.into()));
-                    }
-                    break;
-                }
-                match Pin::new(&mut self.io).poll_flush(cx) {
+            // The request, then the response, which may come before the request is complete.
+            if !sent {
+                match out.poll(&mut self.io, &mut self.wbuf, &mut body, cx) {
                     Poll::Ready(Ok(())) => sent = true,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
-                    Poll::Pending => break,
+                    Poll::Pending => {}
+                }
+                if let Some(e) = out.broken.take() {
+                    return Poll::Ready(Err(H1Error::Body(e)));
                 }
             }
-            // The response, which may come before the request is complete.
             loop {
                 if !self.rbuf.is_empty() {
                     if let Some(head) = parse_head(&mut self.rbuf, head_request)? {
@@ -269,9 +229,6 @@ impl Connection {
             }
         })
         .await;
-        if self.wbuf.capacity() > WRITE_BATCH {
-            self.wbuf = Vec::new();
-        }
         let (parts, framing, keep_alive) = head?;
         // An answer before the whole request was sent leaves the connection mid-request.
         self.reusable &= keep_alive && sent && framing != Framing::UntilClose;
@@ -389,6 +346,103 @@ pub(super) fn encode_data(w: &mut Vec<u8>, sending: Sending, data: &[u8]) {
             w.extend_from_slice(b"\r\n");
         }
         _ => w.extend_from_slice(data),
+    }
+}
+
+/// Writes a message whose head is in `wbuf`, then its body: the body bytes that are ready are
+/// gathered behind what is still unwritten, so a head and a small body leave in one write.
+pub(super) struct Outbound {
+    written: usize,
+    sending: Sending,
+    body_done: bool,
+    /// Body bytes the stated length still allows; more are cut (`None`: no stated length).
+    left: Option<u64>,
+    /// The body ran past its stated length.
+    pub overran: bool,
+    /// The body's error, when it broke: what was gathered is written, nothing after.
+    pub broken: Option<BoxError>,
+}
+
+impl Outbound {
+    pub(super) fn new(sending: Sending, left: Option<u64>) -> Outbound {
+        Outbound { written: 0, sending, body_done: sending == Sending::Nothing, left, overran: false, broken: None }
+    }
+
+    /// Whether everything gathered is written and the body has nothing ready.
+    pub(super) fn body_waits(&self, wbuf: &[u8]) -> bool {
+        !self.body_done && self.written == wbuf.len()
+    }
+
+    /// Body bytes the stated length expected and never got.
+    pub(super) fn short(&self) -> bool {
+        self.left.is_some_and(|l| l > 0)
+    }
+
+    /// Ready when the whole message is written and flushed.
+    pub(super) fn poll<I: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut I,
+        wbuf: &mut Vec<u8>,
+        body: &mut Body,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        loop {
+            if !self.body_done && wbuf.len() - self.written < WRITE_BATCH {
+                match Pin::new(&mut *body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Ok(mut data) = frame.into_data() {
+                            if let Some(left) = &mut self.left {
+                                if data.len() as u64 > *left {
+                                    data.truncate(*left as usize);
+                                    self.overran = true;
+                                }
+                                *left -= data.len() as u64;
+                            }
+                            if self.written == wbuf.len() {
+                                wbuf.clear();
+                                self.written = 0;
+                            }
+                            encode_data(wbuf, self.sending, &data);
+                        }
+                        continue;
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        self.broken = Some(e);
+                        self.body_done = true;
+                    }
+                    Poll::Ready(None) => {
+                        self.body_done = true;
+                        if self.sending == Sending::Chunked {
+                            wbuf.extend_from_slice(b"0\r\n\r\n");
+                        }
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if self.written < wbuf.len() {
+                match Pin::new(&mut *io).poll_write(cx, &wbuf[self.written..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => {
+                        self.written += n;
+                        continue;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            // All gathered is written: flush what TLS buffered, now rather than with the next piece.
+            let flushed = Pin::new(&mut *io).poll_flush(cx);
+            if !self.body_done {
+                return match flushed {
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    _ => Poll::Pending,
+                };
+            }
+            if flushed.is_ready() && wbuf.capacity() > WRITE_BATCH {
+                *wbuf = Vec::new();
+            }
+            return flushed;
+        }
     }
 }
 

@@ -668,11 +668,7 @@ impl Proxy {
                 if req.version() == http::Version::HTTP_2 {
                     h1_form(&mut req);
                 }
-                let resp = proxy.handle(&role, &info, req).await;
-                if resp.extensions().get::<AbortConnection>().is_some() {
-                    return Err(AbortConnection);
-                }
-                Ok(resp)
+                proxy.answer(&role, &info, req).await.ok_or(AbortConnection)
             }
         });
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -690,6 +686,13 @@ impl Proxy {
                 let _ = conn.await;
             }
         }
+    }
+
+    /// The response to send, or `None` when the connection must close unanswered: without a
+    /// sidecar there is no proxy to answer, and the caller sees the connection fail.
+    async fn answer(&self, role: &Role, info: &ConnInfo, req: Request<Body>) -> downstream::Answer {
+        let resp = self.handle(role, info, req).await;
+        resp.extensions().get::<AbortConnection>().is_none().then_some(resp)
     }
 
     /// Handles one request: the first proxy names it (`x-request-id`), every proxy opens a span,
@@ -1322,9 +1325,7 @@ struct ConnHandler<'a> {
 
 impl downstream::Handler for ConnHandler<'_> {
     async fn call(&self, req: Request<Body>) -> downstream::Answer {
-        let resp = self.proxy.handle(self.role, self.info, req).await;
-        // Without a sidecar there is no proxy to answer: the caller sees the connection fail.
-        resp.extensions().get::<AbortConnection>().is_none().then_some(resp)
+        self.proxy.answer(self.role, self.info, req).await
     }
 }
 
