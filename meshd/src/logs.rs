@@ -73,6 +73,12 @@ impl Logs {
             .clone()
     }
 
+    /// Whether `log` is still `proxy`'s access log: a removed pod's is dropped here, and every
+    /// worker's telemetry task drops its cached handle when this turns false.
+    pub fn is_current(&self, proxy: &str, log: &Arc<AccessLog>) -> bool {
+        self.access.lock().unwrap_or_else(|e| e.into_inner()).get(proxy).is_some_and(|l| Arc::ptr_eq(l, log))
+    }
+
     /// The lines of `pod` (or of `pod/istio-proxy`, its access log), oldest first.
     pub fn lines(&self, pod: &str) -> Vec<String> {
         if let Some(proxy) = pod.strip_suffix(ACCESS_SUFFIX) {
@@ -87,5 +93,25 @@ impl Logs {
     pub fn retain(&self, live: &std::collections::HashSet<String>) {
         self.apps.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| live.contains(k));
         self.access.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| live.contains(k));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_removed_pods_access_log_is_no_longer_current_for_any_holder() {
+        let logs = Logs::default();
+        let first = logs.access_log("p-1", false);
+        let second_worker = logs.access_log("p-1", false);
+        assert!(logs.is_current("p-1", &first) && logs.is_current("p-1", &second_worker));
+        // Two workers hold it: a reference count above one no longer means "still live".
+        logs.retain(&std::collections::HashSet::new());
+        assert!(!logs.is_current("p-1", &first));
+        assert!(Arc::strong_count(&first) > 1, "the other worker's handle keeps it alive");
+        // A pod of the same name started again gets a new log, not the old one.
+        let again = logs.access_log("p-1", false);
+        assert!(logs.is_current("p-1", &again) && !logs.is_current("p-1", &first));
     }
 }

@@ -109,8 +109,9 @@ impl Sink {
                     n = rx.recv_many(&mut records, RECV_BATCH) => if n == 0 { break },
                     _ = tick.tick() => {
                         flush(&client, opts, &mut batch);
-                        // Proxies whose pods are gone: their logs left `logs` already.
-                        access.retain(|_, log| Arc::strong_count(log) > 1);
+                        // Proxies whose pods are gone: their logs left `logs` already. Another
+                        // worker's cache may hold the same log, so its count says nothing.
+                        access.retain(|proxy, log| logs.is_current(proxy, log));
                         continue;
                     }
                 }
