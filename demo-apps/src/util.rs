@@ -226,7 +226,12 @@ const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Au
 impl Civil {
     /// The current time in UTC.
     pub(crate) fn now() -> Civil {
-        let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        Civil::from_system_time(SystemTime::now())
+    }
+
+    /// `t` in UTC, to the millisecond (times before the epoch read as the epoch).
+    pub fn from_system_time(t: SystemTime) -> Civil {
+        let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
         Civil::from_unix_millis(since.as_millis() as i64)
     }
 

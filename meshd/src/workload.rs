@@ -36,11 +36,12 @@ fn apps() -> &'static tokio::runtime::Runtime {
     })
 }
 
-/// Binds an app's listener; it is registered with the apps' runtime when the app starts.
-fn bind_app() -> std::io::Result<std::net::TcpListener> {
+/// Binds an app's listener on the apps' runtime, so the app's I/O never wakes a proxy's thread.
+fn bind_app() -> std::io::Result<TcpListener> {
     let l = std::net::TcpListener::bind(("127.0.0.1", 0))?;
     l.set_nonblocking(true)?;
-    Ok(l)
+    let _apps = apps().enter();
+    TcpListener::from_std(l)
 }
 
 /// A pod the config asks for.
@@ -267,7 +268,6 @@ async fn start_pod(template: &PodTemplate, proxy: &Proxy, log: &crate::logs::Log
             let env = app_env.clone();
             let listener = bind_app()?;
             pod.tasks.push(apps().spawn(async move {
-                let Ok(listener) = TcpListener::from_std(listener) else { return };
                 let _ = demo_apps::serve(env, 0, listener).await;
             }));
         }
@@ -278,11 +278,7 @@ async fn start_pod(template: &PodTemplate, proxy: &Proxy, log: &crate::logs::Log
             let env = app_env.clone();
             let pod_name = name.clone();
             pod.tasks.push(apps().spawn(async move {
-                let served = match TcpListener::from_std(app_listener) {
-                    Ok(l) => demo_apps::serve(env, port, l).await,
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = served {
+                if let Err(e) = demo_apps::serve(env, port, app_listener).await {
                     tracing::warn!(pod = %pod_name, error = %e, "app stopped");
                 }
             }));

@@ -182,7 +182,7 @@ impl RunOutput<'_> {
     pub fn json(&self) -> String {
         let started = self.started.duration_since(UNIX_EPOCH).unwrap_or_default();
         let demo_apps::Civil { year: y, month: mo, day: d, hour: h, minute: mi, second: se, .. } =
-            demo_apps::Civil::from_unix_millis(started.as_millis() as i64);
+            demo_apps::Civil::from_system_time(self.started);
         let start_time = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{se:02}.{:09}Z", started.subsec_nanos());
         let id = format!("{y:04}-{mo:02}-{d:02}-{h:02}{mi:02}{se:02}");
         let requested_qps = if self.plan.qps > 0.0 { fmt_g(self.plan.qps, Some(9)) } else { "max".to_string() };

@@ -165,8 +165,7 @@ impl From<Record> for Entry {
 
 /// RFC 3339 UTC with milliseconds, as Envoy's `%START_TIME%`.
 fn timestamp(t: SystemTime) -> String {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    demo_apps::Civil::from_unix_millis(d.as_millis() as i64).rfc3339_millis()
+    demo_apps::Civil::from_system_time(t).rfc3339_millis()
 }
 
 impl Entry {

@@ -105,13 +105,12 @@ impl SpanContext {
 }
 
 /// Writes the low `out.len()` hex digits of `v` (lowercase, zero-padded) into `out`.
-pub fn hex(out: &mut [u8], mut v: u128) -> &[u8] {
+pub fn hex(out: &mut [u8], mut v: u128) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for b in out.iter_mut().rev() {
         *b = DIGITS[(v & 0xf) as usize];
         v >>= 4;
     }
-    out
 }
 
 /// Client (gateway, outbound sidecar) or server (inbound sidecar) span.
@@ -210,22 +209,19 @@ impl TraceStore {
 
     /// The newest traces first.
     pub fn list(&self, limit: usize) -> Vec<TraceSummary> {
-        let s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        s.order
-            .iter()
-            .rev()
-            .take(limit)
-            .filter_map(|id| s.traces.get(id))
-            .map(|entries| summary(&entries.iter().filter_map(|e| span(e)).collect::<Vec<_>>()))
-            .collect()
+        // Spans are built after the lock is released: every worker's telemetry task adds under it.
+        let traces: Vec<Vec<Arc<Entry>>> = {
+            let s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            s.order.iter().rev().take(limit).filter_map(|id| s.traces.get(id).cloned()).collect()
+        };
+        traces.iter().map(|entries| summary(&entries.iter().filter_map(|e| span(e)).collect::<Vec<_>>())).collect()
     }
 
     /// The spans of one trace, by start time.
     pub fn get(&self, trace_id: &str) -> Option<Vec<Span>> {
         let id = hex_u128(&trace_id.to_ascii_lowercase(), &[16, 32])?;
-        let s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let mut spans: Vec<Span> = s.traces.get(&id)?.iter().filter_map(|e| span(e)).collect();
-        drop(s);
+        let entries = self.inner.lock().unwrap_or_else(|e| e.into_inner()).traces.get(&id)?.clone();
+        let mut spans: Vec<Span> = entries.iter().filter_map(|e| span(e)).collect();
         spans.sort_by_key(|s| s.start_unix_us);
         Some(spans)
     }
