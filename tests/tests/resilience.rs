@@ -123,20 +123,11 @@ async fn circuit_breaking_overflows_with_envoys_answer() {
 
     // maxConnections 1 / http1MaxPendingRequests 1, forced without racing: one request holds the only
     // connection, a second waits in the pending queue, so a third overflows.
-    let stat = |name: &'static str| {
-        let (client, admin) = (mesh.client(), mesh.admin);
-        async move {
-            let stats = client.get(format!("http://{admin}/stats")).send().await.unwrap().text().await.unwrap();
-            let key = format!("outbound|8000||httpbin.default.svc.cluster.local.{name}");
-            let line = stats.lines().find(|l| l.contains(&key)).unwrap_or_else(|| panic!("no {key} in {stats}"));
-            line.rsplit(' ').next().unwrap().parse::<u64>().unwrap()
-        }
-    };
     let until = |name: &'static str, want: u64| {
-        let stat = &stat;
+        let mesh = &mesh;
         async move {
             for _ in 0..500 {
-                if stat(name).await == want {
+                if mesh.httpbin_stat(name).await == want {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -163,7 +154,7 @@ async fn circuit_breaking_overflows_with_envoys_answer() {
     assert_eq!(holding.await.unwrap().0, 200);
     assert_eq!(waiting.await.unwrap().0, 200, "the pending request is served once the connection frees");
     mesh.proxy_log_line("fortio-deploy-", &["503 UO upstream_reset_before_response_started{overflow}"]);
-    assert_eq!(stat("upstream_rq_pending_overflow").await, 1);
+    assert_eq!(mesh.httpbin_stat("upstream_rq_pending_overflow").await, 1);
 
     // The task's own commands: fortio curl, then fortio load with 3 connections.
     let out = mesh.cli(&["curl", "http://httpbin:8000/get"]);
@@ -185,7 +176,7 @@ async fn circuit_breaking_overflows_with_envoys_answer() {
     let (ok, overflow) =
         (count("200"), report.lines().find(|l| l.starts_with("Code 503 : ")).map_or(0, |_| count("503")));
     assert!(ok > 0 && ok + overflow == 30, "{report}");
-    assert_eq!(stat("upstream_rq_pending_overflow").await, 1 + overflow, "{report}");
+    assert_eq!(mesh.httpbin_stat("upstream_rq_pending_overflow").await, 1 + overflow, "{report}");
     assert!(report.contains("All done 30 calls (plus 0 warmup)"), "{report}");
 }
 

@@ -47,13 +47,8 @@ async fn auto_mtls_between_sidecars_sets_xfcc() {
     for _ in 0..20 {
         assert_eq!(mesh.mesh_client().get("http://httpbin:8000/get").send().await.unwrap().status(), 200);
     }
-    let stats = mesh.client().get(format!("http://{}/stats", mesh.admin)).send().await.unwrap().text().await.unwrap();
-    let stat = |name: &str| -> u64 {
-        let key = format!("cluster.outbound|8000||httpbin.default.svc.cluster.local.{name}: ");
-        stats.lines().find_map(|l| l.strip_prefix(&key)).unwrap_or_else(|| panic!("{stats}")).parse().unwrap()
-    };
-    assert_eq!(stat("upstream_cx_total"), 1, "{stats}");
-    assert_eq!(stat("upstream_rq_total"), 21);
+    assert_eq!(mesh.httpbin_stat("upstream_cx_total").await, 1);
+    assert_eq!(mesh.httpbin_stat("upstream_rq_total").await, 21);
 
     let out = mesh.cli(&["certs"]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -158,13 +153,8 @@ async fn h2_upgrade_multiplexes_requests_between_sidecars_over_one_connection() 
         let xfcc = v["headers"]["X-Forwarded-Client-Cert"][0].as_str().unwrap_or_else(|| panic!("{v}"));
         assert!(xfcc.ends_with("URI=spiffe://cluster.local/ns/default/sa/sleep"), "{xfcc}");
     }
-    let stats = mesh.client().get(format!("http://{}/stats", mesh.admin)).send().await.unwrap().text().await.unwrap();
-    let stat = |name: &str| -> u64 {
-        let key = format!("cluster.outbound|8000||httpbin.default.svc.cluster.local.{name}: ");
-        stats.lines().find_map(|l| l.strip_prefix(&key)).unwrap_or_else(|| panic!("{stats}")).parse().unwrap()
-    };
-    assert_eq!(stat("upstream_rq_total"), 20, "{stats}");
-    assert_eq!(stat("upstream_cx_total"), 1, "one multiplexed connection: {stats}");
+    assert_eq!(mesh.httpbin_stat("upstream_rq_total").await, 20);
+    assert_eq!(mesh.httpbin_stat("upstream_cx_total").await, 1, "one multiplexed connection");
     // The server sidecar saw HTTP/2 from its peer, as Envoy's inbound access log shows it.
     mesh.proxy_log_line("httpbin-", &["\"GET /delay/0.3 HTTP/2\" 200"]);
 

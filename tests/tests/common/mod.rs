@@ -229,6 +229,19 @@ impl Mesh {
         resp.text().await.unwrap()
     }
 
+    /// One counter of the mesh client's cluster toward httpbin, from the admin `/stats`.
+    pub async fn httpbin_stat(&self, name: &str) -> u64 {
+        let stats =
+            self.client().get(format!("http://{}/stats", self.admin)).send().await.unwrap().text().await.unwrap();
+        let key = format!("cluster.outbound|8000||httpbin.default.svc.cluster.local.{name}: ");
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .unwrap_or_else(|| panic!("no {key} in {stats}"))
+            .parse()
+            .unwrap()
+    }
+
     /// Runs a meshd CLI verb against this daemon.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         Command::new(meshd_bin()).args(args).env("MESHD_ADMIN", self.admin.to_string()).output().unwrap()
