@@ -22,7 +22,6 @@ import shutil
 import statistics
 import subprocess
 import tempfile
-import time
 import urllib.request
 
 import benchlib as b
@@ -47,31 +46,7 @@ spec:
   host: echo-h2
   trafficPolicy: {connectionPool: {http: {h2UpgradePolicy: UPGRADE}}}
 ---
-""" + b.BENCH_GATEWAY + """---
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata:
-  name: bench
-spec:
-  hosts: ["bench.one"]
-  gateways: [bench]
-  http:
-  - route: [{destination: {host: backend, port: {number: 8080}}}]
-"""
-
-NGINX = """worker_processes {threads};
-pid {work}/nginx.pid;
-error_log {work}/nginx-error.log;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  upstream backend {{ server {backend}; keepalive 64; }}
-  server {{
-    listen 127.0.0.1:18081;
-    location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }}
-  }}
-}}
-"""
+""" + b.BENCH_GATEWAY + "---\n" + b.bench_route(8080)
 
 
 def mesh_folder(work):
@@ -86,8 +61,7 @@ def mesh_folder(work):
 
 
 def profile(mesh, addr, host, path):
-    tids = [t for t in os.listdir(f"/proc/{mesh.pid}/task")
-            if open(f"/proc/{mesh.pid}/task/{t}/comm").read().startswith("meshd-proxy")]
+    tids = b.thread_ids(mesh.pid, "meshd-proxy")
     data = "/tmp/meshd-perf.data"
     rec = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "1500", "--call-graph", "dwarf,32768", "-o", data, "-t", ",".join(tids)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -111,13 +85,7 @@ def main():
     nginx = None
     try:
         backend = mesh.pod_addr("backend-")
-        conf = os.path.join(work, "nginx.conf")
-        with open(conf, "w") as f:
-            f.write(NGINX.format(threads=THREADS, work=work, backend=backend))
-        nginx = subprocess.Popen(["nginx", "-c", conf, "-g", "daemon off;"], stderr=subprocess.DEVNULL)
-        time.sleep(0.5)
-        nginx_pids = [int(p) for p in subprocess.run(["pgrep", "-P", str(nginx.pid)], capture_output=True,
-                                                     text=True).stdout.split()]
+        nginx, nginx_pids = b.start_nginx(work, backend, THREADS)
         # Warm every path (connections, certificates).
         for via, host, path in ((mesh.gateway, "bench.one", PATH), (mesh.proxy, "echo:8080", PATH),
                                 (mesh.proxy, "echo-h2:8080", PATH), (mesh.gateway, None, "/productpage")):
@@ -139,14 +107,18 @@ def main():
             return
         results = []
         for name, addr, host, path, threads, hops in rows:
-            before = mesh.stats()
+            # Connection reuse is meshd's to report: its counters are read around its rows only.
+            meshd_row = threads is proxies
+            before = mesh.stats() if meshd_row else {}
             busy = b.CpuMeter({"proxy": threads})
             rps, non2xx = b.wrk(f"http://{addr}{path}", host, DUR, threads=int(THREADS))
             us_per_rq = busy.cores()["proxy"] / max(rps, 1) * 1e6
-            after = mesh.stats()
-            rq = after.get("upstream_rq_total", 0) - before.get("upstream_rq_total", 0)
-            cx = after.get("upstream_cx_total", 0) - before.get("upstream_cx_total", 0)
-            reuse = (rq - cx) / rq * 100 if rq and threads is proxies else None
+            reuse = None
+            if meshd_row:
+                after = mesh.stats()
+                rq = after.get("upstream_rq_total", 0) - before.get("upstream_rq_total", 0)
+                cx = after.get("upstream_cx_total", 0) - before.get("upstream_cx_total", 0)
+                reuse = (rq - cx) / rq * 100 if rq else None
             results.append(dict(name=name, rps=rps, hops=hops, reuse=reuse, errors=non2xx, codes={}, runs=[],
                                 proxy=0.0, qps=0.0, us=us_per_rq))
         # Latency rounds interleave the paths, so a noisy moment of the machine is spread over all

@@ -19,19 +19,11 @@ THREADS = os.environ.get("THREADS", "1")
 
 BACKEND = b.httpbin_app("backend") + "---\n" + b.BENCH_GATEWAY
 
-ROUTE = """apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata:
-  name: bench
-spec:
-  hosts: ["bench.one"]
-  gateways: [bench]
-  http:
-  - route: [{{destination: {{host: backend, port: {{number: 8000}}}}}}]
-    headers:
-      response:
-        set: {{x-generation: "{n}"}}
-"""
+
+
+def generation_route(n):
+    """The bench route to httpbin, its responses carrying generation `n`."""
+    return b.bench_route(8000, {"x-generation": n})
 
 
 def main():
@@ -43,7 +35,7 @@ def main():
         f.write(BACKEND)
     route = os.path.join(cfg, "route.yaml")
     with open(route, "w") as f:
-        f.write(ROUTE.format(n=0))
+        f.write(generation_route(0))
     mesh = b.Mesh(cfg, {"MESHD_THREADS": THREADS, "MESHD_APP_THREADS": THREADS})
     try:
         host, port = mesh.gateway.rsplit(":", 1)
@@ -60,7 +52,7 @@ def main():
         delays, poll_failures = [], 0
         for n in range(1, RELOADS + 1):
             with open(route, "w") as f:
-                f.write(ROUTE.format(n=n))
+                f.write(generation_route(n))
             saved = time.perf_counter()
             while True:
                 try:

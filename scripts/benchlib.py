@@ -73,6 +73,52 @@ spec:
 """
 
 
+def bench_route(port, response_set=None):
+    """The VirtualService that sends bench.one to the backend on `port`, optionally setting
+    response headers (`{name: value}`)."""
+    vs = f"""apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: bench
+spec:
+  hosts: ["bench.one"]
+  gateways: [bench]
+  http:
+  - route: [{{destination: {{host: backend, port: {{number: {port}}}}}}}]
+"""
+    if response_set:
+        sets = ", ".join(f'{k}: "{v}"' for k, v in response_set.items())
+        vs += f"    headers:\n      response:\n        set: {{{sets}}}\n"
+    return vs
+
+
+# nginx as a one-hop keepalive reverse proxy to `backend`, on 127.0.0.1:18081.
+NGINX = """worker_processes {threads};
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  upstream backend {{ server {backend}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:18081;
+    location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}
+}}
+"""
+
+
+def start_nginx(work, backend, threads):
+    """Starts nginx (config in `work`); returns the process and its workers' pids."""
+    conf = os.path.join(work, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(NGINX.format(threads=threads, work=work, backend=backend))
+    proc = subprocess.Popen(["nginx", "-c", conf, "-g", "daemon off;"], stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout
+    return proc, [int(p) for p in out.split()]
+
+
 def ensure_tools(oha=True):
     """wrk and nginx from Debian, oha (open-loop, latency-corrected) from crates.io."""
     for refresh in (False, True):
@@ -96,19 +142,14 @@ def oha_bin():
 class Mesh:
     """`meshd up DIR` on ephemeral ports; reads the addresses from the ready line."""
 
-    def __init__(self, folder, env=None, extra_args=()):
+    def __init__(self, folder, env=None):
         self.proc = subprocess.Popen(
             [BIN, "up", folder, "--gateway", "127.0.0.1:0", "--gateway-tls", "127.0.0.1:0",
-             "--admin", "127.0.0.1:0", "--proxy", "127.0.0.1:0", *extra_args],
+             "--admin", "127.0.0.1:0", "--proxy", "127.0.0.1:0"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=dict(os.environ, **(env or {})))
-        self.lines = []
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            if "meshd: ready:" in line:
-                break
-        else:
+        ready = next((line for line in self.proc.stdout if "meshd: ready:" in line), None)
+        if ready is None:
             sys.exit("meshd exited before it was ready")
-        ready = self.lines[-1]
         self.gateway = re.search(r"gateway http://(\S+)", ready).group(1)
         self.admin = re.search(r"admin http://(\S+)", ready).group(1)
         self.proxy = re.search(r"proxy http://(\S+)", ready).group(1)
@@ -142,23 +183,33 @@ class Mesh:
             self.proc.kill()
 
 
-def thread_ticks(pid, name_prefix=None):
-    """User+system clock ticks of a process's threads whose name starts with `name_prefix`
-    (`!prefix`: whose name does not)."""
-    total = 0
+def thread_ids(pid, name_prefix=None):
+    """A process's threads whose name starts with `name_prefix` (`!prefix`: whose name does not)."""
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return 0
+        return []
+    out = []
     for tid in tids:
         try:
             with open(f"/proc/{pid}/task/{tid}/comm") as f:
                 comm = f.read().strip()
-            if name_prefix and name_prefix.startswith("!"):
-                if comm.startswith(name_prefix[1:]):
-                    continue
-            elif name_prefix and not comm.startswith(name_prefix):
+        except OSError:
+            continue
+        if name_prefix and name_prefix.startswith("!"):
+            if comm.startswith(name_prefix[1:]):
                 continue
+        elif name_prefix and not comm.startswith(name_prefix):
+            continue
+        out.append(tid)
+    return out
+
+
+def thread_ticks(pid, name_prefix=None):
+    """User+system clock ticks of a process's threads that `thread_ids` selects."""
+    total = 0
+    for tid in thread_ids(pid, name_prefix):
+        try:
             with open(f"/proc/{pid}/task/{tid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])

@@ -16,9 +16,8 @@ import tempfile
 import shutil
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import benchlib as b  # noqa: E402
-import bench_dataplane as d  # noqa: E402
+import benchlib as b
+import bench_dataplane as d
 
 WRITES = ("writev", "sendto", "write")
 EVENTS = ",".join(f"syscalls:sys_{e}" for e in (
@@ -77,14 +76,9 @@ def main():
     nginx = None
     try:
         backend = mesh.pod_addr("backend-")
-        conf = os.path.join(work, "nginx.conf")
-        with open(conf, "w") as f:
-            f.write(d.NGINX.format(threads=1, work=work, backend=backend))
-        nginx = subprocess.Popen(["nginx", "-c", conf, "-g", "daemon off;"], stderr=subprocess.DEVNULL)
-        time.sleep(0.5)
-        nginx_worker = subprocess.run(["pgrep", "-P", str(nginx.pid)], capture_output=True, text=True).stdout.split()[0]
-        tasks = f"/proc/{mesh.pid}/task"
-        worker = next(t for t in os.listdir(tasks) if open(f"{tasks}/{t}/comm").read().startswith("meshd-proxy"))
+        nginx, nginx_pids = b.start_nginx(work, backend, 1)
+        nginx_worker = str(nginx_pids[0])
+        worker = b.thread_ids(mesh.pid, "meshd-proxy")[0]
         data = os.path.join(work, "perf.data")
         for name, addr, tid in (("nginx", "127.0.0.1:18081", nginx_worker), ("meshd gateway", mesh.gateway, worker)):
             load = subprocess.Popen([b.oha_bin(), "-H", "Host: bench.one", "-z", "4s", "-q", "1000", "-c", "1", "--no-tui",
