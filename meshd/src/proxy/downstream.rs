@@ -257,10 +257,15 @@ fn parse_sized<const N: usize>(buf: &BytesMut, spans: &mut Vec<Span>) -> Result<
     Ok(Parsed::Head(Head { method, version, target, len, body: body.unwrap_or(0), keep_alive: !conn_close }))
 }
 
+/// Headers a proxy may add to a request on its way through.
+const ADDED_HEADERS: usize = 16;
+
 /// The request from its parsed head, with values sliced from the head's bytes. `None` when a
 /// part does not make a valid `http` value (hyper has already refused such heads).
 fn request(head: Head, spans: &[Span], bytes: &Bytes, body: Body) -> Option<Request<Body>> {
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    // Room for what the proxy adds (request id, trace, forwarding and Envoy headers): growing
+    // the map re-hashes every entry, several times over for a client that sent few headers.
+    let mut headers = HeaderMap::with_capacity(spans.len() + ADDED_HEADERS);
     for &(ns, ne, vs, ve) in spans {
         let name = HeaderName::from_bytes(&bytes[ns..ne]).ok()?;
         headers.append(name, HeaderValue::from_maybe_shared(bytes.slice(vs..ve)).ok()?);

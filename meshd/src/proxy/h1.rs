@@ -490,7 +490,8 @@ fn parse_sized<const N: usize>(buf: &mut BytesMut, head_request: bool) -> Result
             *span = (name, name + h.name.len(), value, value + h.value.len());
         }
         let head = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(count);
+        // Room for what the proxy adds (server, service time, route headers) without a re-hash.
+        let mut headers = HeaderMap::with_capacity(count + 6);
         for &(ns, ne, vs, ve) in &spans[..count] {
             let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| H1Error::Invalid("header name"))?;
             let value =
