@@ -331,7 +331,33 @@ struct RouteInfo {
 /// Envoy's name for the inbound route to the app.
 static INBOUND_ROUTE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("default"));
 
-/// Marks a response that must not be sent: the downstream connection is closed instead.
+/// A response and how it was made, for the access log and metrics. Kept beside the response
+/// rather than in its extension map, which allocates for every entry.
+struct Served {
+    resp: Response<Body>,
+    flags: ResponseFlags,
+    /// The endpoint it came from (or the last one tried).
+    upstream: Option<UpstreamHost>,
+    /// The route and cluster that served it.
+    route: Option<RouteInfo>,
+    /// The response must not be sent: the downstream connection is closed instead.
+    abort: bool,
+}
+
+impl Served {
+    /// A response from the upstream, as it came.
+    fn upstream(resp: Response<Body>) -> Served {
+        Served { resp, flags: ResponseFlags::new("-", "via_upstream"), upstream: None, route: None, abort: false }
+    }
+}
+
+impl From<respond::Reply> for Served {
+    fn from(r: respond::Reply) -> Served {
+        Served { resp: r.resp, flags: r.flags, upstream: None, route: None, abort: false }
+    }
+}
+
+/// The error that closes a connection hyper serves instead of answering.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("upstream connection failed; closing the downstream connection")]
 struct AbortConnection;
@@ -691,13 +717,13 @@ impl Proxy {
     /// The response to send, or `None` when the connection must close unanswered: without a
     /// sidecar there is no proxy to answer, and the caller sees the connection fail.
     async fn answer(&self, role: &Role, info: &ConnInfo, req: Request<Body>) -> downstream::Answer {
-        let resp = self.handle(role, info, req).await;
-        resp.extensions().get::<AbortConnection>().is_none().then_some(resp)
+        let served = self.handle(role, info, req).await;
+        (!served.abort).then_some(served.resp)
     }
 
     /// Handles one request: the first proxy names it (`x-request-id`), every proxy opens a span,
     /// counts it in its metrics and hands its access-log record to the telemetry task.
-    async fn handle(&self, role: &Role, info: &ConnInfo, mut req: Request<Body>) -> Response<Body> {
+    async fn handle(&self, role: &Role, info: &ConnInfo, mut req: Request<Body>) -> Served {
         let Some(tel) = &self.telemetry else { return self.dispatch(role, info, req).await };
         let client;
         let rt: &ProxyRuntime = match role {
@@ -737,15 +763,12 @@ impl Proxy {
             http::Version::HTTP_10 => "HTTP/1.0",
             _ => "HTTP/1.1",
         };
-        let resp = self.dispatch(role, info, req).await;
+        let served = self.dispatch(role, info, req).await;
         let elapsed = t0.elapsed();
-        let ext = resp.extensions();
-        let flags = ext.get::<ResponseFlags>();
-        let route = ext.get::<RouteInfo>();
-        let upstream = ext.get::<UpstreamHost>();
+        let (resp, route, upstream) = (&served.resp, served.route.as_ref(), served.upstream.as_ref());
         let status = resp.status().as_u16();
         let bytes_sent = resp.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
-        let flag_text = flags.map_or(std::borrow::Cow::Borrowed("-"), |f| f.flags.clone());
+        let flag_text = served.flags.flags.clone();
         // Label sets are cached; the snapshot is only read to build one the first time.
         let metrics = &tel.metrics;
         let series = match (role, route, upstream.and_then(|u| u.endpoint.as_ref())) {
@@ -772,7 +795,7 @@ impl Proxy {
             protocol,
             status,
             flags: flag_text,
-            details: flags.map(|f| f.details).unwrap_or("via_upstream"),
+            details: served.flags.details,
             bytes_received,
             bytes_sent,
             duration_us: elapsed.as_micros() as u64,
@@ -789,7 +812,7 @@ impl Proxy {
             span: Some(span),
             series: Some(series),
         });
-        resp
+        served
     }
 
     /// The mesh client's workload and runtime, refreshed when the snapshot names another.
@@ -807,18 +830,18 @@ impl Proxy {
         Some(e)
     }
 
-    async fn dispatch(&self, role: &Role, info: &ConnInfo, req: Request<Body>) -> Response<Body> {
+    async fn dispatch(&self, role: &Role, info: &ConnInfo, req: Request<Body>) -> Served {
         let peer = info.peer;
         match role {
             Role::Inbound { rt, app, cluster, control, .. } => self.inbound(rt, app, cluster, control, info, req).await,
             Role::Gateway { workload, rt } => self.route(workload, rt, Caller::Gateway, peer, req).await,
             Role::GatewayTls { workload, rt } => self.route(workload, rt, Caller::GatewayTls, peer, req).await,
-            Role::GatewayTcp { .. } => respond::local_reply(LocalReply::BadRequest, ServerName::IstioEnvoy, false),
+            Role::GatewayTcp { .. } => respond::local_reply(LocalReply::BadRequest, ServerName::IstioEnvoy, false).into(),
             Role::Outbound { workload, rt } => self.route(workload, rt, Caller::Sidecar, peer, req).await,
             Role::Plain { workload, rt } => self.route(workload, rt, Caller::Plain, peer, req).await,
             Role::MeshClient { cache } => match self.mesh_client(cache) {
                 Some(entry) => self.route(&entry.0, &entry.1, Caller::Sidecar, peer, req).await,
-                None => respond::local_reply(LocalReply::NoRoute, ServerName::Envoy, false),
+                None => respond::local_reply(LocalReply::NoRoute, ServerName::Envoy, false).into(),
             },
         }
     }
@@ -832,22 +855,22 @@ impl Proxy {
         control: &PodControl,
         info: &ConnInfo,
         req: Request<Body>,
-    ) -> Response<Body> {
+    ) -> Served {
         let snapshot = self.snapshot.load();
         let generation = rt.for_snapshot(&snapshot);
         if let Some(limit) = generation.rate_limited(Context::Inbound) {
-            return respond::rate_limited(&limit.limit.headers, ServerName::IstioEnvoy);
+            return respond::rate_limited(&limit.limit.headers, ServerName::IstioEnvoy).into();
         }
         let (mut parts, body) = req.into_parts();
         if let Some(denied) = admit(&snapshot, &rt.workload, cluster.port, info, &mut parts, ServerName::IstioEnvoy) {
-            return denied;
+            return denied.into();
         }
         let xfcc = info.xfcc.as_ref();
         let req = Request::from_parts(parts, body);
         if control.mode() == PodMode::Failing {
-            let mut resp = respond::direct(503, &Bytes::from_static(b"service unavailable"), ServerName::IstioEnvoy);
-            resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-            return resp;
+            let mut reply = respond::direct(503, &Bytes::from_static(b"service unavailable"), ServerName::IstioEnvoy);
+            reply.resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            return reply.into();
         }
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
@@ -860,7 +883,7 @@ impl Proxy {
         parts.uri = origin_form(&parts.uri);
         let upstream = Request::from_parts(parts, body);
         let Some(ep) = app.endpoints.first() else {
-            return respond::local_reply(LocalReply::NoHealthyUpstream, ServerName::IstioEnvoy, false);
+            return respond::local_reply(LocalReply::NoHealthyUpstream, ServerName::IstioEnvoy, false).into();
         };
         let started = Instant::now();
         app.shared.stats.upstream_rq_total.fetch_add(1, Ordering::Relaxed);
@@ -868,14 +891,13 @@ impl Proxy {
             Ok((conn, _)) => conn.send(upstream).await,
             Err(e) => Err(e),
         };
-        let mut resp = match result {
-            Ok(resp) => finish(resp, ServerName::IstioEnvoy, started, &[]),
-            Err(e) => respond::local_reply(reply_for(&e), ServerName::IstioEnvoy, false),
+        let (mut served, responded) = match result {
+            Ok(resp) => (Served::upstream(finish(resp, ServerName::IstioEnvoy, started, &[])), true),
+            Err(e) => (respond::local_reply(reply_for(&e), ServerName::IstioEnvoy, false).into(), false),
         };
-        let responded = resp.extensions().get::<ResponseFlags>().is_some_and(|f| f.details == "via_upstream");
-        resp.extensions_mut().insert(UpstreamHost { addr: ep.addr, responded, endpoint: None });
-        resp.extensions_mut().insert(RouteInfo { cluster: cluster.clone(), route: Some(INBOUND_ROUTE.clone()) });
-        resp
+        served.upstream = Some(UpstreamHost { addr: ep.addr, responded, endpoint: None });
+        served.route = Some(RouteInfo { cluster: cluster.clone(), route: Some(INBOUND_ROUTE.clone()) });
+        served
     }
 
     /// Gateway and outbound: route by the snapshot, run the route's policies, forward.
@@ -886,7 +908,7 @@ impl Proxy {
         caller: Caller,
         peer: SocketAddr,
         req: Request<Body>,
-    ) -> Response<Body> {
+    ) -> Served {
         let mesh = !matches!(caller, Caller::Gateway | Caller::GatewayTls);
         let server = match caller {
             Caller::Sidecar => ServerName::Envoy,
@@ -897,7 +919,7 @@ impl Proxy {
         let generation = rt.for_snapshot(&snapshot);
         let ctx = if mesh { Context::Outbound } else { Context::Gateway };
         if let Some(limit) = generation.rate_limited(ctx) {
-            return respond::rate_limited(&limit.limit.headers, server);
+            return respond::rate_limited(&limit.limit.headers, server).into();
         }
         let (mut parts, body) = req.into_parts();
         if !mesh {
@@ -905,17 +927,25 @@ impl Proxy {
             let info = ConnInfo { peer, xfcc: None, principal: None, local: None };
             let port = if caller == Caller::GatewayTls { 8443 } else { 8080 };
             if let Some(denied) = admit(&snapshot, &rt.workload, port, &info, &mut parts, server) {
-                return denied;
+                return denied.into();
             }
         }
-        let authority = match parts.uri.authority() {
-            Some(a) => a.as_str().to_string(),
-            None => match parts.headers.get(HOST).and_then(|h| h.to_str().ok()) {
-                Some(h) => h.to_string(),
-                None => return respond::local_reply(LocalReply::NoRoute, server, false),
-            },
+        // Held by a reference-counted copy of the header (or URI) it came from, not a new string.
+        let (from_uri, from_host);
+        let authority: &str = match parts.uri.authority() {
+            Some(a) => {
+                from_uri = a.clone();
+                from_uri.as_str()
+            }
+            None => {
+                from_host = parts.headers.get(HOST).cloned();
+                match from_host.as_ref().and_then(|h| h.to_str().ok()) {
+                    Some(h) => h,
+                    None => return respond::local_reply(LocalReply::NoRoute, server, false).into(),
+                }
+            }
         };
-        let (host, port) = split_authority(&authority);
+        let (host, port) = split_authority(authority);
         let host: std::borrow::Cow<str> =
             if host.bytes().any(|b| b.is_ascii_uppercase()) { host.to_ascii_lowercase().into() } else { host.into() };
         let port = port.unwrap_or(80);
@@ -925,14 +955,14 @@ impl Proxy {
             Caller::Gateway => {
                 if snapshot.ingress.https_redirect.iter().any(|p| p.matches(&host)) {
                     let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-                    return respond::redirect(301, &format!("https://{host}{path}"), server);
+                    return respond::redirect(301, &format!("https://{host}{path}"), server).into();
                 }
                 snapshot.ingress.lookup(&host)
             }
             Caller::GatewayTls => snapshot.ingress_tls.lookup(&host),
         };
         let Some(vhost) = vhost else {
-            return respond::local_reply(LocalReply::NoRoute, server, false);
+            return respond::local_reply(LocalReply::NoRoute, server, false).into();
         };
         let path = parts.uri.path();
         let query = parts.uri.query();
@@ -941,7 +971,7 @@ impl Proxy {
             path,
             query,
             scheme: if caller == Caller::GatewayTls { "https" } else { "http" },
-            authority: &authority,
+            authority,
             port,
             headers: &parts.headers,
         };
@@ -952,9 +982,9 @@ impl Proxy {
         };
         let (matched, target, cluster) = match crate::snapshot::route::decide(&vhost.routes, &view, &src) {
             Decision::Forward { matched, target, cluster } => (matched, target, cluster),
-            Decision::Redirect { code, location, .. } => return respond::redirect(code, &location, server),
-            Decision::Direct { status, body, .. } => return respond::direct(status, body, server),
-            Decision::Reply(r) => return respond::local_reply(r, server, false),
+            Decision::Redirect { code, location, .. } => return respond::redirect(code, &location, server).into(),
+            Decision::Direct { status, body, .. } => return respond::direct(status, body, server).into(),
+            Decision::Reply(r) => return respond::local_reply(r, server, false).into(),
         };
         // kube-proxy neither retries nor times out.
         let policy = if caller == Caller::Plain { &*NO_POLICY } else { &matched.route.policy };
@@ -968,17 +998,17 @@ impl Proxy {
             }
             if let Some((with, pct)) = &fault.abort {
                 if roll(*pct) {
-                    return respond::fault_abort(with, server);
+                    return respond::fault_abort(with, server).into();
                 }
             }
         }
         let Some(body) = buffer(body, BODY_LIMIT).await else {
-            return respond::local_reply(LocalReply::TooLarge, server, false);
+            return respond::local_reply(LocalReply::TooLarge, server, false).into();
         };
         let (hash, new_cookie) = request_hash(&cluster.lb, &parts.headers, query, peer);
-        let mut out = match outgoing(&mut parts, &authority, matched, target, body) {
+        let mut out = match outgoing(&mut parts, authority, matched, target, body) {
             Some(o) => o,
-            None => return respond::local_reply(LocalReply::BadRequest, server, false),
+            None => return respond::local_reply(LocalReply::BadRequest, server, false).into(),
         };
         // Client overrides Envoy honours, then drops.
         let timeout = match out.headers.remove(&X_RQ_TIMEOUT).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
@@ -997,7 +1027,7 @@ impl Proxy {
         for m in &policy.mirrors {
             if roll(m.percentage) {
                 if let Some(c) = m.target.cluster_for(port) {
-                    mirror(&generation.clusters[c.index], c.clone(), &out, &authority, rt.tls.clone());
+                    mirror(&generation.clusters[c.index], c.clone(), &out, authority, rt.tls.clone());
                 }
             }
         }
@@ -1005,48 +1035,47 @@ impl Proxy {
         let started = Instant::now();
         let plan = Plan { retry: &retry, hash, server, tls: rt.tls.as_ref() };
         let attempts = self.attempts(crt, cluster, &out, plan);
-        let mut resp = match timeout {
+        let mut served = match timeout {
             Some(t) => match tokio::time::timeout(t, attempts).await {
                 Ok(r) => r,
                 Err(_) => {
                     crt.shared.stats.upstream_rq_timeout.fetch_add(1, Ordering::Relaxed);
-                    respond::local_reply(LocalReply::Timeout, server, false)
+                    respond::local_reply(LocalReply::Timeout, server, false).into()
                 }
             },
             None => attempts.await,
         };
-        if resp.extensions().get::<UpstreamHost>().is_some_and(|u| u.responded) {
-            resp = finish(resp, server, started, &[&matched.route.headers.response, &target.headers.response]);
+        if served.upstream.as_ref().is_some_and(|u| u.responded) {
+            let resp = std::mem::take(&mut served.resp);
+            served.resp = finish(resp, server, started, &[&matched.route.headers.response, &target.headers.response]);
             if let Some(cookie) = new_cookie {
                 if let Ok(v) = HeaderValue::from_str(&cookie) {
-                    resp.headers_mut().append(SET_COOKIE, v);
+                    served.resp.headers_mut().append(SET_COOKIE, v);
                 }
             }
         }
         if delayed {
-            if let Some(f) = resp.extensions().get::<ResponseFlags>().map(|f| f.with("DI")) {
-                resp.extensions_mut().insert(f);
-            }
+            served.flags = served.flags.with("DI");
         }
-        resp.extensions_mut().insert(RouteInfo { cluster: cluster.clone(), route: matched.route.name.clone() });
-        resp
+        served.route = Some(RouteInfo { cluster: cluster.clone(), route: matched.route.name.clone() });
+        served
     }
 
     /// The attempt loop: pick an endpoint, get a connection, send; retry as the policy says.
-    async fn attempts(&self, crt: &ClusterRt, cluster: &Cluster, out: &Outgoing, plan: Plan<'_>) -> Response<Body> {
+    async fn attempts(&self, crt: &ClusterRt, cluster: &Cluster, out: &Outgoing, plan: Plan<'_>) -> Served {
         let Plan { retry, hash, server, tls } = plan;
         let stats = &crt.shared.stats;
         let mut previous = None;
         let mut attempt: u32 = 1;
         loop {
             let Some(idx) = crt.pick(cluster, hash, previous) else {
-                return respond::local_reply(LocalReply::NoHealthyUpstream, server, false);
+                return respond::local_reply(LocalReply::NoHealthyUpstream, server, false).into();
             };
             previous = Some(idx);
             let ep = &crt.endpoints[idx];
             if crt.shared.rq_active.load(Ordering::Acquire) >= u64::from(cluster.pool.max_requests) {
                 stats.upstream_rq_overflow.fetch_add(1, Ordering::Relaxed);
-                return respond::local_reply(LocalReply::Overflow, server, false);
+                return respond::local_reply(LocalReply::Overflow, server, false).into();
             }
             let _rq = Gauge::new(&crt.shared.rq_active);
             let _retry_gauge = (attempt > 1).then(|| Gauge::new(&crt.shared.rq_retry_active));
@@ -1057,7 +1086,7 @@ impl Proxy {
                 if reused {
                     stats.upstream_rq_reused.fetch_add(1, Ordering::Relaxed);
                 }
-                let count = HeaderValue::from(attempt);
+                let count = number(u64::from(attempt));
                 conn.send_head(out.head(&count), respond::full(out.body.clone())).await
             };
             let result = match retry.per_try_timeout {
@@ -1073,7 +1102,7 @@ impl Proxy {
             let retriable = match &result {
                 Attempt::Failed(UpstreamError::Overflow) => {
                     // Locally refused: never retried, never counted by outlier detection.
-                    return respond::local_reply(LocalReply::Overflow, server, false);
+                    return respond::local_reply(LocalReply::Overflow, server, false).into();
                 }
                 Attempt::Response(resp) => {
                     crt.record(cluster, idx, AttemptResult::Status(resp.status().as_u16()));
@@ -1105,24 +1134,24 @@ impl Proxy {
                     responded: matches!(result, Attempt::Response(_)),
                     endpoint: Some(ep.clone()),
                 };
-                let mut resp = match result {
-                    Attempt::Response(mut resp) => {
+                let mut served = match result {
+                    Attempt::Response(resp) => {
+                        let mut served = Served::upstream(resp);
                         if retriable && retried {
                             // The retries ran out on a response the policy would have retried.
-                            resp.extensions_mut().insert(ResponseFlags::new("URX", "via_upstream"));
+                            served.flags = ResponseFlags::new("URX", "via_upstream");
                         }
-                        resp
+                        served
                     }
-                    Attempt::Failed(e) if server == ServerName::Keep => {
-                        let mut resp = respond::local_reply(reply_for(&e), server, retried);
-                        resp.extensions_mut().insert(AbortConnection);
-                        resp
+                    Attempt::Failed(e) => {
+                        let mut served: Served = respond::local_reply(reply_for(&e), server, retried).into();
+                        served.abort = server == ServerName::Keep;
+                        served
                     }
-                    Attempt::Failed(e) => respond::local_reply(reply_for(&e), server, retried),
-                    Attempt::PerTryTimeout => respond::local_reply(LocalReply::Timeout, server, false),
+                    Attempt::PerTryTimeout => respond::local_reply(LocalReply::Timeout, server, false).into(),
                 };
-                resp.extensions_mut().insert(host);
-                return resp;
+                served.upstream = Some(host);
+                return served;
             }
             drop(result);
             stats.upstream_rq_retry.fetch_add(1, Ordering::Relaxed);
@@ -1158,7 +1187,7 @@ fn admit(
     info: &ConnInfo,
     parts: &mut http::request::Parts,
     server: ServerName,
-) -> Option<Response<Body>> {
+) -> Option<respond::Reply> {
     use crate::security::authz::{Decision as Authz, Request as AuthzRequest, Target as AuthzTarget};
     let mut auth = None;
     if snapshot.jwt.applies_to(&w.namespace, &w.labels) {
@@ -1348,7 +1377,12 @@ fn outgoing(
     let mut headers = std::mem::take(&mut parts.headers);
     let new_authority = route.rewrite.as_ref().and_then(|rw| rw.authority.as_deref()).unwrap_or(authority);
     strip_hop_by_hop(&mut headers);
-    headers.insert(HOST, HeaderValue::from_str(new_authority).ok()?);
+    // The client's one Host header is kept when it already names the authority (no new value).
+    let mut hosts = headers.get_all(HOST).iter();
+    let same = hosts.next().is_some_and(|h| h.as_bytes() == new_authority.as_bytes()) && hosts.next().is_none();
+    if !same {
+        headers.insert(HOST, HeaderValue::from_str(new_authority).ok()?);
+    }
     if !headers.contains_key(&X_REQUEST_ID) {
         headers.insert(X_REQUEST_ID.clone(), request_id());
     }
@@ -1476,10 +1510,7 @@ fn finish(resp: Response<Body>, server: ServerName, started: Instant, ops: &[&He
     if server != ServerName::Keep {
         parts.headers.insert(SERVER, server.value());
     }
-    parts.headers.insert(X_SERVICE_TIME.clone(), HeaderValue::from(started.elapsed().as_millis() as u64));
-    if parts.extensions.get::<ResponseFlags>().is_none() {
-        parts.extensions.insert(ResponseFlags::new("-", "via_upstream"));
-    }
+    parts.headers.insert(X_SERVICE_TIME.clone(), number(started.elapsed().as_millis() as u64));
     Response::from_parts(parts, body)
 }
 
@@ -1554,7 +1585,18 @@ fn request_id() -> HeaderValue {
     for (range, at) in [(0..8, 0), (8..12, 9), (12..16, 14), (16..20, 19), (20..32, 24)] {
         id[at..at + range.len()].copy_from_slice(&h[range]);
     }
-    HeaderValue::from_bytes(&id).expect("hex digits and dashes are a valid header value")
+    // Owned by one allocation, so the copies the access log keeps share it.
+    HeaderValue::from_maybe_shared(Bytes::from_owner(id)).expect("hex digits and dashes are a valid header value")
+}
+
+/// A count or a duration in milliseconds as a header value: the small ones (attempt counts,
+/// service times on loopback) without an allocation.
+fn number(n: u64) -> HeaderValue {
+    const DIGITS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match DIGITS.get(n as usize) {
+        Some(d) => HeaderValue::from_static(d),
+        None => HeaderValue::from(n),
+    }
 }
 
 #[cfg(test)]
@@ -1570,6 +1612,13 @@ mod tests {
         assert!([8, 13, 18, 23].iter().all(|&i| &id[i..i + 1] == "-"), "{id}");
         assert!(id.chars().filter(|c| *c != '-').all(|c| c.is_ascii_hexdigit()), "{id}");
         assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
+    }
+
+    #[test]
+    fn numbers_are_header_values_small_or_not() {
+        for n in [0, 1, 9, 10, 250, u64::MAX] {
+            assert_eq!(number(n), HeaderValue::from(n), "{n}");
+        }
     }
 
     #[test]

@@ -32,16 +32,29 @@ impl ResponseFlags {
     }
 }
 
+/// A response the proxy wrote itself, with the flags the access log gives it.
+pub struct Reply {
+    /// What the client gets.
+    pub resp: Response<Body>,
+    /// How the access log and metrics describe it.
+    pub flags: ResponseFlags,
+}
+
 /// Wraps bytes in the proxy's body type.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    http_body_util::Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    let bytes = bytes.into();
+    if bytes.is_empty() {
+        // Sized zero, so boxing it allocates nothing (most requests have no body).
+        return http_body_util::Empty::new().map_err(|never| match never {}).boxed();
+    }
+    http_body_util::Full::new(bytes).map_err(|never| match never {}).boxed()
 }
 
 fn status(code: u16) -> StatusCode {
     StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
-fn text(code: u16, body: impl Into<Bytes>, server: ServerName, flags: ResponseFlags) -> Response<Body> {
+fn text(code: u16, body: impl Into<Bytes>, server: ServerName, flags: ResponseFlags) -> Reply {
     let body = body.into();
     let len = body.len();
     let mut resp = Response::new(full(body));
@@ -52,12 +65,11 @@ fn text(code: u16, body: impl Into<Bytes>, server: ServerName, flags: ResponseFl
     }
     h.insert(CONTENT_LENGTH, HeaderValue::from(len));
     h.insert(SERVER, server.value());
-    resp.extensions_mut().insert(flags);
-    resp
+    Reply { resp, flags }
 }
 
 /// Envoy's local reply for `reply`; `retried` adds Envoy's "retried and the latest" wording.
-pub fn local_reply(reply: LocalReply, server: ServerName, retried: bool) -> Response<Body> {
+pub fn local_reply(reply: LocalReply, server: ServerName, retried: bool) -> Reply {
     let body = reply.body();
     let body = match body.split_once("headers. ") {
         Some((head, tail)) if retried => format!("{head}headers. retried and the latest {tail}"),
@@ -74,20 +86,20 @@ pub fn local_reply(reply: LocalReply, server: ServerName, retried: bool) -> Resp
     };
     let mut resp = text(reply.status(), body, server, ResponseFlags::new(flags, reply.details()));
     if reply == LocalReply::Overflow {
-        resp.headers_mut().insert(HeaderName::from_static("x-envoy-overloaded"), HeaderValue::from_static("true"));
+        resp.resp.headers_mut().insert(HeaderName::from_static("x-envoy-overloaded"), HeaderValue::from_static("true"));
     }
     resp
 }
 
 /// A fault-injection abort: `fault filter abort`, flag FI; gRPC aborts are trailers-only responses.
-pub fn fault_abort(with: &AbortWith, server: ServerName) -> Response<Body> {
+pub fn fault_abort(with: &AbortWith, server: ServerName) -> Reply {
     match with {
         AbortWith::Http(code) => {
             text(*code, "fault filter abort", server, ResponseFlags::new("FI", "fault_filter_abort"))
         }
         AbortWith::Grpc(code) => {
             let mut resp = text(200, Bytes::new(), server, ResponseFlags::new("FI", "fault_filter_abort"));
-            let h = resp.headers_mut();
+            let h = resp.resp.headers_mut();
             h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
             h.insert(HeaderName::from_static("grpc-status"), HeaderValue::from(*code));
             h.insert(HeaderName::from_static("grpc-message"), HeaderValue::from_static("fault filter abort"));
@@ -97,39 +109,39 @@ pub fn fault_abort(with: &AbortWith, server: ServerName) -> Response<Body> {
 }
 
 /// A VirtualService `redirect`.
-pub fn redirect(code: u16, location: &str, server: ServerName) -> Response<Body> {
+pub fn redirect(code: u16, location: &str, server: ServerName) -> Reply {
     let mut resp = text(code, Bytes::new(), server, ResponseFlags::new("-", "via_redirect"));
     if let Ok(v) = HeaderValue::from_str(location) {
-        resp.headers_mut().insert(LOCATION, v);
+        resp.resp.headers_mut().insert(LOCATION, v);
     }
     resp
 }
 
 /// A VirtualService `directResponse`.
-pub fn direct(code: u16, body: &Bytes, server: ServerName) -> Response<Body> {
+pub fn direct(code: u16, body: &Bytes, server: ServerName) -> Reply {
     text(code, body.clone(), server, ResponseFlags::new("-", "direct_response"))
 }
 
 /// A local rate limit refusal: 429 `local_rate_limited`, flag RL, with the filter's extra headers.
-pub fn rate_limited(headers: &[(HeaderName, HeaderValue)], server: ServerName) -> Response<Body> {
+pub fn rate_limited(headers: &[(HeaderName, HeaderValue)], server: ServerName) -> Reply {
     let mut resp = text(429, "local_rate_limited", server, ResponseFlags::new("RL", "local_rate_limited"));
     for (k, v) in headers {
-        resp.headers_mut().insert(k.clone(), v.clone());
+        resp.resp.headers_mut().insert(k.clone(), v.clone());
     }
     resp
 }
 
 /// An AuthorizationPolicy denial: 403 `RBAC: access denied` (no response flag).
-pub fn rbac_denied(server: ServerName) -> Response<Body> {
+pub fn rbac_denied(server: ServerName) -> Reply {
     text(403, "RBAC: access denied", server, ResponseFlags::new("-", "rbac_access_denied_matched_policy[none]"))
 }
 
 /// A present but invalid JWT: 401 with jwt_verify_lib's text and a `www-authenticate` challenge.
-pub fn jwt_denied(why: &str, host: &str, path: &str, server: ServerName) -> Response<Body> {
+pub fn jwt_denied(why: &str, host: &str, path: &str, server: ServerName) -> Reply {
     let mut resp = text(401, why.to_string(), server, ResponseFlags::new("-", "jwt_authn_access_denied"));
     let challenge = format!("Bearer realm=\"http://{host}{path}\", error=\"invalid_token\"");
     if let Ok(v) = HeaderValue::from_str(&challenge) {
-        resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+        resp.resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
     }
     resp
 }
