@@ -252,6 +252,14 @@ static X_FCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 static PEER_ID: HeaderName = HeaderName::from_static("x-envoy-peer-metadata-id");
 
+/// The `x-envoy-*` request headers a client may send to steer the proxy, which it then drops.
+static CLIENT_OVERRIDES: [HeaderName; 4] = [
+    HeaderName::from_static("x-envoy-upstream-rq-timeout-ms"),
+    HeaderName::from_static("x-envoy-retry-on"),
+    HeaderName::from_static("x-envoy-max-retries"),
+    HeaderName::from_static("x-envoy-attempt-count"),
+];
+
 /// The policies of a pod without a sidecar: none (built once, not per request).
 static NO_POLICY: std::sync::LazyLock<crate::snapshot::route::RoutePolicy> = std::sync::LazyLock::new(|| {
     crate::snapshot::route::RoutePolicy { retry: RetryPolicy::none(), ..Default::default() }
@@ -744,14 +752,18 @@ impl Proxy {
         let start = std::time::SystemTime::now();
         let t0 = Instant::now();
         let headers = req.headers_mut();
-        if !headers.contains_key(&X_REQUEST_ID) {
-            headers.insert(X_REQUEST_ID.clone(), request_id());
-        }
+        let id = match headers.get(&X_REQUEST_ID) {
+            Some(id) => id.clone(),
+            None => {
+                let id = request_id();
+                headers.insert(X_REQUEST_ID.clone(), id.clone());
+                id
+            }
+        };
         let span = SpanContext::continue_or_start(headers);
         span.inject(headers);
         let get = |name: &HeaderName| headers.get(name).cloned();
-        let (request_id, user_agent, forwarded_for, authority) =
-            (get(&X_REQUEST_ID), get(&USER_AGENT), get(&X_FORWARDED_FOR), get(&HOST));
+        let (user_agent, forwarded_for, authority) = (get(&USER_AGENT), get(&X_FORWARDED_FOR), get(&HOST));
         let caller = match role {
             Role::Inbound { .. } => get(&PEER_ID),
             _ => None,
@@ -802,7 +814,7 @@ impl Proxy {
             upstream_service_time: resp.headers().get(&X_SERVICE_TIME).cloned(),
             forwarded_for,
             user_agent,
-            request_id,
+            request_id: Some(id),
             authority,
             upstream_host: upstream.map(|u| u.addr),
             upstream_cluster: route.map(|r| r.cluster.clone()),
@@ -1010,8 +1022,10 @@ impl Proxy {
             Some(o) => o,
             None => return respond::local_reply(LocalReply::BadRequest, server, false).into(),
         };
-        // Client overrides Envoy honours, then drops.
-        let timeout = match out.headers.remove(&X_RQ_TIMEOUT).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
+        // Client overrides Envoy honours, then drops (most requests carry none: one scan, no lookup).
+        let overrides = any_of(&out.headers, &CLIENT_OVERRIDES);
+        let asked = if overrides { out.headers.remove(&X_RQ_TIMEOUT) } else { None };
+        let timeout = match asked.and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
             Some(0) => None,
             Some(ms) => Some(Duration::from_millis(ms)),
             None => policy.timeout,
@@ -1020,7 +1034,13 @@ impl Proxy {
         if caller != Caller::Plain && !cluster.external {
             out.headers.insert(PEER_ID.clone(), rt.peer_id.clone());
         }
-        let retry = retry_overrides(&policy.retry, &mut out.headers);
+        let retry = if overrides {
+            // Each attempt writes its own count.
+            out.headers.remove(&X_ATTEMPT_COUNT);
+            retry_overrides(&policy.retry, &mut out.headers)
+        } else {
+            std::borrow::Cow::Borrowed(&policy.retry)
+        };
         if let Some(t) = retry.per_try_timeout.or(timeout) {
             out.headers.insert(X_EXPECTED_TIMEOUT.clone(), HeaderValue::from(t.as_millis() as u64));
         }
@@ -1393,8 +1413,6 @@ fn outgoing(
     headers.remove(http::header::TRANSFER_ENCODING);
     route.headers.request.apply(&mut headers);
     target.headers.request.apply(&mut headers);
-    // Each attempt writes its own count.
-    headers.remove(&X_ATTEMPT_COUNT);
     Some(Outgoing { method: parts.method.clone(), uri, headers, body })
 }
 
@@ -1570,9 +1588,22 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    remove_all(headers, &HOP_BY_HOP);
+}
+
+/// Removes every header named in `names`. One pass over the names the map holds first, and a
+/// lookup per name only when one is there: most messages carry none, and each lookup hashes.
+fn remove_all(headers: &mut HeaderMap, names: &[HeaderName]) {
+    if headers.keys().any(|k| names.contains(k)) {
+        for name in names {
+            headers.remove(name);
+        }
     }
+}
+
+/// Whether any header named in `names` is present (one pass, no hashing).
+fn any_of(headers: &HeaderMap, names: &[HeaderName]) -> bool {
+    headers.keys().any(|k| names.contains(k))
 }
 
 /// A random UUID v4, as Envoy generates for `x-request-id`.

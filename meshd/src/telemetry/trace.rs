@@ -194,17 +194,23 @@ impl TraceStore {
     pub fn add(&self, e: Arc<Entry>) {
         let Some(ctx) = e.span else { return };
         let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if !s.traces.contains_key(&ctx.trace_id) {
-            if s.order.len() >= MAX_TRACES {
-                if let Some(old) = s.order.pop_front() {
-                    s.traces.remove(&old);
+        let Store { traces, order } = &mut *s;
+        // One lookup for the span; another only to evict the oldest trace when a new one is full.
+        match traces.entry(ctx.trace_id) {
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                if o.get().len() < MAX_SPANS {
+                    o.get_mut().push(e);
                 }
             }
-            s.order.push_back(ctx.trace_id);
-        }
-        let spans = s.traces.entry(ctx.trace_id).or_default();
-        if spans.len() < MAX_SPANS {
-            spans.push(e);
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(vec![e]);
+                order.push_back(ctx.trace_id);
+                if order.len() > MAX_TRACES {
+                    if let Some(old) = order.pop_front() {
+                        traces.remove(&old);
+                    }
+                }
+            }
         }
     }
 
