@@ -762,13 +762,28 @@ impl Proxy {
         };
         let span = SpanContext::continue_or_start(headers);
         span.inject(headers);
-        let get = |name: &HeaderName| headers.get(name).cloned();
-        let (user_agent, forwarded_for, authority) = (get(&USER_AGENT), get(&X_FORWARDED_FOR), get(&HOST));
-        let caller = match role {
-            Role::Inbound { .. } => get(&PEER_ID),
-            _ => None,
-        };
-        let bytes_received = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
+        // What the access log and metrics keep of the request, in one pass over its headers
+        // rather than a hashed lookup per name; the first value of each, as `get` gives.
+        let (mut user_agent, mut forwarded_for, mut authority, mut caller, mut length) = (None, None, None, None, None);
+        for (name, value) in headers.iter() {
+            let slot = if name == USER_AGENT {
+                &mut user_agent
+            } else if name == HOST {
+                &mut authority
+            } else if name == CONTENT_LENGTH {
+                &mut length
+            } else if name == X_FORWARDED_FOR {
+                &mut forwarded_for
+            } else if name == PEER_ID && matches!(role, Role::Inbound { .. }) {
+                &mut caller
+            } else {
+                continue;
+            };
+            if slot.is_none() {
+                *slot = Some(value.clone());
+            }
+        }
+        let bytes_received = length.and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
         let (method, uri) = (req.method().clone(), req.uri().clone());
         let protocol = match req.version() {
             http::Version::HTTP_2 => "HTTP/2",
@@ -1023,7 +1038,7 @@ impl Proxy {
             None => return respond::local_reply(LocalReply::BadRequest, server, false).into(),
         };
         // Client overrides Envoy honours, then drops (most requests carry none: one scan, no lookup).
-        let overrides = any_of(&out.headers, &CLIENT_OVERRIDES);
+        let overrides = has_client_overrides(&out.headers);
         let asked = if overrides { out.headers.remove(&X_RQ_TIMEOUT) } else { None };
         let timeout = match asked.and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
             Some(0) => None,
@@ -1588,22 +1603,25 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    remove_all(headers, &HOP_BY_HOP);
-}
-
-/// Removes every header named in `names`. One pass over the names the map holds first, and a
-/// lookup per name only when one is there: most messages carry none, and each lookup hashes.
-fn remove_all(headers: &mut HeaderMap, names: &[HeaderName]) {
-    if headers.keys().any(|k| names.contains(k)) {
-        for name in names {
+    // One pass over the names first, and the lookups (each hashes) only when one is there:
+    // most messages carry none.
+    let hop = |k: &HeaderName| {
+        matches!(
+            k.as_str(),
+            "connection" | "proxy-connection" | "keep-alive" | "te" | "trailer" | "upgrade" | "proxy-authorization"
+        )
+    };
+    if headers.keys().any(hop) {
+        for name in &HOP_BY_HOP {
             headers.remove(name);
         }
     }
 }
 
-/// Whether any header named in `names` is present (one pass, no hashing).
-fn any_of(headers: &HeaderMap, names: &[HeaderName]) -> bool {
-    headers.keys().any(|k| names.contains(k))
+/// Whether the client sent any of the `x-envoy-*` headers that steer the proxy (one pass, no
+/// hashing).
+fn has_client_overrides(headers: &HeaderMap) -> bool {
+    headers.keys().any(|k| k.as_str().starts_with("x-envoy-") && CLIENT_OVERRIDES.contains(k))
 }
 
 /// A random UUID v4, as Envoy generates for `x-request-id`.
@@ -1643,6 +1661,33 @@ mod tests {
         assert!([8, 13, 18, 23].iter().all(|&i| &id[i..i + 1] == "-"), "{id}");
         assert!(id.chars().filter(|c| *c != '-').all(|c| c.is_ascii_hexdigit()), "{id}");
         assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
+    }
+
+    #[test]
+    fn every_hop_by_hop_header_is_stripped_and_nothing_else() {
+        for name in &HOP_BY_HOP {
+            let mut h = HeaderMap::new();
+            h.insert(HOST, HeaderValue::from_static("a"));
+            h.insert(name.clone(), HeaderValue::from_static("x"));
+            h.insert(X_REQUEST_ID.clone(), HeaderValue::from_static("id"));
+            strip_hop_by_hop(&mut h);
+            assert!(!h.contains_key(name), "{name}");
+            assert_eq!(h.len(), 2, "{name}");
+        }
+    }
+
+    #[test]
+    fn client_overrides_are_found_by_name() {
+        for name in &CLIENT_OVERRIDES {
+            let mut h = HeaderMap::new();
+            h.insert(HOST, HeaderValue::from_static("a"));
+            assert!(!has_client_overrides(&h));
+            h.insert(name.clone(), HeaderValue::from_static("1"));
+            assert!(has_client_overrides(&h), "{name}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(X_SERVICE_TIME.clone(), HeaderValue::from_static("1"));
+        assert!(!has_client_overrides(&h), "another x-envoy header is not an override");
     }
 
     #[test]
