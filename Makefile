@@ -2,7 +2,7 @@
 CARGO ?= cargo
 DIR ?= samples/default
 
-.PHONY: up build test lint fmt unit e2e bench clean
+.PHONY: up build test lint fmt unit e2e bench bench-instructions clean
 
 up:
 	$(CARGO) run --release -p meshd -- up $(DIR)
@@ -30,3 +30,8 @@ bench:
 	python3 scripts/bench_startup.py
 	python3 scripts/bench_dataplane.py
 	python3 scripts/bench_reload.py
+
+# Instructions per request under callgrind: a noise-free comparison of builds (valgrind).
+bench-instructions:
+	$(CARGO) build --release -p meshd
+	python3 scripts/bench_instructions.py

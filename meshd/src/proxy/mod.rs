@@ -5,6 +5,7 @@
 //! detection), then bytes move.
 
 pub mod downstream;
+mod gate;
 pub mod h1;
 pub mod report;
 pub mod respond;
@@ -663,25 +664,37 @@ impl Proxy {
         let drain = downstream::Drain::default();
         let conn = self.clone().serve_http(io, info, role.clone(), &drain);
         tokio::pin!(conn);
-        // The connection first: it is what wakes this task for every request; the signals below
-        // are rare, and an unbiased select would draw a random order on every wake.
+        enum Signal {
+            Shutdown,
+            PodStopped,
+            Disallowed,
+        }
+        // The signals are rare and the connection wakes this task for every request: gated, they
+        // are polled only when one of them fired.
+        let signals = gate::Gated::new(async {
+            tokio::select! {
+                biased;
+                _ = stopped(&mut shutdown) => Signal::Shutdown,
+                _ = pod_stopped(&mut changes, &role) => Signal::PodStopped,
+                _ = disallowed(&snapshots, recheck) => Signal::Disallowed,
+            }
+        });
+        // The connection first, and no random order drawn on every wake.
         tokio::select! {
             biased;
             _ = conn.as_mut() => {}
-            _ = stopped(&mut shutdown) => {
-                if !drain.start() {
-                    conn.await;
+            signal = signals => match signal {
+                // A stopped pod's open connections die with it.
+                Signal::PodStopped => {}
+                // A config change that no longer admits this connection drains it, as Envoy
+                // drains a filter chain that changed (a plaintext connection when the port turns
+                // STRICT); so does a shutdown.
+                Signal::Shutdown | Signal::Disallowed => {
+                    if !drain.start() {
+                        conn.await;
+                    }
                 }
-            }
-            // A stopped pod's open connections die with it.
-            _ = pod_stopped(&mut changes, &role) => {}
-            // A config change that no longer admits this connection drains it, as Envoy drains a
-            // filter chain that changed (a plaintext connection when the port turns STRICT).
-            _ = disallowed(&snapshots, recheck) => {
-                if !drain.start() {
-                    conn.await;
-                }
-            }
+            },
         }
     }
 

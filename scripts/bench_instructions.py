@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Instructions a request costs meshd's proxy thread and the backend's thread, counted by
+valgrind's callgrind: the same figure for the same binary and requests whatever else the machine
+does, so two builds compare without the noise of a shared machine (timing stays in the other
+benchmarks). User-space instructions only: system calls are not counted.
+
+Usage: python3 scripts/bench_instructions.py [BINARY ...]   (default: the release build)
+Environment: N requests (default 3000), HOST (bench.one: the gateway hop; echo:8080: the
+sidecar pair through the proxy port, both sidecars on the one proxy thread).
+"""
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import benchlib as b
+import bench_dataplane as d
+
+N = int(os.environ.get("N", "3000"))
+HOST = os.environ.get("HOST", "bench.one")
+
+
+def count(binary):
+    """{thread kind: instructions per request} for one binary."""
+    work = tempfile.mkdtemp(prefix="meshd-cg-")
+    cfg = os.path.join(work, "mesh")
+    os.makedirs(cfg)
+    with open(os.path.join(cfg, "backend.yaml"), "w") as f:
+        f.write(d.DIRECT_APP)
+    wrapper = os.path.join(work, "meshd")
+    with open(wrapper, "w") as f:
+        f.write(f"#!/bin/sh\nexec valgrind --tool=callgrind --separate-threads=yes "
+                f"--callgrind-out-file={work}/cg.out {binary} \"$@\"\n")
+    os.chmod(wrapper, 0o755)
+    b.BIN = wrapper
+    mesh = b.Mesh(cfg, {"MESHD_THREADS": "1", "MESHD_APP_THREADS": "1"})
+    try:
+        addr = mesh.gateway if HOST == "bench.one" else mesh.proxy
+        url = f"http://{addr}{d.PATH}"
+
+        def load(n):
+            subprocess.run([b.oha_bin(), "-n", str(n), "-c", "4", "--no-tui", "-H", f"Host: {HOST}", url],
+                           capture_output=True, check=True)
+
+        load(300)  # connections, pools, caches
+        subprocess.run(["callgrind_control", "-z", str(mesh.pid)], capture_output=True, check=True)
+        load(N)
+        subprocess.run(["callgrind_control", "-d", str(mesh.pid)], capture_output=True, check=True)
+        time.sleep(1)
+    finally:
+        mesh.stop()
+    out = {}
+    for path in glob.glob(os.path.join(work, "cg.out.*")):
+        with open(path) as f:
+            text = f.read()
+        m = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
+        if not m:
+            continue
+        # A thread is told by what it ran: the proxy's HTTP/1.1 loop, or the demo app.
+        kind = "proxy" if "downstream::serve" in text else "backend" if "demo_apps::" in text else None
+        if kind:
+            out[kind] = out.get(kind, 0) + int(m.group(1)) / N
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def main():
+    b.ensure_tools()
+    if not shutil.which("valgrind"):
+        subprocess.run(["apt-get", "install", "-y", "-qq", "valgrind"], check=False, capture_output=True)
+    bins = sys.argv[1:] or [b.BIN]
+    print(f"# Instructions per request (callgrind, {N} requests, Host {HOST}, 4 connections)\n")
+    print("| binary | proxy thread | backend thread |")
+    print("|---|---|---|")
+    for binary in bins:
+        c = count(binary)
+        print(f"| {binary} | {c.get('proxy', 0):,.0f} | {c.get('backend', 0):,.0f} |")
+
+
+if __name__ == "__main__":
+    main()
