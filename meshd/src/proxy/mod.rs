@@ -876,7 +876,9 @@ impl Proxy {
             Role::Inbound { rt, app, cluster, control, .. } => self.inbound(rt, app, cluster, control, info, req).await,
             Role::Gateway { workload, rt } => self.route(workload, rt, Caller::Gateway, peer, req).await,
             Role::GatewayTls { workload, rt } => self.route(workload, rt, Caller::GatewayTls, peer, req).await,
-            Role::GatewayTcp { .. } => respond::local_reply(LocalReply::BadRequest, ServerName::IstioEnvoy, false).into(),
+            Role::GatewayTcp { .. } => {
+                respond::local_reply(LocalReply::BadRequest, ServerName::IstioEnvoy, false).into()
+            }
             Role::Outbound { workload, rt } => self.route(workload, rt, Caller::Sidecar, peer, req).await,
             Role::Plain { workload, rt } => self.route(workload, rt, Caller::Plain, peer, req).await,
             Role::MeshClient { cache } => match self.mesh_client(cache) {
