@@ -254,12 +254,7 @@ static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 static PEER_ID: HeaderName = HeaderName::from_static("x-envoy-peer-metadata-id");
 
 /// The `x-envoy-*` request headers a client may send to steer the proxy, which it then drops.
-static CLIENT_OVERRIDES: [HeaderName; 4] = [
-    HeaderName::from_static("x-envoy-upstream-rq-timeout-ms"),
-    HeaderName::from_static("x-envoy-retry-on"),
-    HeaderName::from_static("x-envoy-max-retries"),
-    HeaderName::from_static("x-envoy-attempt-count"),
-];
+static CLIENT_OVERRIDES: [&HeaderName; 4] = [&X_RQ_TIMEOUT, &X_RETRY_ON, &X_MAX_RETRIES, &X_ATTEMPT_COUNT];
 
 /// The policies of a pod without a sidecar: none (built once, not per request).
 static NO_POLICY: std::sync::LazyLock<crate::snapshot::route::RoutePolicy> = std::sync::LazyLock::new(|| {
@@ -356,7 +351,7 @@ struct Served {
 impl Served {
     /// A response from the upstream, as it came.
     fn upstream(resp: Response<Body>) -> Served {
-        Served { resp, flags: ResponseFlags::new("-", "via_upstream"), upstream: None, route: None, abort: false }
+        respond::Reply { resp, flags: ResponseFlags::new("-", "via_upstream") }.into()
     }
 }
 
@@ -778,6 +773,7 @@ impl Proxy {
         // What the access log and metrics keep of the request, in one pass over its headers
         // rather than a hashed lookup per name; the first value of each, as `get` gives.
         let (mut user_agent, mut forwarded_for, mut authority, mut caller, mut length) = (None, None, None, None, None);
+        let inbound = matches!(role, Role::Inbound { .. });
         for (name, value) in headers.iter() {
             let slot = if name == USER_AGENT {
                 &mut user_agent
@@ -787,7 +783,7 @@ impl Proxy {
                 &mut length
             } else if name == X_FORWARDED_FOR {
                 &mut forwarded_for
-            } else if name == PEER_ID && matches!(role, Role::Inbound { .. }) {
+            } else if inbound && name == PEER_ID {
                 &mut caller
             } else {
                 continue;
@@ -1052,9 +1048,14 @@ impl Proxy {
             Some(o) => o,
             None => return respond::local_reply(LocalReply::BadRequest, server, false).into(),
         };
-        // Client overrides Envoy honours, then drops (most requests carry none: one scan, no lookup).
-        let overrides = has_client_overrides(&out.headers);
-        let asked = if overrides { out.headers.remove(&X_RQ_TIMEOUT) } else { None };
+        // Client overrides Envoy honours, then drops (most requests carry none: one scan, no
+        // lookup). Each attempt writes its own count.
+        let (asked, retry) = if has_client_overrides(&out.headers) {
+            out.headers.remove(&X_ATTEMPT_COUNT);
+            (out.headers.remove(&X_RQ_TIMEOUT), retry_overrides(&policy.retry, &mut out.headers))
+        } else {
+            (None, std::borrow::Cow::Borrowed(&policy.retry))
+        };
         let timeout = match asked.and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
             Some(0) => None,
             Some(ms) => Some(Duration::from_millis(ms)),
@@ -1064,13 +1065,6 @@ impl Proxy {
         if caller != Caller::Plain && !cluster.external {
             out.headers.insert(PEER_ID.clone(), rt.peer_id.clone());
         }
-        let retry = if overrides {
-            // Each attempt writes its own count.
-            out.headers.remove(&X_ATTEMPT_COUNT);
-            retry_overrides(&policy.retry, &mut out.headers)
-        } else {
-            std::borrow::Cow::Borrowed(&policy.retry)
-        };
         if let Some(t) = retry.per_try_timeout.or(timeout) {
             out.headers.insert(X_EXPECTED_TIMEOUT.clone(), HeaderValue::from(t.as_millis() as u64));
         }
@@ -1636,7 +1630,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Whether the client sent any of the `x-envoy-*` headers that steer the proxy (one pass, no
 /// hashing).
 fn has_client_overrides(headers: &HeaderMap) -> bool {
-    headers.keys().any(|k| k.as_str().starts_with("x-envoy-") && CLIENT_OVERRIDES.contains(k))
+    headers.keys().any(|k| k.as_str().starts_with("x-envoy-") && CLIENT_OVERRIDES.contains(&k))
 }
 
 /// A random UUID v4, as Envoy generates for `x-request-id`.
@@ -1693,7 +1687,7 @@ mod tests {
 
     #[test]
     fn client_overrides_are_found_by_name() {
-        for name in &CLIENT_OVERRIDES {
+        for &name in &CLIENT_OVERRIDES {
             let mut h = HeaderMap::new();
             h.insert(HOST, HeaderValue::from_static("a"));
             assert!(!has_client_overrides(&h));
