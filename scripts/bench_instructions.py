@@ -6,7 +6,8 @@ benchmarks). User-space instructions only: system calls are not counted.
 
 Usage: python3 scripts/bench_instructions.py [BINARY ...]   (default: the release build)
 Environment: N requests (default 3000), HOST (bench.one: the gateway hop; echo:8080: the
-sidecar pair through the proxy port, both sidecars on the one proxy thread).
+sidecar pair through the proxy port, both sidecars on the one proxy thread), KEEP (a folder to
+keep callgrind's files in, for `callgrind_annotate --inclusive=yes FILE`).
 """
 import glob
 import os
@@ -64,6 +65,10 @@ def count(binary):
         kind = "proxy" if "downstream::serve" in text else "backend" if "demo_apps::" in text else None
         if kind:
             out[kind] = out.get(kind, 0) + int(m.group(1)) / N
+    if os.environ.get("KEEP"):
+        os.makedirs(os.environ["KEEP"], exist_ok=True)
+        for path in glob.glob(os.path.join(work, "cg.out.*")):
+            shutil.copy(path, os.environ["KEEP"])
     shutil.rmtree(work, ignore_errors=True)
     return out
 

@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
 use super::{Body, BoxError};
+use crate::telemetry::trace::SpanContext;
 
 /// Most header lines in a response (Envoy's and hyper's default).
 pub(super) const MAX_HEADERS: usize = 100;
@@ -153,14 +154,37 @@ pub struct Head<'a> {
     pub uri: &'a Uri,
     /// Header fields.
     pub headers: &'a HeaderMap,
-    /// One more field, not in `headers` (`x-envoy-attempt-count`).
-    pub extra: Option<(&'a HeaderName, &'a HeaderValue)>,
+    /// What the proxy adds as the head is written.
+    pub added: Added<'a>,
 }
 
 impl<'a> Head<'a> {
-    /// The head of a request as it stands.
-    pub fn of(parts: &'a http::request::Parts) -> Head<'a> {
-        Head { method: &parts.method, uri: &parts.uri, headers: &parts.headers, extra: None }
+    /// The head of a request as it stands, plus `added`.
+    pub fn of(parts: &'a http::request::Parts, added: Added<'a>) -> Head<'a> {
+        Head { method: &parts.method, uri: &parts.uri, headers: &parts.headers, added }
+    }
+}
+
+/// Fields the proxy adds to a request as its head is written, rather than by inserting them
+/// into the header map, where each insert hashes the name. The map must not hold them too:
+/// the caller drops a client's copies first.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Added<'a> {
+    /// Written after the map's fields (`x-envoy-attempt-count`, `x-forwarded-proto`, ...).
+    pub fields: [Option<(&'a HeaderName, &'a HeaderValue)>; 3],
+    /// The trace context for the next hop, in B3 and W3C fields.
+    pub span: Option<&'a SpanContext>,
+}
+
+impl Added<'_> {
+    /// Puts the fields into a map, for a client that takes a whole request (hyper's HTTP/2).
+    pub fn insert_into(&self, headers: &mut HeaderMap) {
+        for (name, value) in self.fields.iter().flatten() {
+            headers.insert((*name).clone(), (*value).clone());
+        }
+        if let Some(span) = self.span {
+            span.inject(headers);
+        }
     }
 }
 
@@ -290,13 +314,16 @@ impl Connection {
         w.extend_from_slice(target.unwrap_or("/").as_bytes());
         w.extend_from_slice(b" HTTP/1.1\r\n");
         let (mut length, mut chunked) = (false, false);
-        for (name, value) in parts.headers.iter().chain(parts.extra) {
+        for (name, value) in parts.headers.iter().chain(parts.added.fields.iter().flatten().copied()) {
             if name == CONTENT_LENGTH {
                 length = true;
             } else if name == TRANSFER_ENCODING {
                 chunked = last_token_is(value.as_bytes(), b"chunked");
             }
             write_field(w, name, value);
+        }
+        if let Some(span) = parts.added.span {
+            span.write_h1(w);
         }
         let sending = if chunked {
             Sending::Chunked
@@ -631,7 +658,7 @@ mod tests {
 
     async fn send(conn: &mut Connection, req: Request<Body>) -> Result<(http::response::Parts, Framing), H1Error> {
         let (parts, body) = req.into_parts();
-        conn.send(Head::of(&parts), body).await
+        conn.send(Head::of(&parts, Added::default()), body).await
     }
 
     fn head(bytes: &[u8], head_request: bool) -> (http::response::Parts, Framing, bool, BytesMut) {

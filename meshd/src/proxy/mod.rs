@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, COOKIE, HOST, SERVER, SET_COOKIE, USER_AGENT};
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, COOKIE, HOST, SERVER, SET_COOKIE};
 use http::{HeaderMap, Method, Request, Response, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::BodyExt;
@@ -240,7 +240,6 @@ pub struct Proxy {
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
 static X_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
@@ -253,8 +252,8 @@ static X_FCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 static PEER_ID: HeaderName = HeaderName::from_static("x-envoy-peer-metadata-id");
 
-/// The `x-envoy-*` request headers a client may send to steer the proxy, which it then drops.
-static CLIENT_OVERRIDES: [&HeaderName; 4] = [&X_RQ_TIMEOUT, &X_RETRY_ON, &X_MAX_RETRIES, &X_ATTEMPT_COUNT];
+/// `x-forwarded-proto`'s value: what the proxy was spoken to in.
+static HTTP: HeaderValue = HeaderValue::from_static("http");
 
 /// The policies of a pod without a sidecar: none (built once, not per request).
 static NO_POLICY: std::sync::LazyLock<crate::snapshot::route::RoutePolicy> = std::sync::LazyLock::new(|| {
@@ -292,6 +291,14 @@ struct Outgoing {
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
+    /// Which names of interest `headers` holds.
+    found: Found,
+    /// `x-forwarded-proto` is written with the head (false: it is in `headers`).
+    proto: bool,
+    /// Istio's peer id, written with the head.
+    peer: Option<HeaderValue>,
+    /// The span to propagate, written with the head (None: none, or already in `headers`).
+    span: Option<SpanContext>,
 }
 
 impl Outgoing {
@@ -301,16 +308,24 @@ impl Outgoing {
             method: &self.method,
             uri: &self.uri,
             headers: &self.headers,
-            extra: Some((&X_ATTEMPT_COUNT, attempt)),
+            added: h1::Added {
+                fields: [
+                    Some((&X_ATTEMPT_COUNT, attempt)),
+                    self.proto.then_some((&X_FORWARDED_PROTO, &HTTP)),
+                    self.peer.as_ref().map(|v| (&PEER_ID, v)),
+                ],
+                span: self.span.as_ref(),
+            },
         }
     }
 
-    fn request(&self, attempt: u32) -> Request<Body> {
+    /// The first attempt as a whole request, every field in its map.
+    fn request(&self) -> Request<Body> {
         let mut req = Request::new(respond::full(self.body.clone()));
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.headers_mut() = self.headers.clone();
-        req.headers_mut().insert(X_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
+        self.head(&number(1)).added.insert_into(req.headers_mut());
         req
     }
 }
@@ -740,7 +755,7 @@ impl Proxy {
     /// Handles one request: the first proxy names it (`x-request-id`), every proxy opens a span,
     /// counts it in its metrics and hands its access-log record to the telemetry task.
     async fn handle(&self, role: &Role, info: &ConnInfo, mut req: Request<Body>) -> Served {
-        let Some(tel) = &self.telemetry else { return self.dispatch(role, info, req).await };
+        let Some(tel) = &self.telemetry else { return self.dispatch(role, info, req, None).await };
         let client;
         let rt: &ProxyRuntime = match role {
             Role::Gateway { rt, .. }
@@ -752,46 +767,47 @@ impl Proxy {
                     client = c;
                     &client.1
                 }
-                None => return self.dispatch(role, info, req).await,
+                None => return self.dispatch(role, info, req, None).await,
             },
             // A pod without a sidecar has no proxy to report; TCP listeners never get here.
-            Role::Plain { .. } | Role::GatewayTcp { .. } => return self.dispatch(role, info, req).await,
+            Role::Plain { .. } | Role::GatewayTcp { .. } => return self.dispatch(role, info, req, None).await,
         };
         let start = std::time::SystemTime::now();
         let t0 = Instant::now();
         let headers = req.headers_mut();
-        let id = match headers.get(&X_REQUEST_ID) {
-            Some(id) => id.clone(),
+        // What the proxy reads of the request (its id, the caller's trace) and what the access
+        // log and metrics keep, in one pass over its headers rather than a hashed lookup per
+        // name; the first value of each, as `get` gives.
+        let (mut id, mut b3_trace, mut b3_span, mut traceparent) = (None, None, None, None);
+        let (mut user_agent, mut forwarded_for, mut authority, mut caller, mut length) = (None, None, None, None, None);
+        let inbound = matches!(role, Role::Inbound { .. });
+        for (name, value) in headers.iter() {
+            let slot = match name.as_str() {
+                "user-agent" => &mut user_agent,
+                "host" => &mut authority,
+                "content-length" => &mut length,
+                "x-request-id" => &mut id,
+                "x-forwarded-for" => &mut forwarded_for,
+                "x-b3-traceid" => &mut b3_trace,
+                "x-b3-spanid" => &mut b3_span,
+                "traceparent" => &mut traceparent,
+                "x-envoy-peer-metadata-id" if inbound => &mut caller,
+                _ => continue,
+            };
+            if slot.is_none() {
+                *slot = Some(value.clone());
+            }
+        }
+        // Named before routing, as Envoy does; the span goes to the next hop as the request does.
+        let span = SpanContext::continue_from(b3_trace.as_ref(), b3_span.as_ref(), traceparent.as_ref());
+        let id = match id {
+            Some(id) => id,
             None => {
                 let id = request_id();
                 headers.insert(X_REQUEST_ID.clone(), id.clone());
                 id
             }
         };
-        let span = SpanContext::continue_or_start(headers);
-        span.inject(headers);
-        // What the access log and metrics keep of the request, in one pass over its headers
-        // rather than a hashed lookup per name; the first value of each, as `get` gives.
-        let (mut user_agent, mut forwarded_for, mut authority, mut caller, mut length) = (None, None, None, None, None);
-        let inbound = matches!(role, Role::Inbound { .. });
-        for (name, value) in headers.iter() {
-            let slot = if name == USER_AGENT {
-                &mut user_agent
-            } else if name == HOST {
-                &mut authority
-            } else if name == CONTENT_LENGTH {
-                &mut length
-            } else if name == X_FORWARDED_FOR {
-                &mut forwarded_for
-            } else if inbound && name == PEER_ID {
-                &mut caller
-            } else {
-                continue;
-            };
-            if slot.is_none() {
-                *slot = Some(value.clone());
-            }
-        }
         let bytes_received = length.and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
         let (method, uri) = (req.method().clone(), req.uri().clone());
         let protocol = match req.version() {
@@ -799,7 +815,7 @@ impl Proxy {
             http::Version::HTTP_10 => "HTTP/1.0",
             _ => "HTTP/1.1",
         };
-        let served = self.dispatch(role, info, req).await;
+        let served = self.dispatch(role, info, req, Some(&span)).await;
         let elapsed = t0.elapsed();
         let (resp, route, upstream) = (&served.resp, served.route.as_ref(), served.upstream.as_ref());
         let status = resp.status().as_u16();
@@ -866,19 +882,22 @@ impl Proxy {
         Some(e)
     }
 
-    async fn dispatch(&self, role: &Role, info: &ConnInfo, req: Request<Body>) -> Served {
+    /// Serves a request in its role; `span` is this proxy's, for the next hop.
+    async fn dispatch(&self, role: &Role, info: &ConnInfo, req: Request<Body>, span: Option<&SpanContext>) -> Served {
         let peer = info.peer;
         match role {
-            Role::Inbound { rt, app, cluster, control, .. } => self.inbound(rt, app, cluster, control, info, req).await,
-            Role::Gateway { workload, rt } => self.route(workload, rt, Caller::Gateway, peer, req).await,
-            Role::GatewayTls { workload, rt } => self.route(workload, rt, Caller::GatewayTls, peer, req).await,
+            Role::Inbound { rt, app, cluster, control, .. } => {
+                self.inbound(rt, app, cluster, control, info, req, span).await
+            }
+            Role::Gateway { workload, rt } => self.route(workload, rt, Caller::Gateway, peer, req, span).await,
+            Role::GatewayTls { workload, rt } => self.route(workload, rt, Caller::GatewayTls, peer, req, span).await,
             Role::GatewayTcp { .. } => {
                 respond::local_reply(LocalReply::BadRequest, ServerName::IstioEnvoy, false).into()
             }
-            Role::Outbound { workload, rt } => self.route(workload, rt, Caller::Sidecar, peer, req).await,
-            Role::Plain { workload, rt } => self.route(workload, rt, Caller::Plain, peer, req).await,
+            Role::Outbound { workload, rt } => self.route(workload, rt, Caller::Sidecar, peer, req, span).await,
+            Role::Plain { workload, rt } => self.route(workload, rt, Caller::Plain, peer, req, span).await,
             Role::MeshClient { cache } => match self.mesh_client(cache) {
-                Some(entry) => self.route(&entry.0, &entry.1, Caller::Sidecar, peer, req).await,
+                Some(entry) => self.route(&entry.0, &entry.1, Caller::Sidecar, peer, req, span).await,
                 None => respond::local_reply(LocalReply::NoRoute, ServerName::Envoy, false).into(),
             },
         }
@@ -893,6 +912,7 @@ impl Proxy {
         control: &PodControl,
         info: &ConnInfo,
         req: Request<Body>,
+        span: Option<&SpanContext>,
     ) -> Served {
         let snapshot = self.snapshot.load();
         let generation = rt.for_snapshot(&snapshot);
@@ -911,13 +931,12 @@ impl Proxy {
             return reply.into();
         }
         let (mut parts, body) = req.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        parts.headers.remove(&PEER_ID);
-        // Only an mTLS peer vouches for a client certificate; anything else a client sent is dropped.
-        match xfcc {
-            Some(v) => parts.headers.insert(X_FCC.clone(), v.clone()),
-            None => parts.headers.remove(&X_FCC),
-        };
+        // Only an mTLS peer vouches for a client certificate: anything a client sent is dropped,
+        // and the peer's is written with the head, as is the span.
+        let mut found = Found::scan(&parts.headers);
+        let trace = if span.is_some() { Found::TRACE } else { 0 };
+        found.remove(&mut parts.headers, Found::HOP_BY_HOP | Found::PEER_ID | Found::CLIENT_CERT | trace);
+        let added = h1::Added { fields: [xfcc.map(|v| (&X_FCC, v)), None, None], span };
         parts.uri = origin_form(&parts.uri);
         let upstream = Request::from_parts(parts, body);
         let Some(ep) = app.endpoints.first() else {
@@ -926,7 +945,7 @@ impl Proxy {
         let started = Instant::now();
         app.shared.stats.upstream_rq_total.fetch_add(1, Ordering::Relaxed);
         let result = match upstream::acquire(&app.shared, ep, &cluster.pool, None).await {
-            Ok((conn, _)) => conn.send(upstream).await,
+            Ok((conn, _)) => conn.send(upstream, added).await,
             Err(e) => Err(e),
         };
         let (mut served, responded) = match result {
@@ -946,6 +965,7 @@ impl Proxy {
         caller: Caller,
         peer: SocketAddr,
         req: Request<Body>,
+        span: Option<&SpanContext>,
     ) -> Served {
         let mesh = !matches!(caller, Caller::Gateway | Caller::GatewayTls);
         let server = match caller {
@@ -1044,13 +1064,13 @@ impl Proxy {
             return respond::local_reply(LocalReply::TooLarge, server, false).into();
         };
         let (hash, new_cookie) = request_hash(&cluster.lb, &parts.headers, query, peer);
-        let mut out = match outgoing(&mut parts, authority, matched, target, body) {
+        let mut out = match outgoing(&mut parts, authority, matched, target, body, span) {
             Some(o) => o,
             None => return respond::local_reply(LocalReply::BadRequest, server, false).into(),
         };
         // Client overrides Envoy honours, then drops (most requests carry none: one scan, no
         // lookup). Each attempt writes its own count.
-        let (asked, retry) = if has_client_overrides(&out.headers) {
+        let (asked, retry) = if out.found.has(Found::OVERRIDES) {
             out.headers.remove(&X_ATTEMPT_COUNT);
             (out.headers.remove(&X_RQ_TIMEOUT), retry_overrides(&policy.retry, &mut out.headers))
         } else {
@@ -1063,7 +1083,8 @@ impl Proxy {
         };
         // Metadata exchange: the callee's sidecar learns who called (its metrics' source labels).
         if caller != Caller::Plain && !cluster.external {
-            out.headers.insert(PEER_ID.clone(), rt.peer_id.clone());
+            out.found.remove(&mut out.headers, Found::PEER_ID);
+            out.peer = Some(rt.peer_id.clone());
         }
         if let Some(t) = retry.per_try_timeout.or(timeout) {
             out.headers.insert(X_EXPECTED_TIMEOUT.clone(), HeaderValue::from(t.as_millis() as u64));
@@ -1409,6 +1430,7 @@ fn outgoing(
     matched: Matched<'_>,
     target: &WeightedTarget,
     body: Bytes,
+    span: Option<&SpanContext>,
 ) -> Option<Outgoing> {
     let route = matched.route;
     let uri = &parts.uri;
@@ -1420,7 +1442,8 @@ fn outgoing(
     // The headers move to the upstream request rather than being copied.
     let mut headers = std::mem::take(&mut parts.headers);
     let new_authority = route.rewrite.as_ref().and_then(|rw| rw.authority.as_deref()).unwrap_or(authority);
-    strip_hop_by_hop(&mut headers);
+    let mut found = Found::scan(&headers);
+    found.remove(&mut headers, Found::HOP_BY_HOP);
     // The client's one Host header is kept when it already names the authority (no new value).
     let mut hosts = headers.get_all(HOST).iter();
     let same = hosts.next().is_some_and(|h| h.as_bytes() == new_authority.as_bytes()) && hosts.next().is_none();
@@ -1430,14 +1453,28 @@ fn outgoing(
     if !headers.contains_key(&X_REQUEST_ID) {
         headers.insert(X_REQUEST_ID.clone(), request_id());
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     if !body.is_empty() || headers.contains_key(CONTENT_LENGTH) {
         headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
     }
     headers.remove(http::header::TRANSFER_ENCODING);
-    route.headers.request.apply(&mut headers);
-    target.headers.request.apply(&mut headers);
-    Some(Outgoing { method: parts.method.clone(), uri, headers, body })
+    let (ops, more) = (&route.headers.request, &target.headers.request);
+    let trace = if span.is_some() { Found::TRACE } else { 0 };
+    let (proto, span) = if ops.is_empty() && more.is_empty() {
+        // The proxy's fields are written with the head, once a client's copies are gone.
+        found.remove(&mut headers, Found::FORWARDED_PROTO | trace);
+        (true, span.copied())
+    } else {
+        // The route's edits see `x-forwarded-proto` as Envoy's do; the span goes in after them.
+        headers.insert(X_FORWARDED_PROTO.clone(), HTTP.clone());
+        ops.apply(&mut headers);
+        more.apply(&mut headers);
+        if let Some(span) = span {
+            span.inject(&mut headers);
+        }
+        found = Found::scan(&headers);
+        (false, None)
+    };
+    Some(Outgoing { method: parts.method.clone(), uri, headers, body, found, proto, peer: None, span })
 }
 
 /// Sends a copy to a mirror cluster, fire and forget, with the authority suffixed `-shadow`.
@@ -1451,7 +1488,7 @@ fn mirror(
     let Ok(shadow) = HeaderValue::from_str(&shadow_authority(authority)) else {
         return;
     };
-    let mut req = out.request(1);
+    let mut req = out.request();
     req.headers_mut().insert(HOST, shadow);
     let Some(idx) = crt.pick(&cluster, None, None) else {
         return;
@@ -1461,7 +1498,7 @@ fn mirror(
     tokio::spawn(async move {
         let _active = ActiveGuard::new(&ep);
         if let Ok((conn, _)) = upstream::acquire(&shared, &ep, &cluster.pool, tls.as_ref()).await {
-            if let Ok(resp) = conn.send(req).await {
+            if let Ok(resp) = conn.send(req, h1::Added::default()).await {
                 // Drain so the connection goes back to the pool; the response is discarded.
                 let _ = resp.into_body().collect().await;
             }
@@ -1612,25 +1649,78 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names first, and the lookups (each hashes) only when one is there:
-    // most messages carry none.
-    let hop = |k: &HeaderName| {
-        matches!(
-            k.as_str(),
-            "connection" | "proxy-connection" | "keep-alive" | "te" | "trailer" | "upgrade" | "proxy-authorization"
-        )
-    };
-    if headers.keys().any(hop) {
-        for name in &HOP_BY_HOP {
-            headers.remove(name);
-        }
-    }
+    Found::scan(headers).remove(headers, Found::HOP_BY_HOP);
 }
 
-/// Whether the client sent any of the `x-envoy-*` headers that steer the proxy (one pass, no
-/// hashing).
-fn has_client_overrides(headers: &HeaderMap) -> bool {
-    headers.keys().any(|k| k.as_str().starts_with("x-envoy-") && CLIENT_OVERRIDES.contains(&k))
+/// The names a proxy removes or replaces when a message carries them, found by one pass over
+/// its names matching their spelling (no hashing). Most messages carry none, and the lookups
+/// that remove them (each hashes) run only for those that do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Found(u8);
+
+impl Found {
+    /// [`HOP_BY_HOP`].
+    const HOP_BY_HOP: u8 = 1;
+    /// The `x-envoy-*` headers a client may send to steer the proxy (removed where they are read).
+    const OVERRIDES: u8 = 2;
+    /// A caller's trace context ([`PROPAGATED`](crate::telemetry::trace::PROPAGATED)).
+    const TRACE: u8 = 4;
+    const FORWARDED_PROTO: u8 = 8;
+    const PEER_ID: u8 = 16;
+    const CLIENT_CERT: u8 = 32;
+
+    fn class(name: &str) -> u8 {
+        match name {
+            "connection" | "proxy-connection" | "keep-alive" | "te" | "trailer" | "upgrade" | "proxy-authorization" => {
+                Found::HOP_BY_HOP
+            }
+            "x-envoy-upstream-rq-timeout-ms" | "x-envoy-retry-on" | "x-envoy-max-retries" | "x-envoy-attempt-count" => {
+                Found::OVERRIDES
+            }
+            "x-b3-traceid" | "x-b3-spanid" | "x-b3-parentspanid" | "x-b3-sampled" | "traceparent" => Found::TRACE,
+            "x-forwarded-proto" => Found::FORWARDED_PROTO,
+            "x-envoy-peer-metadata-id" => Found::PEER_ID,
+            "x-forwarded-client-cert" => Found::CLIENT_CERT,
+            _ => 0,
+        }
+    }
+
+    fn scan(headers: &HeaderMap) -> Found {
+        Found(headers.keys().fold(0, |found, name| found | Found::class(name.as_str())))
+    }
+
+    fn has(self, classes: u8) -> bool {
+        self.0 & classes != 0
+    }
+
+    /// Removes every name of `classes` that the scan found a class member of.
+    fn remove(&mut self, headers: &mut HeaderMap, classes: u8) {
+        let gone = self.0 & classes;
+        if gone == 0 {
+            return;
+        }
+        let mut remove = |names: &[&HeaderName]| {
+            names.iter().for_each(|n| {
+                headers.remove(*n);
+            })
+        };
+        if gone & Found::HOP_BY_HOP != 0 {
+            remove(&HOP_BY_HOP.each_ref());
+        }
+        if gone & Found::TRACE != 0 {
+            remove(&crate::telemetry::trace::PROPAGATED);
+        }
+        if gone & Found::FORWARDED_PROTO != 0 {
+            remove(&[&X_FORWARDED_PROTO]);
+        }
+        if gone & Found::PEER_ID != 0 {
+            remove(&[&PEER_ID]);
+        }
+        if gone & Found::CLIENT_CERT != 0 {
+            remove(&[&X_FCC]);
+        }
+        self.0 &= !gone;
+    }
 }
 
 /// A random UUID v4, as Envoy generates for `x-request-id`.
@@ -1686,17 +1776,29 @@ mod tests {
     }
 
     #[test]
-    fn client_overrides_are_found_by_name() {
-        for &name in &CLIENT_OVERRIDES {
-            let mut h = HeaderMap::new();
-            h.insert(HOST, HeaderValue::from_static("a"));
-            assert!(!has_client_overrides(&h));
-            h.insert(name.clone(), HeaderValue::from_static("1"));
-            assert!(has_client_overrides(&h), "{name}");
+    fn names_are_found_by_their_class_and_removed_by_it() {
+        let classes: [(&[&HeaderName], u8); 6] = [
+            (&HOP_BY_HOP.each_ref(), Found::HOP_BY_HOP),
+            (&[&X_RQ_TIMEOUT, &X_RETRY_ON, &X_MAX_RETRIES, &X_ATTEMPT_COUNT], Found::OVERRIDES),
+            (&crate::telemetry::trace::PROPAGATED, Found::TRACE),
+            (&[&X_FORWARDED_PROTO], Found::FORWARDED_PROTO),
+            (&[&PEER_ID], Found::PEER_ID),
+            (&[&X_FCC], Found::CLIENT_CERT),
+        ];
+        for (names, class) in classes {
+            for &name in names {
+                let mut h = HeaderMap::new();
+                h.insert(HOST, HeaderValue::from_static("a"));
+                h.insert(X_SERVICE_TIME.clone(), HeaderValue::from_static("1"));
+                assert_eq!(Found::scan(&h), Found(0), "another x-envoy header is of no class");
+                h.insert(name.clone(), HeaderValue::from_static("x"));
+                let mut found = Found::scan(&h);
+                assert_eq!(found, Found(class), "{name}");
+                found.remove(&mut h, !Found::OVERRIDES);
+                let left = if class == Found::OVERRIDES { 3 } else { 2 };
+                assert_eq!(h.len(), left, "{name}");
+            }
         }
-        let mut h = HeaderMap::new();
-        h.insert(X_SERVICE_TIME.clone(), HeaderValue::from_static("1"));
-        assert!(!has_client_overrides(&h), "another x-envoy header is not an override");
     }
 
     #[test]

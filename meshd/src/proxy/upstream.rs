@@ -278,10 +278,10 @@ pub enum Checkout {
 }
 
 impl Checkout {
-    /// Sends `req` and waits for the response head.
-    pub async fn send(self, req: Request<Body>) -> Result<Response<Body>, UpstreamError> {
+    /// Sends `req`, with `added` written after its fields, and waits for the response head.
+    pub async fn send(self, req: Request<Body>, added: h1::Added<'_>) -> Result<Response<Body>, UpstreamError> {
         let (parts, body) = req.into_parts();
-        self.send_head(h1::Head::of(&parts), body).await
+        self.send_head(h1::Head::of(&parts, added), body).await
     }
 
     /// Sends a request from a borrowed head (an attempt of a request kept for retries) and
@@ -295,9 +295,7 @@ impl Checkout {
                 *req.method_mut() = head.method.clone();
                 *req.uri_mut() = head.uri.clone();
                 *req.headers_mut() = head.headers.clone();
-                if let Some((name, value)) = head.extra {
-                    req.headers_mut().insert(name.clone(), value.clone());
-                }
+                head.added.insert_into(req.headers_mut());
                 link.send(req, &ep).await
             }
         }
@@ -566,7 +564,7 @@ mod tests {
 
     async fn exchange(crt: &ClusterRt, pool: &PoolSettings) -> (bool, Response<Body>) {
         let (conn, reused) = acquire(&crt.shared, &crt.endpoints[0], pool, None).await.unwrap();
-        (reused, conn.send(get()).await.unwrap())
+        (reused, conn.send(get(), h1::Added::default()).await.unwrap())
     }
 
     #[tokio::test]

@@ -14,11 +14,16 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use super::accesslog::Entry;
 use super::metrics::Reporter;
 
-static B3_TRACE: HeaderName = HeaderName::from_static("x-b3-traceid");
-static B3_SPAN: HeaderName = HeaderName::from_static("x-b3-spanid");
-static B3_PARENT: HeaderName = HeaderName::from_static("x-b3-parentspanid");
-static B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
-static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// The names a span is propagated under (B3, then W3C).
+pub static B3_TRACE: HeaderName = HeaderName::from_static("x-b3-traceid");
+pub static B3_SPAN: HeaderName = HeaderName::from_static("x-b3-spanid");
+pub static B3_PARENT: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+pub static B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// Every name [`SpanContext::inject`] and [`SpanContext::write_h1`] write: a caller's own
+/// copies go before a proxy's are written.
+pub static PROPAGATED: [&HeaderName; 5] = [&B3_TRACE, &B3_SPAN, &B3_PARENT, &B3_SAMPLED, &TRACEPARENT];
 
 /// A proxy's place in a trace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,16 +48,28 @@ fn hex_u128(s: &str, widths: &[usize]) -> Option<u128> {
 impl SpanContext {
     /// Continues the trace in `headers` (B3, then `traceparent`), or starts one; a new span either way.
     pub fn continue_or_start(headers: &HeaderMap) -> SpanContext {
-        let get = |n: &HeaderName| headers.get(n).and_then(|v| v.to_str().ok());
+        SpanContext::continue_from(headers.get(&B3_TRACE), headers.get(&B3_SPAN), headers.get(&TRACEPARENT))
+    }
+
+    /// [`Self::continue_or_start`] from the three values it reads, for a caller that gathered
+    /// them in its own pass over the headers.
+    pub fn continue_from(
+        b3_trace: Option<&HeaderValue>,
+        b3_span: Option<&HeaderValue>,
+        traceparent: Option<&HeaderValue>,
+    ) -> SpanContext {
+        fn text(v: Option<&HeaderValue>) -> Option<&str> {
+            v.and_then(|v| v.to_str().ok())
+        }
         let span_id = fastrand::u64(1..);
-        if let (Some(t), Some(s)) = (get(&B3_TRACE), get(&B3_SPAN)) {
+        if let (Some(t), Some(s)) = (text(b3_trace), text(b3_span)) {
             if let (Some(trace_id), Some(parent)) = (hex_u128(t, &[16, 32]), hex_u128(s, &[16])) {
                 return SpanContext { trace_id, wide: t.len() == 32, span_id, parent: Some(parent as u64) };
             }
         }
-        if let Some(tp) = get(&TRACEPARENT) {
-            let f: Vec<&str> = tp.split('-').collect();
-            if let [_, t, s, _] = f.as_slice() {
+        if let Some(tp) = text(traceparent) {
+            let mut f = tp.split('-');
+            if let (Some(_), Some(t), Some(s), Some(_), None) = (f.next(), f.next(), f.next(), f.next(), f.next()) {
                 if let (Some(trace_id), Some(parent)) = (hex_u128(t, &[32]), hex_u128(s, &[16])) {
                     return SpanContext { trace_id, wide: true, span_id, parent: Some(parent as u64) };
                 }
@@ -102,6 +119,34 @@ impl SpanContext {
         }
         headers.insert(B3_SAMPLED.clone(), HeaderValue::from_static("1"));
         set(headers, &TRACEPARENT, all.slice(..55));
+    }
+
+    /// Writes the fields [`Self::inject`] puts into a header map straight into an HTTP/1.1
+    /// head, for a request whose map no longer holds a caller's copies: no hashing, no buffer
+    /// of its own.
+    pub fn write_h1(&self, w: &mut Vec<u8>) {
+        w.extend_from_slice(b"traceparent: 00-");
+        let trace = w.len();
+        w.resize(trace + 32, 0);
+        hex(&mut w[trace..], self.trace_id);
+        w.extend_from_slice(b"-");
+        let span = w.len();
+        w.resize(span + 16, 0);
+        hex(&mut w[span..], u128::from(self.span_id));
+        w.extend_from_slice(b"-01\r\n");
+        // The B3 fields copy the digits just written: a 64-bit trace id keeps its 16 in B3.
+        let digits = if self.wide { trace..trace + 32 } else { trace + 16..trace + 32 };
+        w.extend_from_slice(b"x-b3-traceid: ");
+        w.extend_from_within(digits);
+        w.extend_from_slice(b"\r\nx-b3-spanid: ");
+        w.extend_from_within(span..span + 16);
+        if let Some(p) = self.parent {
+            w.extend_from_slice(b"\r\nx-b3-parentspanid: ");
+            let at = w.len();
+            w.resize(at + 16, 0);
+            hex(&mut w[at..], u128::from(p));
+        }
+        w.extend_from_slice(b"\r\nx-b3-sampled: 1\r\n");
     }
 }
 
@@ -330,6 +375,33 @@ mod tests {
         assert_eq!(out["x-b3-traceid"], fresh.trace_hex().as_str());
         assert_eq!(out["x-b3-spanid"], format!("{:016x}", fresh.span_id).as_str());
         assert_eq!(out["traceparent"], format!("00-{}-{:016x}-01", fresh.trace_hex(), fresh.span_id).as_str());
+    }
+
+    #[test]
+    fn fields_written_into_a_head_are_the_injected_ones() {
+        for (trace_id, wide) in [(0x4bf92f3577b34da6a3ce929d0e0e4736, true), (0x463ac35c9f6413ad, false)] {
+            for parent in [None, Some(0xa2fb4a1d1a96d312)] {
+                let ctx = SpanContext { trace_id, wide, span_id: 0x00f067aa0ba902b7, parent };
+                let mut injected = HeaderMap::new();
+                ctx.inject(&mut injected);
+                let mut head = Vec::new();
+                ctx.write_h1(&mut head);
+                let mut written = HeaderMap::new();
+                for line in std::str::from_utf8(&head).unwrap().split_terminator("\r\n") {
+                    let (name, value) = line.split_once(": ").unwrap();
+                    let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
+                    assert!(PROPAGATED.contains(&&name), "{name} is dropped from a caller's request");
+                    written.append(name, HeaderValue::from_str(value).unwrap());
+                }
+                assert_eq!(written, injected, "wide {wide}, parent {parent:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn traceparent_needs_exactly_four_parts() {
+        let tp = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra");
+        assert_eq!(SpanContext::continue_from(None, None, Some(&tp)).parent, None);
     }
 
     #[test]
