@@ -887,7 +887,7 @@ impl Proxy {
         let peer = info.peer;
         match role {
             Role::Inbound { rt, app, cluster, control, .. } => {
-                self.inbound(rt, app, cluster, control, info, req, span).await
+                self.inbound((rt, app, cluster, control), info, req, span).await
             }
             Role::Gateway { workload, rt } => self.route(workload, rt, Caller::Gateway, peer, req, span).await,
             Role::GatewayTls { workload, rt } => self.route(workload, rt, Caller::GatewayTls, peer, req, span).await,
@@ -906,10 +906,7 @@ impl Proxy {
     /// Inbound: hand the request to the local app.
     async fn inbound(
         &self,
-        rt: &ProxyRuntime,
-        app: &ClusterRt,
-        cluster: &Arc<Cluster>,
-        control: &PodControl,
+        (rt, app, cluster, control): (&ProxyRuntime, &ClusterRt, &Arc<Cluster>, &PodControl),
         info: &ConnInfo,
         req: Request<Body>,
         span: Option<&SpanContext>,
