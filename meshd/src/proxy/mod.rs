@@ -839,7 +839,7 @@ impl Proxy {
             (_, None, _) => report::unrouted(metrics, rt),
         };
         series.record(status, &flag_text, elapsed, bytes_received, bytes_sent);
-        tel.send(Record {
+        tel.send(Box::new(Record {
             proxy: rt.proxy.clone(),
             start,
             method,
@@ -863,7 +863,7 @@ impl Proxy {
             route: route.and_then(|r| r.route.clone()),
             span: Some(span),
             series: Some(series),
-        });
+        }));
         served
     }
 

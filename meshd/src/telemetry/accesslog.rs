@@ -79,8 +79,8 @@ enum Field {
 const FIELDS: usize = 6;
 
 /// A request as kept for the access log and the trace store: what the [`Record`] borrowed from
-/// the request is copied into one string, so nothing keeps a connection's read buffer alive,
-/// and the line is only formatted when somebody reads it.
+/// the request is copied into one buffer, so nothing keeps a connection's read buffer alive,
+/// and the line is only formatted (and the bytes read as text) when somebody reads it.
 #[derive(Debug)]
 pub struct Entry {
     /// The proxy.
@@ -100,7 +100,7 @@ pub struct Entry {
     /// Microseconds until the response headers.
     pub duration_us: u64,
     /// The packed header-borne fields, and where each ends (absent: `None`).
-    packed: Box<str>,
+    packed: Box<[u8]>,
     ends: [Option<u16>; FIELDS],
     upstream_host: Option<SocketAddr>,
     /// The upstream cluster.
@@ -127,15 +127,11 @@ impl From<Record> for Entry {
             r.request_id.as_ref().map(|v| v.as_bytes()),
             r.upstream_service_time.as_ref().map(|v| v.as_bytes()),
         ];
-        let mut packed = String::with_capacity(fields.iter().flatten().map(|f| f.len()).sum());
+        let mut packed = Vec::with_capacity(fields.iter().flatten().map(|f| f.len()).sum());
         let mut ends = [None; FIELDS];
         for (end, field) in ends.iter_mut().zip(fields) {
             if let Some(f) = field {
-                // Header values may hold obs-text; the log shows their visible-ASCII form.
-                match std::str::from_utf8(f) {
-                    Ok(s) => packed.push_str(s),
-                    Err(_) => packed.extend(f.iter().map(|&b| if b.is_ascii() { b as char } else { '?' })),
-                }
+                packed.extend_from_slice(f);
                 *end = u16::try_from(packed.len()).ok();
             }
         }
@@ -150,7 +146,7 @@ impl From<Record> for Entry {
             bytes_received: r.bytes_received,
             bytes_sent: r.bytes_sent,
             duration_us: r.duration_us,
-            packed: packed.into_boxed_str(),
+            packed: packed.into_boxed_slice(),
             ends,
             upstream_host: r.upstream_host,
             upstream_cluster: r.upstream_cluster,
@@ -169,20 +165,25 @@ fn timestamp(t: SystemTime) -> String {
 }
 
 impl Entry {
-    fn field(&self, f: Field) -> Option<&str> {
+    fn field(&self, f: Field) -> Option<Cow<'_, str>> {
         let i = f as usize;
         let end = usize::from(self.ends[i]?);
         let start = self.ends[..i].iter().rev().flatten().next().map_or(0, |e| usize::from(*e));
-        self.packed.get(start..end)
+        let bytes = self.packed.get(start..end)?;
+        // Header values may hold obs-text; the log shows their visible-ASCII form.
+        Some(match std::str::from_utf8(bytes) {
+            Ok(s) => Cow::Borrowed(s),
+            Err(_) => Cow::Owned(bytes.iter().map(|&b| if b.is_ascii() { b as char } else { '?' }).collect()),
+        })
     }
 
     /// The request target as received.
-    pub fn path(&self) -> &str {
-        self.field(Field::Path).unwrap_or("/")
+    pub fn path(&self) -> Cow<'_, str> {
+        self.field(Field::Path).unwrap_or(Cow::Borrowed("/"))
     }
 
-    fn dash(&self, f: Field) -> &str {
-        self.field(f).unwrap_or("-")
+    fn dash(&self, f: Field) -> Cow<'_, str> {
+        self.field(f).unwrap_or(Cow::Borrowed("-"))
     }
 
     /// The line in Istio's default TEXT format (`EnvoyTextLogFormat`).
@@ -291,5 +292,39 @@ mod tests {
         assert_eq!(j["user_agent"], "curl/8.11.1");
         assert_eq!(j["x_forwarded_for"], serde_json::Value::Null);
         assert_eq!(r.path(), "/reviews/0");
+    }
+
+    #[test]
+    fn obs_text_is_shown_as_visible_ascii() {
+        let r = Record {
+            proxy: "p".into(),
+            start: SystemTime::UNIX_EPOCH,
+            method: Method::GET,
+            uri: Uri::from_static("/"),
+            protocol: "HTTP/1.1",
+            status: 200,
+            flags: "-".into(),
+            details: "via_upstream",
+            bytes_received: 0,
+            bytes_sent: 0,
+            duration_us: 0,
+            upstream_service_time: None,
+            forwarded_for: None,
+            user_agent: Some(HeaderValue::from_bytes(b"caf\xe9 \xc3\xa9").unwrap()),
+            request_id: Some(HeaderValue::from_bytes("café".as_bytes()).unwrap()),
+            authority: None,
+            upstream_host: None,
+            upstream_cluster: None,
+            downstream_local: None,
+            downstream_remote: "10.0.0.1:1".parse().unwrap(),
+            route: None,
+            span: None,
+            series: None,
+        };
+        let e = Entry::from(r);
+        let j: serde_json::Value = serde_json::from_str(&e.json()).unwrap();
+        assert_eq!(j["user_agent"], "caf? ??", "bytes that are not UTF-8 show as '?'");
+        assert_eq!(j["request_id"], "café", "UTF-8 is kept");
+        assert!(e.text().contains("\"caf? ??\" \"café\""), "{}", e.text());
     }
 }

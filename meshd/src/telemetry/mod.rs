@@ -38,7 +38,7 @@ pub struct Options {
 #[derive(Debug, Clone)]
 pub struct Telemetry {
     /// The task started with the handle, for threads without one of their own.
-    tx: mpsc::UnboundedSender<Record>,
+    tx: mpsc::UnboundedSender<Box<Record>>,
     sink: Arc<Sink>,
     /// Istio's metrics.
     pub metrics: Arc<Metrics>,
@@ -67,8 +67,9 @@ impl Telemetry {
         LOCAL.with(|l| *l.borrow_mut() = Some(tx));
     }
 
-    /// Hands a record to the telemetry task (never blocks).
-    pub fn send(&self, r: Record) {
+    /// Hands a record to the telemetry task (never blocks). Boxed: a record is some hundred
+    /// bytes, which the channel would otherwise copy in and out.
+    pub fn send(&self, r: Box<Record>) {
         let unsent = LOCAL.with(|l| match &*l.borrow() {
             Some(tx) => tx.send(r).err().map(|e| e.0),
             None => Some(r),
@@ -81,7 +82,7 @@ impl Telemetry {
 
 thread_local! {
     /// This thread's telemetry task, if it has one.
-    static LOCAL: RefCell<Option<mpsc::UnboundedSender<Record>>> = const { RefCell::new(None) };
+    static LOCAL: RefCell<Option<mpsc::UnboundedSender<Box<Record>>>> = const { RefCell::new(None) };
 }
 
 /// Where records end up; shared by every telemetry task.
@@ -94,11 +95,14 @@ struct Sink {
 
 impl Sink {
     /// Spawns a task that writes the records sent on the returned channel.
-    fn writer(self: Arc<Self>) -> mpsc::UnboundedSender<Record> {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Record>();
+    fn writer(self: Arc<Self>) -> mpsc::UnboundedSender<Box<Record>> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Box<Record>>();
         tokio::spawn(async move {
             let Sink { logs, opts, traces: store } = &*self;
             let mut access: HashMap<Arc<str>, Arc<AccessLog>> = HashMap::new();
+            // The log the last record went to: a worker's records mostly come from one proxy
+            // at a time, whose name is one shared string (no hashing to find its log again).
+            let mut last: Option<(Arc<str>, Arc<AccessLog>)> = None;
             // A user's http_proxy (often meshd's own 15001) must not carry the export.
             let client = reqwest::Client::builder().no_proxy().build().unwrap_or_default();
             let mut batch: Vec<Span> = Vec::new();
@@ -112,15 +116,25 @@ impl Sink {
                         // Proxies whose pods are gone: their logs left `logs` already. Another
                         // worker's cache may hold the same log, so its count says nothing.
                         access.retain(|proxy, log| logs.is_current(proxy, log));
+                        last = None;
                         continue;
                     }
                 }
                 for r in records.drain(..) {
-                    let e = Arc::new(Entry::from(r));
+                    let e = Arc::new(Entry::from(*r));
                     if opts.print {
                         println!("{} {}", e.proxy, if opts.json { e.json() } else { e.text() });
                     }
-                    let log = access.entry(e.proxy.clone()).or_insert_with(|| logs.access_log(&e.proxy, opts.json));
+                    let log = match &last {
+                        Some((proxy, log)) if Arc::ptr_eq(proxy, &e.proxy) => log,
+                        _ => {
+                            let log = access
+                                .entry(e.proxy.clone())
+                                .or_insert_with(|| logs.access_log(&e.proxy, opts.json))
+                                .clone();
+                            &last.insert((e.proxy.clone(), log)).1
+                        }
+                    };
                     log.push(e.clone());
                     if e.span.is_some() {
                         if opts.otlp.is_some() {

@@ -313,7 +313,7 @@ pub fn span(e: &Entry) -> Option<Span> {
         status: e.status,
         flags: e.flags.to_string(),
         cluster: e.upstream_cluster.as_ref().map_or("-".into(), |c| c.name.clone()),
-        request: format!("{} {}", e.method, path.split('?').next().unwrap_or(path)),
+        request: format!("{} {}", e.method, path.split('?').next().unwrap_or(&path)),
     })
 }
 
