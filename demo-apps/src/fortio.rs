@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri, Version};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -33,15 +33,18 @@ pub(crate) fn router(env: &AppEnv) -> Router {
 
 const UI_HTML: &str = "<!DOCTYPE html>\n<html>\n<head>\n<meta charset=\"utf-8\">\n<title>Φορτίο</title>\n</head>\n<body>\n<h1>Φορτίο (fortio) version 1.75.2</h1>\n<p>This is the meshd stand-in for fortio's server. Run load tests with <code>meshd load</code> and single requests with <code>meshd curl</code>.</p>\n<p>Echo debug endpoint: <a href=\"/debug\">/debug</a></p>\n</body>\n</html>\n";
 
-async fn handle(
-    State(st): State<Arc<St>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    method: Method,
-    uri: Uri,
-    version: Version,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+/// The largest request body taken (axum's default limit for a buffered body).
+const MAX_BODY: usize = 2 * 1024 * 1024;
+
+async fn handle(State(st): State<Arc<St>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request) -> Response {
+    // The request is taken whole rather than by extractors, which copy the header map on every
+    // request: only `/debug` reads the headers.
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(body) => body,
+        Err(_) => return (StatusCode::PAYLOAD_TOO_LARGE, "length limit exceeded").into_response(),
+    };
+    let uri = &parts.uri;
     let path = uri.path();
     if path == "/fortio" || path.starts_with("/fortio/") {
         return ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], UI_HTML).into_response();
@@ -49,7 +52,7 @@ async fn handle(
     if path == "/debug" || path.starts_with("/debug/") {
         return (
             [(header::CONTENT_TYPE, "text/plain; charset=UTF-8")],
-            debug_text(&st, peer, &method, &uri, version, &headers, &body),
+            debug_text(&st, peer, &parts.method, uri, parts.version, &parts.headers, &body),
         )
             .into_response();
     }
@@ -141,5 +144,17 @@ mod tests {
         assert_eq!(first, again);
         let capped = testutil::get(format!("http://{addr}/?size=999999999")).await.unwrap().bytes().await.unwrap();
         assert_eq!(capped.len(), MAX_PAYLOAD);
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_refused() {
+        let env = testutil::app_env(AppKind::Fortio, "fortio-1", &[]);
+        let addr = testutil::spawn(router(&env)).await;
+        let client = testutil::client();
+        let at = client.post(format!("http://{addr}/echo")).body(vec![b'x'; MAX_BODY]).send().await.unwrap();
+        assert_eq!(at.status(), 200);
+        assert_eq!(at.bytes().await.unwrap().len(), MAX_BODY);
+        let over = client.post(format!("http://{addr}/echo")).body(vec![b'x'; MAX_BODY + 1]).send().await.unwrap();
+        assert_eq!(over.status(), 413);
     }
 }
