@@ -6,7 +6,8 @@ benchmarks). User-space instructions only: system calls are not counted.
 
 Usage: python3 scripts/bench_instructions.py [BINARY ...]   (default: the release build)
 Environment: N requests (default 3000), HOST (bench.one: the gateway hop; echo:8080: the
-sidecar pair through the proxy port, both sidecars on the one proxy thread), KEEP (a folder to
+sidecar pair through the proxy port, both sidecars on the one proxy thread; direct: straight to
+the backend, for what a request costs it without a proxy's headers), KEEP (a folder to
 keep callgrind's files in, for `callgrind_annotate --inclusive=yes FILE`).
 """
 import glob
@@ -40,11 +41,12 @@ def count(binary):
     b.BIN = wrapper
     mesh = b.Mesh(cfg, {"MESHD_THREADS": "1", "MESHD_APP_THREADS": "1"})
     try:
-        addr = mesh.gateway if HOST == "bench.one" else mesh.proxy
+        addr = {"bench.one": mesh.gateway, "direct": None}.get(HOST, mesh.proxy) or mesh.pod_addr("backend-")
         url = f"http://{addr}{d.PATH}"
 
         def load(n):
-            subprocess.run([b.oha_bin(), "-n", str(n), "-c", "4", "--no-tui", "-H", f"Host: {HOST}", url],
+            host = [] if HOST == "direct" else ["-H", f"Host: {HOST}"]
+            subprocess.run([b.oha_bin(), "-n", str(n), "-c", "4", "--no-tui", *host, url],
                            capture_output=True, check=True)
 
         load(300)  # connections, pools, caches

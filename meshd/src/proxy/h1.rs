@@ -519,21 +519,24 @@ fn parse_sized<const N: usize>(buf: &mut BytesMut, head_request: bool) -> Result
         let head = buf.split_to(len).freeze();
         // Room for what the proxy adds (server, service time, route headers) without a re-hash.
         let mut headers = HeaderMap::with_capacity(count + 6);
+        // What frames the body and ends the connection is read on the way, not looked up after.
+        let mut delimit = Delimiters::default();
         for &(ns, ne, vs, ve) in &spans[..count] {
             let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| H1Error::Invalid("header name"))?;
+            delimit.see(&name, &head[vs..ve]);
             let value =
                 HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| H1Error::Invalid("header value"))?;
             headers.append(name, value);
         }
-        let framing = framing(&headers, status, head_request)?;
-        if headers.contains_key(TRANSFER_ENCODING) {
+        let framing = framing(&delimit, status, head_request)?;
+        if delimit.chunked.is_some() && delimit.length != Ok(None) {
             // Transfer-Encoding overrides Content-Length (RFC 9112, 6.3); forwarding both would
             // let the next hop frame the body differently.
             headers.remove(CONTENT_LENGTH);
         }
         let keep_alive = match version {
-            Version::HTTP_11 => !headers.get_all(CONNECTION).iter().any(|v| has_token(v.as_bytes(), b"close")),
-            _ => headers.get_all(CONNECTION).iter().any(|v| has_token(v.as_bytes(), b"keep-alive")),
+            Version::HTTP_11 => !delimit.close,
+            _ => delimit.keep_alive,
         } && code != 101;
         let (mut parts, ()) = http::Response::new(()).into_parts();
         parts.status = status;
@@ -543,30 +546,56 @@ fn parse_sized<const N: usize>(buf: &mut BytesMut, head_request: bool) -> Result
     }
 }
 
+/// The fields of a response head that delimit its body and its connection.
+#[derive(Debug, Clone, Copy)]
+struct Delimiters {
+    /// Whether the last `transfer-encoding` ends in `chunked`; None: no such field.
+    chunked: Option<bool>,
+    /// The `content-length` (every one must agree and be digits only).
+    length: Result<Option<u64>, ()>,
+    /// `connection: close`.
+    close: bool,
+    /// `connection: keep-alive`.
+    keep_alive: bool,
+}
+
+impl Default for Delimiters {
+    fn default() -> Self {
+        Delimiters { chunked: None, length: Ok(None), close: false, keep_alive: false }
+    }
+}
+
+impl Delimiters {
+    fn see(&mut self, name: &HeaderName, value: &[u8]) {
+        if name == TRANSFER_ENCODING {
+            self.chunked = Some(last_token_is(value, b"chunked"));
+        } else if name == CONTENT_LENGTH {
+            self.length = match (self.length, content_length(value)) {
+                (Ok(None), Some(n)) => Ok(Some(n)),
+                (Ok(Some(l)), Some(n)) if l == n => Ok(Some(n)),
+                _ => Err(()),
+            };
+        } else if name == CONNECTION {
+            self.close |= has_token(value, b"close");
+            self.keep_alive |= has_token(value, b"keep-alive");
+        }
+    }
+}
+
 /// How the response body is delimited (RFC 9112, section 6.3).
-fn framing(headers: &HeaderMap, status: StatusCode, head_request: bool) -> Result<Framing, H1Error> {
+fn framing(delimit: &Delimiters, status: StatusCode, head_request: bool) -> Result<Framing, H1Error> {
     if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok(Framing::Done);
     }
     if status == StatusCode::SWITCHING_PROTOCOLS {
         return Ok(Framing::UntilClose);
     }
-    if let Some(te) = headers.get_all(TRANSFER_ENCODING).iter().next_back() {
-        return Ok(if last_token_is(te.as_bytes(), b"chunked") {
-            Framing::Chunked(Chunk::Size)
-        } else {
-            Framing::UntilClose
-        });
+    match (delimit.chunked, delimit.length) {
+        (Some(true), _) => Ok(Framing::Chunked(Chunk::Size)),
+        (Some(false), _) => Ok(Framing::UntilClose),
+        (None, Ok(length)) => Ok(length.map_or(Framing::UntilClose, Framing::Length)),
+        (None, Err(())) => Err(H1Error::Invalid("content-length")),
     }
-    let mut length = None;
-    for v in headers.get_all(CONTENT_LENGTH) {
-        let n = content_length(v.as_bytes()).ok_or(H1Error::Invalid("content-length"))?;
-        if length.is_some_and(|l| l != n) {
-            return Err(H1Error::Invalid("content-length"));
-        }
-        length = Some(n);
-    }
-    Ok(length.map_or(Framing::UntilClose, Framing::Length))
 }
 
 /// One step through a chunked body in `buf`.
@@ -627,10 +656,11 @@ fn line_len(buf: &BytesMut) -> Result<Option<usize>, H1Error> {
 
 /// A `content-length` value: digits only (no sign, no spaces), as RFC 9110 defines it.
 pub(super) fn content_length(value: &[u8]) -> Option<u64> {
+    // At most 19 digits: no overflow.
     if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    std::str::from_utf8(value).ok()?.parse().ok()
+    Some(value.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 /// Whether the comma-separated `value` lists `token` (case-insensitive).
@@ -723,6 +753,13 @@ mod tests {
         assert!(parse_head(&mut BytesMut::from(&signed[..]), false).is_err());
         let both = head(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n", false);
         assert!(!both.0.headers.contains_key(CONTENT_LENGTH), "the length chunking overrides is not forwarded");
+        let bad = b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n";
+        assert_eq!(f(bad, true), Framing::Done, "a length a HEAD response does not use is not read");
+        let chunked_bad = b"HTTP/1.1 200 OK\r\ncontent-length: x\r\ntransfer-encoding: chunked\r\n\r\n";
+        assert_eq!(f(chunked_bad, false), Framing::Chunked(Chunk::Size), "nor one chunking overrides");
+        assert_eq!(content_length(b"9999999999999999999"), Some(9_999_999_999_999_999_999));
+        assert_eq!(content_length(b"18"), Some(18));
+        assert_eq!(content_length(b"00000000000000000001"), None, "over 19 digits");
     }
 
     #[test]
