@@ -251,9 +251,9 @@ impl Entry {
 mod tests {
     use super::*;
 
-    #[test]
-    fn istio_text_format() {
-        let r = Record {
+    /// The record of a request the mesh could not route (Istio's `NC`).
+    fn reviews() -> Record {
+        Record {
             proxy: "reviews-v1".into(),
             start: SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123),
             method: Method::GET,
@@ -277,8 +277,12 @@ mod tests {
             route: None,
             span: None,
             series: None,
-        };
-        let r = Entry::from(r);
+        }
+    }
+
+    #[test]
+    fn istio_text_format() {
+        let r = Entry::from(reviews());
         assert_eq!(
             r.text(),
             "[2023-11-14T22:13:20.123Z] \"GET /reviews/0 HTTP/1.1\" 503 NC cluster_not_found - \"-\" 0 0 0 - \"-\" \"curl/8.11.1\" \"abc\" \"reviews:9080\" \"-\" - - - 10.244.0.12:54662 - -"
@@ -297,29 +301,9 @@ mod tests {
     #[test]
     fn obs_text_is_shown_as_visible_ascii() {
         let r = Record {
-            proxy: "p".into(),
-            start: SystemTime::UNIX_EPOCH,
-            method: Method::GET,
-            uri: Uri::from_static("/"),
-            protocol: "HTTP/1.1",
-            status: 200,
-            flags: "-".into(),
-            details: "via_upstream",
-            bytes_received: 0,
-            bytes_sent: 0,
-            duration_us: 0,
-            upstream_service_time: None,
-            forwarded_for: None,
             user_agent: Some(HeaderValue::from_bytes(b"caf\xe9 \xc3\xa9").unwrap()),
             request_id: Some(HeaderValue::from_bytes("café".as_bytes()).unwrap()),
-            authority: None,
-            upstream_host: None,
-            upstream_cluster: None,
-            downstream_local: None,
-            downstream_remote: "10.0.0.1:1".parse().unwrap(),
-            route: None,
-            span: None,
-            series: None,
+            ..reviews()
         };
         let e = Entry::from(r);
         let j: serde_json::Value = serde_json::from_str(&e.json()).unwrap();
