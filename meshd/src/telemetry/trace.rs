@@ -15,11 +15,11 @@ use super::accesslog::Entry;
 use super::metrics::Reporter;
 
 /// The names a span is propagated under (B3, then W3C).
-pub static B3_TRACE: HeaderName = HeaderName::from_static("x-b3-traceid");
-pub static B3_SPAN: HeaderName = HeaderName::from_static("x-b3-spanid");
-pub static B3_PARENT: HeaderName = HeaderName::from_static("x-b3-parentspanid");
-pub static B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
-pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static B3_TRACE: HeaderName = HeaderName::from_static("x-b3-traceid");
+static B3_SPAN: HeaderName = HeaderName::from_static("x-b3-spanid");
+static B3_PARENT: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+static B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// Every name [`SpanContext::inject`] and [`SpanContext::write_h1`] write: a caller's own
 /// copies go before a proxy's are written.
@@ -46,13 +46,8 @@ fn hex_u128(s: &str, widths: &[usize]) -> Option<u128> {
 }
 
 impl SpanContext {
-    /// Continues the trace in `headers` (B3, then `traceparent`), or starts one; a new span either way.
-    pub fn continue_or_start(headers: &HeaderMap) -> SpanContext {
-        SpanContext::continue_from(headers.get(&B3_TRACE), headers.get(&B3_SPAN), headers.get(&TRACEPARENT))
-    }
-
-    /// [`Self::continue_or_start`] from the three values it reads, for a caller that gathered
-    /// them in its own pass over the headers.
+    /// Continues the caller's trace (B3, then `traceparent`), or starts one; a new span either
+    /// way. The caller gathers the three values in its own pass over the request's headers.
     pub fn continue_from(
         b3_trace: Option<&HeaderValue>,
         b3_span: Option<&HeaderValue>,
@@ -87,16 +82,9 @@ impl SpanContext {
         }
     }
 
-    /// Puts this span into `headers` as the caller's span for the next hop. Every value is a
-    /// slice of one buffer: `traceparent` already spells the trace and span ids, and the parent
-    /// id goes after it (one allocation, no formatting machinery on the request path).
-    pub fn inject(&self, headers: &mut HeaderMap) {
-        fn set(headers: &mut HeaderMap, n: &HeaderName, v: Bytes) {
-            if let Ok(v) = HeaderValue::from_maybe_shared(v) {
-                headers.insert(n.clone(), v);
-            }
-        }
-        // 00-<trace, 32 digits>-<span, 16 digits>-01<parent, 16 digits>
+    /// The span's ids spelled once, `00-<trace, 32 digits>-<span, 16>-01<parent, 16>`: the first
+    /// 55 bytes are `traceparent`, and every B3 value is a slice of it (see [`Self::fields`]).
+    fn spelled(&self) -> [u8; 71] {
         let mut buf = [0u8; 71];
         buf[..3].copy_from_slice(b"00-");
         hex(&mut buf[3..35], self.trace_id);
@@ -106,47 +94,46 @@ impl SpanContext {
         if let Some(p) = self.parent {
             hex(&mut buf[55..], u128::from(p));
         }
-        // Owned by the one allocation that the slices below share.
-        let all = Bytes::from_owner(buf);
+        buf
+    }
+
+    /// The fields the span is propagated in, each a range of [`Self::spelled`]; `x-b3-sampled: 1`
+    /// goes with them.
+    fn fields(&self) -> impl Iterator<Item = (&'static HeaderName, std::ops::Range<usize>)> {
         // A 64-bit trace id keeps its 16 digits in B3: the low half of the 32.
-        set(headers, &B3_TRACE, all.slice(if self.wide { 3..35 } else { 19..35 }));
-        set(headers, &B3_SPAN, all.slice(36..52));
-        match self.parent {
-            Some(_) => set(headers, &B3_PARENT, all.slice(55..71)),
-            None => {
-                headers.remove(&B3_PARENT);
+        let trace = if self.wide { 3..35 } else { 19..35 };
+        [(&B3_TRACE, trace), (&B3_SPAN, 36..52), (&TRACEPARENT, 0..55)]
+            .into_iter()
+            .chain(self.parent.map(|_| (&B3_PARENT, 55..71)))
+    }
+
+    /// Puts this span into `headers` as the caller's span for the next hop. Every value is a
+    /// slice of one buffer (one allocation, no formatting machinery on the request path).
+    pub fn inject(&self, headers: &mut HeaderMap) {
+        let all = Bytes::from_owner(self.spelled());
+        for (name, at) in self.fields() {
+            if let Ok(v) = HeaderValue::from_maybe_shared(all.slice(at)) {
+                headers.insert(name.clone(), v);
             }
         }
+        if self.parent.is_none() {
+            headers.remove(&B3_PARENT);
+        }
         headers.insert(B3_SAMPLED.clone(), HeaderValue::from_static("1"));
-        set(headers, &TRACEPARENT, all.slice(..55));
     }
 
     /// Writes the fields [`Self::inject`] puts into a header map straight into an HTTP/1.1
     /// head, for a request whose map no longer holds a caller's copies: no hashing, no buffer
     /// of its own.
     pub fn write_h1(&self, w: &mut Vec<u8>) {
-        w.extend_from_slice(b"traceparent: 00-");
-        let trace = w.len();
-        w.resize(trace + 32, 0);
-        hex(&mut w[trace..], self.trace_id);
-        w.extend_from_slice(b"-");
-        let span = w.len();
-        w.resize(span + 16, 0);
-        hex(&mut w[span..], u128::from(self.span_id));
-        w.extend_from_slice(b"-01\r\n");
-        // The B3 fields copy the digits just written: a 64-bit trace id keeps its 16 in B3.
-        let digits = if self.wide { trace..trace + 32 } else { trace + 16..trace + 32 };
-        w.extend_from_slice(b"x-b3-traceid: ");
-        w.extend_from_within(digits);
-        w.extend_from_slice(b"\r\nx-b3-spanid: ");
-        w.extend_from_within(span..span + 16);
-        if let Some(p) = self.parent {
-            w.extend_from_slice(b"\r\nx-b3-parentspanid: ");
-            let at = w.len();
-            w.resize(at + 16, 0);
-            hex(&mut w[at..], u128::from(p));
+        let spelled = self.spelled();
+        for (name, at) in self.fields() {
+            w.extend_from_slice(name.as_str().as_bytes());
+            w.extend_from_slice(b": ");
+            w.extend_from_slice(&spelled[at]);
+            w.extend_from_slice(b"\r\n");
         }
-        w.extend_from_slice(b"\r\nx-b3-sampled: 1\r\n");
+        w.extend_from_slice(b"x-b3-sampled: 1\r\n");
     }
 }
 
@@ -340,12 +327,16 @@ pub fn unix_us(t: SystemTime) -> u64 {
 mod tests {
     use super::*;
 
+    fn continued(headers: &HeaderMap) -> SpanContext {
+        SpanContext::continue_from(headers.get(&B3_TRACE), headers.get(&B3_SPAN), headers.get(&TRACEPARENT))
+    }
+
     #[test]
     fn b3_is_continued_with_a_new_span() {
         let mut h = HeaderMap::new();
         h.insert("x-b3-traceid", HeaderValue::from_static("463ac35c9f6413ad"));
         h.insert("x-b3-spanid", HeaderValue::from_static("a2fb4a1d1a96d312"));
-        let ctx = SpanContext::continue_or_start(&h);
+        let ctx = continued(&h);
         assert_eq!(ctx.trace_hex(), "463ac35c9f6413ad");
         assert_eq!(ctx.parent, Some(0xa2fb4a1d1a96d312));
         assert_ne!(ctx.span_id, 0xa2fb4a1d1a96d312);
@@ -362,10 +353,10 @@ mod tests {
     fn traceparent_is_used_without_b3_and_a_trace_starts_without_either() {
         let mut h = HeaderMap::new();
         h.insert("traceparent", HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
-        let ctx = SpanContext::continue_or_start(&h);
+        let ctx = continued(&h);
         assert_eq!(ctx.trace_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(ctx.parent, Some(0x00f067aa0ba902b7));
-        let fresh = SpanContext::continue_or_start(&HeaderMap::new());
+        let fresh = continued(&HeaderMap::new());
         assert_eq!(fresh.parent, None);
         assert_eq!(fresh.trace_hex().len(), 32);
         let mut out = HeaderMap::new();
@@ -409,7 +400,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-b3-traceid", HeaderValue::from_static("zz"));
         h.insert("x-b3-spanid", HeaderValue::from_static("0000000000000000"));
-        assert_eq!(SpanContext::continue_or_start(&h).parent, None);
+        assert_eq!(continued(&h).parent, None);
     }
 
     fn entry(trace: u128, id: u64, start_us: u64, dur: u64, status: u16) -> Arc<Entry> {
