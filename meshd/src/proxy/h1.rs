@@ -163,6 +163,17 @@ impl<'a> Head<'a> {
     pub fn of(parts: &'a http::request::Parts, added: Added<'a>) -> Head<'a> {
         Head { method: &parts.method, uri: &parts.uri, headers: &parts.headers, added }
     }
+
+    /// A whole request with this head, every field in its map, for a client that takes one
+    /// (hyper's HTTP/2).
+    pub fn to_request(&self, body: Body) -> http::Request<Body> {
+        let mut req = http::Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.headers.clone();
+        self.added.insert_into(req.headers_mut());
+        req
+    }
 }
 
 /// Fields the proxy adds to a request as its head is written, rather than by inserting them

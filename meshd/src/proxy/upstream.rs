@@ -289,15 +289,8 @@ impl Checkout {
     pub async fn send_head(self, head: h1::Head<'_>, body: Body) -> Result<Response<Body>, UpstreamError> {
         match self {
             Checkout::H1(conn) => conn.send(head, body).await,
-            Checkout::H2(link, ep) => {
-                // hyper's HTTP/2 client takes the request by value.
-                let mut req = Request::new(body);
-                *req.method_mut() = head.method.clone();
-                *req.uri_mut() = head.uri.clone();
-                *req.headers_mut() = head.headers.clone();
-                head.added.insert_into(req.headers_mut());
-                link.send(req, &ep).await
-            }
+            // hyper's HTTP/2 client takes the request by value.
+            Checkout::H2(link, ep) => link.send(head.to_request(body), &ep).await,
         }
     }
 }
