@@ -110,18 +110,23 @@ where
     // Kept across requests: a client that closed after pipelining is not read again.
     let mut watch = Watch::Open;
     loop {
-        // The next request's head (and body).
+        // The next request's head (and body). A head is parsed once; while its body arrives
+        // only the length is checked (`spans` are offsets, which stay valid as `rbuf` grows).
+        let mut parsed: Option<Head> = None;
         let head = loop {
             drain.idle.store(rbuf.is_empty(), Ordering::Relaxed);
             if (drain.requested() || watch == Watch::ClosedAfterMore) && rbuf.is_empty() {
                 return Served::Closed;
             }
-            if !rbuf.is_empty() {
+            if parsed.is_none() && !rbuf.is_empty() {
                 match parse(&rbuf, &mut spans) {
-                    Parsed::Head(head) if rbuf.len() as u64 >= head.len as u64 + head.body => break head,
-                    Parsed::Head(_) | Parsed::Partial => {}
+                    Parsed::Head(head) => parsed = Some(head),
+                    Parsed::Partial => {}
                     Parsed::Handoff => return Served::Handoff(Rewind { prefix: rbuf.freeze(), io }),
                 }
+            }
+            if let Some(head) = parsed.take_if(|h| rbuf.len() as u64 >= h.len as u64 + h.body) {
+                break head;
             }
             match poll_fn(|cx| poll_read_buf(Pin::new(&mut io), cx, h1::reserve(&mut rbuf))).await {
                 Ok(0) if rbuf.is_empty() => return Served::Closed,
@@ -527,6 +532,20 @@ mod tests {
         let head = &wire[second..];
         assert!(head.contains("connection: close\r\n\r\n"), "{head}");
         assert!(head.ends_with("\r\n\r\n"), "no body after HEAD's head: {head}");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_arrives_in_pieces_is_served_whole() {
+        let (mut client, task, _) = pair().await;
+        client.write_all(b"POST /b HTTP/1.1\r\nhost: h\r\nX-A: 1\r\ncontent-length: 6\r\n\r\nab").await.unwrap();
+        for piece in [&b"cd"[..], b"ef"] {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            client.write_all(piece).await.unwrap();
+        }
+        client.shutdown().await.unwrap();
+        let wire = read_all(&mut client).await;
+        assert!(wire.contains("POST /b HTTP/1.1 x=1 body=abcdef"), "{wire}");
+        assert_eq!(task.await.unwrap(), (false, 1));
     }
 
     #[tokio::test]

@@ -321,12 +321,7 @@ impl Outgoing {
 
     /// The first attempt as a whole request, every field in its map.
     fn request(&self) -> Request<Body> {
-        let mut req = Request::new(respond::full(self.body.clone()));
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
-        *req.headers_mut() = self.headers.clone();
-        self.head(&number(1)).added.insert_into(req.headers_mut());
-        req
+        self.head(&number(1)).to_request(respond::full(self.body.clone()))
     }
 }
 
@@ -672,7 +667,7 @@ impl Proxy {
     {
         let snapshots = self.snapshot.clone();
         let drain = downstream::Drain::default();
-        let conn = self.clone().serve_http(io, info, role.clone(), &drain);
+        let conn = self.serve_http(io, info, role.clone(), &drain);
         tokio::pin!(conn);
         enum Signal {
             Shutdown,
@@ -774,14 +769,13 @@ impl Proxy {
         };
         let start = std::time::SystemTime::now();
         let t0 = Instant::now();
-        let headers = req.headers_mut();
         // What the proxy reads of the request (its id, the caller's trace) and what the access
         // log and metrics keep, in one pass over its headers rather than a hashed lookup per
-        // name; the first value of each, as `get` gives.
+        // name; the first value of each, as `get` gives. Only what outlives the request is copied.
         let (mut id, mut b3_trace, mut b3_span, mut traceparent) = (None, None, None, None);
         let (mut user_agent, mut forwarded_for, mut authority, mut caller, mut length) = (None, None, None, None, None);
         let inbound = matches!(role, Role::Inbound { .. });
-        for (name, value) in headers.iter() {
+        for (name, value) in req.headers() {
             let slot = match name.as_str() {
                 "user-agent" => &mut user_agent,
                 "host" => &mut authority,
@@ -794,21 +788,21 @@ impl Proxy {
                 "x-envoy-peer-metadata-id" if inbound => &mut caller,
                 _ => continue,
             };
-            if slot.is_none() {
-                *slot = Some(value.clone());
-            }
+            slot.get_or_insert(value);
         }
         // Named before routing, as Envoy does; the span goes to the next hop as the request does.
-        let span = SpanContext::continue_from(b3_trace.as_ref(), b3_span.as_ref(), traceparent.as_ref());
-        let id = match id {
+        let span = SpanContext::continue_from(b3_trace, b3_span, traceparent);
+        let bytes_received = length.and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
+        let (user_agent, forwarded_for, authority, caller) =
+            (user_agent.cloned(), forwarded_for.cloned(), authority.cloned(), caller.cloned());
+        let id = match id.cloned() {
             Some(id) => id,
             None => {
                 let id = request_id();
-                headers.insert(X_REQUEST_ID.clone(), id.clone());
+                req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
                 id
             }
         };
-        let bytes_received = length.and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
         let (method, uri) = (req.method().clone(), req.uri().clone());
         let protocol = match req.version() {
             http::Version::HTTP_2 => "HTTP/2",
@@ -946,7 +940,10 @@ impl Proxy {
             Err(e) => Err(e),
         };
         let (mut served, responded) = match result {
-            Ok(resp) => (Served::upstream(finish(resp, ServerName::IstioEnvoy, started, &[])), true),
+            Ok(mut resp) => {
+                finish(resp.headers_mut(), ServerName::IstioEnvoy, started, &[]);
+                (Served::upstream(resp), true)
+            }
             Err(e) => (respond::local_reply(reply_for(&e), ServerName::IstioEnvoy, false).into(), false),
         };
         served.upstream = Some(UpstreamHost { addr: ep.addr, responded, endpoint: None });
@@ -1108,8 +1105,8 @@ impl Proxy {
             None => attempts.await,
         };
         if served.upstream.as_ref().is_some_and(|u| u.responded) {
-            let resp = std::mem::take(&mut served.resp);
-            served.resp = finish(resp, server, started, &[&matched.route.headers.response, &target.headers.response]);
+            let ops = [&matched.route.headers.response, &target.headers.response];
+            finish(served.resp.headers_mut(), server, started, &ops);
             if let Some(cookie) = new_cookie {
                 if let Ok(v) = HeaderValue::from_str(&cookie) {
                     served.resp.headers_mut().append(SET_COOKIE, v);
@@ -1557,8 +1554,6 @@ fn request_hash(
     }
 }
 
-/// Shapes an upstream response for the caller: Envoy's headers and the route's edits.
-/// The request target in origin form; the path is shared with `uri`, not copied.
 /// An HTTP/2 request in the shape the rest of the proxy and an HTTP/1.1 upstream expect: `Host`
 /// from `:authority`, an origin-form target. Envoy does the same when it forwards HTTP/2 as
 /// HTTP/1.1. The version stays HTTP/2, so the access log shows the protocol the caller used.
@@ -1573,21 +1568,21 @@ fn h1_form<B>(req: &mut Request<B>) {
     }
 }
 
+/// The request target in origin form; the path is shared with `uri`, not copied.
 fn origin_form(uri: &Uri) -> Uri {
     Uri::from(uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")))
 }
 
-fn finish(resp: Response<Body>, server: ServerName, started: Instant, ops: &[&HeaderOps]) -> Response<Body> {
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
+/// Shapes an upstream response's headers for the caller: Envoy's headers and the route's edits.
+fn finish(headers: &mut HeaderMap, server: ServerName, started: Instant, ops: &[&HeaderOps]) {
+    strip_hop_by_hop(headers);
     for op in ops {
-        op.apply(&mut parts.headers);
+        op.apply(headers);
     }
     if server != ServerName::Keep {
-        parts.headers.insert(SERVER, server.value());
+        headers.insert(SERVER, server.value());
     }
-    parts.headers.insert(X_SERVICE_TIME.clone(), number(started.elapsed().as_millis() as u64));
-    Response::from_parts(parts, body)
+    headers.insert(X_SERVICE_TIME.clone(), number(started.elapsed().as_millis() as u64));
 }
 
 /// Closes with a TCP reset (RST), as Envoy does to a plaintext client of a STRICT port.
