@@ -15,13 +15,14 @@ use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http::header::{HeaderName, HeaderValue, TRANSFER_ENCODING};
+use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
 use http_body::Body as HttpBody;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::Notify;
 use tokio_util::io::poll_read_buf;
 
+use super::answer::Answer;
 use super::h1::{self, Sending, FEW_HEADERS, MAX_HEAD, MAX_HEADERS};
 use super::respond::full;
 use super::Body;
@@ -68,9 +69,6 @@ pub enum Served<I> {
     Handoff(Rewind<I>),
 }
 
-/// What the handler made of a request: a response, or `None` to close the connection unanswered.
-pub type Answer = Option<Response<Body>>;
-
 /// The head of a request the fast path serves; its header lines are spans in the read buffer.
 struct Head {
     method: Method,
@@ -93,8 +91,8 @@ enum Parsed {
 
 /// What answers the requests of a connection.
 pub trait Handler {
-    /// Answers one request.
-    fn call(&self, req: Request<Body>) -> impl Future<Output = Answer> + Send + '_;
+    /// Answers one request; `None` closes the connection unanswered.
+    fn call(&self, req: Request<Body>) -> impl Future<Output = Option<Answer>> + Send + '_;
 }
 
 /// Serves HTTP/1.1 requests on `io` with `handler` until the connection closes, a drain stops
@@ -288,14 +286,13 @@ fn request(head: Head, spans: &[Span], bytes: &Bytes, body: Body) -> Option<Requ
 async fn respond<I: AsyncRead + AsyncWrite + Unpin>(
     io: &mut I,
     out: Out<'_>,
-    resp: Response<Body>,
+    resp: Answer,
     version: Version,
     head_request: bool,
     mut keep_alive: bool,
 ) -> std::io::Result<bool> {
     let Out { wbuf, rbuf, watch } = out;
-    let (parts, mut body) = resp.into_parts();
-    let status = parts.status;
+    let Answer { status, fields, mut body } = resp;
     // These never carry a body, nor a length for one.
     let bodiless = status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     wbuf.clear();
@@ -307,21 +304,18 @@ async fn respond<I: AsyncRead + AsyncWrite + Unpin>(
     w.extend_from_slice(b"\r\n");
     // The body's framing on this hop is this loop's to choose: the upstream's chunking was
     // decoded, and an HTTP/1.0 client cannot read chunks.
-    let chunked = parts.headers.contains_key(TRANSFER_ENCODING);
+    let chunked = fields.get(&TRANSFER_ENCODING).is_some();
     let (mut length, mut dated) = (None, false);
-    for (name, value) in &parts.headers {
-        if name == CONTENT_LENGTH {
-            if chunked || status == StatusCode::NO_CONTENT {
-                continue;
-            }
-            length = h1::content_length(value.as_bytes());
-        } else if name == TRANSFER_ENCODING || name == CONNECTION {
-            continue;
-        } else if name == DATE {
-            dated = true;
+    fields.for_each(|name, value| {
+        match name {
+            b"content-length" if chunked || status == StatusCode::NO_CONTENT => return,
+            b"content-length" => length = h1::content_length(value),
+            b"transfer-encoding" | b"connection" => return,
+            b"date" => dated = true,
+            _ => {}
         }
-        h1::write_field(w, name, value);
-    }
+        h1::write_line(w, name, value);
+    });
     let sending = if bodiless {
         Sending::Nothing
     } else if length.is_some() {
@@ -454,7 +448,7 @@ mod tests {
     struct Echo(Arc<std::sync::atomic::AtomicUsize>);
 
     impl Handler for Echo {
-        async fn call(&self, req: Request<Body>) -> Answer {
+        async fn call(&self, req: Request<Body>) -> Option<Answer> {
             self.0.fetch_add(1, Ordering::Relaxed);
             let (parts, body) = req.into_parts();
             if parts.uri.path() == "/abort" {
@@ -464,11 +458,11 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             if parts.uri.path() == "/chunked" {
-                // As an upstream's chunked response arrives: decoded, the header kept.
-                let mut resp = Response::new(full("abc"));
-                resp.headers_mut().insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-                resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from_static("3"));
-                return Some(resp);
+                // As an upstream's chunked response arrives: decoded, the header kept, its
+                // names spelled as the upstream spelled them.
+                let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n";
+                let fields = crate::proxy::answer::Fields::from_text(head);
+                return Some(Answer { status: StatusCode::OK, fields, body: full("abc") });
             }
             let body = body.collect().await.ok()?.to_bytes();
             let text = format!(
@@ -479,9 +473,9 @@ mod tests {
                 parts.headers.get("x-a").map_or("-", |v| v.to_str().unwrap()),
                 String::from_utf8_lossy(&body)
             );
-            let mut resp = Response::new(full(text));
+            let mut resp = http::Response::new(full(text));
             resp.headers_mut().insert("x-served", HeaderValue::from_static("fast"));
-            Some(resp)
+            Some(resp.into())
         }
     }
 

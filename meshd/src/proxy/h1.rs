@@ -13,13 +13,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
 use http_body::Body as HttpBody;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
+use super::answer::{self, Field};
 use super::{Body, BoxError};
 use crate::telemetry::trace::SpanContext;
 
@@ -232,7 +233,11 @@ impl Connection {
 
     /// Sends a request and reads the response head. The body is read after, with
     /// [`Self::poll_body`].
-    pub async fn send(&mut self, head: Head<'_>, mut body: Body) -> Result<(http::response::Parts, Framing), H1Error> {
+    pub async fn send(
+        &mut self,
+        head: Head<'_>,
+        mut body: Body,
+    ) -> Result<(StatusCode, answer::Head, Framing), H1Error> {
         let head_request = *head.method == Method::HEAD;
         let sending = self.encode_head(head, &body);
         let mut out = Outbound::new(sending, None);
@@ -264,10 +269,10 @@ impl Connection {
             }
         })
         .await;
-        let (parts, framing, keep_alive) = head?;
+        let (status, head, framing, keep_alive) = head?;
         // An answer before the whole request was sent leaves the connection mid-request.
         self.reusable &= keep_alive && sent && framing != Framing::UntilClose;
-        Ok((parts, framing))
+        Ok((status, head, framing))
     }
 
     /// The next piece of the response body, `None` at its end.
@@ -368,9 +373,14 @@ pub(super) fn reserve(buf: &mut BytesMut) -> &mut BytesMut {
 
 /// Writes one header line.
 pub(super) fn write_field(w: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
-    w.extend_from_slice(name.as_str().as_bytes());
+    write_line(w, name.as_str().as_bytes(), value.as_bytes());
+}
+
+/// Writes one header line from its bytes.
+pub(super) fn write_line(w: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    w.extend_from_slice(name);
     w.extend_from_slice(b": ");
-    w.extend_from_slice(value.as_bytes());
+    w.extend_from_slice(value);
     w.extend_from_slice(b"\r\n");
 }
 
@@ -494,15 +504,14 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<ParsedHea
     }
 }
 
-/// A response head, how its body is framed, and whether the connection stays open after it.
-type ParsedHead = (http::response::Parts, Framing, bool);
+/// A response's status and head, how its body is framed, and whether the connection stays open
+/// after it.
+type ParsedHead = (StatusCode, answer::Head, Framing, bool);
 
 const TOO_MANY: &str = "too many headers";
 
 fn parse_sized<const N: usize>(buf: &mut BytesMut, head_request: bool) -> Result<Option<ParsedHead>, H1Error> {
     loop {
-        // Where each name and value lies in `buf`, so the head can be split off after parsing.
-        let mut spans = [(0usize, 0usize, 0usize, 0usize); N];
         let mut slots = [httparse::EMPTY_HEADER; N];
         let mut res = httparse::Response::new(&mut slots);
         let len = match res.parse(buf) {
@@ -520,40 +529,33 @@ fn parse_sized<const N: usize>(buf: &mut BytesMut, head_request: bool) -> Result
             buf.advance(len);
             continue;
         }
+        // Where each field lies, so the head can be split off and passed on as it came.
         let base = buf.as_ptr() as usize;
-        let count = res.headers.len();
-        for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
+        let mut fields = Vec::with_capacity(res.headers.len());
+        for h in res.headers.iter() {
             let name = h.name.as_ptr() as usize - base;
             let value = h.value.as_ptr() as usize - base;
-            *span = (name, name + h.name.len(), value, value + h.value.len());
+            fields.push(Field::at((name, name + h.name.len()), (value, value + h.value.len())));
         }
-        let head = buf.split_to(len).freeze();
-        // Room for what the proxy adds (server, service time, route headers) without a re-hash.
-        let mut headers = HeaderMap::with_capacity(count + 6);
-        // What frames the body and ends the connection is read on the way, not looked up after.
+        // Names in lower case, as Envoy writes them, so that they compare as they are. What
+        // frames the body and ends the connection is read on the way, not looked up after.
         let mut delimit = Delimiters::default();
-        for &(ns, ne, vs, ve) in &spans[..count] {
-            let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| H1Error::Invalid("header name"))?;
-            delimit.see(&name, &head[vs..ve]);
-            let value =
-                HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| H1Error::Invalid("header value"))?;
-            headers.append(name, value);
+        for f in &fields {
+            buf[f.name_range()].make_ascii_lowercase();
+            delimit.see(&buf[f.name_range()], &buf[f.value_range()]);
         }
+        let mut head = answer::Head::new(buf.split_to(len).freeze(), fields);
         let framing = framing(&delimit, status, head_request)?;
         if delimit.chunked.is_some() && delimit.length != Ok(None) {
             // Transfer-Encoding overrides Content-Length (RFC 9112, 6.3); forwarding both would
             // let the next hop frame the body differently.
-            headers.remove(CONTENT_LENGTH);
+            head.remove(&CONTENT_LENGTH);
         }
         let keep_alive = match version {
             Version::HTTP_11 => !delimit.close,
             _ => delimit.keep_alive,
         } && code != 101;
-        let (mut parts, ()) = http::Response::new(()).into_parts();
-        parts.status = status;
-        parts.version = version;
-        parts.headers = headers;
-        return Ok(Some((parts, framing, keep_alive)));
+        return Ok(Some((status, head, framing, keep_alive)));
     }
 }
 
@@ -577,16 +579,17 @@ impl Default for Delimiters {
 }
 
 impl Delimiters {
-    fn see(&mut self, name: &HeaderName, value: &[u8]) {
-        if name == TRANSFER_ENCODING {
+    /// Reads a field whose name is in lower case.
+    fn see(&mut self, name: &[u8], value: &[u8]) {
+        if name == b"transfer-encoding" {
             self.chunked = Some(last_token_is(value, b"chunked"));
-        } else if name == CONTENT_LENGTH {
+        } else if name == b"content-length" {
             self.length = match (self.length, content_length(value)) {
                 (Ok(None), Some(n)) => Ok(Some(n)),
                 (Ok(Some(l)), Some(n)) if l == n => Ok(Some(n)),
                 _ => Err(()),
             };
-        } else if name == CONNECTION {
+        } else if name == b"connection" {
             self.close |= has_token(value, b"close");
             self.keep_alive |= has_token(value, b"keep-alive");
         }
@@ -697,15 +700,22 @@ mod tests {
     use super::*;
     use crate::proxy::respond::full;
 
+    /// A response head as a map, to check what the parse kept.
+    fn parts(status: StatusCode, head: answer::Head) -> http::response::Parts {
+        let answer = answer::Answer { status, fields: answer::Fields::Head(head), body: full("") };
+        answer.into_response().into_parts().0
+    }
+
     async fn send(conn: &mut Connection, req: Request<Body>) -> Result<(http::response::Parts, Framing), H1Error> {
-        let (parts, body) = req.into_parts();
-        conn.send(Head::of(&parts, Added::default()), body).await
+        let (p, body) = req.into_parts();
+        let (status, head, framing) = conn.send(Head::of(&p, Added::default()), body).await?;
+        Ok((parts(status, head), framing))
     }
 
     fn head(bytes: &[u8], head_request: bool) -> (http::response::Parts, Framing, bool, BytesMut) {
         let mut buf = BytesMut::from(bytes);
-        let (parts, framing, keep) = parse_head(&mut buf, head_request).unwrap().expect("complete");
-        (parts, framing, keep, buf)
+        let (status, head, framing, keep) = parse_head(&mut buf, head_request).unwrap().expect("complete");
+        (parts(status, head), framing, keep, buf)
     }
 
     #[test]
@@ -713,7 +723,6 @@ mod tests {
         let (parts, framing, keep, rest) =
             head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nx-a: 2\r\n\r\nhello", false);
         assert_eq!(parts.status, 200);
-        assert_eq!(parts.version, Version::HTTP_11);
         assert_eq!(parts.headers.get_all("x-a").iter().collect::<Vec<_>>(), ["1", "2"]);
         assert_eq!(framing, Framing::Length(5));
         assert!(keep);

@@ -4,6 +4,7 @@
 //! retries), then the cluster's (balancing, circuit breakers, outlier
 //! detection), then bytes move.
 
+pub mod answer;
 pub mod downstream;
 mod gate;
 pub mod h1;
@@ -20,7 +21,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, COOKIE, HOST, SERVER, SET_COOKIE};
-use http::{HeaderMap, Method, Request, Response, Uri};
+use http::{HeaderMap, Method, Request, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -30,6 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use self::answer::{Answer, Fields};
 use crate::security::peer_auth::MtlsMode;
 use crate::snapshot::matcher::{split_authority, RequestView, SourceView};
 use crate::snapshot::policy::{hash64, parse_retry_on, roll, HashKey, LbPolicy, RetryOn, RetryPolicy};
@@ -348,7 +350,7 @@ static INBOUND_ROUTE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|
 /// A response and how it was made, for the access log and metrics. Kept beside the response
 /// rather than in its extension map, which allocates for every entry.
 struct Served {
-    resp: Response<Body>,
+    resp: Answer,
     flags: ResponseFlags,
     /// The endpoint it came from (or the last one tried).
     upstream: Option<UpstreamHost>,
@@ -360,14 +362,14 @@ struct Served {
 
 impl Served {
     /// A response from the upstream, as it came.
-    fn upstream(resp: Response<Body>) -> Served {
-        respond::Reply { resp, flags: ResponseFlags::new("-", "via_upstream") }.into()
+    fn upstream(resp: Answer) -> Served {
+        Served { resp, flags: ResponseFlags::new("-", "via_upstream"), upstream: None, route: None, abort: false }
     }
 }
 
 impl From<respond::Reply> for Served {
     fn from(r: respond::Reply) -> Served {
-        Served { resp: r.resp, flags: r.flags, upstream: None, route: None, abort: false }
+        Served { resp: r.resp.into(), flags: r.flags, upstream: None, route: None, abort: false }
     }
 }
 
@@ -400,7 +402,7 @@ struct Plan<'a> {
 
 /// How one upstream attempt ended.
 enum Attempt {
-    Response(Response<Body>),
+    Response(Answer),
     Failed(UpstreamError),
     PerTryTimeout,
 }
@@ -720,7 +722,7 @@ impl Proxy {
                 if req.version() == http::Version::HTTP_2 {
                     h1_form(&mut req);
                 }
-                proxy.answer(&role, &info, req).await.ok_or(AbortConnection)
+                proxy.answer(&role, &info, req).await.map(Answer::into_response).ok_or(AbortConnection)
             }
         });
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -742,7 +744,7 @@ impl Proxy {
 
     /// The response to send, or `None` when the connection must close unanswered: without a
     /// sidecar there is no proxy to answer, and the caller sees the connection fail.
-    async fn answer(&self, role: &Role, info: &ConnInfo, req: Request<Body>) -> downstream::Answer {
+    async fn answer(&self, role: &Role, info: &ConnInfo, req: Request<Body>) -> Option<Answer> {
         let served = self.handle(role, info, req).await;
         (!served.abort).then_some(served.resp)
     }
@@ -812,8 +814,8 @@ impl Proxy {
         let served = self.dispatch(role, info, req, Some(&span)).await;
         let elapsed = t0.elapsed();
         let (resp, route, upstream) = (&served.resp, served.route.as_ref(), served.upstream.as_ref());
-        let status = resp.status().as_u16();
-        let bytes_sent = resp.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
+        let status = resp.status.as_u16();
+        let bytes_sent = resp.fields.get(&CONTENT_LENGTH).and_then(h1::content_length).unwrap_or(0);
         let flag_text = served.flags.flags.clone();
         // Label sets are cached; the snapshot is only read to build one the first time.
         let metrics = &tel.metrics;
@@ -845,7 +847,7 @@ impl Proxy {
             bytes_received,
             bytes_sent,
             duration_us: elapsed.as_micros() as u64,
-            upstream_service_time: resp.headers().get(&X_SERVICE_TIME).cloned(),
+            upstream_service_time: resp.fields.value(&X_SERVICE_TIME),
             forwarded_for,
             user_agent,
             request_id: Some(id),
@@ -941,7 +943,7 @@ impl Proxy {
         };
         let (mut served, responded) = match result {
             Ok(mut resp) => {
-                finish(resp.headers_mut(), ServerName::IstioEnvoy, started, &[]);
+                finish(&mut resp.fields, ServerName::IstioEnvoy, started, &[]);
                 (Served::upstream(resp), true)
             }
             Err(e) => (respond::local_reply(reply_for(&e), ServerName::IstioEnvoy, false).into(), false),
@@ -1106,10 +1108,10 @@ impl Proxy {
         };
         if served.upstream.as_ref().is_some_and(|u| u.responded) {
             let ops = [&matched.route.headers.response, &target.headers.response];
-            finish(served.resp.headers_mut(), server, started, &ops);
+            finish(&mut served.resp.fields, server, started, &ops);
             if let Some(cookie) = new_cookie {
                 if let Ok(v) = HeaderValue::from_str(&cookie) {
-                    served.resp.headers_mut().append(SET_COOKIE, v);
+                    served.resp.fields.append(SET_COOKIE, v);
                 }
             }
         }
@@ -1164,7 +1166,7 @@ impl Proxy {
                     return respond::local_reply(LocalReply::Overflow, server, false).into();
                 }
                 Attempt::Response(resp) => {
-                    crt.record(cluster, idx, AttemptResult::Status(resp.status().as_u16()));
+                    crt.record(cluster, idx, AttemptResult::Status(resp.status.as_u16()));
                     retriable_response(retry, resp)
                 }
                 Attempt::Failed(UpstreamError::Connect(_)) => {
@@ -1308,8 +1310,8 @@ pub fn backoff(base: Duration, retry_number: u32) -> Duration {
 }
 
 /// Whether the response is one the policy retries.
-fn retriable_response(retry: &RetryPolicy, resp: &Response<Body>) -> bool {
-    let s = resp.status().as_u16();
+fn retriable_response(retry: &RetryPolicy, resp: &Answer) -> bool {
+    let s = resp.status.as_u16();
     let on = retry.on;
     if on.has(RetryOn::FIVE_XX) && s >= 500 {
         return true;
@@ -1323,10 +1325,10 @@ fn retriable_response(retry: &RetryPolicy, resp: &Response<Body>) -> bool {
     if on.has(RetryOn::RETRIABLE_STATUS_CODES) && retry.codes.contains(&s) {
         return true;
     }
-    if on.has(RetryOn::ENVOY_RATELIMITED) && resp.headers().contains_key(&X_RATELIMITED) {
+    if on.has(RetryOn::ENVOY_RATELIMITED) && resp.fields.get(&X_RATELIMITED).is_some() {
         return true;
     }
-    let grpc = resp.headers().get(&GRPC_STATUS).and_then(|v| v.to_str().ok()?.parse::<u32>().ok());
+    let grpc = resp.fields.get(&GRPC_STATUS).and_then(|v| std::str::from_utf8(v).ok()?.parse::<u32>().ok());
     matches!(
         (grpc, on),
         (Some(1), on) if on.has(RetryOn::CANCELLED)
@@ -1412,7 +1414,7 @@ struct ConnHandler<'a> {
 }
 
 impl downstream::Handler for ConnHandler<'_> {
-    async fn call(&self, req: Request<Body>) -> downstream::Answer {
+    async fn call(&self, req: Request<Body>) -> Option<Answer> {
         self.proxy.answer(self.role, self.info, req).await
     }
 }
@@ -1494,7 +1496,7 @@ fn mirror(
         if let Ok((conn, _)) = upstream::acquire(&shared, &ep, &cluster.pool, tls.as_ref()).await {
             if let Ok(resp) = conn.send(req, h1::Added::default()).await {
                 // Drain so the connection goes back to the pool; the response is discarded.
-                let _ = resp.into_body().collect().await;
+                let _ = resp.body.collect().await;
             }
         }
     });
@@ -1573,16 +1575,17 @@ fn origin_form(uri: &Uri) -> Uri {
     Uri::from(uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")))
 }
 
-/// Shapes an upstream response's headers for the caller: Envoy's headers and the route's edits.
-fn finish(headers: &mut HeaderMap, server: ServerName, started: Instant, ops: &[&HeaderOps]) {
-    strip_hop_by_hop(headers);
-    for op in ops {
-        op.apply(headers);
+/// Shapes an upstream response's headers for the caller: Envoy's headers and the route's edits
+/// (which make a head a map: they are written for one).
+fn finish(fields: &mut Fields, server: ServerName, started: Instant, ops: &[&HeaderOps]) {
+    strip_hop_by_hop(fields);
+    for op in ops.iter().filter(|op| !op.is_empty()) {
+        op.apply(fields.map_mut());
     }
     if server != ServerName::Keep {
-        headers.insert(SERVER, server.value());
+        fields.set(SERVER, server.value());
     }
-    headers.insert(X_SERVICE_TIME.clone(), number(started.elapsed().as_millis() as u64));
+    fields.set(X_SERVICE_TIME.clone(), number(started.elapsed().as_millis() as u64));
 }
 
 /// Closes with a TCP reset (RST), as Envoy does to a plaintext client of a STRICT port.
@@ -1640,8 +1643,8 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    Found::scan(headers).remove(headers, Found::HOP_BY_HOP);
+fn strip_hop_by_hop(fields: &mut Fields) {
+    fields.remove_if(|name| Found::class(name) == Found::HOP_BY_HOP);
 }
 
 /// The names a proxy removes or replaces when a message carries them, found by one pass over
@@ -1661,24 +1664,30 @@ impl Found {
     const PEER_ID: u8 = 16;
     const CLIENT_CERT: u8 = 32;
 
-    fn class(name: &str) -> u8 {
+    /// The class of a name in lower case.
+    fn class(name: &[u8]) -> u8 {
         match name {
-            "connection" | "proxy-connection" | "keep-alive" | "te" | "trailer" | "upgrade" | "proxy-authorization" => {
-                Found::HOP_BY_HOP
-            }
-            "x-envoy-upstream-rq-timeout-ms" | "x-envoy-retry-on" | "x-envoy-max-retries" | "x-envoy-attempt-count" => {
-                Found::OVERRIDES
-            }
-            "x-b3-traceid" | "x-b3-spanid" | "x-b3-parentspanid" | "x-b3-sampled" | "traceparent" => Found::TRACE,
-            "x-forwarded-proto" => Found::FORWARDED_PROTO,
-            "x-envoy-peer-metadata-id" => Found::PEER_ID,
-            "x-forwarded-client-cert" => Found::CLIENT_CERT,
+            b"connection"
+            | b"proxy-connection"
+            | b"keep-alive"
+            | b"te"
+            | b"trailer"
+            | b"upgrade"
+            | b"proxy-authorization" => Found::HOP_BY_HOP,
+            b"x-envoy-upstream-rq-timeout-ms"
+            | b"x-envoy-retry-on"
+            | b"x-envoy-max-retries"
+            | b"x-envoy-attempt-count" => Found::OVERRIDES,
+            b"x-b3-traceid" | b"x-b3-spanid" | b"x-b3-parentspanid" | b"x-b3-sampled" | b"traceparent" => Found::TRACE,
+            b"x-forwarded-proto" => Found::FORWARDED_PROTO,
+            b"x-envoy-peer-metadata-id" => Found::PEER_ID,
+            b"x-forwarded-client-cert" => Found::CLIENT_CERT,
             _ => 0,
         }
     }
 
     fn scan(headers: &HeaderMap) -> Found {
-        Found(headers.keys().fold(0, |found, name| found | Found::class(name.as_str())))
+        Found(headers.keys().fold(0, |found, name| found | Found::class(name.as_str().as_bytes())))
     }
 
     fn has(self, classes: u8) -> bool {
@@ -1761,9 +1770,21 @@ mod tests {
             h.insert(HOST, HeaderValue::from_static("a"));
             h.insert(name.clone(), HeaderValue::from_static("x"));
             h.insert(X_REQUEST_ID.clone(), HeaderValue::from_static("id"));
-            strip_hop_by_hop(&mut h);
-            assert!(!h.contains_key(name), "{name}");
-            assert_eq!(h.len(), 2, "{name}");
+            let mut map = Fields::Map(h);
+            strip_hop_by_hop(&mut map);
+            // The same fields as an upstream's head, its names capitalised.
+            let capital = |n: &str| n.split('-').map(|p| p[..1].to_uppercase() + &p[1..]).collect::<Vec<_>>().join("-");
+            let text =
+                format!("HTTP/1.1 200 OK\r\nHost: a\r\n{}: x\r\nX-Request-Id: id\r\n\r\n", capital(name.as_str()));
+            let mut head = answer::Fields::from_text(text.into_bytes());
+            strip_hop_by_hop(&mut head);
+            for f in [map, head] {
+                assert!(f.get(name).is_none(), "{name}");
+                assert!(f.get(&HOST).is_some() && f.get(&X_REQUEST_ID).is_some(), "{name}");
+                let mut count = 0;
+                f.for_each(|_, _| count += 1);
+                assert_eq!(count, 2, "{name}");
+            }
         }
     }
 

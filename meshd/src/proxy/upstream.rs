@@ -27,6 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::answer::{Answer, Fields};
 use super::h1::{self, Framing};
 use super::runtime::{ClusterShared, EndpointRt, IdleConn};
 use super::{Body, BoxError};
@@ -279,18 +280,18 @@ pub enum Checkout {
 
 impl Checkout {
     /// Sends `req`, with `added` written after its fields, and waits for the response head.
-    pub async fn send(self, req: Request<Body>, added: h1::Added<'_>) -> Result<Response<Body>, UpstreamError> {
+    pub async fn send(self, req: Request<Body>, added: h1::Added<'_>) -> Result<Answer, UpstreamError> {
         let (parts, body) = req.into_parts();
         self.send_head(h1::Head::of(&parts, added), body).await
     }
 
     /// Sends a request from a borrowed head (an attempt of a request kept for retries) and
     /// waits for the response head.
-    pub async fn send_head(self, head: h1::Head<'_>, body: Body) -> Result<Response<Body>, UpstreamError> {
+    pub async fn send_head(self, head: h1::Head<'_>, body: Body) -> Result<Answer, UpstreamError> {
         match self {
             Checkout::H1(conn) => conn.send(head, body).await,
             // hyper's HTTP/2 client takes the request by value.
-            Checkout::H2(link, ep) => link.send(head.to_request(body), &ep).await,
+            Checkout::H2(link, ep) => link.send(head.to_request(body), &ep).await.map(Answer::from),
         }
     }
 }
@@ -424,8 +425,8 @@ where
 
 impl Conn {
     /// Sends a request; the response body gives the connection back to the pool when it ends.
-    pub async fn send(mut self, head: h1::Head<'_>, body: Body) -> Result<Response<Body>, UpstreamError> {
-        let (parts, framing) =
+    pub async fn send(mut self, head: h1::Head<'_>, body: Body) -> Result<Answer, UpstreamError> {
+        let (status, head, framing) =
             self.link.conn.send(head, body).await.map_err(|e| UpstreamError::Reset(e.to_string()))?;
         self.uses += 1;
         // A response without a body (204, HEAD, content-length 0) may never be polled.
@@ -435,7 +436,7 @@ impl Conn {
         } else {
             Some(self)
         };
-        Ok(Response::from_parts(parts, Body::new(PooledBody { conn, framing })))
+        Ok(Answer { status, fields: Fields::Head(head), body: Body::new(PooledBody { conn, framing }) })
     }
 
     fn give_back(mut self) {
@@ -557,7 +558,7 @@ mod tests {
 
     async fn exchange(crt: &ClusterRt, pool: &PoolSettings) -> (bool, Response<Body>) {
         let (conn, reused) = acquire(&crt.shared, &crt.endpoints[0], pool, None).await.unwrap();
-        (reused, conn.send(get(), h1::Added::default()).await.unwrap())
+        (reused, conn.send(get(), h1::Added::default()).await.unwrap().into_response())
     }
 
     #[tokio::test]
@@ -637,7 +638,6 @@ mod tests {
             let (crt, pool) = (crt.clone(), pool.clone());
             burst.spawn(async move {
                 let (_, resp) = exchange(&crt, &pool).await;
-                assert_eq!(resp.version(), Version::HTTP_11, "handed on as the caller's protocol");
                 resp.into_body().collect().await.unwrap().to_bytes()
             });
         }

@@ -138,11 +138,29 @@ impl SpanContext {
 }
 
 /// Writes the low `out.len()` hex digits of `v` (lowercase, zero-padded) into `out`.
-pub fn hex(out: &mut [u8], mut v: u128) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in out.iter_mut().rev() {
-        *b = DIGITS[(v & 0xf) as usize];
-        v >>= 4;
+pub fn hex(out: &mut [u8], v: u128) {
+    // Two digits per byte, from a table: a digit at a time costs a 128-bit shift each, and ids
+    // are spelled on every request.
+    static PAIRS: [[u8; 2]; 256] = {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut t = [[0u8; 2]; 256];
+        let mut i = 0;
+        while i < 256 {
+            t[i] = [DIGITS[i >> 4], DIGITS[i & 0xf]];
+            i += 1;
+        }
+        t
+    };
+    let bytes = v.to_be_bytes();
+    let (pairs, odd) = (out.len() / 2, out.len() % 2);
+    let low = &bytes[16 - pairs.min(16)..];
+    for (o, b) in out[odd..].as_chunks_mut::<2>().0.iter_mut().zip(low) {
+        *o = PAIRS[usize::from(*b)];
+    }
+    if odd == 1 {
+        // The digit before the pairs: the low nibble of the byte before them.
+        let nibble = if pairs < 16 { bytes[15 - pairs] & 0xf } else { 0 };
+        out[0] = PAIRS[usize::from(nibble)][1];
     }
 }
 
@@ -326,6 +344,18 @@ pub fn unix_us(t: SystemTime) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_spells_the_low_digits_of_any_width() {
+        for v in [0u128, 1, 0xabc, u128::from(u64::MAX), u128::MAX, 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210] {
+            for width in [1, 3, 16, 31, 32] {
+                let mut out = vec![0u8; width];
+                hex(&mut out, v);
+                let full = format!("{v:032x}");
+                assert_eq!(std::str::from_utf8(&out).unwrap(), &full[32 - width..], "{v:x} in {width}");
+            }
+        }
+    }
 
     fn continued(headers: &HeaderMap) -> SpanContext {
         SpanContext::continue_from(headers.get(&B3_TRACE), headers.get(&B3_SPAN), headers.get(&TRACEPARENT))
