@@ -260,8 +260,10 @@ fn parse_sized<const N: usize>(buf: &BytesMut, spans: &mut Vec<Span>) -> Result<
     Ok(Parsed::Head(Head { method, version, target, len, body: body.unwrap_or(0), keep_alive: !conn_close }))
 }
 
-/// Headers a proxy may add to a request on its way through.
-const ADDED_HEADERS: usize = 16;
+/// Headers a proxy may add to a request's map on its way through (the request id, `host`, a
+/// length, the expected timeout); the trace context and Envoy's own fields are written with the
+/// head instead.
+const ADDED_HEADERS: usize = 4;
 
 /// The request from its parsed head, with values sliced from the head's bytes. `None` when a
 /// part does not make a valid `http` value (hyper has already refused such heads).

@@ -237,7 +237,9 @@ impl ClusterRt {
         if n == 0 {
             return None;
         }
-        let now = self.shared.now_ms();
+        // The clock is read only once an endpoint has ever been ejected (never, in most clusters).
+        let ever = self.endpoints.iter().any(|e| e.ejected_until_ms.load(Ordering::Relaxed) != 0);
+        let now = if ever { self.shared.now_ms() } else { 0 };
         let healthy_count = self.endpoints.iter().filter(|e| !e.ejected(now)).count();
         // Istio sets Envoy's panic threshold to minHealthPercent (0 by default): below it, balance over all.
         let panic = cluster

@@ -236,7 +236,58 @@ pub struct TraceStore {
 #[derive(Debug, Default)]
 struct Store {
     order: VecDeque<u128>,
-    traces: HashMap<u128, Vec<Arc<Entry>>>,
+    traces: HashMap<u128, Vec<Arc<Entry>>, IdKey>,
+}
+
+/// Hashes trace ids with a folded multiply under a key drawn when the store is made. SipHash
+/// cost as much as the rest of storing a span; a caller choosing its own trace ids still
+/// cannot aim them at one bucket without the key.
+#[derive(Debug, Clone, Copy)]
+struct IdKey(u64, u64);
+
+impl Default for IdKey {
+    fn default() -> Self {
+        IdKey(fastrand::u64(..), fastrand::u64(..))
+    }
+}
+
+impl std::hash::BuildHasher for IdKey {
+    type Hasher = IdHasher;
+
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher { key: *self, state: 0 }
+    }
+}
+
+/// See [`IdKey`].
+struct IdHasher {
+    key: IdKey,
+    state: u64,
+}
+
+/// The two halves of a full 64 by 64-bit product, folded into one.
+fn fold_mul(a: u64, b: u64) -> u64 {
+    let r = u128::from(a) * u128::from(b);
+    (r as u64) ^ ((r >> 64) as u64)
+}
+
+impl std::hash::Hasher for IdHasher {
+    fn write_u128(&mut self, v: u128) {
+        self.state ^= fold_mul((v as u64) ^ self.key.0, ((v >> 64) as u64) ^ self.key.1);
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used by `u128` keys; kept correct for any other.
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.state = fold_mul(u64::from_le_bytes(word) ^ self.key.0, self.state ^ self.key.1);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.state
+    }
 }
 
 impl TraceStore {
@@ -344,6 +395,18 @@ pub fn unix_us(t: SystemTime) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trace_ids_hash_apart_under_the_key_and_alike_without_it() {
+        use std::hash::BuildHasher;
+        let key = IdKey::default();
+        let ids: Vec<u128> = (0..1000u128).map(|i| i << 64).chain((0..1000).map(|i| i * 0x1_0001)).collect();
+        let buckets: std::collections::HashSet<u64> = ids.iter().map(|id| key.hash_one(id) >> 54).collect();
+        // Random hashes would fill 1024 (1 - e^-1.95) = 879 of them, give or take 10.
+        assert!(buckets.len() > 800, "{} of 1024 top-bit buckets used by 2000 ids", buckets.len());
+        assert_eq!(key.hash_one(7u128), key.hash_one(7u128));
+        assert_ne!(IdKey(1, 2).hash_one(7u128), IdKey(3, 4).hash_one(7u128));
+    }
 
     #[test]
     fn hex_spells_the_low_digits_of_any_width() {
