@@ -6,6 +6,7 @@
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 
+use super::h1::Field;
 use super::Body;
 
 /// A response: its status, its fields and its body.
@@ -82,13 +83,7 @@ impl Fields {
     /// Drops every field whose name `drop` says to.
     pub fn remove_if(&mut self, drop: impl Fn(&[u8]) -> bool) {
         match self {
-            Fields::Head(h) => {
-                let bytes = &h.bytes;
-                if h.fields.iter().any(|f| drop(f.name(bytes))) {
-                    h.fields.retain(|f| !drop(f.name(bytes)));
-                }
-                h.added.retain(|(n, _)| !drop(n.as_str().as_bytes()));
-            }
+            Fields::Head(h) => h.remove_if(drop),
             Fields::Map(m) => {
                 let gone: Vec<HeaderName> = m.keys().filter(|n| drop(n.as_str().as_bytes())).cloned().collect();
                 for n in gone {
@@ -115,7 +110,7 @@ impl Fields {
         match self {
             Fields::Head(h) => {
                 for field in &h.fields {
-                    f(field.name(&h.bytes), field.value(&h.bytes));
+                    f(&h.bytes[field.name_range()], &h.bytes[field.value_range()]);
                 }
                 for (n, v) in &h.added {
                     f(n.as_str().as_bytes(), v.as_bytes());
@@ -136,54 +131,10 @@ impl Fields {
         }
     }
 
-    /// The head of a response written out (`Name: value` lines after the status line), its
-    /// names in lower case as the parse leaves them.
+    /// A response head as the HTTP/1.1 client parses it.
     #[cfg(test)]
-    pub fn from_text(text: impl Into<Vec<u8>>) -> Fields {
-        let mut text: Vec<u8> = text.into();
-        let line_end = |text: &[u8], from: usize| from + text[from..].windows(2).position(|w| w == b"\r\n").unwrap();
-        let mut fields = Vec::new();
-        let mut at = line_end(&text, 0) + 2;
-        while &text[at..at + 2] != b"\r\n" {
-            let end = line_end(&text, at);
-            let colon = at + text[at..end].iter().position(|&b| b == b':').unwrap();
-            fields.push(Field::at((at, colon), (colon + 2, end)));
-            text[at..colon].make_ascii_lowercase();
-            at = end + 2;
-        }
-        Fields::Head(Head::new(text.into(), fields))
-    }
-}
-
-/// Where a field's name and value lie in a head's bytes.
-#[derive(Debug, Clone, Copy)]
-pub struct Field {
-    name: (u32, u32),
-    value: (u32, u32),
-}
-
-impl Field {
-    /// A field at these offsets of the head.
-    pub fn at(name: (usize, usize), value: (usize, usize)) -> Field {
-        Field { name: (name.0 as u32, name.1 as u32), value: (value.0 as u32, value.1 as u32) }
-    }
-
-    /// Where the name lies.
-    pub fn name_range(&self) -> std::ops::Range<usize> {
-        self.name.0 as usize..self.name.1 as usize
-    }
-
-    /// Where the value lies.
-    pub fn value_range(&self) -> std::ops::Range<usize> {
-        self.value.0 as usize..self.value.1 as usize
-    }
-
-    fn name<'a>(&self, bytes: &'a Bytes) -> &'a [u8] {
-        &bytes[self.name_range()]
-    }
-
-    fn value<'a>(&self, bytes: &'a Bytes) -> &'a [u8] {
-        &bytes[self.value_range()]
+    pub fn from_text(text: &str) -> Fields {
+        Fields::Head(super::h1::parse_response_head(text.as_bytes()))
     }
 }
 
@@ -205,40 +156,42 @@ impl Head {
         Head { bytes, fields, added: Vec::new() }
     }
 
-    fn position(&self, name: &HeaderName) -> Option<&Field> {
-        let name = name.as_str().as_bytes();
-        self.fields.iter().find(|f| f.name(&self.bytes) == name)
-    }
-
-    fn get(&self, name: &HeaderName) -> Option<&[u8]> {
-        match self.position(name) {
-            Some(f) => Some(f.value(&self.bytes)),
-            None => self.added.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_bytes()),
+    /// The first value of `name`: where it lies in the head, or the value the proxy added.
+    fn find(&self, name: &HeaderName) -> Option<Result<std::ops::Range<usize>, &HeaderValue>> {
+        let spelled = name.as_str().as_bytes();
+        match self.fields.iter().find(|f| &self.bytes[f.name_range()] == spelled) {
+            Some(f) => Some(Ok(f.value_range())),
+            None => self.added.iter().find(|(n, _)| n == name).map(|(_, v)| Err(v)),
         }
     }
 
+    fn get(&self, name: &HeaderName) -> Option<&[u8]> {
+        self.find(name).map(|at| at.map_or_else(HeaderValue::as_bytes, |at| &self.bytes[at]))
+    }
+
     fn value(&self, name: &HeaderName) -> Option<HeaderValue> {
-        match self.position(name) {
-            Some(f) => HeaderValue::from_maybe_shared(self.bytes.slice(f.value_range())).ok(),
-            None => self.added.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()),
+        match self.find(name)? {
+            Ok(at) => HeaderValue::from_maybe_shared(self.bytes.slice(at)).ok(),
+            Err(v) => Some(v.clone()),
         }
     }
 
     /// Removes every value of `name`.
     pub fn remove(&mut self, name: &HeaderName) {
-        let (bytes, spelled) = (&self.bytes, name.as_str().as_bytes());
-        if self.fields.iter().any(|f| f.name(bytes) == spelled) {
-            self.fields.retain(|f| f.name(bytes) != spelled);
-        }
-        if !self.added.is_empty() {
-            self.added.retain(|(n, _)| n != name);
-        }
+        let spelled = name.as_str().as_bytes();
+        self.remove_if(|n| n == spelled);
+    }
+
+    fn remove_if(&mut self, drop: impl Fn(&[u8]) -> bool) {
+        let bytes = &self.bytes;
+        self.fields.retain(|f| !drop(&bytes[f.name_range()]));
+        self.added.retain(|(n, _)| !drop(n.as_str().as_bytes()));
     }
 
     fn into_map(self) -> HeaderMap {
         let mut map = HeaderMap::with_capacity(self.fields.len() + self.added.len() + 4);
         for f in &self.fields {
-            let name = HeaderName::from_bytes(f.name(&self.bytes));
+            let name = HeaderName::from_bytes(&self.bytes[f.name_range()]);
             let value = HeaderValue::from_maybe_shared(self.bytes.slice(f.value_range()));
             if let (Ok(n), Ok(v)) = (name, value) {
                 map.append(n, v);
@@ -256,7 +209,7 @@ mod tests {
     use super::*;
     use http::header::{CONTENT_LENGTH, SERVER, SET_COOKIE};
 
-    fn head(text: &'static [u8]) -> Fields {
+    fn head(text: &str) -> Fields {
         Fields::from_text(text)
     }
 
@@ -268,7 +221,7 @@ mod tests {
         out
     }
 
-    const TEXT: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nServer: app\r\nX-A: 1\r\nx-a: 2\r\n\r\n";
+    const TEXT: &str = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nServer: app\r\nX-A: 1\r\nx-a: 2\r\n\r\n";
 
     #[test]
     fn a_head_is_read_and_edited_as_a_map_would_be() {

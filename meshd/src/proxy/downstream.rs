@@ -23,7 +23,7 @@ use tokio::sync::Notify;
 use tokio_util::io::poll_read_buf;
 
 use super::answer::Answer;
-use super::h1::{self, Sending, FEW_HEADERS, MAX_HEAD, MAX_HEADERS};
+use super::h1::{self, Field, Sending, FEW_HEADERS, MAX_HEAD, MAX_HEADERS};
 use super::respond::full;
 use super::Body;
 
@@ -80,9 +80,6 @@ struct Head {
     keep_alive: bool,
 }
 
-/// Where a header's name and value lie in the read buffer.
-type Span = (usize, usize, usize, usize);
-
 enum Parsed {
     Head(Head),
     Partial,
@@ -104,7 +101,7 @@ where
 {
     let mut rbuf = BytesMut::with_capacity(h1::READ_ROOM);
     let mut wbuf = Vec::new();
-    let mut spans: Vec<Span> = Vec::new();
+    let mut spans: Vec<Field> = Vec::new();
     // Kept across requests: a client that closed after pipelining is not read again.
     let mut watch = Watch::Open;
     loop {
@@ -203,7 +200,7 @@ struct Out<'a> {
 }
 
 /// Parses the request head at the start of `buf` and decides whether this loop serves it.
-fn parse(buf: &BytesMut, spans: &mut Vec<Span>) -> Parsed {
+fn parse(buf: &BytesMut, spans: &mut Vec<Field>) -> Parsed {
     match parse_sized::<FEW_HEADERS>(buf, spans) {
         Err(httparse::Error::TooManyHeaders) => parse_sized::<MAX_HEADERS>(buf, spans).unwrap_or(Parsed::Handoff),
         Err(_) => Parsed::Handoff,
@@ -211,7 +208,7 @@ fn parse(buf: &BytesMut, spans: &mut Vec<Span>) -> Parsed {
     }
 }
 
-fn parse_sized<const N: usize>(buf: &BytesMut, spans: &mut Vec<Span>) -> Result<Parsed, httparse::Error> {
+fn parse_sized<const N: usize>(buf: &BytesMut, spans: &mut Vec<Field>) -> Result<Parsed, httparse::Error> {
     let mut slots = [httparse::EMPTY_HEADER; N];
     let mut r = httparse::Request::new(&mut slots);
     let len = match r.parse(buf)? {
@@ -252,8 +249,7 @@ fn parse_sized<const N: usize>(buf: &BytesMut, spans: &mut Vec<Span>) -> Result<
                 conn_close = true;
             }
         }
-        let (n, v) = (at(name), at(h.value));
-        spans.push((n, n + name.len(), v, v + h.value.len()));
+        spans.push(Field::of(buf, h));
     }
     let target = (at(path.as_bytes()), at(path.as_bytes()) + path.len());
     let version = if minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
@@ -267,13 +263,12 @@ const ADDED_HEADERS: usize = 4;
 
 /// The request from its parsed head, with values sliced from the head's bytes. `None` when a
 /// part does not make a valid `http` value (hyper has already refused such heads).
-fn request(head: Head, spans: &[Span], bytes: &Bytes, body: Body) -> Option<Request<Body>> {
-    // Room for what the proxy adds (request id, trace, forwarding and Envoy headers): growing
-    // the map re-hashes every entry, several times over for a client that sent few headers.
+fn request(head: Head, spans: &[Field], bytes: &Bytes, body: Body) -> Option<Request<Body>> {
+    // Room for what the proxy adds: growing the map re-hashes every entry.
     let mut headers = HeaderMap::with_capacity(spans.len() + ADDED_HEADERS);
-    for &(ns, ne, vs, ve) in spans {
-        let name = HeaderName::from_bytes(&bytes[ns..ne]).ok()?;
-        headers.append(name, HeaderValue::from_maybe_shared(bytes.slice(vs..ve)).ok()?);
+    for f in spans {
+        let name = HeaderName::from_bytes(&bytes[f.name_range()]).ok()?;
+        headers.append(name, HeaderValue::from_maybe_shared(bytes.slice(f.value_range())).ok()?);
     }
     let mut req = Request::new(body);
     *req.method_mut() = head.method;
@@ -460,11 +455,11 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             if parts.uri.path() == "/chunked" {
-                // As an upstream's chunked response arrives: decoded, the header kept, its
-                // names spelled as the upstream spelled them.
-                let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n";
-                let fields = crate::proxy::answer::Fields::from_text(head);
-                return Some(Answer { status: StatusCode::OK, fields, body: full("abc") });
+                // As an upstream's chunked response arrives: decoded, the header kept.
+                let mut resp = http::Response::new(full("abc"));
+                resp.headers_mut().insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+                resp.headers_mut().insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+                return Some(resp.into());
             }
             let body = body.collect().await.ok()?.to_bytes();
             let text = format!(

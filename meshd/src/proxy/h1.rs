@@ -20,16 +20,42 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
-use super::answer::{self, Field};
+use super::answer;
 use super::{Body, BoxError};
 use crate::telemetry::trace::SpanContext;
 
-/// Most header lines in a response (Envoy's and hyper's default).
+/// Most header lines in a head (Envoy's and hyper's default).
 pub(super) const MAX_HEADERS: usize = 100;
-/// Header lines parsed for first: a response with more is parsed again with room for all.
+/// Header lines parsed for first: a head with more is parsed again with room for all.
 pub(super) const FEW_HEADERS: usize = 24;
-/// Largest response head (Envoy's default limit is 60 KiB).
+/// Largest head (Envoy's default limit is 60 KiB).
 pub(super) const MAX_HEAD: usize = 64 << 10;
+/// Where a field's name and value lie in the bytes of its head.
+#[derive(Debug, Clone, Copy)]
+pub struct Field {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+impl Field {
+    /// Where `h`, parsed from `head`, lies in it (a head is at most [`MAX_HEAD`] long).
+    pub fn of(head: &[u8], h: &httparse::Header<'_>) -> Field {
+        let at = |s: &[u8]| (s.as_ptr() as usize - head.as_ptr() as usize) as u32;
+        let (name, value) = (at(h.name.as_bytes()), at(h.value));
+        Field { name: (name, name + h.name.len() as u32), value: (value, value + h.value.len() as u32) }
+    }
+
+    /// Where the name lies.
+    pub fn name_range(&self) -> std::ops::Range<usize> {
+        self.name.0 as usize..self.name.1 as usize
+    }
+
+    /// Where the value lies.
+    pub fn value_range(&self) -> std::ops::Range<usize> {
+        self.value.0 as usize..self.value.1 as usize
+    }
+}
+
 /// Room made in the read buffer before a read: a loopback response fits in one read, and a read
 /// that comes back short tells the reactor the socket is drained (no extra empty read).
 pub(super) const READ_ROOM: usize = 8 << 10;
@@ -377,7 +403,7 @@ pub(super) fn write_field(w: &mut Vec<u8>, name: &HeaderName, value: &HeaderValu
 }
 
 /// Writes one header line from its bytes.
-pub(super) fn write_line(w: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+pub(crate) fn write_line(w: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     w.extend_from_slice(name);
     w.extend_from_slice(b": ");
     w.extend_from_slice(value);
@@ -530,13 +556,7 @@ fn parse_sized<const N: usize>(buf: &mut BytesMut, head_request: bool) -> Result
             continue;
         }
         // Where each field lies, so the head can be split off and passed on as it came.
-        let base = buf.as_ptr() as usize;
-        let mut fields = Vec::with_capacity(res.headers.len());
-        for h in res.headers.iter() {
-            let name = h.name.as_ptr() as usize - base;
-            let value = h.value.as_ptr() as usize - base;
-            fields.push(Field::at((name, name + h.name.len()), (value, value + h.value.len())));
-        }
+        let fields: Vec<Field> = res.headers.iter().map(|h| Field::of(buf, h)).collect();
         // Names in lower case, as Envoy writes them, so that they compare as they are. What
         // frames the body and ends the connection is read on the way, not looked up after.
         let mut delimit = Delimiters::default();
@@ -685,6 +705,13 @@ pub(super) fn has_token(value: &[u8], token: &[u8]) -> bool {
 /// Whether the last of the comma-separated codings in `value` is `token`.
 pub(super) fn last_token_is(value: &[u8], token: &[u8]) -> bool {
     value.rsplit(|&b| b == b',').next().is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// The head of a whole response in `text`, as [`Connection::send`] parses it.
+#[cfg(test)]
+pub(super) fn parse_response_head(text: &[u8]) -> answer::Head {
+    let (_, head, _, _) = parse_head(&mut BytesMut::from(text), false).expect("a valid head").expect("a whole head");
+    head
 }
 
 #[cfg(test)]

@@ -794,7 +794,7 @@ impl Proxy {
         }
         // Named before routing, as Envoy does; the span goes to the next hop as the request does.
         let span = SpanContext::continue_from(b3_trace, b3_span, traceparent);
-        let bytes_received = length.and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
+        let bytes_received = length.and_then(|v| h1::content_length(v.as_bytes())).unwrap_or(0);
         let (user_agent, forwarded_for, authority, caller) =
             (user_agent.cloned(), forwarded_for.cloned(), authority.cloned(), caller.cloned());
         let id = match id.cloned() {
@@ -1776,7 +1776,7 @@ mod tests {
             let capital = |n: &str| n.split('-').map(|p| p[..1].to_uppercase() + &p[1..]).collect::<Vec<_>>().join("-");
             let text =
                 format!("HTTP/1.1 200 OK\r\nHost: a\r\n{}: x\r\nX-Request-Id: id\r\n\r\n", capital(name.as_str()));
-            let mut head = answer::Fields::from_text(text.into_bytes());
+            let mut head = answer::Fields::from_text(&text);
             strip_hop_by_hop(&mut head);
             for f in [map, head] {
                 assert!(f.get(name).is_none(), "{name}");

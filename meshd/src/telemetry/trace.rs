@@ -82,29 +82,31 @@ impl SpanContext {
         }
     }
 
-    /// The span's ids spelled once, `00-<trace, 32 digits>-<span, 16>-01<parent, 16>`: the first
-    /// 55 bytes are `traceparent`, and every B3 value is a slice of it (see [`Self::fields`]).
-    fn spelled(&self) -> [u8; 71] {
-        let mut buf = [0u8; 71];
+    /// The span's ids spelled once, `00-<trace, 32 digits>-<span, 16>-01<parent, 16>1`: the
+    /// first 55 bytes are `traceparent`, and every B3 value is a slice of it, the last byte
+    /// `x-b3-sampled` (see [`Self::fields`]).
+    fn spelled(&self) -> [u8; 72] {
+        let mut buf = [0u8; 72];
         buf[..3].copy_from_slice(b"00-");
         hex(&mut buf[3..35], self.trace_id);
         buf[35] = b'-';
         hex(&mut buf[36..52], u128::from(self.span_id));
         buf[52..55].copy_from_slice(b"-01");
         if let Some(p) = self.parent {
-            hex(&mut buf[55..], u128::from(p));
+            hex(&mut buf[55..71], u128::from(p));
         }
+        buf[71] = b'1';
         buf
     }
 
-    /// The fields the span is propagated in, each a range of [`Self::spelled`]; `x-b3-sampled: 1`
-    /// goes with them.
+    /// The fields the span is propagated in, each a range of [`Self::spelled`].
     fn fields(&self) -> impl Iterator<Item = (&'static HeaderName, std::ops::Range<usize>)> {
         // A 64-bit trace id keeps its 16 digits in B3: the low half of the 32.
         let trace = if self.wide { 3..35 } else { 19..35 };
         [(&B3_TRACE, trace), (&B3_SPAN, 36..52), (&TRACEPARENT, 0..55)]
             .into_iter()
             .chain(self.parent.map(|_| (&B3_PARENT, 55..71)))
+            .chain([(&B3_SAMPLED, 71..72)])
     }
 
     /// Puts this span into `headers` as the caller's span for the next hop. Every value is a
@@ -119,7 +121,6 @@ impl SpanContext {
         if self.parent.is_none() {
             headers.remove(&B3_PARENT);
         }
-        headers.insert(B3_SAMPLED.clone(), HeaderValue::from_static("1"));
     }
 
     /// Writes the fields [`Self::inject`] puts into a header map straight into an HTTP/1.1
@@ -128,12 +129,8 @@ impl SpanContext {
     pub fn write_h1(&self, w: &mut Vec<u8>) {
         let spelled = self.spelled();
         for (name, at) in self.fields() {
-            w.extend_from_slice(name.as_str().as_bytes());
-            w.extend_from_slice(b": ");
-            w.extend_from_slice(&spelled[at]);
-            w.extend_from_slice(b"\r\n");
+            crate::proxy::h1::write_line(w, name.as_str().as_bytes(), &spelled[at]);
         }
-        w.extend_from_slice(b"x-b3-sampled: 1\r\n");
     }
 }
 
