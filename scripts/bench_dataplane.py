@@ -49,11 +49,15 @@ spec:
 """ + b.BENCH_GATEWAY + "---\n" + b.bench_route(8080)
 
 
-def mesh_folder(work):
+SAMPLES = ("httpbin/httpbin.yaml", "httpbin/sample-client/fortio-deploy.yaml",
+           "bookinfo/platform/kube/bookinfo.yaml", "bookinfo/networking/bookinfo-gateway.yaml")
+
+
+def mesh_folder(work, samples=SAMPLES):
+    """The benchmark's folder: the given sample files and the backends with their routes."""
     cfg = os.path.join(work, "mesh")
     os.makedirs(cfg)
-    for rel in ("httpbin/httpbin.yaml", "httpbin/sample-client/fortio-deploy.yaml",
-                "bookinfo/platform/kube/bookinfo.yaml", "bookinfo/networking/bookinfo-gateway.yaml"):
+    for rel in samples:
         shutil.copy(os.path.join(b.SAMPLES, rel), cfg)
     with open(os.path.join(cfg, "backend.yaml"), "w") as f:
         f.write(DIRECT_APP)

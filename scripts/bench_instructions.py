@@ -29,10 +29,7 @@ HOST = os.environ.get("HOST", "bench.one")
 def count(binary):
     """{thread kind: instructions per request} for one binary."""
     work = tempfile.mkdtemp(prefix="meshd-cg-")
-    cfg = os.path.join(work, "mesh")
-    os.makedirs(cfg)
-    with open(os.path.join(cfg, "backend.yaml"), "w") as f:
-        f.write(d.DIRECT_APP)
+    cfg = d.mesh_folder(work, samples=())
     wrapper = os.path.join(work, "meshd")
     with open(wrapper, "w") as f:
         f.write(f"#!/bin/sh\nexec valgrind --tool=callgrind --separate-threads=yes "
@@ -76,9 +73,7 @@ def count(binary):
 
 
 def main():
-    b.ensure_tools()
-    if not shutil.which("valgrind"):
-        subprocess.run(["apt-get", "install", "-y", "-qq", "valgrind"], check=False, capture_output=True)
+    b.ensure_tools(debian=(("valgrind", "valgrind"),))
     bins = sys.argv[1:] or [b.BIN]
     print(f"# Instructions per request (callgrind, {N} requests, Host {HOST}, 4 connections)\n")
     print("| binary | proxy thread | backend thread |")

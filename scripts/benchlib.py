@@ -119,14 +119,16 @@ def start_nginx(work, backend, threads):
     return proc, [int(p) for p in out.split()]
 
 
-def ensure_tools(oha=True):
-    """wrk and nginx from Debian, oha (open-loop, latency-corrected) from crates.io."""
+def ensure_tools(oha=True, debian=(("wrk", "wrk"), ("nginx", "nginx-light"))):
+    """Debian's packages (by default wrk and nginx: (command, package) pairs), and oha
+    (open-loop, latency-corrected) from crates.io."""
     for refresh in (False, True):
-        if shutil.which("wrk") and shutil.which("nginx"):
+        missing = [pkg for cmd, pkg in debian if not shutil.which(cmd)]
+        if not missing:
             break
         if refresh:  # a fresh machine may have no package lists yet
             subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "nginx-light", "wrk"], check=False, capture_output=True,
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=False, capture_output=True,
                        env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
     if oha and not shutil.which("oha") and not os.path.exists(os.path.join(CARGO_BIN, "oha")):
         print("installing oha (cargo install oha --locked), once", file=sys.stderr)

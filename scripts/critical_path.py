@@ -25,6 +25,11 @@ EVENTS = ",".join(f"syscalls:sys_{e}" for e in (
     *(f"{side}_{w}" for w in WRITES for side in ("enter", "exit"))))
 
 
+def fd_of(args):
+    """The file descriptor a syscall tracepoint's arguments name."""
+    return int(args.split("fd:")[1].split(",")[0], 0)
+
+
 def segments(script):
     """Medians of the four segments from `perf script` output."""
     order, fd = [], None
@@ -34,11 +39,11 @@ def segments(script):
             continue
         ts, ev, args = float(m.group(1)) * 1e6, m.group(2), m.group(3)
         if ev == "enter_recvfrom":
-            fd = int(args.split("fd:")[1].split(",")[0], 0)
+            fd = fd_of(args)
         elif ev == "exit_recvfrom" and 0 < int(args.split()[-1], 0) < 1 << 40:
             order.append((ts, "read", fd))
         elif ev.startswith("enter_") and ev[6:] in WRITES:
-            order.append((ts, "write", int(args.split("fd:")[1].split(",")[0], 0)))
+            order.append((ts, "write", fd_of(args)))
         elif ev.startswith("exit_") and ev[5:] in WRITES:
             order.append((ts, "written", None))
         elif ev == "exit_epoll_wait":
