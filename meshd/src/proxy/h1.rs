@@ -403,6 +403,7 @@ pub(super) fn write_field(w: &mut Vec<u8>, name: &HeaderName, value: &HeaderValu
 }
 
 /// Writes one header line from its bytes.
+#[inline]
 pub(crate) fn write_line(w: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     w.extend_from_slice(name);
     w.extend_from_slice(b": ");

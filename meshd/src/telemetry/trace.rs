@@ -20,6 +20,8 @@ static B3_SPAN: HeaderName = HeaderName::from_static("x-b3-spanid");
 static B3_PARENT: HeaderName = HeaderName::from_static("x-b3-parentspanid");
 static B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// `x-b3-sampled`'s value: every span is kept.
+const SAMPLED: &str = "1";
 
 /// Every name [`SpanContext::inject`] and [`SpanContext::write_h1`] write: a caller's own
 /// copies go before a proxy's are written.
@@ -82,31 +84,29 @@ impl SpanContext {
         }
     }
 
-    /// The span's ids spelled once, `00-<trace, 32 digits>-<span, 16>-01<parent, 16>1`: the
-    /// first 55 bytes are `traceparent`, and every B3 value is a slice of it, the last byte
-    /// `x-b3-sampled` (see [`Self::fields`]).
-    fn spelled(&self) -> [u8; 72] {
-        let mut buf = [0u8; 72];
+    /// The span's ids spelled once, `00-<trace, 32 digits>-<span, 16>-01<parent, 16>`: the first
+    /// 55 bytes are `traceparent`, and every B3 value is a slice of it (see [`Self::fields`]).
+    fn spelled(&self) -> [u8; 71] {
+        let mut buf = [0u8; 71];
         buf[..3].copy_from_slice(b"00-");
         hex(&mut buf[3..35], self.trace_id);
         buf[35] = b'-';
         hex(&mut buf[36..52], u128::from(self.span_id));
         buf[52..55].copy_from_slice(b"-01");
         if let Some(p) = self.parent {
-            hex(&mut buf[55..71], u128::from(p));
+            hex(&mut buf[55..], u128::from(p));
         }
-        buf[71] = b'1';
         buf
     }
 
-    /// The fields the span is propagated in, each a range of [`Self::spelled`].
+    /// The fields the span is propagated in, each a range of [`Self::spelled`]; [`SAMPLED`] goes
+    /// with them.
     fn fields(&self) -> impl Iterator<Item = (&'static HeaderName, std::ops::Range<usize>)> {
         // A 64-bit trace id keeps its 16 digits in B3: the low half of the 32.
         let trace = if self.wide { 3..35 } else { 19..35 };
         [(&B3_TRACE, trace), (&B3_SPAN, 36..52), (&TRACEPARENT, 0..55)]
             .into_iter()
             .chain(self.parent.map(|_| (&B3_PARENT, 55..71)))
-            .chain([(&B3_SAMPLED, 71..72)])
     }
 
     /// Puts this span into `headers` as the caller's span for the next hop. Every value is a
@@ -121,6 +121,7 @@ impl SpanContext {
         if self.parent.is_none() {
             headers.remove(&B3_PARENT);
         }
+        headers.insert(B3_SAMPLED.clone(), HeaderValue::from_static(SAMPLED));
     }
 
     /// Writes the fields [`Self::inject`] puts into a header map straight into an HTTP/1.1
@@ -131,6 +132,7 @@ impl SpanContext {
         for (name, at) in self.fields() {
             crate::proxy::h1::write_line(w, name.as_str().as_bytes(), &spelled[at]);
         }
+        crate::proxy::h1::write_line(w, B3_SAMPLED.as_str().as_bytes(), SAMPLED.as_bytes());
     }
 }
 
@@ -270,7 +272,10 @@ fn fold_mul(a: u64, b: u64) -> u64 {
 
 impl std::hash::Hasher for IdHasher {
     fn write_u128(&mut self, v: u128) {
-        self.state ^= fold_mul((v as u64) ^ self.key.0, ((v >> 64) as u64) ^ self.key.1);
+        // A second multiply spreads ids that differ in a few low bits of one half (a single
+        // fold leaves them in a narrow band of the top bits, which pick the bucket group).
+        let once = fold_mul((v as u64) ^ self.key.0, ((v >> 64) as u64) ^ self.key.1);
+        self.state ^= fold_mul(once ^ self.key.1, 0x9e37_79b9_7f4a_7c15);
     }
 
     fn write(&mut self, bytes: &[u8]) {
@@ -396,11 +401,14 @@ mod tests {
     #[test]
     fn trace_ids_hash_apart_under_the_key_and_alike_without_it() {
         use std::hash::BuildHasher;
-        let key = IdKey::default();
         let ids: Vec<u128> = (0..1000u128).map(|i| i << 64).chain((0..1000).map(|i| i * 0x1_0001)).collect();
-        let buckets: std::collections::HashSet<u64> = ids.iter().map(|id| key.hash_one(id) >> 54).collect();
-        // Random hashes would fill 1024 (1 - e^-1.95) = 879 of them, give or take 10.
-        assert!(buckets.len() > 800, "{} of 1024 top-bit buckets used by 2000 ids", buckets.len());
+        // Under any key: random hashes would fill 1024 (1 - e^-1.95) = 879 of them, give or take 10.
+        for _ in 0..200 {
+            let key = IdKey::default();
+            let buckets: std::collections::HashSet<u64> = ids.iter().map(|id| key.hash_one(id) >> 54).collect();
+            assert!(buckets.len() > 800, "{} of 1024 top-bit buckets used by 2000 ids under {key:?}", buckets.len());
+        }
+        let key = IdKey::default();
         assert_eq!(key.hash_one(7u128), key.hash_one(7u128));
         assert_ne!(IdKey(1, 2).hash_one(7u128), IdKey(3, 4).hash_one(7u128));
     }
