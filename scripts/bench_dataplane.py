@@ -3,7 +3,8 @@
 gateway (one hop), through a meshd sidecar pair with mTLS (the Istio sidecar-pair path), and
 Bookinfo's /productpage. For each path: closed-loop throughput (wrk), then open-loop latency
 at a fixed 1000 rps with latency correction (oha -q), the proxies' CPU at that rate, and the
-share of upstream requests on a reused connection. Loopback only, bounded in time.
+share of upstream requests on a reused connection. Both kinds of run go in ROUNDS rounds over
+all the paths, and each figure is a median over its rounds. Loopback only, bounded in time.
 
 The backend is meshd's fortio server demo app answering `/echo?size=1024` with 1 KiB (a pod
 without a sidecar; the pair row reaches a second one with a sidecar): the response does not
@@ -109,22 +110,29 @@ def main():
             print(f"## {name}")
             profile(mesh, addr, host, path)
             return
-        results = []
-        for name, addr, host, path, threads, hops in rows:
-            # Connection reuse is meshd's to report: its counters are read around its rows only.
-            meshd_row = threads is proxies
-            before = mesh.stats() if meshd_row else {}
-            busy = b.CpuMeter({"proxy": threads})
-            rps, non2xx = b.wrk(f"http://{addr}{path}", host, DUR, threads=int(THREADS))
-            us_per_rq = busy.cores()["proxy"] / max(rps, 1) * 1e6
-            reuse = None
-            if meshd_row:
-                after = mesh.stats()
-                rq = after.get("upstream_rq_total", 0) - before.get("upstream_rq_total", 0)
-                cx = after.get("upstream_cx_total", 0) - before.get("upstream_cx_total", 0)
-                reuse = (rq - cx) / rq * 100 if rq else None
-            results.append(dict(name=name, rps=rps, hops=hops, reuse=reuse, errors=non2xx, codes={}, runs=[],
-                                proxy=0.0, qps=0.0, us=us_per_rq))
+        results = [dict(name=name, rps=0.0, hops=hops, reuse=None, errors=0, codes={}, runs=[], proxy=0.0, qps=0.0,
+                        us=0.0, rps_runs=[], us_runs=[], rq=0, cx=0)
+                   for name, addr, host, path, threads, hops in rows]
+        # Throughput rounds interleave the paths too: one wrk run of a path swings by a tenth with
+        # what else the two cores run, so each path's figure is its median over the rounds.
+        for _ in range(ROUNDS):
+            for r, (name, addr, host, path, threads, hops) in zip(results, rows):
+                # Connection reuse is meshd's to report: its counters are read around its rows only.
+                meshd_row = threads is proxies
+                before = mesh.stats() if meshd_row else {}
+                busy = b.CpuMeter({"proxy": threads})
+                rps, non2xx = b.wrk(f"http://{addr}{path}", host, DUR, threads=int(THREADS))
+                r["us_runs"].append(busy.cores()["proxy"] / max(rps, 1) * 1e6)
+                r["rps_runs"].append(rps)
+                r["errors"] += non2xx
+                if meshd_row:
+                    after = mesh.stats()
+                    r["rq"] += after.get("upstream_rq_total", 0) - before.get("upstream_rq_total", 0)
+                    r["cx"] += after.get("upstream_cx_total", 0) - before.get("upstream_cx_total", 0)
+        for r in results:
+            r["rps"], r["us"] = statistics.median(r["rps_runs"]), statistics.median(r["us_runs"])
+            if r["rq"]:
+                r["reuse"] = (r["rq"] - r["cx"]) / r["rq"] * 100
         # Latency rounds interleave the paths, so a noisy moment of the machine is spread over all
         # of them; each percentile is the median over the rounds.
         for _ in range(ROUNDS):
@@ -151,7 +159,7 @@ def main():
 
 def report(results):
     base = results[0]
-    print(f"# Data plane: {THREADS} thread(s) per proxy and for the apps, wrk -t{THREADS} -c16 {DUR}s; "
+    print(f"# Data plane: {THREADS} thread(s) per proxy and for the apps, wrk -t{THREADS} -c16 {DUR}s, {ROUNDS} rounds; "
           f"oha -q 1000 -c {LAT_CONNS} --latency-correction {DUR}s, {ROUNDS} rounds (Bookinfo: -c 4) ({os.cpu_count()} cores)\n")
     print("| path | throughput (rps) | / direct | p50 ms | p90 ms | p99 ms | added p50 / p90 / p99 ms "
           "| proxy CPU at 1000 rps (cores) | per hop | proxy CPU per request at saturation (µs) | upstream reuse "
@@ -164,7 +172,11 @@ def report(results):
         print(f"| {r['name']} | {r['rps']:,.0f} | {r['rps'] / base['rps']:.2f} | {r['pct']['50']:.3f} | "
               f"{r['pct']['90']:.3f} | {r['pct']['99']:.3f} | {added} | {r['proxy']:.3f} | {per_hop} | {r['us']:.1f} | {reuse} | "
               f"{r['errors'] + sum(n for c, n in r['codes'].items() if c != '200')} |")
-    print("\nproxy CPU: meshd's threads but the apps' (meshd-proxy workers and the control thread); nginx's workers, user+system, during the "
+    # The one-hop comparison round by round: how far the medians above can be trusted.
+    nginx, gateway = results[1], results[2]
+    per_round = ", ".join(f"{g / n:.2f}" for g, n in zip(gateway["rps_runs"], nginx["rps_runs"]) if n)
+    print(f"\nthroughput: the median of {ROUNDS} rounds, the paths interleaved; meshd gateway / nginx by round: {per_round}")
+    print("proxy CPU: meshd's threads but the apps' (meshd-proxy workers and the control thread); nginx's workers, user+system, during the "
           "1000 rps runs; latency percentiles are medians over the rounds; per hop: that, per 1000 rps, divided by the proxies on the path (not given for "
           "Bookinfo, whose path length depends on the reviews version). Apps' threads (the backend) are measured apart and not counted.")
 
