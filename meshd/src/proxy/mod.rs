@@ -1578,14 +1578,28 @@ fn origin_form(uri: &Uri) -> Uri {
 /// Shapes an upstream response's headers for the caller: Envoy's headers and the route's edits
 /// (which make a head a map: they are written for one).
 fn finish(fields: &mut Fields, server: ServerName, started: Instant, ops: &[&HeaderOps]) {
+    let own = server != ServerName::Keep;
+    let service_time = number(started.elapsed().as_millis() as u64);
+    if matches!(fields, Fields::Head(_)) && ops.iter().all(|op| op.is_empty()) {
+        // A head as it came: one pass drops what is stripped and what the proxy writes itself,
+        // which then goes after the upstream's fields, where `set` would put it too.
+        let service = X_SERVICE_TIME.as_str().as_bytes();
+        fields
+            .remove_if(|name| name == service || (own && name == b"server") || Found::class(name) == Found::HOP_BY_HOP);
+        if own {
+            fields.append(SERVER, server.value());
+        }
+        fields.append(X_SERVICE_TIME.clone(), service_time);
+        return;
+    }
     strip_hop_by_hop(fields);
     for op in ops.iter().filter(|op| !op.is_empty()) {
         op.apply(fields.map_mut());
     }
-    if server != ServerName::Keep {
+    if own {
         fields.set(SERVER, server.value());
     }
-    fields.set(X_SERVICE_TIME.clone(), number(started.elapsed().as_millis() as u64));
+    fields.set(X_SERVICE_TIME.clone(), service_time);
 }
 
 /// Closes with a TCP reset (RST), as Envoy does to a plaintext client of a STRICT port.
@@ -1785,6 +1799,41 @@ mod tests {
                 f.for_each(|_, _| count += 1);
                 assert_eq!(count, 2, "{name}");
             }
+        }
+    }
+
+    #[test]
+    fn finish_shapes_a_head_as_it_shapes_a_map() {
+        let text = "HTTP/1.1 200 OK\r\nServer: upstream\r\nContent-Type: text/plain\r\nConnection: keep-alive\r\n\
+                    X-Envoy-Upstream-Service-Time: 99\r\nContent-Length: 2\r\n\r\n";
+        let fields = |f: &Fields| {
+            let mut all = Vec::new();
+            f.for_each(|n, v| all.push(format!("{}: {}", String::from_utf8_lossy(n), String::from_utf8_lossy(v))));
+            all
+        };
+        for server in [ServerName::IstioEnvoy, ServerName::Envoy, ServerName::Keep] {
+            let mut head = answer::Fields::from_text(text);
+            let mut map = answer::Fields::from_text(text);
+            map.map_mut();
+            let started = Instant::now();
+            finish(&mut head, server, started, &[]);
+            finish(&mut map, server, started, &[]);
+            assert!(matches!(head, Fields::Head(_)), "a head stays a head");
+            let (head, map) = (fields(&head), fields(&map));
+            let server_line = match server {
+                ServerName::Keep => "server: upstream".to_string(),
+                s => format!("server: {}", s.value().to_str().unwrap()),
+            };
+            assert!(head.contains(&server_line) && head.contains(&"x-envoy-upstream-service-time: 0".to_string()));
+            assert!(!head.iter().any(|f| f.starts_with("connection")), "{head:?}");
+            assert_eq!(head.len(), map.len(), "{head:?} {map:?}");
+            // The same fields; the proxy's own go last on a head, where a map keeps their slot.
+            let sorted = |mut v: Vec<String>| {
+                v.sort();
+                v
+            };
+            assert_eq!(sorted(head.clone()), sorted(map), "{server:?}");
+            assert_eq!(head.last().unwrap(), "x-envoy-upstream-service-time: 0");
         }
     }
 
