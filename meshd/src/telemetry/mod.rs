@@ -109,8 +109,10 @@ impl Sink {
             let mut records = Vec::with_capacity(RECV_BATCH);
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
+                // In a fixed order, the tick first so a steady stream of records cannot starve it
+                // (select's random order draws a number on every wake-up, about one a request).
                 tokio::select! {
-                    n = rx.recv_many(&mut records, RECV_BATCH) => if n == 0 { break },
+                    biased;
                     _ = tick.tick() => {
                         flush(&client, opts, &mut batch);
                         // Proxies whose pods are gone: their logs left `logs` already. Another
@@ -119,6 +121,7 @@ impl Sink {
                         last = None;
                         continue;
                     }
+                    n = rx.recv_many(&mut records, RECV_BATCH) => if n == 0 { break },
                 }
                 for r in records.drain(..) {
                     let e = Arc::new(Entry::from(*r));
