@@ -237,10 +237,15 @@ impl ClusterRt {
         if n == 0 {
             return None;
         }
-        // The clock is read only once an endpoint has ever been ejected (never, in most clusters).
+        // The clock is read, and the endpoints counted, only once an endpoint has ever been
+        // ejected (never, in most clusters): until then every one is healthy.
         let ever = self.endpoints.iter().any(|e| e.ejected_until_ms.load(Ordering::Relaxed) != 0);
-        let now = if ever { self.shared.now_ms() } else { 0 };
-        let healthy_count = self.endpoints.iter().filter(|e| !e.ejected(now)).count();
+        let (now, healthy_count) = if ever {
+            let now = self.shared.now_ms();
+            (now, self.endpoints.iter().filter(|e| !e.ejected(now)).count())
+        } else {
+            (0, n)
+        };
         // Istio sets Envoy's panic threshold to minHealthPercent (0 by default): below it, balance over all.
         let panic = cluster
             .outlier
