@@ -19,7 +19,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri, Version};
+use http::{Request, Uri, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::client::conn::http2;
@@ -291,7 +291,7 @@ impl Checkout {
         match self {
             Checkout::H1(conn) => conn.send(head, body).await,
             // hyper's HTTP/2 client takes the request by value.
-            Checkout::H2(link, ep) => link.send(head.to_request(body), &ep).await.map(Answer::from),
+            Checkout::H2(link, ep) => link.send(head.to_request(body), &ep).await,
         }
     }
 }
@@ -329,9 +329,8 @@ impl H2Link {
         opened.is_ok()
     }
 
-    /// Sends `req` as HTTP/2: the authority and scheme go in pseudo-headers, not `Host`. The
-    /// response is handed on as HTTP/1.1, the protocol of the caller's connection.
-    async fn send(&self, mut req: Request<Body>, ep: &EndpointRt) -> Result<Response<Body>, UpstreamError> {
+    /// Sends `req` as HTTP/2: the authority and scheme go in pseudo-headers, not `Host`.
+    async fn send(&self, mut req: Request<Body>, ep: &EndpointRt) -> Result<Answer, UpstreamError> {
         let host = req.headers_mut().remove(http::header::HOST);
         let authority = host
             .and_then(|h| Authority::try_from(h.as_bytes()).ok())
@@ -344,9 +343,8 @@ impl H2Link {
         *req.version_mut() = Version::HTTP_2;
         let mut sender = self.sender.clone();
         sender.ready().await.map_err(|e| UpstreamError::Reset(e.to_string()))?;
-        let mut resp = sender.send_request(req).await.map_err(|e| UpstreamError::Reset(e.to_string()))?;
-        *resp.version_mut() = Version::HTTP_11;
-        Ok(resp.map(|b| Body::new(b.map_err(BoxError::from))))
+        let resp = sender.send_request(req).await.map_err(|e| UpstreamError::Reset(e.to_string()))?;
+        Ok(resp.map(|b| Body::new(b.map_err(BoxError::from))).into())
     }
 }
 
@@ -516,6 +514,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+    use http::Response;
     use crate::proxy::runtime::ClusterRt;
 
     /// An HTTP/1.1 server on a thread of its own (so the test's runtime counts only the proxy's
