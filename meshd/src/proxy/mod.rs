@@ -917,13 +917,11 @@ impl Proxy {
             return denied.into();
         }
         let xfcc = info.xfcc.as_ref();
-        let req = Request::from_parts(parts, body);
         if control.mode() == PodMode::Failing {
             let mut reply = respond::direct(503, &Bytes::from_static(b"service unavailable"), ServerName::IstioEnvoy);
             reply.resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
             return reply.into();
         }
-        let (mut parts, body) = req.into_parts();
         // Only an mTLS peer vouches for a client certificate: anything a client sent is dropped,
         // and the peer's is written with the head, as is the span.
         let mut found = Found::scan(&parts.headers);
@@ -931,14 +929,13 @@ impl Proxy {
         found.remove(&mut parts.headers, Found::HOP_BY_HOP | Found::PEER_ID | Found::CLIENT_CERT | trace);
         let added = h1::Added { fields: [xfcc.map(|v| (&X_FCC, v)), None, None], span };
         parts.uri = origin_form(&parts.uri);
-        let upstream = Request::from_parts(parts, body);
         let Some(ep) = app.endpoints.first() else {
             return respond::local_reply(LocalReply::NoHealthyUpstream, ServerName::IstioEnvoy, false).into();
         };
         let started = Instant::now();
         app.shared.stats.upstream_rq_total.fetch_add(1, Ordering::Relaxed);
         let result = match upstream::acquire(&app.shared, ep, &cluster.pool, None).await {
-            Ok((conn, _)) => conn.send(upstream, added).await,
+            Ok((conn, _)) => conn.send_head(h1::Head::of(&parts, added), body).await,
             Err(e) => Err(e),
         };
         let (mut served, responded) = match result {
@@ -1582,10 +1579,10 @@ fn finish(fields: &mut Fields, server: ServerName, started: Instant, ops: &[&Hea
     let service_time = number(started.elapsed().as_millis() as u64);
     if matches!(fields, Fields::Head(_)) && ops.iter().all(|op| op.is_empty()) {
         // A head as it came: one pass drops what is stripped and what the proxy writes itself,
-        // which then goes after the upstream's fields, where `set` would put it too.
+        // which then goes after the upstream's fields, where `set` would put it too. (A
+        // `Fields` method taking the fields to set costs 170 instructions more a request.)
         let service = X_SERVICE_TIME.as_str().as_bytes();
-        fields
-            .remove_if(|name| name == service || (own && name == b"server") || Found::class(name) == Found::HOP_BY_HOP);
+        fields.remove_if(|name| name == service || (own && name == b"server") || is_hop_by_hop(name));
         if own {
             fields.append(SERVER, server.value());
         }
@@ -1593,7 +1590,7 @@ fn finish(fields: &mut Fields, server: ServerName, started: Instant, ops: &[&Hea
         return;
     }
     strip_hop_by_hop(fields);
-    for op in ops.iter().filter(|op| !op.is_empty()) {
+    for op in ops {
         op.apply(fields.map_mut());
     }
     if own {
@@ -1658,7 +1655,11 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
 }
 
 fn strip_hop_by_hop(fields: &mut Fields) {
-    fields.remove_if(|name| Found::class(name) == Found::HOP_BY_HOP);
+    fields.remove_if(is_hop_by_hop);
+}
+
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    Found::class(name) == Found::HOP_BY_HOP
 }
 
 /// The names a proxy removes or replaces when a message carries them, found by one pass over

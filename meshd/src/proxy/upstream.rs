@@ -514,8 +514,8 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
-    use http::Response;
     use crate::proxy::runtime::ClusterRt;
+    use http::Response;
 
     /// An HTTP/1.1 server on a thread of its own (so the test's runtime counts only the proxy's
     /// tasks) that answers `ok` to each request. Sending on the returned channel closes the
