@@ -150,16 +150,16 @@ pub fn hex(out: &mut [u8], v: u128) {
         }
         t
     };
+    debug_assert!(out.len() <= 32, "a u128 has 32 hex digits");
     let bytes = v.to_be_bytes();
     let (pairs, odd) = (out.len() / 2, out.len() % 2);
-    let low = &bytes[16 - pairs.min(16)..];
-    for (o, b) in out[odd..].as_chunks_mut::<2>().0.iter_mut().zip(low) {
+    for (o, b) in out[odd..].as_chunks_mut::<2>().0.iter_mut().zip(&bytes[16 - pairs..]) {
         *o = PAIRS[usize::from(*b)];
     }
     if odd == 1 {
-        // The digit before the pairs: the low nibble of the byte before them.
-        let nibble = if pairs < 16 { bytes[15 - pairs] & 0xf } else { 0 };
-        out[0] = PAIRS[usize::from(nibble)][1];
+        // The digit before the pairs: the low nibble of the byte before them (an odd width is
+        // at most 31 digits, so there is one).
+        out[0] = PAIRS[usize::from(bytes[15 - pairs] & 0xf)][1];
     }
 }
 
@@ -371,7 +371,7 @@ pub fn span(e: &Entry) -> Option<Span> {
         status: e.status,
         flags: e.flags.to_string(),
         cluster: e.upstream_cluster.as_ref().map_or("-".into(), |c| c.name.clone()),
-        request: format!("{} {}", e.method, path.split('?').next().unwrap_or(&path)),
+        request: format!("{} {}", e.method, path.split('?').next().unwrap_or_default()),
     })
 }
 
