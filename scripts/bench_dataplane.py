@@ -99,7 +99,7 @@ def main():
         proxies = [(mesh.pid, "!meshd-app")]
         rows = [  # name, address, Host, path, proxy threads, hops
             ("direct (backend)", backend, None, PATH, [], 0),
-            ("nginx, 1 hop", "127.0.0.1:18081", None, PATH, [(p, None) for p in nginx_pids], 1),
+            ("nginx, 1 hop", b.NGINX_ADDR, None, PATH, [(p, None) for p in nginx_pids], 1),
             ("meshd gateway, 1 hop", mesh.gateway, "bench.one", PATH, proxies, 1),
             ("meshd sidecar pair, mTLS", mesh.proxy, "echo:8080", PATH, proxies, 2),
             ("same pair, HTTP/2 between the sidecars", mesh.proxy, "echo-h2:8080", PATH, proxies, 2),
@@ -110,9 +110,8 @@ def main():
             print(f"## {name}")
             profile(mesh, addr, host, path)
             return
-        results = [dict(name=name, rps=0.0, hops=hops, reuse=None, errors=0, codes={}, runs=[], proxy=0.0, qps=0.0,
-                        us=0.0, rps_runs=[], us_runs=[], rq=0, cx=0)
-                   for name, addr, host, path, threads, hops in rows]
+        results = [dict(name=row[0], hops=row[5], errors=0, codes={}, runs=[], proxy=0.0, qps=0.0, rps_runs=[],
+                        us_runs=[], rq=0, cx=0) for row in rows]
         # Throughput rounds interleave the paths too: one wrk run of a path swings by a tenth with
         # what else the two cores run, so each path's figure is its median over the rounds.
         for _ in range(ROUNDS):
@@ -131,8 +130,7 @@ def main():
                     r["cx"] += after.get("upstream_cx_total", 0) - before.get("upstream_cx_total", 0)
         for r in results:
             r["rps"], r["us"] = statistics.median(r["rps_runs"]), statistics.median(r["us_runs"])
-            if r["rq"]:
-                r["reuse"] = (r["rq"] - r["cx"]) / r["rq"] * 100
+            r["reuse"] = (r["rq"] - r["cx"]) / r["rq"] * 100 if r["rq"] else None
         # Latency rounds interleave the paths, so a noisy moment of the machine is spread over all
         # of them; each percentile is the median over the rounds.
         for _ in range(ROUNDS):

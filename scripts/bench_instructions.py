@@ -54,7 +54,12 @@ def count(binary):
     finally:
         mesh.stop()
     out = {}
+    keep = os.environ.get("KEEP")
+    if keep:
+        os.makedirs(keep, exist_ok=True)
     for path in glob.glob(os.path.join(work, "cg.out.*")):
+        if keep:
+            shutil.copy(path, keep)
         with open(path) as f:
             text = f.read()
         m = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
@@ -64,10 +69,6 @@ def count(binary):
         kind = "proxy" if "downstream::serve" in text else "backend" if "demo_apps::" in text else None
         if kind:
             out[kind] = out.get(kind, 0) + int(m.group(1)) / N
-    if os.environ.get("KEEP"):
-        os.makedirs(os.environ["KEEP"], exist_ok=True)
-        for path in glob.glob(os.path.join(work, "cg.out.*")):
-            shutil.copy(path, os.environ["KEEP"])
     shutil.rmtree(work, ignore_errors=True)
     return out
 

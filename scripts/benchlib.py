@@ -92,7 +92,8 @@ spec:
     return vs
 
 
-# nginx as a one-hop keepalive reverse proxy to `backend`, on 127.0.0.1:18081.
+# nginx as a one-hop keepalive reverse proxy to `backend`, on NGINX_ADDR.
+NGINX_ADDR = "127.0.0.1:18081"
 NGINX = """worker_processes {threads};
 pid {work}/nginx.pid;
 error_log {work}/nginx-error.log;
@@ -101,7 +102,7 @@ http {{
   access_log off;
   upstream backend {{ server {backend}; keepalive 64; }}
   server {{
-    listen 127.0.0.1:18081;
+    listen {addr};
     location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }}
   }}
 }}
@@ -112,7 +113,7 @@ def start_nginx(work, backend, threads):
     """Starts nginx (config in `work`); returns the process and its workers' pids."""
     conf = os.path.join(work, "nginx.conf")
     with open(conf, "w") as f:
-        f.write(NGINX.format(threads=threads, work=work, backend=backend))
+        f.write(NGINX.format(threads=threads, work=work, backend=backend, addr=NGINX_ADDR))
     proc = subprocess.Popen(["nginx", "-c", conf, "-g", "daemon off;"], stderr=subprocess.DEVNULL)
     time.sleep(0.5)
     out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout

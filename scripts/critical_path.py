@@ -85,7 +85,7 @@ def main():
         nginx_worker = str(nginx_pids[0])
         worker = b.thread_ids(mesh.pid, "meshd-proxy")[0]
         data = os.path.join(work, "perf.data")
-        for name, addr, tid in (("nginx", "127.0.0.1:18081", nginx_worker), ("meshd gateway", mesh.gateway, worker)):
+        for name, addr, tid in (("nginx", b.NGINX_ADDR, nginx_worker), ("meshd gateway", mesh.gateway, worker)):
             load = subprocess.Popen([b.oha_bin(), "-H", "Host: bench.one", "-z", "4s", "-q", "1000", "-c", "1", "--no-tui",
                                      f"http://{addr}{d.PATH}"], stdout=subprocess.DEVNULL)
             time.sleep(1)
