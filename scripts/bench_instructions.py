@@ -8,12 +8,15 @@ Usage: python3 scripts/bench_instructions.py [BINARY ...]   (default: the releas
 Environment: N requests (default 3000), HOST (bench.one: the gateway hop; echo:8080: the
 sidecar pair through the proxy port, both sidecars on the one proxy thread; direct: straight to
 the backend, for what a request costs it without a proxy's headers), KEEP (a folder to
-keep callgrind's files in, for `callgrind_annotate --inclusive=yes FILE`).
+keep callgrind's files in, for `callgrind_annotate --inclusive=yes FILE`), CLIENT (oha, the
+default: oha's request, four header fields; wrk: wrk's request as `make bench` sends it for
+throughput, the Host field alone).
 """
 import glob
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +27,26 @@ import bench_dataplane as d
 
 N = int(os.environ.get("N", "3000"))
 HOST = os.environ.get("HOST", "bench.one")
+CLIENT = os.environ.get("CLIENT", "oha")
+
+
+def raw_load(addr, host, n, conns=4):
+    """n requests spelled as wrk spells them (request line and Host), over `conns` keep-alive
+    connections in turn."""
+    request = f"GET {d.PATH} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    socks = [socket.create_connection(addr.rsplit(":", 1)) for _ in range(conns)]
+    files = [s.makefile("rb") for s in socks]
+    for i in range(n):
+        s, f = socks[i % conns], files[i % conns]
+        s.sendall(request)
+        length = 0
+        while (line := f.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        f.read(length)
+    for s in socks:
+        s.close()
 
 
 def count(binary):
@@ -42,6 +65,8 @@ def count(binary):
         url = f"http://{addr}{d.PATH}"
 
         def load(n):
+            if CLIENT == "wrk":
+                return raw_load(addr, "backend" if HOST == "direct" else HOST, n)
             host = [] if HOST == "direct" else ["-H", f"Host: {HOST}"]
             subprocess.run([b.oha_bin(), "-n", str(n), "-c", "4", "--no-tui", *host, url],
                            capture_output=True, check=True)
@@ -76,7 +101,7 @@ def count(binary):
 def main():
     b.ensure_tools(debian=(("valgrind", "valgrind"),))
     bins = sys.argv[1:] or [b.BIN]
-    print(f"# Instructions per request (callgrind, {N} requests, Host {HOST}, 4 connections)\n")
+    print(f"# Instructions per request (callgrind, {N} requests from {CLIENT}, Host {HOST}, 4 connections)\n")
     print("| binary | proxy thread | backend thread |")
     print("|---|---|---|")
     for binary in bins:

@@ -90,6 +90,10 @@ enum Parsed {
 pub trait Handler {
     /// Answers one request; `None` closes the connection unanswered.
     fn call(&self, req: Request<Body>) -> impl Future<Output = Option<Answer>> + Send + '_;
+
+    /// Runs once a request is over (its response written, or the connection closed instead):
+    /// work the request left that the client need not wait for.
+    fn after(&self) {}
 }
 
 /// Serves HTTP/1.1 requests on `io` with `handler` until the connection closes, a drain stops
@@ -153,10 +157,15 @@ where
             }
         })
         .await;
-        let Some(resp) = answer else { return Served::Closed };
+        let Some(resp) = answer else {
+            handler.after();
+            return Served::Closed;
+        };
         let keep_alive = keep_alive && !drain.requested();
         let out = Out { wbuf: &mut wbuf, rbuf: &mut rbuf, watch: &mut watch };
-        match respond(&mut io, out, resp, version, head_request, keep_alive).await {
+        let written = respond(&mut io, out, resp, version, head_request, keep_alive).await;
+        handler.after();
+        match written {
             Ok(true) => {}
             Ok(false) => {
                 // A clean end: TLS says close_notify, so a body the close delimits is complete.

@@ -722,7 +722,10 @@ impl Proxy {
                 if req.version() == http::Version::HTTP_2 {
                     h1_form(&mut req);
                 }
-                proxy.answer(&role, &info, req).await.map(Answer::into_response).ok_or(AbortConnection)
+                let answer = proxy.answer(&role, &info, req).await;
+                // hyper writes the response after this returns; the record is written first.
+                crate::telemetry::flush_local();
+                answer.map(Answer::into_response).ok_or(AbortConnection)
             }
         });
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -1413,6 +1416,10 @@ struct ConnHandler<'a> {
 impl downstream::Handler for ConnHandler<'_> {
     async fn call(&self, req: Request<Body>) -> Option<Answer> {
         self.proxy.answer(self.role, self.info, req).await
+    }
+
+    fn after(&self) {
+        crate::telemetry::flush_local();
     }
 }
 

@@ -248,11 +248,11 @@ impl Entry {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// The record of a request the mesh could not route (Istio's `NC`).
-    fn reviews() -> Record {
+    pub(in crate::telemetry) fn reviews() -> Record {
         Record {
             proxy: "reviews-v1".into(),
             start: SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123),
