@@ -9,8 +9,9 @@ Environment: N requests (default 3000), HOST (bench.one: the gateway hop; echo:8
 sidecar pair through the proxy port, both sidecars on the one proxy thread; direct: straight to
 the backend, for what a request costs it without a proxy's headers), KEEP (a folder to
 keep callgrind's files in, for `callgrind_annotate --inclusive=yes FILE`), CLIENT (oha, the
-default: oha's request, four header fields; wrk: wrk's request as `make bench` sends it for
-throughput, the Host field alone).
+default: oha's request, four header fields, on four connections at once; wrk: wrk's request
+as `make bench` sends it for throughput, the Host field alone, one at a time on four
+connections in turn).
 """
 import glob
 import os
@@ -28,25 +29,38 @@ import bench_dataplane as d
 N = int(os.environ.get("N", "3000"))
 HOST = os.environ.get("HOST", "bench.one")
 CLIENT = os.environ.get("CLIENT", "oha")
+if CLIENT not in ("oha", "wrk"):
+    sys.exit(f"CLIENT is oha or wrk, not {CLIENT}")
 
 
 def raw_load(addr, host, n, conns=4):
-    """n requests spelled as wrk spells them (request line and Host), over `conns` keep-alive
-    connections in turn."""
+    """n requests spelled as wrk spells them (the request line and Host), one at a time over
+    `conns` keep-alive connections in turn; every answer must be a 200 with a length."""
     request = f"GET {d.PATH} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
-    socks = [socket.create_connection(addr.rsplit(":", 1)) for _ in range(conns)]
-    files = [s.makefile("rb") for s in socks]
-    for i in range(n):
-        s, f = socks[i % conns], files[i % conns]
-        s.sendall(request)
-        length = 0
-        while (line := f.readline()) not in (b"\r\n", b""):
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        f.read(length)
-    for s in socks:
-        s.close()
+    ip, port = addr.rsplit(":", 1)
+    socks = [socket.create_connection((ip, int(port))) for _ in range(conns)]
+    try:
+        files = [s.makefile("rb") for s in socks]
+        for i in range(n):
+            s, f = socks[i % conns], files[i % conns]
+            s.sendall(request)
+            status = f.readline()
+            if not status.startswith(b"HTTP/1.1 200 "):
+                sys.exit(f"request {i}: {status!r}")
+            length = None
+            while (line := f.readline()) != b"\r\n":
+                if not line:
+                    sys.exit(f"request {i}: the connection closed mid-head")
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            if length is None or len(f.read(length)) != length:
+                sys.exit(f"request {i}: no length, or a short body")
+        for f in files:
+            f.close()
+    finally:
+        for s in socks:
+            s.close()
 
 
 def count(binary):
@@ -101,7 +115,8 @@ def count(binary):
 def main():
     b.ensure_tools(debian=(("valgrind", "valgrind"),))
     bins = sys.argv[1:] or [b.BIN]
-    print(f"# Instructions per request (callgrind, {N} requests from {CLIENT}, Host {HOST}, 4 connections)\n")
+    how = "4 connections at once" if CLIENT == "oha" else "one at a time on 4 connections"
+    print(f"# Instructions per request (callgrind, {N} requests from {CLIENT}, {how}, Host {HOST})\n")
     print("| binary | proxy thread | backend thread |")
     print("|---|---|---|")
     for binary in bins:

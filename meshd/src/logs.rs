@@ -65,7 +65,7 @@ impl Logs {
         })
     }
 
-    /// The access log of `proxy` (taken once per proxy by the telemetry task).
+    /// The access log of `proxy` (taken once per proxy by each telemetry writer).
     pub fn access_log(&self, proxy: &str, json: bool) -> Arc<AccessLog> {
         let mut map = self.access.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(proxy.to_string())
@@ -74,7 +74,7 @@ impl Logs {
     }
 
     /// Whether `log` is still `proxy`'s access log: a removed pod's is dropped here, and every
-    /// worker's telemetry task drops its cached handle when this turns false.
+    /// worker's telemetry writer drops its cached handle when this turns false.
     pub fn is_current(&self, proxy: &str, log: &Arc<AccessLog>) -> bool {
         self.access.lock().unwrap_or_else(|e| e.into_inner()).get(proxy).is_some_and(|l| Arc::ptr_eq(l, log))
     }

@@ -1,7 +1,7 @@
 //! The data plane's worker threads, as Envoy and nginx have them: each runs an event loop of its
 //! own (a current-thread runtime), and a connection stays on the worker it was handed to for its
-//! whole life. Listeners accept on the control thread, which also reloads config, serves the
-//! admin API and writes telemetry, so none of that shares a worker's loop.
+//! whole life. Listeners accept on the control thread, which also reloads config and serves the
+//! admin API, so none of that shares a worker's loop; each worker writes its own telemetry.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,7 +18,7 @@ pub struct Workers {
 
 impl Workers {
     /// Starts `n` (at least one) worker threads named `meshd-proxy`; each runs `init` in its
-    /// runtime first (to start its own telemetry task).
+    /// runtime first (to start its own telemetry writer).
     pub fn start<I>(n: usize, init: I) -> std::io::Result<Workers>
     where
         I: Fn() + Clone + Send + 'static,

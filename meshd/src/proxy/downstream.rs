@@ -163,16 +163,18 @@ where
         };
         let keep_alive = keep_alive && !drain.requested();
         let out = Out { wbuf: &mut wbuf, rbuf: &mut rbuf, watch: &mut watch };
-        let written = respond(&mut io, out, resp, version, head_request, keep_alive).await;
-        handler.after();
-        match written {
-            Ok(true) => {}
+        match respond(&mut io, out, resp, version, head_request, keep_alive).await {
+            Ok(true) => handler.after(),
             Ok(false) => {
                 // A clean end: TLS says close_notify, so a body the close delimits is complete.
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(1), io.shutdown()).await;
+                handler.after();
                 return Served::Closed;
             }
-            Err(_) => return Served::Closed,
+            Err(_) => {
+                handler.after();
+                return Served::Closed;
+            }
         }
     }
 }

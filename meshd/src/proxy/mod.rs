@@ -723,7 +723,8 @@ impl Proxy {
                     h1_form(&mut req);
                 }
                 let answer = proxy.answer(&role, &info, req).await;
-                // hyper writes the response after this returns; the record is written first.
+                // hyper writes the response after this returns, so here (unlike the HTTP/1.1
+                // loop) the record is written first; left to the tick it would wait a second.
                 crate::telemetry::flush_local();
                 answer.map(Answer::into_response).ok_or(AbortConnection)
             }
@@ -753,7 +754,7 @@ impl Proxy {
     }
 
     /// Handles one request: the first proxy names it (`x-request-id`), every proxy opens a span,
-    /// counts it in its metrics and hands its access-log record to the telemetry task.
+    /// counts it in its metrics and hands its access-log record to the telemetry writer.
     async fn handle(&self, role: &Role, info: &ConnInfo, mut req: Request<Body>) -> Served {
         let Some(tel) = &self.telemetry else { return self.dispatch(role, info, req, None).await };
         let client;

@@ -1,6 +1,6 @@
 //! Access logs in Istio's default TEXT format (or its JSON format), one line
 //! per request per proxy. The request task hands over a [`Record`] of cheap
-//! clones; the telemetry task packs it into an [`Entry`]; a line is formatted
+//! clones; the telemetry writer packs it into an [`Entry`]; a line is formatted
 //! only when the log is read (or printed with `--access-log`).
 
 use std::borrow::Cow;
@@ -247,12 +247,17 @@ impl Entry {
     }
 }
 
+/// The record of a request the mesh could not route (Istio's `NC`).
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) fn reviews() -> Record {
+    tests::reviews()
+}
+
+#[cfg(test)]
+mod tests {
     use super::*;
 
-    /// The record of a request the mesh could not route (Istio's `NC`).
-    pub(in crate::telemetry) fn reviews() -> Record {
+    pub(super) fn reviews() -> Record {
         Record {
             proxy: "reviews-v1".into(),
             start: SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123),

@@ -1,5 +1,5 @@
 //! What the proxies report: metrics (counted on the request task with atomic
-//! adds), and access-log records that a telemetry task turns into log lines,
+//! adds), and access-log records that a telemetry writer turns into log lines,
 //! spans in memory and OTLP exports, off the request path. Each worker thread
 //! has a writer of its own, run once a connection has written its response, so
 //! handing over a record never wakes another thread, nor a task.
@@ -11,6 +11,7 @@ pub mod otlp;
 pub mod trace;
 
 use std::cell::RefCell;
+use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,7 +58,7 @@ impl Telemetry {
     pub fn start(logs: crate::logs::Logs, opts: Options) -> Telemetry {
         let traces = Arc::new(TraceStore::default());
         let sink = Arc::new(Sink { logs, opts, traces: traces.clone() });
-        let tx = sink.clone().writer();
+        let tx = sink.clone().spawn_shared();
         Telemetry { tx, sink, metrics: Arc::new(Metrics::default()), traces }
     }
 
@@ -65,24 +66,25 @@ impl Telemetry {
     /// wait in a queue until the connection that made them has answered ([`flush_local`]),
     /// and a task of its own flushes the queue and the OTLP batch every second.
     pub fn start_local(&self) {
-        let writer = Writer::new(self.sink.clone());
-        LOCAL.with(|l| *l.borrow_mut() = Some(Local { writer, queue: Vec::new() }));
+        // Spawned first: outside a runtime this panics before the thread has a queue no tick
+        // would ever write.
         tokio::spawn(async {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
                 LOCAL.with(|l| {
-                    if let Some(Local { writer, queue }) = &mut *l.borrow_mut() {
-                        writer.write_all(queue.drain(..));
-                        writer.tick();
+                    if let Some(local) = &mut *l.borrow_mut() {
+                        local.write_queued();
+                        local.writer.tick();
                     }
                 });
             }
         });
+        let writer = Writer::new(self.sink.clone());
+        LOCAL.with(|l| *l.borrow_mut() = Some(Local { writer, queue: Vec::new() }));
     }
 
-    /// Hands a record over (never blocks): to this thread's queue, or else to the shared
-    /// task. Boxed: a record is some hundred bytes, which would otherwise be copied about.
+    /// Hands a record over (never blocks): to this thread's queue, or else to the shared task.
     pub fn send(&self, r: Box<Record>) {
         let unsent = LOCAL.with(|l| match &mut *l.borrow_mut() {
             Some(local) => {
@@ -102,10 +104,8 @@ impl Telemetry {
 /// channel and a task switch for each, and without delaying the response.
 pub fn flush_local() {
     LOCAL.with(|l| {
-        if let Some(Local { writer, queue }) = &mut *l.borrow_mut() {
-            if !queue.is_empty() {
-                writer.write_all(queue.drain(..));
-            }
+        if let Some(local) = &mut *l.borrow_mut() {
+            local.write_queued();
         }
     });
 }
@@ -113,10 +113,19 @@ pub fn flush_local() {
 /// A worker thread's writer and the records waiting for it.
 struct Local {
     writer: Writer,
-    /// Boxed: moving a record of some 600 bytes into the queue and out again costs more than
-    /// its allocation (about 260 instructions a request in `make bench-instructions`).
+    /// Boxed, as on the shared task's channel: moving a record of some 600 bytes into the
+    /// queue and out again costs more than its allocation (about 260 instructions a request
+    /// in `make bench-instructions`).
     #[allow(clippy::vec_box)]
     queue: Vec<Box<Record>>,
+}
+
+impl Local {
+    fn write_queued(&mut self) {
+        if !self.queue.is_empty() {
+            self.writer.write_all(self.queue.drain(..));
+        }
+    }
 }
 
 thread_local! {
@@ -133,8 +142,9 @@ struct Sink {
 }
 
 impl Sink {
-    /// Spawns a task that writes the records sent on the returned channel.
-    fn writer(self: Arc<Self>) -> mpsc::UnboundedSender<Box<Record>> {
+    /// Spawns the task that writes the records of threads without a writer of their own, sent
+    /// on the returned channel.
+    fn spawn_shared(self: Arc<Self>) -> mpsc::UnboundedSender<Box<Record>> {
         let (tx, mut rx) = mpsc::unbounded_channel::<Box<Record>>();
         tokio::spawn(async move {
             let mut writer = Writer::new(self);
@@ -181,7 +191,10 @@ impl Writer {
         for r in records {
             let e = Arc::new(Entry::from(*r));
             if opts.print {
-                println!("{} {}", e.proxy, if opts.json { e.json() } else { e.text() });
+                // Not `println!`, which panics when stdout is gone (`meshd up --access-log | head`):
+                // the connection that runs this would go with it.
+                let line = if opts.json { e.json() } else { e.text() };
+                let _ = writeln!(std::io::stdout().lock(), "{} {line}", e.proxy);
             }
             let log = match &self.last {
                 Some((proxy, log)) if Arc::ptr_eq(proxy, &e.proxy) => log,
@@ -239,7 +252,7 @@ mod tests {
         let logs = crate::logs::Logs::default();
         let tel = Telemetry::start(logs.clone(), Options::default());
         tel.start_local();
-        tel.send(Box::new(accesslog::tests::reviews()));
+        tel.send(Box::new(accesslog::reviews()));
         assert!(logs.lines(LOG).is_empty(), "queued on this thread, not handed to a task");
         flush_local();
         assert_eq!(logs.lines(LOG).len(), 1);
@@ -253,7 +266,7 @@ mod tests {
         let tel = Telemetry::start(logs.clone(), Options::default());
         tel.start_local();
         tokio::task::yield_now().await;
-        tel.send(Box::new(accesslog::tests::reviews()));
+        tel.send(Box::new(accesslog::reviews()));
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(logs.lines(LOG).is_empty());
         tokio::time::sleep(Duration::from_millis(600)).await;
@@ -264,7 +277,7 @@ mod tests {
     async fn a_thread_without_a_writer_sends_to_the_shared_task() {
         let logs = crate::logs::Logs::default();
         let tel = Telemetry::start(logs.clone(), Options::default());
-        tel.send(Box::new(accesslog::tests::reviews()));
+        tel.send(Box::new(accesslog::reviews()));
         for _ in 0..100 {
             if !logs.lines(LOG).is_empty() {
                 return;

@@ -226,7 +226,7 @@ const MAX_TRACES: usize = 1000;
 const MAX_SPANS: usize = 64;
 
 /// The last traces, in memory, as the entries that made them: spans are only spelled out
-/// when the admin API asks. Written by the telemetry task only.
+/// when the admin API asks. Written by the telemetry writers only.
 #[derive(Debug, Default)]
 pub struct TraceStore {
     inner: Mutex<Store>,
@@ -319,7 +319,7 @@ impl TraceStore {
 
     /// The newest traces first.
     pub fn list(&self, limit: usize) -> Vec<TraceSummary> {
-        // Spans are built after the lock is released: every worker's telemetry task adds under it.
+        // Spans are built after the lock is released: every worker's telemetry writer adds under it.
         let traces: Vec<Vec<Arc<Entry>>> = {
             let s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             s.order.iter().rev().take(limit).filter_map(|id| s.traces.get(id).cloned()).collect()
