@@ -250,40 +250,36 @@ impl Entry {
 /// The record of a request the mesh could not route (Istio's `NC`).
 #[cfg(test)]
 pub(crate) fn reviews() -> Record {
-    tests::reviews()
+    Record {
+        proxy: "reviews-v1".into(),
+        start: SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123),
+        method: Method::GET,
+        uri: Uri::from_static("/reviews/0"),
+        protocol: "HTTP/1.1",
+        status: 503,
+        flags: "NC".into(),
+        details: "cluster_not_found",
+        bytes_received: 0,
+        bytes_sent: 0,
+        duration_us: 0,
+        upstream_service_time: None,
+        forwarded_for: None,
+        user_agent: Some(HeaderValue::from_static("curl/8.11.1")),
+        request_id: Some(HeaderValue::from_static("abc")),
+        authority: Some(HeaderValue::from_static("reviews:9080")),
+        upstream_host: None,
+        upstream_cluster: None,
+        downstream_local: None,
+        downstream_remote: "10.244.0.12:54662".parse().unwrap(),
+        route: None,
+        span: None,
+        series: None,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    pub(super) fn reviews() -> Record {
-        Record {
-            proxy: "reviews-v1".into(),
-            start: SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123),
-            method: Method::GET,
-            uri: Uri::from_static("/reviews/0"),
-            protocol: "HTTP/1.1",
-            status: 503,
-            flags: "NC".into(),
-            details: "cluster_not_found",
-            bytes_received: 0,
-            bytes_sent: 0,
-            duration_us: 0,
-            upstream_service_time: None,
-            forwarded_for: None,
-            user_agent: Some(HeaderValue::from_static("curl/8.11.1")),
-            request_id: Some(HeaderValue::from_static("abc")),
-            authority: Some(HeaderValue::from_static("reviews:9080")),
-            upstream_host: None,
-            upstream_cluster: None,
-            downstream_local: None,
-            downstream_remote: "10.244.0.12:54662".parse().unwrap(),
-            route: None,
-            span: None,
-            series: None,
-        }
-    }
 
     #[test]
     fn istio_text_format() {
