@@ -72,11 +72,9 @@ impl Telemetry {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                LOCAL.with(|l| {
-                    if let Some(local) = &mut *l.borrow_mut() {
-                        local.write_queued();
-                        local.writer.tick();
-                    }
+                with_local(|local| {
+                    local.write_queued();
+                    local.writer.tick();
                 });
             }
         });
@@ -103,9 +101,14 @@ impl Telemetry {
 /// the records cost the thread the same work as in a task of their own, without a wake-up, a
 /// channel and a task switch for each, and without delaying the response.
 pub fn flush_local() {
+    with_local(Local::write_queued);
+}
+
+/// Runs `f` on this thread's writer, if it has one.
+fn with_local(f: impl FnOnce(&mut Local)) {
     LOCAL.with(|l| {
         if let Some(local) = &mut *l.borrow_mut() {
-            local.write_queued();
+            f(local);
         }
     });
 }
