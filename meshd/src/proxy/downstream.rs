@@ -157,24 +157,26 @@ where
             }
         })
         .await;
-        let Some(resp) = answer else {
-            handler.after();
-            return Served::Closed;
+        let kept = match answer {
+            None => false,
+            Some(resp) => {
+                let keep_alive = keep_alive && !drain.requested();
+                let out = Out { wbuf: &mut wbuf, rbuf: &mut rbuf, watch: &mut watch };
+                match respond(&mut io, out, resp, version, head_request, keep_alive).await {
+                    Ok(true) => true,
+                    Ok(false) => {
+                        // A clean end: TLS says close_notify, so a body the close delimits is complete.
+                        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), io.shutdown()).await;
+                        false
+                    }
+                    Err(_) => false,
+                }
+            }
         };
-        let keep_alive = keep_alive && !drain.requested();
-        let out = Out { wbuf: &mut wbuf, rbuf: &mut rbuf, watch: &mut watch };
-        match respond(&mut io, out, resp, version, head_request, keep_alive).await {
-            Ok(true) => handler.after(),
-            Ok(false) => {
-                // A clean end: TLS says close_notify, so a body the close delimits is complete.
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), io.shutdown()).await;
-                handler.after();
-                return Served::Closed;
-            }
-            Err(_) => {
-                handler.after();
-                return Served::Closed;
-            }
+        // Once the client has its answer (or the connection is closed), on every way out.
+        handler.after();
+        if !kept {
+            return Served::Closed;
         }
     }
 }
