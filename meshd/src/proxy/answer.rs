@@ -197,12 +197,8 @@ impl Head {
 
     fn into_map(self) -> HeaderMap {
         let mut map = HeaderMap::with_capacity(self.fields.len() + self.added.len() + 4);
-        for f in &self.fields {
-            let name = HeaderName::from_bytes(&self.bytes[f.name_range()]);
-            let value = HeaderValue::from_maybe_shared(self.bytes.slice(f.value_range()));
-            if let (Ok(n), Ok(v)) = (name, value) {
-                map.append(n, v);
-            }
+        for (n, v) in self.fields.iter().filter_map(|f| f.entry(&self.bytes)) {
+            map.append(n, v);
         }
         for (n, v) in self.added {
             map.append(n, v);

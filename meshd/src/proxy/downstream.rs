@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{HeaderName, HeaderValue, TRANSFER_ENCODING};
+use http::header::TRANSFER_ENCODING;
 use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
 use http_body::Body as HttpBody;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -280,8 +280,8 @@ fn request(head: Head, spans: &[Field], bytes: &Bytes, body: Body) -> Option<Req
     // Room for what the proxy adds: growing the map re-hashes every entry.
     let mut headers = HeaderMap::with_capacity(spans.len() + ADDED_HEADERS);
     for f in spans {
-        let name = HeaderName::from_bytes(&bytes[f.name_range()]).ok()?;
-        headers.append(name, HeaderValue::from_maybe_shared(bytes.slice(f.value_range())).ok()?);
+        let (name, value) = f.entry(bytes)?;
+        headers.append(name, value);
     }
     let mut req = Request::new(body);
     *req.method_mut() = head.method;
@@ -448,6 +448,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
+    use http::HeaderValue;
     use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};

@@ -54,6 +54,14 @@ impl Field {
     pub fn value_range(&self) -> std::ops::Range<usize> {
         self.value.0 as usize..self.value.1 as usize
     }
+
+    /// The field as a header map entry, its value sharing `head`'s bytes; `None` when `http`
+    /// refuses the name or the value.
+    #[inline]
+    pub fn entry(&self, head: &Bytes) -> Option<(HeaderName, HeaderValue)> {
+        let name = HeaderName::from_bytes(&head[self.name_range()]).ok()?;
+        Some((name, HeaderValue::from_maybe_shared(head.slice(self.value_range())).ok()?))
+    }
 }
 
 /// Room made in the read buffer before a read: a loopback response fits in one read, and a read
