@@ -217,9 +217,13 @@ async fn json_access_log_has_istios_keys() {
     assert_eq!(j["response_flags"], "-");
     assert_eq!(j["upstream_cluster"], "outbound|9080||productpage.default.svc.cluster.local");
     assert!(j["request_id"].as_str().unwrap().len() == 36);
+    // The service time the proxy put on the response, in milliseconds.
+    let service_time = |j: &Value| j["upstream_service_time"].as_str().is_some_and(|t| t.parse::<u32>().is_ok());
+    assert!(service_time(&j), "{line}");
     // The same request id reaches productpage's sidecar, and its log names the inbound cluster.
     let id = j["request_id"].as_str().unwrap();
     let pp = mesh.proxy_log_line("productpage-v1", &[id, "\"inbound|9080||\""]);
     let pj: Value = serde_json::from_str(&pp).unwrap();
     assert_eq!(pj["upstream_cluster"], "inbound|9080||");
+    assert!(service_time(&pj), "{pp}");
 }

@@ -335,6 +335,9 @@ struct UpstreamHost {
     responded: bool,
     /// The endpoint's runtime state (its metric label set); None for an inbound app.
     endpoint: Option<Arc<EndpointRt>>,
+    /// `x-envoy-upstream-service-time` as the response carries it (ms), for the access log: a
+    /// number, not its header value, as this is moved with every response.
+    service_ms: Option<u32>,
 }
 
 /// Which route and cluster served a request, for the access log and metrics.
@@ -851,7 +854,7 @@ impl Proxy {
             bytes_received,
             bytes_sent,
             duration_us: elapsed.as_micros() as u64,
-            upstream_service_time: resp.fields.value(&X_SERVICE_TIME),
+            upstream_service_time: upstream.and_then(|u| u.service_ms).map(|ms| number(ms.into())),
             forwarded_for,
             user_agent,
             request_id: Some(id),
@@ -942,14 +945,15 @@ impl Proxy {
             Ok((conn, _)) => conn.send_head(h1::Head::of(&parts, added), body).await,
             Err(e) => Err(e),
         };
-        let (mut served, responded) = match result {
+        let (mut served, service_ms) = match result {
             Ok(mut resp) => {
-                finish(&mut resp.fields, ServerName::IstioEnvoy, started, &[]);
-                (Served::upstream(resp), true)
+                let service_ms = finish(&mut resp.fields, ServerName::IstioEnvoy, started, &[]);
+                (Served::upstream(resp), Some(service_ms))
             }
-            Err(e) => (respond::local_reply(reply_for(&e), ServerName::IstioEnvoy, false).into(), false),
+            Err(e) => (respond::local_reply(reply_for(&e), ServerName::IstioEnvoy, false).into(), None),
         };
-        served.upstream = Some(UpstreamHost { addr: ep.addr, responded, endpoint: None });
+        let responded = service_ms.is_some();
+        served.upstream = Some(UpstreamHost { addr: ep.addr, responded, endpoint: None, service_ms });
         served.route = Some(RouteInfo { cluster: cluster.clone(), route: Some(INBOUND_ROUTE.clone()) });
         served
     }
@@ -1107,9 +1111,9 @@ impl Proxy {
             },
             None => attempts.await,
         };
-        if served.upstream.as_ref().is_some_and(|u| u.responded) {
+        if let Some(upstream) = served.upstream.as_mut().filter(|u| u.responded) {
             let ops = [&matched.route.headers.response, &target.headers.response];
-            finish(&mut served.resp.fields, server, started, &ops);
+            upstream.service_ms = Some(finish(&mut served.resp.fields, server, started, &ops));
             if let Some(cookie) = new_cookie {
                 if let Ok(v) = HeaderValue::from_str(&cookie) {
                     served.resp.fields.append(SET_COOKIE, v);
@@ -1195,6 +1199,7 @@ impl Proxy {
                     addr: ep.addr,
                     responded: matches!(result, Attempt::Response(_)),
                     endpoint: Some(ep.clone()),
+                    service_ms: None,
                 };
                 let mut served = match result {
                     Attempt::Response(resp) => {
@@ -1451,13 +1456,17 @@ fn outgoing(
     if !same {
         headers.insert(HOST, HeaderValue::from_str(new_authority).ok()?);
     }
-    if !headers.contains_key(&X_REQUEST_ID) {
+    // The scan saw these names, so a request without them costs no hashed lookup.
+    if !found.has(Found::REQUEST_ID) {
         headers.insert(X_REQUEST_ID.clone(), request_id());
     }
-    if !body.is_empty() || headers.contains_key(CONTENT_LENGTH) {
+    let framed = found.has(Found::FRAMING);
+    if !body.is_empty() || (framed && headers.contains_key(CONTENT_LENGTH)) {
         headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
     }
-    headers.remove(http::header::TRANSFER_ENCODING);
+    if framed {
+        headers.remove(http::header::TRANSFER_ENCODING);
+    }
     let (ops, more) = (&route.headers.request, &target.headers.request);
     let trace = if span.is_some() { Found::TRACE } else { 0 };
     let (proto, span) = if ops.is_empty() && more.is_empty() {
@@ -1581,10 +1590,12 @@ fn origin_form(uri: &Uri) -> Uri {
 }
 
 /// Shapes an upstream response's headers for the caller: Envoy's headers and the route's edits
-/// (which make a head a map: they are written for one).
-fn finish(fields: &mut Fields, server: ServerName, started: Instant, ops: &[&HeaderOps]) {
+/// (which make a head a map: they are written for one). Returns the service time it set, last,
+/// for the access log (ms).
+fn finish(fields: &mut Fields, server: ServerName, started: Instant, ops: &[&HeaderOps]) -> u32 {
     let own = server != ServerName::Keep;
-    let service_time = number(started.elapsed().as_millis() as u64);
+    let ms = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
+    let service_time = number(ms.into());
     if matches!(fields, Fields::Head(_)) && ops.iter().all(|op| op.is_empty()) {
         // A head as it came: one pass drops what is stripped and what the proxy writes itself,
         // which then goes after the upstream's fields, where `set` would put it too. (A
@@ -1595,7 +1606,7 @@ fn finish(fields: &mut Fields, server: ServerName, started: Instant, ops: &[&Hea
             fields.append(SERVER, server.value());
         }
         fields.append(X_SERVICE_TIME.clone(), service_time);
-        return;
+        return ms;
     }
     strip_hop_by_hop(fields);
     for op in ops {
@@ -1605,6 +1616,7 @@ fn finish(fields: &mut Fields, server: ServerName, started: Instant, ops: &[&Hea
         fields.set(SERVER, server.value());
     }
     fields.set(X_SERVICE_TIME.clone(), service_time);
+    ms
 }
 
 /// Closes with a TCP reset (RST), as Envoy does to a plaintext client of a STRICT port.
@@ -1686,6 +1698,12 @@ impl Found {
     const FORWARDED_PROTO: u8 = 8;
     const PEER_ID: u8 = 16;
     const CLIENT_CERT: u8 = 32;
+    /// `x-request-id`: read, never removed.
+    const REQUEST_ID: u8 = 64;
+    /// `content-length` and `transfer-encoding`, which the proxy sets for the body it forwards.
+    const FRAMING: u8 = 128;
+    /// Classes found to be read or replaced, which `remove` leaves.
+    const KEPT: u8 = Found::REQUEST_ID | Found::FRAMING;
 
     /// The class of a name in lower case.
     fn class(name: &[u8]) -> u8 {
@@ -1705,6 +1723,8 @@ impl Found {
             b"x-forwarded-proto" => Found::FORWARDED_PROTO,
             b"x-envoy-peer-metadata-id" => Found::PEER_ID,
             b"x-forwarded-client-cert" => Found::CLIENT_CERT,
+            b"x-request-id" => Found::REQUEST_ID,
+            b"content-length" | b"transfer-encoding" => Found::FRAMING,
             _ => 0,
         }
     }
@@ -1717,9 +1737,9 @@ impl Found {
         self.0 & classes != 0
     }
 
-    /// Removes every name of `classes` that the scan found a class member of.
+    /// Removes every name of `classes` that the scan found a class member of (not the `KEPT`).
     fn remove(&mut self, headers: &mut HeaderMap, classes: u8) {
-        let gone = self.0 & classes;
+        let gone = self.0 & classes & !Found::KEPT;
         if gone == 0 {
             return;
         }
@@ -1825,8 +1845,11 @@ mod tests {
             let mut map = answer::Fields::from_text(text);
             map.map_mut();
             let started = Instant::now();
-            finish(&mut head, server, started, &[]);
-            finish(&mut map, server, started, &[]);
+            // What `finish` hands the access log is what the response carries.
+            for fields in [&mut head, &mut map] {
+                let ms = finish(fields, server, started, &[]);
+                assert_eq!(fields.value(&X_SERVICE_TIME), Some(number(ms.into())), "{server:?}");
+            }
             assert!(matches!(head, Fields::Head(_)), "a head stays a head");
             let (head, map) = (fields(&head), fields(&map));
             let server_line = match server {
@@ -1848,13 +1871,15 @@ mod tests {
 
     #[test]
     fn names_are_found_by_their_class_and_removed_by_it() {
-        let classes: [(&[&HeaderName], u8); 6] = [
+        let classes: [(&[&HeaderName], u8); 8] = [
             (&HOP_BY_HOP.each_ref(), Found::HOP_BY_HOP),
             (&[&X_RQ_TIMEOUT, &X_RETRY_ON, &X_MAX_RETRIES, &X_ATTEMPT_COUNT], Found::OVERRIDES),
             (&crate::telemetry::trace::PROPAGATED, Found::TRACE),
             (&[&X_FORWARDED_PROTO], Found::FORWARDED_PROTO),
             (&[&PEER_ID], Found::PEER_ID),
             (&[&X_FCC], Found::CLIENT_CERT),
+            (&[&X_REQUEST_ID], Found::REQUEST_ID),
+            (&[&CONTENT_LENGTH, &http::header::TRANSFER_ENCODING], Found::FRAMING),
         ];
         for (names, class) in classes {
             for &name in names {
@@ -1866,7 +1891,8 @@ mod tests {
                 let mut found = Found::scan(&h);
                 assert_eq!(found, Found(class), "{name}");
                 found.remove(&mut h, !Found::OVERRIDES);
-                let left = if class == Found::OVERRIDES { 3 } else { 2 };
+                let kept = class == Found::OVERRIDES || class & Found::KEPT != 0;
+                let left = if kept { 3 } else { 2 };
                 assert_eq!(h.len(), left, "{name}");
             }
         }
