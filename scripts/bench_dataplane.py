@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Data-plane benchmark: the same backend reached directly, through nginx, through meshd's
 gateway (one hop), through a meshd sidecar pair with mTLS (the Istio sidecar-pair path), and
-Bookinfo's /productpage. For each path: closed-loop throughput (wrk), then open-loop latency
+Bookinfo's /productpage; last, nginx adding the fields meshd's gateway adds (Istio's request id,
+attempt count, forwarded proto and trace context), which the backend then parses in both rows.
+For each path: closed-loop throughput (wrk), then open-loop latency
 at a fixed 1000 rps with latency correction (oha -q), the proxies' CPU at that rate, and the
 share of upstream requests on a reused connection. Both kinds of run go in ROUNDS rounds over
 all the paths, and each figure is a median over its rounds. Loopback only, bounded in time.
@@ -104,6 +106,9 @@ def main():
             ("meshd sidecar pair, mTLS", mesh.proxy, "echo:8080", PATH, proxies, 2),
             ("same pair, HTTP/2 between the sidecars", mesh.proxy, "echo-h2:8080", PATH, proxies, 2),
             ("Bookinfo /productpage via gateway", mesh.gateway, None, "/productpage", proxies, 0),
+            # Not a target's reference: it splits the gap to nginx into the backend's and meshd's.
+            ("nginx adding the gateway's 7 fields, 1 hop", b.NGINX_FIELDS_ADDR, None, PATH,
+             [(p, None) for p in nginx_pids], 1),
         ]
         if args.profile:
             name, addr, host, path, _, _ = rows[args.profile - 1]
@@ -173,7 +178,10 @@ def report(results):
     # The one-hop comparison round by round: how far the medians above can be trusted.
     nginx, gateway = results[1], results[2]
     per_round = ", ".join(f"{g / n:.2f}" for g, n in zip(gateway["rps_runs"], nginx["rps_runs"]) if n)
-    print(f"\nthroughput: the median of {ROUNDS} rounds, the paths interleaved; meshd gateway / nginx by round: {per_round}")
+    fields = results[6]
+    per_round_fields = ", ".join(f"{g / n:.2f}" for g, n in zip(gateway["rps_runs"], fields["rps_runs"]) if n)
+    print(f"\nthroughput: the median of {ROUNDS} rounds, the paths interleaved; meshd gateway / nginx by round: {per_round}; "
+          f"meshd gateway / nginx adding the gateway's fields by round: {per_round_fields}")
     print("proxy CPU: meshd's threads but the apps' (meshd-proxy workers and the control thread); nginx's workers, user+system, during the "
           "1000 rps runs; latency percentiles are medians over the rounds; per hop: that, per 1000 rps, divided by the proxies on the path (not given for "
           "Bookinfo, whose path length depends on the reviews version). Apps' threads (the backend) are measured apart and not counted.")
