@@ -293,7 +293,8 @@ struct Outgoing {
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-    /// Which names of interest `headers` holds.
+    /// Which names of interest `headers` held when `outgoing` scanned it; the bits read later
+    /// (`OVERRIDES`, `PEER_ID`) stay true, the `KEPT` ones may not.
     found: Found,
     /// `x-forwarded-proto` is written with the head (false: it is in `headers`).
     proto: bool,
