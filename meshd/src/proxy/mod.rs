@@ -1847,9 +1847,9 @@ mod tests {
             map.map_mut();
             let started = Instant::now();
             // What `finish` hands the access log is what the response carries.
-            for fields in [&mut head, &mut map] {
-                let ms = finish(fields, server, started, &[]);
-                assert_eq!(fields.value(&X_SERVICE_TIME), Some(number(ms.into())), "{server:?}");
+            for shaped in [&mut head, &mut map] {
+                let ms = finish(shaped, server, started, &[]);
+                assert_eq!(shaped.value(&X_SERVICE_TIME), Some(number(ms.into())), "{server:?}");
             }
             assert!(matches!(head, Fields::Head(_)), "a head stays a head");
             let (head, map) = (fields(&head), fields(&map));
