@@ -72,21 +72,18 @@ impl Telemetry {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                with_local(|local| {
-                    local.write_queued();
-                    local.writer.tick();
-                });
+                with_local(Writer::tick);
             }
         });
         let writer = Writer::new(self.sink.clone());
-        LOCAL.with(|l| *l.borrow_mut() = Some(Local { writer, queue: Vec::new() }));
+        LOCAL.with(|l| *l.borrow_mut() = Some(writer));
     }
 
     /// Hands a record over (never blocks): to this thread's queue, or else to the shared task.
     pub fn send(&self, r: Box<Record>) {
         let unsent = LOCAL.with(|l| match &mut *l.borrow_mut() {
-            Some(local) => {
-                local.queue.push(r);
+            Some(writer) => {
+                writer.queue.push(r);
                 None
             }
             None => Some(r),
@@ -101,39 +98,21 @@ impl Telemetry {
 /// the records cost the thread the same work as in a task of their own, without a wake-up, a
 /// channel and a task switch for each, and without delaying the response.
 pub fn flush_local() {
-    with_local(Local::write_queued);
+    with_local(Writer::write_queued);
 }
 
 /// Runs `f` on this thread's writer, if it has one.
-fn with_local(f: impl FnOnce(&mut Local)) {
+fn with_local(f: impl FnOnce(&mut Writer)) {
     LOCAL.with(|l| {
-        if let Some(local) = &mut *l.borrow_mut() {
-            f(local);
+        if let Some(writer) = &mut *l.borrow_mut() {
+            f(writer);
         }
     });
 }
 
-/// A worker thread's writer and the records waiting for it.
-struct Local {
-    writer: Writer,
-    /// Boxed, as on the shared task's channel: moving a record of some 600 bytes into the
-    /// queue and out again costs more than its allocation (about 260 instructions a request
-    /// in `make bench-instructions`).
-    #[allow(clippy::vec_box)]
-    queue: Vec<Box<Record>>,
-}
-
-impl Local {
-    fn write_queued(&mut self) {
-        if !self.queue.is_empty() {
-            self.writer.write_all(self.queue.drain(..));
-        }
-    }
-}
-
 thread_local! {
     /// This thread's writer, if it has one.
-    static LOCAL: RefCell<Option<Local>> = const { RefCell::new(None) };
+    static LOCAL: RefCell<Option<Writer>> = const { RefCell::new(None) };
 }
 
 /// Where records end up; shared by every writer.
@@ -151,7 +130,7 @@ impl Sink {
         let (tx, mut rx) = mpsc::unbounded_channel::<Box<Record>>();
         tokio::spawn(async move {
             let mut writer = Writer::new(self);
-            let mut records = Vec::with_capacity(RECV_BATCH);
+            writer.queue.reserve(RECV_BATCH);
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 // In a fixed order, the tick first so a steady stream of records cannot starve it
@@ -162,9 +141,9 @@ impl Sink {
                         writer.tick();
                         continue;
                     }
-                    n = rx.recv_many(&mut records, RECV_BATCH) => if n == 0 { break },
+                    n = rx.recv_many(&mut writer.queue, RECV_BATCH) => if n == 0 { break },
                 }
-                writer.write_all(records.drain(..));
+                writer.write_queued();
             }
         });
         tx
@@ -174,6 +153,11 @@ impl Sink {
 /// Turns records into log entries, stored spans and OTLP batches.
 struct Writer {
     sink: Arc<Sink>,
+    /// Records waiting to be written. Boxed, as on the shared task's channel: moving a record
+    /// of some 600 bytes into the queue and out again costs more than its allocation (about
+    /// 260 instructions a request in `make bench-instructions`).
+    #[allow(clippy::vec_box)]
+    queue: Vec<Box<Record>>,
     access: HashMap<Arc<str>, Arc<AccessLog>>,
     /// The log the last record went to: a thread's records mostly come from one proxy at a
     /// time, whose name is one shared string (no hashing to find its log again).
@@ -186,12 +170,13 @@ struct Writer {
 impl Writer {
     fn new(sink: Arc<Sink>) -> Writer {
         let client = reqwest::Client::builder().no_proxy().build().unwrap_or_default();
-        Writer { sink, access: HashMap::new(), last: None, client, batch: Vec::new() }
+        Writer { sink, queue: Vec::new(), access: HashMap::new(), last: None, client, batch: Vec::new() }
     }
 
-    fn write_all(&mut self, records: impl Iterator<Item = Box<Record>>) {
+    /// Writes the queued records.
+    fn write_queued(&mut self) {
         let Sink { logs, opts, traces: store } = &*self.sink;
-        for r in records {
+        for r in self.queue.drain(..) {
             let e = Arc::new(Entry::from(*r));
             if opts.print {
                 // Not `println!`, which panics when stdout is gone (`meshd up --access-log | head`):
@@ -223,10 +208,11 @@ impl Writer {
         }
     }
 
-    /// Once a second: the OTLP batch goes out, and logs of proxies whose pods are gone are
-    /// forgotten (they left `logs` already; another writer's cache may hold the same log, so
-    /// its count says nothing).
+    /// Once a second: records nobody flushed are written, the OTLP batch goes out, and logs of
+    /// proxies whose pods are gone are forgotten (they left `logs` already; another writer's
+    /// cache may hold the same log, so its count says nothing).
     fn tick(&mut self) {
+        self.write_queued();
         let Sink { logs, opts, .. } = &*self.sink;
         flush(&self.client, opts, &mut self.batch);
         self.access.retain(|proxy, log| logs.is_current(proxy, log));
