@@ -237,9 +237,10 @@ impl ClusterRt {
         if n == 0 {
             return None;
         }
-        // The clock is read, and the endpoints counted, only once an endpoint has ever been
-        // ejected (never, in most clusters): until then every one is healthy.
-        let ever = self.endpoints.iter().any(|e| e.ejected_until_ms.load(Ordering::Relaxed) != 0);
+        // The clock is read, and the endpoints counted, only once an endpoint of the cluster has
+        // ever been ejected (never, in most clusters; the counter is never reset): until then
+        // every one is healthy.
+        let ever = self.shared.stats.outlier_detection_ejections_total.load(Ordering::Relaxed) != 0;
         let (now, healthy_count) = if ever {
             let now = self.shared.now_ms();
             (now, self.endpoints.iter().filter(|e| !e.ejected(now)).count())
@@ -251,7 +252,8 @@ impl ClusterRt {
             .outlier
             .as_ref()
             .is_some_and(|o| o.min_health_percent > 0 && healthy_count * 100 < n * o.min_health_percent as usize);
-        let ok = |i: usize| panic || !self.endpoints[i].ejected(now);
+        let all_ok = panic || !ever;
+        let ok = |i: usize| all_ok || !self.endpoints[i].ejected(now);
         if healthy_count == 0 && !panic {
             return None;
         }
