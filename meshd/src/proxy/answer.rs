@@ -49,12 +49,10 @@ impl Fields {
         }
     }
 
-    /// The first value of `name`, as a value that shares the head's bytes.
+    /// The first value of `name`, as a value of its own (for tests).
+    #[cfg(test)]
     pub fn value(&self, name: &HeaderName) -> Option<HeaderValue> {
-        match self {
-            Fields::Head(h) => h.value(name),
-            Fields::Map(m) => m.get(name).cloned(),
-        }
+        self.get(name).map(|v| HeaderValue::from_bytes(v).expect("a parsed or added value is valid"))
     }
 
     /// Replaces every value of `name` with `value`.
@@ -156,24 +154,12 @@ impl Head {
         Head { bytes, fields, added: Vec::new() }
     }
 
-    /// The first value of `name`: where it lies in the head, or the value the proxy added.
-    #[inline]
-    fn find(&self, name: &HeaderName) -> Option<Result<std::ops::Range<usize>, &HeaderValue>> {
+    /// The first value of `name`: in the head, or else among the values the proxy added.
+    fn get(&self, name: &HeaderName) -> Option<&[u8]> {
         let spelled = name.as_str().as_bytes();
         match self.fields.iter().find(|f| &self.bytes[f.name_range()] == spelled) {
-            Some(f) => Some(Ok(f.value_range())),
-            None => self.added.iter().find(|(n, _)| n == name).map(|(_, v)| Err(v)),
-        }
-    }
-
-    fn get(&self, name: &HeaderName) -> Option<&[u8]> {
-        self.find(name).map(|at| at.map_or_else(HeaderValue::as_bytes, |at| &self.bytes[at]))
-    }
-
-    fn value(&self, name: &HeaderName) -> Option<HeaderValue> {
-        match self.find(name)? {
-            Ok(at) => HeaderValue::from_maybe_shared(self.bytes.slice(at)).ok(),
-            Err(v) => Some(v.clone()),
+            Some(f) => Some(&self.bytes[f.value_range()]),
+            None => self.added.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_bytes()),
         }
     }
 

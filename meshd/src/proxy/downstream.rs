@@ -247,8 +247,8 @@ fn parse_sized<const N: usize>(buf: &BytesMut, spans: &mut Vec<Field>) -> Result
         }
         if is("content-length") {
             // Anything but one agreed length goes to hyper, which refuses it (400).
-            match h1::content_length(h.value) {
-                Some(n) if n <= BODY_IN_MEMORY && body.is_none_or(|b| b == n) => body = Some(n),
+            match h1::agreed_length(body, h.value) {
+                Some(n) if n <= BODY_IN_MEMORY => body = Some(n),
                 _ => return Ok(Parsed::Handoff),
             }
         } else if is("connection") {

@@ -213,7 +213,8 @@ impl<'a> Head<'a> {
 
 /// Fields the proxy adds to a request as its head is written, rather than by inserting them
 /// into the header map, where each insert hashes the name. The map must not hold them too:
-/// the caller drops a client's copies first.
+/// the caller drops a client's copies first. Never a framing field: the body's framing is
+/// read from the map alone.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Added<'a> {
     /// Written after the map's fields (`x-envoy-attempt-count`, `x-forwarded-proto`, ...).
@@ -364,12 +365,15 @@ impl Connection {
         w.extend_from_slice(target.unwrap_or("/").as_bytes());
         w.extend_from_slice(b" HTTP/1.1\r\n");
         let (mut length, mut chunked) = (false, false);
-        for (name, value) in parts.headers.iter().chain(parts.added.fields.iter().flatten().copied()) {
+        for (name, value) in parts.headers {
             if name == CONTENT_LENGTH {
                 length = true;
             } else if name == TRANSFER_ENCODING {
                 chunked = last_token_is(value.as_bytes(), b"chunked");
             }
+            write_field(w, name, value);
+        }
+        for &(name, value) in parts.added.fields.iter().flatten() {
             write_field(w, name, value);
         }
         if let Some(span) = parts.added.span {
@@ -613,16 +617,19 @@ impl Delimiters {
         if name == b"transfer-encoding" {
             self.chunked = Some(last_token_is(value, b"chunked"));
         } else if name == b"content-length" {
-            self.length = match (self.length, content_length(value)) {
-                (Ok(None), Some(n)) => Ok(Some(n)),
-                (Ok(Some(l)), Some(n)) if l == n => Ok(Some(n)),
-                _ => Err(()),
-            };
+            self.length = self.length.and_then(|seen| agreed_length(seen, value).map(Some).ok_or(()));
         } else if name == b"connection" {
             self.close |= has_token(value, b"close");
             self.keep_alive |= has_token(value, b"keep-alive");
         }
     }
+}
+
+/// A `content-length` value, if valid and the same as any seen before in the message (differing
+/// lengths make it invalid: RFC 9112, section 6.3).
+#[inline]
+pub(super) fn agreed_length(seen: Option<u64>, value: &[u8]) -> Option<u64> {
+    content_length(value).filter(|&n| seen.is_none_or(|l| l == n))
 }
 
 /// How the response body is delimited (RFC 9112, section 6.3).
@@ -759,6 +766,7 @@ mod tests {
         let (parts, framing, keep, rest) =
             head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nx-a: 2\r\n\r\nhello", false);
         assert_eq!(parts.status, 200);
+        assert_eq!(parts.version, Version::HTTP_11);
         assert_eq!(parts.headers.get_all("x-a").iter().collect::<Vec<_>>(), ["1", "2"]);
         assert_eq!(framing, Framing::Length(5));
         assert!(keep);
