@@ -293,8 +293,8 @@ struct Outgoing {
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-    /// Which names of interest `headers` held when `outgoing` scanned it; the bits read later
-    /// (`OVERRIDES`, `PEER_ID`) stay true, the `KEPT` ones may not.
+    /// Which names of interest `headers` held when `outgoing` scanned it, less the ones removed
+    /// since; `REQUEST_ID` and `FRAMING` are not kept up to date (nothing reads them later).
     found: Found,
     /// `x-forwarded-proto` is written with the head (false: it is in `headers`).
     proto: bool,
@@ -933,8 +933,7 @@ impl Proxy {
         // Only an mTLS peer vouches for a client certificate: anything a client sent is dropped,
         // and the peer's is written with the head, as is the span.
         let mut found = Found::scan(&parts.headers);
-        let trace = if span.is_some() { Found::TRACE } else { 0 };
-        found.remove(&mut parts.headers, Found::HOP_BY_HOP | Found::PEER_ID | Found::CLIENT_CERT | trace);
+        found.remove(&mut parts.headers, Found::HOP_BY_HOP | Found::PEER_ID | Found::CLIENT_CERT | Found::trace(span));
         let added = h1::Added { fields: [xfcc.map(|v| (&X_FCC, v)), None, None], span };
         parts.uri = origin_form(&parts.uri);
         let Some(ep) = app.endpoints.first() else {
@@ -1469,10 +1468,9 @@ fn outgoing(
         headers.remove(http::header::TRANSFER_ENCODING);
     }
     let (ops, more) = (&route.headers.request, &target.headers.request);
-    let trace = if span.is_some() { Found::TRACE } else { 0 };
     let (proto, span) = if ops.is_empty() && more.is_empty() {
         // The proxy's fields are written with the head, once a client's copies are gone.
-        found.remove(&mut headers, Found::FORWARDED_PROTO | trace);
+        found.remove(&mut headers, Found::FORWARDED_PROTO | Found::trace(span));
         (true, span.copied())
     } else {
         // The route's edits see `x-forwarded-proto` as Envoy's do; the span goes in after them.
@@ -1509,7 +1507,7 @@ fn mirror(
     tokio::spawn(async move {
         let _active = ActiveGuard::new(&ep);
         if let Ok((conn, _)) = upstream::acquire(&shared, &ep, &cluster.pool, tls.as_ref()).await {
-            if let Ok(resp) = conn.send(req, h1::Added::default()).await {
+            if let Ok(resp) = conn.send(req).await {
                 // Drain so the connection goes back to the pool; the response is discarded.
                 let _ = resp.body.collect().await;
             }
@@ -1676,7 +1674,11 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
 }
 
 fn strip_hop_by_hop(fields: &mut Fields) {
-    fields.remove_if(is_hop_by_hop);
+    match fields {
+        // A map's are found by one pass and removed by hash, as a request's are.
+        Fields::Map(m) => Found::scan(m).remove(m, Found::HOP_BY_HOP),
+        head => head.remove_if(is_hop_by_hop),
+    }
 }
 
 fn is_hop_by_hop(name: &[u8]) -> bool {
@@ -1703,8 +1705,9 @@ impl Found {
     const REQUEST_ID: u8 = 64;
     /// `content-length` and `transfer-encoding`, which the proxy sets for the body it forwards.
     const FRAMING: u8 = 128;
-    /// Classes found to be read or replaced, which `remove` leaves.
-    const KEPT: u8 = Found::REQUEST_ID | Found::FRAMING;
+    /// The classes `remove` removes (the others are read, or replaced where they are read).
+    const REMOVABLE: u8 =
+        Found::HOP_BY_HOP | Found::TRACE | Found::FORWARDED_PROTO | Found::PEER_ID | Found::CLIENT_CERT;
 
     /// The class of a name in lower case.
     fn class(name: &[u8]) -> u8 {
@@ -1734,13 +1737,22 @@ impl Found {
         Found(headers.keys().fold(0, |found, name| found | Found::class(name.as_str().as_bytes())))
     }
 
+    /// The caller's trace context goes when the proxy sends a span of its own.
+    fn trace(span: Option<&SpanContext>) -> u8 {
+        if span.is_some() {
+            Found::TRACE
+        } else {
+            0
+        }
+    }
+
     fn has(self, classes: u8) -> bool {
         self.0 & classes != 0
     }
 
-    /// Removes every name of `classes` that the scan found a class member of (not the `KEPT`).
+    /// Removes every name of `classes` that the scan found a class member of (of the `REMOVABLE`).
     fn remove(&mut self, headers: &mut HeaderMap, classes: u8) {
-        let gone = self.0 & classes & !Found::KEPT;
+        let gone = self.0 & classes & Found::REMOVABLE;
         if gone == 0 {
             return;
         }
@@ -1892,7 +1904,7 @@ mod tests {
                 let mut found = Found::scan(&h);
                 assert_eq!(found, Found(class), "{name}");
                 found.remove(&mut h, !Found::OVERRIDES);
-                let kept = class == Found::OVERRIDES || class & Found::KEPT != 0;
+                let kept = class & Found::REMOVABLE == 0;
                 let left = if kept { 3 } else { 2 };
                 assert_eq!(h.len(), left, "{name}");
             }

@@ -279,10 +279,15 @@ pub enum Checkout {
 }
 
 impl Checkout {
-    /// Sends `req`, with `added` written after its fields, and waits for the response head.
-    pub async fn send(self, req: Request<Body>, added: h1::Added<'_>) -> Result<Answer, UpstreamError> {
-        let (parts, body) = req.into_parts();
-        self.send_head(h1::Head::of(&parts, added), body).await
+    /// Sends a whole request and waits for the response head.
+    pub async fn send(self, req: Request<Body>) -> Result<Answer, UpstreamError> {
+        match self {
+            Checkout::H1(conn) => {
+                let (parts, body) = req.into_parts();
+                conn.send(h1::Head::of(&parts, h1::Added::default()), body).await
+            }
+            Checkout::H2(link, ep) => link.send(req, &ep).await,
+        }
     }
 
     /// Sends a request from a borrowed head (an attempt of a request kept for retries) and
@@ -557,7 +562,7 @@ mod tests {
 
     async fn exchange(crt: &ClusterRt, pool: &PoolSettings) -> (bool, Response<Body>) {
         let (conn, reused) = acquire(&crt.shared, &crt.endpoints[0], pool, None).await.unwrap();
-        (reused, conn.send(get(), h1::Added::default()).await.unwrap().into_response())
+        (reused, conn.send(get()).await.unwrap().into_response())
     }
 
     #[tokio::test]
@@ -637,6 +642,7 @@ mod tests {
             let (crt, pool) = (crt.clone(), pool.clone());
             burst.spawn(async move {
                 let (_, resp) = exchange(&crt, &pool).await;
+                assert_eq!(resp.version(), Version::HTTP_11, "handed on as the caller's protocol");
                 resp.into_body().collect().await.unwrap().to_bytes()
             });
         }
