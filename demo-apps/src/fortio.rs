@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderMap, Method, StatusCode, Uri, Version};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 
@@ -50,10 +50,7 @@ async fn handle(State(st): State<Arc<St>>, ConnectInfo(peer): ConnectInfo<Socket
         return ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], UI_HTML).into_response();
     }
     if path == "/debug" || path.starts_with("/debug/") {
-        return (
-            [(header::CONTENT_TYPE, "text/plain; charset=UTF-8")],
-            debug_text(&st, peer, &parts.method, uri, parts.version, &parts.headers, &body),
-        )
+        return ([(header::CONTENT_TYPE, "text/plain; charset=UTF-8")], debug_text(&st, peer, &parts, &body))
             .into_response();
     }
     // fortio's echo handler: the body comes back as-is with 200, or `size` bytes of its payload.
@@ -76,22 +73,15 @@ static PAYLOAD: std::sync::LazyLock<Bytes> = std::sync::LazyLock::new(|| {
     Bytes::from((0..MAX_PAYLOAD).map(|_| rng.u8(..)).collect::<Vec<u8>>())
 });
 
-fn debug_text(
-    st: &St,
-    peer: SocketAddr,
-    method: &Method,
-    uri: &Uri,
-    version: Version,
-    headers: &HeaderMap,
-    body: &Bytes,
-) -> String {
+fn debug_text(st: &St, peer: SocketAddr, parts: &axum::http::request::Parts, body: &Bytes) -> String {
+    let (method, version, headers) = (&parts.method, parts.version, &parts.headers);
     let mut out = String::new();
     let _ = write!(
         out,
         "Φορτίο version {VERSION} echo debug server up for {}s on {} - request from {peer}\n\n{method} {} {version:?}\n\nheaders:\n\n",
         st.started.elapsed().as_secs(),
         st.hostname,
-        uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+        parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
     );
     if let Some(host) = headers.get(header::HOST) {
         let _ = writeln!(out, "Host: {}", String::from_utf8_lossy(host.as_bytes()));
