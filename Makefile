@@ -2,7 +2,7 @@
 CARGO ?= cargo
 DIR ?= samples/default
 
-.PHONY: up build test lint fmt unit e2e bench bench-instructions clean
+.PHONY: up build release test lint fmt unit e2e bench bench-instructions clean
 
 up:
 	$(CARGO) run --release -p meshd -- up $(DIR)
@@ -24,14 +24,15 @@ test: lint build
 clean:
 	$(CARGO) clean
 
-# Benchmarks (release build, loopback only, bounded in time).
-bench:
+release:
 	$(CARGO) build --release -p meshd
+
+# Benchmarks (release build, loopback only, bounded in time).
+bench: release
 	python3 scripts/bench_startup.py
 	python3 scripts/bench_dataplane.py
 	python3 scripts/bench_reload.py
 
 # Instructions per request under callgrind: a noise-free comparison of builds (valgrind).
-bench-instructions:
-	$(CARGO) build --release -p meshd
+bench-instructions: release
 	python3 scripts/bench_instructions.py

@@ -95,6 +95,7 @@ def main():
     try:
         backend = mesh.pod_addr("backend-")
         nginx, nginx_pids = b.start_nginx(work, backend, THREADS)
+        nginx_threads = [(p, None) for p in nginx_pids]
         # Warm every path (connections, certificates).
         for via, host, path in ((mesh.gateway, "bench.one", PATH), (mesh.proxy, "echo:8080", PATH),
                                 (mesh.proxy, "echo-h2:8080", PATH), (mesh.gateway, None, "/productpage")):
@@ -103,14 +104,14 @@ def main():
         proxies = [(mesh.pid, "!meshd-app")]
         rows = [  # name, address, Host, path, proxy threads, hops
             ("direct (backend)", backend, None, PATH, [], 0),
-            ("nginx, 1 hop", b.NGINX_ADDR, None, PATH, [(p, None) for p in nginx_pids], 1),
+            ("nginx, 1 hop", b.NGINX_ADDR, None, PATH, nginx_threads, 1),
             ("meshd gateway, 1 hop", mesh.gateway, "bench.one", PATH, proxies, 1),
             ("meshd sidecar pair, mTLS", mesh.proxy, "echo:8080", PATH, proxies, 2),
             ("same pair, HTTP/2 between the sidecars", mesh.proxy, "echo-h2:8080", PATH, proxies, 2),
             ("Bookinfo /productpage via gateway", mesh.gateway, None, "/productpage", proxies, 0),
             # Not a target's reference: it splits the gap to nginx into the backend's and meshd's.
             ("nginx adding the gateway's 8 fields, 1 hop", b.NGINX_FIELDS_ADDR, None, PATH,
-             [(p, None) for p in nginx_pids], 1),
+             nginx_threads, 1),
         ]
         if args.profile:
             name, addr, host, path, _, _ = rows[args.profile - 1]
@@ -178,12 +179,11 @@ def report(results):
               f"{r['pct']['90']:.3f} | {r['pct']['99']:.3f} | {added} | {r['proxy']:.3f} | {per_hop} | {r['us']:.1f} | {reuse} | "
               f"{r['errors'] + sum(n for c, n in r['codes'].items() if c != '200')} |")
     # The one-hop comparison round by round: how far the medians above can be trusted.
-    nginx, gateway = results[1], results[2]
-    per_round = ", ".join(f"{g / n:.2f}" for g, n in zip(gateway["rps_runs"], nginx["rps_runs"]) if n)
-    fields = results[6]
-    per_round_fields = ", ".join(f"{g / n:.2f}" for g, n in zip(gateway["rps_runs"], fields["rps_runs"]) if n)
-    print(f"\nthroughput: the median of {ROUNDS} rounds, the paths interleaved; meshd gateway / nginx by round: {per_round}; "
-          f"meshd gateway / nginx adding the gateway's fields by round: {per_round_fields}")
+    def by_round(a, b):
+        return ", ".join(f"{x / y:.2f}" for x, y in zip(a["rps_runs"], b["rps_runs"]) if y)
+    nginx, gateway, fields = results[1], results[2], results[6]
+    print(f"\nthroughput: the median of {ROUNDS} rounds, the paths interleaved; meshd gateway / nginx by round: "
+          f"{by_round(gateway, nginx)}; meshd gateway / nginx adding the gateway's fields by round: {by_round(gateway, fields)}")
     print("proxy CPU: meshd's threads but the apps' (meshd-proxy workers and the control thread); nginx's workers, user+system, during the "
           "1000 rps runs; latency percentiles are medians over the rounds; per hop: that, per 1000 rps, divided by the proxies on the path (not given for "
           "Bookinfo, whose path length depends on the reviews version). Apps' threads (the backend) are measured apart and not counted.")

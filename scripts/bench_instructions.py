@@ -75,14 +75,15 @@ def count(binary):
     b.BIN = wrapper
     mesh = b.Mesh(cfg, {"MESHD_THREADS": "1", "MESHD_APP_THREADS": "1"})
     try:
-        addr = {"bench.one": mesh.gateway, "direct": None}.get(HOST, mesh.proxy) or mesh.pod_addr("backend-")
+        host = None if HOST == "direct" else HOST
+        addr = mesh.pod_addr("backend-") if host is None else mesh.gateway if host == "bench.one" else mesh.proxy
         url = f"http://{addr}{d.PATH}"
 
         def load(n):
             if CLIENT == "wrk":
-                return raw_load(addr, "backend" if HOST == "direct" else HOST, n)
-            host = [] if HOST == "direct" else ["-H", f"Host: {HOST}"]
-            subprocess.run([b.oha_bin(), "-n", str(n), "-c", "4", "--no-tui", *host, url],
+                return raw_load(addr, host or "backend", n)
+            header = ["-H", f"Host: {host}"] if host else []
+            subprocess.run([b.oha_bin(), "-n", str(n), "-c", "4", "--no-tui", *header, url],
                            capture_output=True, check=True)
 
         load(300)  # connections, pools, caches
