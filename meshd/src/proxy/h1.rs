@@ -16,7 +16,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
 use http_body::Body as HttpBody;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
@@ -257,6 +257,14 @@ impl Connection {
     pub fn is_open(&mut self) -> bool {
         if !self.reusable || !self.rbuf.is_empty() {
             return false;
+        }
+        // A plain socket with no readiness noted since its last read has nothing to say: the
+        // read below would only register a waker, the cost of the check on every pooled request.
+        // (Under TLS, plaintext may already wait in the session, so that read is always made.)
+        if let Io::Plain(s) = &self.io {
+            if s.try_io(Interest::READABLE, || Ok(())).is_err() {
+                return true;
+            }
         }
         let mut cx = Context::from_waker(Waker::noop());
         if poll_read_buf(Pin::new(&mut self.io), &mut cx, &mut self.rbuf).is_pending() {
