@@ -16,7 +16,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
 use http_body::Body as HttpBody;
-use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
@@ -252,26 +252,26 @@ impl Connection {
         Connection { io, rbuf: BytesMut::new(), wbuf: Vec::new(), reusable: true }
     }
 
-    /// Whether it can take another request. Tries a read without waiting: an idle connection
-    /// the server closed (or sent bytes on, unasked) is not used again.
+    /// Whether it can take another request. Checks without waiting whether the server closed
+    /// the connection or sent bytes on it, unasked: either way it is not used again.
     pub fn is_open(&mut self) -> bool {
         if !self.reusable || !self.rbuf.is_empty() {
             return false;
         }
-        // A plain socket with no readiness noted since its last read has nothing to say: the
-        // read below would only register a waker, the cost of the check on every pooled request.
-        // (Under TLS, plaintext may already wait in the session, so that read is always made.)
-        if let Io::Plain(s) = &self.io {
-            if s.try_io(Interest::READABLE, || Ok(())).is_err() {
-                return true;
+        let open = match &mut self.io {
+            // Read only if the I/O driver has noted readiness: no waker stored, no task budget
+            // spent, on every pooled request.
+            Io::Plain(s) => {
+                matches!(s.try_read_buf(&mut self.rbuf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
             }
-        }
-        let mut cx = Context::from_waker(Waker::noop());
-        if poll_read_buf(Pin::new(&mut self.io), &mut cx, &mut self.rbuf).is_pending() {
-            return true;
-        }
-        self.reusable = false;
-        false
+            // Under TLS the session may already hold plaintext or the peer's close, so it is read.
+            io @ Io::Tls(_) => {
+                let mut cx = Context::from_waker(Waker::noop());
+                poll_read_buf(Pin::new(io), &mut cx, &mut self.rbuf).is_pending()
+            }
+        };
+        self.reusable = open;
+        open
     }
 
     /// Sends a request and reads the response head. The body is read after, with

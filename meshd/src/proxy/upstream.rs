@@ -601,6 +601,40 @@ mod tests {
         assert_eq!(crt.shared.stats.upstream_cx_total.load(Ordering::Relaxed), 2);
     }
 
+    #[tokio::test]
+    async fn an_idle_connection_the_server_sent_bytes_on_is_not_used_again() {
+        // Answers each connection's first request, then says more on it unasked (a 408, as
+        // servers do before closing an idle connection) and keeps it open.
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = std_listener.local_addr().unwrap();
+        let (said, on_said) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let mut open = Vec::new();
+            for s in std_listener.incoming() {
+                let mut s = s.unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).unwrap();
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+                s.write_all(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\n\r\n").unwrap();
+                let _ = said.send(());
+                open.push(s);
+            }
+        });
+        let crt = ClusterRt::single(addr);
+        let pool = PoolSettings::default();
+        let (_, resp) = exchange(&crt, &pool).await;
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+        tokio::task::spawn_blocking(move || on_said.recv().unwrap()).await.unwrap();
+        // Let the I/O driver see the bytes, as it does between requests in a running proxy.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (reused, resp) = exchange(&crt, &pool).await;
+        assert!(!reused, "the connection the server spoke on was dropped, not reused");
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+        assert_eq!(crt.shared.stats.upstream_cx_total.load(Ordering::Relaxed), 2);
+    }
+
     /// An HTTP/2 server (prior knowledge) on a thread of its own that answers each request with
     /// its version, authority and path.
     fn h2_server() -> SocketAddr {
