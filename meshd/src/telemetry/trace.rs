@@ -153,8 +153,8 @@ pub fn hex(out: &mut [u8], v: u128) {
     debug_assert!(out.len() <= 32, "a u128 has 32 hex digits");
     let bytes = v.to_be_bytes();
     let (pairs, odd) = (out.len() / 2, out.len() % 2);
-    for (o, b) in out[odd..].as_chunks_mut::<2>().0.iter_mut().zip(&bytes[16 - pairs..]) {
-        *o = PAIRS[usize::from(*b)];
+    for (o, b) in out[odd..].chunks_exact_mut(2).zip(&bytes[16 - pairs..]) {
+        o.copy_from_slice(&PAIRS[usize::from(*b)]);
     }
     if odd == 1 {
         // The digit before the pairs: the low nibble of the byte before them (an odd width is
