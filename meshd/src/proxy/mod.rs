@@ -855,7 +855,7 @@ impl Proxy {
             bytes_received,
             bytes_sent,
             duration_us: elapsed.as_micros() as u64,
-            upstream_service_time: upstream.and_then(|u| u.service_ms).map(|ms| number(ms.into())),
+            upstream_service_time: upstream.and_then(|u| u.service_ms),
             forwarded_for,
             user_agent,
             request_id: Some(id),

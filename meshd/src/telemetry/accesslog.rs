@@ -39,8 +39,8 @@ pub struct Record {
     pub bytes_sent: u64,
     /// Microseconds until the response headers.
     pub duration_us: u64,
-    /// `x-envoy-upstream-service-time`.
-    pub upstream_service_time: Option<HeaderValue>,
+    /// `x-envoy-upstream-service-time`, in milliseconds: spelled only when a line is shown.
+    pub upstream_service_time: Option<u32>,
     /// `x-forwarded-for`.
     pub forwarded_for: Option<HeaderValue>,
     /// `user-agent`.
@@ -73,10 +73,9 @@ enum Field {
     UserAgent,
     ForwardedFor,
     RequestId,
-    ServiceTime,
 }
 
-const FIELDS: usize = 6;
+const FIELDS: usize = 5;
 
 /// A request as kept for the access log and the trace store: what the [`Record`] borrowed from
 /// the request is copied into one buffer, so nothing keeps a connection's read buffer alive,
@@ -99,6 +98,7 @@ pub struct Entry {
     bytes_sent: u64,
     /// Microseconds until the response headers.
     pub duration_us: u64,
+    upstream_service_time: Option<u32>,
     /// The packed header-borne fields, and where each ends (absent: `None`).
     packed: Box<[u8]>,
     ends: [Option<u16>; FIELDS],
@@ -125,7 +125,6 @@ impl From<Record> for Entry {
             r.user_agent.as_ref().map(|v| v.as_bytes()),
             r.forwarded_for.as_ref().map(|v| v.as_bytes()),
             r.request_id.as_ref().map(|v| v.as_bytes()),
-            r.upstream_service_time.as_ref().map(|v| v.as_bytes()),
         ];
         let mut packed = Vec::with_capacity(fields.iter().flatten().map(|f| f.len()).sum());
         let mut ends = [None; FIELDS];
@@ -146,6 +145,7 @@ impl From<Record> for Entry {
             bytes_received: r.bytes_received,
             bytes_sent: r.bytes_sent,
             duration_us: r.duration_us,
+            upstream_service_time: r.upstream_service_time,
             packed: packed.into_boxed_slice(),
             ends,
             upstream_host: r.upstream_host,
@@ -201,7 +201,7 @@ impl Entry {
             self.bytes_received,
             self.bytes_sent,
             self.duration_us / 1000,
-            self.dash(Field::ServiceTime),
+            self.upstream_service_time.map_or(Cow::Borrowed("-"), |ms| Cow::Owned(ms.to_string())),
             self.dash(Field::ForwardedFor),
             self.dash(Field::UserAgent),
             self.dash(Field::RequestId),
@@ -230,7 +230,7 @@ impl Entry {
             "bytes_received": self.bytes_received,
             "bytes_sent": self.bytes_sent,
             "duration": self.duration_us / 1000,
-            "upstream_service_time": self.field(Field::ServiceTime),
+            "upstream_service_time": self.upstream_service_time.map(|ms| ms.to_string()),
             "x_forwarded_for": self.field(Field::ForwardedFor),
             "user_agent": self.field(Field::UserAgent),
             "request_id": self.field(Field::RequestId),
