@@ -167,10 +167,11 @@ async fn circuit_breaking_overflows_with_envoys_answer() {
     assert!(out.status.success());
     let report = String::from_utf8_lossy(&out.stderr);
     assert!(report.contains("Starting at max qps with 3 thread(s)"), "{report}");
+    // A missing line is `None`; a line whose count does not parse fails the test.
     let count = |code: &str| -> Option<u64> {
         let prefix = format!("Code {code} : ");
         let line = report.lines().find_map(|l| l.strip_prefix(&prefix))?;
-        line.split_whitespace().next()?.parse().ok()
+        Some(line.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{report}")))
     };
     // How many of the 30 overflow depends on timing (the task's page shows most of them); every 503 is an
     // overflow, counted as such, and none is lost.
