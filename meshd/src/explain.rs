@@ -195,12 +195,18 @@ pub fn explain(snap: &Snapshot, req: &ExplainRequest) -> Result<Explanation, Str
         out.push("result", "404 NR route_not_found: no rule matched");
         return Ok(out.done());
     };
-    act(&mut out, snap, route, port, &view, principal.as_deref());
+    act(&mut out, snap, route, port, &Asked { view, headers: &headers }, principal.as_deref());
     Ok(out.done())
 }
 
+/// The request as routing sees it, and its headers as authorization reads them.
+struct Asked<'a> {
+    view: RequestView<'a>,
+    headers: &'a HeaderMap,
+}
+
 fn why_not(m: &RequestMatch, miss: Mismatch<'_>, view: &RequestView<'_>) -> String {
-    let header = |name: &str| view.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let header = |name: &str| view.headers.first(name).map(str::to_string);
     let opt = |m: &Option<crate::snapshot::matcher::StrMatch>| m.as_ref().map(|m| m.to_string()).unwrap_or_default();
     match miss {
         Mismatch::Gateway => format!("limited to gateways {}", m.gateways.join(",")),
@@ -324,7 +330,7 @@ fn cluster_of(target: &Target, port: u16) -> Result<&std::sync::Arc<Cluster>, St
 }
 
 /// What the matched rule does: the destination and weights, the policies, then the callee's side.
-fn act(out: &mut Out, snap: &Snapshot, route: &HttpRoute, port: u16, view: &RequestView<'_>, principal: Option<&str>) {
+fn act(out: &mut Out, snap: &Snapshot, route: &HttpRoute, port: u16, asked: &Asked<'_>, principal: Option<&str>) {
     let targets = match &route.action {
         RouteAction::Redirect(r) => {
             let to = [r.scheme.clone(), r.authority.clone(), r.uri.clone().or(r.prefix_rewrite.clone())];
@@ -430,7 +436,7 @@ fn act(out: &mut Out, snap: &Snapshot, route: &HttpRoute, port: u16, view: &Requ
         return;
     };
     let target_port = pod.inbound.iter().find(|(_, a)| **a == ep.addr).map(|(p, _)| *p).unwrap_or(port);
-    authorize(out, snap, pod, target_port, ep.mtls, view, principal);
+    authorize(out, snap, pod, target_port, ep.mtls, asked, principal);
 }
 
 /// The callee's side: PeerAuthentication, RequestAuthentication, AuthorizationPolicy.
@@ -440,7 +446,7 @@ fn authorize(
     pod: &PodInfo,
     port: u16,
     mtls: bool,
-    view: &RequestView<'_>,
+    asked: &Asked<'_>,
     principal: Option<&str>,
 ) {
     use crate::security::authz::{Decision, Request, Target};
@@ -468,7 +474,7 @@ fn authorize(
     };
     out.push("mtls", format!("{} port {port}: PeerAuthentication {mode_name}, {verdict}", pod.name));
     if snap.jwt.applies_to(&pod.namespace, &pod.labels) {
-        let has = view.headers.contains_key(http::header::AUTHORIZATION);
+        let has = asked.headers.contains_key(http::header::AUTHORIZATION);
         let what = if has {
             "a token is present: it is validated (explain does not check it)"
         } else {
@@ -486,11 +492,11 @@ fn authorize(
     let req = Request {
         source_principal: principal,
         source_namespace: principal.and_then(crate::security::authz::principal_namespace),
-        host: view.authority,
-        method: view.method.as_str(),
-        path: view.path,
+        host: asked.view.authority,
+        method: asked.view.method.as_str(),
+        path: asked.view.path,
         port,
-        headers: view.headers,
+        headers: asked.headers,
         ..Default::default()
     };
     match snap.authz.evaluate(&target, &req) {

@@ -16,13 +16,14 @@ use std::time::SystemTime;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::TRANSFER_ENCODING;
-use http::{HeaderMap, Method, Request, StatusCode, Uri, Version};
+use http::{Method, Request, StatusCode, Uri, Version};
 use http_body::Body as HttpBody;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::Notify;
 use tokio_util::io::poll_read_buf;
 
 use super::answer::Answer;
+use super::fields::{self, Fields};
 use super::h1::{self, Field, Sending, FEW_HEADERS, MAX_HEAD, MAX_HEADERS};
 use super::respond::full;
 use super::Body;
@@ -86,10 +87,39 @@ enum Parsed {
     Handoff,
 }
 
+/// A request as the proxy takes it: from this loop, its fields are the head as it came; from
+/// hyper, a header map.
+pub struct Call {
+    pub parts: Parts,
+    pub body: Body,
+}
+
+/// A request but its body.
+#[derive(Debug)]
+pub struct Parts {
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub fields: Fields,
+}
+
+impl Call {
+    pub fn into_parts(self) -> (Parts, Body) {
+        (self.parts, self.body)
+    }
+}
+
+impl From<Request<Body>> for Call {
+    fn from(req: Request<Body>) -> Call {
+        let (p, body) = req.into_parts();
+        Call { parts: Parts { method: p.method, uri: p.uri, version: p.version, fields: Fields::Map(p.headers) }, body }
+    }
+}
+
 /// What answers the requests of a connection.
 pub trait Handler {
     /// Answers one request; `None` closes the connection unanswered.
-    fn call(&self, req: Request<Body>) -> impl Future<Output = Option<Answer>> + Send + '_;
+    fn call(&self, call: Call) -> impl Future<Output = Option<Answer>> + Send + '_;
 
     /// Runs once a request is over (its response written, or the connection closed instead):
     /// work the request left that the client need not wait for.
@@ -137,9 +167,13 @@ where
         };
         drain.idle.store(false, Ordering::Relaxed);
         let (version, head_request, keep_alive) = (head.version, head.method == Method::HEAD, head.keep_alive);
+        // Names in lower case, as Envoy forwards them, so that they compare as they are.
+        for f in &spans {
+            rbuf[f.name_range()].make_ascii_lowercase();
+        }
         let head_bytes = rbuf.split_to(head.len).freeze();
         let body = if head.body == 0 { full(Bytes::new()) } else { full(rbuf.split_to(head.body as usize).freeze()) };
-        let Some(req) = request(head, &spans, &head_bytes, body) else {
+        let Some(req) = request(head, std::mem::take(&mut spans), head_bytes, body) else {
             // A head httparse takes and `http` does not: hyper's answer to it.
             let _ = io.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
             return Served::Closed;
@@ -237,6 +271,8 @@ fn parse_sized<const N: usize>(buf: &BytesMut, spans: &mut Vec<Field>) -> Result
     let base = buf.as_ptr() as usize;
     let at = |s: &[u8]| s.as_ptr() as usize - base;
     spans.clear();
+    // The spans go with the request: one allocation of the size needed.
+    spans.reserve_exact(r.headers.len());
     let mut body: Option<u64> = None;
     let mut conn_close = minor == 0;
     for h in r.headers.iter() {
@@ -269,26 +305,13 @@ fn parse_sized<const N: usize>(buf: &BytesMut, spans: &mut Vec<Field>) -> Result
     Ok(Parsed::Head(Head { method, version, target, len, body: body.unwrap_or(0), keep_alive: !conn_close }))
 }
 
-/// Headers a proxy may add to a request's map on its way through (the request id, `host`, a
-/// length, the expected timeout); the trace context and Envoy's own fields are written with the
-/// head instead.
-const ADDED_HEADERS: usize = 4;
-
-/// The request from its parsed head, with values sliced from the head's bytes. `None` when a
-/// part does not make a valid `http` value (hyper has already refused such heads).
-fn request(head: Head, spans: &[Field], bytes: &Bytes, body: Body) -> Option<Request<Body>> {
-    // Room for what the proxy adds: growing the map re-hashes every entry.
-    let mut headers = HeaderMap::with_capacity(spans.len() + ADDED_HEADERS);
-    for f in spans {
-        let (name, value) = f.entry(bytes)?;
-        headers.append(name, value);
-    }
-    let mut req = Request::new(body);
-    *req.method_mut() = head.method;
-    *req.version_mut() = head.version;
-    *req.uri_mut() = Uri::from_maybe_shared(bytes.slice(head.target.0..head.target.1)).ok()?;
-    *req.headers_mut() = headers;
-    Some(req)
+/// The request from its parsed head: the fields stay in the head's bytes (httparse has checked
+/// each name and value against the rules `http` holds them to). `None` when the target does not
+/// make a valid `http` URI (hyper has already refused such heads).
+fn request(head: Head, spans: Vec<Field>, bytes: Bytes, body: Body) -> Option<Call> {
+    let uri = Uri::from_maybe_shared(bytes.slice(head.target.0..head.target.1)).ok()?;
+    let fields = Fields::Head(fields::Head::new(bytes, spans));
+    Some(Call { parts: Parts { method: head.method, uri, version: head.version, fields }, body })
 }
 
 /// Writes `resp`: the head with the body's first bytes behind it, then the rest as it comes.
@@ -454,14 +477,15 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
+    use crate::snapshot::matcher::Headers;
 
     /// Echoes the method, target, version, a header and the body; counts what it served.
     struct Echo(Arc<std::sync::atomic::AtomicUsize>);
 
     impl Handler for Echo {
-        async fn call(&self, req: Request<Body>) -> Option<Answer> {
+        async fn call(&self, call: Call) -> Option<Answer> {
             self.0.fetch_add(1, Ordering::Relaxed);
-            let (parts, body) = req.into_parts();
+            let (parts, body) = call.into_parts();
             if parts.uri.path() == "/abort" {
                 return None;
             }
@@ -481,7 +505,7 @@ mod tests {
                 parts.method,
                 parts.uri,
                 parts.version,
-                parts.headers.get("x-a").map_or("-", |v| v.to_str().unwrap()),
+                parts.fields.first("x-a").unwrap_or("-"),
                 String::from_utf8_lossy(&body)
             );
             let mut resp = http::Response::new(full(text));

@@ -13,14 +13,15 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
 use http_body::Body as HttpBody;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 
-use super::answer;
+use super::downstream::Parts;
+use super::fields::{self, Fields};
 use super::{Body, BoxError};
 use crate::telemetry::trace::SpanContext;
 
@@ -188,15 +189,15 @@ pub struct Head<'a> {
     /// Target (origin-form is written).
     pub uri: &'a Uri,
     /// Header fields.
-    pub headers: &'a HeaderMap,
+    pub fields: &'a Fields,
     /// What the proxy adds as the head is written.
     pub added: Added<'a>,
 }
 
 impl<'a> Head<'a> {
     /// The head of a request as it stands, plus `added`.
-    pub fn of(parts: &'a http::request::Parts, added: Added<'a>) -> Head<'a> {
-        Head { method: &parts.method, uri: &parts.uri, headers: &parts.headers, added }
+    pub fn of(parts: &'a Parts, added: Added<'a>) -> Head<'a> {
+        Head { method: &parts.method, uri: &parts.uri, fields: &parts.fields, added }
     }
 
     /// A whole request with this head, every field in its map, for a client that takes one
@@ -205,19 +206,19 @@ impl<'a> Head<'a> {
         let mut req = http::Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
-        *req.headers_mut() = self.headers.clone();
+        *req.headers_mut() = self.fields.to_map();
         self.added.insert_into(req.headers_mut());
         req
     }
 }
 
-/// Fields the proxy adds to a request as its head is written, rather than by inserting them
-/// into the header map, where each insert hashes the name. The map must not hold them too:
+/// Fields the proxy adds to a request as its head is written, rather than by adding them to the
+/// request's fields (where a map's insert hashes the name). The fields must not hold them too:
 /// the caller drops a client's copies first. Never a framing field: the body's framing is
-/// read from the map alone.
+/// read from the fields alone.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Added<'a> {
-    /// Written after the map's fields (`x-envoy-attempt-count`, `x-forwarded-proto`, ...).
+    /// Written after the request's fields (`x-envoy-attempt-count`, `x-forwarded-proto`, ...).
     pub fields: [Option<(&'a HeaderName, &'a HeaderValue)>; 3],
     /// The trace context for the next hop, in B3 and W3C fields.
     pub span: Option<&'a SpanContext>,
@@ -280,7 +281,7 @@ impl Connection {
         &mut self,
         head: Head<'_>,
         mut body: Body,
-    ) -> Result<(StatusCode, answer::Head, Framing), H1Error> {
+    ) -> Result<(StatusCode, fields::Head, Framing), H1Error> {
         let head_request = *head.method == Method::HEAD;
         let sending = self.encode_head(head, &body);
         let mut out = Outbound::new(sending, None);
@@ -373,14 +374,14 @@ impl Connection {
         w.extend_from_slice(target.unwrap_or("/").as_bytes());
         w.extend_from_slice(b" HTTP/1.1\r\n");
         let (mut length, mut chunked) = (false, false);
-        for (name, value) in parts.headers {
-            if name == CONTENT_LENGTH {
-                length = true;
-            } else if name == TRANSFER_ENCODING {
-                chunked = last_token_is(value.as_bytes(), b"chunked");
+        parts.fields.for_each(|name, value| {
+            match name {
+                b"content-length" => length = true,
+                b"transfer-encoding" => chunked = last_token_is(value, b"chunked"),
+                _ => {}
             }
-            write_field(w, name, value);
-        }
+            write_line(w, name, value);
+        });
         for &(name, value) in parts.added.fields.iter().flatten() {
             write_field(w, name, value);
         }
@@ -553,7 +554,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<ParsedHea
 
 /// A response's status and head, how its body is framed, and whether the connection stays open
 /// after it.
-type ParsedHead = (StatusCode, answer::Head, Framing, bool);
+type ParsedHead = (StatusCode, fields::Head, Framing, bool);
 
 const TOO_MANY: &str = "too many headers";
 
@@ -585,7 +586,7 @@ fn parse_sized<const N: usize>(buf: &mut BytesMut, head_request: bool) -> Result
             buf[f.name_range()].make_ascii_lowercase();
             delimit.see(&buf[f.name_range()], &buf[f.value_range()]);
         }
-        let mut head = answer::Head::new(buf.split_to(len).freeze(), fields);
+        let mut head = fields::Head::new(buf.split_to(len).freeze(), fields);
         let framing = framing(&delimit, status, head_request)?;
         if delimit.chunked.is_some() && delimit.length != Ok(None) {
             // Transfer-Encoding overrides Content-Length (RFC 9112, 6.3); forwarding both would
@@ -733,7 +734,7 @@ pub(super) fn last_token_is(value: &[u8], token: &[u8]) -> bool {
 
 /// The head of a whole response in `text`, as [`Connection::send`] parses it.
 #[cfg(test)]
-pub(super) fn parse_response_head(text: &[u8]) -> answer::Head {
+pub(super) fn parse_response_head(text: &[u8]) -> fields::Head {
     let (_, head, _, _) = parse_head(&mut BytesMut::from(text), false).expect("a valid head").expect("a whole head");
     head
 }
@@ -752,13 +753,13 @@ mod tests {
     use crate::proxy::respond::full;
 
     /// A response head as a map, to check what the parse kept.
-    fn parts(status: StatusCode, head: answer::Head) -> http::response::Parts {
-        let answer = answer::Answer { status, fields: answer::Fields::Head(head), body: full("") };
+    fn parts(status: StatusCode, head: fields::Head) -> http::response::Parts {
+        let answer = crate::proxy::answer::Answer { status, fields: Fields::Head(head), body: full("") };
         answer.into_response().into_parts().0
     }
 
     async fn send(conn: &mut Connection, req: Request<Body>) -> Result<(http::response::Parts, Framing), H1Error> {
-        let (p, body) = req.into_parts();
+        let (p, body) = crate::proxy::downstream::Call::from(req).into_parts();
         let (status, head, framing) = conn.send(Head::of(&p, Added::default()), body).await?;
         Ok((parts(status, head), framing))
     }

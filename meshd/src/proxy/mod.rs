@@ -6,6 +6,7 @@
 
 pub mod answer;
 pub mod downstream;
+pub mod fields;
 mod gate;
 pub mod h1;
 pub mod report;
@@ -31,9 +32,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use self::answer::{Answer, Fields};
+use self::answer::Answer;
+use self::downstream::{Call, Parts};
+use self::fields::Fields;
 use crate::security::peer_auth::MtlsMode;
-use crate::snapshot::matcher::{split_authority, RequestView, SourceView};
+use crate::snapshot::matcher::{split_authority, Headers, RequestView, SourceView};
 use crate::snapshot::policy::{hash64, parse_retry_on, roll, HashKey, LbPolicy, RetryOn, RetryPolicy};
 use crate::snapshot::ratelimit::Context;
 use crate::snapshot::route::{Decision, HeaderOps, Matched, Target, WeightedTarget};
@@ -291,16 +294,16 @@ struct Outgoing {
     method: Method,
     /// Origin-form target, parsed once for every attempt.
     uri: Uri,
-    headers: HeaderMap,
+    fields: Fields,
     body: Bytes,
-    /// Which names of interest `headers` held when `outgoing` scanned it, less the ones removed
+    /// Which names of interest `fields` held when `outgoing` scanned them, less the ones removed
     /// since; `REQUEST_ID` and `FRAMING` are not kept up to date (nothing reads them later).
     found: Found,
-    /// `x-forwarded-proto` is written with the head (false: it is in `headers`).
+    /// `x-forwarded-proto` is written with the head (false: it is in `fields`).
     proto: bool,
     /// Istio's peer id, written with the head.
     peer: Option<HeaderValue>,
-    /// The span to propagate, written with the head (None: none, or already in `headers`).
+    /// The span to propagate, written with the head (None: none, or already in `fields`).
     span: Option<SpanContext>,
 }
 
@@ -310,7 +313,7 @@ impl Outgoing {
         h1::Head {
             method: &self.method,
             uri: &self.uri,
-            headers: &self.headers,
+            fields: &self.fields,
             added: h1::Added {
                 fields: [
                     Some((&X_ATTEMPT_COUNT, attempt)),
@@ -726,7 +729,7 @@ impl Proxy {
                 if req.version() == http::Version::HTTP_2 {
                     h1_form(&mut req);
                 }
-                let answer = proxy.answer(&role, &info, req).await;
+                let answer = proxy.answer(&role, &info, Call::from(req)).await;
                 // hyper writes the response after this returns, so here (unlike the HTTP/1.1
                 // loop) the record is written first; left to the tick it would wait a second.
                 crate::telemetry::flush_local();
@@ -752,14 +755,14 @@ impl Proxy {
 
     /// The response to send, or `None` when the connection must close unanswered: without a
     /// sidecar there is no proxy to answer, and the caller sees the connection fail.
-    async fn answer(&self, role: &Role, info: &ConnInfo, req: Request<Body>) -> Option<Answer> {
+    async fn answer(&self, role: &Role, info: &ConnInfo, req: Call) -> Option<Answer> {
         let served = self.handle(role, info, req).await;
         (!served.abort).then_some(served.resp)
     }
 
     /// Handles one request: the first proxy names it (`x-request-id`), every proxy opens a span,
     /// counts it in its metrics and hands its access-log record to the telemetry writer.
-    async fn handle(&self, role: &Role, info: &ConnInfo, mut req: Request<Body>) -> Served {
+    async fn handle(&self, role: &Role, info: &ConnInfo, mut req: Call) -> Served {
         let Some(tel) = &self.telemetry else { return self.dispatch(role, info, req, None).await };
         let client;
         let rt: &ProxyRuntime = match role {
@@ -785,36 +788,38 @@ impl Proxy {
         let (mut id, mut b3_trace, mut b3_span, mut traceparent) = (None, None, None, None);
         let (mut user_agent, mut forwarded_for, mut authority, mut caller, mut length) = (None, None, None, None, None);
         let inbound = matches!(role, Role::Inbound { .. });
-        for (name, value) in req.headers() {
-            let slot = match name.as_str() {
-                "user-agent" => &mut user_agent,
-                "host" => &mut authority,
-                "content-length" => &mut length,
-                "x-request-id" => &mut id,
-                "x-forwarded-for" => &mut forwarded_for,
-                "x-b3-traceid" => &mut b3_trace,
-                "x-b3-spanid" => &mut b3_span,
-                "traceparent" => &mut traceparent,
-                "x-envoy-peer-metadata-id" if inbound => &mut caller,
-                _ => continue,
+        let fields = &req.parts.fields;
+        fields.for_each(|name, value| {
+            let slot = match name {
+                b"user-agent" => &mut user_agent,
+                b"host" => &mut authority,
+                b"content-length" => &mut length,
+                b"x-request-id" => &mut id,
+                b"x-forwarded-for" => &mut forwarded_for,
+                b"x-b3-traceid" => &mut b3_trace,
+                b"x-b3-spanid" => &mut b3_span,
+                b"traceparent" => &mut traceparent,
+                b"x-envoy-peer-metadata-id" if inbound => &mut caller,
+                _ => return,
             };
             slot.get_or_insert(value);
-        }
+        });
         // Named before routing, as Envoy does; the span goes to the next hop as the request does.
         let span = SpanContext::continue_from(b3_trace, b3_span, traceparent);
-        let bytes_received = length.and_then(|v| h1::content_length(v.as_bytes())).unwrap_or(0);
+        let bytes_received = length.and_then(h1::content_length).unwrap_or(0);
+        let kept = |v: Option<&[u8]>| v.and_then(|v| fields.shared(v));
         let (user_agent, forwarded_for, authority, caller) =
-            (user_agent.cloned(), forwarded_for.cloned(), authority.cloned(), caller.cloned());
-        let id = match id.cloned() {
+            (kept(user_agent), kept(forwarded_for), kept(authority), kept(caller));
+        let id = match kept(id) {
             Some(id) => id,
             None => {
                 let id = request_id();
-                req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
+                req.parts.fields.append(X_REQUEST_ID.clone(), id.clone());
                 id
             }
         };
-        let (method, uri) = (req.method().clone(), req.uri().clone());
-        let protocol = match req.version() {
+        let (method, uri) = (req.parts.method.clone(), req.parts.uri.clone());
+        let protocol = match req.parts.version {
             http::Version::HTTP_2 => "HTTP/2",
             http::Version::HTTP_10 => "HTTP/1.0",
             _ => "HTTP/1.1",
@@ -887,7 +892,7 @@ impl Proxy {
     }
 
     /// Serves a request in its role; `span` is this proxy's, for the next hop.
-    async fn dispatch(&self, role: &Role, info: &ConnInfo, req: Request<Body>, span: Option<&SpanContext>) -> Served {
+    async fn dispatch(&self, role: &Role, info: &ConnInfo, req: Call, span: Option<&SpanContext>) -> Served {
         let peer = info.peer;
         match role {
             Role::Inbound { rt, app, cluster, control, .. } => {
@@ -912,7 +917,7 @@ impl Proxy {
         &self,
         (rt, app, cluster, control): (&ProxyRuntime, &ClusterRt, &Arc<Cluster>, &PodControl),
         info: &ConnInfo,
-        req: Request<Body>,
+        req: Call,
         span: Option<&SpanContext>,
     ) -> Served {
         let snapshot = self.snapshot.load();
@@ -932,8 +937,8 @@ impl Proxy {
         }
         // Only an mTLS peer vouches for a client certificate: anything a client sent is dropped,
         // and the peer's is written with the head, as is the span.
-        let mut found = Found::scan(&parts.headers);
-        found.remove(&mut parts.headers, Found::HOP_BY_HOP | Found::PEER_ID | Found::CLIENT_CERT | Found::trace(span));
+        let mut found = Found::scan(&parts.fields);
+        found.remove(&mut parts.fields, Found::HOP_BY_HOP | Found::PEER_ID | Found::CLIENT_CERT | Found::trace(span));
         let added = h1::Added { fields: [xfcc.map(|v| (&X_FCC, v)), None, None], span };
         parts.uri = origin_form(&parts.uri);
         let Some(ep) = app.endpoints.first() else {
@@ -965,7 +970,7 @@ impl Proxy {
         rt: &ProxyRuntime,
         caller: Caller,
         peer: SocketAddr,
-        req: Request<Body>,
+        req: Call,
         span: Option<&SpanContext>,
     ) -> Served {
         let mesh = !matches!(caller, Caller::Gateway | Caller::GatewayTls);
@@ -997,7 +1002,7 @@ impl Proxy {
                 from_uri.as_str()
             }
             None => {
-                from_host = parts.headers.get(HOST).cloned();
+                from_host = parts.fields.get(&HOST).and_then(|h| parts.fields.shared(h));
                 match from_host.as_ref().and_then(|h| h.to_str().ok()) {
                     Some(h) => h,
                     None => return respond::local_reply(LocalReply::NoRoute, server, false).into(),
@@ -1032,7 +1037,7 @@ impl Proxy {
             scheme: if caller == Caller::GatewayTls { "https" } else { "http" },
             authority,
             port,
-            headers: &parts.headers,
+            headers: &parts.fields,
         };
         let src = SourceView {
             labels: &workload.labels,
@@ -1064,7 +1069,7 @@ impl Proxy {
         let Some(body) = buffer(body, BODY_LIMIT).await else {
             return respond::local_reply(LocalReply::TooLarge, server, false).into();
         };
-        let (hash, new_cookie) = request_hash(&cluster.lb, &parts.headers, query, peer);
+        let (hash, new_cookie) = request_hash(&cluster.lb, &parts.fields, query, peer);
         let mut out = match outgoing(&mut parts, authority, matched, target, body, span) {
             Some(o) => o,
             None => return respond::local_reply(LocalReply::BadRequest, server, false).into(),
@@ -1072,8 +1077,9 @@ impl Proxy {
         // Client overrides Envoy honours, then drops (most requests carry none: one scan, no
         // lookup). Each attempt writes its own count.
         let (asked, retry) = if out.found.has(Found::OVERRIDES) {
-            out.headers.remove(&X_ATTEMPT_COUNT);
-            (out.headers.remove(&X_RQ_TIMEOUT), retry_overrides(&policy.retry, &mut out.headers))
+            let map = out.fields.map_mut();
+            map.remove(&X_ATTEMPT_COUNT);
+            (map.remove(&X_RQ_TIMEOUT), retry_overrides(&policy.retry, map))
         } else {
             (None, std::borrow::Cow::Borrowed(&policy.retry))
         };
@@ -1084,11 +1090,11 @@ impl Proxy {
         };
         // Metadata exchange: the callee's sidecar learns who called (its metrics' source labels).
         if caller != Caller::Plain && !cluster.external {
-            out.found.remove(&mut out.headers, Found::PEER_ID);
+            out.found.remove(&mut out.fields, Found::PEER_ID);
             out.peer = Some(rt.peer_id.clone());
         }
         if let Some(t) = retry.per_try_timeout.or(timeout) {
-            out.headers.insert(X_EXPECTED_TIMEOUT.clone(), HeaderValue::from(t.as_millis() as u64));
+            out.fields.set(X_EXPECTED_TIMEOUT.clone(), HeaderValue::from(t.as_millis() as u64));
         }
         for m in &policy.mirrors {
             if roll(m.percentage) {
@@ -1252,17 +1258,18 @@ fn admit(
     w: &Workload,
     port: u16,
     info: &ConnInfo,
-    parts: &mut http::request::Parts,
+    parts: &mut Parts,
     server: ServerName,
 ) -> Option<respond::Reply> {
     use crate::security::authz::{Decision as Authz, Request as AuthzRequest, Target as AuthzTarget};
     let mut auth = None;
     if snapshot.jwt.applies_to(&w.namespace, &w.labels) {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        match snapshot.jwt.authenticate(&w.namespace, &w.labels, &mut parts.headers, parts.uri.query(), now) {
+        // Both read the request's fields as a map (a request without policies never makes one).
+        match snapshot.jwt.authenticate(&w.namespace, &w.labels, parts.fields.map_mut(), parts.uri.query(), now) {
             Ok(a) => auth = a,
             Err(why) => {
-                let host = parts.headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+                let host = parts.fields.first(HOST.as_str()).unwrap_or("");
                 return Some(respond::jwt_denied(why, host, parts.uri.path(), server));
             }
         }
@@ -1271,14 +1278,14 @@ fn admit(
     if !snapshot.authz.applies_to(&target) {
         return None;
     }
+    let headers: &HeaderMap = parts.fields.map_mut();
     let authority = parts
         .uri
         .authority()
         .map(|a| a.as_str())
-        .or_else(|| parts.headers.get(HOST).and_then(|h| h.to_str().ok()))
+        .or_else(|| headers.get(HOST).and_then(|h| h.to_str().ok()))
         .unwrap_or("");
-    let xff = parts
-        .headers
+    let xff = headers
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(',').next())
@@ -1295,7 +1302,7 @@ fn admit(
         method: parts.method.as_str(),
         path: parts.uri.path(),
         port,
-        headers: &parts.headers,
+        headers,
         ..Default::default()
     };
     match snapshot.authz.evaluate(&target, &req) {
@@ -1420,7 +1427,7 @@ struct ConnHandler<'a> {
 }
 
 impl downstream::Handler for ConnHandler<'_> {
-    async fn call(&self, req: Request<Body>) -> Option<Answer> {
+    async fn call(&self, req: Call) -> Option<Answer> {
         self.proxy.answer(self.role, self.info, req).await
     }
 
@@ -1431,7 +1438,7 @@ impl downstream::Handler for ConnHandler<'_> {
 
 /// The request toward the upstream: rewrite, Host, Envoy's headers, the route's header edits.
 fn outgoing(
-    parts: &mut http::request::Parts,
+    parts: &mut Parts,
     authority: &str,
     matched: Matched<'_>,
     target: &WeightedTarget,
@@ -1445,45 +1452,49 @@ fn outgoing(
         Some(p) => Uri::from(http::uri::PathAndQuery::try_from(p).ok()?),
         None => origin_form(uri),
     };
-    // The headers move to the upstream request rather than being copied.
-    let mut headers = std::mem::take(&mut parts.headers);
+    // The fields move to the upstream request rather than being copied.
+    let mut fields = std::mem::take(&mut parts.fields);
     let new_authority = route.rewrite.as_ref().and_then(|rw| rw.authority.as_deref()).unwrap_or(authority);
-    let mut found = Found::scan(&headers);
-    found.remove(&mut headers, Found::HOP_BY_HOP);
+    let mut found = Found::scan(&fields);
+    found.remove(&mut fields, Found::HOP_BY_HOP);
     // The client's one Host header is kept when it already names the authority (no new value).
-    let mut hosts = headers.get_all(HOST).iter();
-    let same = hosts.next().is_some_and(|h| h.as_bytes() == new_authority.as_bytes()) && hosts.next().is_none();
-    if !same {
-        headers.insert(HOST, HeaderValue::from_str(new_authority).ok()?);
+    let (mut hosts, mut same) = (0, false);
+    fields.each_value(&HOST, |h| {
+        hosts += 1;
+        same = h == new_authority.as_bytes();
+    });
+    if hosts != 1 || !same {
+        fields.set(HOST, HeaderValue::from_str(new_authority).ok()?);
     }
-    // The scan saw these names, so a request without them costs no hashed lookup.
+    // The scan saw these names, so a request without them costs no lookup.
     if !found.has(Found::REQUEST_ID) {
-        headers.insert(X_REQUEST_ID.clone(), request_id());
+        fields.append(X_REQUEST_ID.clone(), request_id());
     }
     let framed = found.has(Found::FRAMING);
-    if !body.is_empty() || (framed && headers.contains_key(CONTENT_LENGTH)) {
-        headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+    if !body.is_empty() || (framed && fields.get(&CONTENT_LENGTH).is_some()) {
+        fields.set(CONTENT_LENGTH, HeaderValue::from(body.len()));
     }
     if framed {
-        headers.remove(http::header::TRANSFER_ENCODING);
+        fields.remove(&http::header::TRANSFER_ENCODING);
     }
     let (ops, more) = (&route.headers.request, &target.headers.request);
     let (proto, span) = if ops.is_empty() && more.is_empty() {
         // The proxy's fields are written with the head, once a client's copies are gone.
-        found.remove(&mut headers, Found::FORWARDED_PROTO | Found::trace(span));
+        found.remove(&mut fields, Found::FORWARDED_PROTO | Found::trace(span));
         (true, span.copied())
     } else {
         // The route's edits see `x-forwarded-proto` as Envoy's do; the span goes in after them.
+        let headers = fields.map_mut();
         headers.insert(X_FORWARDED_PROTO.clone(), HTTP.clone());
-        ops.apply(&mut headers);
-        more.apply(&mut headers);
+        ops.apply(headers);
+        more.apply(headers);
         if let Some(span) = span {
-            span.inject(&mut headers);
+            span.inject(headers);
         }
-        found = Found::scan(&headers);
+        found = Found::scan(&fields);
         (false, None)
     };
-    Some(Outgoing { method: parts.method.clone(), uri, headers, body, found, proto, peer: None, span })
+    Some(Outgoing { method: parts.method.clone(), uri, fields, body, found, proto, peer: None, span })
 }
 
 /// Sends a copy to a mirror cluster, fire and forget, with the authority suffixed `-shadow`.
@@ -1526,7 +1537,7 @@ fn shadow_authority(authority: &str) -> String {
 /// The consistent-hash key of a request, and a cookie to set when the policy issues one.
 fn request_hash(
     lb: &LbPolicy,
-    headers: &HeaderMap,
+    headers: &Fields,
     query: Option<&str>,
     peer: SocketAddr,
 ) -> (Option<u64>, Option<String>) {
@@ -1534,7 +1545,7 @@ fn request_hash(
         return (None, None);
     };
     match key {
-        HashKey::Header(name) => (headers.get(name.as_str()).map(|v| hash64(v.as_bytes())), None),
+        HashKey::Header(name) => (headers.first(name).map(|v| hash64(v.as_bytes())), None),
         HashKey::SourceIp => (Some(hash64(peer.ip().to_string().as_bytes())), None),
         HashKey::QueryParam(name) => (
             query.and_then(|q| {
@@ -1546,11 +1557,15 @@ fn request_hash(
             None,
         ),
         HashKey::Cookie { name, path, ttl } => {
-            let found = headers.get_all(COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|c| {
-                c.split(';').find_map(|kv| {
-                    let (k, v) = kv.trim().split_once('=')?;
-                    (k == name).then(|| v.to_string())
-                })
+            let mut found = None;
+            headers.each_value(&COOKIE, |c| {
+                let Some(c) = fields::text(c) else { return };
+                found = found.take().or_else(|| {
+                    c.split(';').find_map(|kv| {
+                        let (k, v) = kv.trim().split_once('=')?;
+                        (k == name).then(|| v.to_string())
+                    })
+                });
             });
             match (found, ttl) {
                 (Some(v), _) => (Some(hash64(v.as_bytes())), None),
@@ -1674,10 +1689,11 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
 }
 
 fn strip_hop_by_hop(fields: &mut Fields) {
-    match fields {
-        // A map's are found by one pass and removed by hash, as a request's are.
-        Fields::Map(m) => Found::scan(m).remove(m, Found::HOP_BY_HOP),
-        head => head.remove_if(is_hop_by_hop),
+    // A map's are found by one pass and removed by hash.
+    if matches!(fields, Fields::Map(_)) {
+        Found::scan(fields).remove(fields, Found::HOP_BY_HOP)
+    } else {
+        fields.remove_if(is_hop_by_hop)
     }
 }
 
@@ -1733,8 +1749,10 @@ impl Found {
         }
     }
 
-    fn scan(headers: &HeaderMap) -> Found {
-        Found(headers.keys().fold(0, |found, name| found | Found::class(name.as_str().as_bytes())))
+    fn scan(fields: &Fields) -> Found {
+        let mut found = 0;
+        fields.for_each(|name, _| found |= Found::class(name));
+        Found(found)
     }
 
     /// The caller's trace context goes when the proxy sends a span of its own.
@@ -1751,11 +1769,17 @@ impl Found {
     }
 
     /// Removes every name of `classes` that the scan found a class member of (of the `REMOVABLE`).
-    fn remove(&mut self, headers: &mut HeaderMap, classes: u8) {
+    fn remove(&mut self, fields: &mut Fields, classes: u8) {
         let gone = self.0 & classes & Found::REMOVABLE;
         if gone == 0 {
             return;
         }
+        self.0 &= !gone;
+        // A head's go in one pass; a map's by a hashed removal each.
+        let headers = match fields {
+            Fields::Head(_) => return fields.remove_if(|name| Found::class(name) & gone != 0),
+            Fields::Map(m) => m,
+        };
         let mut remove = |names: &[&HeaderName]| {
             names.iter().for_each(|n| {
                 headers.remove(*n);
@@ -1776,7 +1800,6 @@ impl Found {
         if gone & Found::CLIENT_CERT != 0 {
             remove(&[&X_FCC]);
         }
-        self.0 &= !gone;
     }
 }
 
@@ -1832,7 +1855,7 @@ mod tests {
             let capital = |n: &str| n.split('-').map(|p| p[..1].to_uppercase() + &p[1..]).collect::<Vec<_>>().join("-");
             let text =
                 format!("HTTP/1.1 200 OK\r\nHost: a\r\n{}: x\r\nX-Request-Id: id\r\n\r\n", capital(name.as_str()));
-            let mut head = answer::Fields::from_text(&text);
+            let mut head = Fields::from_text(&text);
             strip_hop_by_hop(&mut head);
             for f in [map, head] {
                 assert!(f.get(name).is_none(), "{name}");
@@ -1854,8 +1877,8 @@ mod tests {
             all
         };
         for server in [ServerName::IstioEnvoy, ServerName::Envoy, ServerName::Keep] {
-            let mut head = answer::Fields::from_text(text);
-            let mut map = answer::Fields::from_text(text);
+            let mut head = Fields::from_text(text);
+            let mut map = Fields::from_text(text);
             map.map_mut();
             let started = Instant::now();
             // What `finish` hands the access log is what the response carries.
@@ -1894,19 +1917,34 @@ mod tests {
             (&[&X_REQUEST_ID], Found::REQUEST_ID),
             (&[&CONTENT_LENGTH, &http::header::TRANSFER_ENCODING], Found::FRAMING),
         ];
+        let count = |f: &Fields| {
+            let mut n = 0;
+            f.for_each(|_, _| n += 1);
+            n
+        };
         for (names, class) in classes {
             for &name in names {
                 let mut h = HeaderMap::new();
                 h.insert(HOST, HeaderValue::from_static("a"));
                 h.insert(X_SERVICE_TIME.clone(), HeaderValue::from_static("1"));
-                assert_eq!(Found::scan(&h), Found(0), "another x-envoy header is of no class");
-                h.insert(name.clone(), HeaderValue::from_static("x"));
-                let mut found = Found::scan(&h);
-                assert_eq!(found, Found(class), "{name}");
-                found.remove(&mut h, !Found::OVERRIDES);
-                let kept = class & Found::REMOVABLE == 0;
-                let left = if kept { 3 } else { 2 };
-                assert_eq!(h.len(), left, "{name}");
+                assert_eq!(Found::scan(&Fields::Map(h.clone())), Found(0), "another x-envoy header is of no class");
+                // A value the head parser takes for any of the names.
+                let value = if *name == http::header::TRANSFER_ENCODING { "chunked" } else { "1" };
+                h.insert(name.clone(), HeaderValue::from_static(value));
+                // The same fields as a parsed head, removed in its one pass.
+                let text = format!(
+                    "HTTP/1.1 200 OK\r\nHost: a\r\nX-Envoy-Upstream-Service-Time: 1\r\n{name}: {value}\r\n\r\n"
+                );
+                for mut fields in [Fields::Map(h.clone()), Fields::from_text(&text)] {
+                    let mut found = Found::scan(&fields);
+                    assert_eq!(found, Found(class), "{name}");
+                    found.remove(&mut fields, !Found::OVERRIDES);
+                    let kept = class & Found::REMOVABLE == 0;
+                    let left = if kept { 3 } else { 2 };
+                    assert_eq!(count(&fields), left, "{name}");
+                    assert_eq!(fields.get(name).is_some(), kept, "{name}");
+                    assert!(fields.get(&HOST).is_some() && fields.get(&X_SERVICE_TIME).is_some(), "{name}");
+                }
             }
         }
     }
@@ -1929,25 +1967,30 @@ mod tests {
         let key = HashKey::Cookie { name: "user".into(), path: Some("/".into()), ttl: Some(Duration::from_secs(60)) };
         let lb = LbPolicy::Hash { key, table: Arc::new(crate::snapshot::policy::HashTable::Ring(vec![])) };
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let (h1, set) = request_hash(&lb, &HeaderMap::new(), None, peer);
+        let none = Fields::default();
+        let (h1, set) = request_hash(&lb, &none, None, peer);
         let set = set.expect("a cookie is issued when absent and ttl is set");
         assert!(set.starts_with("user=\"") && set.contains("Max-Age=60; Path=/"), "{set}");
         let value = set.split(';').next().unwrap().to_string();
         let mut h = HeaderMap::new();
-        h.insert(COOKIE, HeaderValue::from_str(&format!("a=b; {value}")).unwrap());
-        let (h2, again) = request_hash(&lb, &h, None, peer);
-        assert_eq!(h1, h2, "the issued cookie hashes like the first request");
-        assert!(again.is_none());
+        h.append(COOKIE, HeaderValue::from_static("x=y"));
+        h.append(COOKIE, HeaderValue::from_str(&format!("a=b; {value}")).unwrap());
+        let text = format!("HTTP/1.1 200 OK\r\nCookie: x=y\r\nCookie: a=b; {value}\r\n\r\n");
+        for fields in [Fields::Map(h), Fields::from_text(&text)] {
+            let (h2, again) = request_hash(&lb, &fields, None, peer);
+            assert_eq!(h1, h2, "the issued cookie, in the second Cookie field, hashes like the first request");
+            assert!(again.is_none());
+        }
         let no_ttl = LbPolicy::Hash {
             key: HashKey::Cookie { name: "user".into(), path: None, ttl: None },
             table: Arc::new(crate::snapshot::policy::HashTable::Ring(vec![])),
         };
-        assert_eq!(request_hash(&no_ttl, &HeaderMap::new(), None, peer), (None, None));
+        assert_eq!(request_hash(&no_ttl, &none, None, peer), (None, None));
         let q = LbPolicy::Hash {
             key: HashKey::QueryParam("u".into()),
             table: Arc::new(crate::snapshot::policy::HashTable::Ring(vec![])),
         };
-        assert_eq!(request_hash(&q, &HeaderMap::new(), Some("x=1&u=7"), peer).0, Some(hash64(b"7")));
+        assert_eq!(request_hash(&q, &none, Some("x=1&u=7"), peer).0, Some(hash64(b"7")));
     }
 
     #[test]

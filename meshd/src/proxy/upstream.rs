@@ -27,7 +27,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::answer::{Answer, Fields};
+use super::answer::Answer;
+use super::fields::Fields;
 use super::h1::{self, Framing};
 use super::runtime::{ClusterShared, EndpointRt, IdleConn};
 use super::{Body, BoxError};
@@ -283,7 +284,7 @@ impl Checkout {
     pub async fn send(self, req: Request<Body>) -> Result<Answer, UpstreamError> {
         match self {
             Checkout::H1(conn) => {
-                let (parts, body) = req.into_parts();
+                let (parts, body) = super::downstream::Call::from(req).into_parts();
                 conn.send(h1::Head::of(&parts, h1::Added::default()), body).await
             }
             Checkout::H2(link, ep) => link.send(req, &ep).await,

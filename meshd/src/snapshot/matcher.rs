@@ -87,7 +87,20 @@ pub struct RequestView<'a> {
     /// Destination port.
     pub port: u16,
     /// Request headers.
-    pub headers: &'a HeaderMap,
+    pub headers: &'a dyn Headers,
+}
+
+/// Request headers as the matchers read them: the first value of a name, as text (`None` for
+/// a value that is not visible ASCII, as `http` reads one).
+pub trait Headers: std::fmt::Debug + Sync {
+    /// The first value of `name`, which may be spelled in any case.
+    fn first(&self, name: &str) -> Option<&str>;
+}
+
+impl Headers for HeaderMap {
+    fn first(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(|v| v.to_str().ok())
+    }
 }
 
 /// Who sends the request: the calling workload, or a gateway.
@@ -157,13 +170,13 @@ impl RequestMatch {
             return Some(Mismatch::Authority);
         }
         for (name, m) in &self.headers {
-            match header_str(req.headers, name) {
+            match req.headers.first(name) {
                 Some(v) if m.matches(v, false) => {}
                 _ => return Some(Mismatch::Header(name)),
             }
         }
         for (name, m) in &self.without_headers {
-            if header_str(req.headers, name).is_some_and(|v| m.matches(v, false)) {
+            if req.headers.first(name).is_some_and(|v| m.matches(v, false)) {
                 return Some(Mismatch::WithoutHeader(name));
             }
         }
@@ -248,10 +261,6 @@ fn query_matches(m: &StrMatch, v: &str) -> bool {
         StrMatch::Exact(s) if s.is_empty() => true,
         other => other.matches(v, false),
     }
-}
-
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 /// Finds the first value of `key` in a raw query string, without decoding

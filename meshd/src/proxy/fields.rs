@@ -1,0 +1,337 @@
+//! A message's header fields, requests' and responses' alike. A head the proxy parsed is kept as
+//! the bytes it came in, with the proxy's edits beside them: a header map would hash and copy
+//! every field only for most of them to be written out again as they were. Everything else
+//! (hyper's messages, local replies, a head a route edits, a request a policy reads as a map) is
+//! a header map.
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use super::h1::Field;
+use crate::snapshot::matcher::Headers;
+
+/// A message's fields: a head as it came, or a header map.
+#[derive(Debug)]
+pub enum Fields {
+    Head(Head),
+    Map(HeaderMap),
+}
+
+impl Default for Fields {
+    /// No fields, and nothing allocated.
+    fn default() -> Fields {
+        Fields::Head(Head::default())
+    }
+}
+
+impl Fields {
+    /// The first value of `name`.
+    pub fn get(&self, name: &HeaderName) -> Option<&[u8]> {
+        match self {
+            Fields::Head(h) => h.get(name.as_str().as_bytes()),
+            Fields::Map(m) => m.get(name).map(HeaderValue::as_bytes),
+        }
+    }
+
+    /// Every value of `name`, in order.
+    pub fn each_value<'s>(&'s self, name: &HeaderName, mut f: impl FnMut(&'s [u8])) {
+        match self {
+            Fields::Head(h) => {
+                let spelled = name.as_str().as_bytes();
+                h.each(|n, v| {
+                    if n == spelled {
+                        f(v)
+                    }
+                })
+            }
+            Fields::Map(m) => m.get_all(name).iter().for_each(|v| f(v.as_bytes())),
+        }
+    }
+
+    /// The first value of `name`, as a value of its own (for tests).
+    #[cfg(test)]
+    pub fn value(&self, name: &HeaderName) -> Option<HeaderValue> {
+        self.get(name).map(|v| HeaderValue::from_bytes(v).expect("a parsed or added value is valid"))
+    }
+
+    /// A value these fields hold, as a value of its own: one from the head's bytes shares them.
+    pub fn shared(&self, value: &[u8]) -> Option<HeaderValue> {
+        match self {
+            Fields::Head(h) if h.holds(value) => HeaderValue::from_maybe_shared(h.bytes.slice_ref(value)).ok(),
+            _ => HeaderValue::from_bytes(value).ok(),
+        }
+    }
+
+    /// Replaces every value of `name` with `value`.
+    pub fn set(&mut self, name: HeaderName, value: HeaderValue) {
+        match self {
+            Fields::Head(h) => {
+                h.remove(&name);
+                h.added.push((name, value));
+            }
+            Fields::Map(m) => {
+                m.insert(name, value);
+            }
+        }
+    }
+
+    /// Adds a value of `name` after those there are.
+    pub fn append(&mut self, name: HeaderName, value: HeaderValue) {
+        match self {
+            Fields::Head(h) => h.added.push((name, value)),
+            Fields::Map(m) => {
+                m.append(name, value);
+            }
+        }
+    }
+
+    /// Removes every value of `name`.
+    pub fn remove(&mut self, name: &HeaderName) {
+        match self {
+            Fields::Head(h) => h.remove(name),
+            Fields::Map(m) => {
+                m.remove(name);
+            }
+        }
+    }
+
+    /// Drops every field whose name `drop` says to.
+    pub fn remove_if(&mut self, drop: impl Fn(&[u8]) -> bool) {
+        match self {
+            Fields::Head(h) => h.remove_if(drop),
+            Fields::Map(m) => {
+                let gone: Vec<HeaderName> = m.keys().filter(|n| drop(n.as_str().as_bytes())).cloned().collect();
+                for n in gone {
+                    m.remove(n);
+                }
+            }
+        }
+    }
+
+    /// The fields as a header map, which a head becomes first (for edits and readers that take
+    /// a map).
+    pub fn map_mut(&mut self) -> &mut HeaderMap {
+        if let Fields::Head(h) = self {
+            let map = std::mem::take(h).into_map();
+            *self = Fields::Map(map);
+        }
+        match self {
+            Fields::Map(m) => m,
+            Fields::Head(_) => unreachable!("a head was just made a map"),
+        }
+    }
+
+    /// Every field in order, names in lower case.
+    pub fn for_each<'s>(&'s self, mut f: impl FnMut(&'s [u8], &'s [u8])) {
+        match self {
+            Fields::Head(h) => h.each(f),
+            Fields::Map(m) => {
+                for (n, v) in m {
+                    f(n.as_str().as_bytes(), v.as_bytes());
+                }
+            }
+        }
+    }
+
+    /// A copy as a header map; the head's values share its bytes.
+    pub fn to_map(&self) -> HeaderMap {
+        match self {
+            Fields::Head(h) => h.to_map(),
+            Fields::Map(m) => m.clone(),
+        }
+    }
+
+    pub fn into_map(self) -> HeaderMap {
+        match self {
+            Fields::Head(h) => h.into_map(),
+            Fields::Map(m) => m,
+        }
+    }
+
+    /// A response head as the HTTP/1.1 client parses it.
+    #[cfg(test)]
+    pub fn from_text(text: &str) -> Fields {
+        Fields::Head(super::h1::parse_response_head(text.as_bytes()))
+    }
+}
+
+impl Headers for Fields {
+    fn first(&self, name: &str) -> Option<&str> {
+        let value = match self {
+            Fields::Head(h) => {
+                let found = h.fields.iter().find(|f| h.bytes[f.name_range()].eq_ignore_ascii_case(name.as_bytes()));
+                match found {
+                    Some(f) => &h.bytes[f.value_range()],
+                    None => h.added.iter().find(|(n, _)| n.as_str().eq_ignore_ascii_case(name))?.1.as_bytes(),
+                }
+            }
+            Fields::Map(m) => return m.first(name),
+        };
+        text(value)
+    }
+}
+
+/// A value as text, as `HeaderValue::to_str` reads one: visible ASCII and tabs, or `None`.
+pub fn text(value: &[u8]) -> Option<&str> {
+    value.iter().all(|&b| b == b'\t' || (32..127).contains(&b)).then(|| std::str::from_utf8(value).ok()).flatten()
+}
+
+/// A head the proxy parsed: its bytes, where each field lies (httparse has checked every name and
+/// value against the rules `http` holds them to; names are in lower case), and the fields the
+/// proxy added. Fields are found by their spelling in one pass: a message carries a few.
+#[derive(Debug, Default)]
+pub struct Head {
+    bytes: Bytes,
+    fields: Vec<Field>,
+    /// Written after the head's own fields (`server`, the service time, a request id).
+    added: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Head {
+    /// The head in `bytes`, its fields at `fields` (names in lower case).
+    pub fn new(bytes: Bytes, fields: Vec<Field>) -> Head {
+        Head { bytes, fields, added: Vec::new() }
+    }
+
+    /// The first value of the name spelled `spelled`: in the head, or else among the values the
+    /// proxy added.
+    fn get(&self, spelled: &[u8]) -> Option<&[u8]> {
+        match self.fields.iter().find(|f| &self.bytes[f.name_range()] == spelled) {
+            Some(f) => Some(&self.bytes[f.value_range()]),
+            None => self.added.iter().find(|(n, _)| n.as_str().as_bytes() == spelled).map(|(_, v)| v.as_bytes()),
+        }
+    }
+
+    fn each<'s>(&'s self, mut f: impl FnMut(&'s [u8], &'s [u8])) {
+        for field in &self.fields {
+            f(&self.bytes[field.name_range()], &self.bytes[field.value_range()]);
+        }
+        for (n, v) in &self.added {
+            f(n.as_str().as_bytes(), v.as_bytes());
+        }
+    }
+
+    /// Whether `value` is a slice of the head's bytes.
+    fn holds(&self, value: &[u8]) -> bool {
+        let (start, at) = (self.bytes.as_ptr() as usize, value.as_ptr() as usize);
+        at >= start && at + value.len() <= start + self.bytes.len()
+    }
+
+    /// Removes every value of `name`.
+    pub fn remove(&mut self, name: &HeaderName) {
+        let spelled = name.as_str().as_bytes();
+        self.remove_if(|n| n == spelled);
+    }
+
+    fn remove_if(&mut self, drop: impl Fn(&[u8]) -> bool) {
+        // A look first: most calls remove nothing, and `retain` costs more than a pass even then
+        // (about 250 instructions a request in `make bench-instructions`).
+        let bytes = &self.bytes;
+        if self.fields.iter().any(|f| drop(&bytes[f.name_range()])) {
+            self.fields.retain(|f| !drop(&bytes[f.name_range()]));
+        }
+        if self.added.iter().any(|(n, _)| drop(n.as_str().as_bytes())) {
+            self.added.retain(|(n, _)| !drop(n.as_str().as_bytes()));
+        }
+    }
+
+    fn to_map(&self) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(self.fields.len() + self.added.len() + 4);
+        for (n, v) in self.fields.iter().filter_map(|f| f.entry(&self.bytes)) {
+            map.append(n, v);
+        }
+        for (n, v) in &self.added {
+            map.append(n.clone(), v.clone());
+        }
+        map
+    }
+
+    fn into_map(self) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(self.fields.len() + self.added.len() + 4);
+        for (n, v) in self.fields.iter().filter_map(|f| f.entry(&self.bytes)) {
+            map.append(n, v);
+        }
+        for (n, v) in self.added {
+            map.append(n, v);
+        }
+        map
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::header::{CONTENT_LENGTH, HOST, SERVER, SET_COOKIE};
+
+    fn head(text: &str) -> Fields {
+        Fields::from_text(text)
+    }
+
+    fn listed(fields: &Fields) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        fields.for_each(|n, v| {
+            out.push((String::from_utf8_lossy(n).into_owned(), String::from_utf8_lossy(v).into_owned()))
+        });
+        out
+    }
+
+    const TEXT: &str = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nServer: app\r\nX-A: 1\r\nx-a: 2\r\n\r\n";
+
+    #[test]
+    fn a_head_is_read_and_edited_as_a_map_would_be() {
+        let mut raw = head(TEXT);
+        let mut map = Fields::Map(head(TEXT).map_mut().clone());
+        for f in [&mut raw, &mut map] {
+            assert_eq!(f.get(&CONTENT_LENGTH), Some(&b"5"[..]));
+            let x_a = HeaderName::from_static("x-a");
+            assert_eq!(f.get(&x_a), Some(&b"1"[..]), "the first value");
+            let mut all = Vec::new();
+            f.each_value(&x_a, |v| all.push(v.to_vec()));
+            assert_eq!(all, [b"1", b"2"]);
+            assert_eq!(f.first("X-A"), Some("1"), "a name in any case, as a matcher asks");
+            f.set(SERVER, HeaderValue::from_static("envoy"));
+            f.append(SET_COOKIE, HeaderValue::from_static("a=1"));
+            f.remove_if(|n| n == b"x-a");
+            assert_eq!(f.value(&SERVER).unwrap(), "envoy");
+            assert_eq!(f.get(&x_a), None);
+            assert_eq!(f.first("set-cookie"), Some("a=1"), "an added field is found too");
+            f.remove(&SET_COOKIE);
+            assert_eq!(f.get(&SET_COOKIE), None);
+        }
+        let mut expected = listed(&map);
+        let mut got = listed(&raw);
+        expected.sort();
+        got.sort();
+        assert_eq!(got, expected);
+        assert_eq!(got.len(), 2, "{got:?}");
+    }
+
+    #[test]
+    fn a_head_made_a_map_keeps_every_field_in_order() {
+        let mut raw = head(TEXT);
+        raw.set(SERVER, HeaderValue::from_static("envoy"));
+        let copy = raw.to_map();
+        let map = raw.map_mut().clone();
+        assert_eq!(copy, map);
+        let values: Vec<_> = map.get_all("x-a").iter().collect();
+        assert_eq!(values, ["1", "2"]);
+        assert_eq!(map[SERVER], "envoy");
+        assert_eq!(map.len(), 4);
+    }
+
+    #[test]
+    fn a_value_read_from_a_head_shares_its_bytes_and_only_visible_text_is_text() {
+        let mut raw = head("HTTP/1.1 200 OK\r\nHost: a\r\nX-B: café\r\n\r\n");
+        raw.append(HeaderName::from_static("x-c"), HeaderValue::from_static("added"));
+        let host = raw.get(&HOST).unwrap();
+        let Fields::Head(h) = &raw else { panic!("a head") };
+        assert!(h.holds(host));
+        assert_eq!(raw.shared(host).unwrap(), "a");
+        let added = raw.get(&HeaderName::from_static("x-c")).unwrap();
+        assert!(!h.holds(added), "an added value is not the head's");
+        assert_eq!(raw.shared(added).unwrap(), "added");
+        assert_eq!(raw.first("x-b"), None, "as HeaderValue::to_str reads it");
+        assert_eq!(raw.to_map().first("x-b"), None);
+        assert_eq!(Fields::default().first("host"), None);
+    }
+}
