@@ -54,17 +54,44 @@ impl Fields {
         self.get(name).map(|v| HeaderValue::from_bytes(v).expect("a parsed or added value is valid"))
     }
 
-    /// A value these fields hold, as a value of its own: one from the head's bytes shares them.
-    pub fn shared(&self, value: &[u8]) -> Option<HeaderValue> {
+    /// The first value of `name`, spelled in any case, as bytes (a value need not be text).
+    pub fn get_named(&self, name: &str) -> Option<&[u8]> {
         match self {
-            Fields::Head(h) if h.holds(value) => HeaderValue::from_maybe_shared(h.bytes.slice_ref(value)).ok(),
-            _ => HeaderValue::from_bytes(value).ok(),
+            Fields::Head(h) => {
+                let found = h.fields.iter().find(|f| h.bytes[f.name_range()].eq_ignore_ascii_case(name.as_bytes()));
+                match found {
+                    Some(f) => Some(&h.bytes[f.value_range()]),
+                    None => {
+                        h.added.iter().find(|(n, _)| n.as_str().eq_ignore_ascii_case(name)).map(|(_, v)| v.as_bytes())
+                    }
+                }
+            }
+            Fields::Map(m) => m.get(name).map(HeaderValue::as_bytes),
         }
     }
 
-    /// Replaces every value of `name` with `value`.
+    /// A value these fields hold, as a value of its own: one from the head's bytes, or a map's,
+    /// shares its bytes.
+    pub fn shared(&self, value: &[u8]) -> Option<HeaderValue> {
+        match self {
+            Fields::Head(h) if h.holds(value) => HeaderValue::from_maybe_shared(h.bytes.slice_ref(value)).ok(),
+            Fields::Map(m) => match m.values().find(|v| std::ptr::eq(v.as_bytes(), value)) {
+                Some(v) => Some(v.clone()),
+                None => HeaderValue::from_bytes(value).ok(),
+            },
+            Fields::Head(_) => HeaderValue::from_bytes(value).ok(),
+        }
+    }
+
+    /// Replaces every value of `name` with `value`, where the first one was (at the end when
+    /// there was none).
     pub fn set(&mut self, name: HeaderName, value: HeaderValue) {
         match self {
+            // A head's own field cannot take a new value in its place: a map can (a rare case:
+            // a client's Host the route rewrites, a length the proxy states anew).
+            Fields::Head(h) if h.fields.iter().any(|f| &h.bytes[f.name_range()] == name.as_str().as_bytes()) => {
+                self.map_mut().insert(name, value);
+            }
             Fields::Head(h) => {
                 h.remove(&name);
                 h.added.push((name, value));
@@ -141,6 +168,7 @@ impl Fields {
         }
     }
 
+    /// The fields as a header map.
     pub fn into_map(self) -> HeaderMap {
         match self {
             Fields::Head(h) => h.into_map(),
@@ -157,23 +185,17 @@ impl Fields {
 
 impl Headers for Fields {
     fn first(&self, name: &str) -> Option<&str> {
-        let value = match self {
-            Fields::Head(h) => {
-                let found = h.fields.iter().find(|f| h.bytes[f.name_range()].eq_ignore_ascii_case(name.as_bytes()));
-                match found {
-                    Some(f) => &h.bytes[f.value_range()],
-                    None => h.added.iter().find(|(n, _)| n.as_str().eq_ignore_ascii_case(name))?.1.as_bytes(),
-                }
-            }
-            Fields::Map(m) => return m.first(name),
-        };
-        text(value)
+        text(self.get_named(name)?)
     }
 }
 
 /// A value as text, as `HeaderValue::to_str` reads one: visible ASCII and tabs, or `None`.
 pub fn text(value: &[u8]) -> Option<&str> {
-    value.iter().all(|&b| b == b'\t' || (32..127).contains(&b)).then(|| std::str::from_utf8(value).ok()).flatten()
+    if value.iter().all(|&b| b == b'\t' || (32..127).contains(&b)) {
+        std::str::from_utf8(value).ok()
+    } else {
+        None
+    }
 }
 
 /// A head the proxy parsed: its bytes, where each field lies (httparse has checked every name and
@@ -307,6 +329,19 @@ mod tests {
     }
 
     #[test]
+    fn a_field_set_anew_keeps_its_place() {
+        for mut f in [
+            head("HTTP/1.1 200 OK\r\nHost: a\r\nX-A: 1\r\n\r\n"),
+            Fields::Map(head("HTTP/1.1 200 OK\r\nHost: a\r\nX-A: 1\r\n\r\n").map_mut().clone()),
+        ] {
+            f.set(HOST, HeaderValue::from_static("b"));
+            f.set(SERVER, HeaderValue::from_static("envoy"));
+            let names: Vec<_> = listed(&f).into_iter().map(|(n, v)| format!("{n}: {v}")).collect();
+            assert_eq!(names, ["host: b", "x-a: 1", "server: envoy"]);
+        }
+    }
+
+    #[test]
     fn a_head_made_a_map_keeps_every_field_in_order() {
         let mut raw = head(TEXT);
         raw.set(SERVER, HeaderValue::from_static("envoy"));
@@ -326,11 +361,16 @@ mod tests {
         let host = raw.get(&HOST).unwrap();
         let Fields::Head(h) = &raw else { panic!("a head") };
         assert!(h.holds(host));
-        assert_eq!(raw.shared(host).unwrap(), "a");
+        assert_eq!(raw.shared(host).unwrap().as_bytes().as_ptr(), host.as_ptr(), "shared, not copied");
         let added = raw.get(&HeaderName::from_static("x-c")).unwrap();
         assert!(!h.holds(added), "an added value is not the head's");
         assert_eq!(raw.shared(added).unwrap(), "added");
         assert_eq!(raw.first("x-b"), None, "as HeaderValue::to_str reads it");
+        assert_eq!(raw.get_named("X-B"), Some("café".as_bytes()), "the bytes, text or not");
+        let map = raw.to_map();
+        let mapped = Fields::Map(map.clone());
+        let value = mapped.get(&HOST).unwrap();
+        assert_eq!(mapped.shared(value).unwrap().as_bytes().as_ptr(), value.as_ptr(), "a map's value is shared too");
         assert_eq!(raw.to_map().first("x-b"), None);
         assert_eq!(Fields::default().first("host"), None);
     }

@@ -265,8 +265,9 @@ static NO_POLICY: std::sync::LazyLock<crate::snapshot::route::RoutePolicy> = std
     crate::snapshot::route::RoutePolicy { retry: RetryPolicy::none(), ..Default::default() }
 });
 
-/// Headers that describe one hop and are never forwarded.
-/// Parsed once: removing by `&str` would parse each name on every request.
+/// Headers that describe one hop and are never forwarded: the names [`Found::class`] calls
+/// hop-by-hop, listed for the tests that check it.
+#[cfg(test)]
 static HOP_BY_HOP: [HeaderName; 7] = [
     http::header::CONNECTION,
     HeaderName::from_static("proxy-connection"),
@@ -994,7 +995,7 @@ impl Proxy {
                 return denied.into();
             }
         }
-        // Held by a reference-counted copy of the header (or URI) it came from, not a new string.
+        // Held by a reference-counted copy of the field (or URI) it came from, not a new string.
         let (from_uri, from_host);
         let authority: &str = match parts.uri.authority() {
             Some(a) => {
@@ -1545,7 +1546,8 @@ fn request_hash(
         return (None, None);
     };
     match key {
-        HashKey::Header(name) => (headers.first(name).map(|v| hash64(v.as_bytes())), None),
+        // Envoy hashes the value's bytes, text or not.
+        HashKey::Header(name) => (headers.get_named(name).map(hash64), None),
         HashKey::SourceIp => (Some(hash64(peer.ip().to_string().as_bytes())), None),
         HashKey::QueryParam(name) => (
             query.and_then(|q| {
@@ -1559,12 +1561,10 @@ fn request_hash(
         HashKey::Cookie { name, path, ttl } => {
             let mut found = None;
             headers.each_value(&COOKIE, |c| {
-                let Some(c) = fields::text(c) else { return };
-                found = found.take().or_else(|| {
-                    c.split(';').find_map(|kv| {
-                        let (k, v) = kv.trim().split_once('=')?;
-                        (k == name).then(|| v.to_string())
-                    })
+                let Some(c) = fields::text(c).filter(|_| found.is_none()) else { return };
+                found = c.split(';').find_map(|kv| {
+                    let (k, v) = kv.trim().split_once('=')?;
+                    (k == name).then(|| v.to_string())
                 });
             });
             match (found, ttl) {
@@ -1689,12 +1689,7 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
 }
 
 fn strip_hop_by_hop(fields: &mut Fields) {
-    // A map's are found by one pass and removed by hash.
-    if matches!(fields, Fields::Map(_)) {
-        Found::scan(fields).remove(fields, Found::HOP_BY_HOP)
-    } else {
-        fields.remove_if(is_hop_by_hop)
-    }
+    fields.remove_if(is_hop_by_hop)
 }
 
 fn is_hop_by_hop(name: &[u8]) -> bool {
@@ -1702,8 +1697,8 @@ fn is_hop_by_hop(name: &[u8]) -> bool {
 }
 
 /// The names a proxy removes or replaces when a message carries them, found by one pass over
-/// its names matching their spelling (no hashing). Most messages carry none, and the lookups
-/// that remove them (each hashes) run only for those that do.
+/// its names matching their spelling (no hashing). Most messages carry none, and the removals
+/// run only for those that do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Found(u8);
 
@@ -1768,38 +1763,15 @@ impl Found {
         self.0 & classes != 0
     }
 
-    /// Removes every name of `classes` that the scan found a class member of (of the `REMOVABLE`).
+    /// Removes every name of `classes` that the scan found a class member of (of the `REMOVABLE`),
+    /// by the same classes the scan used: one pass over a head, a hashed removal each from a map.
     fn remove(&mut self, fields: &mut Fields, classes: u8) {
         let gone = self.0 & classes & Found::REMOVABLE;
         if gone == 0 {
             return;
         }
         self.0 &= !gone;
-        // A head's go in one pass; a map's by a hashed removal each.
-        let headers = match fields {
-            Fields::Head(_) => return fields.remove_if(|name| Found::class(name) & gone != 0),
-            Fields::Map(m) => m,
-        };
-        let mut remove = |names: &[&HeaderName]| {
-            names.iter().for_each(|n| {
-                headers.remove(*n);
-            })
-        };
-        if gone & Found::HOP_BY_HOP != 0 {
-            remove(&HOP_BY_HOP.each_ref());
-        }
-        if gone & Found::TRACE != 0 {
-            remove(&crate::telemetry::trace::PROPAGATED);
-        }
-        if gone & Found::FORWARDED_PROTO != 0 {
-            remove(&[&X_FORWARDED_PROTO]);
-        }
-        if gone & Found::PEER_ID != 0 {
-            remove(&[&PEER_ID]);
-        }
-        if gone & Found::CLIENT_CERT != 0 {
-            remove(&[&X_FCC]);
-        }
+        fields.remove_if(|name| Found::class(name) & gone != 0);
     }
 }
 
@@ -1991,6 +1963,21 @@ mod tests {
             table: Arc::new(crate::snapshot::policy::HashTable::Ring(vec![])),
         };
         assert_eq!(request_hash(&q, &none, Some("x=1&u=7"), peer).0, Some(hash64(b"7")));
+    }
+
+    #[test]
+    fn a_header_hash_takes_the_value_as_bytes_text_or_not() {
+        let lb = LbPolicy::Hash {
+            key: HashKey::Header("X-User".into()),
+            table: Arc::new(crate::snapshot::policy::HashTable::Ring(vec![])),
+        };
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-user", HeaderValue::from_bytes("José".as_bytes()).unwrap());
+        let head = Fields::from_text("HTTP/1.1 200 OK\r\nX-User: José\r\n\r\n");
+        for fields in [Fields::Map(h), head] {
+            assert_eq!(request_hash(&lb, &fields, None, peer), (Some(hash64("José".as_bytes())), None));
+        }
     }
 
     #[test]

@@ -51,8 +51,10 @@ impl SpanContext {
     /// Continues the caller's trace (B3, then `traceparent`), or starts one; a new span either
     /// way. The caller gathers the three values in its own pass over the request's headers.
     pub fn continue_from(b3_trace: Option<&[u8]>, b3_span: Option<&[u8]>, traceparent: Option<&[u8]>) -> SpanContext {
+        // Visible ASCII only, as `HeaderValue::to_str` reads a value.
         fn text(v: Option<&[u8]>) -> Option<&str> {
-            v.and_then(|v| std::str::from_utf8(v).ok())
+            v.filter(|v| v.iter().all(|&b| b == b'\t' || (32..127).contains(&b)))
+                .and_then(|v| std::str::from_utf8(v).ok())
         }
         let span_id = fastrand::u64(1..);
         if let (Some(t), Some(s)) = (text(b3_trace), text(b3_span)) {
