@@ -28,7 +28,10 @@ impl Fields {
     /// The first value of `name`.
     pub fn get(&self, name: &HeaderName) -> Option<&[u8]> {
         match self {
-            Fields::Head(h) => h.get(name.as_str().as_bytes()),
+            Fields::Head(h) => {
+                let spelled = name.as_str().as_bytes();
+                h.find(|n| n == spelled)
+            }
             Fields::Map(m) => m.get(name).map(HeaderValue::as_bytes),
         }
     }
@@ -57,15 +60,7 @@ impl Fields {
     /// The first value of `name`, spelled in any case, as bytes (a value need not be text).
     pub fn get_named(&self, name: &str) -> Option<&[u8]> {
         match self {
-            Fields::Head(h) => {
-                let found = h.fields.iter().find(|f| h.bytes[f.name_range()].eq_ignore_ascii_case(name.as_bytes()));
-                match found {
-                    Some(f) => Some(&h.bytes[f.value_range()]),
-                    None => {
-                        h.added.iter().find(|(n, _)| n.as_str().eq_ignore_ascii_case(name)).map(|(_, v)| v.as_bytes())
-                    }
-                }
-            }
+            Fields::Head(h) => h.find(|n| n.eq_ignore_ascii_case(name.as_bytes())),
             Fields::Map(m) => m.get(name).map(HeaderValue::as_bytes),
         }
     }
@@ -139,7 +134,7 @@ impl Fields {
     /// a map).
     pub fn map_mut(&mut self) -> &mut HeaderMap {
         if let Fields::Head(h) = self {
-            let map = std::mem::take(h).into_map();
+            let map = h.to_map();
             *self = Fields::Map(map);
         }
         match self {
@@ -171,7 +166,8 @@ impl Fields {
     /// The fields as a header map.
     pub fn into_map(self) -> HeaderMap {
         match self {
-            Fields::Head(h) => h.into_map(),
+            // Values are reference-counted: the copy costs no more than a move would.
+            Fields::Head(h) => h.to_map(),
             Fields::Map(m) => m,
         }
     }
@@ -215,12 +211,12 @@ impl Head {
         Head { bytes, fields, added: Vec::new() }
     }
 
-    /// The first value of the name spelled `spelled`: in the head, or else among the values the
-    /// proxy added.
-    fn get(&self, spelled: &[u8]) -> Option<&[u8]> {
-        match self.fields.iter().find(|f| &self.bytes[f.name_range()] == spelled) {
+    /// The first value of a name `is` picks: in the head, or else among the values the proxy
+    /// added.
+    fn find(&self, is: impl Fn(&[u8]) -> bool) -> Option<&[u8]> {
+        match self.fields.iter().find(|f| is(&self.bytes[f.name_range()])) {
             Some(f) => Some(&self.bytes[f.value_range()]),
-            None => self.added.iter().find(|(n, _)| n.as_str().as_bytes() == spelled).map(|(_, v)| v.as_bytes()),
+            None => self.added.iter().find(|(n, _)| is(n.as_str().as_bytes())).map(|(_, v)| v.as_bytes()),
         }
     }
 
@@ -264,17 +260,6 @@ impl Head {
         }
         for (n, v) in &self.added {
             map.append(n.clone(), v.clone());
-        }
-        map
-    }
-
-    fn into_map(self) -> HeaderMap {
-        let mut map = HeaderMap::with_capacity(self.fields.len() + self.added.len() + 4);
-        for (n, v) in self.fields.iter().filter_map(|f| f.entry(&self.bytes)) {
-            map.append(n, v);
-        }
-        for (n, v) in self.added {
-            map.append(n, v);
         }
         map
     }

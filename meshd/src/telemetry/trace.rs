@@ -49,20 +49,15 @@ fn hex_u128(s: &str, widths: &[usize]) -> Option<u128> {
 
 impl SpanContext {
     /// Continues the caller's trace (B3, then `traceparent`), or starts one; a new span either
-    /// way. The caller gathers the three values in its own pass over the request's headers.
-    pub fn continue_from(b3_trace: Option<&[u8]>, b3_span: Option<&[u8]>, traceparent: Option<&[u8]>) -> SpanContext {
-        // Visible ASCII only, as `HeaderValue::to_str` reads a value.
-        fn text(v: Option<&[u8]>) -> Option<&str> {
-            v.filter(|v| v.iter().all(|&b| b == b'\t' || (32..127).contains(&b)))
-                .and_then(|v| std::str::from_utf8(v).ok())
-        }
+    /// way. The caller gathers the three values, as text, in its own pass over the request's headers.
+    pub fn continue_from(b3_trace: Option<&str>, b3_span: Option<&str>, traceparent: Option<&str>) -> SpanContext {
         let span_id = fastrand::u64(1..);
-        if let (Some(t), Some(s)) = (text(b3_trace), text(b3_span)) {
+        if let (Some(t), Some(s)) = (b3_trace, b3_span) {
             if let (Some(trace_id), Some(parent)) = (hex_u128(t, &[16, 32]), hex_u128(s, &[16])) {
                 return SpanContext { trace_id, wide: t.len() == 32, span_id, parent: Some(parent as u64) };
             }
         }
-        if let Some(tp) = text(traceparent) {
+        if let Some(tp) = traceparent {
             let mut f = tp.split('-');
             if let (Some(_), Some(t), Some(s), Some(_), None) = (f.next(), f.next(), f.next(), f.next(), f.next()) {
                 if let (Some(trace_id), Some(parent)) = (hex_u128(t, &[32]), hex_u128(s, &[16])) {
@@ -424,7 +419,7 @@ mod tests {
     }
 
     fn continued(headers: &HeaderMap) -> SpanContext {
-        let get = |name: &HeaderName| headers.get(name).map(HeaderValue::as_bytes);
+        let get = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
         SpanContext::continue_from(get(&B3_TRACE), get(&B3_SPAN), get(&TRACEPARENT))
     }
 
@@ -489,7 +484,7 @@ mod tests {
     #[test]
     fn traceparent_needs_exactly_four_parts() {
         let tp = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra");
-        assert_eq!(SpanContext::continue_from(None, None, Some(tp.as_bytes())).parent, None);
+        assert_eq!(SpanContext::continue_from(None, None, tp.to_str().ok()).parent, None);
     }
 
     #[test]
