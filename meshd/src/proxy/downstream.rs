@@ -15,7 +15,6 @@ use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::TRANSFER_ENCODING;
 use http::{Method, Request, StatusCode, Uri, Version};
 use http_body::Body as HttpBody;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -317,6 +316,34 @@ fn request(head: Head, spans: Vec<Field>, bytes: Bytes, body: Body) -> Option<Ca
     Some(Call { parts: Parts { method: head.method, uri, version: head.version, fields }, body })
 }
 
+/// What writing a response's fields saw.
+struct Seen {
+    length: Option<u64>,
+    dated: bool,
+    chunked: bool,
+}
+
+/// Writes a response's fields but those this hop frames itself (and its length, if
+/// `drop_length`).
+fn write_fields(w: &mut Vec<u8>, fields: &Fields, drop_length: bool) -> Seen {
+    let mut seen = Seen { length: None, dated: false, chunked: false };
+    fields.for_each(|name, value| {
+        match name {
+            b"content-length" if drop_length => return,
+            b"content-length" => seen.length = h1::content_length(value),
+            b"transfer-encoding" => {
+                seen.chunked = true;
+                return;
+            }
+            b"connection" => return,
+            b"date" => seen.dated = true,
+            _ => {}
+        }
+        h1::write_line(w, name, value);
+    });
+    seen
+}
+
 /// Writes `resp`: the head with the body's first bytes behind it, then the rest as it comes.
 /// `Ok(false)`: the connection cannot carry another request.
 async fn respond<I: AsyncRead + AsyncWrite + Unpin>(
@@ -340,18 +367,15 @@ async fn respond<I: AsyncRead + AsyncWrite + Unpin>(
     w.extend_from_slice(b"\r\n");
     // The body's framing on this hop is this loop's to choose: the upstream's chunking was
     // decoded, and an HTTP/1.0 client cannot read chunks.
-    let chunked = fields.get(&TRANSFER_ENCODING).is_some();
-    let (mut length, mut dated) = (None, false);
-    fields.for_each(|name, value| {
-        match name {
-            b"content-length" if chunked || status == StatusCode::NO_CONTENT => return,
-            b"content-length" => length = h1::content_length(value),
-            b"transfer-encoding" | b"connection" => return,
-            b"date" => dated = true,
-            _ => {}
-        }
-        h1::write_line(w, name, value);
-    });
+    // A length is kept unless a transfer-encoding comes with it, which is rare: the fields are
+    // then written again without it, rather than every response looking for one first.
+    let at = w.len();
+    let mut seen = write_fields(w, &fields, status == StatusCode::NO_CONTENT);
+    if seen.chunked && seen.length.is_some() {
+        w.truncate(at);
+        seen = write_fields(w, &fields, true);
+    }
+    let Seen { mut length, dated, chunked } = seen;
     let sending = if bodiless {
         Sending::Nothing
     } else if length.is_some() {
@@ -479,6 +503,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 
+    use http::header::TRANSFER_ENCODING;
     use http::HeaderName;
 
     use super::*;

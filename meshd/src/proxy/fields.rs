@@ -327,6 +327,24 @@ mod tests {
     }
 
     #[test]
+    fn added_fields_keep_their_order_through_removal_and_setting() {
+        let mut f = head("HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\n");
+        for (name, value) in [("x-b", "1"), ("x-c", "1"), ("x-d", "1"), ("x-c", "2")] {
+            f.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+        }
+        let names = |f: &Fields| listed(f).into_iter().map(|(n, v)| format!("{n}: {v}")).collect::<Vec<_>>();
+        assert_eq!(names(&f), ["x-a: 1", "x-b: 1", "x-c: 1", "x-d: 1", "x-c: 2"]);
+        assert_eq!(f.get(&HeaderName::from_static("x-d")), Some(&b"1"[..]));
+        // What is removed leaves the rest in order; what comes next goes last.
+        f.remove(&HeaderName::from_static("x-b"));
+        f.append(HeaderName::from_static("x-e"), HeaderValue::from_static("1"));
+        assert_eq!(names(&f), ["x-a: 1", "x-c: 1", "x-d: 1", "x-c: 2", "x-e: 1"]);
+        f.set(HeaderName::from_static("x-c"), HeaderValue::from_static("3"));
+        assert_eq!(names(&f), ["x-a: 1", "x-d: 1", "x-e: 1", "x-c: 3"]);
+        assert_eq!(f.to_map().len(), 4);
+    }
+
+    #[test]
     fn a_head_made_a_map_keeps_every_field_in_order() {
         let mut raw = head(TEXT);
         raw.set(SERVER, HeaderValue::from_static("envoy"));

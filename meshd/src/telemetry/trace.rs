@@ -228,7 +228,33 @@ pub struct TraceStore {
 #[derive(Debug, Default)]
 struct Store {
     order: VecDeque<u128>,
-    traces: HashMap<u128, Vec<Arc<Entry>>, IdKey>,
+    traces: HashMap<u128, Spans, IdKey>,
+}
+
+/// A trace's spans. Most traces the store sees have one span a proxy (a lone request, or each
+/// proxy's own writer filling its part): the first is kept in place, which saves allocating and
+/// freeing a vector a request.
+#[derive(Debug)]
+enum Spans {
+    One(Arc<Entry>),
+    Many(Vec<Arc<Entry>>),
+}
+
+impl Spans {
+    fn push(&mut self, e: Arc<Entry>) {
+        match self {
+            Spans::One(first) => *self = Spans::Many(vec![first.clone(), e]),
+            Spans::Many(all) if all.len() < MAX_SPANS => all.push(e),
+            Spans::Many(_) => {}
+        }
+    }
+
+    fn to_vec(&self) -> Vec<Arc<Entry>> {
+        match self {
+            Spans::One(e) => vec![e.clone()],
+            Spans::Many(all) => all.clone(),
+        }
+    }
 }
 
 /// Hashes trace ids with a folded multiply under a key drawn when the store is made. SipHash
@@ -293,13 +319,9 @@ impl TraceStore {
         let Store { traces, order } = &mut *s;
         // One lookup for the span; another only to evict the oldest trace when a new one is full.
         match traces.entry(ctx.trace_id) {
-            std::collections::hash_map::Entry::Occupied(mut o) => {
-                if o.get().len() < MAX_SPANS {
-                    o.get_mut().push(e);
-                }
-            }
+            std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().push(e),
             std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(vec![e]);
+                v.insert(Spans::One(e));
                 order.push_back(ctx.trace_id);
                 if order.len() > MAX_TRACES {
                     if let Some(old) = order.pop_front() {
@@ -315,7 +337,7 @@ impl TraceStore {
         // Spans are built after the lock is released: every worker's telemetry writer adds under it.
         let traces: Vec<Vec<Arc<Entry>>> = {
             let s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            s.order.iter().rev().take(limit).filter_map(|id| s.traces.get(id).cloned()).collect()
+            s.order.iter().rev().take(limit).filter_map(|id| s.traces.get(id).map(Spans::to_vec)).collect()
         };
         traces.iter().map(|entries| summary(&entries.iter().filter_map(|e| span(e)).collect::<Vec<_>>())).collect()
     }
@@ -323,7 +345,7 @@ impl TraceStore {
     /// The spans of one trace, by start time.
     pub fn get(&self, trace_id: &str) -> Option<Vec<Span>> {
         let id = hex_u128(&trace_id.to_ascii_lowercase(), &[16, 32])?;
-        let entries = self.inner.lock().unwrap_or_else(|e| e.into_inner()).traces.get(&id)?.clone();
+        let entries = self.inner.lock().unwrap_or_else(|e| e.into_inner()).traces.get(&id)?.to_vec();
         let mut spans: Vec<Span> = entries.iter().filter_map(|e| span(e)).collect();
         spans.sort_by_key(|s| s.start_unix_us);
         Some(spans)
@@ -544,5 +566,12 @@ mod tests {
         assert!(list[0].error);
         let spans = store.get(&format!("{:032X}", 1)).unwrap();
         assert_eq!(spans[0].span_id, "000000000000000a");
+        // A trace keeps its first spans up to the limit; a lone span is a trace too.
+        for i in 0..2 * MAX_SPANS as u64 {
+            store.add(entry(2, 0x100 + i, i, 1, 200));
+        }
+        store.add(entry(3, 0xc, 0, 1, 200));
+        assert_eq!(store.get(&format!("{:032x}", 2)).unwrap().len(), MAX_SPANS);
+        assert_eq!(store.list(10)[0].spans, 1);
     }
 }
