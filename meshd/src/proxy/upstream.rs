@@ -209,10 +209,30 @@ pub async fn acquire(
     pool: &PoolSettings,
     tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<(Checkout, bool), UpstreamError> {
+    // The pool nearly always has a connection ready. Opening one or waiting for one (a TLS
+    // handshake, the pending queue) is a future of some 3 KB, boxed so that it is made only then:
+    // held inline, it would be in every request's future, and copied with it at each await.
     if pool.h2_upgrade {
-        return acquire_h2(shared, ep, pool, tls).await;
+        if let Some(link) = h2_stream(shared, ep, pool) {
+            return Ok((Checkout::H2(link, ep.clone()), true));
+        }
+        return Box::pin(acquire_h2(shared, ep, pool, tls)).await;
     }
-    acquire_h1(shared, ep, pool, tls).await.map(|(c, reused)| (Checkout::H1(c), reused))
+    if let Some(c) = ep.take_idle(pool.idle_timeout) {
+        return Ok((Checkout::H1(reuse(c, shared, ep, pool)), true));
+    }
+    Box::pin(acquire_h1(shared, ep, pool, tls)).await.map(|(c, reused)| (Checkout::H1(c), reused))
+}
+
+/// A pooled connection taken for a request.
+fn reuse(c: IdleConn, shared: &Arc<ClusterShared>, ep: &Arc<EndpointRt>, pool: &PoolSettings) -> Conn {
+    Conn {
+        link: c.link,
+        uses: c.uses,
+        ep: ep.clone(),
+        shared: shared.clone(),
+        max_uses: pool.max_requests_per_connection,
+    }
 }
 
 async fn acquire_h1(
@@ -221,17 +241,10 @@ async fn acquire_h1(
     pool: &PoolSettings,
     tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<(Conn, bool), UpstreamError> {
-    let reuse = |c: IdleConn| Conn {
-        link: c.link,
-        uses: c.uses,
-        ep: ep.clone(),
-        shared: shared.clone(),
-        max_uses: pool.max_requests_per_connection,
-    };
     queued(
         shared,
         pool,
-        || ep.take_idle(pool.idle_timeout).map(|c| (reuse(c), true)),
+        || ep.take_idle(pool.idle_timeout).map(|c| (reuse(c, shared, ep, pool), true)),
         || {
             try_slot(shared, pool.max_connections)
                 .then_some(async { Ok((connect(ep, shared, pool, tls).await?, false)) })
@@ -372,7 +385,6 @@ async fn acquire_h2(
     pool: &PoolSettings,
     tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<(Checkout, bool), UpstreamError> {
-    let current = || ep.h2.load_full().filter(|l| l.open_stream(shared.now_ms(), pool));
     let start = || {
         if ep.h2_connecting.load(Ordering::Acquire) || !try_slot(shared, pool.max_connections) {
             return None;
@@ -391,7 +403,12 @@ async fn acquire_h2(
             Ok((Checkout::H2(link, ep.clone()), false))
         })
     };
-    queued(shared, pool, || current().map(|link| (Checkout::H2(link, ep.clone()), true)), start).await
+    queued(shared, pool, || h2_stream(shared, ep, pool).map(|link| (Checkout::H2(link, ep.clone()), true)), start).await
+}
+
+/// The endpoint's HTTP/2 connection, with a stream counted on it, when it can take one.
+fn h2_stream(shared: &ClusterShared, ep: &EndpointRt, pool: &PoolSettings) -> Option<Arc<H2Link>> {
+    ep.h2.load_full().filter(|l| l.open_stream(shared.now_ms(), pool))
 }
 
 /// Opens an HTTP/2 connection; its task holds the `maxConnections` slot (already taken) until
