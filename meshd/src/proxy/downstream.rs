@@ -318,7 +318,10 @@ fn request(head: Head, spans: Vec<Field>, bytes: Bytes, body: Body) -> Option<Ca
 
 /// What writing a response's fields saw.
 struct Seen {
+    /// The last `content-length`, when it is a length.
     length: Option<u64>,
+    /// A `content-length` was written, a length or not.
+    length_line: bool,
     dated: bool,
     chunked: bool,
 }
@@ -326,11 +329,14 @@ struct Seen {
 /// Writes a response's fields but those this hop frames itself (and its length, if
 /// `drop_length`).
 fn write_fields(w: &mut Vec<u8>, fields: &Fields, drop_length: bool) -> Seen {
-    let mut seen = Seen { length: None, dated: false, chunked: false };
+    let mut seen = Seen { length: None, length_line: false, dated: false, chunked: false };
     fields.for_each(|name, value| {
         match name {
             b"content-length" if drop_length => return,
-            b"content-length" => seen.length = h1::content_length(value),
+            b"content-length" => {
+                seen.length = h1::content_length(value);
+                seen.length_line = true;
+            }
             b"transfer-encoding" => {
                 seen.chunked = true;
                 return;
@@ -371,11 +377,11 @@ async fn respond<I: AsyncRead + AsyncWrite + Unpin>(
     // then written again without it, rather than every response looking for one first.
     let at = w.len();
     let mut seen = write_fields(w, &fields, status == StatusCode::NO_CONTENT);
-    if seen.chunked && seen.length.is_some() {
+    if seen.chunked && seen.length_line {
         w.truncate(at);
         seen = write_fields(w, &fields, true);
     }
-    let Seen { mut length, dated, chunked } = seen;
+    let Seen { mut length, dated, chunked, .. } = seen;
     let sending = if bodiless {
         Sending::Nothing
     } else if length.is_some() {
@@ -522,10 +528,21 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             if parts.uri.path() == "/chunked" {
-                // As an upstream's chunked response arrives: decoded, the header kept.
+                // As an upstream's chunked response arrives: decoded, the header kept; a
+                // route's edits may put any length beside it (`?length=`), and a date.
                 let mut resp = http::Response::new(full("abc"));
-                resp.headers_mut().insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-                resp.headers_mut().insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+                let h = resp.headers_mut();
+                h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+                match parts.uri.query().and_then(|q| q.strip_prefix("length=")) {
+                    Some(odd) => {
+                        h.append(http::header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+                        h.append(http::header::CONTENT_LENGTH, HeaderValue::from_str(odd).unwrap());
+                        h.insert(http::header::DATE, HeaderValue::from_static("Sat, 21 Nov 2026 10:00:00 GMT"));
+                    }
+                    None => {
+                        h.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+                    }
+                }
                 return Some(resp.into());
             }
             let body = body.collect().await.ok()?.to_bytes();
@@ -646,6 +663,29 @@ mod tests {
         assert!(!wire.contains("transfer-encoding") && !wire.contains("content-length"), "{wire}");
         assert!(wire.ends_with("connection: close\r\n\r\nabc"), "{wire}");
         task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_length_never_goes_out_with_a_transfer_encoding_whatever_it_says() {
+        for request in [
+            "GET /chunked?length=x HTTP/1.1\r\nhost: h\r\nconnection: close\r\n\r\n",
+            "GET /chunked?length=9 HTTP/1.1\r\nhost: h\r\nconnection: close\r\n\r\n",
+            "HEAD /chunked?length=x HTTP/1.1\r\nhost: h\r\nconnection: close\r\n\r\n",
+        ] {
+            let (mut client, task, _) = pair().await;
+            client.write_all(request.as_bytes()).await.unwrap();
+            let wire = read_all(&mut client).await;
+            assert!(!wire.contains("content-length"), "{request}: {wire}");
+            assert_eq!(wire.matches("transfer-encoding: chunked\r\n").count(), 1, "{request}: {wire}");
+            assert_eq!(wire.matches("date: ").count(), 1, "the upstream's date, once: {wire}");
+            assert!(wire.contains("date: Sat, 21 Nov 2026 10:00:00 GMT\r\n"), "{wire}");
+            if request.starts_with("HEAD") {
+                assert!(wire.ends_with("\r\n\r\n"), "no body for HEAD: {wire}");
+            } else {
+                assert!(wire.ends_with("\r\n\r\n3\r\nabc\r\n0\r\n\r\n"), "{wire}");
+            }
+            task.await.unwrap();
+        }
     }
 
     #[tokio::test]

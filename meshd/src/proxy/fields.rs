@@ -78,8 +78,8 @@ impl Fields {
         }
     }
 
-    /// Replaces every value of `name` with `value`, where the first one was (at the end when
-    /// there was none).
+    /// Replaces every value of `name` with `value`: where the first one was when the message
+    /// came with it, at the end otherwise (a field the proxy added, or none).
     pub fn set(&mut self, name: HeaderName, value: HeaderValue) {
         match self {
             // A head's own field cannot take a new value in its place: a map can (a rare case:
@@ -327,7 +327,7 @@ mod tests {
     }
 
     #[test]
-    fn added_fields_keep_their_order_through_removal_and_setting() {
+    fn fields_the_proxy_adds_keep_their_order_and_one_set_anew_goes_last() {
         let mut f = head("HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\n");
         for (name, value) in [("x-b", "1"), ("x-c", "1"), ("x-d", "1"), ("x-c", "2")] {
             f.append(HeaderName::from_static(name), HeaderValue::from_static(value));

@@ -210,29 +210,31 @@ pub async fn acquire(
     tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<(Checkout, bool), UpstreamError> {
     // The pool nearly always has a connection ready. Opening one or waiting for one (a TLS
-    // handshake, the pending queue) is a future of some 3 KB, boxed so that it is made only then:
-    // held inline, it would be in every request's future, and copied with it at each await.
+    // handshake, the pending queue) is boxed, so its large state is made only then rather than
+    // carried in every request's future.
     if pool.h2_upgrade {
-        if let Some(link) = h2_stream(shared, ep, pool) {
-            return Ok((Checkout::H2(link, ep.clone()), true));
+        if let Some(got) = h2_stream(shared, ep, pool) {
+            return Ok(got);
         }
         return Box::pin(acquire_h2(shared, ep, pool, tls)).await;
     }
-    if let Some(c) = ep.take_idle(pool.idle_timeout) {
-        return Ok((Checkout::H1(reuse(c, shared, ep, pool)), true));
+    if let Some((conn, reused)) = idle(shared, ep, pool) {
+        return Ok((Checkout::H1(conn), reused));
     }
     Box::pin(acquire_h1(shared, ep, pool, tls)).await.map(|(c, reused)| (Checkout::H1(c), reused))
 }
 
-/// A pooled connection taken for a request.
-fn reuse(c: IdleConn, shared: &Arc<ClusterShared>, ep: &Arc<EndpointRt>, pool: &PoolSettings) -> Conn {
-    Conn {
+/// A pooled connection that is still open and not idle past `idleTimeout`, reused.
+fn idle(shared: &Arc<ClusterShared>, ep: &Arc<EndpointRt>, pool: &PoolSettings) -> Option<(Conn, bool)> {
+    let c = ep.take_idle(pool.idle_timeout)?;
+    let conn = Conn {
         link: c.link,
         uses: c.uses,
         ep: ep.clone(),
         shared: shared.clone(),
         max_uses: pool.max_requests_per_connection,
-    }
+    };
+    Some((conn, true))
 }
 
 async fn acquire_h1(
@@ -244,7 +246,7 @@ async fn acquire_h1(
     queued(
         shared,
         pool,
-        || ep.take_idle(pool.idle_timeout).map(|c| (reuse(c, shared, ep, pool), true)),
+        || idle(shared, ep, pool),
         || {
             try_slot(shared, pool.max_connections)
                 .then_some(async { Ok((connect(ep, shared, pool, tls).await?, false)) })
@@ -253,9 +255,9 @@ async fn acquire_h1(
     .await
 }
 
-/// Gets what `ready` offers; when it offers nothing, the request waits in the pending queue
-/// (`http1MaxPendingRequests`), trying `ready` and then `start` (which may open a connection)
-/// each time the cluster's pool changes.
+/// Waits in the pending queue (`http1MaxPendingRequests`) for what `ready` offers, trying it
+/// and then `start` (which may open a connection) each time the cluster's pool changes. The
+/// caller has found `ready` offering nothing.
 async fn queued<T, F>(
     shared: &ClusterShared,
     pool: &PoolSettings,
@@ -265,9 +267,6 @@ async fn queued<T, F>(
 where
     F: Future<Output = Result<T, UpstreamError>>,
 {
-    if let Some(got) = ready() {
-        return Ok(got);
-    }
     let _pending = pending(shared, pool)?;
     loop {
         let notified = shared.notify.notified();
@@ -403,12 +402,13 @@ async fn acquire_h2(
             Ok((Checkout::H2(link, ep.clone()), false))
         })
     };
-    queued(shared, pool, || h2_stream(shared, ep, pool).map(|link| (Checkout::H2(link, ep.clone()), true)), start).await
+    queued(shared, pool, || h2_stream(shared, ep, pool), start).await
 }
 
-/// The endpoint's HTTP/2 connection, with a stream counted on it, when it can take one.
-fn h2_stream(shared: &ClusterShared, ep: &EndpointRt, pool: &PoolSettings) -> Option<Arc<H2Link>> {
-    ep.h2.load_full().filter(|l| l.open_stream(shared.now_ms(), pool))
+/// A stream on the endpoint's HTTP/2 connection, counted on it, when the connection can take one.
+fn h2_stream(shared: &ClusterShared, ep: &Arc<EndpointRt>, pool: &PoolSettings) -> Option<(Checkout, bool)> {
+    let link = ep.h2.load_full().filter(|l| l.open_stream(shared.now_ms(), pool))?;
+    Some((Checkout::H2(link, ep.clone()), true))
 }
 
 /// Opens an HTTP/2 connection; its task holds the `maxConnections` slot (already taken) until
