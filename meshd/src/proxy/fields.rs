@@ -51,10 +51,22 @@ impl Fields {
         }
     }
 
-    /// The first value of `name`, as a value of its own (for tests).
-    #[cfg(test)]
+    /// The first value of `name`, as a value of its own that shares its bytes.
     pub fn value(&self, name: &HeaderName) -> Option<HeaderValue> {
-        self.get(name).map(|v| HeaderValue::from_bytes(v).expect("a parsed or added value is valid"))
+        match self {
+            Fields::Map(m) => m.get(name).cloned(),
+            Fields::Head(_) => self.get(name).and_then(|v| self.shared(v)),
+        }
+    }
+
+    /// Whether `name` has exactly one value, and it is `value`.
+    pub fn holds_only(&self, name: &HeaderName, value: &[u8]) -> bool {
+        let (mut count, mut same) = (0, false);
+        self.each_value(name, |v| {
+            count += 1;
+            same = v == value;
+        });
+        count == 1 && same
     }
 
     /// The first value of `name`, spelled in any case, as bytes (a value need not be text).

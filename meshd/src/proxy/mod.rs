@@ -36,7 +36,7 @@ use self::answer::Answer;
 use self::downstream::{Call, Parts};
 use self::fields::Fields;
 use crate::security::peer_auth::MtlsMode;
-use crate::snapshot::matcher::{split_authority, Headers, RequestView, SourceView};
+use crate::snapshot::matcher::{cookie, split_authority, Headers, RequestView, SourceView};
 use crate::snapshot::policy::{hash64, parse_retry_on, roll, HashKey, LbPolicy, RetryOn, RetryPolicy};
 use crate::snapshot::ratelimit::Context;
 use crate::snapshot::route::{Decision, HeaderOps, Matched, Target, WeightedTarget};
@@ -1007,7 +1007,7 @@ impl Proxy {
                 from_uri.as_str()
             }
             None => {
-                from_host = parts.fields.get(&HOST).and_then(|h| parts.fields.shared(h));
+                from_host = parts.fields.value(&HOST);
                 match from_host.as_ref().and_then(|h| h.to_str().ok()) {
                     Some(h) => h,
                     None => return respond::local_reply(LocalReply::NoRoute, server, false).into(),
@@ -1463,12 +1463,7 @@ fn outgoing(
     let mut found = Found::scan(&fields);
     found.remove(&mut fields, Found::HOP_BY_HOP);
     // The client's one Host header is kept when it already names the authority (no new value).
-    let (mut hosts, mut same) = (0, false);
-    fields.each_value(&HOST, |h| {
-        hosts += 1;
-        same = h == new_authority.as_bytes();
-    });
-    if hosts != 1 || !same {
+    if !fields.holds_only(&HOST, new_authority.as_bytes()) {
         fields.set(HOST, HeaderValue::from_str(new_authority).ok()?);
     }
     // The scan saw these names, so a request without them costs no lookup.
@@ -1477,7 +1472,11 @@ fn outgoing(
     }
     let framed = found.has(Found::FRAMING);
     if !body.is_empty() || (framed && fields.get(&CONTENT_LENGTH).is_some()) {
-        fields.set(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        // A client's one length, already right, is kept: setting it anew would make a head a map.
+        let length = HeaderValue::from(body.len());
+        if !fields.holds_only(&CONTENT_LENGTH, length.as_bytes()) {
+            fields.set(CONTENT_LENGTH, length);
+        }
     }
     if framed {
         fields.remove(&http::header::TRANSFER_ENCODING);
@@ -1565,11 +1564,9 @@ fn request_hash(
         HashKey::Cookie { name, path, ttl } => {
             let mut found = None;
             headers.each_value(&COOKIE, |c| {
-                let Some(c) = fields::text(c).filter(|_| found.is_none()) else { return };
-                found = c.split(';').find_map(|kv| {
-                    let (k, v) = kv.trim().split_once('=')?;
-                    (k == name).then(|| v.to_string())
-                });
+                if found.is_none() {
+                    found = fields::text(c).and_then(|c| cookie(c, name)).map(str::to_string);
+                }
             });
             match (found, ttl) {
                 (Some(v), _) => (Some(hash64(v.as_bytes())), None),

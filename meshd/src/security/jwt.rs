@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
 use crate::config::api;
-use crate::snapshot::{Labels, ROOT_NAMESPACE};
+use crate::snapshot::{matcher, Labels, ROOT_NAMESPACE};
 
 /// Clock skew Envoy allows on `exp` and `nbf`.
 const CLOCK_SKEW_SECS: u64 = 60;
@@ -298,12 +298,11 @@ fn extract(from: &From, headers: &HeaderMap, query: Option<&str>) -> Option<Stri
             let (k, v) = kv.split_once('=')?;
             (k == p).then(|| v.to_string())
         }),
-        From::Cookie(c) => headers.get_all(http::header::COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|s| {
-            s.split(';').find_map(|kv| {
-                let (k, v) = kv.trim().split_once('=')?;
-                (k == c).then(|| v.to_string())
-            })
-        }),
+        From::Cookie(c) => headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|s| matcher::cookie(s, c).map(str::to_string)),
     }
 }
 

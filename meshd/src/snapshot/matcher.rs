@@ -350,6 +350,14 @@ pub fn split_authority(authority: &str) -> (&str, Option<u16>) {
     }
 }
 
+/// The value of the cookie `name` in a `cookie` header's text (`a=1; b=2`).
+pub fn cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    header.split(';').find_map(|kv| {
+        let (k, v) = kv.trim().split_once('=')?;
+        (k == name).then_some(v)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
