@@ -8,7 +8,7 @@
 //! are slices of the bytes read, and the body is handed on as it arrives, without a copy.
 
 use std::future::poll_fn;
-use std::io::Write as _;
+use std::io::{IoSlice, Write as _};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
@@ -447,8 +447,12 @@ pub(super) fn encode_data(w: &mut Vec<u8>, sending: Sending, data: &[u8]) {
 
 /// Writes a message whose head is in `wbuf`, then its body: the body bytes that are ready are
 /// gathered behind what is still unwritten, so a head and a small body leave in one write.
+/// Where the stream takes vectored writes (TCP, TLS), a body's first piece is not copied but
+/// written from where it lies, by the same `writev` as what is gathered before it.
 pub(super) struct Outbound {
     written: usize,
+    /// Body bytes that go out right after `wbuf[written..]`, uncopied.
+    tail: Bytes,
     sending: Sending,
     body_done: bool,
     /// Body bytes the stated length still allows; more are cut (`None`: no stated length).
@@ -461,12 +465,13 @@ pub(super) struct Outbound {
 
 impl Outbound {
     pub(super) fn new(sending: Sending, left: Option<u64>) -> Outbound {
-        Outbound { written: 0, sending, body_done: sending == Sending::Nothing, left, overran: false, broken: None }
+        let body_done = sending == Sending::Nothing;
+        Outbound { written: 0, tail: Bytes::new(), sending, body_done, left, overran: false, broken: None }
     }
 
     /// Whether everything gathered is written and the body has nothing ready.
     pub(super) fn body_waits(&self, wbuf: &[u8]) -> bool {
-        !self.body_done && self.written == wbuf.len()
+        !self.body_done && self.written == wbuf.len() && self.tail.is_empty()
     }
 
     /// Body bytes the stated length expected and never got.
@@ -483,7 +488,7 @@ impl Outbound {
         cx: &mut Context<'_>,
     ) -> Poll<std::io::Result<()>> {
         loop {
-            if !self.body_done && wbuf.len() - self.written < WRITE_BATCH {
+            if !self.body_done && wbuf.len() - self.written + self.tail.len() < WRITE_BATCH {
                 match Pin::new(&mut *body).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Ok(mut data) = frame.into_data() {
@@ -494,11 +499,18 @@ impl Outbound {
                                 }
                                 *left -= data.len() as u64;
                             }
-                            if self.written == wbuf.len() {
+                            if self.written == wbuf.len() && self.tail.is_empty() {
                                 wbuf.clear();
                                 self.written = 0;
                             }
-                            encode_data(wbuf, self.sending, &data);
+                            if self.tail.is_empty() && self.sending != Sending::Chunked && io.is_write_vectored() {
+                                self.tail = data;
+                            } else {
+                                // A second piece while the first waits: both are gathered, in order.
+                                let first = std::mem::take(&mut self.tail);
+                                encode_data(wbuf, self.sending, &first);
+                                encode_data(wbuf, self.sending, &data);
+                            }
                         }
                         continue;
                     }
@@ -515,11 +527,25 @@ impl Outbound {
                     Poll::Pending => {}
                 }
             }
-            if self.written < wbuf.len() {
-                match Pin::new(&mut *io).poll_write(cx, &wbuf[self.written..]) {
+            if self.written < wbuf.len() || !self.tail.is_empty() {
+                let gathered = &wbuf[self.written..];
+                let wrote = if self.tail.is_empty() {
+                    Pin::new(&mut *io).poll_write(cx, gathered)
+                } else {
+                    let pieces = [IoSlice::new(gathered), IoSlice::new(&self.tail)];
+                    Pin::new(&mut *io).poll_write_vectored(cx, &pieces)
+                };
+                match wrote {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
                     Poll::Ready(Ok(n)) => {
-                        self.written += n;
+                        let from_wbuf = n.min(wbuf.len() - self.written);
+                        self.written += from_wbuf;
+                        if n - from_wbuf == self.tail.len() {
+                            // Let go of the upstream's read buffer as soon as it is written.
+                            self.tail = Bytes::new();
+                        } else {
+                            self.tail.advance(n - from_wbuf);
+                        }
                         continue;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -975,5 +1001,84 @@ mod tests {
         let cut =
             tokio::time::timeout(Duration::from_secs(5), poll_fn(|cx| conn.poll_body(cx, &mut framing))).await.unwrap();
         assert!(matches!(cut, Some(Err(H1Error::Closed))), "{cut:?}");
+    }
+
+    /// A writer that takes at most `step` bytes a call, and records each call.
+    struct Trickle {
+        out: Vec<u8>,
+        step: usize,
+        vectored: bool,
+        /// Bytes offered by each call.
+        offered: Vec<usize>,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+            self.poll_write_vectored(&mut Context::from_waker(Waker::noop()), &[IoSlice::new(buf)])
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            let offered = bufs.iter().map(|b| b.len()).sum();
+            self.offered.push(offered);
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.step - n);
+                self.out.extend_from_slice(&b[..take]);
+                n += take;
+            }
+            Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.vectored
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Writes `head` then a body of `pieces` through `Outbound` into a `Trickle`.
+    /// Returns the writer and what was left gathered in the write buffer.
+    async fn write_out(pieces: &[&'static [u8]], sending: Sending, step: usize, vectored: bool) -> (Trickle, Vec<u8>) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(pieces.len());
+        for p in pieces {
+            tx.send(Bytes::from_static(p)).await.unwrap();
+        }
+        drop(tx);
+        let mut body = ChannelBody(rx).boxed();
+        let mut io = Trickle { out: Vec::new(), step, vectored, offered: Vec::new() };
+        let mut wbuf = b"HEAD\r\n\r\n".to_vec();
+        let mut out = Outbound::new(sending, None);
+        poll_fn(|cx| out.poll(&mut io, &mut wbuf, &mut body, cx)).await.unwrap();
+        (io, wbuf)
+    }
+
+    #[tokio::test]
+    async fn a_body_goes_out_behind_its_head_in_order_however_few_bytes_each_write_takes() {
+        for vectored in [true, false] {
+            // One write takes head and body: gathered, or the body's piece written where it lies.
+            let (io, wbuf) = write_out(&[b"0123456789"], Sending::Raw, 1 << 20, vectored).await;
+            assert_eq!(io.out, b"HEAD\r\n\r\n0123456789");
+            assert_eq!(io.offered, [18]);
+            // Copied behind the head only for a stream that takes one piece a write.
+            assert_eq!(wbuf.len(), if vectored { 8 } else { 18 });
+            for step in [1, 3, 7, 8, 9, 64] {
+                let (io, _) = write_out(&[b"0123456789"], Sending::Raw, step, vectored).await;
+                assert_eq!(io.out, b"HEAD\r\n\r\n0123456789", "step {step}");
+                let (io, _) = write_out(&[b"abc", b"defg", b"h"], Sending::Raw, step, vectored).await;
+                assert_eq!(io.out, b"HEAD\r\n\r\nabcdefgh", "step {step}");
+                let (io, _) = write_out(&[b"abc", b"defg"], Sending::Chunked, step, vectored).await;
+                assert_eq!(io.out, b"HEAD\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n", "step {step}");
+            }
+        }
     }
 }
