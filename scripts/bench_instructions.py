@@ -11,7 +11,12 @@ the backend, for what a request costs it without a proxy's headers), KEEP (a fol
 keep callgrind's files in, for `callgrind_annotate --inclusive=yes FILE`), CLIENT (oha, the
 default: oha's request, four header fields, on four connections at once; wrk: wrk's request
 as `make bench` sends it for throughput, the Host field alone, one at a time on four
-connections in turn).
+connections in turn), SIM (1: callgrind also simulates the caches and branch predictor of this
+machine; the proxy thread's row then adds its first-level instruction and data cache misses and
+its mispredicted branches a request, and a row for nginx proxying the same requests. The
+backend then runs in a second meshd outside valgrind, reached through a ServiceEntry: valgrind
+simulates one cache for all of a process's threads, and the backend's would pollute the
+proxy's).
 """
 import glob
 import os
@@ -29,6 +34,9 @@ import bench_dataplane as d
 N = int(os.environ.get("N", "3000"))
 HOST = os.environ.get("HOST", "bench.one")
 CLIENT = os.environ.get("CLIENT", "oha")
+SIM = os.environ.get("SIM") == "1"
+# The events callgrind's simulation adds, summed per request: (column, events).
+MISSES = (("I1 misses", ("I1mr",)), ("D1 misses", ("D1mr", "D1mw")), ("mispredicted branches", ("Bcm", "Bim")))
 if CLIENT not in ("oha", "wrk"):
     sys.exit(f"CLIENT is oha or wrk, not {CLIENT}")
 
@@ -63,20 +71,97 @@ def raw_load(addr, host, n, conns=4):
             s.close()
 
 
-def count(binary):
-    """{thread kind: instructions per request} for one binary."""
+def valgrind(work):
+    """The valgrind command line, writing to `work`/cg.out."""
+    sim = ["--cache-sim=yes", "--branch-sim=yes"] if SIM else []
+    return ["valgrind", "--tool=callgrind", "--separate-threads=yes", *sim, f"--callgrind-out-file={work}/cg.out"]
+
+
+# The gateway's route to a backend in another process (SIM): a ServiceEntry with its address.
+EXTERNAL = """---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: backend}}
+spec:
+  hosts: [backend.bench]
+  location: MESH_EXTERNAL
+  ports: [{{number: {port}, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: {ip}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: bench}}
+spec:
+  hosts: [bench.one]
+  gateways: [bench]
+  http: [{{route: [{{destination: {{host: backend.bench, port: {{number: {port}}}}}}}]}}]
+"""
+
+
+def per_request(path):
+    """{event: count per request} from one callgrind file."""
+    with open(path) as f:
+        text = f.read()
+    events = re.search(r"^events: (.*)$", text, re.M)
+    totals = re.search(r"^(?:summary|totals): (.*)$", text, re.M)
+    if not events or not totals:
+        return text, {}
+    return text, {e: int(v) / N for e, v in zip(events.group(1).split(), totals.group(1).split())}
+
+
+def count_nginx(backend):
+    """nginx (one worker, no master) proxying wrk's request to `backend`: the proxy thread's
+    {event: per request}."""
     work = tempfile.mkdtemp(prefix="meshd-cg-")
-    cfg = d.mesh_folder(work, samples=())
+    conf = os.path.join(work, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(b.NGINX.format(threads=1, work=work, backend=backend, addr=b.NGINX_ADDR,
+                               fields_addr=b.NGINX_FIELDS_ADDR))
+    proc = subprocess.Popen([*valgrind(work), "nginx", "-c", conf, "-g", "daemon off; master_process off;"],
+                            stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(b.NGINX_ADDR.rsplit(":", 1)).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        raw_load(b.NGINX_ADDR, "bench.one", 300)
+        subprocess.run(["callgrind_control", "-z", str(proc.pid)], capture_output=True, check=True)
+        raw_load(b.NGINX_ADDR, "bench.one", N)
+        subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True, check=True)
+        time.sleep(1)
+    finally:
+        proc.terminate()
+        proc.wait()
+    # The dump of the serving loop: the file with the most instructions.
+    counts = [per_request(path)[1] for path in glob.glob(os.path.join(work, "cg.out*"))]
+    shutil.rmtree(work, ignore_errors=True)
+    return max(counts, key=lambda c: c.get("Ir", 0), default={})
+
+
+def count(binary, backend=None):
+    """{thread kind: {event: per request}} for one binary; its gateway proxies to `backend`
+    (another process) when given."""
+    work = tempfile.mkdtemp(prefix="meshd-cg-")
+    if backend:
+        cfg = os.path.join(work, "mesh")
+        os.makedirs(cfg)
+        ip, port = backend.rsplit(":", 1)
+        with open(os.path.join(cfg, "bench.yaml"), "w") as f:
+            f.write(b.BENCH_GATEWAY + EXTERNAL.format(ip=ip, port=port))
+    else:
+        cfg = d.mesh_folder(work, samples=())
     wrapper = os.path.join(work, "meshd")
     with open(wrapper, "w") as f:
-        f.write(f"#!/bin/sh\nexec valgrind --tool=callgrind --separate-threads=yes "
-                f"--callgrind-out-file={work}/cg.out {binary} \"$@\"\n")
+        f.write("#!/bin/sh\nexec " + " ".join(valgrind(work)) + f" {binary} \"$@\"\n")
     os.chmod(wrapper, 0o755)
     b.BIN = wrapper
     mesh = b.Mesh(cfg, {"MESHD_THREADS": "1", "MESHD_APP_THREADS": "1"})
     try:
         host = None if HOST == "direct" else HOST
-        addr = mesh.pod_addr("backend-") if host is None else mesh.gateway if host == "bench.one" else mesh.proxy
+        addr = (backend or mesh.pod_addr("backend-")) if host is None else mesh.gateway if host == "bench.one" else mesh.proxy
         url = f"http://{addr}{d.PATH}"
 
         def load(n):
@@ -100,29 +185,57 @@ def count(binary):
     for path in glob.glob(os.path.join(work, "cg.out.*")):
         if keep:
             shutil.copy(path, keep)
-        with open(path) as f:
-            text = f.read()
-        m = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
-        if not m:
+        text, events = per_request(path)
+        if not events:
             continue
         # A thread is told by what it ran: the proxy's HTTP/1.1 loop, or the demo app.
         kind = "proxy" if "downstream::serve" in text else "backend" if "demo_apps::" in text else None
         if kind:
-            out[kind] = out.get(kind, 0) + int(m.group(1)) / N
+            into = out.setdefault(kind, {})
+            for e, v in events.items():
+                into[e] = into.get(e, 0) + v
     shutil.rmtree(work, ignore_errors=True)
     return out
 
 
+def misses(events):
+    return " | ".join(f"{sum(events.get(e, 0) for e in names):,.0f}" for _, names in MISSES)
+
+
+def simulated(bins):
+    """The proxy thread's instructions and misses a request, for each binary and for nginx, each
+    proxying wrk's request to a backend in a meshd of its own."""
+    print(f"# The proxy thread a request (callgrind with cache and branch simulation, {N} requests "
+          "spelled as wrk's, one at a time on 4 connections, to a backend in another process)\n")
+    print("| proxy | instructions | " + " | ".join(name for name, _ in MISSES) + " |")
+    print("|---|---|" + "---|" * len(MISSES))
+    work = tempfile.mkdtemp(prefix="meshd-cg-")
+    backend_mesh = b.Mesh(d.mesh_folder(work, samples=()), {"MESHD_THREADS": "1", "MESHD_APP_THREADS": "1"})
+    try:
+        backend = backend_mesh.pod_addr("backend-")
+        rows = [(binary, count(binary, backend).get("proxy", {})) for binary in bins]
+        rows.append(("nginx", count_nginx(backend)))
+    finally:
+        backend_mesh.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    for name, events in rows:
+        print(f"| {name} | {events.get('Ir', 0):,.0f} | {misses(events)} |")
+
+
 def main():
-    b.ensure_tools(debian=(("valgrind", "valgrind"),))
+    b.ensure_tools(debian=(("valgrind", "valgrind"), ("nginx", "nginx-light")) if SIM else (("valgrind", "valgrind"),))
     bins = sys.argv[1:] or [b.BIN]
+    if SIM:
+        if CLIENT != "wrk" or HOST != "bench.one":
+            sys.exit("SIM=1 counts the gateway hop with wrk's request: CLIENT=wrk, HOST=bench.one")
+        return simulated(bins)
     how = "4 connections at once" if CLIENT == "oha" else "one at a time on 4 connections"
     print(f"# Instructions per request (callgrind, {N} requests from {CLIENT}, {how}, Host {HOST})\n")
     print("| binary | proxy thread | backend thread |")
     print("|---|---|---|")
     for binary in bins:
         c = count(binary)
-        print(f"| {binary} | {c.get('proxy', 0):,.0f} | {c.get('backend', 0):,.0f} |")
+        print(f"| {binary} | {c.get('proxy', {}).get('Ir', 0):,.0f} | {c.get('backend', {}).get('Ir', 0):,.0f} |")
 
 
 if __name__ == "__main__":
