@@ -110,41 +110,63 @@ def per_request(path):
     return text, {e: int(v) / N for e, v in zip(events.group(1).split(), totals.group(1).split())}
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def count_nginx(backend):
     """nginx (one worker, no master) proxying wrk's request to `backend`: the proxy thread's
     {event: per request}."""
     work = tempfile.mkdtemp(prefix="meshd-cg-")
+    addr = f"127.0.0.1:{free_port()}"
     conf = os.path.join(work, "nginx.conf")
     with open(conf, "w") as f:
-        f.write(b.NGINX.format(threads=1, work=work, backend=backend, addr=b.NGINX_ADDR,
-                               fields_addr=b.NGINX_FIELDS_ADDR))
+        f.write(b.NGINX.format(threads=1, work=work, backend=backend, addr=addr,
+                               fields_addr=f"127.0.0.1:{free_port()}"))
     proc = subprocess.Popen([*valgrind(work), "nginx", "-c", conf, "-g", "daemon off; master_process off;"],
                             stderr=subprocess.DEVNULL)
     try:
         for _ in range(100):
+            if proc.poll() is not None:
+                sys.exit(f"nginx under valgrind exited: see {work}/nginx-error.log")
             try:
-                socket.create_connection(b.NGINX_ADDR.rsplit(":", 1)).close()
+                socket.create_connection(addr.rsplit(":", 1)).close()
                 break
             except OSError:
                 time.sleep(0.1)
-        raw_load(b.NGINX_ADDR, "bench.one", 300)
+        else:
+            sys.exit(f"nginx under valgrind did not listen on {addr} within 10 s")
+        raw_load(addr, "bench.one", 300)
         subprocess.run(["callgrind_control", "-z", str(proc.pid)], capture_output=True, check=True)
-        raw_load(b.NGINX_ADDR, "bench.one", N)
+        raw_load(addr, "bench.one", N)
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True, check=True)
         time.sleep(1)
+        # The dump of the serving loop (the exit's own dump is cg.out-01).
+        counts = [per_request(path)[1] for path in glob.glob(os.path.join(work, "cg.out.*"))]
+        return max(counts, key=lambda c: c.get("Ir", 0), default={})
     finally:
         proc.terminate()
-        proc.wait()
-    # The dump of the serving loop: the file with the most instructions.
-    counts = [per_request(path)[1] for path in glob.glob(os.path.join(work, "cg.out*"))]
-    shutil.rmtree(work, ignore_errors=True)
-    return max(counts, key=lambda c: c.get("Ir", 0), default={})
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def count(binary, backend=None):
     """{thread kind: {event: per request}} for one binary; its gateway proxies to `backend`
     (another process) when given."""
     work = tempfile.mkdtemp(prefix="meshd-cg-")
+    try:
+        return count_in(work, binary, backend)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def count_in(work, binary, backend):
     if backend:
         cfg = os.path.join(work, "mesh")
         os.makedirs(cfg)
@@ -157,8 +179,11 @@ def count(binary, backend=None):
     with open(wrapper, "w") as f:
         f.write("#!/bin/sh\nexec " + " ".join(valgrind(work)) + f" {binary} \"$@\"\n")
     os.chmod(wrapper, 0o755)
-    b.BIN = wrapper
-    mesh = b.Mesh(cfg, {"MESHD_THREADS": "1", "MESHD_APP_THREADS": "1"})
+    binary_was, b.BIN = b.BIN, wrapper
+    try:
+        mesh = b.Mesh(cfg, {"MESHD_THREADS": "1", "MESHD_APP_THREADS": "1"})
+    finally:
+        b.BIN = binary_was
     try:
         host = None if HOST == "direct" else HOST
         addr = (backend or mesh.pod_addr("backend-")) if host is None else mesh.gateway if host == "bench.one" else mesh.proxy
@@ -194,7 +219,6 @@ def count(binary, backend=None):
             into = out.setdefault(kind, {})
             for e, v in events.items():
                 into[e] = into.get(e, 0) + v
-    shutil.rmtree(work, ignore_errors=True)
     return out
 
 

@@ -115,6 +115,24 @@ impl AsyncWrite for Io {
         }
     }
 
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_flush(cx),
@@ -447,8 +465,9 @@ pub(super) fn encode_data(w: &mut Vec<u8>, sending: Sending, data: &[u8]) {
 
 /// Writes a message whose head is in `wbuf`, then its body: the body bytes that are ready are
 /// gathered behind what is still unwritten, so a head and a small body leave in one write.
-/// Where the stream takes vectored writes (TCP, TLS), a body's first piece is not copied but
-/// written from where it lies, by the same `writev` as what is gathered before it.
+/// Where the stream takes vectored writes (TCP, TLS), a body's last piece (the only one of a
+/// small body) is not copied but written from where it lies, by the same `writev` as what is
+/// gathered before it.
 pub(super) struct Outbound {
     written: usize,
     /// Body bytes that go out right after `wbuf[written..]`, uncopied.
@@ -499,16 +518,21 @@ impl Outbound {
                                 }
                                 *left -= data.len() as u64;
                             }
-                            if self.written == wbuf.len() && self.tail.is_empty() {
+                            if self.written == wbuf.len() {
                                 wbuf.clear();
                                 self.written = 0;
                             }
-                            if self.tail.is_empty() && self.sending != Sending::Chunked && io.is_write_vectored() {
-                                self.tail = data;
-                            } else {
-                                // A second piece while the first waits: both are gathered, in order.
+                            // Only a last piece is kept aside: an earlier one would keep the upstream's
+                            // read buffer shared while its next read needs it.
+                            let last = self.left == Some(0) || body.is_end_stream();
+                            if !self.tail.is_empty() {
+                                // A body that said it was done went on: gathered, in order.
                                 let first = std::mem::take(&mut self.tail);
                                 encode_data(wbuf, self.sending, &first);
+                                encode_data(wbuf, self.sending, &data);
+                            } else if last && self.sending != Sending::Chunked && io.is_write_vectored() {
+                                self.tail = data;
+                            } else {
                                 encode_data(wbuf, self.sending, &data);
                             }
                         }
@@ -531,6 +555,8 @@ impl Outbound {
                 let gathered = &wbuf[self.written..];
                 let wrote = if self.tail.is_empty() {
                     Pin::new(&mut *io).poll_write(cx, gathered)
+                } else if gathered.is_empty() {
+                    Pin::new(&mut *io).poll_write(cx, &self.tail)
                 } else {
                     let pieces = [IoSlice::new(gathered), IoSlice::new(&self.tail)];
                     Pin::new(&mut *io).poll_write_vectored(cx, &pieces)
@@ -1003,25 +1029,32 @@ mod tests {
         assert!(matches!(cut, Some(Err(H1Error::Closed))), "{cut:?}");
     }
 
-    /// A writer that takes at most `step` bytes a call, and records each call.
+    /// A writer that takes at most `step` bytes a call, is not ready every other call, and
+    /// records what each call offered.
     struct Trickle {
         out: Vec<u8>,
         step: usize,
         vectored: bool,
-        /// Bytes offered by each call.
+        /// Bytes offered by each call that wrote.
         offered: Vec<usize>,
+        ready: bool,
     }
 
     impl AsyncWrite for Trickle {
-        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-            self.poll_write_vectored(&mut Context::from_waker(Waker::noop()), &[IoSlice::new(buf)])
+        fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+            self.poll_write_vectored(cx, &[IoSlice::new(buf)])
         }
 
         fn poll_write_vectored(
             mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
+            cx: &mut Context<'_>,
             bufs: &[IoSlice<'_>],
         ) -> Poll<std::io::Result<usize>> {
+            self.ready = !self.ready;
+            if !self.ready {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             let offered = bufs.iter().map(|b| b.len()).sum();
             self.offered.push(offered);
             let mut n = 0;
@@ -1046,18 +1079,34 @@ mod tests {
         }
     }
 
-    /// Writes `head` then a body of `pieces` through `Outbound` into a `Trickle`.
-    /// Returns the writer and what was left gathered in the write buffer.
-    async fn write_out(pieces: &[&'static [u8]], sending: Sending, step: usize, vectored: bool) -> (Trickle, Vec<u8>) {
+    /// Writes a head, then a body of `pieces` through `Outbound` into a `Trickle`; with `late`,
+    /// each piece comes after the writer was polled. Returns the writer and what was left
+    /// gathered in the write buffer.
+    async fn write_out(
+        pieces: &[&'static [u8]],
+        sending: Sending,
+        step: usize,
+        vectored: bool,
+        late: bool,
+    ) -> (Trickle, Vec<u8>) {
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(pieces.len());
-        for p in pieces {
-            tx.send(Bytes::from_static(p)).await.unwrap();
+        let pieces = pieces.to_vec();
+        let length = (sending == Sending::Raw).then(|| pieces.iter().map(|p| p.len() as u64).sum());
+        let feed = tokio::spawn(async move {
+            for p in pieces {
+                if late {
+                    tokio::task::yield_now().await;
+                }
+                tx.send(Bytes::from_static(p)).await.unwrap();
+            }
+        });
+        if !late {
+            feed.await.unwrap();
         }
-        drop(tx);
         let mut body = ChannelBody(rx).boxed();
-        let mut io = Trickle { out: Vec::new(), step, vectored, offered: Vec::new() };
+        let mut io = Trickle { out: Vec::new(), step, vectored, offered: Vec::new(), ready: false };
         let mut wbuf = b"HEAD\r\n\r\n".to_vec();
-        let mut out = Outbound::new(sending, None);
+        let mut out = Outbound::new(sending, length);
         poll_fn(|cx| out.poll(&mut io, &mut wbuf, &mut body, cx)).await.unwrap();
         (io, wbuf)
     }
@@ -1066,17 +1115,17 @@ mod tests {
     async fn a_body_goes_out_behind_its_head_in_order_however_few_bytes_each_write_takes() {
         for vectored in [true, false] {
             // One write takes head and body: gathered, or the body's piece written where it lies.
-            let (io, wbuf) = write_out(&[b"0123456789"], Sending::Raw, 1 << 20, vectored).await;
+            let (io, wbuf) = write_out(&[b"0123456789"], Sending::Raw, 1 << 20, vectored, false).await;
             assert_eq!(io.out, b"HEAD\r\n\r\n0123456789");
             assert_eq!(io.offered, [18]);
             // Copied behind the head only for a stream that takes one piece a write.
             assert_eq!(wbuf.len(), if vectored { 8 } else { 18 });
-            for step in [1, 3, 7, 8, 9, 64] {
-                let (io, _) = write_out(&[b"0123456789"], Sending::Raw, step, vectored).await;
+            for (step, late) in [1, 3, 7, 8, 9, 64].into_iter().flat_map(|step| [(step, false), (step, true)]) {
+                let (io, _) = write_out(&[b"0123456789"], Sending::Raw, step, vectored, late).await;
                 assert_eq!(io.out, b"HEAD\r\n\r\n0123456789", "step {step}");
-                let (io, _) = write_out(&[b"abc", b"defg", b"h"], Sending::Raw, step, vectored).await;
+                let (io, _) = write_out(&[b"abc", b"defg", b"h"], Sending::Raw, step, vectored, late).await;
                 assert_eq!(io.out, b"HEAD\r\n\r\nabcdefgh", "step {step}");
-                let (io, _) = write_out(&[b"abc", b"defg"], Sending::Chunked, step, vectored).await;
+                let (io, _) = write_out(&[b"abc", b"defg"], Sending::Chunked, step, vectored, late).await;
                 assert_eq!(io.out, b"HEAD\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n", "step {step}");
             }
         }
