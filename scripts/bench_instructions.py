@@ -110,6 +110,16 @@ def per_request(path):
     return text, {e: int(v) / N for e, v in zip(events.group(1).split(), totals.group(1).split())}
 
 
+def measure(pid, load):
+    """Counts `N` requests sent by `load(n)` in the process under callgrind, after 300 that
+    open connections and fill pools and caches."""
+    load(300)
+    subprocess.run(["callgrind_control", "-z", str(pid)], capture_output=True, check=True)
+    load(N)
+    subprocess.run(["callgrind_control", "-d", str(pid)], capture_output=True, check=True)
+    time.sleep(1)
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -138,11 +148,7 @@ def count_nginx(backend):
                 time.sleep(0.1)
         else:
             sys.exit(f"nginx under valgrind did not listen on {addr} within 10 s")
-        raw_load(addr, "bench.one", 300)
-        subprocess.run(["callgrind_control", "-z", str(proc.pid)], capture_output=True, check=True)
-        raw_load(addr, "bench.one", N)
-        subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True, check=True)
-        time.sleep(1)
+        measure(proc.pid, lambda n: raw_load(addr, "bench.one", n))
         # The dump of the serving loop (the exit's own dump is cg.out-01).
         counts = [per_request(path)[1] for path in glob.glob(os.path.join(work, "cg.out.*"))]
         return max(counts, key=lambda c: c.get("Ir", 0), default={})
@@ -196,11 +202,7 @@ def count_in(work, binary, backend):
             subprocess.run([b.oha_bin(), "-n", str(n), "-c", "4", "--no-tui", *header, url],
                            capture_output=True, check=True)
 
-        load(300)  # connections, pools, caches
-        subprocess.run(["callgrind_control", "-z", str(mesh.pid)], capture_output=True, check=True)
-        load(N)
-        subprocess.run(["callgrind_control", "-d", str(mesh.pid)], capture_output=True, check=True)
-        time.sleep(1)
+        measure(mesh.pid, load)
     finally:
         mesh.stop()
     out = {}

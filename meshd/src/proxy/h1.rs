@@ -522,15 +522,17 @@ impl Outbound {
                                 wbuf.clear();
                                 self.written = 0;
                             }
-                            // Only a last piece is kept aside: an earlier one would keep the upstream's
-                            // read buffer shared while its next read needs it.
-                            let last = self.left == Some(0) || body.is_end_stream();
                             if !self.tail.is_empty() {
                                 // A body that said it was done went on: gathered, in order.
                                 let first = std::mem::take(&mut self.tail);
                                 encode_data(wbuf, self.sending, &first);
                                 encode_data(wbuf, self.sending, &data);
-                            } else if last && self.sending != Sending::Chunked && io.is_write_vectored() {
+                            } else if self.sending != Sending::Chunked
+                                && io.is_write_vectored()
+                                // Only a last piece is kept aside: an earlier one would keep the
+                                // upstream's read buffer shared while its next read needs it.
+                                && (self.left == Some(0) || body.is_end_stream())
+                            {
                                 self.tail = data;
                             } else {
                                 encode_data(wbuf, self.sending, &data);
@@ -566,11 +568,10 @@ impl Outbound {
                     Poll::Ready(Ok(n)) => {
                         let from_wbuf = n.min(wbuf.len() - self.written);
                         self.written += from_wbuf;
-                        if n - from_wbuf == self.tail.len() {
+                        self.tail.advance(n - from_wbuf);
+                        if self.tail.is_empty() {
                             // Let go of the upstream's read buffer as soon as it is written.
                             self.tail = Bytes::new();
-                        } else {
-                            self.tail.advance(n - from_wbuf);
                         }
                         continue;
                     }
