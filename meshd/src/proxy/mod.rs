@@ -381,6 +381,101 @@ impl From<respond::Reply> for Served {
     }
 }
 
+/// Where a role sends a request.
+enum Dispatch<'r> {
+    /// The pod's app, through its inbound sidecar.
+    Inbound((&'r ProxyRuntime, &'r ClusterRt, &'r Arc<Cluster>, &'r PodControl)),
+    /// The snapshot's routes, as the gateway or a workload's outbound side sees them.
+    Route(&'r Workload, &'r ProxyRuntime, Caller),
+    /// A local reply, sent by this server.
+    Reply(LocalReply, ServerName),
+}
+
+/// What a reporting proxy reads of a request before serving it (its id, the caller's trace)
+/// and keeps for its metrics and access log.
+struct Observed {
+    start: std::time::SystemTime,
+    t0: Instant,
+    /// This proxy's span, for the next hop.
+    span: SpanContext,
+    bytes_received: u64,
+    user_agent: Option<HeaderValue>,
+    forwarded_for: Option<HeaderValue>,
+    authority: Option<HeaderValue>,
+    /// The calling sidecar's id (inbound only).
+    caller: Option<HeaderValue>,
+    id: HeaderValue,
+    method: Method,
+    uri: Uri,
+    protocol: &'static str,
+}
+
+impl Observed {
+    /// Reads the request, naming it when it has no `x-request-id` yet.
+    fn of(req: &mut Call, inbound: bool) -> Observed {
+        let start = std::time::SystemTime::now();
+        let t0 = Instant::now();
+        // One pass over the headers rather than a hashed lookup per name; the first value of
+        // each, as `get` gives. Only what outlives the request is copied.
+        let (mut id, mut b3_trace, mut b3_span, mut traceparent) = (None, None, None, None);
+        let (mut user_agent, mut forwarded_for, mut authority, mut caller, mut length) = (None, None, None, None, None);
+        let fields = &req.parts.fields;
+        fields.for_each(|name, value| {
+            let slot = match name {
+                b"user-agent" => &mut user_agent,
+                b"host" => &mut authority,
+                b"content-length" => &mut length,
+                b"x-request-id" => &mut id,
+                b"x-forwarded-for" => &mut forwarded_for,
+                b"x-b3-traceid" => &mut b3_trace,
+                b"x-b3-spanid" => &mut b3_span,
+                b"traceparent" => &mut traceparent,
+                b"x-envoy-peer-metadata-id" if inbound => &mut caller,
+                _ => return,
+            };
+            slot.get_or_insert(value);
+        });
+        // Named before routing, as Envoy does; the span goes to the next hop as the request does.
+        let span = SpanContext::continue_from(
+            b3_trace.and_then(fields::text),
+            b3_span.and_then(fields::text),
+            traceparent.and_then(fields::text),
+        );
+        let bytes_received = length.and_then(h1::content_length).unwrap_or(0);
+        let kept = |v: Option<&[u8]>| v.and_then(|v| fields.shared(v));
+        let (user_agent, forwarded_for, authority, caller) =
+            (kept(user_agent), kept(forwarded_for), kept(authority), kept(caller));
+        let id = match kept(id) {
+            Some(id) => id,
+            None => {
+                let id = request_id();
+                req.parts.fields.append(X_REQUEST_ID.clone(), id.clone());
+                id
+            }
+        };
+        let protocol = match req.parts.version {
+            http::Version::HTTP_2 => "HTTP/2",
+            http::Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        };
+        let (method, uri) = (req.parts.method.clone(), req.parts.uri.clone());
+        Observed {
+            start,
+            t0,
+            span,
+            bytes_received,
+            user_agent,
+            forwarded_for,
+            authority,
+            caller,
+            id,
+            method,
+            uri,
+            protocol,
+        }
+    }
+}
+
 /// The error that closes a connection hyper serves instead of answering.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("upstream connection failed; closing the downstream connection")]
@@ -756,81 +851,51 @@ impl Proxy {
 
     /// The response to send, or `None` when the connection must close unanswered: without a
     /// sidecar there is no proxy to answer, and the caller sees the connection fail.
-    async fn answer(&self, role: &Role, info: &ConnInfo, req: Call) -> Option<Answer> {
-        let served = self.handle(role, info, req).await;
-        (!served.abort).then_some(served.resp)
-    }
-
+    ///
     /// Handles one request: the first proxy names it (`x-request-id`), every proxy opens a span,
-    /// counts it in its metrics and hands its access-log record to the telemetry writer.
-    async fn handle(&self, role: &Role, info: &ConnInfo, mut req: Call) -> Served {
-        let Some(tel) = &self.telemetry else { return self.dispatch(role, info, req, None).await };
+    /// counts it in its metrics and hands its access-log record to the telemetry writer. The
+    /// role's target is chosen first so that one await serves every role: each layer of
+    /// futures would move the request in and the response out again.
+    async fn answer(&self, role: &Role, info: &ConnInfo, mut req: Call) -> Option<Answer> {
         let client;
-        let rt: &ProxyRuntime = match role {
-            Role::Gateway { rt, .. }
-            | Role::GatewayTls { rt, .. }
-            | Role::Outbound { rt, .. }
-            | Role::Inbound { rt, .. } => rt,
+        // Where the request goes, and the runtime that reports it (none without a sidecar).
+        let (dispatch, rt) = match role {
+            Role::Inbound { rt, app, cluster, control, .. } => {
+                (Dispatch::Inbound((rt, app, cluster, control)), Some(&**rt))
+            }
+            Role::Gateway { workload, rt } => (Dispatch::Route(workload, rt, Caller::Gateway), Some(&**rt)),
+            Role::GatewayTls { workload, rt } => (Dispatch::Route(workload, rt, Caller::GatewayTls), Some(&**rt)),
+            Role::Outbound { workload, rt } => (Dispatch::Route(workload, rt, Caller::Sidecar), Some(&**rt)),
+            // A pod without a sidecar has no proxy to report; TCP listeners never get here.
+            Role::Plain { workload, rt } => (Dispatch::Route(workload, rt, Caller::Plain), None),
+            Role::GatewayTcp { .. } => (Dispatch::Reply(LocalReply::BadRequest, ServerName::IstioEnvoy), None),
             Role::MeshClient { cache } => match self.mesh_client(cache) {
                 Some(c) => {
                     client = c;
-                    &client.1
+                    (Dispatch::Route(&client.0, &client.1, Caller::Sidecar), Some(&*client.1))
                 }
-                None => return self.dispatch(role, info, req, None).await,
+                None => (Dispatch::Reply(LocalReply::NoRoute, ServerName::Envoy), None),
             },
-            // A pod without a sidecar has no proxy to report; TCP listeners never get here.
-            Role::Plain { .. } | Role::GatewayTcp { .. } => return self.dispatch(role, info, req, None).await,
         };
-        let start = std::time::SystemTime::now();
-        let t0 = Instant::now();
-        // What the proxy reads of the request (its id, the caller's trace) and what the access
-        // log and metrics keep, in one pass over its headers rather than a hashed lookup per
-        // name; the first value of each, as `get` gives. Only what outlives the request is copied.
-        let (mut id, mut b3_trace, mut b3_span, mut traceparent) = (None, None, None, None);
-        let (mut user_agent, mut forwarded_for, mut authority, mut caller, mut length) = (None, None, None, None, None);
-        let inbound = matches!(role, Role::Inbound { .. });
-        let fields = &req.parts.fields;
-        fields.for_each(|name, value| {
-            let slot = match name {
-                b"user-agent" => &mut user_agent,
-                b"host" => &mut authority,
-                b"content-length" => &mut length,
-                b"x-request-id" => &mut id,
-                b"x-forwarded-for" => &mut forwarded_for,
-                b"x-b3-traceid" => &mut b3_trace,
-                b"x-b3-spanid" => &mut b3_span,
-                b"traceparent" => &mut traceparent,
-                b"x-envoy-peer-metadata-id" if inbound => &mut caller,
-                _ => return,
-            };
-            slot.get_or_insert(value);
-        });
-        // Named before routing, as Envoy does; the span goes to the next hop as the request does.
-        let span = SpanContext::continue_from(
-            b3_trace.and_then(fields::text),
-            b3_span.and_then(fields::text),
-            traceparent.and_then(fields::text),
-        );
-        let bytes_received = length.and_then(h1::content_length).unwrap_or(0);
-        let kept = |v: Option<&[u8]>| v.and_then(|v| fields.shared(v));
-        let (user_agent, forwarded_for, authority, caller) =
-            (kept(user_agent), kept(forwarded_for), kept(authority), kept(caller));
-        let id = match kept(id) {
-            Some(id) => id,
-            None => {
-                let id = request_id();
-                req.parts.fields.append(X_REQUEST_ID.clone(), id.clone());
-                id
-            }
+        let observed = match (&self.telemetry, rt) {
+            (Some(_), Some(_)) => Some(Observed::of(&mut req, matches!(role, Role::Inbound { .. }))),
+            _ => None,
         };
-        let (method, uri) = (req.parts.method.clone(), req.parts.uri.clone());
-        let protocol = match req.parts.version {
-            http::Version::HTTP_2 => "HTTP/2",
-            http::Version::HTTP_10 => "HTTP/1.0",
-            _ => "HTTP/1.1",
+        let span = observed.as_ref().map(|o| &o.span);
+        let served = match dispatch {
+            Dispatch::Inbound(pod) => self.inbound(pod, info, req, span).await,
+            Dispatch::Route(workload, rt, caller) => self.route(workload, rt, caller, info.peer, req, span).await,
+            Dispatch::Reply(reply, server) => respond::local_reply(reply, server, false).into(),
         };
-        let served = self.dispatch(role, info, req, Some(&span)).await;
-        let elapsed = t0.elapsed();
+        if let (Some(tel), Some(rt), Some(observed)) = (&self.telemetry, rt, observed) {
+            self.report(tel, rt, role, info, observed, &served);
+        }
+        (!served.abort).then_some(served.resp)
+    }
+
+    /// Counts a served request in its metrics and hands its access-log record to the writer.
+    fn report(&self, tel: &Telemetry, rt: &ProxyRuntime, role: &Role, info: &ConnInfo, o: Observed, served: &Served) {
+        let elapsed = o.t0.elapsed();
         let (resp, route, upstream) = (&served.resp, served.route.as_ref(), served.upstream.as_ref());
         let status = resp.status.as_u16();
         let bytes_sent = resp.fields.get(&CONTENT_LENGTH).and_then(h1::content_length).unwrap_or(0);
@@ -839,7 +904,7 @@ impl Proxy {
         let metrics = &tel.metrics;
         let series = match (role, route, upstream.and_then(|u| u.endpoint.as_ref())) {
             (Role::Inbound { series, port, .. }, _, _) => {
-                let caller = caller.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
+                let caller = o.caller.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
                 series.get(metrics, &self.snapshot, rt, *port, caller, info.principal.is_some())
             }
             (_, Some(r), Some(ep)) => report::source(metrics, &self.snapshot, rt, &r.cluster, ep),
@@ -852,33 +917,32 @@ impl Proxy {
             }
             (_, None, _) => report::unrouted(metrics, rt),
         };
-        series.record(status, &flag_text, elapsed, bytes_received, bytes_sent);
+        series.record(status, &flag_text, elapsed, o.bytes_received, bytes_sent);
         tel.send(Box::new(Record {
             proxy: rt.proxy.clone(),
-            start,
-            method,
-            uri,
-            protocol,
+            start: o.start,
+            method: o.method,
+            uri: o.uri,
+            protocol: o.protocol,
             status,
             flags: flag_text,
             details: served.flags.details,
-            bytes_received,
+            bytes_received: o.bytes_received,
             bytes_sent,
             duration_us: elapsed.as_micros() as u64,
             upstream_service_time: upstream.and_then(|u| u.service_ms),
-            forwarded_for,
-            user_agent,
-            request_id: Some(id),
-            authority,
+            forwarded_for: o.forwarded_for,
+            user_agent: o.user_agent,
+            request_id: Some(o.id),
+            authority: o.authority,
             upstream_host: upstream.map(|u| u.addr),
             upstream_cluster: route.map(|r| r.cluster.clone()),
             downstream_local: info.local,
             downstream_remote: info.peer,
             route: route.and_then(|r| r.route.clone()),
-            span: Some(span),
+            span: Some(o.span),
             series: Some(series),
         }));
-        served
     }
 
     /// The mesh client's workload and runtime, refreshed when the snapshot names another.
@@ -894,27 +958,6 @@ impl Proxy {
         let e = Arc::new((w.clone(), self.registry.get(&w)));
         cache.store(Some(e.clone()));
         Some(e)
-    }
-
-    /// Serves a request in its role; `span` is this proxy's, for the next hop.
-    async fn dispatch(&self, role: &Role, info: &ConnInfo, req: Call, span: Option<&SpanContext>) -> Served {
-        let peer = info.peer;
-        match role {
-            Role::Inbound { rt, app, cluster, control, .. } => {
-                self.inbound((rt, app, cluster, control), info, req, span).await
-            }
-            Role::Gateway { workload, rt } => self.route(workload, rt, Caller::Gateway, peer, req, span).await,
-            Role::GatewayTls { workload, rt } => self.route(workload, rt, Caller::GatewayTls, peer, req, span).await,
-            Role::GatewayTcp { .. } => {
-                respond::local_reply(LocalReply::BadRequest, ServerName::IstioEnvoy, false).into()
-            }
-            Role::Outbound { workload, rt } => self.route(workload, rt, Caller::Sidecar, peer, req, span).await,
-            Role::Plain { workload, rt } => self.route(workload, rt, Caller::Plain, peer, req, span).await,
-            Role::MeshClient { cache } => match self.mesh_client(cache) {
-                Some(entry) => self.route(&entry.0, &entry.1, Caller::Sidecar, peer, req, span).await,
-                None => respond::local_reply(LocalReply::NoRoute, ServerName::Envoy, false).into(),
-            },
-        }
     }
 
     /// Inbound: hand the request to the local app.
@@ -1432,8 +1475,9 @@ struct ConnHandler<'a> {
 }
 
 impl downstream::Handler for ConnHandler<'_> {
-    async fn call(&self, req: Call) -> Option<Answer> {
-        self.proxy.answer(self.role, self.info, req).await
+    fn call(&self, req: Call) -> impl std::future::Future<Output = Option<Answer>> + Send + '_ {
+        // The proxy's own future, not one wrapped around it: each layer moves the request.
+        self.proxy.answer(self.role, self.info, req)
     }
 
     fn after(&self) {
