@@ -403,7 +403,7 @@ struct Observed {
     forwarded_for: Option<HeaderValue>,
     authority: Option<HeaderValue>,
     /// The calling sidecar's id (inbound only).
-    caller: Option<HeaderValue>,
+    peer_id: Option<HeaderValue>,
     id: HeaderValue,
     method: Method,
     uri: Uri,
@@ -418,7 +418,8 @@ impl Observed {
         // One pass over the headers rather than a hashed lookup per name; the first value of
         // each, as `get` gives. Only what outlives the request is copied.
         let (mut id, mut b3_trace, mut b3_span, mut traceparent) = (None, None, None, None);
-        let (mut user_agent, mut forwarded_for, mut authority, mut caller, mut length) = (None, None, None, None, None);
+        let (mut user_agent, mut forwarded_for, mut authority, mut peer_id, mut length) =
+            (None, None, None, None, None);
         let fields = &req.parts.fields;
         fields.for_each(|name, value| {
             let slot = match name {
@@ -430,7 +431,7 @@ impl Observed {
                 b"x-b3-traceid" => &mut b3_trace,
                 b"x-b3-spanid" => &mut b3_span,
                 b"traceparent" => &mut traceparent,
-                b"x-envoy-peer-metadata-id" if inbound => &mut caller,
+                b"x-envoy-peer-metadata-id" if inbound => &mut peer_id,
                 _ => return,
             };
             slot.get_or_insert(value);
@@ -443,8 +444,8 @@ impl Observed {
         );
         let bytes_received = length.and_then(h1::content_length).unwrap_or(0);
         let kept = |v: Option<&[u8]>| v.and_then(|v| fields.shared(v));
-        let (user_agent, forwarded_for, authority, caller) =
-            (kept(user_agent), kept(forwarded_for), kept(authority), kept(caller));
+        let (user_agent, forwarded_for, authority, peer_id) =
+            (kept(user_agent), kept(forwarded_for), kept(authority), kept(peer_id));
         let id = match kept(id) {
             Some(id) => id,
             None => {
@@ -467,7 +468,7 @@ impl Observed {
             user_agent,
             forwarded_for,
             authority,
-            caller,
+            peer_id,
             id,
             method,
             uri,
@@ -858,16 +859,18 @@ impl Proxy {
     /// futures would move the request in and the response out again.
     async fn answer(&self, role: &Role, info: &ConnInfo, mut req: Call) -> Option<Answer> {
         let client;
-        // Where the request goes, and the runtime that reports it (none without a sidecar).
-        let (dispatch, rt) = match role {
+        // Where the request goes, and the runtime that reports it: none without a sidecar, nor
+        // for a local reply that no proxy of the mesh would have made.
+        let (dispatch, reporter) = match role {
             Role::Inbound { rt, app, cluster, control, .. } => {
                 (Dispatch::Inbound((rt, app, cluster, control)), Some(&**rt))
             }
             Role::Gateway { workload, rt } => (Dispatch::Route(workload, rt, Caller::Gateway), Some(&**rt)),
             Role::GatewayTls { workload, rt } => (Dispatch::Route(workload, rt, Caller::GatewayTls), Some(&**rt)),
             Role::Outbound { workload, rt } => (Dispatch::Route(workload, rt, Caller::Sidecar), Some(&**rt)),
-            // A pod without a sidecar has no proxy to report; TCP listeners never get here.
+            // A pod without a sidecar has no proxy to report.
             Role::Plain { workload, rt } => (Dispatch::Route(workload, rt, Caller::Plain), None),
+            // TCP listeners never get here.
             Role::GatewayTcp { .. } => (Dispatch::Reply(LocalReply::BadRequest, ServerName::IstioEnvoy), None),
             Role::MeshClient { cache } => match self.mesh_client(cache) {
                 Some(c) => {
@@ -877,17 +880,19 @@ impl Proxy {
                 None => (Dispatch::Reply(LocalReply::NoRoute, ServerName::Envoy), None),
             },
         };
-        let observed = match (&self.telemetry, rt) {
+        let observed = match (&self.telemetry, reporter) {
             (Some(_), Some(_)) => Some(Observed::of(&mut req, matches!(role, Role::Inbound { .. }))),
             _ => None,
         };
         let span = observed.as_ref().map(|o| &o.span);
         let served = match dispatch {
             Dispatch::Inbound(pod) => self.inbound(pod, info, req, span).await,
-            Dispatch::Route(workload, rt, caller) => self.route(workload, rt, caller, info.peer, req, span).await,
+            Dispatch::Route(workload, route_rt, caller) => {
+                self.route(workload, route_rt, caller, info.peer, req, span).await
+            }
             Dispatch::Reply(reply, server) => respond::local_reply(reply, server, false).into(),
         };
-        if let (Some(tel), Some(rt), Some(observed)) = (&self.telemetry, rt, observed) {
+        if let (Some(tel), Some(rt), Some(observed)) = (&self.telemetry, reporter, observed) {
             self.report(tel, rt, role, info, observed, &served);
         }
         (!served.abort).then_some(served.resp)
@@ -904,7 +909,7 @@ impl Proxy {
         let metrics = &tel.metrics;
         let series = match (role, route, upstream.and_then(|u| u.endpoint.as_ref())) {
             (Role::Inbound { series, port, .. }, _, _) => {
-                let caller = o.caller.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
+                let caller = o.peer_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
                 series.get(metrics, &self.snapshot, rt, *port, caller, info.principal.is_some())
             }
             (_, Some(r), Some(ep)) => report::source(metrics, &self.snapshot, rt, &r.cluster, ep),
