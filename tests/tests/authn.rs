@@ -89,6 +89,27 @@ async fn the_authentication_policy_task() {
     let out = mesh.cli(&["curl", "--from", &sleep_foo, "http://httpbin.legacy:8000/headers"]);
     assert!(!String::from_utf8_lossy(&out.stdout).contains("X-Forwarded-Client-Cert"));
 
+    // Only a sidecar reports: sleep in foo logs its calls, sleep in legacy (no sidecar) none.
+    let sleep_legacy = pods
+        .lines()
+        .find(|l| l.starts_with("legacy") && l.contains("sleep-"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let access = |pod: &str| String::from_utf8(mesh.cli(&["logs", pod, "-c", "istio-proxy"]).stdout).unwrap();
+    let mut foo_log = access(&sleep_foo);
+    for _ in 0..40 {
+        if foo_log.contains("\"GET /ip HTTP/1.1\" 200") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        foo_log = access(&sleep_foo);
+    }
+    assert!(foo_log.contains("\"GET /ip HTTP/1.1\" 200"), "sleep.foo's sidecar logs its calls:\n{foo_log}");
+    assert_eq!(access(&sleep_legacy), "", "a pod without a sidecar has no proxy to log");
+
     let step = |files: &[&str], remove: &[&str]| {
         let mark = mesh.mark();
         for f in remove {
