@@ -100,7 +100,9 @@ impl Fields {
                 self.map_mut().insert(name, value);
             }
             Fields::Head(h) => {
-                h.remove(&name);
+                // None of the head's own fields has the name (above): only an added one can.
+                let spelled = name.as_str().as_bytes();
+                h.remove_added_if(|n| n == spelled);
                 h.added.push((name, value));
             }
             Fields::Map(m) => {
@@ -260,6 +262,10 @@ impl Head {
         if self.fields.iter().any(|f| drop(&bytes[f.name_range()])) {
             self.fields.retain(|f| !drop(&bytes[f.name_range()]));
         }
+        self.remove_added_if(drop);
+    }
+
+    fn remove_added_if(&mut self, drop: impl Fn(&[u8]) -> bool) {
         if self.added.iter().any(|(n, _)| drop(n.as_str().as_bytes())) {
             self.added.retain(|(n, _)| !drop(n.as_str().as_bytes()));
         }

@@ -881,10 +881,10 @@ impl Proxy {
             },
         };
         let observed = match (&self.telemetry, reporter) {
-            (Some(_), Some(_)) => Some(Observed::of(&mut req, matches!(role, Role::Inbound { .. }))),
+            (Some(tel), Some(rt)) => Some((tel, rt, Observed::of(&mut req, matches!(role, Role::Inbound { .. })))),
             _ => None,
         };
-        let span = observed.as_ref().map(|o| &o.span);
+        let span = observed.as_ref().map(|(_, _, o)| &o.span);
         let served = match dispatch {
             Dispatch::Inbound(pod) => self.inbound(pod, info, req, span).await,
             Dispatch::Route(workload, route_rt, caller) => {
@@ -892,7 +892,7 @@ impl Proxy {
             }
             Dispatch::Reply(reply, server) => respond::local_reply(reply, server, false).into(),
         };
-        if let (Some(tel), Some(rt), Some(observed)) = (&self.telemetry, reporter, observed) {
+        if let Some((tel, rt, observed)) = observed {
             self.report(tel, rt, role, info, observed, &served);
         }
         (!served.abort).then_some(served.resp)

@@ -218,23 +218,22 @@ pub async fn acquire(
         }
         return Box::pin(acquire_h2(shared, ep, pool, tls)).await;
     }
-    if let Some((conn, reused)) = idle(shared, ep, pool) {
-        return Ok((Checkout::H1(conn), reused));
+    if let Some(conn) = idle(shared, ep, pool) {
+        return Ok((Checkout::H1(conn), true));
     }
     Box::pin(acquire_h1(shared, ep, pool, tls)).await.map(|(c, reused)| (Checkout::H1(c), reused))
 }
 
 /// A pooled connection that is still open and not idle past `idleTimeout`, reused.
-fn idle(shared: &Arc<ClusterShared>, ep: &Arc<EndpointRt>, pool: &PoolSettings) -> Option<(Conn, bool)> {
+fn idle(shared: &Arc<ClusterShared>, ep: &Arc<EndpointRt>, pool: &PoolSettings) -> Option<Conn> {
     let c = ep.take_idle(pool.idle_timeout)?;
-    let conn = Conn {
+    Some(Conn {
         link: c.link,
         uses: c.uses,
         ep: ep.clone(),
         shared: shared.clone(),
         max_uses: pool.max_requests_per_connection,
-    };
-    Some((conn, true))
+    })
 }
 
 async fn acquire_h1(
@@ -246,7 +245,7 @@ async fn acquire_h1(
     queued(
         shared,
         pool,
-        || idle(shared, ep, pool),
+        || idle(shared, ep, pool).map(|c| (c, true)),
         || {
             try_slot(shared, pool.max_connections)
                 .then_some(async { Ok((connect(ep, shared, pool, tls).await?, false)) })
