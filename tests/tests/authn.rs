@@ -42,6 +42,12 @@ async fn probe(mesh: &Mesh, from: &str, to: &str) -> String {
     }
 }
 
+/// The name of the sleep pod in `ns`, from `meshd status`.
+fn sleep_pod(pods: &str, ns: &str) -> String {
+    let line = pods.lines().find(|l| l.starts_with(ns) && l.contains("sleep-")).unwrap();
+    line.split_whitespace().nth(1).unwrap().to_string()
+}
+
 async fn matrix(mesh: &Mesh) -> Vec<String> {
     let mut out = Vec::new();
     for from in ["foo", "bar", "legacy"] {
@@ -74,14 +80,7 @@ async fn the_authentication_policy_task() {
 
     // Auto mTLS: foo to foo carries the client certificate, foo to legacy is plaintext.
     let pods = String::from_utf8(mesh.cli(&["status"]).stdout).unwrap();
-    let sleep_foo = pods
-        .lines()
-        .find(|l| l.starts_with("foo") && l.contains("sleep-"))
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .to_string();
+    let sleep_foo = sleep_pod(&pods, "foo");
     let out = mesh.cli(&["curl", "--from", &sleep_foo, "http://httpbin.foo:8000/headers"]);
     let body = String::from_utf8_lossy(&out.stdout);
     assert!(body.contains("By=spiffe://cluster.local/ns/foo/sa/httpbin;Hash="), "{body}");
@@ -90,14 +89,7 @@ async fn the_authentication_policy_task() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains("X-Forwarded-Client-Cert"));
 
     // Only a sidecar reports: sleep in foo logs its calls, sleep in legacy (no sidecar) none.
-    let sleep_legacy = pods
-        .lines()
-        .find(|l| l.starts_with("legacy") && l.contains("sleep-"))
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .to_string();
+    let sleep_legacy = sleep_pod(&pods, "legacy");
     let access = |pod: &str| String::from_utf8(mesh.cli(&["logs", pod, "-c", "istio-proxy"]).stdout).unwrap();
     let mut foo_log = access(&sleep_foo);
     for _ in 0..40 {
