@@ -69,6 +69,7 @@ fn text(code: u16, body: impl Into<Bytes>, server: ServerName, flags: ResponseFl
 }
 
 /// Envoy's local reply for `reply`; `retried` adds Envoy's "retried and the latest" wording.
+#[cold]
 pub fn local_reply(reply: LocalReply, server: ServerName, retried: bool) -> Reply {
     let body = reply.body();
     let body = match body.split_once("headers. ") {
@@ -92,6 +93,7 @@ pub fn local_reply(reply: LocalReply, server: ServerName, retried: bool) -> Repl
 }
 
 /// A fault-injection abort: `fault filter abort`, flag FI; gRPC aborts are trailers-only responses.
+#[cold]
 pub fn fault_abort(with: &AbortWith, server: ServerName) -> Reply {
     match with {
         AbortWith::Http(code) => {
@@ -109,6 +111,7 @@ pub fn fault_abort(with: &AbortWith, server: ServerName) -> Reply {
 }
 
 /// A VirtualService `redirect`.
+#[cold]
 pub fn redirect(code: u16, location: &str, server: ServerName) -> Reply {
     let mut resp = text(code, Bytes::new(), server, ResponseFlags::new("-", "via_redirect"));
     if let Ok(v) = HeaderValue::from_str(location) {
@@ -118,11 +121,13 @@ pub fn redirect(code: u16, location: &str, server: ServerName) -> Reply {
 }
 
 /// A VirtualService `directResponse`.
+#[cold]
 pub fn direct(code: u16, body: &Bytes, server: ServerName) -> Reply {
     text(code, body.clone(), server, ResponseFlags::new("-", "direct_response"))
 }
 
 /// A local rate limit refusal: 429 `local_rate_limited`, flag RL, with the filter's extra headers.
+#[cold]
 pub fn rate_limited(headers: &[(HeaderName, HeaderValue)], server: ServerName) -> Reply {
     let mut resp = text(429, "local_rate_limited", server, ResponseFlags::new("RL", "local_rate_limited"));
     for (k, v) in headers {
@@ -132,11 +137,13 @@ pub fn rate_limited(headers: &[(HeaderName, HeaderValue)], server: ServerName) -
 }
 
 /// An AuthorizationPolicy denial: 403 `RBAC: access denied` (no response flag).
+#[cold]
 pub fn rbac_denied(server: ServerName) -> Reply {
     text(403, "RBAC: access denied", server, ResponseFlags::new("-", "rbac_access_denied_matched_policy[none]"))
 }
 
 /// A present but invalid JWT: 401 with jwt_verify_lib's text and a `www-authenticate` challenge.
+#[cold]
 pub fn jwt_denied(why: &str, host: &str, path: &str, server: ServerName) -> Reply {
     let mut resp = text(401, why.to_string(), server, ResponseFlags::new("-", "jwt_authn_access_denied"));
     let challenge = format!("Bearer realm=\"http://{host}{path}\", error=\"invalid_token\"");

@@ -116,6 +116,14 @@ pub struct Entry {
 
 impl From<Record> for Entry {
     fn from(r: Record) -> Entry {
+        Entry::from(Box::new(r))
+    }
+}
+
+impl From<Box<Record>> for Entry {
+    /// Takes the fields out of the box one by one: unboxing the whole record first would copy
+    /// its 600-odd bytes once more.
+    fn from(r: Box<Record>) -> Entry {
         let authority =
             r.authority.as_ref().map(|v| v.as_bytes()).or_else(|| r.uri.authority().map(|a| a.as_str().as_bytes()));
         let path = r.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes();

@@ -177,7 +177,7 @@ impl Writer {
     fn write_queued(&mut self) {
         let Sink { logs, opts, traces: store } = &*self.sink;
         for r in self.queue.drain(..) {
-            let e = Arc::new(Entry::from(*r));
+            let e = Arc::new(Entry::from(r));
             if opts.print {
                 // Not `println!`, which panics when stdout is gone (`meshd up --access-log | head`):
                 // the connection that runs this would go with it.
