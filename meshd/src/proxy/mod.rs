@@ -1413,7 +1413,8 @@ fn retriable_response(retry: &RetryPolicy, resp: &Answer) -> bool {
 }
 
 /// The policy after the client's `x-envoy-retry-on` / `x-envoy-max-retries` (removed from the request).
-/// The policy is copied only when a client header overrides it.
+/// The policy is copied only when a client header overrides it. Cold, as the rare paths of
+/// `route` are (see `respond`): laid apart from the forwarding path.
 #[cold]
 fn retry_overrides<'p>(policy: &'p RetryPolicy, headers: &mut HeaderMap) -> std::borrow::Cow<'p, RetryPolicy> {
     let mut p = std::borrow::Cow::Borrowed(policy);

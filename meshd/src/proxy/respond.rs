@@ -68,6 +68,9 @@ fn text(code: u16, body: impl Into<Bytes>, server: ServerName, flags: ResponseFl
     Reply { resp, flags }
 }
 
+// The replies the proxy makes itself are `#[cold]`: the compiler then lays the branches that
+// lead to them apart from the forwarding path, whose code a request runs more densely.
+
 /// Envoy's local reply for `reply`; `retried` adds Envoy's "retried and the latest" wording.
 #[cold]
 pub fn local_reply(reply: LocalReply, server: ServerName, retried: bool) -> Reply {

@@ -114,12 +114,6 @@ pub struct Entry {
     pub series: Option<Arc<Series>>,
 }
 
-impl From<Record> for Entry {
-    fn from(r: Record) -> Entry {
-        Entry::from(Box::new(r))
-    }
-}
-
 impl From<Box<Record>> for Entry {
     /// Takes the fields out of the box one by one: unboxing the whole record first would copy
     /// its 600-odd bytes once more.
@@ -291,7 +285,7 @@ mod tests {
 
     #[test]
     fn istio_text_format() {
-        let r = Entry::from(reviews());
+        let r = Entry::from(Box::new(reviews()));
         assert_eq!(
             r.text(),
             "[2023-11-14T22:13:20.123Z] \"GET /reviews/0 HTTP/1.1\" 503 NC cluster_not_found - \"-\" 0 0 0 - \"-\" \"curl/8.11.1\" \"abc\" \"reviews:9080\" \"-\" - - - 10.244.0.12:54662 - -"
@@ -314,7 +308,7 @@ mod tests {
             request_id: Some(HeaderValue::from_bytes("café".as_bytes()).unwrap()),
             ..reviews()
         };
-        let e = Entry::from(r);
+        let e = Entry::from(Box::new(r));
         let j: serde_json::Value = serde_json::from_str(&e.json()).unwrap();
         assert_eq!(j["user_agent"], "caf? ??", "bytes that are not UTF-8 show as '?'");
         assert_eq!(j["request_id"], "café", "UTF-8 is kept");

@@ -546,7 +546,7 @@ mod tests {
             span: Some(SpanContext { trace_id: trace, wide: true, span_id: id, parent: None }),
             series: None,
         };
-        Arc::new(Entry::from(r))
+        Arc::new(Entry::from(Box::new(r)))
     }
 
     #[test]
