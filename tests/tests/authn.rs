@@ -90,17 +90,9 @@ async fn the_authentication_policy_task() {
 
     // Only a sidecar reports: sleep in foo logs its calls, sleep in legacy (no sidecar) none.
     let sleep_legacy = sleep_pod(&pods, "legacy");
-    let access = |pod: &str| String::from_utf8(mesh.cli(&["logs", pod, "-c", "istio-proxy"]).stdout).unwrap();
-    let mut foo_log = access(&sleep_foo);
-    for _ in 0..40 {
-        if foo_log.contains("\"GET /ip HTTP/1.1\" 200") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        foo_log = access(&sleep_foo);
-    }
-    assert!(foo_log.contains("\"GET /ip HTTP/1.1\" 200"), "sleep.foo's sidecar logs its calls:\n{foo_log}");
-    assert_eq!(access(&sleep_legacy), "", "a pod without a sidecar has no proxy to log");
+    mesh.proxy_log_line(&sleep_foo, &["\"GET /ip HTTP/1.1\" 200"]);
+    let legacy_log = String::from_utf8(mesh.cli(&["logs", &sleep_legacy, "-c", "istio-proxy"]).stdout).unwrap();
+    assert_eq!(legacy_log, "", "a pod without a sidecar has no proxy to log");
 
     let step = |files: &[&str], remove: &[&str]| {
         let mark = mesh.mark();
