@@ -122,8 +122,9 @@ async fn circuit_breaking_overflows_with_envoys_answer() {
     assert!(resp.headers().contains_key("x-envoy-upstream-service-time"));
 
     // maxConnections 1 / http1MaxPendingRequests 1: one request holds the only connection, a second
-    // waits in the pending queue, so a third overflows. The first holds it for three seconds: the
-    // waits poll the admin API, which a loaded machine (the whole suite) can keep busy for most of one.
+    // waits in the pending queue, so a third overflows. The first holds it for ten seconds
+    // (httpbin's longest delay): the waits poll the admin API, which a loaded machine (the whole
+    // suite on two cores) has kept busy for most of one second, and once for three.
     let until = |name: &'static str, want: u64| {
         let mesh = &mesh;
         async move {
@@ -144,7 +145,7 @@ async fn circuit_breaking_overflows_with_envoys_answer() {
             (r.status().as_u16(), overloaded, r.text().await.unwrap())
         })
     };
-    let holding = send("/delay/3");
+    let holding = send("/delay/10");
     until("upstream_rq_active", 1).await;
     let waiting = send("/get");
     until("upstream_rq_pending_active", 1).await;
