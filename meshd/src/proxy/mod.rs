@@ -14,6 +14,7 @@ pub mod respond;
 pub mod runtime;
 pub mod upstream;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -857,45 +858,56 @@ impl Proxy {
     /// counts it in its metrics and hands its access-log record to the telemetry writer. The
     /// role's target is chosen first so that one await serves every role: each layer of
     /// futures would move the request in and the response out again.
-    async fn answer(&self, role: &Role, info: &ConnInfo, mut req: Call) -> Option<Answer> {
-        let client;
-        // Where the request goes, and the runtime that reports it: none without a sidecar, nor
-        // for a local reply that no proxy of the mesh would have made.
-        let (dispatch, reporter) = match role {
-            Role::Inbound { rt, app, cluster, control, .. } => {
-                (Dispatch::Inbound((rt, app, cluster, control)), Some(&**rt))
-            }
-            Role::Gateway { workload, rt } => (Dispatch::Route(workload, rt, Caller::Gateway), Some(&**rt)),
-            Role::GatewayTls { workload, rt } => (Dispatch::Route(workload, rt, Caller::GatewayTls), Some(&**rt)),
-            Role::Outbound { workload, rt } => (Dispatch::Route(workload, rt, Caller::Sidecar), Some(&**rt)),
-            // A pod without a sidecar has no proxy to report.
-            Role::Plain { workload, rt } => (Dispatch::Route(workload, rt, Caller::Plain), None),
-            // TCP listeners never get here.
-            Role::GatewayTcp { .. } => (Dispatch::Reply(LocalReply::BadRequest, ServerName::IstioEnvoy), None),
-            Role::MeshClient { cache } => match self.mesh_client(cache) {
-                Some(c) => {
-                    client = c;
-                    (Dispatch::Route(&client.0, &client.1, Caller::Sidecar), Some(&*client.1))
+    #[allow(clippy::manual_async_fn, reason = "an `async fn` would copy the request into a local of its own")]
+    fn answer<'a>(
+        &'a self,
+        role: &'a Role,
+        info: &'a ConnInfo,
+        mut req: Call,
+    ) -> impl Future<Output = Option<Answer>> + 'a {
+        // A block, not an `async fn` (here, in `inbound` and in `route`): an `async fn` moves each
+        // argument into a local of its own when first polled, which copied the request (232
+        // bytes) once more at each layer.
+        async move {
+            let client;
+            // Where the request goes, and the runtime that reports it: none without a sidecar, nor
+            // for a local reply that no proxy of the mesh would have made.
+            let (dispatch, reporter) = match role {
+                Role::Inbound { rt, app, cluster, control, .. } => {
+                    (Dispatch::Inbound((rt, app, cluster, control)), Some(&**rt))
                 }
-                None => (Dispatch::Reply(LocalReply::NoRoute, ServerName::Envoy), None),
-            },
-        };
-        let observed = match (&self.telemetry, reporter) {
-            (Some(tel), Some(rt)) => Some((tel, rt, Observed::of(&mut req, matches!(role, Role::Inbound { .. })))),
-            _ => None,
-        };
-        let span = observed.as_ref().map(|(_, _, o)| &o.span);
-        let served = match dispatch {
-            Dispatch::Inbound(pod) => self.inbound(pod, info, req, span).await,
-            Dispatch::Route(workload, route_rt, caller) => {
-                self.route(workload, route_rt, caller, info, req, span).await
+                Role::Gateway { workload, rt } => (Dispatch::Route(workload, rt, Caller::Gateway), Some(&**rt)),
+                Role::GatewayTls { workload, rt } => (Dispatch::Route(workload, rt, Caller::GatewayTls), Some(&**rt)),
+                Role::Outbound { workload, rt } => (Dispatch::Route(workload, rt, Caller::Sidecar), Some(&**rt)),
+                // A pod without a sidecar has no proxy to report.
+                Role::Plain { workload, rt } => (Dispatch::Route(workload, rt, Caller::Plain), None),
+                // TCP listeners never get here.
+                Role::GatewayTcp { .. } => (Dispatch::Reply(LocalReply::BadRequest, ServerName::IstioEnvoy), None),
+                Role::MeshClient { cache } => match self.mesh_client(cache) {
+                    Some(c) => {
+                        client = c;
+                        (Dispatch::Route(&client.0, &client.1, Caller::Sidecar), Some(&*client.1))
+                    }
+                    None => (Dispatch::Reply(LocalReply::NoRoute, ServerName::Envoy), None),
+                },
+            };
+            let observed = match (&self.telemetry, reporter) {
+                (Some(tel), Some(rt)) => Some((tel, rt, Observed::of(&mut req, matches!(role, Role::Inbound { .. })))),
+                _ => None,
+            };
+            let span = observed.as_ref().map(|(_, _, o)| &o.span);
+            let served = match dispatch {
+                Dispatch::Inbound(pod) => self.inbound(pod, info, req, span).await,
+                Dispatch::Route(workload, route_rt, caller) => {
+                    self.route(workload, route_rt, caller, info, req, span).await
+                }
+                Dispatch::Reply(reply, server) => respond::local_reply(reply, server, false).into(),
+            };
+            if let Some((tel, rt, observed)) = observed {
+                self.report(tel, rt, role, info, observed, &served);
             }
-            Dispatch::Reply(reply, server) => respond::local_reply(reply, server, false).into(),
-        };
-        if let Some((tel, rt, observed)) = observed {
-            self.report(tel, rt, role, info, observed, &served);
+            (!served.abort).then_some(served.resp)
         }
-        (!served.abort).then_some(served.resp)
     }
 
     /// Counts a served request in its metrics and hands its access-log record to the writer.
@@ -972,226 +984,240 @@ impl Proxy {
     }
 
     /// Inbound: hand the request to the local app.
-    async fn inbound(
-        &self,
-        (rt, app, cluster, control): (&ProxyRuntime, &ClusterRt, &Arc<Cluster>, &PodControl),
-        info: &ConnInfo,
+    #[allow(clippy::manual_async_fn, reason = "an `async fn` would copy the request into a local of its own")]
+    fn inbound<'a>(
+        &'a self,
+        (rt, app, cluster, control): (&'a ProxyRuntime, &'a ClusterRt, &'a Arc<Cluster>, &'a PodControl),
+        info: &'a ConnInfo,
         req: Call,
-        span: Option<&SpanContext>,
-    ) -> Served {
-        let snapshot = self.snapshot.load();
-        let generation = rt.for_snapshot(&snapshot);
-        if let Some(limit) = generation.rate_limited(Context::Inbound) {
-            return respond::rate_limited(&limit.limit.headers, ServerName::IstioEnvoy).into();
-        }
-        let (mut parts, body) = req.into_parts();
-        if let Some(denied) = admit(&snapshot, &rt.workload, cluster.port, info, &mut parts, ServerName::IstioEnvoy) {
-            return denied.into();
-        }
-        let xfcc = info.xfcc.as_ref();
-        if control.mode() == PodMode::Failing {
-            let mut reply = respond::direct(503, &Bytes::from_static(b"service unavailable"), ServerName::IstioEnvoy);
-            reply.resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-            return reply.into();
-        }
-        // Only an mTLS peer vouches for a client certificate: anything a client sent is dropped,
-        // and the peer's is written with the head, as is the span.
-        let mut found = Found::scan(&parts.fields);
-        found.remove(&mut parts.fields, Found::HOP_BY_HOP | Found::PEER_ID | Found::CLIENT_CERT | Found::trace(span));
-        let added = h1::Added { fields: [xfcc.map(|v| (&X_FCC, v)), None, None], span };
-        parts.uri = origin_form(&parts.uri);
-        let Some(ep) = app.endpoints.first() else {
-            return respond::local_reply(LocalReply::NoHealthyUpstream, ServerName::IstioEnvoy, false).into();
-        };
-        let started = Instant::now();
-        app.shared.stats.upstream_rq_total.fetch_add(1, Ordering::Relaxed);
-        let result = match upstream::acquire(&app.shared, ep, &cluster.pool, None).await {
-            Ok((conn, _)) => conn.send_head(h1::Head::of(&parts, added), body).await,
-            Err(e) => Err(e),
-        };
-        let (mut served, service_ms) = match result {
-            Ok(mut resp) => {
-                let service_ms = finish(&mut resp.fields, ServerName::IstioEnvoy, started, &[]);
-                (Served::upstream(resp), Some(service_ms))
+        span: Option<&'a SpanContext>,
+    ) -> impl Future<Output = Served> + 'a {
+        async move {
+            let snapshot = self.snapshot.load();
+            let generation = rt.for_snapshot(&snapshot);
+            if let Some(limit) = generation.rate_limited(Context::Inbound) {
+                return respond::rate_limited(&limit.limit.headers, ServerName::IstioEnvoy).into();
             }
-            Err(e) => (respond::local_reply(reply_for(&e), ServerName::IstioEnvoy, false).into(), None),
-        };
-        let responded = service_ms.is_some();
-        served.upstream = Some(UpstreamHost { addr: ep.addr, responded, endpoint: None, service_ms });
-        served.route = Some(RouteInfo { cluster: cluster.clone(), route: Some(INBOUND_ROUTE.clone()) });
-        served
+            let (mut parts, body) = req.into_parts();
+            if let Some(denied) = admit(&snapshot, &rt.workload, cluster.port, info, &mut parts, ServerName::IstioEnvoy)
+            {
+                return denied.into();
+            }
+            let xfcc = info.xfcc.as_ref();
+            if control.mode() == PodMode::Failing {
+                let mut reply =
+                    respond::direct(503, &Bytes::from_static(b"service unavailable"), ServerName::IstioEnvoy);
+                reply.resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                return reply.into();
+            }
+            // Only an mTLS peer vouches for a client certificate: anything a client sent is dropped,
+            // and the peer's is written with the head, as is the span.
+            let mut found = Found::scan(&parts.fields);
+            found.remove(
+                &mut parts.fields,
+                Found::HOP_BY_HOP | Found::PEER_ID | Found::CLIENT_CERT | Found::trace(span),
+            );
+            let added = h1::Added { fields: [xfcc.map(|v| (&X_FCC, v)), None, None], span };
+            parts.uri = origin_form(&parts.uri);
+            let Some(ep) = app.endpoints.first() else {
+                return respond::local_reply(LocalReply::NoHealthyUpstream, ServerName::IstioEnvoy, false).into();
+            };
+            let started = Instant::now();
+            app.shared.stats.upstream_rq_total.fetch_add(1, Ordering::Relaxed);
+            let result = match upstream::acquire(&app.shared, ep, &cluster.pool, None).await {
+                Ok((conn, _)) => conn.send_head(h1::Head::of(&parts, added), body).await,
+                Err(e) => Err(e),
+            };
+            let (mut served, service_ms) = match result {
+                Ok(mut resp) => {
+                    let service_ms = finish(&mut resp.fields, ServerName::IstioEnvoy, started, &[]);
+                    (Served::upstream(resp), Some(service_ms))
+                }
+                Err(e) => (respond::local_reply(reply_for(&e), ServerName::IstioEnvoy, false).into(), None),
+            };
+            let responded = service_ms.is_some();
+            served.upstream = Some(UpstreamHost { addr: ep.addr, responded, endpoint: None, service_ms });
+            served.route = Some(RouteInfo { cluster: cluster.clone(), route: Some(INBOUND_ROUTE.clone()) });
+            served
+        }
     }
 
     /// Gateway and outbound: route by the snapshot, run the route's policies, forward.
-    async fn route(
-        &self,
-        workload: &Workload,
-        rt: &ProxyRuntime,
+    #[allow(clippy::manual_async_fn, reason = "an `async fn` would copy the request into a local of its own")]
+    fn route<'a>(
+        &'a self,
+        workload: &'a Workload,
+        rt: &'a ProxyRuntime,
         caller: Caller,
         // By reference: the peer's address by value (32 bytes, 4-aligned) put the future's
         // arguments apart, and constructing it copied 640 bytes twice.
-        conn: &ConnInfo,
+        conn: &'a ConnInfo,
         req: Call,
-        span: Option<&SpanContext>,
-    ) -> Served {
-        let mesh = !matches!(caller, Caller::Gateway | Caller::GatewayTls);
-        let server = match caller {
-            Caller::Sidecar => ServerName::Envoy,
-            Caller::Gateway | Caller::GatewayTls => ServerName::IstioEnvoy,
-            Caller::Plain => ServerName::Keep,
-        };
-        let snapshot = self.snapshot.load();
-        let generation = rt.for_snapshot(&snapshot);
-        let ctx = if mesh { Context::Outbound } else { Context::Gateway };
-        if let Some(limit) = generation.rate_limited(ctx) {
-            return respond::rate_limited(&limit.limit.headers, server).into();
-        }
-        let (mut parts, body) = req.into_parts();
-        if !mesh {
-            // Policies that select the gateway (istio: ingressgateway) apply here, on its port 8080 (8443).
-            let info = ConnInfo { peer: conn.peer, xfcc: None, principal: None, local: None };
-            let port = if caller == Caller::GatewayTls { 8443 } else { 8080 };
-            if let Some(denied) = admit(&snapshot, &rt.workload, port, &info, &mut parts, server) {
-                return denied.into();
+        span: Option<&'a SpanContext>,
+    ) -> impl Future<Output = Served> + 'a {
+        async move {
+            let mesh = !matches!(caller, Caller::Gateway | Caller::GatewayTls);
+            let server = match caller {
+                Caller::Sidecar => ServerName::Envoy,
+                Caller::Gateway | Caller::GatewayTls => ServerName::IstioEnvoy,
+                Caller::Plain => ServerName::Keep,
+            };
+            let snapshot = self.snapshot.load();
+            let generation = rt.for_snapshot(&snapshot);
+            let ctx = if mesh { Context::Outbound } else { Context::Gateway };
+            if let Some(limit) = generation.rate_limited(ctx) {
+                return respond::rate_limited(&limit.limit.headers, server).into();
             }
-        }
-        // Held by a reference-counted copy of the field (or URI) it came from, not a new string.
-        let (from_uri, from_host);
-        let authority: &str = match parts.uri.authority() {
-            Some(a) => {
-                from_uri = a.clone();
-                from_uri.as_str()
-            }
-            None => {
-                from_host = parts.fields.value(&HOST);
-                match from_host.as_ref().and_then(|h| h.to_str().ok()) {
-                    Some(h) => h,
-                    None => return respond::local_reply(LocalReply::NoRoute, server, false).into(),
+            let (mut parts, body) = req.into_parts();
+            if !mesh {
+                // Policies that select the gateway (istio: ingressgateway) apply here, on its port 8080 (8443).
+                let info = ConnInfo { peer: conn.peer, xfcc: None, principal: None, local: None };
+                let port = if caller == Caller::GatewayTls { 8443 } else { 8080 };
+                if let Some(denied) = admit(&snapshot, &rt.workload, port, &info, &mut parts, server) {
+                    return denied.into();
                 }
             }
-        };
-        let (host, port) = split_authority(authority);
-        let host: std::borrow::Cow<str> =
-            if host.bytes().any(|b| b.is_ascii_uppercase()) { host.to_ascii_lowercase().into() } else { host.into() };
-        let port = port.unwrap_or(80);
-        let vhost = match caller {
-            Caller::Sidecar => snapshot.mesh.get(&workload.namespace).and_then(|t| t.lookup(&host)),
-            Caller::Plain => snapshot.mesh.get(&workload.namespace).and_then(|t| t.plain.get(&*host)),
-            Caller::Gateway => {
-                if snapshot.ingress.https_redirect.iter().any(|p| p.matches(&host)) {
-                    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-                    return respond::redirect(301, &format!("https://{host}{path}"), server).into();
+            // Held by a reference-counted copy of the field (or URI) it came from, not a new string.
+            let (from_uri, from_host);
+            let authority: &str = match parts.uri.authority() {
+                Some(a) => {
+                    from_uri = a.clone();
+                    from_uri.as_str()
                 }
-                snapshot.ingress.lookup(&host)
-            }
-            Caller::GatewayTls => snapshot.ingress_tls.lookup(&host),
-        };
-        let Some(vhost) = vhost else {
-            return respond::local_reply(LocalReply::NoRoute, server, false).into();
-        };
-        let path = parts.uri.path();
-        let query = parts.uri.query();
-        let view = RequestView {
-            method: &parts.method,
-            path,
-            query,
-            scheme: if caller == Caller::GatewayTls { "https" } else { "http" },
-            authority,
-            port,
-            headers: &parts.fields,
-        };
-        let src = SourceView {
-            labels: &workload.labels,
-            namespace: &workload.namespace,
-            gateway: if mesh { "mesh" } else { "" },
-        };
-        let (matched, target, cluster) = match crate::snapshot::route::decide(&vhost.routes, &view, &src) {
-            Decision::Forward { matched, target, cluster } => (matched, target, cluster),
-            Decision::Redirect { code, location, .. } => return respond::redirect(code, &location, server).into(),
-            Decision::Direct { status, body, .. } => return respond::direct(status, body, server).into(),
-            Decision::Reply(r) => return respond::local_reply(r, server, false).into(),
-        };
-        // kube-proxy neither retries nor times out.
-        let policy = if caller == Caller::Plain { &*NO_POLICY } else { &matched.route.policy };
-        let mut delayed = false;
-        if let Some(fault) = &policy.fault {
-            if let Some((delay, pct)) = fault.delay {
-                if roll(pct) {
-                    tokio::time::sleep(delay).await;
-                    delayed = true;
+                None => {
+                    from_host = parts.fields.value(&HOST);
+                    match from_host.as_ref().and_then(|h| h.to_str().ok()) {
+                        Some(h) => h,
+                        None => return respond::local_reply(LocalReply::NoRoute, server, false).into(),
+                    }
                 }
-            }
-            if let Some((with, pct)) = &fault.abort {
-                if roll(*pct) {
-                    return respond::fault_abort(with, server).into();
+            };
+            let (host, port) = split_authority(authority);
+            let host: std::borrow::Cow<str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+                host.to_ascii_lowercase().into()
+            } else {
+                host.into()
+            };
+            let port = port.unwrap_or(80);
+            let vhost = match caller {
+                Caller::Sidecar => snapshot.mesh.get(&workload.namespace).and_then(|t| t.lookup(&host)),
+                Caller::Plain => snapshot.mesh.get(&workload.namespace).and_then(|t| t.plain.get(&*host)),
+                Caller::Gateway => {
+                    if snapshot.ingress.https_redirect.iter().any(|p| p.matches(&host)) {
+                        let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+                        return respond::redirect(301, &format!("https://{host}{path}"), server).into();
+                    }
+                    snapshot.ingress.lookup(&host)
                 }
-            }
-        }
-        let Some(body) = buffer(body, BODY_LIMIT).await else {
-            return respond::local_reply(LocalReply::TooLarge, server, false).into();
-        };
-        let (hash, new_cookie) = request_hash(&cluster.lb, &parts.fields, query, conn.peer);
-        let mut out = match outgoing(&mut parts, authority, matched, target, body, span) {
-            Some(o) => o,
-            None => return respond::local_reply(LocalReply::BadRequest, server, false).into(),
-        };
-        // Client overrides Envoy honours, then drops (most requests carry none: one scan, no
-        // lookup). Each attempt writes its own count.
-        let (asked, retry) = if out.found.has(Found::OVERRIDES) {
-            let map = out.fields.map_mut();
-            map.remove(&X_ATTEMPT_COUNT);
-            (map.remove(&X_RQ_TIMEOUT), retry_overrides(&policy.retry, map))
-        } else {
-            (None, std::borrow::Cow::Borrowed(&policy.retry))
-        };
-        let timeout = match asked.and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
-            Some(0) => None,
-            Some(ms) => Some(Duration::from_millis(ms)),
-            None => policy.timeout,
-        };
-        // Metadata exchange: the callee's sidecar learns who called (its metrics' source labels).
-        if caller != Caller::Plain && !cluster.external {
-            out.found.remove(&mut out.fields, Found::PEER_ID);
-            out.peer = Some(rt.peer_id.clone());
-        }
-        if let Some(t) = retry.per_try_timeout.or(timeout) {
-            out.fields.set(X_EXPECTED_TIMEOUT.clone(), HeaderValue::from(t.as_millis() as u64));
-        }
-        for m in &policy.mirrors {
-            if roll(m.percentage) {
-                if let Some(c) = m.target.cluster_for(port) {
-                    mirror(&generation.clusters[c.index], c.clone(), &out, authority, rt.tls.clone());
+                Caller::GatewayTls => snapshot.ingress_tls.lookup(&host),
+            };
+            let Some(vhost) = vhost else {
+                return respond::local_reply(LocalReply::NoRoute, server, false).into();
+            };
+            let path = parts.uri.path();
+            let query = parts.uri.query();
+            let view = RequestView {
+                method: &parts.method,
+                path,
+                query,
+                scheme: if caller == Caller::GatewayTls { "https" } else { "http" },
+                authority,
+                port,
+                headers: &parts.fields,
+            };
+            let src = SourceView {
+                labels: &workload.labels,
+                namespace: &workload.namespace,
+                gateway: if mesh { "mesh" } else { "" },
+            };
+            let (matched, target, cluster) = match crate::snapshot::route::decide(&vhost.routes, &view, &src) {
+                Decision::Forward { matched, target, cluster } => (matched, target, cluster),
+                Decision::Redirect { code, location, .. } => return respond::redirect(code, &location, server).into(),
+                Decision::Direct { status, body, .. } => return respond::direct(status, body, server).into(),
+                Decision::Reply(r) => return respond::local_reply(r, server, false).into(),
+            };
+            // kube-proxy neither retries nor times out.
+            let policy = if caller == Caller::Plain { &*NO_POLICY } else { &matched.route.policy };
+            let mut delayed = false;
+            if let Some(fault) = &policy.fault {
+                if let Some((delay, pct)) = fault.delay {
+                    if roll(pct) {
+                        tokio::time::sleep(delay).await;
+                        delayed = true;
+                    }
+                }
+                if let Some((with, pct)) = &fault.abort {
+                    if roll(*pct) {
+                        return respond::fault_abort(with, server).into();
+                    }
                 }
             }
-        }
-        let crt = &generation.clusters[cluster.index];
-        let started = Instant::now();
-        let plan = Plan { retry: &retry, hash, server, tls: rt.tls.as_ref() };
-        let attempts = self.attempts(crt, cluster, &out, plan);
-        let mut served = match timeout {
-            Some(t) => match tokio::time::timeout(t, attempts).await {
-                Ok(r) => r,
-                Err(_) => {
-                    crt.shared.stats.upstream_rq_timeout.fetch_add(1, Ordering::Relaxed);
-                    respond::local_reply(LocalReply::Timeout, server, false).into()
-                }
-            },
-            None => attempts.await,
-        };
-        if let Some(upstream) = served.upstream.as_mut().filter(|u| u.responded) {
-            let ops = [&matched.route.headers.response, &target.headers.response];
-            upstream.service_ms = Some(finish(&mut served.resp.fields, server, started, &ops));
-            if let Some(cookie) = new_cookie {
-                if let Ok(v) = HeaderValue::from_str(&cookie) {
-                    served.resp.fields.append(SET_COOKIE, v);
+            let Some(body) = buffer(body, BODY_LIMIT).await else {
+                return respond::local_reply(LocalReply::TooLarge, server, false).into();
+            };
+            let (hash, new_cookie) = request_hash(&cluster.lb, &parts.fields, query, conn.peer);
+            let mut out = match outgoing(&mut parts, authority, matched, target, body, span) {
+                Some(o) => o,
+                None => return respond::local_reply(LocalReply::BadRequest, server, false).into(),
+            };
+            // Client overrides Envoy honours, then drops (most requests carry none: one scan, no
+            // lookup). Each attempt writes its own count.
+            let (asked, retry) = if out.found.has(Found::OVERRIDES) {
+                let map = out.fields.map_mut();
+                map.remove(&X_ATTEMPT_COUNT);
+                (map.remove(&X_RQ_TIMEOUT), retry_overrides(&policy.retry, map))
+            } else {
+                (None, std::borrow::Cow::Borrowed(&policy.retry))
+            };
+            let timeout = match asked.and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
+                Some(0) => None,
+                Some(ms) => Some(Duration::from_millis(ms)),
+                None => policy.timeout,
+            };
+            // Metadata exchange: the callee's sidecar learns who called (its metrics' source labels).
+            if caller != Caller::Plain && !cluster.external {
+                out.found.remove(&mut out.fields, Found::PEER_ID);
+                out.peer = Some(rt.peer_id.clone());
+            }
+            if let Some(t) = retry.per_try_timeout.or(timeout) {
+                out.fields.set(X_EXPECTED_TIMEOUT.clone(), HeaderValue::from(t.as_millis() as u64));
+            }
+            for m in &policy.mirrors {
+                if roll(m.percentage) {
+                    if let Some(c) = m.target.cluster_for(port) {
+                        mirror(&generation.clusters[c.index], c.clone(), &out, authority, rt.tls.clone());
+                    }
                 }
             }
+            let crt = &generation.clusters[cluster.index];
+            let started = Instant::now();
+            let plan = Plan { retry: &retry, hash, server, tls: rt.tls.as_ref() };
+            let attempts = self.attempts(crt, cluster, &out, plan);
+            let mut served = match timeout {
+                Some(t) => match tokio::time::timeout(t, attempts).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        crt.shared.stats.upstream_rq_timeout.fetch_add(1, Ordering::Relaxed);
+                        respond::local_reply(LocalReply::Timeout, server, false).into()
+                    }
+                },
+                None => attempts.await,
+            };
+            if let Some(upstream) = served.upstream.as_mut().filter(|u| u.responded) {
+                let ops = [&matched.route.headers.response, &target.headers.response];
+                upstream.service_ms = Some(finish(&mut served.resp.fields, server, started, &ops));
+                if let Some(cookie) = new_cookie {
+                    if let Ok(v) = HeaderValue::from_str(&cookie) {
+                        served.resp.fields.append(SET_COOKIE, v);
+                    }
+                }
+            }
+            if delayed {
+                served.flags = served.flags.with("DI");
+            }
+            served.route = Some(RouteInfo { cluster: cluster.clone(), route: matched.route.name.clone() });
+            served
         }
-        if delayed {
-            served.flags = served.flags.with("DI");
-        }
-        served.route = Some(RouteInfo { cluster: cluster.clone(), route: matched.route.name.clone() });
-        served
     }
 
     /// The attempt loop: pick an endpoint, get a connection, send; retry as the policy says.
