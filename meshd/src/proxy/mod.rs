@@ -395,25 +395,18 @@ enum Dispatch<'r> {
 /// What a reporting proxy reads of a request before serving it (its id, the caller's trace)
 /// and keeps for its metrics and access log.
 struct Observed {
-    start: std::time::SystemTime,
     t0: Instant,
-    /// This proxy's span, for the next hop.
-    span: SpanContext,
-    bytes_received: u64,
-    user_agent: Option<HeaderValue>,
-    forwarded_for: Option<HeaderValue>,
-    authority: Option<HeaderValue>,
     /// The calling sidecar's id (inbound only).
     peer_id: Option<HeaderValue>,
-    id: HeaderValue,
-    method: Method,
-    uri: Uri,
-    protocol: &'static str,
+    /// The access-log record, written in its box when the request comes and completed by
+    /// [`Proxy::report`]. Kept apart, the same fields were written three times a request: on
+    /// the stack, into the request's future, into the box.
+    record: Box<Record>,
 }
 
 impl Observed {
     /// Reads the request, naming it when it has no `x-request-id` yet.
-    fn of(req: &mut Call, inbound: bool) -> Observed {
+    fn of(req: &mut Call, inbound: bool, proxy: &Arc<str>) -> Observed {
         let start = std::time::SystemTime::now();
         let t0 = Instant::now();
         // One pass over the headers rather than a hashed lookup per name; the first value of
@@ -460,21 +453,41 @@ impl Observed {
             http::Version::HTTP_10 => "HTTP/1.0",
             _ => "HTTP/1.1",
         };
-        let (method, uri) = (req.parts.method.clone(), req.parts.uri.clone());
-        Observed {
-            start,
-            t0,
-            span,
-            bytes_received,
-            user_agent,
-            forwarded_for,
-            authority,
-            peer_id,
-            id,
-            method,
-            uri,
-            protocol,
-        }
+        // What only the response tells is left blank here; `report` writes it.
+        let record = Box::write(
+            Box::new_uninit(),
+            Record {
+                proxy: proxy.clone(),
+                start,
+                method: req.parts.method.clone(),
+                uri: req.parts.uri.clone(),
+                protocol,
+                status: 0,
+                flags: std::borrow::Cow::Borrowed("-"),
+                details: "",
+                bytes_received,
+                bytes_sent: 0,
+                duration_us: 0,
+                upstream_service_time: None,
+                forwarded_for,
+                user_agent,
+                request_id: Some(id),
+                authority,
+                upstream_host: None,
+                upstream_cluster: None,
+                downstream_local: None,
+                downstream_remote: SocketAddr::from(([0, 0, 0, 0], 0)),
+                route: None,
+                span: Some(span),
+                series: None,
+            },
+        );
+        Observed { t0, peer_id, record }
+    }
+
+    /// This proxy's span, for the next hop.
+    fn span(&self) -> Option<&SpanContext> {
+        self.record.span.as_ref()
     }
 }
 
@@ -892,10 +905,12 @@ impl Proxy {
                 },
             };
             let observed = match (&self.telemetry, reporter) {
-                (Some(tel), Some(rt)) => Some((tel, rt, Observed::of(&mut req, matches!(role, Role::Inbound { .. })))),
+                (Some(tel), Some(rt)) => {
+                    Some((tel, rt, Observed::of(&mut req, matches!(role, Role::Inbound { .. }), &rt.proxy)))
+                }
                 _ => None,
             };
-            let span = observed.as_ref().map(|(_, _, o)| &o.span);
+            let span = observed.as_ref().and_then(|(_, _, o)| o.span());
             let served = match dispatch {
                 Dispatch::Inbound(pod) => self.inbound(pod, info, req, span).await,
                 Dispatch::Route(workload, route_rt, caller) => {
@@ -934,37 +949,20 @@ impl Proxy {
             }
             (_, None, _) => report::unrouted(metrics, rt),
         };
-        series.record(status, &flag_text, elapsed, o.bytes_received, bytes_sent);
-        // Allocated first, so the record is written in place rather than built on the stack
-        // and copied in (some 600 bytes a request).
-        let record = Box::write(
-            Box::new_uninit(),
-            Record {
-                proxy: rt.proxy.clone(),
-                start: o.start,
-                method: o.method,
-                uri: o.uri,
-                protocol: o.protocol,
-                status,
-                flags: flag_text,
-                details: served.flags.details,
-                bytes_received: o.bytes_received,
-                bytes_sent,
-                duration_us: elapsed.as_micros() as u64,
-                upstream_service_time: upstream.and_then(|u| u.service_ms),
-                forwarded_for: o.forwarded_for,
-                user_agent: o.user_agent,
-                request_id: Some(o.id),
-                authority: o.authority,
-                upstream_host: upstream.map(|u| u.addr),
-                upstream_cluster: route.map(|r| r.cluster.clone()),
-                downstream_local: info.local,
-                downstream_remote: info.peer,
-                route: route.and_then(|r| r.route.clone()),
-                span: Some(o.span),
-                series: Some(series),
-            },
-        );
+        let mut record = o.record;
+        series.record(status, &flag_text, elapsed, record.bytes_received, bytes_sent);
+        record.status = status;
+        record.flags = flag_text;
+        record.details = served.flags.details;
+        record.bytes_sent = bytes_sent;
+        record.duration_us = elapsed.as_micros() as u64;
+        record.upstream_service_time = upstream.and_then(|u| u.service_ms);
+        record.upstream_host = upstream.map(|u| u.addr);
+        record.upstream_cluster = route.map(|r| r.cluster.clone());
+        record.downstream_local = info.local;
+        record.downstream_remote = info.peer;
+        record.route = route.and_then(|r| r.route.clone());
+        record.series = Some(series);
         tel.send(record);
     }
 
