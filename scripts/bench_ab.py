@@ -26,22 +26,9 @@ import bench_dataplane as d
 HZ = os.sysconf("SC_CLK_TCK")
 
 
-def user_sys(pid, name_prefix=None):
-    """User and system clock ticks of the threads `benchlib.thread_ids` selects."""
-    user = system = 0
-    for tid in b.thread_ids(pid, name_prefix):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            user, system = user + int(fields[11]), system + int(fields[12])
-        except OSError:
-            pass
-    return user, system
-
-
 def ticks(groups):
     """Summed (user, system) ticks of [(pid, thread-name prefix)] groups."""
-    pairs = [user_sys(pid, prefix) for pid, prefix in groups]
+    pairs = [b.thread_user_sys(pid, prefix) for pid, prefix in groups]
     return sum(u for u, _ in pairs), sum(s for _, s in pairs)
 
 

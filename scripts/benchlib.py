@@ -227,17 +227,22 @@ def thread_ids(pid, name_prefix=None):
     return out
 
 
-def thread_ticks(pid, name_prefix=None):
-    """User+system clock ticks of a process's threads that `thread_ids` selects."""
-    total = 0
+def thread_user_sys(pid, name_prefix=None):
+    """User and system clock ticks, apart, of a process's threads that `thread_ids` selects."""
+    user = system = 0
     for tid in thread_ids(pid, name_prefix):
         try:
             with open(f"/proc/{pid}/task/{tid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            user, system = user + int(fields[11]), system + int(fields[12])
         except OSError:
             pass
-    return total
+    return user, system
+
+
+def thread_ticks(pid, name_prefix=None):
+    """User+system clock ticks of a process's threads that `thread_ids` selects."""
+    return sum(thread_user_sys(pid, name_prefix))
 
 
 class CpuMeter:

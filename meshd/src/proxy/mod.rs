@@ -406,7 +406,7 @@ struct Observed {
 
 impl Observed {
     /// Reads the request, naming it when it has no `x-request-id` yet.
-    fn of(req: &mut Call, inbound: bool, proxy: &Arc<str>) -> Observed {
+    fn of(req: &mut Call, inbound: bool, proxy: &Arc<str>, info: &ConnInfo) -> Observed {
         let start = std::time::SystemTime::now();
         let t0 = Instant::now();
         // One pass over the headers rather than a hashed lookup per name; the first value of
@@ -475,8 +475,8 @@ impl Observed {
                 authority,
                 upstream_host: None,
                 upstream_cluster: None,
-                downstream_local: None,
-                downstream_remote: SocketAddr::from(([0, 0, 0, 0], 0)),
+                downstream_local: info.local,
+                downstream_remote: info.peer,
                 route: None,
                 span: Some(span),
                 series: None,
@@ -906,7 +906,7 @@ impl Proxy {
             };
             let observed = match (&self.telemetry, reporter) {
                 (Some(tel), Some(rt)) => {
-                    Some((tel, rt, Observed::of(&mut req, matches!(role, Role::Inbound { .. }), &rt.proxy)))
+                    Some((tel, rt, Observed::of(&mut req, matches!(role, Role::Inbound { .. }), &rt.proxy, info)))
                 }
                 _ => None,
             };
@@ -959,8 +959,6 @@ impl Proxy {
         record.upstream_service_time = upstream.and_then(|u| u.service_ms);
         record.upstream_host = upstream.map(|u| u.addr);
         record.upstream_cluster = route.map(|r| r.cluster.clone());
-        record.downstream_local = info.local;
-        record.downstream_remote = info.peer;
         record.route = route.and_then(|r| r.route.clone());
         record.series = Some(series);
         tel.send(record);
