@@ -5,13 +5,16 @@ speed moves by a tenth from one minute to the next?
 Each round starts, for each build in turn, the data-plane bench's mesh and nginx in front of the
 same backend, and runs wrk through nginx and then through the gateway (one hop, one proxy thread
 each, 1 KiB answers). A build's ratio in a round is its gateway's throughput over the nginx
-measured beside it, in the same mesh; the medians over the rounds compare the builds. Also per
+measured beside it, in the same mesh; the medians over the rounds compare the builds. The
+order of the builds moves their figures (in two trials of 8 rounds, whichever build ran
+second had the higher median, by 0.06 and 0.07), so odd rounds take them in reverse: with an
+even number of rounds each build runs first as often as second. Also per
 request: the user and system CPU of the proxy's threads (nginx's worker, or every meshd thread
 but the apps') and the backend's CPU, and with LAT=1 the latency at 1000 rps (oha, one
 connection).
 
 Usage: python3 scripts/bench_ab.py BINARY [BINARY ...]
-Environment: ROUNDS (default 6), DURATION (seconds a run, default 3), LAT (1: latency too),
+Environment: ROUNDS (default 6; keep it even), DURATION (seconds a run, default 3), LAT (1: latency too),
 BPATH (the backend's path, default the data-plane bench's).
 """
 import os
@@ -54,8 +57,8 @@ def main():
     latency, path = os.environ.get("LAT") == "1", os.environ.get("BPATH", d.PATH)
     b.ensure_tools(oha=latency)
     runs = {(name, bin_): [] for bin_ in bins for name in ("nginx", "gateway")}
-    for _ in range(rounds):
-        for bin_ in bins:
+    for i in range(rounds):
+        for bin_ in reversed(bins) if i % 2 else bins:
             b.BIN = bin_
             work = tempfile.mkdtemp(prefix="meshd-ab-")
             mesh = b.Mesh(d.mesh_folder(work), {"MESHD_THREADS": "1", "MESHD_APP_THREADS": "1"})
@@ -65,6 +68,8 @@ def main():
                 nginx, nginx_pids = b.start_nginx(work, backend, 1)
                 app = [(mesh.pid, "meshd-app")]
                 b.wrk(f"http://{mesh.gateway}{path}", "bench.one", 1)  # warm the pool
+                # Each run follows a run of the other proxy: in trials, a run that repeats the one
+                # before it measured higher than one that follows a switch.
                 runs[("nginx", bin_)].append(measure(f"http://{b.NGINX_ADDR}{path}", None,
                                                      [(p, None) for p in nginx_pids], app, duration, latency))
                 runs[("gateway", bin_)].append(measure(f"http://{mesh.gateway}{path}", "bench.one",
