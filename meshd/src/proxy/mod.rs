@@ -1067,9 +1067,8 @@ impl Proxy {
             let (mut parts, body) = req.into_parts();
             if !mesh {
                 // Policies that select the gateway (istio: ingressgateway) apply here, on its port 8080 (8443).
-                let info = ConnInfo { peer: conn.peer, xfcc: None, principal: None, local: None };
                 let port = if caller == Caller::GatewayTls { 8443 } else { 8080 };
-                if let Some(denied) = admit(&snapshot, &rt.workload, port, &info, &mut parts, server) {
+                if let Some(denied) = admit(&snapshot, &rt.workload, port, conn, &mut parts, server) {
                     return denied.into();
                 }
             }
