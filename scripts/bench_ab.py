@@ -26,23 +26,15 @@ import tempfile
 import benchlib as b
 import bench_dataplane as d
 
-HZ = os.sysconf("SC_CLK_TCK")
-
-
-def ticks(groups):
-    """Summed (user, system) ticks of [(pid, thread-name prefix)] groups."""
-    pairs = [b.thread_user_sys(pid, prefix) for pid, prefix in groups]
-    return sum(u for u, _ in pairs), sum(s for _, s in pairs)
-
 
 def measure(url, host, proxy, app, duration, latency):
     """One wrk run (and an oha run with `latency`): rps and CPU a request, in µs."""
-    p0, a0 = ticks(proxy), ticks(app)
+    p0, a0 = b.user_sys(proxy), b.user_sys(app)
     rps, non2xx = b.wrk(url, host, duration)
-    p1, a1 = ticks(proxy), ticks(app)
+    p1, a1 = b.user_sys(proxy), b.user_sys(app)
     n = max(rps * duration, 1)
-    row = dict(rps=rps, failed=non2xx, usr=(p1[0] - p0[0]) / HZ / n * 1e6, sys=(p1[1] - p0[1]) / HZ / n * 1e6,
-               app=(sum(a1) - sum(a0)) / HZ / n * 1e6)
+    row = dict(rps=rps, failed=non2xx, usr=(p1[0] - p0[0]) / b.HZ / n * 1e6, sys=(p1[1] - p0[1]) / b.HZ / n * 1e6,
+               app=(sum(a1) - sum(a0)) / b.HZ / n * 1e6)
     if latency:
         pct, _, _, _ = b.oha(url, host, 1000, duration, connections=1)
         row.update(p50=pct["50"], p90=pct["90"], p99=pct["99"])

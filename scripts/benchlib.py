@@ -240,9 +240,10 @@ def thread_user_sys(pid, name_prefix=None):
     return user, system
 
 
-def thread_ticks(pid, name_prefix=None):
-    """User+system clock ticks of a process's threads that `thread_ids` selects."""
-    return sum(thread_user_sys(pid, name_prefix))
+def user_sys(threads):
+    """User and system clock ticks, each summed, of [(pid, thread-name prefix or None)]."""
+    pairs = [thread_user_sys(pid, prefix) for pid, prefix in threads]
+    return sum(u for u, _ in pairs), sum(s for _, s in pairs)
 
 
 class CpuMeter:
@@ -254,7 +255,7 @@ class CpuMeter:
         self.t0 = time.time()
 
     def read(self):
-        return {k: sum(thread_ticks(pid, prefix) for pid, prefix in v) for k, v in self.groups.items()}
+        return {k: sum(user_sys(v)) for k, v in self.groups.items()}
 
     def cores(self):
         secs = time.time() - self.t0
