@@ -28,12 +28,7 @@ fn setup() -> TempDir {
 /// `curl http://httpbin.<to>:8000/ip -s -o /dev/null -w "%{http_code}"` from sleep in `from`.
 async fn probe(mesh: &Mesh, from: &str, to: &str) -> String {
     let pods = String::from_utf8(mesh.cli(&["status"]).stdout).unwrap();
-    let outbound = pods
-        .lines()
-        .find(|l| l.starts_with(from) && l.split_whitespace().nth(1).is_some_and(|n| n.starts_with("sleep-")))
-        .and_then(|l| l.split_whitespace().last())
-        .unwrap_or_else(|| panic!("sleep in {from}:\n{pods}"))
-        .to_string();
+    let outbound = sleep_line(&pods, from).split_whitespace().last().unwrap().to_string();
     let client =
         reqwest::Client::builder().proxy(reqwest::Proxy::http(format!("http://{outbound}")).unwrap()).build().unwrap();
     match client.get(format!("http://httpbin.{to}:8000/ip")).send().await {
@@ -42,10 +37,16 @@ async fn probe(mesh: &Mesh, from: &str, to: &str) -> String {
     }
 }
 
+/// The line of `meshd status` for the sleep pod in `ns`.
+fn sleep_line<'a>(pods: &'a str, ns: &str) -> &'a str {
+    pods.lines()
+        .find(|l| l.starts_with(ns) && l.split_whitespace().nth(1).is_some_and(|n| n.starts_with("sleep-")))
+        .unwrap_or_else(|| panic!("sleep in {ns}:\n{pods}"))
+}
+
 /// The name of the sleep pod in `ns`, from `meshd status`.
 fn sleep_pod(pods: &str, ns: &str) -> String {
-    let line = pods.lines().find(|l| l.starts_with(ns) && l.contains("sleep-")).unwrap();
-    line.split_whitespace().nth(1).unwrap().to_string()
+    sleep_line(pods, ns).split_whitespace().nth(1).unwrap().to_string()
 }
 
 async fn matrix(mesh: &Mesh) -> Vec<String> {
