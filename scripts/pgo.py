@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Refreshes pgo/meshd.profdata, the profile that guides the release build (`make pgo`).
+
+1. Builds meshd instrumented (target/pgo-gen, about 7.5 minutes on two cores).
+2. Runs it on the traffic a user's mesh sees: Bookinfo's /productpage through the gateway (four
+   apps, their sidecars, mTLS between them), a plaintext gateway hop to a fortio server, a
+   sidecar pair with mTLS over HTTP/1.1 and over HTTP/2, and httpbin behind its sidecar through
+   the mesh client, one of its routes answering 503: each path DURATION seconds (default 3)
+   under wrk. An interrupt then lets meshd exit, and the counters reach the profile folder.
+3. Merges them with LLVM's llvm-profdata (Debian's llvm-19: rustc's LLVM 22 writes raw profiles
+   of format 10, which LLVM 19 reads, and LLVM 22 reads the indexed profile LLVM 19 writes).
+
+pgo/trained-on records the commit the profile was taken from. Code changed since then keeps
+the profile of every function whose control flow is unchanged; the rest builds as without one.
+"""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+
+import benchlib as b
+import bench_dataplane as d
+
+DUR = int(os.environ.get("DURATION", "3"))
+GEN = os.path.join(b.ROOT, "target", "pgo-gen")
+RAW = os.path.join(GEN, "raw")
+PROFILE = os.path.join(b.ROOT, "pgo", "meshd.profdata")
+PROFDATA = "llvm-profdata-19"
+
+
+def build():
+    flags = f"{os.environ.get('RUSTFLAGS', '')} -Cprofile-generate={RAW}".strip()
+    print("building meshd instrumented (target/pgo-gen)", file=sys.stderr)
+    subprocess.run(["cargo", "build", "--release", "-p", "meshd", "--target-dir", GEN], check=True, cwd=b.ROOT,
+                   env=dict(os.environ, RUSTFLAGS=flags))
+    # The build scripts ran instrumented too: their profiles are not meshd's.
+    shutil.rmtree(RAW, ignore_errors=True)
+    return os.path.join(GEN, "release", "meshd")
+
+
+def train():
+    work = tempfile.mkdtemp(prefix="meshd-pgo-")
+    mesh = b.Mesh(d.mesh_folder(work), {"MESHD_THREADS": "1", "MESHD_APP_THREADS": "1"})
+    try:
+        paths = [
+            (mesh.gateway, None, "/productpage"),
+            (mesh.gateway, "bench.one", d.PATH),
+            (mesh.proxy, "echo:8080", d.PATH),
+            (mesh.proxy, "echo-h2:8080", d.PATH),
+            (mesh.proxy, "httpbin:8000", "/headers"),
+            (mesh.proxy, "httpbin:8000", "/status/503"),
+        ]
+        for via, host, path in paths:
+            req = urllib.request.Request(f"http://{via}{path}", headers={"Host": host} if host else {})
+            try:
+                urllib.request.urlopen(req, timeout=10).read()
+            except urllib.error.HTTPError:
+                pass
+            rps, _ = b.wrk(f"http://{via}{path}", host, DUR)
+            print(f"trained on {host or via}{path}: {rps:,.0f} rps", file=sys.stderr)
+    finally:
+        # An interrupt lets main return, and the profile runtime writes its counters at exit.
+        mesh.proc.send_signal(signal.SIGINT)
+        try:
+            mesh.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            mesh.proc.kill()
+            sys.exit("the instrumented meshd did not exit on an interrupt: no profile written")
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main():
+    b.BIN = build()
+    b.ensure_tools(oha=False, debian=(("wrk", "wrk"), (PROFDATA, "llvm-19")))
+    train()
+    raws = [os.path.join(RAW, f) for f in os.listdir(RAW)] if os.path.isdir(RAW) else []
+    if not raws:
+        sys.exit(f"no raw profile in {RAW}")
+    subprocess.run([PROFDATA, "merge", "-o", PROFILE, *raws], check=True)
+    git = lambda *args: subprocess.run(["git", *args], capture_output=True, text=True, cwd=b.ROOT).stdout.strip()
+    # What the profile depends on is the Rust code; an edited script or document does not count.
+    edited = git("status", "--porcelain", "--", "Cargo.toml", "Cargo.lock", "meshd", "demo-apps")
+    rev = git("rev-parse", "--short", "HEAD") + (" with uncommitted changes to the Rust code" if edited else "") + "\n"
+    with open(os.path.join(b.ROOT, "pgo", "trained-on"), "w") as f:
+        f.write(rev)
+    print(f"wrote {os.path.relpath(PROFILE, b.ROOT)} ({os.path.getsize(PROFILE):,} bytes), trained on {rev.strip()}",
+          file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
