@@ -6,7 +6,11 @@
    apps, their sidecars, mTLS between them), a plaintext gateway hop to a fortio server, a
    sidecar pair with mTLS over HTTP/1.1 and over HTTP/2, and httpbin behind its sidecar through
    the mesh client, one of its routes answering 503: each path DURATION seconds (default 3)
-   under wrk. An interrupt then lets meshd exit, and the counters reach the profile folder.
+   under wrk. Then, a second each on two connections, the task samples' policies: weighted
+   routes, fault injection, local rate limits, circuit breaking, mirroring and a Gateway of
+   the user's own. Code no training run reaches is what the compiler takes for cold and builds
+   for size. After each mesh an interrupt lets meshd exit, and its counters reach the profile
+   folder, added to the previous meshes'.
 3. Merges them with LLVM's llvm-profdata (Debian's llvm-19: rustc's LLVM 22 writes raw profiles
    of format 10, which LLVM 19 reads, and LLVM 22 reads the indexed profile LLVM 19 writes).
 
@@ -42,26 +46,32 @@ def build():
     return os.path.join(GEN, "release", "meshd")
 
 
-def train():
-    work = tempfile.mkdtemp(prefix="meshd-pgo-")
-    mesh = b.Mesh(d.mesh_folder(work), {"MESHD_THREADS": "1", "MESHD_APP_THREADS": "1"})
+# The task samples whose traffic a plain request drives: (folder, [(via, Host, path)]).
+SAMPLE_TRAFFIC = [
+    ("canary", [("gateway", None, "/productpage")]),
+    ("fault-injection-abort", [("gateway", None, "/productpage")]),
+    ("rate-limiting", [("gateway", None, "/productpage")]),
+    ("circuit-breaking", [("proxy", "httpbin:8000", "/get")]),
+    ("mirroring", [("proxy", "httpbin:8000", "/headers")]),
+    ("ingress-control", [("gateway", "httpbin.example.com", "/status/200")]),
+]
+
+
+def train(folder, paths, duration, connections):
+    """Runs the instrumented meshd on `folder` under wrk on each (via, Host, path), via being
+    the mesh's "gateway" or its "proxy" (the mesh client's sidecar)."""
+    mesh = b.Mesh(folder, {"MESHD_THREADS": "1", "MESHD_APP_THREADS": "1"})
     try:
-        paths = [
-            (mesh.gateway, None, "/productpage"),
-            (mesh.gateway, "bench.one", d.PATH),
-            (mesh.proxy, "echo:8080", d.PATH),
-            (mesh.proxy, "echo-h2:8080", d.PATH),
-            (mesh.proxy, "httpbin:8000", "/headers"),
-            (mesh.proxy, "httpbin:8000", "/status/503"),
-        ]
         for via, host, path in paths:
-            req = urllib.request.Request(f"http://{via}{path}", headers={"Host": host} if host else {})
+            addr = mesh.gateway if via == "gateway" else mesh.proxy
+            req = urllib.request.Request(f"http://{addr}{path}", headers={"Host": host} if host else {})
             try:
                 urllib.request.urlopen(req, timeout=10).read()
             except urllib.error.HTTPError:
                 pass
-            rps, _ = b.wrk(f"http://{via}{path}", host, DUR)
-            print(f"trained on {host or via}{path}: {rps:,.0f} rps", file=sys.stderr)
+            rps, non2xx = b.wrk(f"http://{addr}{path}", host, duration, connections=connections)
+            print(f"trained on {os.path.basename(folder)}: {host or via}{path}: {rps:,.0f} rps, {non2xx:,} not 2xx",
+                  file=sys.stderr)
     finally:
         # An interrupt lets main return, and the profile runtime writes its counters at exit.
         mesh.proc.send_signal(signal.SIGINT)
@@ -70,13 +80,27 @@ def train():
         except subprocess.TimeoutExpired:
             mesh.proc.kill()
             sys.exit("the instrumented meshd did not exit on an interrupt: no profile written")
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def main():
     b.BIN = build()
     b.ensure_tools(oha=False, debian=(("wrk", "wrk"), (PROFDATA, "llvm-19")))
-    train()
+    work = tempfile.mkdtemp(prefix="meshd-pgo-")
+    try:
+        train(d.mesh_folder(work), [
+            ("gateway", None, "/productpage"),
+            ("gateway", "bench.one", d.PATH),
+            ("proxy", "echo:8080", d.PATH),
+            ("proxy", "echo-h2:8080", d.PATH),
+            ("proxy", "httpbin:8000", "/headers"),
+            ("proxy", "httpbin:8000", "/status/503"),
+        ], DUR, 16)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    for name, paths in SAMPLE_TRAFFIC:
+        # Fewer connections: a policy's local replies (429, 503) come fast, and should not
+        # outweigh the requests that are served.
+        train(os.path.join(b.ROOT, "samples", name), paths, 1, 2)
     raws = [os.path.join(RAW, f) for f in os.listdir(RAW)] if os.path.isdir(RAW) else []
     if not raws:
         sys.exit(f"no raw profile in {RAW}")
