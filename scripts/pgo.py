@@ -82,6 +82,10 @@ def train(folder, paths, duration, connections):
             sys.exit("the instrumented meshd did not exit on an interrupt: no profile written")
 
 
+def git(*args):
+    return subprocess.run(["git", *args], capture_output=True, text=True, cwd=b.ROOT).stdout.strip()
+
+
 def main():
     b.BIN = build()
     b.ensure_tools(oha=False, debian=(("wrk", "wrk"), (PROFDATA, "llvm-19")))
@@ -105,7 +109,6 @@ def main():
     if not raws:
         sys.exit(f"no raw profile in {RAW}")
     subprocess.run([PROFDATA, "merge", "-o", PROFILE, *raws], check=True)
-    git = lambda *args: subprocess.run(["git", *args], capture_output=True, text=True, cwd=b.ROOT).stdout.strip()
     # What the profile depends on is the Rust code; an edited script or document does not count.
     edited = git("status", "--porcelain", "--", "Cargo.toml", "Cargo.lock", "meshd", "demo-apps")
     rev = git("rev-parse", "--short", "HEAD") + (" with uncommitted changes to the Rust code" if edited else "") + "\n"
