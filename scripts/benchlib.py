@@ -157,6 +157,24 @@ def ensure_tools(oha=True, debian=(("wrk", "wrk"), ("nginx", "nginx-light"))):
         sys.exit(f"{BIN} missing: cargo build --release -p meshd")
 
 
+# What a profile of the release build depends on: the crates' code and the dependencies' versions.
+RUST_CODE = ("Cargo.lock", "meshd", "demo-apps")
+
+
+def profile_note():
+    """Which profile guided `make release`, and how many commits have changed the Rust code
+    since it was taken (each changed function builds as without one: `make pgo` refreshes it)."""
+    try:
+        with open(os.path.join(ROOT, "pgo", "trained-on")) as f:
+            rev = f.read().split()[0]
+    except (OSError, IndexError):
+        return "release build: no pgo/trained-on, so no record of the profile"
+    out = subprocess.run(["git", "rev-list", "--count", f"{rev}..HEAD", "--", *RUST_CODE], capture_output=True,
+                         text=True, cwd=ROOT)
+    since = out.stdout.strip() if out.returncode == 0 else "an unknown number of"
+    return f"release build guided by pgo/meshd.profdata, trained on {rev}; {since} commit(s) changed the Rust code since"
+
+
 def oha_bin():
     return shutil.which("oha") or os.path.join(CARGO_BIN, "oha")
 

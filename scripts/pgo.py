@@ -110,7 +110,7 @@ def main():
         sys.exit(f"no raw profile in {RAW}")
     subprocess.run([PROFDATA, "merge", "-o", PROFILE, *raws], check=True)
     # What the profile depends on is the Rust code; an edited script or document does not count.
-    edited = git("status", "--porcelain", "--", "Cargo.toml", "Cargo.lock", "meshd", "demo-apps")
+    edited = git("status", "--porcelain", "--", *b.RUST_CODE)
     rev = git("rev-parse", "--short", "HEAD") + (" with uncommitted changes to the Rust code" if edited else "") + "\n"
     with open(os.path.join(b.ROOT, "pgo", "trained-on"), "w") as f:
         f.write(rev)
