@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -157,6 +158,12 @@ def ensure_tools(oha=True, debian=(("wrk", "wrk"), ("nginx", "nginx-light"))):
         sys.exit(f"{BIN} missing: cargo build --release -p meshd")
 
 
+def git(*args):
+    """What git printed in the project's checkout, stripped; "" when it failed."""
+    out = subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT)
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
 # What a profile of the release build depends on: the crates' code and the dependencies' versions.
 RUST_CODE = ("Cargo.lock", "meshd", "demo-apps")
 
@@ -169,9 +176,7 @@ def profile_note():
             rev = f.read().split()[0]
     except (OSError, IndexError):
         return "release build: no pgo/trained-on, so no record of the profile"
-    out = subprocess.run(["git", "rev-list", "--count", f"{rev}..HEAD", "--", *RUST_CODE], capture_output=True,
-                         text=True, cwd=ROOT)
-    since = out.stdout.strip() if out.returncode == 0 else "an unknown number of"
+    since = git("rev-list", "--count", f"{rev}..HEAD", "--", *RUST_CODE) or "an unknown number of"
     return f"release build guided by pgo/meshd.profdata, trained on {rev}; {since} commit(s) changed the Rust code since"
 
 
@@ -215,12 +220,17 @@ class Mesh:
                 total[m.group(1)] = total.get(m.group(1), 0) + int(m.group(2))
         return total
 
-    def stop(self):
-        self.proc.terminate()
+    def stop(self, sig=signal.SIGTERM, timeout=10):
+        """Sends `sig` and waits; kills meshd if it has not exited within `timeout` seconds.
+        Whether it exited by itself."""
+        self.proc.send_signal(sig)
         try:
-            self.proc.wait(timeout=10)
+            self.proc.wait(timeout=timeout)
+            return True
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait()
+            return False
 
 
 def thread_ids(pid, name_prefix=None):

@@ -23,8 +23,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 
 import benchlib as b
 import bench_dataplane as d
@@ -64,26 +62,13 @@ def train(folder, paths, duration, connections):
     try:
         for via, host, path in paths:
             addr = mesh.gateway if via == "gateway" else mesh.proxy
-            req = urllib.request.Request(f"http://{addr}{path}", headers={"Host": host} if host else {})
-            try:
-                urllib.request.urlopen(req, timeout=10).read()
-            except urllib.error.HTTPError:
-                pass
             rps, non2xx = b.wrk(f"http://{addr}{path}", host, duration, connections=connections)
             print(f"trained on {os.path.basename(folder)}: {host or via}{path}: {rps:,.0f} rps, {non2xx:,} not 2xx",
                   file=sys.stderr)
     finally:
         # An interrupt lets main return, and the profile runtime writes its counters at exit.
-        mesh.proc.send_signal(signal.SIGINT)
-        try:
-            mesh.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            mesh.proc.kill()
+        if not mesh.stop(signal.SIGINT, timeout=30):
             sys.exit("the instrumented meshd did not exit on an interrupt: no profile written")
-
-
-def git(*args):
-    return subprocess.run(["git", *args], capture_output=True, text=True, cwd=b.ROOT).stdout.strip()
 
 
 def main():
@@ -110,8 +95,8 @@ def main():
         sys.exit(f"no raw profile in {RAW}")
     subprocess.run([PROFDATA, "merge", "-o", PROFILE, *raws], check=True)
     # What the profile depends on is the Rust code; an edited script or document does not count.
-    edited = git("status", "--porcelain", "--", *b.RUST_CODE)
-    rev = git("rev-parse", "--short", "HEAD") + (" with uncommitted changes to the Rust code" if edited else "") + "\n"
+    edited = b.git("status", "--porcelain", "--", *b.RUST_CODE)
+    rev = b.git("rev-parse", "--short", "HEAD") + (" with uncommitted changes to the Rust code" if edited else "") + "\n"
     with open(os.path.join(b.ROOT, "pgo", "trained-on"), "w") as f:
         f.write(rev)
     print(f"wrote {os.path.relpath(PROFILE, b.ROOT)} ({os.path.getsize(PROFILE):,} bytes), trained on {rev.strip()}",
