@@ -56,7 +56,9 @@ impl<F: Future> Future for Gated<F> {
             *this.gate.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
             this.stored = Some(cx.waker().clone());
         }
-        if !this.gate.woken.swap(false, Ordering::AcqRel) {
+        // Read before it is swapped: almost every poll finds it unset, and a load is a plain
+        // instruction where a swap is a locked one.
+        if !this.gate.woken.load(Ordering::Acquire) || !this.gate.woken.swap(false, Ordering::AcqRel) {
             return Poll::Pending;
         }
         this.inner.as_mut().poll(&mut Context::from_waker(&this.waker))

@@ -4,7 +4,6 @@
 //! whether mTLS carried it. Rates come from totals sampled once a second.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -151,12 +150,12 @@ fn add(out: &mut BTreeMap<EdgeKey, EdgeAcc>, s: &Series) {
     });
     acc.mtls |= k.mtls;
     for c in s.codes().iter() {
-        let n = c.requests.load(Ordering::Relaxed);
+        let n = c.requests();
         acc.totals.requests += n;
         if c.code >= 500 || c.code == 0 {
             acc.totals.errors += n;
         }
-        for (a, b) in acc.cum.iter_mut().zip(c.duration.cumulative()) {
+        for (a, b) in acc.cum.iter_mut().zip(c.duration().cumulative()) {
             *a += b;
         }
     }

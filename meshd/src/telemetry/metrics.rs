@@ -1,12 +1,18 @@
 //! Istio's standard metrics (`istio_requests_total`, the duration and size
 //! histograms, the TCP counters) with their standard labels, from both
 //! reporters. A label set is built once per proxy, peer pair and cluster; the
-//! request path then only does atomic adds. The registry lock is taken when a
+//! request path then only adds to cells. The registry lock is taken when a
 //! new label set or response code first appears and when Prometheus scrapes.
+//!
+//! A response code's cells are sharded by writing thread, as Envoy keeps a worker's stats
+//! apart: each worker thread writes cells of its own with plain loads and stores (an atomic
+//! add is a locked instruction, about 7 ns here, and a request made ten of them), on cache lines
+//! no other worker writes. Reads add the shards up.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,13 +36,41 @@ pub struct Histogram {
     count: AtomicU64,
 }
 
+/// Adds `v` to `cell`: with a plain load and store when the calling thread is the cell's only
+/// writer (`owned`), else atomically.
+fn add(cell: &AtomicU64, v: u64, owned: bool) {
+    if owned {
+        cell.store(cell.load(Ordering::Relaxed).wrapping_add(v), Ordering::Relaxed);
+    } else {
+        cell.fetch_add(v, Ordering::Relaxed);
+    }
+}
+
 impl Histogram {
-    /// Records one value.
+    /// Records one value; any thread may.
     pub fn observe(&self, v: f64) {
+        self.record(v, false);
+    }
+
+    /// Records one value; `owned`: the calling thread is this histogram's only writer.
+    fn record(&self, v: f64, owned: bool) {
         let i = BUCKETS.iter().position(|b| v <= *b).unwrap_or(BUCKETS.len());
-        self.cells[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_milli.fetch_add((v * 1000.0) as u64, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
+        add(&self.cells[i], 1, owned);
+        add(&self.sum_milli, (v * 1000.0) as u64, owned);
+        add(&self.count, 1, owned);
+    }
+
+    /// The sum of `parts`, to be read.
+    fn sum<'a>(parts: impl Iterator<Item = &'a Histogram>) -> Histogram {
+        let total = Histogram::default();
+        for p in parts {
+            for (t, c) in total.cells.iter().zip(&p.cells) {
+                add(t, c.load(Ordering::Relaxed), true);
+            }
+            add(&total.sum_milli, p.sum_milli.load(Ordering::Relaxed), true);
+            add(&total.count, p.count.load(Ordering::Relaxed), true);
+        }
+        total
     }
 
     /// Cumulative counts per bucket (the last is the total).
@@ -282,6 +316,37 @@ fn esc(v: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+thread_local! {
+    /// The shard this thread writes: its own once it has claimed one, else the shared shard 0.
+    static SHARD: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Shards handed out so far, the shared one included. Never handed out twice, so a claimed
+/// shard has one writer for the life of the process.
+static CLAIMED: AtomicUsize = AtomicUsize::new(1);
+
+/// Shards a code series has at most; threads past them write the shared one.
+const MAX_SHARDS: usize = 33;
+
+/// Gives the calling thread (a worker) cells of its own in every code series created from now
+/// on; in older ones, which have no shard for it, it writes the shared cells.
+pub fn claim_shard() {
+    let n = CLAIMED.fetch_add(1, Ordering::Relaxed);
+    if n < MAX_SHARDS {
+        SHARD.set(n);
+    }
+}
+
+/// One thread's counters of a code series, on cache lines of their own.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Cells {
+    requests: AtomicU64,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
 /// The counters of one label set and one response code and flags.
 #[derive(Debug)]
 pub struct CodeSeries {
@@ -289,14 +354,47 @@ pub struct CodeSeries {
     pub code: u16,
     /// `response_flags`.
     pub flags: Box<str>,
+    /// Shard 0 is written atomically by any thread; each other one by the thread that claimed it.
+    shards: Box<[Cells]>,
+}
+
+impl CodeSeries {
+    fn new(code: u16, flags: &str) -> CodeSeries {
+        let n = CLAIMED.load(Ordering::Relaxed).min(MAX_SHARDS);
+        CodeSeries { code, flags: flags.into(), shards: (0..n).map(|_| Cells::default()).collect() }
+    }
+
+    fn count(&self, duration: Duration, request_bytes: u64, response_bytes: u64) {
+        let shard = SHARD.get();
+        let (cells, owned) = match self.shards.get(shard) {
+            Some(cells) if shard > 0 => (cells, true),
+            _ => (&self.shards[0], false),
+        };
+        add(&cells.requests, 1, owned);
+        cells.duration.record(duration.as_secs_f64() * 1000.0, owned);
+        cells.request_bytes.record(request_bytes as f64, owned);
+        cells.response_bytes.record(response_bytes as f64, owned);
+    }
+
     /// `istio_requests_total`.
-    pub requests: AtomicU64,
+    pub fn requests(&self) -> u64 {
+        self.shards.iter().map(|c| c.requests.load(Ordering::Relaxed)).sum()
+    }
+
     /// `istio_request_duration_milliseconds`.
-    pub duration: Histogram,
+    pub fn duration(&self) -> Histogram {
+        Histogram::sum(self.shards.iter().map(|c| &c.duration))
+    }
+
     /// `istio_request_bytes`.
-    pub request_bytes: Histogram,
+    pub fn request_bytes(&self) -> Histogram {
+        Histogram::sum(self.shards.iter().map(|c| &c.request_bytes))
+    }
+
     /// `istio_response_bytes`.
-    pub response_bytes: Histogram,
+    pub fn response_bytes(&self) -> Histogram {
+        Histogram::sum(self.shards.iter().map(|c| &c.response_bytes))
+    }
 }
 
 /// One HTTP label set: its response codes grow as they appear.
@@ -314,33 +412,23 @@ impl Series {
         Series { head: key.head(), key, codes: ArcSwap::from_pointee(Vec::new()), grow: Mutex::new(()) }
     }
 
-    /// Counts one request: atomic adds, plus a copy-on-write insert the first time a code shows up.
+    /// Counts one request, plus a copy-on-write insert the first time a code shows up.
     pub fn record(&self, code: u16, flags: &str, duration: Duration, request_bytes: u64, response_bytes: u64) {
-        let cs = self.code(code, flags);
-        cs.requests.fetch_add(1, Ordering::Relaxed);
-        cs.duration.observe(duration.as_secs_f64() * 1000.0);
-        cs.request_bytes.observe(request_bytes as f64);
-        cs.response_bytes.observe(response_bytes as f64);
+        // Counted under the load's guard: a clone of the code's Arc would be two more atomic adds.
+        if let Some(c) = self.codes.load().iter().find(|c| c.code == code && &*c.flags == flags) {
+            return c.count(duration, request_bytes, response_bytes);
+        }
+        self.code(code, flags).count(duration, request_bytes, response_bytes);
     }
 
     fn code(&self, code: u16, flags: &str) -> Arc<CodeSeries> {
         let find = |v: &Vec<Arc<CodeSeries>>| v.iter().find(|c| c.code == code && &*c.flags == flags).cloned();
-        if let Some(c) = find(&self.codes.load()) {
-            return c;
-        }
         let _g = self.grow.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.codes.load_full();
         if let Some(c) = find(&current) {
             return c;
         }
-        let c = Arc::new(CodeSeries {
-            code,
-            flags: flags.into(),
-            requests: AtomicU64::new(0),
-            duration: Histogram::default(),
-            request_bytes: Histogram::default(),
-            response_bytes: Histogram::default(),
-        });
+        let c = Arc::new(CodeSeries::new(code, flags));
         let mut next = (*current).clone();
         next.push(c.clone());
         self.codes.store(Arc::new(next));
@@ -440,13 +528,13 @@ impl Metrics {
             .collect();
         let _ = writeln!(out, "# TYPE istio_requests_total counter");
         for (labels, c) in &rows {
-            let _ = writeln!(out, "istio_requests_total{{{labels}}} {}", c.requests.load(Ordering::Relaxed));
+            let _ = writeln!(out, "istio_requests_total{{{labels}}} {}", c.requests());
         }
-        type Pick = fn(&CodeSeries) -> &Histogram;
+        type Pick = fn(&CodeSeries) -> Histogram;
         let histograms: [(&str, Pick); 3] = [
-            ("istio_request_duration_milliseconds", |c| &c.duration),
-            ("istio_request_bytes", |c| &c.request_bytes),
-            ("istio_response_bytes", |c| &c.response_bytes),
+            ("istio_request_duration_milliseconds", CodeSeries::duration),
+            ("istio_request_bytes", CodeSeries::request_bytes),
+            ("istio_response_bytes", CodeSeries::response_bytes),
         ];
         for (name, pick) in histograms {
             let _ = writeln!(out, "# TYPE {name} histogram");
@@ -539,6 +627,56 @@ mod tests {
         m.prometheus(None, &mut out);
         assert!(out.contains("reporter=\"source\""));
         assert!(out.contains("connection_security_policy=\"unknown\""));
+    }
+
+    #[test]
+    fn a_worker_counts_in_cells_of_its_own_and_reads_add_every_thread_up() {
+        let m = Metrics::default();
+        let series = m.http(key(Reporter::Source));
+        let record = |series: Arc<Series>, claim: bool| {
+            std::thread::spawn(move || {
+                if claim {
+                    claim_shard();
+                }
+                for _ in 0..1000 {
+                    series.record(200, "-", Duration::from_millis(3), 10, 100);
+                }
+            })
+        };
+        // Two workers that claimed before the code's first request, and a thread that never does.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let claimed: Vec<_> = (0..2)
+            .map(|_| {
+                let (series, tx) = (series.clone(), tx.clone());
+                std::thread::spawn(move || {
+                    claim_shard();
+                    tx.send(()).unwrap();
+                    std::thread::park();
+                    for _ in 0..1000 {
+                        series.record(200, "-", Duration::from_millis(3), 10, 100);
+                    }
+                })
+            })
+            .collect();
+        rx.recv().unwrap();
+        rx.recv().unwrap();
+        series.record(200, "-", Duration::from_millis(3), 10, 100);
+        claimed.iter().for_each(|t| t.thread().unpark());
+        let threads = [record(series.clone(), false), record(series.clone(), true)];
+        claimed.into_iter().chain(threads).for_each(|t| t.join().unwrap());
+
+        let codes = series.codes();
+        let c = &codes[0];
+        let by_shard: Vec<u64> = c.shards.iter().map(|s| s.requests.load(Ordering::Relaxed)).collect();
+        // Shard 0: this thread, the one that never claimed, and the one that claimed too late.
+        assert_eq!(by_shard[0], 2001, "{by_shard:?}");
+        assert_eq!(by_shard.iter().filter(|n| **n == 1000).count(), 2, "{by_shard:?}");
+        assert_eq!(c.requests(), 4001);
+        assert_eq!(c.duration().cumulative()[BUCKETS.len()], 4001);
+        assert_eq!(c.request_bytes().sum_milli.load(Ordering::Relaxed), 4001 * 10 * 1000);
+        let mut out = String::new();
+        m.prometheus(None, &mut out);
+        assert!(out.contains("connection_security_policy=\"unknown\",pod=\"reviews-v2-abc\"} 4001"), "{out}");
     }
 
     #[test]

@@ -77,6 +77,7 @@ impl Telemetry {
         });
         let writer = Writer::new(self.sink.clone());
         LOCAL.with(|l| *l.borrow_mut() = Some(writer));
+        metrics::claim_shard();
     }
 
     /// Hands a record over (never blocks): to this thread's queue, or else to the shared task.
