@@ -2,7 +2,9 @@
 """Instructions a request costs meshd's proxy thread and the backend's thread, counted by
 valgrind's callgrind: the same figure for the same binary and requests whatever else the machine
 does, so two builds compare without the noise of a shared machine (timing stays in the other
-benchmarks). User-space instructions only: system calls are not counted.
+benchmarks). User-space instructions only: system calls are not counted. Beside each count, how
+many of those instructions are locked ones (atomic read-modify-writes: reference counts, tokio's
+task and readiness states, mutexes), which cost far more than their number says.
 
 Usage: python3 scripts/bench_instructions.py [BINARY ...]   (default: the release build)
 Environment: N requests (default 3000), HOST (bench.one: the gateway hop; echo:8080: the
@@ -72,9 +74,54 @@ def raw_load(addr, host, n, conns=4):
 
 
 def valgrind(work):
-    """The valgrind command line, writing to `work`/cg.out."""
+    """The valgrind command line, writing to `work`/cg.out, with a count for each instruction
+    (for `locked`)."""
     sim = ["--cache-sim=yes", "--branch-sim=yes"] if SIM else []
-    return ["valgrind", "--tool=callgrind", "--separate-threads=yes", *sim, f"--callgrind-out-file={work}/cg.out"]
+    return ["valgrind", "--tool=callgrind", "--separate-threads=yes", *sim, "--dump-instr=yes",
+            f"--callgrind-out-file={work}/cg.out"]
+
+
+def locked_sites(binary):
+    """The addresses of `binary`'s locked instructions: a `lock` prefix, or `xchg` with a memory
+    operand, which locks without one. Each costs some 7 ns on this machine even uncontended,
+    and waits for the stores before it; nginx's worker makes none."""
+    dump = subprocess.run(["objdump", "-d", "--no-show-raw-insn", binary], capture_output=True, text=True,
+                          check=True).stdout
+    return {int(m.group(1), 16) for m in re.finditer(r"^\s*([0-9a-f]+):\s+(?:lock\s|xchg\s[^\n]*\()", dump, re.M)}
+
+
+def locked(text, binary, sites):
+    """How many of `sites` (addresses in `binary`) one callgrind file counts run, per request.
+    Callgrind gives an executable's addresses as the file has them, so they compare as they are."""
+    real = os.path.realpath(binary)
+    objects, ob, mine, addr, after_call, total = {}, None, False, 0, False, 0
+    for line in text.splitlines():
+        head = line[:1]
+        if head.isdigit() or head in "+-*":
+            pos = line.split(None, 2)
+            tok = pos[0]
+            if tok != "*":
+                addr = addr + int(tok[1:], 0) if head == "+" else addr - int(tok[1:], 0) if head == "-" else int(tok, 0)
+            # The line after `calls=` is the call's inclusive cost, not the instruction's own.
+            if after_call:
+                after_call = False
+            elif mine and addr in sites and len(pos) > 2:
+                total += int(pos[2].split()[0])
+        elif line.startswith("calls="):
+            after_call = True
+        elif line.startswith(("ob=", "fn=")):
+            m = re.match(r"(ob|fn)=\((\d+)\)(?: (.*))?", line)
+            if m and m.group(1) == "ob":
+                if m.group(3):
+                    objects[m.group(2)] = m.group(3)
+                ob = objects.get(m.group(2))
+            elif m:
+                mine = ob is not None and os.path.realpath(ob) == real
+        elif line.startswith("cob="):
+            m = re.match(r"cob=\((\d+)\)(?: (.*))?", line)
+            if m and m.group(2):
+                objects[m.group(1)] = m.group(2)
+    return total / N
 
 
 # The gateway's route to a backend in another process (SIM): a ServiceEntry with its address.
@@ -150,8 +197,10 @@ def count_nginx(backend):
             sys.exit(f"nginx under valgrind did not listen on {addr} within 10 s")
         measure(proc.pid, lambda n: raw_load(addr, "bench.one", n))
         # The dump of the serving loop (the exit's own dump is cg.out-01).
-        counts = [per_request(path)[1] for path in glob.glob(os.path.join(work, "cg.out.*"))]
-        return max(counts, key=lambda c: c.get("Ir", 0), default={})
+        counts = [per_request(path) for path in glob.glob(os.path.join(work, "cg.out.*"))]
+        text, events = max(counts, key=lambda c: c[1].get("Ir", 0), default=("", {}))
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        return dict(events, locked=locked(text, nginx, locked_sites(nginx))) if events else {}
     finally:
         proc.terminate()
         try:
@@ -209,6 +258,7 @@ def count_in(work, binary, backend):
     keep = os.environ.get("KEEP")
     if keep:
         os.makedirs(keep, exist_ok=True)
+    sites = locked_sites(binary)
     for path in glob.glob(os.path.join(work, "cg.out.*")):
         if keep:
             shutil.copy(path, keep)
@@ -221,6 +271,7 @@ def count_in(work, binary, backend):
             into = out.setdefault(kind, {})
             for e, v in events.items():
                 into[e] = into.get(e, 0) + v
+            into["locked"] = into.get("locked", 0) + locked(text, binary, sites)
     return out
 
 
@@ -233,8 +284,8 @@ def simulated(bins):
     proxying wrk's request to a backend in a meshd of its own."""
     print(f"# The proxy thread a request (callgrind with cache and branch simulation, {N} requests "
           "spelled as wrk's, one at a time on 4 connections, to a backend in another process)\n")
-    print("| proxy | instructions | " + " | ".join(name for name, _ in MISSES) + " |")
-    print("|---|---|" + "---|" * len(MISSES))
+    print("| proxy | instructions | " + " | ".join(name for name, _ in MISSES) + " | locked instructions |")
+    print("|---|---|" + "---|" * len(MISSES) + "---|")
     work = tempfile.mkdtemp(prefix="meshd-cg-")
     backend_mesh = b.Mesh(d.mesh_folder(work, samples=()), {"MESHD_THREADS": "1", "MESHD_APP_THREADS": "1"})
     try:
@@ -245,7 +296,7 @@ def simulated(bins):
         backend_mesh.stop()
         shutil.rmtree(work, ignore_errors=True)
     for name, events in rows:
-        print(f"| {name} | {events.get('Ir', 0):,.0f} | {misses(events)} |")
+        print(f"| {name} | {events.get('Ir', 0):,.0f} | {misses(events)} | {events.get('locked', 0):,.1f} |")
 
 
 def main():
@@ -257,11 +308,13 @@ def main():
         return simulated(bins)
     how = "4 connections at once" if CLIENT == "oha" else "one at a time on 4 connections"
     print(f"# Instructions per request (callgrind, {N} requests from {CLIENT}, {how}, Host {HOST})\n")
-    print("| binary | proxy thread | backend thread |")
-    print("|---|---|---|")
+    print("| binary | proxy thread | its locked instructions | backend thread | its locked instructions |")
+    print("|---|---|---|---|---|")
     for binary in bins:
         c = count(binary)
-        print(f"| {binary} | {c.get('proxy', {}).get('Ir', 0):,.0f} | {c.get('backend', {}).get('Ir', 0):,.0f} |")
+        p, a = c.get("proxy", {}), c.get("backend", {})
+        print(f"| {binary} | {p.get('Ir', 0):,.0f} | {p.get('locked', 0):,.1f} | {a.get('Ir', 0):,.0f} | "
+              f"{a.get('locked', 0):,.1f} |")
 
 
 if __name__ == "__main__":
