@@ -97,7 +97,7 @@ def locked(text, binary, sites):
     objects, ob, mine, addr, after_call, total = {}, None, False, 0, False, 0
     for line in text.splitlines():
         head = line[:1]
-        if head.isdigit() or head in "+-*":
+        if head and (head.isdigit() or head in "+-*"):
             pos = line.split(None, 2)
             tok = pos[0]
             if tok != "*":
@@ -259,15 +259,20 @@ def count_in(work, binary, backend):
     if keep:
         os.makedirs(keep, exist_ok=True)
     sites = locked_sites(binary)
+    threads = []
     for path in glob.glob(os.path.join(work, "cg.out.*")):
         if keep:
             shutil.copy(path, keep)
         text, events = per_request(path)
-        if not events:
-            continue
-        # A thread is told by what it ran: the proxy's HTTP/1.1 loop, or the demo app.
-        kind = "proxy" if "downstream::serve" in text else "backend" if "demo_apps::" in text else None
-        if kind:
+        if events:
+            threads.append((text, events))
+    # A thread is told by what it ran: the demo app's code, or else the most work under the
+    # load, which is the one proxy worker's (the guided build inlines the proxy's loop, so its
+    # name is no mark).
+    apps = [t for t in threads if "demo_apps::" in t[0]]
+    rest = [t for t in threads if "demo_apps::" not in t[0]]
+    for kind, group in (("backend", apps), ("proxy", [max(rest, key=lambda t: t[1].get("Ir", 0))] if rest else [])):
+        for text, events in group:
             into = out.setdefault(kind, {})
             for e, v in events.items():
                 into[e] = into.get(e, 0) + v
