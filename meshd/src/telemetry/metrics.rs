@@ -633,37 +633,39 @@ mod tests {
     fn a_worker_counts_in_cells_of_its_own_and_reads_add_every_thread_up() {
         let m = Metrics::default();
         let series = m.http(key(Reporter::Source));
-        let record = |series: Arc<Series>, claim: bool| {
-            std::thread::spawn(move || {
-                if claim {
-                    claim_shard();
-                }
-                for _ in 0..1000 {
-                    series.record(200, "-", Duration::from_millis(3), 10, 100);
-                }
-            })
+        let thousand = |series: &Series| {
+            for _ in 0..1000 {
+                series.record(200, "-", Duration::from_millis(3), 10, 100);
+            }
         };
-        // Two workers that claimed before the code's first request, and a thread that never does.
-        let (tx, rx) = std::sync::mpsc::channel();
-        let claimed: Vec<_> = (0..2)
+        // Two workers claim before the code's first request, so the code has a shard for each.
+        let (claimed, rx) = std::sync::mpsc::channel();
+        let workers: Vec<_> = (0..2)
             .map(|_| {
-                let (series, tx) = (series.clone(), tx.clone());
+                let (series, claimed) = (series.clone(), claimed.clone());
                 std::thread::spawn(move || {
                     claim_shard();
-                    tx.send(()).unwrap();
+                    claimed.send(()).unwrap();
                     std::thread::park();
-                    for _ in 0..1000 {
-                        series.record(200, "-", Duration::from_millis(3), 10, 100);
-                    }
+                    thousand(&series);
                 })
             })
             .collect();
         rx.recv().unwrap();
         rx.recv().unwrap();
         series.record(200, "-", Duration::from_millis(3), 10, 100);
-        claimed.iter().for_each(|t| t.thread().unpark());
-        let threads = [record(series.clone(), false), record(series.clone(), true)];
-        claimed.into_iter().chain(threads).for_each(|t| t.join().unwrap());
+        workers.iter().for_each(|t| t.thread().unpark());
+        // A thread that never claims, and one that claims after the code was made.
+        let others = [false, true].map(|claim| {
+            let series = series.clone();
+            std::thread::spawn(move || {
+                if claim {
+                    claim_shard();
+                }
+                thousand(&series);
+            })
+        });
+        workers.into_iter().chain(others).for_each(|t| t.join().unwrap());
 
         let codes = series.codes();
         let c = &codes[0];
