@@ -1,6 +1,8 @@
 //! Per-pod app logs and per-proxy access logs, kept in memory (bounded) for
 //! `meshd logs`. Each pod's apps write to their own buffer: no lock is shared
-//! between pods. Access-log entries are kept as they are and formatted when read.
+//! between pods. A proxy's access log is a ring per telemetry writer (one a worker
+//! thread), so no two workers share a lock either; its entries are kept as they are,
+//! and merged and formatted when read.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -16,22 +18,46 @@ type Buffer = Arc<Mutex<VecDeque<String>>>;
 #[derive(Debug, Default)]
 pub struct AccessLog {
     json: bool,
-    entries: Mutex<VecDeque<Arc<Entry>>>,
+    /// A ring for each writer that logged for this proxy.
+    rings: Mutex<Vec<Arc<Ring>>>,
 }
 
-impl AccessLog {
+/// One writer's last entries of a proxy's log, oldest first.
+#[derive(Debug, Default)]
+pub struct Ring(Mutex<VecDeque<Arc<Entry>>>);
+
+impl Ring {
     /// Keeps `e`, forgetting the oldest entry when full.
     pub fn push(&self, e: Arc<Entry>) {
-        let mut q = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if q.len() == KEEP {
             q.pop_front();
         }
         q.push_back(e);
     }
+}
 
+impl AccessLog {
+    /// A ring for a writer of its own.
+    pub fn ring(&self) -> Arc<Ring> {
+        let ring = Arc::new(Ring::default());
+        self.rings.lock().unwrap_or_else(|e| e.into_inner()).push(ring.clone());
+        ring
+    }
+
+    /// The last [`KEEP`] lines, oldest first: the rings merged by when each request ended, each
+    /// ring's own order kept.
     fn lines(&self) -> Vec<String> {
-        let q = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        q.iter().map(|e| if self.json { e.json() } else { e.text() }).collect()
+        let rings: Vec<Vec<Arc<Entry>>> = self
+            .rings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|r| r.0.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect())
+            .collect();
+        let merged = crate::telemetry::merged(&rings, |e| e.ended_us());
+        let skip = merged.len().saturating_sub(KEEP);
+        merged[skip..].iter().map(|e| if self.json { e.json() } else { e.text() }).collect()
     }
 }
 
@@ -68,9 +94,7 @@ impl Logs {
     /// The access log of `proxy` (taken once per proxy by each telemetry writer).
     pub fn access_log(&self, proxy: &str, json: bool) -> Arc<AccessLog> {
         let mut map = self.access.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(proxy.to_string())
-            .or_insert_with(|| Arc::new(AccessLog { json, entries: Default::default() }))
-            .clone()
+        map.entry(proxy.to_string()).or_insert_with(|| Arc::new(AccessLog { json, rings: Default::default() })).clone()
     }
 
     /// Whether `log` is still `proxy`'s access log: a removed pod's is dropped here, and every
@@ -99,6 +123,42 @@ impl Logs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An entry of `reviews-v1` that ended `ended_ms` after the epoch, with `path` to tell it by.
+    fn entry(path: &'static str, ended_ms: u64) -> Arc<Entry> {
+        let mut r = crate::telemetry::accesslog::reviews();
+        r.uri = http::Uri::from_static(path);
+        r.start = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ended_ms - 1);
+        r.duration_us = 1_000;
+        Arc::new(Entry::from(Box::new(r)))
+    }
+
+    #[test]
+    fn each_writers_ring_is_read_with_the_others_in_the_order_requests_ended() {
+        let logs = Logs::default();
+        let log = logs.access_log("reviews-v1", false);
+        let (one, two) = (log.ring(), log.ring());
+        one.push(entry("/a", 10));
+        two.push(entry("/b", 20));
+        one.push(entry("/c", 30));
+        // A ring's own order stands even where the end times do not agree with it.
+        one.push(entry("/d", 25));
+        two.push(entry("/e", 40));
+        let paths: Vec<String> = logs
+            .lines("reviews-v1/istio-proxy")
+            .iter()
+            .map(|l| l.split('"').nth(1).unwrap().split(' ').nth(1).unwrap().to_string())
+            .collect();
+        assert_eq!(paths, ["/a", "/b", "/c", "/d", "/e"]);
+        // The last KEEP of them all.
+        for i in 0..KEEP as u64 {
+            one.push(entry("/f", 100 + 2 * i));
+            two.push(entry("/g", 101 + 2 * i));
+        }
+        let lines = logs.lines("reviews-v1/istio-proxy");
+        assert_eq!(lines.len(), KEEP);
+        assert!(lines[0].contains("/f") && lines[KEEP - 1].contains("/g"), "{} .. {}", lines[0], lines[KEEP - 1]);
+    }
 
     #[test]
     fn a_removed_pods_access_log_is_no_longer_current_for_any_holder() {

@@ -167,6 +167,12 @@ fn timestamp(t: SystemTime) -> String {
 }
 
 impl Entry {
+    /// When the request ended, in microseconds since the epoch: the order entries from several
+    /// workers' rings and stores are merged in.
+    pub fn ended_us(&self) -> u64 {
+        self.start.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64) + self.duration_us
+    }
+
     fn field(&self, f: Field) -> Option<Cow<'_, str>> {
         let i = f as usize;
         let end = usize::from(self.ends[i]?);

@@ -21,8 +21,8 @@ use std::collections::HashMap;
 
 use self::accesslog::{Entry, Record};
 use self::metrics::Metrics;
-use self::trace::{Span, TraceStore};
-use crate::logs::AccessLog;
+use self::trace::{Span, TraceShard, TraceStore};
+use crate::logs::{AccessLog, Ring};
 
 /// How access logs are written and where spans go.
 #[derive(Debug, Clone, Default)]
@@ -102,6 +102,20 @@ pub fn flush_local() {
     with_local(Writer::write_queued);
 }
 
+/// The items of `lists` in one list, each list's own order kept: the next item is always the
+/// head with the least key (the first list's on a tie). How the rings and shards each writer
+/// keeps are read as one.
+pub fn merged<T, K: Ord>(lists: &[Vec<T>], key: impl Fn(&T) -> K) -> Vec<&T> {
+    let mut next = vec![0; lists.len()];
+    let mut out = Vec::with_capacity(lists.iter().map(Vec::len).sum());
+    while let Some(i) = (0..lists.len()).filter(|&i| next[i] < lists[i].len()).min_by_key(|&i| key(&lists[i][next[i]]))
+    {
+        out.push(&lists[i][next[i]]);
+        next[i] += 1;
+    }
+    out
+}
+
 /// Runs `f` on this thread's writer, if it has one.
 fn with_local(f: impl FnOnce(&mut Writer)) {
     LOCAL.with(|l| {
@@ -159,10 +173,13 @@ struct Writer {
     /// 260 instructions a request in `make bench-instructions`).
     #[allow(clippy::vec_box)]
     queue: Vec<Box<Record>>,
-    access: HashMap<Arc<str>, Arc<AccessLog>>,
-    /// The log the last record went to: a thread's records mostly come from one proxy at a
+    /// Each proxy's log, and this writer's ring in it.
+    access: HashMap<Arc<str>, (Arc<AccessLog>, Arc<Ring>)>,
+    /// The ring the last record went to: a thread's records mostly come from one proxy at a
     /// time, whose name is one shared string (no hashing to find its log again).
-    last: Option<(Arc<str>, Arc<AccessLog>)>,
+    last: Option<(Arc<str>, Arc<Ring>)>,
+    /// This writer's part of the trace store.
+    traces: Arc<TraceShard>,
     /// A user's http_proxy (often meshd's own 15001) must not carry the export.
     client: reqwest::Client,
     batch: Vec<Span>,
@@ -171,12 +188,13 @@ struct Writer {
 impl Writer {
     fn new(sink: Arc<Sink>) -> Writer {
         let client = reqwest::Client::builder().no_proxy().build().unwrap_or_default();
-        Writer { sink, queue: Vec::new(), access: HashMap::new(), last: None, client, batch: Vec::new() }
+        let traces = sink.traces.shard();
+        Writer { sink, queue: Vec::new(), access: HashMap::new(), last: None, traces, client, batch: Vec::new() }
     }
 
     /// Writes the queued records.
     fn write_queued(&mut self) {
-        let Sink { logs, opts, traces: store } = &*self.sink;
+        let Sink { logs, opts, .. } = &*self.sink;
         for r in self.queue.drain(..) {
             let e = Arc::new(Entry::from(r));
             if opts.print {
@@ -185,18 +203,23 @@ impl Writer {
                 let line = if opts.json { e.json() } else { e.text() };
                 let _ = writeln!(std::io::stdout().lock(), "{} {line}", e.proxy);
             }
-            let log = match &self.last {
-                Some((proxy, log)) if Arc::ptr_eq(proxy, &e.proxy) => log,
+            let ring = match &self.last {
+                Some((proxy, ring)) if Arc::ptr_eq(proxy, &e.proxy) => ring,
                 _ => {
-                    let log = self
+                    let ring = self
                         .access
                         .entry(e.proxy.clone())
-                        .or_insert_with(|| logs.access_log(&e.proxy, opts.json))
+                        .or_insert_with(|| {
+                            let log = logs.access_log(&e.proxy, opts.json);
+                            let ring = log.ring();
+                            (log, ring)
+                        })
+                        .1
                         .clone();
-                    &self.last.insert((e.proxy.clone(), log)).1
+                    &self.last.insert((e.proxy.clone(), ring)).1
                 }
             };
-            log.push(e.clone());
+            ring.push(e.clone());
             if e.span.is_some() {
                 if opts.otlp.is_some() {
                     self.batch.extend(trace::span(&e));
@@ -204,7 +227,7 @@ impl Writer {
                         flush(&self.client, opts, &mut self.batch);
                     }
                 }
-                store.add(e);
+                self.traces.add(e);
             }
         }
     }
@@ -216,7 +239,7 @@ impl Writer {
         self.write_queued();
         let Sink { logs, opts, .. } = &*self.sink;
         flush(&self.client, opts, &mut self.batch);
-        self.access.retain(|proxy, log| logs.is_current(proxy, log));
+        self.access.retain(|proxy, (log, _)| logs.is_current(proxy, log));
         self.last = None;
     }
 }

@@ -219,15 +219,26 @@ const MAX_TRACES: usize = 1000;
 const MAX_SPANS: usize = 64;
 
 /// The last traces, in memory, as the entries that made them: spans are only spelled out
-/// when the admin API asks. Written by the telemetry writers only.
+/// when the admin API asks. Each telemetry writer (one a worker thread) adds to a shard of its
+/// own, under a lock no other writer takes: a store every worker locked for every request was
+/// one lock for the whole mesh. Reads gather the shards, and put a trace whose spans were
+/// written by several workers together again.
 #[derive(Debug, Default)]
 pub struct TraceStore {
+    shards: Mutex<Vec<Arc<TraceShard>>>,
+}
+
+/// One writer's part of the store: its last [`MAX_TRACES`] traces.
+#[derive(Debug, Default)]
+pub struct TraceShard {
     inner: Mutex<Store>,
 }
 
 #[derive(Debug, Default)]
 struct Store {
-    order: VecDeque<u128>,
+    /// Trace ids in the order their first span came, with when that span ended (microseconds
+    /// since the epoch), by which the shards' orders are merged.
+    order: VecDeque<(u128, u64)>,
     traces: HashMap<u128, Spans, IdKey>,
 }
 
@@ -314,8 +325,8 @@ impl std::hash::Hasher for IdHasher {
     }
 }
 
-impl TraceStore {
-    /// Adds a request's span; the oldest trace goes when the store is full.
+impl TraceShard {
+    /// Adds a request's span; the oldest trace goes when the shard is full.
     pub fn add(&self, e: Arc<Entry>) {
         let Some(ctx) = e.span else { return };
         let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -324,32 +335,67 @@ impl TraceStore {
         match traces.entry(ctx.trace_id) {
             std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().push(e),
             std::collections::hash_map::Entry::Vacant(v) => {
+                order.push_back((ctx.trace_id, e.ended_us()));
                 v.insert(Spans::One(e));
-                order.push_back(ctx.trace_id);
                 if order.len() > MAX_TRACES {
-                    if let Some(old) = order.pop_front() {
+                    if let Some((old, _)) = order.pop_front() {
                         traces.remove(&old);
                     }
                 }
             }
         }
     }
+}
+
+impl TraceStore {
+    /// A shard for a new writer.
+    pub fn shard(&self) -> Arc<TraceShard> {
+        let shard = Arc::new(TraceShard::default());
+        self.shards.lock().unwrap_or_else(|e| e.into_inner()).push(shard.clone());
+        shard
+    }
+
+    fn shards(&self) -> Vec<Arc<TraceShard>> {
+        self.shards.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 
     /// The newest traces first.
     pub fn list(&self, limit: usize) -> Vec<TraceSummary> {
-        // Spans are built after the lock is released: every worker's telemetry writer adds under it.
-        let traces: Vec<Vec<Arc<Entry>>> = {
-            let s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            s.order.iter().rev().take(limit).filter_map(|id| s.traces.get(id).map(Spans::to_vec)).collect()
-        };
-        traces.iter().map(|entries| summary(&entries.iter().filter_map(|e| span(e)).collect::<Vec<_>>())).collect()
+        // Each shard's newest traces, newest first, taken under its lock (its writer adds
+        // under it); then merged by when their first span ended, and the spans built after.
+        // Per shard: (when the first span ended, trace id, spans).
+        type Newest = Vec<(u64, u128, Vec<Arc<Entry>>)>;
+        let newest: Vec<Newest> = self
+            .shards()
+            .iter()
+            .map(|shard| {
+                let s = shard.inner.lock().unwrap_or_else(|e| e.into_inner());
+                let traces = s.order.iter().rev().take(limit);
+                traces.filter_map(|&(id, ended)| s.traces.get(&id).map(|spans| (ended, id, spans.to_vec()))).collect()
+            })
+            .collect();
+        let mut traces: Vec<(u128, Vec<Arc<Entry>>)> = Vec::new();
+        for (_, id, entries) in super::merged(&newest, |t| std::cmp::Reverse(t.0)) {
+            // A trace's spans from another worker's shard join it where it first came.
+            if let Some(t) = traces.iter_mut().find(|t| t.0 == *id) {
+                t.1.extend(entries.iter().cloned());
+            } else if traces.len() < limit {
+                traces.push((*id, entries.clone()));
+            }
+        }
+        traces.iter().map(|(_, entries)| summary(&entries.iter().filter_map(|e| span(e)).collect::<Vec<_>>())).collect()
     }
 
-    /// The spans of one trace, by start time.
+    /// The spans of one trace, by start time, from every shard.
     pub fn get(&self, trace_id: &str) -> Option<Vec<Span>> {
         let id = hex_u128(&trace_id.to_ascii_lowercase(), &[16, 32])?;
-        let entries = self.inner.lock().unwrap_or_else(|e| e.into_inner()).traces.get(&id)?.to_vec();
-        let mut spans: Vec<Span> = entries.iter().filter_map(|e| span(e)).collect();
+        let mut entries: Option<Vec<Arc<Entry>>> = None;
+        for shard in self.shards() {
+            if let Some(spans) = shard.inner.lock().unwrap_or_else(|e| e.into_inner()).traces.get(&id) {
+                entries.get_or_insert_with(Vec::new).extend(spans.to_vec());
+            }
+        }
+        let mut spans: Vec<Span> = entries?.iter().filter_map(|e| span(e)).collect();
         spans.sort_by_key(|s| s.start_unix_us);
         Some(spans)
     }
@@ -552,15 +598,17 @@ mod tests {
     #[test]
     fn the_store_groups_spans_and_forgets_the_oldest_trace() {
         let store = TraceStore::default();
-        store.add(entry(1, 0xb, 2_000, 1_000, 200));
-        store.add(entry(1, 0xa, 1_000, 5_000, 503));
+        let shard = store.shard();
+        shard.add(entry(1, 0xb, 2_000, 1_000, 200));
+        shard.add(entry(1, 0xa, 1_000, 5_000, 503));
         for i in 0..MAX_TRACES {
-            store.add(entry(100 + i as u128, 1, 0, 1, 200));
+            shard.add(entry(100 + i as u128, 1, 0, 1, 200));
         }
         assert!(store.get(&format!("{:032x}", 1)).is_none());
         let store = TraceStore::default();
-        store.add(entry(1, 0xb, 2_000, 1_000, 200));
-        store.add(entry(1, 0xa, 1_000, 5_000, 503));
+        let shard = store.shard();
+        shard.add(entry(1, 0xb, 2_000, 1_000, 200));
+        shard.add(entry(1, 0xa, 1_000, 5_000, 503));
         let list = store.list(10);
         assert_eq!(list[0].spans, 2);
         assert_eq!(list[0].trace_id, format!("{:032x}", 1));
@@ -571,12 +619,31 @@ mod tests {
         assert_eq!(spans[0].span_id, "000000000000000a");
         // A trace keeps its first spans up to the limit; a lone span is a trace too.
         for i in 0..2 * MAX_SPANS as u64 {
-            store.add(entry(2, 0x100 + i, i, 1, 200));
+            shard.add(entry(2, 0x100 + i, i, 1, 200));
         }
-        store.add(entry(3, 0xc, 0, 1, 200));
+        shard.add(entry(3, 0xc, 0, 1, 200));
         let kept: Vec<String> = store.get(&format!("{:032x}", 2)).unwrap().into_iter().map(|s| s.span_id).collect();
         let first: Vec<String> = (0..MAX_SPANS as u64).map(|i| format!("{:016x}", 0x100 + i)).collect();
         assert_eq!(kept, first, "the first spans, by start time");
         assert_eq!(store.list(10)[0].spans, 1);
+    }
+    #[test]
+    fn a_trace_whose_spans_two_workers_wrote_is_listed_and_read_whole() {
+        let store = TraceStore::default();
+        let (one, two) = (store.shard(), store.shard());
+        // Trace 1: the gateway's span on one worker, the sidecar's on the other. Trace 2 ends
+        // later on the first worker, trace 3 earlier on the second.
+        one.add(entry(1, 0xb, 1_000, 3_000, 200));
+        two.add(entry(1, 0xa, 2_000, 1_000, 503));
+        one.add(entry(2, 0xc, 9_000, 1_000, 200));
+        two.add(entry(3, 0xd, 0, 500, 200));
+        let ids: Vec<String> = store.list(10).into_iter().map(|t| t.trace_id).collect();
+        let hex = |id: u128| format!("{id:032x}");
+        assert_eq!(ids, [hex(2), hex(1), hex(3)], "newest first, by when the first span ended");
+        let first = &store.list(10)[1];
+        assert_eq!((first.spans, first.error, first.duration_ms), (2, true, 3.0));
+        let spans: Vec<String> = store.get(&hex(1)).unwrap().into_iter().map(|s| s.span_id).collect();
+        assert_eq!(spans, ["000000000000000b", "000000000000000a"], "both shards' spans, by start");
+        assert_eq!(store.list(2).len(), 2);
     }
 }
