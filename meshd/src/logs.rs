@@ -5,6 +5,7 @@
 //! and merged and formatted when read.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::telemetry::accesslog::Entry;
@@ -20,17 +21,25 @@ pub struct AccessLog {
     json: bool,
     /// A ring for each writer that logged for this proxy.
     rings: Mutex<Vec<Arc<Ring>>>,
+    /// How many: the rings share [`KEEP`] between them.
+    count: Arc<AtomicUsize>,
 }
 
 /// One writer's last entries of a proxy's log, oldest first.
 #[derive(Debug, Default)]
-pub struct Ring(Mutex<VecDeque<Arc<Entry>>>);
+pub struct Ring {
+    entries: Mutex<VecDeque<Arc<Entry>>>,
+    rings: Arc<AtomicUsize>,
+}
 
 impl Ring {
-    /// Keeps `e`, forgetting the oldest entry when full.
+    /// Keeps `e`, forgetting the oldest entries past this ring's share of [`KEEP`]: a log keeps
+    /// as many entries, whatever the number of workers writing it. (A proxy whose requests all
+    /// come to one worker keeps only that worker's share.)
     pub fn push(&self, e: Arc<Entry>) {
-        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if q.len() == KEEP {
+        let share = KEEP.div_ceil(self.rings.load(Ordering::Relaxed).max(1));
+        let mut q = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        while q.len() >= share {
             q.pop_front();
         }
         q.push_back(e);
@@ -40,8 +49,10 @@ impl Ring {
 impl AccessLog {
     /// A ring for a writer of its own.
     pub fn ring(&self) -> Arc<Ring> {
-        let ring = Arc::new(Ring::default());
-        self.rings.lock().unwrap_or_else(|e| e.into_inner()).push(ring.clone());
+        let ring = Arc::new(Ring { entries: Mutex::default(), rings: self.count.clone() });
+        let mut rings = self.rings.lock().unwrap_or_else(|e| e.into_inner());
+        rings.push(ring.clone());
+        self.count.store(rings.len(), Ordering::Relaxed);
         ring
     }
 
@@ -53,7 +64,7 @@ impl AccessLog {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .map(|r| r.0.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect())
+            .map(|r| r.entries.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect())
             .collect();
         let merged = crate::telemetry::merged(&rings, |e| e.ended_us());
         let skip = merged.len().saturating_sub(KEEP);
@@ -94,7 +105,7 @@ impl Logs {
     /// The access log of `proxy` (taken once per proxy by each telemetry writer).
     pub fn access_log(&self, proxy: &str, json: bool) -> Arc<AccessLog> {
         let mut map = self.access.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(proxy.to_string()).or_insert_with(|| Arc::new(AccessLog { json, rings: Default::default() })).clone()
+        map.entry(proxy.to_string()).or_insert_with(|| Arc::new(AccessLog { json, ..AccessLog::default() })).clone()
     }
 
     /// Whether `log` is still `proxy`'s access log: a removed pod's is dropped here, and every
@@ -157,6 +168,8 @@ mod tests {
         }
         let lines = logs.lines("reviews-v1/istio-proxy");
         assert_eq!(lines.len(), KEEP);
+        let held = |r: &Ring| r.entries.lock().unwrap().len();
+        assert_eq!(held(&one) + held(&two), KEEP, "the rings share KEEP: memory does not grow with workers");
         assert!(lines[0].contains("/f") && lines[KEEP - 1].contains("/g"), "{} .. {}", lines[0], lines[KEEP - 1]);
     }
 

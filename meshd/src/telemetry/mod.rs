@@ -178,8 +178,9 @@ struct Writer {
     /// The ring the last record went to: a thread's records mostly come from one proxy at a
     /// time, whose name is one shared string (no hashing to find its log again).
     last: Option<(Arc<str>, Arc<Ring>)>,
-    /// This writer's part of the trace store.
-    traces: Arc<TraceShard>,
+    /// This writer's part of the trace store, taken with its first span: a writer that never
+    /// writes one (the shared task, mostly) takes no share of the store.
+    traces: Option<Arc<TraceShard>>,
     /// A user's http_proxy (often meshd's own 15001) must not carry the export.
     client: reqwest::Client,
     batch: Vec<Span>,
@@ -188,13 +189,12 @@ struct Writer {
 impl Writer {
     fn new(sink: Arc<Sink>) -> Writer {
         let client = reqwest::Client::builder().no_proxy().build().unwrap_or_default();
-        let traces = sink.traces.shard();
-        Writer { sink, queue: Vec::new(), access: HashMap::new(), last: None, traces, client, batch: Vec::new() }
+        Writer { sink, queue: Vec::new(), access: HashMap::new(), last: None, traces: None, client, batch: Vec::new() }
     }
 
     /// Writes the queued records.
     fn write_queued(&mut self) {
-        let Sink { logs, opts, .. } = &*self.sink;
+        let Sink { logs, opts, traces } = &*self.sink;
         for r in self.queue.drain(..) {
             let e = Arc::new(Entry::from(r));
             if opts.print {
@@ -227,7 +227,7 @@ impl Writer {
                         flush(&self.client, opts, &mut self.batch);
                     }
                 }
-                self.traces.add(e);
+                self.traces.get_or_insert_with(|| traces.shard()).add(e);
             }
         }
     }

@@ -5,6 +5,7 @@
 //! collector is configured.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -226,12 +227,16 @@ const MAX_SPANS: usize = 64;
 #[derive(Debug, Default)]
 pub struct TraceStore {
     shards: Mutex<Vec<Arc<TraceShard>>>,
+    /// How many: the shards share [`MAX_TRACES`] between them.
+    count: Arc<AtomicUsize>,
 }
 
-/// One writer's part of the store: its last [`MAX_TRACES`] traces.
+/// One writer's part of the store: its last traces, its share of [`MAX_TRACES`]. (Traces
+/// that all come to one worker are kept to that worker's share.)
 #[derive(Debug, Default)]
 pub struct TraceShard {
     inner: Mutex<Store>,
+    shards: Arc<AtomicUsize>,
 }
 
 #[derive(Debug, Default)]
@@ -329,6 +334,7 @@ impl TraceShard {
     /// Adds a request's span; the oldest trace goes when the shard is full.
     pub fn add(&self, e: Arc<Entry>) {
         let Some(ctx) = e.span else { return };
+        let share = MAX_TRACES.div_ceil(self.shards.load(Ordering::Relaxed).max(1));
         let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let Store { traces, order } = &mut *s;
         // One lookup for the span; another only to evict the oldest trace when a new one is full.
@@ -337,7 +343,7 @@ impl TraceShard {
             std::collections::hash_map::Entry::Vacant(v) => {
                 order.push_back((ctx.trace_id, e.ended_us()));
                 v.insert(Spans::One(e));
-                if order.len() > MAX_TRACES {
+                while order.len() > share {
                     if let Some((old, _)) = order.pop_front() {
                         traces.remove(&old);
                     }
@@ -350,8 +356,10 @@ impl TraceShard {
 impl TraceStore {
     /// A shard for a new writer.
     pub fn shard(&self) -> Arc<TraceShard> {
-        let shard = Arc::new(TraceShard::default());
-        self.shards.lock().unwrap_or_else(|e| e.into_inner()).push(shard.clone());
+        let shard = Arc::new(TraceShard { inner: Mutex::default(), shards: self.count.clone() });
+        let mut shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+        shards.push(shard.clone());
+        self.count.store(shards.len(), Ordering::Relaxed);
         shard
     }
 
@@ -645,5 +653,12 @@ mod tests {
         let spans: Vec<String> = store.get(&hex(1)).unwrap().into_iter().map(|s| s.span_id).collect();
         assert_eq!(spans, ["000000000000000b", "000000000000000a"], "both shards' spans, by start");
         assert_eq!(store.list(2).len(), 2);
+        // The shards share MAX_TRACES: one that all traces come to keeps its share.
+        for i in 0..MAX_TRACES as u128 {
+            one.add(entry(100 + i, 1, 0, 1, 200));
+        }
+        assert_eq!(one.inner.lock().unwrap().order.len(), MAX_TRACES / 2);
+        assert!(store.get(&hex(100 + MAX_TRACES as u128 / 2 - 1)).is_none());
+        assert!(store.get(&hex(100 + MAX_TRACES as u128 / 2)).is_some());
     }
 }
