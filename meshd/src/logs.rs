@@ -5,10 +5,10 @@
 //! and merged and formatted when read.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::telemetry::accesslog::Entry;
+use crate::telemetry::{Parts, Share};
 
 /// How many lines each pod keeps.
 const KEEP: usize = 1000;
@@ -19,25 +19,21 @@ type Buffer = Arc<Mutex<VecDeque<String>>>;
 #[derive(Debug, Default)]
 pub struct AccessLog {
     json: bool,
-    /// A ring for each writer that logged for this proxy.
-    rings: Mutex<Vec<Arc<Ring>>>,
-    /// How many: the rings share [`KEEP`] between them.
-    count: Arc<AtomicUsize>,
+    /// A ring for each writer that logged for this proxy; they share [`KEEP`].
+    rings: Parts<Ring>,
 }
 
 /// One writer's last entries of a proxy's log, oldest first.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Ring {
     entries: Mutex<VecDeque<Arc<Entry>>>,
-    rings: Arc<AtomicUsize>,
+    share: Share,
 }
 
 impl Ring {
-    /// Keeps `e`, forgetting the oldest entries past this ring's share of [`KEEP`]: a log keeps
-    /// as many entries, whatever the number of workers writing it. (A proxy whose requests all
-    /// come to one worker keeps only that worker's share.)
+    /// Keeps `e`, forgetting the oldest entries past this ring's share of [`KEEP`].
     pub fn push(&self, e: Arc<Entry>) {
-        let share = KEEP.div_ceil(self.rings.load(Ordering::Relaxed).max(1));
+        let share = self.share.of(KEEP);
         let mut q = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         while q.len() >= share {
             q.pop_front();
@@ -49,11 +45,7 @@ impl Ring {
 impl AccessLog {
     /// A ring for a writer of its own.
     pub fn ring(&self) -> Arc<Ring> {
-        let ring = Arc::new(Ring { entries: Mutex::default(), rings: self.count.clone() });
-        let mut rings = self.rings.lock().unwrap_or_else(|e| e.into_inner());
-        rings.push(ring.clone());
-        self.count.store(rings.len(), Ordering::Relaxed);
-        ring
+        self.rings.add(|share| Ring { entries: Mutex::default(), share })
     }
 
     /// The last [`KEEP`] lines, oldest first: the rings merged by when each request ended, each
@@ -61,8 +53,7 @@ impl AccessLog {
     fn lines(&self) -> Vec<String> {
         let rings: Vec<Vec<Arc<Entry>>> = self
             .rings
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .all()
             .iter()
             .map(|r| r.entries.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect())
             .collect();

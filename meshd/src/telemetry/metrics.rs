@@ -47,11 +47,6 @@ fn add(cell: &AtomicU64, v: u64, owned: bool) {
 }
 
 impl Histogram {
-    /// Records one value; any thread may.
-    pub fn observe(&self, v: f64) {
-        self.record(v, false);
-    }
-
     /// Records one value; `owned`: the calling thread is this histogram's only writer.
     fn record(&self, v: f64, owned: bool) {
         let i = BUCKETS.iter().position(|b| v <= *b).unwrap_or(BUCKETS.len());
@@ -685,7 +680,7 @@ mod tests {
     fn quantiles_interpolate_within_buckets() {
         let h = Histogram::default();
         for v in [2.0, 3.0, 4.0, 20.0] {
-            h.observe(v);
+            h.record(v, false);
         }
         let cum = h.cumulative();
         let p50 = quantile(&cum, 0.5).unwrap();

@@ -12,6 +12,7 @@ pub mod trace;
 
 use std::cell::RefCell;
 use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -100,6 +101,49 @@ impl Telemetry {
 /// channel and a task switch for each, and without delaying the response.
 pub fn flush_local() {
     with_local(Writer::write_queued);
+}
+
+/// A bounded store kept in parts, one per telemetry writer, each under a lock of its own: each
+/// part keeps its [`Share`] of the bound, so the store keeps as much whatever the number of
+/// workers. (Requests that all come to one worker are kept to that worker's share.)
+#[derive(Debug)]
+pub struct Parts<T> {
+    parts: std::sync::Mutex<Vec<Arc<T>>>,
+    count: Arc<AtomicUsize>,
+}
+
+impl<T> Default for Parts<T> {
+    fn default() -> Parts<T> {
+        Parts { parts: Default::default(), count: Default::default() }
+    }
+}
+
+impl<T> Parts<T> {
+    /// A part for a new writer, made by `make` with its share.
+    pub fn add(&self, make: impl FnOnce(Share) -> T) -> Arc<T> {
+        let part = Arc::new(make(Share(self.count.clone())));
+        let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        parts.push(part.clone());
+        self.count.store(parts.len(), Ordering::Relaxed);
+        part
+    }
+
+    /// Every part, to be read.
+    pub fn all(&self) -> Vec<Arc<T>> {
+        self.parts.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// A part's share of its store's bound: the bound over the parts there are now (a relaxed load,
+/// no lock).
+#[derive(Debug)]
+pub struct Share(Arc<AtomicUsize>);
+
+impl Share {
+    /// This part's share of `bound`.
+    pub fn of(&self, bound: usize) -> usize {
+        bound.div_ceil(self.0.load(Ordering::Relaxed).max(1))
+    }
 }
 
 /// The items of `lists` in one list, each list's own order kept: the next item is always the

@@ -5,7 +5,6 @@
 //! collector is configured.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -14,6 +13,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::accesslog::Entry;
 use super::metrics::Reporter;
+use super::{Parts, Share};
 
 /// The names a span is propagated under (B3, then W3C).
 static B3_TRACE: HeaderName = HeaderName::from_static("x-b3-traceid");
@@ -226,17 +226,15 @@ const MAX_SPANS: usize = 64;
 /// written by several workers together again.
 #[derive(Debug, Default)]
 pub struct TraceStore {
-    shards: Mutex<Vec<Arc<TraceShard>>>,
-    /// How many: the shards share [`MAX_TRACES`] between them.
-    count: Arc<AtomicUsize>,
+    /// The writers' shards; they share [`MAX_TRACES`].
+    shards: Parts<TraceShard>,
 }
 
-/// One writer's part of the store: its last traces, its share of [`MAX_TRACES`]. (Traces
-/// that all come to one worker are kept to that worker's share.)
-#[derive(Debug, Default)]
+/// One writer's part of the store: its last traces, its share of [`MAX_TRACES`].
+#[derive(Debug)]
 pub struct TraceShard {
     inner: Mutex<Store>,
-    shards: Arc<AtomicUsize>,
+    share: Share,
 }
 
 #[derive(Debug, Default)]
@@ -334,7 +332,7 @@ impl TraceShard {
     /// Adds a request's span; the oldest trace goes when the shard is full.
     pub fn add(&self, e: Arc<Entry>) {
         let Some(ctx) = e.span else { return };
-        let share = MAX_TRACES.div_ceil(self.shards.load(Ordering::Relaxed).max(1));
+        let share = self.share.of(MAX_TRACES);
         let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let Store { traces, order } = &mut *s;
         // One lookup for the span; another only to evict the oldest trace when a new one is full.
@@ -356,15 +354,7 @@ impl TraceShard {
 impl TraceStore {
     /// A shard for a new writer.
     pub fn shard(&self) -> Arc<TraceShard> {
-        let shard = Arc::new(TraceShard { inner: Mutex::default(), shards: self.count.clone() });
-        let mut shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
-        shards.push(shard.clone());
-        self.count.store(shards.len(), Ordering::Relaxed);
-        shard
-    }
-
-    fn shards(&self) -> Vec<Arc<TraceShard>> {
-        self.shards.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.shards.add(|share| TraceShard { inner: Mutex::default(), share })
     }
 
     /// The newest traces first.
@@ -374,7 +364,8 @@ impl TraceStore {
         // Per shard: (when the first span ended, trace id, spans).
         type Newest = Vec<(u64, u128, Vec<Arc<Entry>>)>;
         let newest: Vec<Newest> = self
-            .shards()
+            .shards
+            .all()
             .iter()
             .map(|shard| {
                 let s = shard.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -398,7 +389,7 @@ impl TraceStore {
     pub fn get(&self, trace_id: &str) -> Option<Vec<Span>> {
         let id = hex_u128(&trace_id.to_ascii_lowercase(), &[16, 32])?;
         let mut entries: Option<Vec<Arc<Entry>>> = None;
-        for shard in self.shards() {
+        for shard in self.shards.all() {
             if let Some(spans) = shard.inner.lock().unwrap_or_else(|e| e.into_inner()).traces.get(&id) {
                 entries.get_or_insert_with(Vec::new).extend(spans.to_vec());
             }
