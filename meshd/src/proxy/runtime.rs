@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -92,12 +92,20 @@ impl ClusterShared {
     }
 }
 
-/// Outlier bookkeeping of one endpoint.
+/// Outlier bookkeeping of one endpoint, counted by every worker without a lock, as Envoy's host
+/// monitors count.
 #[derive(Debug, Default)]
 struct OutlierCounts {
-    consecutive_5xx: u32,
-    consecutive_gateway: u32,
-    ejections: u32,
+    consecutive_5xx: AtomicU32,
+    consecutive_gateway: AtomicU32,
+    ejections: AtomicU32,
+}
+
+/// Sets a counter to zero, writing only when it is not already (a success usually finds it zero).
+fn reset(n: &AtomicU32) {
+    if n.load(Ordering::Relaxed) != 0 {
+        n.store(0, Ordering::Relaxed);
+    }
 }
 
 /// An idle upstream connection.
@@ -136,14 +144,14 @@ pub struct EndpointRt {
     /// Requests that got a 5xx or failed.
     pub errors: AtomicU64,
     /// Idle keep-alive connections.
-    pub idle: Mutex<Vec<IdleConn>>,
+    idle: IdlePool,
     /// The shared HTTP/2 connection (`h2UpgradePolicy: UPGRADE`).
     pub h2: ArcSwapOption<super::upstream::H2Link>,
     /// Whether a request is opening the HTTP/2 connection; the others wait for it.
     pub h2_connecting: AtomicBool,
     /// Ejected until this many ms after the cluster epoch (0 = not ejected).
     ejected_until_ms: AtomicU64,
-    outlier: Mutex<OutlierCounts>,
+    outlier: OutlierCounts,
 }
 
 impl EndpointRt {
@@ -157,11 +165,11 @@ impl EndpointRt {
             active: AtomicU64::new(0),
             total: AtomicU64::new(0),
             errors: AtomicU64::new(0),
-            idle: Mutex::new(Vec::new()),
+            idle: IdlePool::default(),
             h2: ArcSwapOption::empty(),
             h2_connecting: AtomicBool::new(false),
             ejected_until_ms: AtomicU64::new(0),
-            outlier: Mutex::new(OutlierCounts::default()),
+            outlier: OutlierCounts::default(),
         }
     }
 
@@ -170,20 +178,72 @@ impl EndpointRt {
         now_ms < self.ejected_until_ms.load(Ordering::Relaxed)
     }
 
-    /// Pops an idle connection that is still open and not past `idle_timeout`.
+    /// Takes an idle connection that is still open and not past `idle_timeout`; the others it
+    /// finds on the way are closed.
     pub fn take_idle(&self, idle_timeout: Duration) -> Option<IdleConn> {
         loop {
-            // Checked outside the lock: the check reads from the socket.
-            let mut c = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            let mut c = self.idle.pop()?;
             if c.since.elapsed() < idle_timeout && c.link.is_open() {
                 return Some(c);
             }
         }
     }
 
-    /// Returns a connection to the idle list.
+    /// Returns a connection to the idle pool.
     pub fn put_idle(&self, conn: IdleConn) {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+        self.idle.push(conn);
+    }
+
+    /// Idle connections held.
+    #[cfg(test)]
+    pub fn idle_count(&self) -> usize {
+        self.idle.len()
+    }
+}
+
+/// How many idle connections an endpoint keeps in its fixed ring before the rest spill over.
+/// The bench's sixteen connections a proxy fit; the ring is made on the first return.
+pub(crate) const IDLE_RING: usize = 32;
+
+/// An endpoint's idle connections, shared by every worker and taken without a lock: a
+/// fixed ring of [`IDLE_RING`] connections, and past it an unbounded queue, as Envoy keeps no
+/// bound on idle connections. Both are lock-free (a compare-and-swap a take or a return), so
+/// a worker preempted in the middle holds up no other. Connections come back in the order they
+/// went idle, so each of them keeps being used and none ages out under steady load.
+#[derive(Default)]
+struct IdlePool {
+    ring: OnceLock<crossbeam_queue::ArrayQueue<IdleConn>>,
+    spill: crossbeam_queue::SegQueue<IdleConn>,
+}
+
+impl IdlePool {
+    fn pop(&self) -> Option<IdleConn> {
+        if let Some(c) = self.ring.get().and_then(|r| r.pop()) {
+            return Some(c);
+        }
+        // Checked first: popping an empty queue costs a fence, the check two loads.
+        if self.spill.is_empty() {
+            return None;
+        }
+        self.spill.pop()
+    }
+
+    fn push(&self, conn: IdleConn) {
+        if let Err(conn) = self.ring.get_or_init(|| crossbeam_queue::ArrayQueue::new(IDLE_RING)).push(conn) {
+            self.spill.push(conn);
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.ring.get().map_or(0, |r| r.len()) + self.spill.len()
+    }
+}
+
+impl std::fmt::Debug for IdlePool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ring = self.ring.get().map_or(0, |r| r.len());
+        f.debug_struct("IdlePool").field("ring", &ring).field("spill", &self.spill.len()).finish()
     }
 }
 
@@ -301,32 +361,42 @@ impl ClusterRt {
         }
         let Some(od) = &cluster.outlier else { return false };
         let gateway = matches!(result, AttemptResult::LocalFailure | AttemptResult::Status(502..=504));
-        let mut counts = ep.outlier.lock().unwrap_or_else(|e| e.into_inner());
+        let counts = &ep.outlier;
         if !failed {
-            counts.consecutive_5xx = 0;
-            counts.consecutive_gateway = 0;
+            reset(&counts.consecutive_5xx);
+            reset(&counts.consecutive_gateway);
             return false;
         }
-        counts.consecutive_5xx += 1;
-        if gateway {
-            counts.consecutive_gateway += 1;
+        let consecutive_5xx = counts.consecutive_5xx.fetch_add(1, Ordering::Relaxed) + 1;
+        let consecutive_gateway = if gateway {
+            counts.consecutive_gateway.fetch_add(1, Ordering::Relaxed) + 1
         } else {
-            counts.consecutive_gateway = 0;
-        }
-        let hit = od.consecutive_5xx.is_some_and(|t| counts.consecutive_5xx >= t)
-            || od.consecutive_gateway.is_some_and(|t| counts.consecutive_gateway >= t);
+            reset(&counts.consecutive_gateway);
+            0
+        };
+        let hit = od.consecutive_5xx.is_some_and(|t| consecutive_5xx >= t)
+            || od.consecutive_gateway.is_some_and(|t| consecutive_gateway >= t);
         if !hit {
             return false;
         }
         let now = self.shared.now_ms();
-        if ep.ejected(now) || !self.may_eject(od, now) {
+        let until = ep.ejected_until_ms.load(Ordering::Relaxed);
+        if now < until || !self.may_eject(od, now) {
             return false;
         }
-        counts.ejections += 1;
-        counts.consecutive_5xx = 0;
-        counts.consecutive_gateway = 0;
-        let duration = ejection_time(od, counts.ejections);
-        ep.ejected_until_ms.store(now + duration.as_millis() as u64, Ordering::Relaxed);
+        let ejections = counts.ejections.load(Ordering::Relaxed) + 1;
+        let duration = ejection_time(od, ejections);
+        // Of failures that cross the threshold at once, the one that moves the deadline ejects.
+        if ep
+            .ejected_until_ms
+            .compare_exchange(until, now + duration.as_millis() as u64, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        counts.ejections.store(ejections, Ordering::Relaxed);
+        counts.consecutive_5xx.store(0, Ordering::Relaxed);
+        counts.consecutive_gateway.store(0, Ordering::Relaxed);
         self.shared.stats.outlier_detection_ejections_total.fetch_add(1, Ordering::Relaxed);
         true
     }
@@ -354,32 +424,49 @@ fn ejection_time(od: &OutlierSettings, ejections: u32) -> Duration {
     Duration::from_millis((raw.as_millis().div_ceil(interval) * interval) as u64)
 }
 
-/// A token bucket of one local rate limit in one proxy; survives reloads.
+/// A token bucket of one local rate limit in one proxy; survives reloads. Every worker takes
+/// from it with a compare-and-swap of one word: the fill interval last counted in the high half,
+/// the tokens left in the low half.
 #[derive(Debug)]
 pub struct Bucket {
-    state: Mutex<(u64, Instant)>,
+    epoch: Instant,
+    state: AtomicU64,
 }
 
 impl Bucket {
     fn new(tokens: u64) -> Bucket {
-        Bucket { state: Mutex::new((tokens, Instant::now())) }
+        Bucket { epoch: Instant::now(), state: AtomicU64::new(u64::from(clamp32(tokens))) }
     }
 
     /// Takes a token if there is one, refilling `per_fill` every `interval` up to `max` first.
     pub fn take(&self, max: u64, per_fill: u64, interval: Duration) -> bool {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let fills = (st.1.elapsed().as_nanos() / interval.as_nanos().max(1)) as u64;
-        if fills > 0 {
-            st.0 = st.0.saturating_add(fills.saturating_mul(per_fill)).min(max);
-            st.1 += interval.saturating_mul(fills.min(u64::from(u32::MAX)) as u32);
-        }
-        if st.0 > 0 {
-            st.0 -= 1;
-            true
-        } else {
-            false
+        // The fill intervals since the epoch, kept modulo 2^32: a bucket untouched for 2^31
+        // intervals (25 days at 1 ms) may miss a refill, and is full again by its next one.
+        let now = (self.epoch.elapsed().as_nanos() / interval.as_nanos().max(1)) as u32;
+        let mut cur = self.state.load(Ordering::Relaxed);
+        loop {
+            let (mut fill, mut tokens) = ((cur >> 32) as u32, cur as u32);
+            // Negative when another worker counted a later interval than this one read.
+            let fills = now.wrapping_sub(fill) as i32;
+            if fills > 0 {
+                fill = now;
+                tokens = clamp32(u64::from(tokens).saturating_add((fills as u64).saturating_mul(per_fill)).min(max));
+            }
+            if tokens == 0 {
+                return false;
+            }
+            let next = u64::from(fill) << 32 | u64::from(tokens - 1);
+            match self.state.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(seen) => cur = seen,
+            }
         }
     }
+}
+
+/// `maxTokens` is a uint32 in Envoy's token bucket.
+fn clamp32(n: u64) -> u32 {
+    n.min(u64::from(u32::MAX)) as u32
 }
 
 /// A rate limit that applies to this proxy, with its bucket.
@@ -692,6 +779,43 @@ mod tests {
         assert!(!take());
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!((0..6).filter(|_| take()).count(), 4, "refilled after fill_interval");
+    }
+
+    #[test]
+    fn workers_taking_at_once_take_each_token_once() {
+        let b = Bucket::new(1000);
+        let taken: usize = std::thread::scope(|s| {
+            let takers: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| (0..500).filter(|_| b.take(1000, 1000, Duration::from_secs(3600))).count()))
+                .collect();
+            takers.into_iter().map(|t| t.join().unwrap()).sum()
+        });
+        assert_eq!(taken, 1000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bucket_refills_each_interval_crossed_up_to_its_max() {
+        let b = Bucket::new(2);
+        let take = || b.take(3, 2, Duration::from_secs(1));
+        assert!(take() && take() && !take());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!((0..5).filter(|_| take()).count(), 3, "five fills of two, capped at max");
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        assert_eq!((0..5).filter(|_| take()).count(), 2, "one fill in the interval crossed");
+    }
+
+    #[test]
+    fn failures_crossing_the_threshold_at_once_eject_once() {
+        let (c, rt) = cluster(4, LbPolicy::Random, Some(od()));
+        let ejected: usize = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| (0..50).filter(|_| rt.record(&c, 0, AttemptResult::Status(503))).count()))
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).sum()
+        });
+        assert_eq!(ejected, 1);
+        assert_eq!(rt.shared.stats.outlier_detection_ejections_total.load(Ordering::Relaxed), 1);
+        assert_eq!(rt.ejected(), vec![true, false, false, false]);
     }
 
     #[tokio::test(start_paused = true)]

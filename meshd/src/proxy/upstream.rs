@@ -652,6 +652,117 @@ mod tests {
         assert_eq!(crt.shared.stats.upstream_cx_total.load(Ordering::Relaxed), 2);
     }
 
+    /// An HTTP/1.1 server on a thread of its own that answers `ok` on every connection at once.
+    fn concurrent_server() -> SocketAddr {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = std_listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                std_listener.set_nonblocking(true).unwrap();
+                let listener = TcpListener::from_std(std_listener).unwrap();
+                loop {
+                    let (mut s, _) = listener.accept().await.unwrap();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 4096];
+                        while let Ok(n @ 1..) = s.read(&mut buf).await {
+                            let _ = n;
+                            if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+            });
+        });
+        addr
+    }
+
+    /// `n` requests in flight at once, each response head in hand before any body is read (so
+    /// each holds a connection of its own); then every body is read, which returns them all.
+    async fn all_at_once(crt: &Arc<ClusterRt>, pool: &Arc<PoolSettings>, n: usize) -> Vec<bool> {
+        let mut heads = Vec::new();
+        for _ in 0..n {
+            let (crt, pool) = (crt.clone(), pool.clone());
+            heads.push(tokio::spawn(async move { exchange(&crt, &pool).await }));
+        }
+        let mut reuses = Vec::new();
+        let mut bodies = Vec::new();
+        for h in heads {
+            let (reused, resp) = h.await.unwrap();
+            reuses.push(reused);
+            bodies.push(resp.into_body());
+        }
+        for b in bodies {
+            assert_eq!(b.collect().await.unwrap().to_bytes(), "ok");
+        }
+        reuses
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn more_idle_connections_than_the_ring_holds_are_all_kept_and_used_again() {
+        let crt = Arc::new(ClusterRt::single(concurrent_server()));
+        let pool = Arc::new(PoolSettings::default());
+        let n = super::super::runtime::IDLE_RING + 8;
+        assert!(all_at_once(&crt, &pool, n).await.iter().all(|r| !r), "a connection each");
+        let ep = &crt.endpoints[0];
+        assert_eq!(ep.idle_count(), n, "the ring's and the spilled ones");
+        assert_eq!(crt.shared.cx_active.load(Ordering::Relaxed), n as u64, "none closed");
+        assert!(all_at_once(&crt, &pool, n).await.iter().all(|r| *r), "every one used again");
+        assert_eq!(crt.shared.stats.upstream_cx_total.load(Ordering::Relaxed), n as u64);
+        assert_eq!(ep.idle_count(), n);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn workers_taking_and_returning_at_once_lose_no_connection() {
+        let crt = Arc::new(ClusterRt::single(concurrent_server()));
+        let pool = Arc::new(PoolSettings::default());
+        let mut clients = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let (crt, pool) = (crt.clone(), pool.clone());
+            clients.spawn(async move {
+                let mut reused = 0;
+                for _ in 0..200 {
+                    let (r, resp) = exchange(&crt, &pool).await;
+                    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+                    reused += u64::from(r);
+                }
+                reused
+            });
+        }
+        let mut reused = 0;
+        while let Some(done) = clients.join_next().await {
+            reused += done.unwrap();
+        }
+        let opened = crt.shared.stats.upstream_cx_total.load(Ordering::Relaxed);
+        assert!(opened <= 4, "at most one a client: {opened}");
+        assert_eq!(reused + opened, 800, "every other request found one idle");
+        assert_eq!(crt.endpoints[0].idle_count() as u64, opened, "every connection opened is idle again");
+        assert_eq!(crt.shared.cx_active.load(Ordering::Relaxed), opened);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_max_connections_one_requests_on_two_threads_wait_their_turn_on_it() {
+        let crt = Arc::new(ClusterRt::single(concurrent_server()));
+        let pool = Arc::new(PoolSettings { max_connections: 1, ..PoolSettings::default() });
+        let mut clients = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let (crt, pool) = (crt.clone(), pool.clone());
+            clients.spawn(async move {
+                for _ in 0..100 {
+                    let (_, resp) = exchange(&crt, &pool).await;
+                    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+                }
+            });
+        }
+        while let Some(done) = clients.join_next().await {
+            done.unwrap();
+        }
+        assert_eq!(crt.shared.stats.upstream_cx_total.load(Ordering::Relaxed), 1, "one connection, shared in turn");
+        assert!(crt.shared.stats.upstream_rq_pending_total.load(Ordering::Relaxed) > 0, "some waited for it");
+        assert_eq!(crt.shared.rq_pending_active.load(Ordering::Relaxed), 0);
+    }
+
     /// An HTTP/2 server (prior knowledge) on a thread of its own that answers each request with
     /// its version, authority and path.
     fn h2_server() -> SocketAddr {
