@@ -118,7 +118,7 @@ impl From<Request<Body>> for Call {
 /// What answers the requests of a connection.
 pub trait Handler {
     /// Answers one request; `None` closes the connection unanswered.
-    fn call(&self, call: Call) -> impl Future<Output = Option<Answer>> + Send + '_;
+    fn call(&mut self, call: Call) -> impl Future<Output = Option<Answer>> + Send + '_;
 
     /// Runs once a request is over (its response written, or the connection closed instead):
     /// work the request left that the client need not wait for.
@@ -127,7 +127,7 @@ pub trait Handler {
 
 /// Serves HTTP/1.1 requests on `io` with `handler` until the connection closes, a drain stops
 /// it, or a request needs hyper.
-pub async fn serve<I, H>(mut io: I, drain: &Drain, handler: &H) -> Served<I>
+pub async fn serve<I, H>(mut io: I, drain: &Drain, handler: &mut H) -> Served<I>
 where
     I: AsyncRead + AsyncWrite + Unpin,
     H: Handler,
@@ -179,17 +179,19 @@ where
         };
         // Run the request, watching the client: a connection it closes cancels the request, as
         // hyper and Envoy do. Bytes it pipelines meanwhile wait in `rbuf`.
-        let mut handling = std::pin::pin!(handler.call(req));
-        let answer = poll_fn(|cx| {
-            if let Poll::Ready(answer) = handling.as_mut().poll(cx) {
-                return Poll::Ready(answer);
-            }
-            match watch.poll(&mut io, &mut rbuf, cx) {
-                Poll::Ready(()) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            }
-        })
-        .await;
+        let answer = {
+            let mut handling = std::pin::pin!(handler.call(req));
+            poll_fn(|cx| {
+                if let Poll::Ready(answer) = handling.as_mut().poll(cx) {
+                    return Poll::Ready(answer);
+                }
+                match watch.poll(&mut io, &mut rbuf, cx) {
+                    Poll::Ready(()) => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await
+        };
         let kept = match answer {
             None => false,
             Some(resp) => {
@@ -518,7 +520,7 @@ mod tests {
     struct Echo(Arc<std::sync::atomic::AtomicUsize>);
 
     impl Handler for Echo {
-        async fn call(&self, call: Call) -> Option<Answer> {
+        async fn call(&mut self, call: Call) -> Option<Answer> {
             self.0.fetch_add(1, Ordering::Relaxed);
             let (parts, body) = call.into_parts();
             if parts.uri.path() == "/abort" {
@@ -570,7 +572,7 @@ mod tests {
         let d = drain.clone();
         let task = tokio::spawn(async move {
             let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-            let served = serve(server, &d, &Echo(count.clone())).await;
+            let served = serve(server, &d, &mut Echo(count.clone())).await;
             (matches!(served, Served::Handoff(_)), count.load(Ordering::Relaxed))
         });
         (client, task, drain)
@@ -714,7 +716,7 @@ mod tests {
             client.write_all(request).await.unwrap();
             let drain = Drain::default();
             let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-            let served = serve(server, &drain, &Echo(count.clone())).await;
+            let served = serve(server, &drain, &mut Echo(count.clone())).await;
             let Served::Handoff(mut rest) = served else { panic!("not handed off: {request:?}") };
             assert_eq!(count.load(Ordering::Relaxed), 0);
             let mut replayed = vec![0u8; request.len()];

@@ -13,6 +13,7 @@ pub mod report;
 pub mod respond;
 pub mod runtime;
 pub mod upstream;
+mod views;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -49,6 +50,7 @@ use crate::telemetry::Telemetry;
 use respond::ResponseFlags;
 use runtime::{ActiveGuard, AttemptResult, ClusterRt, EndpointRt, ProxyRuntime, Registry};
 use upstream::UpstreamError;
+use views::Views;
 
 /// Errors a body may carry.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -828,8 +830,8 @@ impl Proxy {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let handler = ConnHandler { proxy: &self, role: &role, info: &info };
-        let served = downstream::serve(io, drain, &handler).await;
+        let mut handler = ConnHandler { proxy: &self, role: &role, info: &info, views: Views::default() };
+        let served = downstream::serve(io, drain, &mut handler).await;
         let downstream::Served::Handoff(rest) = served else { return };
         let svc = service_fn(move |req: Request<Incoming>| {
             let proxy = self.clone();
@@ -840,7 +842,8 @@ impl Proxy {
                 if req.version() == http::Version::HTTP_2 {
                     h1_form(&mut req);
                 }
-                let answer = proxy.answer(&role, &info, Call::from(req)).await;
+                // Streams run at once, each on a task of its own: each reads the config anew.
+                let answer = proxy.answer(&role, &info, &mut Views::default(), Call::from(req)).await;
                 // hyper writes the response after this returns, so here (unlike the HTTP/1.1
                 // loop) the record is written first; left to the tick it would wait a second.
                 crate::telemetry::flush_local();
@@ -876,6 +879,7 @@ impl Proxy {
         &'a self,
         role: &'a Role,
         info: &'a ConnInfo,
+        views: &'a mut Views,
         mut req: Call,
     ) -> impl Future<Output = Option<Answer>> + 'a {
         // A block, not an `async fn` (here, in `inbound` and in `route`): an `async fn` moves each
@@ -896,7 +900,7 @@ impl Proxy {
                 Role::Plain { workload, rt } => (Dispatch::Route(workload, rt, Caller::Plain), None),
                 // TCP listeners never get here.
                 Role::GatewayTcp { .. } => (Dispatch::Reply(LocalReply::BadRequest, ServerName::IstioEnvoy), None),
-                Role::MeshClient { cache } => match self.mesh_client(cache) {
+                Role::MeshClient { cache } => match views.client(&self.snapshot, &self.registry, cache) {
                     Some(c) => {
                         client = c;
                         (Dispatch::Route(&client.0, &client.1, Caller::Sidecar), Some(&*client.1))
@@ -912,9 +916,9 @@ impl Proxy {
             };
             let span = observed.as_ref().and_then(|(_, _, o)| o.span());
             let served = match dispatch {
-                Dispatch::Inbound(pod) => self.inbound(pod, info, req, span).await,
+                Dispatch::Inbound(pod) => self.inbound(pod, info, views, req, span).await,
                 Dispatch::Route(workload, route_rt, caller) => {
-                    self.route(workload, route_rt, caller, info, req, span).await
+                    self.route((workload, route_rt, caller), info, views, req, span).await
                 }
                 Dispatch::Reply(reply, server) => respond::local_reply(reply, server, false).into(),
             };
@@ -964,38 +968,23 @@ impl Proxy {
         tel.send(record);
     }
 
-    /// The mesh client's workload and runtime, refreshed when the snapshot names another.
-    fn mesh_client(
-        &self,
-        cache: &ArcSwapOption<(Arc<Workload>, Arc<ProxyRuntime>)>,
-    ) -> Option<Arc<(Arc<Workload>, Arc<ProxyRuntime>)>> {
-        let snapshot = self.snapshot.load();
-        let w = snapshot.mesh_client.clone()?;
-        if let Some(c) = cache.load_full().filter(|c| c.0.name == w.name) {
-            return Some(c);
-        }
-        let e = Arc::new((w.clone(), self.registry.get(&w)));
-        cache.store(Some(e.clone()));
-        Some(e)
-    }
-
     /// Inbound: hand the request to the local app.
     #[allow(clippy::manual_async_fn, reason = "an `async fn` would copy the request into a local of its own")]
     fn inbound<'a>(
         &'a self,
         (rt, app, cluster, control): (&'a ProxyRuntime, &'a ClusterRt, &'a Arc<Cluster>, &'a PodControl),
         info: &'a ConnInfo,
+        views: &'a mut Views,
         req: Call,
         span: Option<&'a SpanContext>,
     ) -> impl Future<Output = Served> + 'a {
         async move {
-            let snapshot = self.snapshot.load();
-            let generation = rt.for_snapshot(&snapshot);
+            let (snapshot, generation) = views.current(&self.snapshot, rt);
             if let Some(limit) = generation.rate_limited(Context::Inbound) {
                 return respond::rate_limited(&limit.limit.headers, ServerName::IstioEnvoy).into();
             }
             let (mut parts, body) = req.into_parts();
-            if let Some(denied) = admit(&snapshot, &rt.workload, cluster.port, info, &mut parts, ServerName::IstioEnvoy)
+            if let Some(denied) = admit(snapshot, &rt.workload, cluster.port, info, &mut parts, ServerName::IstioEnvoy)
             {
                 return denied.into();
             }
@@ -1042,12 +1031,11 @@ impl Proxy {
     #[allow(clippy::manual_async_fn, reason = "an `async fn` would copy the request into a local of its own")]
     fn route<'a>(
         &'a self,
-        workload: &'a Workload,
-        rt: &'a ProxyRuntime,
-        caller: Caller,
+        (workload, rt, caller): (&'a Workload, &'a ProxyRuntime, Caller),
         // By reference: the peer's address by value (32 bytes, 4-aligned) put the future's
         // arguments apart, and constructing it copied 640 bytes twice.
         conn: &'a ConnInfo,
+        views: &'a mut Views,
         req: Call,
         span: Option<&'a SpanContext>,
     ) -> impl Future<Output = Served> + 'a {
@@ -1058,8 +1046,7 @@ impl Proxy {
                 Caller::Gateway | Caller::GatewayTls => ServerName::IstioEnvoy,
                 Caller::Plain => ServerName::Keep,
             };
-            let snapshot = self.snapshot.load();
-            let generation = rt.for_snapshot(&snapshot);
+            let (snapshot, generation) = views.current(&self.snapshot, rt);
             let ctx = if mesh { Context::Outbound } else { Context::Gateway };
             if let Some(limit) = generation.rate_limited(ctx) {
                 return respond::rate_limited(&limit.limit.headers, server).into();
@@ -1068,7 +1055,7 @@ impl Proxy {
             if !mesh {
                 // Policies that select the gateway (istio: ingressgateway) apply here, on its port 8080 (8443).
                 let port = if caller == Caller::GatewayTls { 8443 } else { 8080 };
-                if let Some(denied) = admit(&snapshot, &rt.workload, port, conn, &mut parts, server) {
+                if let Some(denied) = admit(snapshot, &rt.workload, port, conn, &mut parts, server) {
                     return denied.into();
                 }
             }
@@ -1509,12 +1496,13 @@ struct ConnHandler<'a> {
     proxy: &'a Proxy,
     role: &'a Role,
     info: &'a ConnInfo,
+    views: Views,
 }
 
 impl downstream::Handler for ConnHandler<'_> {
-    fn call(&self, req: Call) -> impl std::future::Future<Output = Option<Answer>> + Send + '_ {
+    fn call(&mut self, req: Call) -> impl std::future::Future<Output = Option<Answer>> + Send + '_ {
         // The proxy's own future, not one wrapped around it: each layer moves the request.
-        self.proxy.answer(self.role, self.info, req)
+        self.proxy.answer(self.role, self.info, &mut self.views, req)
     }
 
     fn after(&self) {

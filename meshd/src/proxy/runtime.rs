@@ -494,6 +494,8 @@ impl Limit {
 pub struct Generation {
     /// Snapshot generation it was built for.
     pub generation: u64,
+    /// The [`ProxyRuntime::id`] of the proxy it was built for.
+    pub proxy: u64,
     /// Cluster state, indexed by `Cluster::index`.
     pub clusters: Vec<ClusterRt>,
     /// Rate limits on this proxy, by listener kind.
@@ -529,9 +531,15 @@ pub struct ProxyRuntime {
     pub workload: Workload,
     /// Its mTLS client config (its own SPIFFE certificate); None when security is off.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Unique among the runtimes of the process, so that a view cached by a connection tells
+    /// whose it is.
+    pub id: u64,
     current: ArcSwapOption<Generation>,
     store: Mutex<Store>,
 }
+
+/// Runtimes made so far, for [`ProxyRuntime::id`].
+static RUNTIMES: AtomicU64 = AtomicU64::new(0);
 
 impl ProxyRuntime {
     /// Empty state for the proxy of `workload`.
@@ -547,6 +555,7 @@ impl ProxyRuntime {
             peer_id: http::HeaderValue::try_from(id).unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),
             unrouted: OnceLock::new(),
             workload: workload.clone(),
+            id: RUNTIMES.fetch_add(1, Ordering::Relaxed),
             current: ArcSwapOption::empty(),
             store: Mutex::new(Store::default()),
         }
@@ -596,7 +605,7 @@ impl ProxyRuntime {
                 }
             }
         }
-        let g = Arc::new(Generation { generation: snap.generation, clusters, limits });
+        let g = Arc::new(Generation { generation: snap.generation, proxy: self.id, clusters, limits });
         // Only move forward: a request still on an older snapshot must not roll the cache back.
         let newer = self.current.load().as_ref().is_none_or(|c| c.generation < g.generation);
         if newer {

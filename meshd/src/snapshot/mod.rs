@@ -14,6 +14,7 @@ pub mod tcp;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -247,11 +248,15 @@ pub struct Snapshot {
 
 /// Shared handle to the current snapshot.
 #[derive(Debug, Clone)]
-pub struct SnapshotHandle(Arc<ArcSwap<Snapshot>>, tokio::sync::watch::Sender<u64>);
+pub struct SnapshotHandle(Arc<ArcSwap<Snapshot>>, tokio::sync::watch::Sender<u64>, Arc<AtomicU64>);
 
 impl Default for SnapshotHandle {
     fn default() -> Self {
-        SnapshotHandle(Arc::new(ArcSwap::from_pointee(Snapshot::default())), tokio::sync::watch::Sender::new(0))
+        SnapshotHandle(
+            Arc::new(ArcSwap::from_pointee(Snapshot::default())),
+            tokio::sync::watch::Sender::new(0),
+            Arc::default(),
+        )
     }
 }
 
@@ -265,7 +270,15 @@ impl SnapshotHandle {
     pub fn store(&self, snapshot: Snapshot) {
         let generation = snapshot.generation;
         self.0.store(Arc::new(snapshot));
+        // Counted after the swap: whoever reads the new count then loads this snapshot or a newer one.
+        self.2.fetch_add(1, Ordering::Release);
         self.1.send_replace(generation);
+    }
+
+    /// How many snapshots have been stored: a plain load, for readers that keep a snapshot
+    /// from one request to the next and load it again only when this moves.
+    pub fn stored(&self) -> u64 {
+        self.2.load(Ordering::Acquire)
     }
 
     /// Wakes on every new generation (for connections whose terms depend on the config).
