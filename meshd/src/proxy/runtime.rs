@@ -207,9 +207,9 @@ pub(crate) const IDLE_RING: usize = 32;
 
 /// An endpoint's idle connections, shared by every worker and taken without a lock: a
 /// fixed ring of [`IDLE_RING`] connections, and past it an unbounded queue, as Envoy keeps no
-/// bound on idle connections. Both are lock-free (a compare-and-swap a take or a return), so
-/// a worker preempted in the middle holds up no other. Connections come back in the order they
-/// went idle, so each of them keeps being used and none ages out under steady load.
+/// bound on idle connections. Both take no lock: a take or a return is a compare-and-swap (a
+/// take may spin briefly on a return another worker is writing). Connections come back in the
+/// order they went idle, so each of them keeps being used and none ages out under steady load.
 #[derive(Default)]
 struct IdlePool {
     ring: OnceLock<crossbeam_queue::ArrayQueue<IdleConn>>,
@@ -288,6 +288,15 @@ impl ClusterRt {
     /// State for a one-endpoint cluster outside any snapshot (an inbound listener's app).
     pub fn single(addr: SocketAddr) -> ClusterRt {
         ClusterRt { shared: Arc::new(ClusterShared::new()), endpoints: vec![Arc::new(EndpointRt::new(addr, None))] }
+    }
+
+    /// State for a plaintext cluster of `addrs`, for tests.
+    #[cfg(test)]
+    pub fn of(addrs: &[SocketAddr]) -> ClusterRt {
+        ClusterRt {
+            shared: Arc::new(ClusterShared::new()),
+            endpoints: addrs.iter().map(|a| Arc::new(EndpointRt::new(*a, None))).collect(),
+        }
     }
 
     /// Picks an endpoint index; None when every endpoint is ejected (503 UH) or there is none.
@@ -424,33 +433,38 @@ fn ejection_time(od: &OutlierSettings, ejections: u32) -> Duration {
     Duration::from_millis((raw.as_millis().div_ceil(interval) * interval) as u64)
 }
 
-/// A token bucket of one local rate limit in one proxy; survives reloads. Every worker takes
-/// from it with a compare-and-swap of one word: the fill interval last counted in the high half,
-/// the tokens left in the low half.
+/// A token bucket of one local rate limit in one proxy; survives reloads that keep its fill
+/// interval. Every worker takes from it with a compare-and-swap of one word: the fill interval
+/// last counted in the high half, the tokens left in the low half.
 #[derive(Debug)]
 pub struct Bucket {
     epoch: Instant,
+    interval: Duration,
     state: AtomicU64,
 }
 
+/// How far ahead of a worker's reading another worker's count of intervals can be: a worker
+/// that read the clock and was preempted before its compare-and-swap. Farther is behind.
+const AHEAD: u32 = 1 << 16;
+
 impl Bucket {
-    fn new(tokens: u64) -> Bucket {
-        Bucket { epoch: Instant::now(), state: AtomicU64::new(u64::from(clamp32(tokens))) }
+    fn new(tokens: u64, interval: Duration) -> Bucket {
+        Bucket { epoch: Instant::now(), interval, state: AtomicU64::new(u64::from(clamp32(tokens))) }
     }
 
-    /// Takes a token if there is one, refilling `per_fill` every `interval` up to `max` first.
-    pub fn take(&self, max: u64, per_fill: u64, interval: Duration) -> bool {
-        // The fill intervals since the epoch, kept modulo 2^32: a bucket untouched for 2^31
-        // intervals (25 days at 1 ms) may miss a refill, and is full again by its next one.
-        let now = (self.epoch.elapsed().as_nanos() / interval.as_nanos().max(1)) as u32;
+    /// Takes a token if there is one, refilling `per_fill` every fill interval up to `max` first.
+    pub fn take(&self, max: u64, per_fill: u64) -> bool {
+        // The fill intervals since the epoch, kept modulo 2^32.
+        let now = (self.epoch.elapsed().as_nanos() / self.interval.as_nanos().max(1)) as u32;
         let mut cur = self.state.load(Ordering::Relaxed);
         loop {
             let (mut fill, mut tokens) = ((cur >> 32) as u32, cur as u32);
-            // Negative when another worker counted a later interval than this one read.
-            let fills = now.wrapping_sub(fill) as i32;
-            if fills > 0 {
+            let ahead = fill.wrapping_sub(now);
+            if ahead >= AHEAD {
+                // Behind by this many intervals, however long the bucket sat untouched.
+                let fills = u64::from(now.wrapping_sub(fill));
                 fill = now;
-                tokens = clamp32(u64::from(tokens).saturating_add((fills as u64).saturating_mul(per_fill)).min(max));
+                tokens = clamp32(u64::from(tokens).saturating_add(fills.saturating_mul(per_fill)).min(max));
             }
             if tokens == 0 {
                 return false;
@@ -485,7 +499,7 @@ impl Limit {
         if !roll(l.enabled) {
             return false;
         }
-        !self.bucket.take(l.max_tokens, l.tokens_per_fill, l.fill_interval) && roll(l.enforced)
+        !self.bucket.take(l.max_tokens, l.tokens_per_fill) && roll(l.enforced)
     }
 }
 
@@ -513,7 +527,9 @@ impl Generation {
 struct Store {
     clusters: HashMap<String, Arc<ClusterShared>>,
     endpoints: HashMap<(String, SocketAddr, bool, u64), Arc<EndpointRt>>,
-    buckets: HashMap<String, Arc<Bucket>>,
+    /// By the limit's key and fill interval: a new interval starts a new, full bucket, as a new
+    /// filter config does in Envoy.
+    buckets: HashMap<(String, Duration), Arc<Bucket>>,
 }
 
 /// One proxy's (a sidecar's or the gateway's) runtime state.
@@ -599,8 +615,11 @@ impl ProxyRuntime {
             for ctx in [Context::Inbound, Context::Outbound, Context::Gateway] {
                 if l.applies(workload, ctx) {
                     let max = l.max_tokens;
-                    let bucket =
-                        store.buckets.entry(l.key.clone()).or_insert_with(|| Arc::new(Bucket::new(max))).clone();
+                    let bucket = store
+                        .buckets
+                        .entry((l.key.clone(), l.fill_interval))
+                        .or_insert_with(|| Arc::new(Bucket::new(max, l.fill_interval)))
+                        .clone();
                     limits.push((ctx, Limit { limit: l.clone(), bucket }));
                 }
             }
@@ -781,8 +800,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn token_bucket_refills_per_interval() {
-        let b = Bucket::new(4);
-        let take = || b.take(4, 4, Duration::from_secs(60));
+        let b = Bucket::new(4, Duration::from_secs(60));
+        let take = || b.take(4, 4);
         assert_eq!((0..6).filter(|_| take()).count(), 4, "max_tokens, then empty");
         tokio::time::advance(Duration::from_secs(59)).await;
         assert!(!take());
@@ -792,11 +811,9 @@ mod tests {
 
     #[test]
     fn workers_taking_at_once_take_each_token_once() {
-        let b = Bucket::new(1000);
+        let b = Bucket::new(1000, Duration::from_secs(3600));
         let taken: usize = std::thread::scope(|s| {
-            let takers: Vec<_> = (0..4)
-                .map(|_| s.spawn(|| (0..500).filter(|_| b.take(1000, 1000, Duration::from_secs(3600))).count()))
-                .collect();
+            let takers: Vec<_> = (0..4).map(|_| s.spawn(|| (0..500).filter(|_| b.take(1000, 1000)).count())).collect();
             takers.into_iter().map(|t| t.join().unwrap()).sum()
         });
         assert_eq!(taken, 1000);
@@ -804,13 +821,52 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_bucket_refills_each_interval_crossed_up_to_its_max() {
-        let b = Bucket::new(2);
-        let take = || b.take(3, 2, Duration::from_secs(1));
+        let b = Bucket::new(2, Duration::from_secs(1));
+        let take = || b.take(3, 2);
         assert!(take() && take() && !take());
         tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!((0..5).filter(|_| take()).count(), 3, "five fills of two, capped at max");
         tokio::time::advance(Duration::from_millis(1500)).await;
         assert_eq!((0..5).filter(|_| take()).count(), 2, "one fill in the interval crossed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bucket_left_empty_for_more_than_half_its_count_refills() {
+        // 2^31 and more intervals read as negative to a signed difference, which refilled nothing.
+        let b = Bucket::new(1, Duration::from_nanos(1));
+        assert!(b.take(1, 1) || b.take(1, 1));
+        tokio::time::advance(Duration::from_nanos(3 << 30)).await;
+        assert!(b.take(1, 1), "refilled after 3 * 2^30 intervals");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_fill_interval_gets_a_full_bucket_of_its_own() {
+        let limit = |secs| {
+            Arc::new(LocalRateLimit {
+                key: "default/rl#0".into(),
+                namespace: crate::snapshot::ROOT_NAMESPACE.into(),
+                selector: Default::default(),
+                context: Context::Any,
+                max_tokens: 2,
+                tokens_per_fill: 2,
+                fill_interval: Duration::from_secs(secs),
+                enabled: 100.0,
+                enforced: 100.0,
+                headers: vec![],
+            })
+        };
+        let snap = |generation, secs| Snapshot { generation, rate_limits: vec![limit(secs)], ..Snapshot::default() };
+        let bucket = |g: &Generation| g.limits[0].1.bucket.clone();
+        let rt = ProxyRuntime::new(&crate::daemon::gateway_workload(), None);
+        let one = bucket(&rt.for_snapshot(&snap(1, 1)));
+        assert!(one.take(2, 2) && one.take(2, 2) && !one.take(2, 2));
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert!(Arc::ptr_eq(&bucket(&rt.for_snapshot(&snap(2, 1))), &one), "the same interval keeps the bucket");
+        let b = bucket(&rt.for_snapshot(&snap(3, 60)));
+        assert!(!Arc::ptr_eq(&b, &one));
+        assert!(b.take(2, 2) && b.take(2, 2) && !b.take(2, 2), "full, then empty");
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(b.take(2, 2), "refilled after the new interval");
     }
 
     #[test]

@@ -13,7 +13,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -54,7 +54,20 @@ struct CxSlot(Arc<ClusterShared>);
 impl Drop for CxSlot {
     fn drop(&mut self) {
         self.0.cx_active.fetch_sub(1, Ordering::AcqRel);
-        self.0.notify.notify_one();
+        wake_pending(&self.0);
+    }
+}
+
+/// Wakes the cluster's pending requests after a connection came back or closed, each to look
+/// again for what it waits for: one woken alone may be waiting on another endpoint than the one
+/// the connection is to. Without pending requests it is a fence and a load, where a wake-up
+/// would be a compare-and-swap or a lock.
+fn wake_pending(shared: &ClusterShared) {
+    // Paired with the fence in `queued`: a request that joined the queue before this fence is
+    // counted here, and one that joins after it sees what was given back before it.
+    fence(Ordering::SeqCst);
+    if shared.rq_pending_active.load(Ordering::Relaxed) != 0 {
+        shared.notify.notify_waiters();
     }
 }
 
@@ -267,7 +280,10 @@ where
     F: Future<Output = Result<T, UpstreamError>>,
 {
     let _pending = pending(shared, pool)?;
+    // Paired with the fence in `wake_pending`.
+    fence(Ordering::SeqCst);
     loop {
+        // Registered before looking, so a wake between the look and the wait is not lost.
         let notified = shared.notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
@@ -463,9 +479,10 @@ impl Conn {
         let keep = (self.max_uses == 0 || self.uses < self.max_uses) && self.link.is_open();
         if keep {
             self.ep.put_idle(IdleConn { link: self.link, uses: self.uses, since: Instant::now() });
+            wake_pending(&self.shared);
         }
-        // A link not kept is dropped here, which closes it and frees its slot.
-        self.shared.notify.notify_one();
+        // A link not kept is dropped here: that closes it, frees its slot and wakes the pending
+        // requests.
     }
 }
 
@@ -761,6 +778,38 @@ mod tests {
         assert_eq!(crt.shared.stats.upstream_cx_total.load(Ordering::Relaxed), 1, "one connection, shared in turn");
         assert!(crt.shared.stats.upstream_rq_pending_total.load(Ordering::Relaxed) > 0, "some waited for it");
         assert_eq!(crt.shared.rq_pending_active.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_connection_given_back_wakes_its_endpoints_waiter_though_another_endpoints_waited_first() {
+        let crt = Arc::new(ClusterRt::of(&[concurrent_server(), concurrent_server()]));
+        let pool = Arc::new(PoolSettings { max_connections: 1, ..PoolSettings::default() });
+        let on = |i: usize| {
+            let (crt, pool) = (crt.clone(), pool.clone());
+            async move {
+                let (conn, _) = acquire(&crt.shared, &crt.endpoints[i], &pool, None).await.unwrap();
+                conn.send(get()).await.unwrap().into_response()
+            }
+        };
+        // The cluster's one connection, to the second endpoint, held until its body is read.
+        let held = on(1).await;
+        let first = tokio::spawn(on(0));
+        let settle = || async {
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+        };
+        settle().await;
+        let second = tokio::spawn(on(1));
+        settle().await;
+        assert_eq!(crt.shared.rq_pending_active.load(Ordering::Relaxed), 2, "both wait");
+        assert_eq!(held.into_body().collect().await.unwrap().to_bytes(), "ok");
+        // Woken alone, the first waiter (for the other endpoint) would find nothing and wait again,
+        // and the second would sleep with its connection idle.
+        let resp = tokio::time::timeout(Duration::from_secs(10), second).await.expect("woken").unwrap();
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+        assert!(!first.is_finished(), "no slot for the other endpoint while the connection stays open");
+        first.abort();
     }
 
     /// An HTTP/2 server (prior knowledge) on a thread of its own that answers each request with
