@@ -145,8 +145,15 @@ async fn circuit_breaking_overflows_with_envoys_answer() {
             (r.status().as_u16(), overloaded, r.text().await.unwrap())
         })
     };
+    // The first request's connection closes after its one request (maxRequestsPerConnection 1),
+    // just after the client has the response: until it has, the next request would wait for it,
+    // and `upstream_rq_active` counts waiting requests too.
+    until("upstream_cx_active", 0).await;
     let holding = send("/delay/10");
     until("upstream_rq_active", 1).await;
+    // Connected, and out of the pending queue it passes through while connecting.
+    until("upstream_cx_active", 1).await;
+    until("upstream_rq_pending_active", 0).await;
     let waiting = send("/get");
     until("upstream_rq_pending_active", 1).await;
     let (status, overloaded, body) = send("/get").await.unwrap();
