@@ -669,8 +669,13 @@ mod tests {
         assert_eq!(crt.shared.stats.upstream_cx_total.load(Ordering::Relaxed), 2);
     }
 
-    /// An HTTP/1.1 server on a thread of its own that answers `ok` on every connection at once.
-    fn concurrent_server() -> SocketAddr {
+    /// A server on a thread of its own (so the test's runtime counts only the proxy's tasks)
+    /// that runs `serve` on a task of its own for each connection it accepts.
+    fn serve_each<F, Fut>(serve: F) -> SocketAddr
+    where
+        F: Fn(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = std_listener.local_addr().unwrap();
         std::thread::spawn(move || {
@@ -679,20 +684,24 @@ mod tests {
                 std_listener.set_nonblocking(true).unwrap();
                 let listener = TcpListener::from_std(std_listener).unwrap();
                 loop {
-                    let (mut s, _) = listener.accept().await.unwrap();
-                    tokio::spawn(async move {
-                        let mut buf = vec![0u8; 4096];
-                        while let Ok(n @ 1..) = s.read(&mut buf).await {
-                            let _ = n;
-                            if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.is_err() {
-                                break;
-                            }
-                        }
-                    });
+                    let (s, _) = listener.accept().await.unwrap();
+                    tokio::spawn(serve(s));
                 }
             });
         });
         addr
+    }
+
+    /// An HTTP/1.1 server that answers `ok` on every connection at once.
+    fn concurrent_server() -> SocketAddr {
+        serve_each(|mut s| async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(1..) = s.read(&mut buf).await {
+                if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.is_err() {
+                    break;
+                }
+            }
+        })
     }
 
     /// `n` requests in flight at once, each response head in hand before any body is read (so
@@ -812,36 +821,20 @@ mod tests {
         first.abort();
     }
 
-    /// An HTTP/2 server (prior knowledge) on a thread of its own that answers each request with
-    /// its version, authority and path.
+    /// An HTTP/2 server (prior knowledge) that answers each request with its version, authority
+    /// and path.
     fn h2_server() -> SocketAddr {
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = std_listener.local_addr().unwrap();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async move {
-                std_listener.set_nonblocking(true).unwrap();
-                let listener = TcpListener::from_std(std_listener).unwrap();
-                loop {
-                    let (s, _) = listener.accept().await.unwrap();
-                    tokio::spawn(async move {
-                        let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
-                            // Long enough for every request of a burst to be in flight at once.
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            let text =
-                                format!("{:?} {} {}", req.version(), req.uri().authority().unwrap(), req.uri().path());
-                            Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(Bytes::from(
-                                text,
-                            ))))
-                        });
-                        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(s), svc)
-                            .await;
-                    });
-                }
+        serve_each(|s| async move {
+            let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                // Long enough for every request of a burst to be in flight at once.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let text = format!("{:?} {} {}", req.version(), req.uri().authority().unwrap(), req.uri().path());
+                Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(Bytes::from(text))))
             });
-        });
-        addr
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(s), svc)
+                .await;
+        })
     }
 
     #[tokio::test]
