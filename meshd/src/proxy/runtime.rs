@@ -234,7 +234,7 @@ impl IdlePool {
         }
     }
 
-    #[cfg(test)]
+    /// Connections held, in the ring and spilled.
     fn len(&self) -> usize {
         self.ring.get().map_or(0, |r| r.len()) + self.spill.len()
     }
@@ -242,8 +242,7 @@ impl IdlePool {
 
 impl std::fmt::Debug for IdlePool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ring = self.ring.get().map_or(0, |r| r.len());
-        f.debug_struct("IdlePool").field("ring", &ring).field("spill", &self.spill.len()).finish()
+        f.debug_struct("IdlePool").field("idle", &self.len()).finish()
     }
 }
 
@@ -287,11 +286,10 @@ pub struct ClusterRt {
 impl ClusterRt {
     /// State for a one-endpoint cluster outside any snapshot (an inbound listener's app).
     pub fn single(addr: SocketAddr) -> ClusterRt {
-        ClusterRt { shared: Arc::new(ClusterShared::new()), endpoints: vec![Arc::new(EndpointRt::new(addr, None))] }
+        ClusterRt::of(&[addr])
     }
 
-    /// State for a plaintext cluster of `addrs`, for tests.
-    #[cfg(test)]
+    /// State for a plaintext cluster of `addrs` outside any snapshot.
     pub fn of(addrs: &[SocketAddr]) -> ClusterRt {
         ClusterRt {
             shared: Arc::new(ClusterShared::new()),

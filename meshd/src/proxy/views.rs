@@ -16,27 +16,35 @@ pub type Client = Arc<(Arc<Workload>, Arc<ProxyRuntime>)>;
 /// One connection's views, empty until its first request.
 #[derive(Debug, Default)]
 pub struct Views {
-    /// The snapshot, with the handle's store count when it was loaded.
-    snapshot: Option<(u64, Arc<Snapshot>)>,
-    /// A runtime view of that snapshot.
+    current: Option<Current>,
+}
+
+/// A snapshot, with the handle's store count when it was loaded, and what was looked up from
+/// it: all of it goes when the handle stores another.
+#[derive(Debug)]
+struct Current {
+    stored: u64,
+    snapshot: Arc<Snapshot>,
+    /// A proxy's runtime view of it.
     generation: Option<Arc<Generation>>,
-    /// The mesh client that snapshot names, with the store count it was looked up at.
-    client: Option<(u64, Client)>,
+    /// The mesh client it names.
+    client: Option<Client>,
 }
 
 impl Views {
     /// The current snapshot, loaded again only when the handle stored another since.
+    #[cfg(test)]
     pub fn snapshot(&mut self, handle: &SnapshotHandle) -> &Arc<Snapshot> {
-        fresh(&mut self.snapshot, handle)
+        &self.refresh(handle).snapshot
     }
 
     /// The current snapshot and `rt`'s view of it.
     pub fn current(&mut self, handle: &SnapshotHandle, rt: &ProxyRuntime) -> (&Arc<Snapshot>, &Arc<Generation>) {
-        let snapshot = fresh(&mut self.snapshot, handle);
-        if self.generation.as_ref().is_some_and(|g| g.generation != snapshot.generation || g.proxy != rt.id) {
-            self.generation = None;
+        let Current { snapshot, generation, .. } = self.refresh(handle);
+        if generation.as_ref().is_some_and(|g| g.proxy != rt.id) {
+            *generation = None;
         }
-        let generation = self.generation.get_or_insert_with(|| rt.for_snapshot(snapshot));
+        let generation = generation.get_or_insert_with(|| rt.for_snapshot(snapshot));
         (snapshot, generation)
     }
 
@@ -48,13 +56,11 @@ impl Views {
         registry: &Registry,
         cache: &ArcSwapOption<(Arc<Workload>, Arc<ProxyRuntime>)>,
     ) -> Option<Client> {
-        let stored = handle.stored();
-        if let Some((seen, c)) = &self.client {
-            if *seen == stored {
-                return Some(c.clone());
-            }
+        let current = self.refresh(handle);
+        if let Some(c) = &current.client {
+            return Some(c.clone());
         }
-        let w = self.snapshot(handle).mesh_client.clone()?;
+        let w = current.snapshot.mesh_client.clone()?;
         let c = match cache.load_full().filter(|c| c.0.name == w.name) {
             Some(c) => c,
             None => {
@@ -63,18 +69,18 @@ impl Views {
                 c
             }
         };
-        self.client = Some((stored, c.clone()));
+        current.client = Some(c.clone());
         Some(c)
     }
-}
 
-/// The snapshot in `slot`, replaced first when the handle has stored another since.
-fn fresh<'s>(slot: &'s mut Option<(u64, Arc<Snapshot>)>, handle: &SnapshotHandle) -> &'s Arc<Snapshot> {
-    let stored = handle.stored();
-    if slot.as_ref().is_some_and(|(seen, _)| *seen != stored) {
-        *slot = None;
+    /// What this connection read, dropped first when the handle has stored a snapshot since.
+    fn refresh(&mut self, handle: &SnapshotHandle) -> &mut Current {
+        let stored = handle.stored();
+        if self.current.as_ref().is_some_and(|c| c.stored != stored) {
+            self.current = None;
+        }
+        self.current.get_or_insert_with(|| Current { stored, snapshot: handle.load(), generation: None, client: None })
     }
-    &slot.get_or_insert_with(|| (stored, handle.load())).1
 }
 
 #[cfg(test)]
