@@ -293,6 +293,13 @@ struct ConnInfo {
     local: Option<SocketAddr>,
 }
 
+impl ConnInfo {
+    /// An accepted connection's addresses, before any mTLS identity.
+    fn of(stream: &TcpStream, peer: SocketAddr) -> ConnInfo {
+        ConnInfo { peer, xfcc: None, principal: None, local: stream.local_addr().ok() }
+    }
+}
+
 /// The request as the policies see it: everything but the body, which is buffered once.
 struct Outgoing {
     method: Method,
@@ -617,16 +624,15 @@ impl Proxy {
     /// One accepted connection: inbound listeners enforce the port's mTLS mode first. Every path
     /// but plaintext HTTP runs [`apart`].
     async fn connection(self, conn: Accepted) {
-        let local = conn.stream.local_addr().ok();
         if let Role::GatewayTls { .. } = &*conn.role {
-            return apart(self.gateway_tls(conn, local)).await;
+            return apart(self.gateway_tls(conn)).await;
         }
         let Accepted { stream, peer, role, shutdown, changes } = conn;
         if let Role::GatewayTcp { rt, port } = &*role {
             return apart(self.gateway_tcp(stream, rt, *port)).await;
         }
         let Role::Inbound { workload, port, tls, tcp, .. } = &*role else {
-            let info = Arc::new(ConnInfo { peer, xfcc: None, principal: None, local });
+            let info = Arc::new(ConnInfo::of(&stream, peer));
             return self.serve_io(stream, info, role, shutdown, changes, None).await;
         };
         let mode = self.snapshot.load().peer_auth.mode(&workload.namespace, &workload.labels, *port);
@@ -635,8 +641,8 @@ impl Proxy {
         match (tls, tls_hello, mode) {
             (Some(cfg), true, MtlsMode::Strict | MtlsMode::Permissive) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(cfg.clone());
-                let conn = Accepted { stream, peer, role: role.clone(), shutdown, changes };
-                apart(self.inbound_tls(acceptor, conn, local)).await
+                let conn = Accepted { stream, peer, role, shutdown, changes };
+                apart(self.inbound_tls(acceptor, conn)).await
             }
             (_, false, MtlsMode::Strict) if tls.is_some() => {
                 // STRICT and a plaintext client: reset, as Envoy does (curl: exit 56).
@@ -647,13 +653,13 @@ impl Proxy {
                 reset(stream);
             }
             _ => {
-                let info = Arc::new(ConnInfo { peer, xfcc: None, principal: None, local });
+                let info = Arc::new(ConnInfo::of(&stream, peer));
                 let strict = tls.is_some();
                 let (ns, labels, port) = (workload.namespace.clone(), workload.labels.clone(), *port);
                 let recheck: Recheck =
                     Box::new(move |snap| !strict || snap.peer_auth.mode(&ns, &labels, port) != MtlsMode::Strict);
                 if *tcp {
-                    return apart(self.tcp_inbound(stream, info, role.clone())).await;
+                    return apart(self.tcp_inbound(stream, &info, &role)).await;
                 }
                 self.serve_io(stream, info, role, shutdown, changes, Some(recheck)).await
             }
@@ -661,25 +667,26 @@ impl Proxy {
     }
 
     /// An mTLS connection at a pod's inbound port: the handshake, then its HTTP or TCP.
-    async fn inbound_tls(self, acceptor: tokio_rustls::TlsAcceptor, conn: Accepted, local: Option<SocketAddr>) {
+    async fn inbound_tls(self, acceptor: tokio_rustls::TlsAcceptor, conn: Accepted) {
         let Accepted { stream, peer, role, shutdown, changes } = conn;
         let Role::Inbound { workload, port, tcp, .. } = &*role else { return };
+        let mut info = ConnInfo::of(&stream, peer);
         let Ok(tls_stream) = acceptor.accept(stream).await else {
             return; // a failed handshake (unknown CA, no client certificate) closes the connection
         };
         let (_, session) = tls_stream.get_ref();
         let client_cert = session.peer_certificates().and_then(|c| c.first()).map(|c| c.as_ref().to_vec());
         let client = client_cert.as_deref().and_then(crate::security::tls::spiffe_of);
-        let xfcc = client_cert.as_ref().zip(client.as_ref()).and_then(|(c, client)| {
+        info.xfcc = client_cert.as_ref().zip(client.as_ref()).and_then(|(c, client)| {
             let server = crate::security::ca::spiffe_id(&workload.namespace, &workload.service_account);
             HeaderValue::from_str(&crate::security::tls::xfcc(&server, c, client)).ok()
         });
-        let principal = client.map(|c| c.trim_start_matches("spiffe://").to_string());
-        let info = Arc::new(ConnInfo { peer, xfcc, principal, local });
+        info.principal = client.map(|c| c.trim_start_matches("spiffe://").to_string());
+        let info = Arc::new(info);
         let (ns, labels, port) = (workload.namespace.clone(), workload.labels.clone(), *port);
         let recheck: Recheck = Box::new(move |snap| snap.peer_auth.mode(&ns, &labels, port) != MtlsMode::Disable);
         if *tcp {
-            return self.tcp_inbound(tls_stream, info, role.clone()).await;
+            return self.tcp_inbound(tls_stream, &info, &role).await;
         }
         self.serve_io(tls_stream, info, role, shutdown, changes, Some(recheck)).await
     }
@@ -717,12 +724,12 @@ impl Proxy {
 
     /// A TCP connection at a pod's inbound port: AuthorizationPolicy for TCP (a denial closes
     /// the connection), then bytes copied to the app.
-    async fn tcp_inbound<I>(&self, mut io: I, info: Arc<ConnInfo>, role: Arc<Role>)
+    async fn tcp_inbound<I>(&self, mut io: I, info: &ConnInfo, role: &Role)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         use crate::security::authz::{Decision as Authz, Request as AuthzRequest, Target as AuthzTarget};
-        let Role::Inbound { workload, port, app, rt, .. } = &*role else { return };
+        let Role::Inbound { workload, port, app, rt, .. } = role else { return };
         let snapshot = self.snapshot.load();
         let target = AuthzTarget { namespace: &workload.namespace, labels: &workload.labels };
         if snapshot.authz.applies_to(&target) {
@@ -754,8 +761,9 @@ impl Proxy {
 
     /// The gateway's HTTPS side: reads the ClientHello, picks the Gateway server whose hosts match
     /// the SNI (the first one when there is none), and terminates TLS with its certificate.
-    async fn gateway_tls(self, conn: Accepted, local: Option<SocketAddr>) {
+    async fn gateway_tls(self, conn: Accepted) {
         let Accepted { stream, peer, role, shutdown, changes } = conn;
+        let info = Arc::new(ConnInfo::of(&stream, peer));
         let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
         let Ok(start) = acceptor.await else { return };
         let sni = start.client_hello().server_name().map(|s| s.to_ascii_lowercase());
@@ -766,7 +774,6 @@ impl Proxy {
         };
         let Some(server) = server else { return };
         let Ok(tls_stream) = start.into_stream(server.config.clone()).await else { return };
-        let info = Arc::new(ConnInfo { peer, xfcc: None, principal: None, local });
         self.serve_io(tls_stream, info, role, shutdown, changes, None).await
     }
 
