@@ -167,7 +167,8 @@ def report(results):
     base = results[0]
     print(f"# Data plane: {THREADS} thread(s) per proxy and for the apps, wrk -t{THREADS} -c16 {DUR}s, {ROUNDS} rounds; "
           f"oha -q 1000 -c {LAT_CONNS} --latency-correction {DUR}s, {ROUNDS} rounds (Bookinfo: -c 4) ({os.cpu_count()} cores)")
-    print(f"# {b.profile_note()}\n")
+    print(f"# {b.profile_note()}")
+    print(f"# {b.machine_note()}\n")
     print("| path | throughput (rps) | / direct | p50 ms | p90 ms | p99 ms | added p50 / p90 / p99 ms "
           "| proxy CPU at 1000 rps (cores) | per hop | proxy CPU per request at saturation (µs) | upstream reuse "
           "| failed |")
