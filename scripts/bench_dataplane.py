@@ -120,6 +120,7 @@ def main():
             return
         results = [dict(name=row[0], hops=row[5], errors=0, codes={}, runs=[], proxy=0.0, qps=0.0, rps_runs=[],
                         us_runs=[], rq=0, cx=0) for row in rows]
+        steal = b.Steal()
         # Throughput rounds interleave the paths too: one wrk run of a path swings by a tenth with
         # what else the two cores run, so each path's figure is its median over the rounds.
         for _ in range(ROUNDS):
@@ -139,6 +140,8 @@ def main():
         for r in results:
             r["rps"], r["us"] = statistics.median(r["rps_runs"]), statistics.median(r["us_runs"])
             r["reuse"] = (r["rq"] - r["cx"]) / r["rq"] * 100 if r["rq"] else None
+        steal_tp = steal.note("the throughput rounds")
+        steal = b.Steal()
         # Latency rounds interleave the paths, so a noisy moment of the machine is spread over all
         # of them; each percentile is the median over the rounds.
         for _ in range(ROUNDS):
@@ -155,7 +158,7 @@ def main():
                     r["codes"][c] = r["codes"].get(c, 0) + n
         for r in results:
             r["pct"] = {p: statistics.median(run[p] for run in r["runs"]) for p in ("50", "90", "99")}
-        report(results)
+        report(results, (steal_tp, steal.note("the latency rounds")))
     finally:
         if nginx:
             nginx.terminate()
@@ -163,12 +166,15 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
 
 
-def report(results):
+def report(results, steal=()):
     base = results[0]
     print(f"# Data plane: {THREADS} thread(s) per proxy and for the apps, wrk -t{THREADS} -c16 {DUR}s, {ROUNDS} rounds; "
           f"oha -q 1000 -c {LAT_CONNS} --latency-correction {DUR}s, {ROUNDS} rounds (Bookinfo: -c 4) ({os.cpu_count()} cores)")
     print(f"# {b.profile_note()}")
-    print(f"# {b.machine_note()}\n")
+    print(f"# {b.machine_note()}")
+    for note in steal:
+        print(f"# {note}")
+    print()
     print("| path | throughput (rps) | / direct | p50 ms | p90 ms | p99 ms | added p50 / p90 / p99 ms "
           "| proxy CPU at 1000 rps (cores) | per hop | proxy CPU per request at saturation (µs) | upstream reuse "
           "| failed |")

@@ -45,6 +45,7 @@ def main():
         def run_load():
             load["result"] = b.oha(f"http://{mesh.gateway}/get", "bench.one", 1000, seconds)
 
+        steal = b.Steal()
         t = threading.Thread(target=run_load)
         t.start()
         time.sleep(1.5)
@@ -76,7 +77,8 @@ def main():
         delays.sort()
         p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
         print(f"# Live reload under load: {RELOADS} saves, one a second, oha -q 1000 on the gateway "
-              f"({THREADS} proxy thread(s))\n")
+              f"({THREADS} proxy thread(s))")
+        print(f"# {steal.note('the reloads')}\n")
         print("| figure | value |")
         print("|---|---|")
         print(f"| save to new routing served, median (ms) | {statistics.median(delays):.1f} |")

@@ -111,6 +111,7 @@ def under_load():
 
 def main():
     b.ensure_tools(oha=False)
+    steal = b.Steal()
     runs = [one_run() for _ in range(RUNS)]
     t = [r[0] * 1000 for r in runs]
     idle = [r[1] for r in runs]
@@ -130,6 +131,7 @@ def main():
     print(f"| RSS peak under load: wrk -c16 on /productpage for 5 s, {rps:,.0f} rps (MiB) | {peak:.1f} | <= 96 |")
     print(f"| RSS per extra sidecar: 20 more httpbin pods, each with a sidecar that served (MiB) "
           f"| {(extra - base) / 20:.2f} ({base:.1f} -> {extra:.1f}) | <= 2 |")
+    print(f"\n# {steal.note('these launches and loads')}")
 
 
 if __name__ == "__main__":

@@ -316,6 +316,35 @@ class CpuMeter:
         return {k: (after[k] - self.before[k]) / HZ / secs for k in self.groups}
 
 
+class Steal:
+    """How much of the time this machine's vCPUs wanted to run the hypervisor gave to other
+    guests over an interval (/proc/stat's steal against the busy and stolen time): near 0 on a
+    quiet host. A run measured while the host was busy is not comparable with one that was not,
+    though every ratio within it stays fair."""
+
+    def __init__(self):
+        self.before = self.read()
+
+    @staticmethod
+    def read():
+        try:
+            with open("/proc/stat") as f:
+                t = [int(v) for v in f.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        if len(t) < 8:
+            return None
+        # user nice system idle iowait irq softirq steal (guest time is inside user).
+        return t[7], t[0] + t[1] + t[2] + t[5] + t[6] + t[7]
+
+    def note(self, what):
+        after = self.read()
+        if self.before is None or after is None or after[1] == self.before[1]:
+            return f"steal during {what}: not known"
+        share = (after[0] - self.before[0]) / (after[1] - self.before[1]) * 100
+        return f"steal during {what}: {share:.1f} % of the vCPUs' running time went to other guests of the host"
+
+
 def rss_mib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
