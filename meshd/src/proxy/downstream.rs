@@ -168,7 +168,7 @@ where
         let (version, head_request, keep_alive) = (head.version, head.method == Method::HEAD, head.keep_alive);
         // Names in lower case, as Envoy forwards them, so that they compare as they are.
         for f in &spans {
-            rbuf[f.name_range()].make_ascii_lowercase();
+            h1::lower_name(&mut rbuf[f.name_range()]);
         }
         let head_bytes = rbuf.split_to(head.len).freeze();
         let body = if head.body == 0 { full(Bytes::new()) } else { full(rbuf.split_to(head.body as usize).freeze()) };

@@ -440,11 +440,7 @@ impl Observed {
             slot.get_or_insert(value);
         });
         // Named before routing, as Envoy does; the span goes to the next hop as the request does.
-        let span = SpanContext::continue_from(
-            b3_trace.and_then(fields::text),
-            b3_span.and_then(fields::text),
-            traceparent.and_then(fields::text),
-        );
+        let span = SpanContext::continue_from(b3_trace, b3_span, traceparent);
         let bytes_received = length.and_then(h1::content_length).unwrap_or(0);
         let kept = |v: Option<&[u8]>| v.and_then(|v| fields.shared(v));
         let (user_agent, forwarded_for, authority, peer_id) =

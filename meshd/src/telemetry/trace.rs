@@ -41,27 +41,63 @@ pub struct SpanContext {
     pub parent: Option<u64>,
 }
 
-fn hex_u128(s: &str, widths: &[usize]) -> Option<u128> {
-    if !widths.contains(&s.len()) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+/// An id spelled in `widths` hex digits of either case, not all zero (B3's and W3C's rule), read
+/// in one pass over the bytes as they came: no check for text first, no parse by a general
+/// number reader. Ids come on nearly every request inside a mesh.
+fn hex_id(digits: &[u8], widths: &[usize]) -> Option<u128> {
+    if !widths.contains(&digits.len()) {
         return None;
     }
-    u128::from_str_radix(s, 16).ok().filter(|v| *v != 0)
+    let (high, low) = digits.split_at(digits.len().saturating_sub(16));
+    let (high, bad_high) = hex_u64(high);
+    let (low, bad_low) = hex_u64(low);
+    let v = u128::from(high) << 64 | u128::from(low);
+    (!(bad_high | bad_low) && v != 0).then_some(v)
+}
+
+/// The value of at most 16 hex digits, and whether a byte was not one.
+fn hex_u64(digits: &[u8]) -> (u64, bool) {
+    // A digit's value, or 16 for any other byte: one lookup and no branch a byte.
+    static NIBBLE: [u8; 256] = {
+        let mut t = [16u8; 256];
+        let mut i = 0;
+        while i < 10 {
+            t[b'0' as usize + i] = i as u8;
+            i += 1;
+        }
+        let mut i = 0;
+        while i < 6 {
+            t[b'a' as usize + i] = 10 + i as u8;
+            t[b'A' as usize + i] = 10 + i as u8;
+            i += 1;
+        }
+        t
+    };
+    let mut v = 0u64;
+    let mut bad = 0u8;
+    for &b in digits {
+        let n = NIBBLE[usize::from(b)];
+        bad |= n;
+        v = v << 4 | u64::from(n & 0xf);
+    }
+    (v, bad & 16 != 0)
 }
 
 impl SpanContext {
     /// Continues the caller's trace (B3, then `traceparent`), or starts one; a new span either
-    /// way. The caller gathers the three values, as text, in its own pass over the request's headers.
-    pub fn continue_from(b3_trace: Option<&str>, b3_span: Option<&str>, traceparent: Option<&str>) -> SpanContext {
+    /// way. The caller gathers the three values, as they came, in its own pass over the request's
+    /// headers.
+    pub fn continue_from(b3_trace: Option<&[u8]>, b3_span: Option<&[u8]>, traceparent: Option<&[u8]>) -> SpanContext {
         let span_id = fastrand::u64(1..);
         if let (Some(t), Some(s)) = (b3_trace, b3_span) {
-            if let (Some(trace_id), Some(parent)) = (hex_u128(t, &[16, 32]), hex_u128(s, &[16])) {
+            if let (Some(trace_id), Some(parent)) = (hex_id(t, &[16, 32]), hex_id(s, &[16])) {
                 return SpanContext { trace_id, wide: t.len() == 32, span_id, parent: Some(parent as u64) };
             }
         }
         if let Some(tp) = traceparent {
-            let mut f = tp.split('-');
+            let mut f = tp.split(|&b| b == b'-');
             if let (Some(_), Some(t), Some(s), Some(_), None) = (f.next(), f.next(), f.next(), f.next(), f.next()) {
-                if let (Some(trace_id), Some(parent)) = (hex_u128(t, &[32]), hex_u128(s, &[16])) {
+                if let (Some(trace_id), Some(parent)) = (hex_id(t, &[32]), hex_id(s, &[16])) {
                     return SpanContext { trace_id, wide: true, span_id, parent: Some(parent as u64) };
                 }
             }
@@ -387,7 +423,7 @@ impl TraceStore {
 
     /// The spans of one trace, by start time, from every shard.
     pub fn get(&self, trace_id: &str) -> Option<Vec<Span>> {
-        let id = hex_u128(&trace_id.to_ascii_lowercase(), &[16, 32])?;
+        let id = hex_id(trace_id.as_bytes(), &[16, 32])?;
         let mut entries: Option<Vec<Arc<Entry>>> = None;
         for shard in self.shards.all() {
             if let Some(spans) = shard.inner.lock().unwrap_or_else(|e| e.into_inner()).traces.get(&id) {
@@ -489,7 +525,7 @@ mod tests {
     }
 
     fn continued(headers: &HeaderMap) -> SpanContext {
-        let get = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+        let get = |name: &HeaderName| headers.get(name).map(HeaderValue::as_bytes);
         SpanContext::continue_from(get(&B3_TRACE), get(&B3_SPAN), get(&TRACEPARENT))
     }
 
@@ -554,7 +590,7 @@ mod tests {
     #[test]
     fn traceparent_needs_exactly_four_parts() {
         let tp = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra");
-        assert_eq!(SpanContext::continue_from(None, None, tp.to_str().ok()).parent, None);
+        assert_eq!(SpanContext::continue_from(None, None, Some(tp.as_bytes())).parent, None);
     }
 
     #[test]
@@ -563,6 +599,49 @@ mod tests {
         h.insert("x-b3-traceid", HeaderValue::from_static("zz"));
         h.insert("x-b3-spanid", HeaderValue::from_static("0000000000000000"));
         assert_eq!(continued(&h).parent, None);
+    }
+
+    /// What an id is, spelled out the slow way: its width, hex digits of either case only (no
+    /// sign, no space, nothing past ASCII), not zero.
+    fn id_by_rule(s: &[u8], widths: &[usize]) -> Option<u128> {
+        let s = std::str::from_utf8(s).ok()?;
+        if !widths.contains(&s.len()) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u128::from_str_radix(s, 16).ok().filter(|v| *v != 0)
+    }
+
+    #[test]
+    fn ids_are_hex_digits_of_their_width_and_not_zero() {
+        let cases: [&[u8]; 14] = [
+            b"463ac35c9f6413ad",
+            b"463AC35C9F6413AD",
+            b"4bf92f3577b34da6a3ce929d0e0e4736",
+            b"00000000000000000000000000000001",
+            b"0000000000000000",
+            b"00000000000000000000000000000000",
+            b"+63ac35c9f6413ad",
+            b"463ac35c9f6413a ",
+            b"463ac35c9f6413ag",
+            b"463ac35c9f6413a\xc3",
+            b"463ac35c9f6413a",
+            b"4bf92f3577b34da6a3ce929d0e0e47361",
+            b"ffffffffffffffffffffffffffffffff",
+            b"",
+        ];
+        for s in cases {
+            for widths in [&[16, 32][..], &[16], &[32]] {
+                assert_eq!(hex_id(s, widths), id_by_rule(s, widths), "{:?} in {widths:?}", String::from_utf8_lossy(s));
+            }
+        }
+        // Every byte in every place of a 16-digit id, against the rule.
+        for at in [0, 7, 15] {
+            for b in 0..=255u8 {
+                let mut s = *b"463ac35c9f6413ad";
+                s[at] = b;
+                assert_eq!(hex_id(&s, &[16]), id_by_rule(&s, &[16]), "byte {b:#x} at {at}");
+            }
+        }
     }
 
     fn entry(trace: u128, id: u64, start_us: u64, dur: u64, status: u16) -> Arc<Entry> {
