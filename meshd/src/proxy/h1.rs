@@ -77,13 +77,15 @@ pub(super) fn lower_name(name: &mut [u8]) {
             w.copy_from_slice(&lower.to_le_bytes());
         }
     }
+    // The last few bytes as one word too, gathered by shifts: a copy of a length known only
+    // here would be a call to `memcpy` each way.
     let rest = words.into_remainder();
-    let mut w = [0u8; 8];
-    w[..rest.len()].copy_from_slice(rest);
-    let x = u64::from_le_bytes(w);
+    let x = rest.iter().rev().fold(0u64, |w, &b| w << 8 | u64::from(b));
     let lower = lower8(x);
     if lower != x {
-        rest.copy_from_slice(&lower.to_le_bytes()[..rest.len()]);
+        for (i, b) in rest.iter_mut().enumerate() {
+            *b = (lower >> (8 * i)) as u8;
+        }
     }
 }
 

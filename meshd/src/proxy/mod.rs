@@ -606,8 +606,10 @@ impl Proxy {
             let role = role.clone();
             let shutdown = shutdown.clone();
             let changes = changes.clone();
-            let serve =
-                move |stream| async move { proxy.connection(Accepted { stream, peer, role, shutdown, changes }).await };
+            // The connection's future is kilobytes: boxed once, where it is made, so that the
+            // task and tokio's moves of it carry a pointer. Apps that open a connection per
+            // call (Bookinfo's do, as the originals) pay those moves on every call.
+            let serve = move |stream| Box::pin(proxy.connection(Accepted { stream, peer, role, shutdown, changes }));
             match &self.workers {
                 Some(workers) => workers.hand_off(stream, serve),
                 None => {
