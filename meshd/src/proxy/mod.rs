@@ -852,7 +852,9 @@ impl Proxy {
             let proxy = self.clone();
             let role = role.clone();
             let info = info.clone();
-            async move {
+            // Boxed: hyper runs each HTTP/2 stream as a task of its own, and tokio moves a
+            // task's future whole, on spawn and at its end; the answer's is kilobytes.
+            Box::pin(async move {
                 let mut req = req.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed());
                 if req.version() == http::Version::HTTP_2 {
                     h1_form(&mut req);
@@ -863,7 +865,7 @@ impl Proxy {
                 // loop) the record is written first; left to the tick it would wait a second.
                 crate::telemetry::flush_local();
                 answer.map(Answer::into_response).ok_or(AbortConnection)
-            }
+            })
         });
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         let conn = builder.serve_connection(TokioIo::new(rest), svc);
