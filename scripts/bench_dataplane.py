@@ -120,7 +120,7 @@ def main():
             return
         results = [dict(name=row[0], hops=row[5], errors=0, codes={}, runs=[], proxy=0.0, qps=0.0, rps_runs=[],
                         us_runs=[], rq=0, cx=0) for row in rows]
-        steal = b.Steal()
+        steal_tp = b.Steal()
         # Throughput rounds interleave the paths too: one wrk run of a path swings by a tenth with
         # what else the two cores run, so each path's figure is its median over the rounds.
         for _ in range(ROUNDS):
@@ -140,8 +140,8 @@ def main():
         for r in results:
             r["rps"], r["us"] = statistics.median(r["rps_runs"]), statistics.median(r["us_runs"])
             r["reuse"] = (r["rq"] - r["cx"]) / r["rq"] * 100 if r["rq"] else None
-        steal_tp = steal.note("the throughput rounds")
-        steal = b.Steal()
+        tp_note = steal_tp.note("the throughput rounds")
+        steal_lat = b.Steal()
         # Latency rounds interleave the paths, so a noisy moment of the machine is spread over all
         # of them; each percentile is the median over the rounds.
         for _ in range(ROUNDS):
@@ -158,7 +158,7 @@ def main():
                     r["codes"][c] = r["codes"].get(c, 0) + n
         for r in results:
             r["pct"] = {p: statistics.median(run[p] for run in r["runs"]) for p in ("50", "90", "99")}
-        report(results, (steal_tp, steal.note("the latency rounds")))
+        report(results, (tp_note, steal_lat.note("the latency rounds")))
     finally:
         if nginx:
             nginx.terminate()

@@ -171,11 +171,10 @@ RUST_CODE = ("Cargo.lock", "meshd", "demo-apps")
 def profile_note():
     """Which profile guided `make release`, and how many commits have changed the Rust code
     since it was taken (each changed function builds as without one: `make pgo` refreshes it)."""
-    try:
-        with open(os.path.join(ROOT, "pgo", "trained-on")) as f:
-            rev = f.read().split()[0]
-    except (OSError, IndexError):
+    words = (read_text(os.path.join(ROOT, "pgo", "trained-on")) or "").split()
+    if not words:
         return "release build: no pgo/trained-on, so no record of the profile"
+    rev = words[0]
     since = git("rev-list", "--count", f"{rev}..HEAD", "--", *RUST_CODE) or "an unknown number of"
     return f"release build guided by pgo/meshd.profdata, trained on {rev}; {since} commit(s) changed the Rust code since"
 
@@ -184,20 +183,17 @@ def machine_note():
     """The processor and the kernel's idle handling, which differ between the machines a run
     may land on: a vCPU that halts when idle makes every wake-up of it cost a round trip
     through the hypervisor, and wake-ups are most of a request's latency at 1000 rps."""
-    model = "unknown processor"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), model)
-    except OSError:
-        pass
-    idle = read_first("/sys/devices/system/cpu/cpuidle/current_driver") or "no cpuidle driver"
-    poll = read_first("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+    lines = (read_text("/proc/cpuinfo") or "").splitlines()
+    model = next((l.split(":", 1)[1].strip() for l in lines if l.startswith("model name")), "unknown processor")
+    idle = read_text("/sys/devices/system/cpu/cpuidle/current_driver") or "no cpuidle driver"
+    poll = read_text("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
     if poll is not None:
         idle += f", guest_halt_poll_ns {poll}"
     return f"machine: {os.cpu_count()} x {model}, kernel {os.uname().release}, idle: {idle}"
 
 
-def read_first(path):
+def read_text(path):
+    """A small file's text, stripped, or None when it cannot be read."""
     try:
         with open(path) as f:
             return f.read().strip()
