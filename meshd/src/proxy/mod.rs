@@ -852,8 +852,9 @@ impl Proxy {
             let proxy = self.clone();
             let role = role.clone();
             let info = info.clone();
-            // Boxed: hyper runs each HTTP/2 stream as a task of its own, and tokio moves a
-            // task's future whole, on spawn and at its end; the answer's is kilobytes.
+            // Boxed where it is made: hyper runs each HTTP/2 stream as a task of its own, and
+            // tokio moves a task's future whole, on spawn and at its end; the answer's is
+            // kilobytes. (A box in hyper's executor would still copy it whole on the way in.)
             Box::pin(async move {
                 let mut req = req.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed());
                 if req.version() == http::Version::HTTP_2 {
@@ -1920,7 +1921,7 @@ mod tests {
         let (a, b) = (TcpStream::connect(addr).await.unwrap(), TcpStream::connect(addr).await.unwrap());
         let role = Arc::new(Role::MeshClient { cache: Default::default() });
         let (_tx, shutdown) = watch::channel(false);
-        let info = Arc::new(ConnInfo { peer: addr, xfcc: None, principal: None, local: None });
+        let info = Arc::new(ConnInfo::of(&b, addr));
         let accepted =
             Accepted { stream: a, peer: addr, role: role.clone(), shutdown: shutdown.clone(), changes: None };
         let connection = proxy.clone().connection(accepted);
