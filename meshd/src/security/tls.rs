@@ -28,7 +28,7 @@ pub fn provider() -> Arc<CryptoProvider> {
     let (aes128, aes256, chacha) =
         (cs::TLS13_AES_128_GCM_SHA256, cs::TLS13_AES_256_GCM_SHA384, cs::TLS13_CHACHA20_POLY1305_SHA256);
     let tls13 = if aes_hardware() { [aes128, aes256, chacha] } else { [chacha, aes128, aes256] };
-    // Envoy's default TLS 1.2 list, less the CBC suites rustls does not implement.
+    // Envoy's default TLS 1.2 list in its order, less what rustls does not implement (CBC, RSA key exchange).
     let tls12 = [
         cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
         cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
