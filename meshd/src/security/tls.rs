@@ -250,16 +250,21 @@ impl Security {
         if let Some(c) = self.clients.lock().unwrap_or_else(|e| e.into_inner()).get(spiffe) {
             return Ok(c.clone());
         }
-        let verifier = Arc::new(MeshServerVerifier { root: self.ca.root.clone(), provider: self.provider.clone() });
-        let mut cfg = ClientConfig::builder_with_provider(self.provider.clone())
+        let cfg = Arc::new(self.new_client_config(spiffe, self.provider.clone())?);
+        self.clients.lock().unwrap_or_else(|e| e.into_inner()).insert(spiffe.to_string(), cfg.clone());
+        Ok(cfg)
+    }
+
+    /// A client config for `spiffe` on `provider`, uncached: what [`Self::client_config`] caches.
+    fn new_client_config(&self, spiffe: &str, provider: Arc<CryptoProvider>) -> Result<ClientConfig, CaError> {
+        let verifier = Arc::new(MeshServerVerifier { root: self.ca.root.clone(), provider: provider.clone() });
+        let mut cfg = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|_| CaError::Cert(rcgen::Error::Time))?
             .dangerous()
             .with_custom_certificate_verifier(verifier)
             .with_client_cert_resolver(Arc::new(Resolver(self.current(spiffe)?)));
         cfg.alpn_protocols = vec![b"istio-http/1.1".to_vec(), b"http/1.1".to_vec()];
-        let cfg = Arc::new(cfg);
-        self.clients.lock().unwrap_or_else(|e| e.into_inner()).insert(spiffe.to_string(), cfg.clone());
         Ok(cfg)
     }
 
@@ -397,13 +402,7 @@ mod tests {
             ],
             ..rustls::crypto::ring::default_provider()
         });
-        let verifier = Arc::new(MeshServerVerifier { root: sec.ca.root.clone(), provider: openssl.clone() });
-        let client = ClientConfig::builder_with_provider(openssl)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_client_cert_resolver(Arc::new(Resolver(sec.current(&spiffe_id("default", "sleep")).unwrap())));
+        let client = sec.new_client_config(&spiffe_id("default", "sleep"), openssl).unwrap();
         let server = sec.server_config(&spiffe_id("default", "httpbin")).unwrap();
         assert_eq!(agree(Arc::new(client), server), rustls::CipherSuite::TLS13_AES_256_GCM_SHA384);
     }
