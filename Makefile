@@ -9,7 +9,7 @@ PGO_PROFILE := $(CURDIR)/pgo/meshd.profdata
 PGO_SUM = $(shell cksum < $(PGO_PROFILE) | cut -d' ' -f1)
 RELEASE_ENV = RUSTFLAGS="$(strip $(RUSTFLAGS) -Cprofile-use=$(PGO_PROFILE) -Cllvm-args=-no-pgo-warn-mismatch --cfg=meshd_pgo_$(PGO_SUM))"
 
-.PHONY: up build release pgo test lint fmt unit e2e bench bench-instructions clean
+.PHONY: up build release pgo test lint fmt unit e2e bench flamegraph bench-instructions clean
 
 up:
 	$(RELEASE_ENV) $(CARGO) run --release -p meshd -- up $(DIR)
@@ -43,6 +43,11 @@ bench: release
 	python3 scripts/bench_startup.py
 	python3 scripts/bench_dataplane.py
 	python3 scripts/bench_reload.py
+
+# One data-plane row's proxy threads under perf, drawn as a flamegraph (ROW as in the table).
+ROW ?= 3
+flamegraph: release
+	python3 scripts/bench_dataplane.py --profile $(ROW) --svg target/flamegraph-row$(ROW).svg
 
 # Instructions per request under callgrind: a noise-free comparison of builds (valgrind).
 bench-instructions: release

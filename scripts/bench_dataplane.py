@@ -19,7 +19,8 @@ backend is the same in every row. meshd's CPU is every thread of it but the apps
 the control thread (accepting, reloads, admin API).
 
 `--profile ROW` (1-based row number) records the proxies' threads with perf during that row's
-wrk run and prints the hottest symbols instead of the table.
+wrk run and prints the hottest symbols instead of the table; with `--svg FILE` it also draws the
+recording as a flamegraph (inferno's, installed once with `cargo install inferno --locked`).
 """
 import argparse
 import os
@@ -69,7 +70,7 @@ def mesh_folder(work, samples=SAMPLES):
     return cfg
 
 
-def profile(mesh, addr, host, path):
+def profile(mesh, addr, host, path, svg=None):
     tids = b.thread_ids(mesh.pid, "meshd-proxy")
     data = "/tmp/meshd-perf.data"
     rec = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "1500", "--call-graph", "dwarf,32768", "-o", data, "-t", ",".join(tids)],
@@ -81,13 +82,29 @@ def profile(mesh, addr, host, path):
     out = subprocess.run(["perf", "report", "-i", data, "--no-children", "--stdio", "-g", "none",
                           "--percent-limit", "0.7", "--sort", "symbol"], capture_output=True, text=True).stdout
     print("\n".join(line for line in out.splitlines() if line and not line.startswith("#")))
+    if svg:
+        flamegraph(data, svg)
+
+
+def flamegraph(data, svg):
+    """Draws perf's recording as a flamegraph: every stack perf unwound, folded by inferno."""
+    script = subprocess.run(["perf", "script", "-i", data], capture_output=True, text=True).stdout
+    folded = subprocess.run([b.cargo_tool("inferno-collapse-perf")], input=script, capture_output=True,
+                            text=True, check=True).stdout
+    with open(svg, "w") as f:
+        subprocess.run([b.cargo_tool("inferno-flamegraph"), "--title", os.path.basename(svg)], input=folded,
+                       stdout=f, text=True, check=True)
+    print(f"\n# flamegraph of {len(folded.splitlines()):,} distinct stacks: {svg}")
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--profile", type=int, help="profile one row (1-based) with perf instead of the table")
+    ap.add_argument("--svg", help="with --profile: also draw the recording as a flamegraph in this file")
     args = ap.parse_args()
-    b.ensure_tools(oha=not args.profile)
+    if args.svg and not args.profile:
+        ap.error("--svg draws the recording of --profile ROW")
+    b.ensure_tools(oha=not args.profile, inferno=bool(args.svg))
     work = tempfile.mkdtemp(prefix="meshd-bench-")
     env = {"MESHD_THREADS": THREADS, "MESHD_APP_THREADS": THREADS}
     mesh = b.Mesh(mesh_folder(work), env)
@@ -116,7 +133,7 @@ def main():
         if args.profile:
             name, addr, host, path, _, _ = rows[args.profile - 1]
             print(f"## {name}")
-            profile(mesh, addr, host, path)
+            profile(mesh, addr, host, path, args.svg)
             return
         results = [dict(name=row[0], hops=row[5], errors=0, codes={}, runs=[], proxy=0.0, qps=0.0, rps_runs=[],
                         us_runs=[], rq=0, cx=0) for row in rows]

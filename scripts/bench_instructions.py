@@ -248,7 +248,7 @@ def count_in(work, binary, backend):
             if CLIENT == "wrk":
                 return raw_load(addr, host or "backend", n)
             header = ["-H", f"Host: {host}"] if host else []
-            subprocess.run([b.oha_bin(), "-n", str(n), "-c", "4", "--no-tui", *header, url],
+            subprocess.run([b.cargo_tool("oha"), "-n", str(n), "-c", "4", "--no-tui", *header, url],
                            capture_output=True, check=True)
 
         measure(mesh.pid, load)

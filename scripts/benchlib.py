@@ -140,9 +140,9 @@ def start_nginx(work, backend, threads):
     return proc, [int(p) for p in out.split()]
 
 
-def ensure_tools(oha=True, debian=(("wrk", "wrk"), ("nginx", "nginx-light"))):
-    """Debian's packages (by default wrk and nginx: (command, package) pairs), and oha
-    (open-loop, latency-corrected) from crates.io."""
+def ensure_tools(oha=True, debian=(("wrk", "wrk"), ("nginx", "nginx-light")), inferno=False):
+    """Debian's packages (by default wrk and nginx: (command, package) pairs), oha
+    (open-loop, latency-corrected) and, when asked, inferno (flamegraphs) from crates.io."""
     for refresh in (False, True):
         missing = [pkg for cmd, pkg in debian if not shutil.which(cmd)]
         if not missing:
@@ -151,9 +151,10 @@ def ensure_tools(oha=True, debian=(("wrk", "wrk"), ("nginx", "nginx-light"))):
             subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
         subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=False, capture_output=True,
                        env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
-    if oha and not shutil.which("oha") and not os.path.exists(os.path.join(CARGO_BIN, "oha")):
-        print("installing oha (cargo install oha --locked), once", file=sys.stderr)
-        subprocess.run(["cargo", "install", "oha", "--locked"], check=False, capture_output=True)
+    for crate, command, wanted in (("oha", "oha", oha), ("inferno", "inferno-flamegraph", inferno)):
+        if wanted and not shutil.which(command) and not os.path.exists(os.path.join(CARGO_BIN, command)):
+            print(f"installing {crate} (cargo install {crate} --locked), once", file=sys.stderr)
+            subprocess.run(["cargo", "install", crate, "--locked"], check=False, capture_output=True)
     if not os.path.exists(BIN):
         sys.exit(f"{BIN} missing: cargo build --release -p meshd")
 
@@ -201,8 +202,9 @@ def read_text(path):
         return None
 
 
-def oha_bin():
-    return shutil.which("oha") or os.path.join(CARGO_BIN, "oha")
+def cargo_tool(command):
+    """A command `cargo install` put in place, found on PATH or in cargo's own folder."""
+    return shutil.which(command) or os.path.join(CARGO_BIN, command)
 
 
 class Mesh:
@@ -363,7 +365,7 @@ def oha(url, host=None, qps=1000, duration=5, connections=8):
     """Open-loop load at `qps` with latency correction (latency counted from when each request
     was due, so a stall is charged to every request it delays). Returns percentiles in ms,
     the achieved rate and the status-code counts."""
-    cmd = [oha_bin(), "-z", f"{duration}s", "-q", str(qps), "-c", str(connections), "--latency-correction",
+    cmd = [cargo_tool("oha"), "-z", f"{duration}s", "-q", str(qps), "-c", str(connections), "--latency-correction",
            "--no-tui", "--output-format", "json", url]
     if host:
         cmd[1:1] = ["-H", f"Host: {host}"]

@@ -86,7 +86,7 @@ def main():
         worker = b.thread_ids(mesh.pid, "meshd-proxy")[0]
         data = os.path.join(work, "perf.data")
         for name, addr, tid in (("nginx", b.NGINX_ADDR, nginx_worker), ("meshd gateway", mesh.gateway, worker)):
-            load = subprocess.Popen([b.oha_bin(), "-H", "Host: bench.one", "-z", "4s", "-q", "1000", "-c", "1", "--no-tui",
+            load = subprocess.Popen([b.cargo_tool("oha"), "-H", "Host: bench.one", "-z", "4s", "-q", "1000", "-c", "1", "--no-tui",
                                      f"http://{addr}{d.PATH}"], stdout=subprocess.DEVNULL)
             time.sleep(1)
             subprocess.run(["perf", "record", "-e", EVENTS, "-t", tid, "-o", data, "--", "sleep", "2"],
