@@ -330,3 +330,61 @@ async fn request_bodies_of_every_framing_reach_the_app_whole() {
     assert_eq!(wire.matches("HTTP/1.1 200 OK").count(), 2, "{wire}");
     assert!(wire.find("n=1").unwrap() < wire.find("n=2").unwrap(), "{wire}");
 }
+
+/// Status of `GET /productpage` over HTTP/2 (prior knowledge) to the gateway with a header
+/// field of `size` bytes: the status, or the error the connection or stream ended with.
+async fn h2_status_with_header(addr: std::net::SocketAddr, size: usize) -> Result<u16, String> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let io = TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, http_body_util::Empty<hyper::body::Bytes>>(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = hyper::Request::get(format!("http://{addr}/productpage"))
+        .header("x-big", "a".repeat(size))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req)).await.unwrap();
+    resp.map(|r| r.status().as_u16()).map_err(|e| e.to_string())
+}
+
+/// Sends `request` to `addr` and reads what comes back until the server closes or resets: a
+/// server that refuses a request before reading all of it resets the connection as it closes.
+async fn refused_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(request).await;
+    let (mut out, mut buf) = (Vec::new(), [0u8; 4096]);
+    while let Ok(Ok(n @ 1..)) = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn heads_are_held_to_envoys_60_kib_over_either_http_version() {
+    let mesh = Mesh::start(TempDir::new());
+    let head = |size: usize| {
+        format!(
+            "GET /productpage HTTP/1.1\r\nhost: bookinfo\r\nx-big: {}\r\nconnection: close\r\n\r\n",
+            "a".repeat(size)
+        )
+    };
+    // Under Envoy's default limit (`max_request_headers_kb: 60`) a head is served, over it the
+    // answer is 431 and the connection closes.
+    let wire = raw_exchange(mesh.gateway, head(40 << 10).as_bytes()).await;
+    assert!(wire.starts_with("HTTP/1.1 200 OK\r\n"), "{}", &wire[..wire.len().min(200)]);
+    for size in [70 << 10, 200 << 10] {
+        let wire = refused_exchange(mesh.gateway, head(size).as_bytes()).await;
+        assert!(wire.starts_with("HTTP/1.1 431 "), "{size}: {}", &wire[..wire.len().min(200)]);
+    }
+    // A head that never ends is refused once it is past the limit, not buffered on.
+    let unended = format!("GET /productpage HTTP/1.1\r\nhost: bookinfo\r\nx-big: {}", "a".repeat(100 << 10));
+    let wire = refused_exchange(mesh.gateway, unended.as_bytes()).await;
+    assert!(wire.starts_with("HTTP/1.1 431 "), "{}", &wire[..wire.len().min(200)]);
+    // HTTP/2 has the same limit for a header list: hyper's own default would refuse 16 KiB.
+    assert_eq!(h2_status_with_header(mesh.gateway, 40 << 10).await, Ok(200));
+    assert_eq!(h2_status_with_header(mesh.gateway, 70 << 10).await, Ok(431));
+    assert_eq!(mesh.client().get(mesh.url("/productpage")).send().await.unwrap().status(), 200);
+}

@@ -29,8 +29,11 @@ use crate::telemetry::trace::SpanContext;
 pub(super) const MAX_HEADERS: usize = 100;
 /// Header lines parsed for first: a head with more is parsed again with room for all.
 pub(super) const FEW_HEADERS: usize = 24;
-/// Largest head (Envoy's default limit is 60 KiB).
+/// Largest head (Envoy's default limit is 60 KiB of fields; the request line and the lines'
+/// ends take some more).
 pub(super) const MAX_HEAD: usize = 64 << 10;
+/// Largest HTTP/2 header list, as Envoy's default `max_request_headers_kb` sets it.
+pub(super) const MAX_HEADER_LIST: u32 = 60 << 10;
 /// Where a field's name and value lie in the bytes of its head.
 #[derive(Debug, Clone, Copy)]
 pub struct Field {

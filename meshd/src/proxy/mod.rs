@@ -868,7 +868,11 @@ impl Proxy {
                 answer.map(Answer::into_response).ok_or(AbortConnection)
             })
         });
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        // Envoy's limit on a request's head (`max_request_headers_kb`), where hyper's own would
+        // buffer 400 KiB of an HTTP/1.1 head and refuse an HTTP/2 header list past 16 KiB.
+        builder.http1().max_buf_size(h1::MAX_HEAD);
+        builder.http2().max_header_list_size(h1::MAX_HEADER_LIST);
         let conn = builder.serve_connection(TokioIo::new(rest), svc);
         tokio::pin!(conn);
         tokio::select! {

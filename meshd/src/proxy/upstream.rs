@@ -453,7 +453,10 @@ async fn http2_handshake<I>(io: I) -> Result<(http2::SendRequest<Body>, Driver),
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync + 'static,
 {
-    let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+    // A response's header list may be as long as Envoy takes (hyper's default stops at 16 KiB).
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .max_header_list_size(h1::MAX_HEADER_LIST)
+        .handshake(TokioIo::new(io))
         .await
         .map_err(|e| UpstreamError::Connect(e.to_string()))?;
     Ok((sender, Box::pin(conn)))
@@ -861,6 +864,30 @@ mod tests {
         );
         let (reused, _) = exchange(&crt, &pool).await;
         assert!(reused);
+    }
+
+    #[tokio::test]
+    async fn with_h2_upgrade_a_response_header_list_may_be_as_long_as_envoys_limit() {
+        // 40 KiB of fields: past hyper's default of 16 KiB, under Envoy's 60.
+        let big = "b".repeat(40 << 10);
+        let addr = serve_each(move |s| {
+            let big = big.clone();
+            async move {
+                let svc = hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+                    let resp =
+                        Response::builder().header("x-big", big.as_str()).body(http_body_util::Empty::<Bytes>::new());
+                    async move { resp }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            }
+        });
+        let crt = ClusterRt::single(addr);
+        let pool = PoolSettings { h2_upgrade: true, ..PoolSettings::default() };
+        let (conn, _) = acquire(&crt.shared, &crt.endpoints[0], &pool, None).await.unwrap();
+        let resp = conn.send(get()).await.expect("the response is taken").into_response();
+        assert_eq!(resp.headers()["x-big"].len(), 40 << 10);
     }
 
     #[tokio::test]
