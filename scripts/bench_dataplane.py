@@ -104,7 +104,8 @@ def main():
     args = ap.parse_args()
     if args.svg and not args.profile:
         ap.error("--svg draws the recording of --profile ROW")
-    b.ensure_tools(oha=not args.profile, inferno=bool(args.svg))
+    debian = b.LOAD_TOOLS + ((("perf", "linux-perf"),) if args.profile else ())
+    b.ensure_tools(oha=not args.profile, debian=debian, inferno=bool(args.svg))
     work = tempfile.mkdtemp(prefix="meshd-bench-")
     env = {"MESHD_THREADS": THREADS, "MESHD_APP_THREADS": THREADS}
     mesh = b.Mesh(mesh_folder(work), env)

@@ -140,7 +140,11 @@ def start_nginx(work, backend, threads):
     return proc, [int(p) for p in out.split()]
 
 
-def ensure_tools(oha=True, debian=(("wrk", "wrk"), ("nginx", "nginx-light")), inferno=False):
+# The load generator and the reference proxy, as (command, Debian package) pairs.
+LOAD_TOOLS = (("wrk", "wrk"), ("nginx", "nginx-light"))
+
+
+def ensure_tools(oha=True, debian=LOAD_TOOLS, inferno=False):
     """Debian's packages (by default wrk and nginx: (command, package) pairs), oha
     (open-loop, latency-corrected) and, when asked, inferno (flamegraphs) from crates.io."""
     for refresh in (False, True):
