@@ -110,6 +110,33 @@ async fn request_timeouts_task() {
 }
 
 #[tokio::test]
+async fn max_connections_on_a_service_of_many_pods_opens_one_to_each_as_envoy_does() {
+    let dir = TempDir::new();
+    dir.add_sample("bookinfo/platform/kube/bookinfo.yaml");
+    dir.add_sample("sleep/sleep.yaml");
+    dir.write(
+        "reviews-pool.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews}\nspec:\n  host: reviews\n  trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}}}\n",
+    );
+    let mesh = Mesh::start(dir);
+    // The requests spread over reviews' three pods (least request, at random among the idle):
+    // the first pod's idle connection holds the one slot, and Envoy opens one past the limit to
+    // a pod that has none rather than leave its requests waiting for a slot never given back.
+    let client = mesh.mesh_client();
+    for n in 0..30 {
+        let resp = tokio::time::timeout(Duration::from_secs(10), client.get("http://reviews:9080/reviews/0").send())
+            .await
+            .unwrap_or_else(|_| panic!("request {n} left waiting"))
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let stat = |name| mesh.cluster_stat("outbound|9080||reviews.default.svc.cluster.local", name);
+    assert_eq!(stat("upstream_cx_total").await, 3, "one connection a pod, each used again");
+    assert_eq!(stat("upstream_cx_overflow").await, 2);
+    assert_eq!(stat("circuit_breakers.default.remaining_cx").await, 0);
+}
+
+#[tokio::test]
 async fn circuit_breaking_overflows_with_envoys_answer() {
     let dir = TempDir::new();
     dir.add_sample("httpbin/httpbin.yaml");

@@ -29,7 +29,7 @@ pub fn pick_proxy(s: &DaemonState, q: &ProxyQuery) -> Option<Arc<ProxyRuntime>> 
 const NO_PROXY: &str = "no such proxy (or it has sent no traffic yet)\n";
 
 /// One cluster's counters and circuit-breaker gauges, as Envoy names them.
-fn cluster_stats(c: &ClusterShared, pool: &PoolSettings) -> [(&'static str, u64); 22] {
+fn cluster_stats(c: &ClusterShared, pool: &PoolSettings) -> [(&'static str, u64); 23] {
     let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let st = &c.stats;
     let remaining = |max: u32, used: u64| u64::from(max).saturating_sub(used);
@@ -47,6 +47,7 @@ fn cluster_stats(c: &ClusterShared, pool: &PoolSettings) -> [(&'static str, u64)
         ("outlier_detection.ejections_total", g(&st.outlier_detection_ejections_total)),
         ("upstream_cx_active", g(&c.cx_active)),
         ("upstream_cx_connect_fail", g(&st.upstream_cx_connect_fail)),
+        ("upstream_cx_overflow", g(&st.upstream_cx_overflow)),
         ("upstream_cx_total", g(&st.upstream_cx_total)),
         ("upstream_rq_active", g(&c.rq_active)),
         ("upstream_rq_pending_active", g(&c.rq_pending_active)),
@@ -61,7 +62,7 @@ fn cluster_stats(c: &ClusterShared, pool: &PoolSettings) -> [(&'static str, u64)
 }
 
 /// Each cluster of `rt` with its counters.
-fn each_cluster(s: &DaemonState, rt: &ProxyRuntime, mut f: impl FnMut(&str, [(&'static str, u64); 22])) {
+fn each_cluster(s: &DaemonState, rt: &ProxyRuntime, mut f: impl FnMut(&str, [(&'static str, u64); 23])) {
     let snap = s.snapshot.load();
     for (name, c) in rt.clusters() {
         let pool = snap.clusters.iter().find(|x| x.name == name).map(|x| x.pool.clone()).unwrap_or_default();

@@ -32,6 +32,8 @@ pub struct ClusterStats {
     pub upstream_rq_overflow: AtomicU64,
     /// Connections opened.
     pub upstream_cx_total: AtomicU64,
+    /// Requests that found `maxConnections` reached when they would open a connection.
+    pub upstream_cx_overflow: AtomicU64,
     /// Connection attempts that failed.
     pub upstream_cx_connect_fail: AtomicU64,
     /// Requests sent on a connection that had served an earlier request.
@@ -143,6 +145,8 @@ pub struct EndpointRt {
     pub total: AtomicU64,
     /// Requests that got a 5xx or failed.
     pub errors: AtomicU64,
+    /// Connections to it, open or opening, within `maxConnections` or past it.
+    pub cx: AtomicU64,
     /// Idle keep-alive connections.
     idle: IdlePool,
     /// The shared HTTP/2 connection (`h2UpgradePolicy: UPGRADE`).
@@ -165,6 +169,7 @@ impl EndpointRt {
             active: AtomicU64::new(0),
             total: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            cx: AtomicU64::new(0),
             idle: IdlePool::default(),
             h2: ArcSwapOption::empty(),
             h2_connecting: AtomicBool::new(false),

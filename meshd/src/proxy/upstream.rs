@@ -49,11 +49,11 @@ pub enum UpstreamError {
 }
 
 /// Gives back a connection slot when the connection's task ends.
-struct CxSlot(Arc<ClusterShared>);
+struct CxSlot(Arc<ClusterShared>, Arc<EndpointRt>);
 
 impl Drop for CxSlot {
     fn drop(&mut self) {
-        self.0.cx_active.fetch_sub(1, Ordering::AcqRel);
+        release_slot(&self.0, &self.1);
         wake_pending(&self.0);
     }
 }
@@ -120,12 +120,33 @@ fn pending<'a>(shared: &'a ClusterShared, pool: &PoolSettings) -> Result<Pending
     Ok(slot)
 }
 
-/// Takes one more connection slot if `max` allows.
-fn try_slot(shared: &ClusterShared, max: u32) -> bool {
-    shared
+/// Takes a connection slot for `ep` if `max` allows, or one past it when `ep` has no
+/// connection at all: Envoy's pool opens one for a host with none, since the requests queued for
+/// it could otherwise wait forever on slots other hosts' idle connections hold. A request that
+/// finds the limit reached counts once in `upstream_cx_overflow` (`overflowed` remembers it).
+fn try_slot(shared: &ClusterShared, ep: &EndpointRt, max: u32, overflowed: &mut bool) -> bool {
+    let within = shared
         .cx_active
         .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < u64::from(max)).then_some(n + 1))
-        .is_ok()
+        .is_ok();
+    if within {
+        ep.cx.fetch_add(1, Ordering::AcqRel);
+        return true;
+    }
+    if !std::mem::replace(overflowed, true) {
+        shared.stats.upstream_cx_overflow.fetch_add(1, Ordering::Relaxed);
+    }
+    if ep.cx.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_err() {
+        return false;
+    }
+    shared.cx_active.fetch_add(1, Ordering::AcqRel);
+    true
+}
+
+/// Gives back a slot `try_slot` took.
+fn release_slot(shared: &ClusterShared, ep: &EndpointRt) {
+    ep.cx.fetch_sub(1, Ordering::AcqRel);
+    shared.cx_active.fetch_sub(1, Ordering::AcqRel);
 }
 
 /// SNI sent to mesh peers; the verifier checks the SPIFFE identity, not this name.
@@ -137,7 +158,7 @@ async fn connect(
     pool: &PoolSettings,
     tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<Conn, UpstreamError> {
-    let slot = CxSlot(shared.clone());
+    let slot = CxSlot(shared.clone(), ep.clone());
     let io = match open(ep, shared, tls, pool.connect_timeout).await? {
         Dialed::Tls(tls_stream) => h1::Io::Tls(tls_stream),
         Dialed::Plain(stream) => h1::Io::Plain(stream),
@@ -255,12 +276,13 @@ async fn acquire_h1(
     pool: &PoolSettings,
     tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<(Conn, bool), UpstreamError> {
+    let mut overflowed = false;
     queued(
         shared,
         pool,
         || idle(shared, ep, pool).map(|c| (c, true)),
         || {
-            try_slot(shared, pool.max_connections)
+            try_slot(shared, ep, pool.max_connections, &mut overflowed)
                 .then_some(async { Ok((connect(ep, shared, pool, tls).await?, false)) })
         },
     )
@@ -399,13 +421,14 @@ async fn acquire_h2(
     pool: &PoolSettings,
     tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<(Checkout, bool), UpstreamError> {
+    let mut overflowed = false;
     let start = || {
-        if ep.h2_connecting.load(Ordering::Acquire) || !try_slot(shared, pool.max_connections) {
+        if ep.h2_connecting.load(Ordering::Acquire) || !try_slot(shared, ep, pool.max_connections, &mut overflowed) {
             return None;
         }
         if ep.h2_connecting.swap(true, Ordering::AcqRel) {
             // Another request started connecting first: give the slot back and wait for it.
-            shared.cx_active.fetch_sub(1, Ordering::AcqRel);
+            release_slot(shared, ep);
             return None;
         }
         let connecting = Connecting(ep, shared);
@@ -429,12 +452,12 @@ fn h2_stream(shared: &ClusterShared, ep: &Arc<EndpointRt>, pool: &PoolSettings) 
 /// Opens an HTTP/2 connection; its task holds the `maxConnections` slot (already taken) until
 /// the connection ends.
 async fn connect_h2(
-    ep: &EndpointRt,
+    ep: &Arc<EndpointRt>,
     shared: &Arc<ClusterShared>,
     tls: Option<&Arc<rustls::ClientConfig>>,
     timeout: std::time::Duration,
 ) -> Result<Arc<H2Link>, UpstreamError> {
-    let slot = CxSlot(shared.clone());
+    let slot = CxSlot(shared.clone(), ep.clone());
     let (sender, driver) = match open(ep, shared, tls, timeout).await? {
         Dialed::Tls(tls_stream) => http2_handshake(tls_stream).await?,
         Dialed::Plain(stream) => http2_handshake(stream).await?,
@@ -803,8 +826,10 @@ mod tests {
                 conn.send(get()).await.unwrap().into_response()
             }
         };
-        // The cluster's one connection, to the second endpoint, held until its body is read.
+        // The cluster's one connection, to the second endpoint, and the one opened past the limit
+        // to the first (which had none), each held until its body is read.
         let held = on(1).await;
+        let held_first = on(0).await;
         let first = tokio::spawn(on(0));
         let settle = || async {
             for _ in 0..10 {
@@ -820,8 +845,42 @@ mod tests {
         // and the second would sleep with its connection idle.
         let resp = tokio::time::timeout(Duration::from_secs(10), second).await.expect("woken").unwrap();
         assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
-        assert!(!first.is_finished(), "no slot for the other endpoint while the connection stays open");
-        first.abort();
+        assert!(!first.is_finished(), "no slot for the other endpoint while its connection is busy");
+        assert_eq!(held_first.into_body().collect().await.unwrap().to_bytes(), "ok");
+        let resp = tokio::time::timeout(Duration::from_secs(10), first).await.expect("woken").unwrap();
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+        assert_eq!(crt.shared.stats.upstream_cx_total.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn at_max_connections_an_endpoint_with_none_gets_one_past_the_limit_as_envoy_opens_it() {
+        let crt = ClusterRt::of(&[concurrent_server(), concurrent_server(), concurrent_server()]);
+        let pool = PoolSettings { max_connections: 1, ..PoolSettings::default() };
+        let send = |i: usize| {
+            let (crt, pool) = (&crt, &pool);
+            async move {
+                let (conn, _) = acquire(&crt.shared, &crt.endpoints[i], pool, None).await.unwrap();
+                conn.send(get()).await.unwrap().into_response().into_body().collect().await.unwrap().to_bytes()
+            }
+        };
+        // In turn, as round robin sends them: the first connection, idle once its response is
+        // read, holds the cluster's one slot; each other endpoint still gets a connection of its
+        // own instead of waiting for a slot that idle connection never gives back.
+        for i in [0, 1, 2, 0, 1, 2] {
+            let body = tokio::time::timeout(Duration::from_secs(10), send(i)).await.expect("not left waiting");
+            assert_eq!(body, "ok");
+        }
+        let stats = &crt.shared.stats;
+        assert_eq!(stats.upstream_cx_total.load(Ordering::Relaxed), 3, "one connection an endpoint, reused");
+        assert_eq!(crt.shared.cx_active.load(Ordering::Relaxed), 3);
+        assert_eq!(stats.upstream_cx_overflow.load(Ordering::Relaxed), 2, "counted as Envoy counts them");
+        // An endpoint that has a connection waits for it, past the limit as within it.
+        let (busy, _) = acquire(&crt.shared, &crt.endpoints[2], &pool, None).await.unwrap();
+        let waiting = tokio::time::timeout(Duration::from_millis(100), send(2)).await;
+        assert!(waiting.is_err(), "no second connection to an endpoint past the limit");
+        drop(busy);
+        assert_eq!(crt.endpoints[2].cx.load(Ordering::Relaxed), 0, "a connection dropped gives its slot back");
+        assert_eq!(crt.shared.cx_active.load(Ordering::Relaxed), 2);
     }
 
     /// An HTTP/2 server (prior knowledge) that answers each request with its version, authority

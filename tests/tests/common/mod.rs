@@ -231,9 +231,14 @@ impl Mesh {
 
     /// One counter of the mesh client's cluster toward httpbin, from the admin `/stats`.
     pub async fn httpbin_stat(&self, name: &str) -> u64 {
+        self.cluster_stat("outbound|8000||httpbin.default.svc.cluster.local", name).await
+    }
+
+    /// One counter of one of the mesh client's clusters, from the admin `/stats`.
+    pub async fn cluster_stat(&self, cluster: &str, name: &str) -> u64 {
         let stats =
             self.client().get(format!("http://{}/stats", self.admin)).send().await.unwrap().text().await.unwrap();
-        let key = format!("cluster.outbound|8000||httpbin.default.svc.cluster.local.{name}: ");
+        let key = format!("cluster.{cluster}.{name}: ");
         stats
             .lines()
             .find_map(|l| l.strip_prefix(&key))
