@@ -50,6 +50,15 @@ pub struct ClusterStats {
     pub outlier_detection_ejections_total: AtomicU64,
 }
 
+/// The connections to one endpoint, open or opening, within `maxConnections` or past it. Each
+/// connection holds it to give its slot back as it closes: apart from the endpoint, since the
+/// endpoint holds its idle connections.
+#[derive(Debug)]
+pub struct EndpointCx {
+    pub count: AtomicU64,
+    pub shared: Arc<ClusterShared>,
+}
+
 /// Circuit-breaker gauges and counters of one cluster in one proxy; survives reloads.
 #[derive(Debug)]
 pub struct ClusterShared {
@@ -145,8 +154,8 @@ pub struct EndpointRt {
     pub total: AtomicU64,
     /// Requests that got a 5xx or failed.
     pub errors: AtomicU64,
-    /// Connections to it, open or opening, within `maxConnections` or past it.
-    pub cx: AtomicU64,
+    /// Its connections' count, and its cluster's, which they give back as they close.
+    pub cx: Arc<EndpointCx>,
     /// Idle keep-alive connections.
     idle: IdlePool,
     /// The shared HTTP/2 connection (`h2UpgradePolicy: UPGRADE`).
@@ -159,7 +168,7 @@ pub struct EndpointRt {
 }
 
 impl EndpointRt {
-    fn new(addr: SocketAddr, mtls: Option<String>) -> EndpointRt {
+    fn new(addr: SocketAddr, mtls: Option<String>, shared: &Arc<ClusterShared>) -> EndpointRt {
         EndpointRt {
             addr,
             pod: String::new(),
@@ -169,7 +178,7 @@ impl EndpointRt {
             active: AtomicU64::new(0),
             total: AtomicU64::new(0),
             errors: AtomicU64::new(0),
-            cx: AtomicU64::new(0),
+            cx: Arc::new(EndpointCx { count: AtomicU64::new(0), shared: shared.clone() }),
             idle: IdlePool::default(),
             h2: ArcSwapOption::empty(),
             h2_connecting: AtomicBool::new(false),
@@ -296,10 +305,9 @@ impl ClusterRt {
 
     /// State for a plaintext cluster of `addrs` outside any snapshot.
     pub fn of(addrs: &[SocketAddr]) -> ClusterRt {
-        ClusterRt {
-            shared: Arc::new(ClusterShared::new()),
-            endpoints: addrs.iter().map(|a| Arc::new(EndpointRt::new(*a, None))).collect(),
-        }
+        let shared = Arc::new(ClusterShared::new());
+        let endpoints = addrs.iter().map(|a| Arc::new(EndpointRt::new(*a, None, &shared))).collect();
+        ClusterRt { shared, endpoints }
     }
 
     /// Picks an endpoint index; None when every endpoint is ejected (503 UH) or there is none.
@@ -589,12 +597,14 @@ impl ProxyRuntime {
             }
         }
         let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        let store = &mut *store;
         let clusters = snap
             .clusters
             .iter()
-            .map(|c| ClusterRt {
-                shared: store.clusters.entry(c.name.clone()).or_insert_with(|| Arc::new(ClusterShared::new())).clone(),
-                endpoints: c
+            .map(|c| {
+                let shared =
+                    store.clusters.entry(c.name.clone()).or_insert_with(|| Arc::new(ClusterShared::new())).clone();
+                let endpoints = c
                     .endpoints
                     .iter()
                     .map(|e| {
@@ -603,14 +613,15 @@ impl ProxyRuntime {
                             .endpoints
                             .entry((c.name.clone(), e.addr, e.mtls, e.origin.as_ref().map_or(0, |o| o.fingerprint)))
                             .or_insert_with(|| {
-                                let mut rt = EndpointRt::new(e.addr, mtls);
+                                let mut rt = EndpointRt::new(e.addr, mtls, &shared);
                                 rt.origin = e.origin.clone();
                                 rt.pod = e.pod.clone();
                                 Arc::new(rt)
                             })
                             .clone()
                     })
-                    .collect(),
+                    .collect();
+                ClusterRt { shared, endpoints }
             })
             .collect();
         let mut limits = Vec::new();
@@ -718,10 +729,7 @@ mod tests {
                 origin: None,
             })
             .collect();
-        let rt = ClusterRt {
-            shared: Arc::new(ClusterShared::new()),
-            endpoints: endpoints.iter().map(|e| Arc::new(EndpointRt::new(e.addr, None))).collect(),
-        };
+        let rt = ClusterRt::of(&endpoints.iter().map(|e| e.addr).collect::<Vec<_>>());
         let c = Cluster {
             name: "c".into(),
             index: 0,

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use super::answer::Answer;
 use super::fields::Fields;
 use super::h1::{self, Framing};
-use super::runtime::{ClusterShared, EndpointRt, IdleConn};
+use super::runtime::{ClusterShared, EndpointCx, EndpointRt, IdleConn};
 use super::{Body, BoxError};
 use crate::snapshot::policy::PoolSettings;
 
@@ -49,12 +49,12 @@ pub enum UpstreamError {
 }
 
 /// Gives back a connection slot when the connection's task ends.
-struct CxSlot(Arc<ClusterShared>, Arc<EndpointRt>);
+struct CxSlot(Arc<EndpointCx>);
 
 impl Drop for CxSlot {
     fn drop(&mut self) {
-        release_slot(&self.0, &self.1);
-        wake_pending(&self.0);
+        release_slot(&self.0);
+        wake_pending(&self.0.shared);
     }
 }
 
@@ -130,13 +130,13 @@ fn try_slot(shared: &ClusterShared, ep: &EndpointRt, max: u32, overflowed: &mut 
         .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < u64::from(max)).then_some(n + 1))
         .is_ok();
     if within {
-        ep.cx.fetch_add(1, Ordering::AcqRel);
+        ep.cx.count.fetch_add(1, Ordering::AcqRel);
         return true;
     }
     if !std::mem::replace(overflowed, true) {
         shared.stats.upstream_cx_overflow.fetch_add(1, Ordering::Relaxed);
     }
-    if ep.cx.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_err() {
+    if ep.cx.count.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_err() {
         return false;
     }
     shared.cx_active.fetch_add(1, Ordering::AcqRel);
@@ -144,9 +144,9 @@ fn try_slot(shared: &ClusterShared, ep: &EndpointRt, max: u32, overflowed: &mut 
 }
 
 /// Gives back a slot `try_slot` took.
-fn release_slot(shared: &ClusterShared, ep: &EndpointRt) {
-    ep.cx.fetch_sub(1, Ordering::AcqRel);
-    shared.cx_active.fetch_sub(1, Ordering::AcqRel);
+fn release_slot(cx: &EndpointCx) {
+    cx.count.fetch_sub(1, Ordering::AcqRel);
+    cx.shared.cx_active.fetch_sub(1, Ordering::AcqRel);
 }
 
 /// SNI sent to mesh peers; the verifier checks the SPIFFE identity, not this name.
@@ -158,7 +158,7 @@ async fn connect(
     pool: &PoolSettings,
     tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<Conn, UpstreamError> {
-    let slot = CxSlot(shared.clone(), ep.clone());
+    let slot = CxSlot(ep.cx.clone());
     let io = match open(ep, shared, tls, pool.connect_timeout).await? {
         Dialed::Tls(tls_stream) => h1::Io::Tls(tls_stream),
         Dialed::Plain(stream) => h1::Io::Plain(stream),
@@ -428,7 +428,7 @@ async fn acquire_h2(
         }
         if ep.h2_connecting.swap(true, Ordering::AcqRel) {
             // Another request started connecting first: give the slot back and wait for it.
-            release_slot(shared, ep);
+            release_slot(&ep.cx);
             return None;
         }
         let connecting = Connecting(ep, shared);
@@ -452,12 +452,12 @@ fn h2_stream(shared: &ClusterShared, ep: &Arc<EndpointRt>, pool: &PoolSettings) 
 /// Opens an HTTP/2 connection; its task holds the `maxConnections` slot (already taken) until
 /// the connection ends.
 async fn connect_h2(
-    ep: &Arc<EndpointRt>,
+    ep: &EndpointRt,
     shared: &Arc<ClusterShared>,
     tls: Option<&Arc<rustls::ClientConfig>>,
     timeout: std::time::Duration,
 ) -> Result<Arc<H2Link>, UpstreamError> {
-    let slot = CxSlot(shared.clone(), ep.clone());
+    let slot = CxSlot(ep.cx.clone());
     let (sender, driver) = match open(ep, shared, tls, timeout).await? {
         Dialed::Tls(tls_stream) => http2_handshake(tls_stream).await?,
         Dialed::Plain(stream) => http2_handshake(stream).await?,
@@ -853,6 +853,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_endpoint_dropped_closes_its_idle_connections() {
+        // A pod gone from the config takes its proxy's endpoint state with it: the connections
+        // idle in its pool must close then, though each holds its endpoint's connection count.
+        let (closed, on_close) = std::sync::mpsc::channel();
+        let addr = serve_each(move |mut s| {
+            let closed = closed.clone();
+            async move {
+                let mut buf = vec![0u8; 4096];
+                while let Ok(1..) = s.read(&mut buf).await {
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                }
+                let _ = closed.send(());
+            }
+        });
+        let crt = ClusterRt::single(addr);
+        let (_, resp) = exchange(&crt, &PoolSettings::default()).await;
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+        assert_eq!(crt.endpoints[0].idle_count(), 1);
+        drop(crt);
+        on_close.recv_timeout(Duration::from_secs(10)).expect("the idle connection closed");
+    }
+
+    #[tokio::test]
     async fn at_max_connections_an_endpoint_with_none_gets_one_past_the_limit_as_envoy_opens_it() {
         let crt = ClusterRt::of(&[concurrent_server(), concurrent_server(), concurrent_server()]);
         let pool = PoolSettings { max_connections: 1, ..PoolSettings::default() };
@@ -879,7 +902,7 @@ mod tests {
         let waiting = tokio::time::timeout(Duration::from_millis(100), send(2)).await;
         assert!(waiting.is_err(), "no second connection to an endpoint past the limit");
         drop(busy);
-        assert_eq!(crt.endpoints[2].cx.load(Ordering::Relaxed), 0, "a connection dropped gives its slot back");
+        assert_eq!(crt.endpoints[2].cx.count.load(Ordering::Relaxed), 0, "a connection dropped gives its slot back");
         assert_eq!(crt.shared.cx_active.load(Ordering::Relaxed), 2);
     }
 
