@@ -55,7 +55,9 @@ pub struct ClusterStats {
 /// endpoint holds its idle connections.
 #[derive(Debug)]
 pub struct EndpointCx {
+    /// Connections to the endpoint.
     pub count: AtomicU64,
+    /// Its cluster's state: the cluster's count and the requests waiting for a slot.
     pub shared: Arc<ClusterShared>,
 }
 
