@@ -1025,7 +1025,7 @@ impl Proxy {
                 Found::HOP_BY_HOP | Found::PEER_ID | Found::CLIENT_CERT | Found::trace(span),
             );
             let added = h1::Added { fields: [xfcc.map(|v| (&X_FCC, v)), None, None], span };
-            parts.uri = origin_form(&parts.uri);
+            parts.uri = origin_form(std::mem::take(&mut parts.uri));
             let Some(ep) = app.endpoints.first() else {
                 return respond::local_reply(LocalReply::NoHealthyUpstream, ServerName::IstioEnvoy, false).into();
             };
@@ -1544,9 +1544,10 @@ fn outgoing(
     let route = matched.route;
     let uri = &parts.uri;
     let rewritten = route.rewrite.as_ref().and_then(|rw| rw.path(uri.path(), uri.query(), matched.prefix));
+    // The target moves to the upstream request, as the fields do below.
     let uri = match rewritten {
         Some(p) => Uri::from(http::uri::PathAndQuery::try_from(p).ok()?),
-        None => origin_form(uri),
+        None => origin_form(std::mem::take(&mut parts.uri)),
     };
     // The fields move to the upstream request rather than being copied.
     let mut fields = std::mem::take(&mut parts.fields);
@@ -1687,13 +1688,14 @@ fn h1_form<B>(req: &mut Request<B>) {
                 req.headers_mut().insert(HOST, v);
             }
         }
-        *req.uri_mut() = origin_form(req.uri());
+        *req.uri_mut() = origin_form(std::mem::take(req.uri_mut()));
     }
 }
 
-/// The request target in origin form; the path is shared with `uri`, not copied.
-fn origin_form(uri: &Uri) -> Uri {
-    Uri::from(uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")))
+/// The request target in origin form: the path moves out of `uri`, so its bytes are neither
+/// copied nor shared (a share is a reference count taken and dropped).
+fn origin_form(uri: Uri) -> Uri {
+    Uri::from(uri.into_parts().path_and_query.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")))
 }
 
 /// Shapes an upstream response's headers for the caller: Envoy's headers and the route's edits
