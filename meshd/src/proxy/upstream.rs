@@ -102,8 +102,8 @@ impl Link {
 pub struct Conn {
     link: Link,
     uses: u32,
+    /// Its endpoint, whose pool it goes back to (the endpoint's `cx` reaches the cluster).
     ep: Arc<EndpointRt>,
-    shared: Arc<ClusterShared>,
     max_uses: u32,
 }
 
@@ -124,7 +124,8 @@ fn pending<'a>(shared: &'a ClusterShared, pool: &PoolSettings) -> Result<Pending
 /// connection at all: Envoy's pool opens one for a host with none, since the requests queued for
 /// it could otherwise wait forever on slots other hosts' idle connections hold. A request that
 /// finds the limit reached counts once in `upstream_cx_overflow` (`overflowed` remembers it).
-fn try_slot(shared: &ClusterShared, ep: &EndpointRt, max: u32, overflowed: &mut bool) -> bool {
+fn try_slot(ep: &EndpointRt, max: u32, overflowed: &mut bool) -> bool {
+    let shared = &ep.cx.shared;
     let within = shared
         .cx_active
         .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < u64::from(max)).then_some(n + 1))
@@ -164,7 +165,7 @@ async fn connect(
         Dialed::Plain(stream) => h1::Io::Plain(stream),
     };
     let link = Link { conn: h1::Connection::new(io), _slot: slot };
-    Ok(Conn { link, uses: 0, ep: ep.clone(), shared: shared.clone(), max_uses: pool.max_requests_per_connection })
+    Ok(Conn { link, uses: 0, ep: ep.clone(), max_uses: pool.max_requests_per_connection })
 }
 
 /// Dials a new pool connection to `ep`, counted in `upstream_cx_total` (and in
@@ -252,22 +253,16 @@ pub async fn acquire(
         }
         return Box::pin(acquire_h2(shared, ep, pool, tls)).await;
     }
-    if let Some(conn) = idle(shared, ep, pool) {
+    if let Some(conn) = idle(ep, pool) {
         return Ok((Checkout::H1(conn), true));
     }
     Box::pin(acquire_h1(shared, ep, pool, tls)).await.map(|(c, reused)| (Checkout::H1(c), reused))
 }
 
 /// A pooled connection that is still open and not idle past `idleTimeout`, reused.
-fn idle(shared: &Arc<ClusterShared>, ep: &Arc<EndpointRt>, pool: &PoolSettings) -> Option<Conn> {
+fn idle(ep: &Arc<EndpointRt>, pool: &PoolSettings) -> Option<Conn> {
     let c = ep.take_idle(pool.idle_timeout)?;
-    Some(Conn {
-        link: c.link,
-        uses: c.uses,
-        ep: ep.clone(),
-        shared: shared.clone(),
-        max_uses: pool.max_requests_per_connection,
-    })
+    Some(Conn { link: c.link, uses: c.uses, ep: ep.clone(), max_uses: pool.max_requests_per_connection })
 }
 
 async fn acquire_h1(
@@ -280,9 +275,9 @@ async fn acquire_h1(
     queued(
         shared,
         pool,
-        || idle(shared, ep, pool).map(|c| (c, true)),
+        || idle(ep, pool).map(|c| (c, true)),
         || {
-            try_slot(shared, ep, pool.max_connections, &mut overflowed)
+            try_slot(ep, pool.max_connections, &mut overflowed)
                 .then_some(async { Ok((connect(ep, shared, pool, tls).await?, false)) })
         },
     )
@@ -423,7 +418,7 @@ async fn acquire_h2(
 ) -> Result<(Checkout, bool), UpstreamError> {
     let mut overflowed = false;
     let start = || {
-        if ep.h2_connecting.load(Ordering::Acquire) || !try_slot(shared, ep, pool.max_connections, &mut overflowed) {
+        if ep.h2_connecting.load(Ordering::Acquire) || !try_slot(ep, pool.max_connections, &mut overflowed) {
             return None;
         }
         if ep.h2_connecting.swap(true, Ordering::AcqRel) {
@@ -505,7 +500,7 @@ impl Conn {
         let keep = (self.max_uses == 0 || self.uses < self.max_uses) && self.link.is_open();
         if keep {
             self.ep.put_idle(IdleConn { link: self.link, uses: self.uses, since: Instant::now() });
-            wake_pending(&self.shared);
+            wake_pending(&self.ep.cx.shared);
         }
         // A link not kept is dropped here: that closes it, frees its slot and wakes the pending
         // requests.
