@@ -125,11 +125,21 @@ async fn end_user_authentication_at_the_gateway() {
     assert_eq!(get("/headers", Some(good.clone())).await.0, 200);
     let (code, body) = get("/headers", Some(signer.token(1_600_000_000))).await;
     assert_eq!((code, body.as_str()), (401, "Jwt is expired"));
+    // Envoy's details carry the reason, its spaces made underscores.
+    mesh.proxy_log_line(
+        "istio-ingressgateway",
+        &["\"GET /headers HTTP/1.1\" 401 - jwt_authn_access_denied{Jwt_is_expired}"],
+    );
 
     let mark = mesh.mark();
     mesh.dir.add_sample(&format!("{AUTHN}12-frontend-ingress-require-token.yaml"));
     mesh.wait_applied(mark);
     assert_eq!(get("/headers", None).await, (403, "RBAC: access denied".into()));
+    // The DENY rule that matched, named as Istio names its RBAC policies.
+    mesh.proxy_log_line(
+        "istio-ingressgateway",
+        &["403 - rbac_access_denied_matched_policy[ns[istio-system]-policy[frontend-ingress]-rule[0]]"],
+    );
     assert_eq!(get("/headers", Some(good.clone())).await.0, 200);
 
     let mark = mesh.mark();

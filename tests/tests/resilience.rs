@@ -214,6 +214,34 @@ async fn circuit_breaking_overflows_with_envoys_answer() {
     assert!(ok > 0 && ok + overflow == 30, "{report}");
     assert_eq!(mesh.httpbin_stat("upstream_rq_pending_overflow").await, 1 + overflow, "{report}");
     assert!(report.contains("All done 30 calls (plus 0 warmup)"), "{report}");
+    // fortio closes a socket after a 503, so each overflow costs its thread a new connection.
+    let sockets: u64 = report
+        .lines()
+        .find_map(|l| l.strip_prefix("Sockets used: "))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{report}"));
+    assert!(sockets >= 3 + overflow.saturating_sub(3), "{sockets} sockets for {overflow} 503s: {report}");
+
+    // The task's `pilot-agent request GET stats | grep httpbin | grep pending`: Envoy's seven lines.
+    let stats = mesh.client().get(format!("http://{}/stats", mesh.admin)).send().await.unwrap().text().await.unwrap();
+    let pending: Vec<&str> = stats
+        .lines()
+        .filter(|l| l.contains("httpbin") && l.contains("pending"))
+        .filter_map(|l| l.strip_prefix("cluster.outbound|8000||httpbin.default.svc.cluster.local.")?.split(':').next())
+        .collect();
+    assert_eq!(
+        pending,
+        [
+            "circuit_breakers.default.remaining_pending",
+            "circuit_breakers.default.rq_pending_open",
+            "circuit_breakers.high.rq_pending_open",
+            "upstream_rq_pending_active",
+            "upstream_rq_pending_failure_eject",
+            "upstream_rq_pending_overflow",
+            "upstream_rq_pending_total",
+        ],
+        "{stats}"
+    );
 }
 
 #[tokio::test]
@@ -384,30 +412,34 @@ spec:
 
 #[tokio::test]
 async fn local_rate_limit_answers_429_after_the_bucket_empties() {
-    let dir = TempDir::new();
-    // The EnvoyFilter of Istio's "Enabling Rate Limits using Envoy" task, as the project's sample folder ships it.
-    let filter = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../samples/rate-limiting/filter-local-ratelimit-svc.yaml");
-    dir.write("ratelimit.yaml", &std::fs::read_to_string(filter).unwrap());
-    let mesh = Mesh::start(dir);
-    let c = mesh.client();
-    let mut codes = Vec::new();
-    let mut limited = None;
-    for _ in 0..6 {
-        let resp = c.get(mesh.url("/productpage")).send().await.unwrap();
-        codes.push(resp.status().as_u16());
-        if resp.status() == 429 {
-            let header = resp.headers().get("x-local-rate-limit").map(|v| v.to_str().unwrap().to_string());
-            limited = Some((header, resp.text().await.unwrap()));
+    // The EnvoyFilters of Istio's "Enabling Rate Limits using Envoy" task, as the project's sample
+    // folders ship them: the bucket on productpage's sidecar, then on its inbound route.
+    for sample in ["rate-limiting", "rate-limiting-per-route"] {
+        let dir = TempDir::new();
+        let filter = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../samples/{sample}/filter-local-ratelimit-svc.yaml"));
+        dir.write("ratelimit.yaml", &std::fs::read_to_string(filter).unwrap());
+        let mesh = Mesh::start(dir);
+        let c = mesh.client();
+        let mut codes = Vec::new();
+        let mut limited = None;
+        for _ in 0..6 {
+            let resp = c.get(mesh.url("/productpage")).send().await.unwrap();
+            codes.push(resp.status().as_u16());
+            if resp.status() == 429 {
+                let header = resp.headers().get("x-local-rate-limit").map(|v| v.to_str().unwrap().to_string());
+                limited = Some((header, resp.text().await.unwrap()));
+            }
         }
-    }
-    assert_eq!(codes, [200, 200, 200, 200, 429, 429], "4 tokens per minute");
-    mesh.proxy_log_line("productpage-v1-", &["429 RL local_rate_limited"]);
-    assert_eq!(limited, Some((Some("true".to_string()), "local_rate_limited".to_string())));
-    // Other workloads are not limited.
-    for _ in 0..6 {
-        let r = mesh.mesh_client().get("http://reviews:9080/reviews/0").send().await.unwrap();
-        assert_eq!(r.status(), 200);
+        assert_eq!(codes, [200, 200, 200, 200, 429, 429], "{sample}: 4 tokens per minute");
+        mesh.proxy_log_line("productpage-v1-", &["429 RL local_rate_limited"]);
+        assert_eq!(limited, Some((Some("true".to_string()), "local_rate_limited".to_string())), "{sample}");
+        assert!(!mesh.output().join("\n").contains("not emulated"), "{sample}: {:?}", mesh.output());
+        // Other workloads are not limited.
+        for _ in 0..6 {
+            let r = mesh.mesh_client().get("http://reviews:9080/reviews/0").send().await.unwrap();
+            assert_eq!(r.status(), 200);
+        }
     }
 }
 
@@ -421,7 +453,7 @@ async fn envoy_filter_patches_that_are_not_emulated_are_reported() {
     let out = mesh.output().join("\n");
     assert!(
         out.contains("not emulated, ignored: EnvoyFilter istio-system/filter-local-ratelimit-svc")
-            && out.contains("configPatches[1] (HttpRoute)"),
+            && out.contains("configPatches[1] (HttpRoute"),
         "{out}"
     );
     for _ in 0..12 {

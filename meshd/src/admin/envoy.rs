@@ -29,7 +29,7 @@ pub fn pick_proxy(s: &DaemonState, q: &ProxyQuery) -> Option<Arc<ProxyRuntime>> 
 const NO_PROXY: &str = "no such proxy (or it has sent no traffic yet)\n";
 
 /// One cluster's counters and circuit-breaker gauges, as Envoy names them.
-fn cluster_stats(c: &ClusterShared, pool: &PoolSettings) -> [(&'static str, u64); 23] {
+fn cluster_stats(c: &ClusterShared, pool: &PoolSettings) -> [(&'static str, u64); 29] {
     let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let st = &c.stats;
     let remaining = |max: u32, used: u64| u64::from(max).saturating_sub(used);
@@ -44,6 +44,13 @@ fn cluster_stats(c: &ClusterShared, pool: &PoolSettings) -> [(&'static str, u64)
         ("circuit_breakers.default.rq_open", open(pool.max_requests, g(&c.rq_active))),
         ("circuit_breakers.default.rq_pending_open", open(pool.max_pending, g(&c.rq_pending_active))),
         ("circuit_breakers.default.rq_retry_open", open(pool.max_retries, g(&c.rq_retry_active))),
+        // Istio sets only the default priority's thresholds; no request here is of high priority,
+        // so Envoy's high-priority breakers stay closed.
+        ("circuit_breakers.high.cx_open", 0),
+        ("circuit_breakers.high.cx_pool_open", 0),
+        ("circuit_breakers.high.rq_open", 0),
+        ("circuit_breakers.high.rq_pending_open", 0),
+        ("circuit_breakers.high.rq_retry_open", 0),
         ("outlier_detection.ejections_total", g(&st.outlier_detection_ejections_total)),
         ("upstream_cx_active", g(&c.cx_active)),
         ("upstream_cx_connect_fail", g(&st.upstream_cx_connect_fail)),
@@ -51,6 +58,7 @@ fn cluster_stats(c: &ClusterShared, pool: &PoolSettings) -> [(&'static str, u64)
         ("upstream_cx_total", g(&st.upstream_cx_total)),
         ("upstream_rq_active", g(&c.rq_active)),
         ("upstream_rq_pending_active", g(&c.rq_pending_active)),
+        ("upstream_rq_pending_failure_eject", g(&st.upstream_rq_pending_failure_eject)),
         ("upstream_rq_pending_overflow", g(&st.upstream_rq_pending_overflow)),
         ("upstream_rq_pending_total", g(&st.upstream_rq_pending_total)),
         ("upstream_rq_per_try_timeout", g(&st.upstream_rq_per_try_timeout)),
@@ -62,7 +70,7 @@ fn cluster_stats(c: &ClusterShared, pool: &PoolSettings) -> [(&'static str, u64)
 }
 
 /// Each cluster of `rt` with its counters.
-fn each_cluster(s: &DaemonState, rt: &ProxyRuntime, mut f: impl FnMut(&str, [(&'static str, u64); 23])) {
+fn each_cluster(s: &DaemonState, rt: &ProxyRuntime, mut f: impl FnMut(&str, [(&'static str, u64); 29])) {
     let snap = s.snapshot.load();
     for (name, c) in rt.clusters() {
         let pool = snap.clusters.iter().find(|x| x.name == name).map(|x| x.pool.clone()).unwrap_or_default();

@@ -251,7 +251,11 @@ impl Client {
             }
         };
         let fetched = Fetched { parts, body };
-        if fetched.closes() || !self.keepalive {
+        // fortio keeps a socket only after an OK code (2xx or 418): after a 503 it closes it
+        // and the next call connects again, which the circuit-breaking task's `Sockets used`
+        // line shows.
+        let ok = super::runner::code_is_ok(i32::from(fetched.parts.status.as_u16()));
+        if fetched.closes() || !self.keepalive || !ok {
             // Reconnect for the next call rather than racing hyper's close.
             self.reset();
         } else {

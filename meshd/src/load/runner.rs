@@ -107,13 +107,12 @@ pub struct CallResult {
 pub async fn call(client: &mut Client, plan: &Plan) -> CallResult {
     match client.fetch(&plan.spec, plan.timeout).await {
         Ok(f) => {
-            let header_size = f.header_size();
-            CallResult {
-                code: i32::from(f.parts.status.as_u16()),
-                header_size,
-                total_size: header_size + f.body.len() as u64,
-                error: None,
-            }
+            let code = i32::from(f.parts.status.as_u16());
+            let (header_size, total_size) = (f.header_size(), f.header_size() + f.body.len() as u64);
+            // fortio stops reading at a code that is not OK, before the headers: it records no
+            // header bytes for it (the task's `Response Header Sizes ... min 0`).
+            let header_size = if code_is_ok(code) { header_size } else { 0 };
+            CallResult { code, header_size, total_size, error: None }
         }
         Err(e) => {
             let msg = match e {

@@ -33,6 +33,8 @@ enum Mode {
     Ok,
     /// Every other request: 503 + `connection: close`, then close.
     Alternate,
+    /// Every other request: 503 on a connection kept open, as Envoy's circuit breaker answers.
+    Overflow,
     /// Read the request, never answer.
     Silent,
 }
@@ -98,6 +100,7 @@ async fn server(mode: Mode) -> TestServer {
                     }
                     let n = c.fetch_add(1, Ordering::SeqCst);
                     let fail = mode == Mode::Alternate && n % 2 == 1;
+                    let overflow = mode == Mode::Overflow && n % 2 == 1;
                     let resp: &[u8] = match mode {
                         Mode::Silent => {
                             tokio::time::sleep(Duration::from_secs(5)).await;
@@ -106,6 +109,7 @@ async fn server(mode: Mode) -> TestServer {
                         _ if fail => {
                             b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 3\r\nconnection: close\r\n\r\nbad"
                         }
+                        _ if overflow => b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 81\r\nx-envoy-overloaded: true\r\n\r\nupstream connect error or disconnect/reset before headers. reset reason: overflow",
                         _ => b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok",
                     };
                     if sock.write_all(resp).await.is_err() || fail {
@@ -160,6 +164,20 @@ async fn connection_close_503_reopens_sockets() {
     assert!(err.contains("Non ok http code 503 (HTTP/1.1 503)"), "{err}");
     assert!(err.contains("Log level is now 3 Warning (was 2 Info)"), "{err}");
     assert!(err.contains("Error cases : count "), "{err}");
+}
+
+#[tokio::test]
+async fn a_socket_that_answered_503_is_closed_and_its_headers_not_counted_as_fortio_does() {
+    // The server keeps the connection open after its 503s, as Envoy's circuit breaker does.
+    let srv = server(Mode::Overflow).await;
+    let (res, _, err) = load(&["-c", "1", "-qps", "0", "-n", "10", "http://httpbin:8000/get"], srv.addr).await;
+    assert_eq!(res.codes.get(&503), Some(&5), "{err}");
+    // One socket to start, and a new one for each call after a 503 (the last 503 ends the run).
+    assert_eq!(res.sockets, 5, "{err}");
+    assert!(err.contains("Sockets used: 5 (for perfect keepalive, would be 1)"), "{err}");
+    // fortio reads no header bytes for a code that is not OK.
+    assert!(err.contains("Response Header Sizes : count 10 avg "), "{err}");
+    assert!(err.lines().any(|l| l.starts_with("Response Header Sizes") && l.contains(" min 0 ")), "{err}");
 }
 
 #[tokio::test]

@@ -260,8 +260,9 @@ static X_FCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 static PEER_ID: HeaderName = HeaderName::from_static("x-envoy-peer-metadata-id");
 
-/// `x-forwarded-proto`'s value: what the proxy was spoken to in.
+/// `x-forwarded-proto`'s values: what the proxy was spoken to in.
 static HTTP: HeaderValue = HeaderValue::from_static("http");
+static HTTPS: HeaderValue = HeaderValue::from_static("https");
 
 /// The policies of a pod without a sidecar: none (built once, not per request).
 static NO_POLICY: std::sync::LazyLock<crate::snapshot::route::RoutePolicy> = std::sync::LazyLock::new(|| {
@@ -310,8 +311,8 @@ struct Outgoing {
     /// Which names of interest `fields` held when `outgoing` scanned them, less the ones removed
     /// since; `REQUEST_ID` and `FRAMING` are not kept up to date (nothing reads them later).
     found: Found,
-    /// `x-forwarded-proto` is written with the head (false: it is in `fields`).
-    proto: bool,
+    /// `x-forwarded-proto`, written with the head (None: it is in `fields`).
+    proto: Option<&'static HeaderValue>,
     /// Istio's peer id, written with the head.
     peer: Option<HeaderValue>,
     /// The span to propagate, written with the head (None: none, or already in `fields`).
@@ -328,7 +329,7 @@ impl Outgoing {
             added: h1::Added {
                 fields: [
                     Some((&X_ATTEMPT_COUNT, attempt)),
-                    self.proto.then_some((&X_FORWARDED_PROTO, &HTTP)),
+                    self.proto.map(|v| (&X_FORWARDED_PROTO, v)),
                     self.peer.as_ref().map(|v| (&PEER_ID, v)),
                 ],
                 span: self.span.as_ref(),
@@ -469,7 +470,7 @@ impl Observed {
                 protocol,
                 status: 0,
                 flags: std::borrow::Cow::Borrowed("-"),
-                details: "",
+                details: std::borrow::Cow::Borrowed(""),
                 bytes_received,
                 bytes_sent: 0,
                 duration_us: 0,
@@ -758,7 +759,8 @@ impl Proxy {
     }
 
     /// The gateway's HTTPS side: reads the ClientHello, picks the Gateway server whose hosts match
-    /// the SNI (the first one when there is none), and terminates TLS with its certificate.
+    /// the SNI, and terminates TLS with its certificate. Without SNI only a server for `*` can
+    /// serve it, as Envoy matches filter chains on `server_names`; otherwise it is closed.
     async fn gateway_tls(self, conn: Accepted) {
         let Accepted { stream, peer, role, shutdown, changes } = conn;
         let info = Arc::new(ConnInfo::of(&stream, peer));
@@ -768,7 +770,7 @@ impl Proxy {
         let snapshot = self.snapshot.load();
         let server = match &sni {
             Some(name) => snapshot.tls_servers.iter().find(|s| s.hosts.iter().any(|h| h.matches(name))),
-            None => snapshot.tls_servers.first(),
+            None => snapshot.tls_servers.iter().find(|s| s.hosts.contains(&crate::snapshot::matcher::HostPattern::Any)),
         };
         let Some(server) = server else { return };
         let Ok(tls_stream) = start.into_stream(server.config.clone()).await else { return };
@@ -979,7 +981,7 @@ impl Proxy {
         series.record(status, &flag_text, elapsed, record.bytes_received, bytes_sent);
         record.status = status;
         record.flags = flag_text;
-        record.details = served.flags.details;
+        record.details = served.flags.details.clone();
         record.bytes_sent = bytes_sent;
         record.duration_us = elapsed.as_micros() as u64;
         record.upstream_service_time = upstream.and_then(|u| u.service_ms);
@@ -1002,11 +1004,12 @@ impl Proxy {
     ) -> impl Future<Output = Served> + 'a {
         async move {
             let (snapshot, generation) = views.current(&self.snapshot, rt);
-            if let Some(limit) = generation.rate_limited(Context::Inbound) {
+            if let Some(limit) = generation.rate_limited(Context::Inbound, cluster.port) {
                 return respond::rate_limited(&limit.limit.headers, ServerName::IstioEnvoy).into();
             }
             let (mut parts, body) = req.into_parts();
-            if let Some(denied) = admit(snapshot, &rt.workload, cluster.port, info, &mut parts, ServerName::IstioEnvoy)
+            if let Some(denied) =
+                admit(snapshot, &rt.workload, cluster.port, info, &mut parts, ServerName::IstioEnvoy, "http")
             {
                 return denied.into();
             }
@@ -1070,14 +1073,16 @@ impl Proxy {
             };
             let (snapshot, generation) = views.current(&self.snapshot, rt);
             let ctx = if mesh { Context::Outbound } else { Context::Gateway };
-            if let Some(limit) = generation.rate_limited(ctx) {
+            // Route-level limits are compiled for inbound ports only: no other port to match here.
+            if let Some(limit) = generation.rate_limited(ctx, 0) {
                 return respond::rate_limited(&limit.limit.headers, server).into();
             }
             let (mut parts, body) = req.into_parts();
             if !mesh {
                 // Policies that select the gateway (istio: ingressgateway) apply here, on its port 8080 (8443).
                 let port = if caller == Caller::GatewayTls { 8443 } else { 8080 };
-                if let Some(denied) = admit(snapshot, &rt.workload, port, conn, &mut parts, server) {
+                let scheme = if caller == Caller::GatewayTls { "https" } else { "http" };
+                if let Some(denied) = admit(snapshot, &rt.workload, port, conn, &mut parts, server, scheme) {
                     return denied.into();
                 }
             }
@@ -1109,7 +1114,8 @@ impl Proxy {
                 Caller::Gateway => {
                     if snapshot.ingress.https_redirect.iter().any(|p| p.matches(&host)) {
                         let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-                        return respond::redirect(301, &format!("https://{host}{path}"), server).into();
+                        // Envoy writes the Host as sent, port and all.
+                        return respond::redirect(301, &format!("https://{authority}{path}"), server).into();
                     }
                     snapshot.ingress.lookup(&host)
                 }
@@ -1160,7 +1166,8 @@ impl Proxy {
                 return respond::local_reply(LocalReply::TooLarge, server, false).into();
             };
             let (hash, new_cookie) = request_hash(&cluster.lb, &parts.fields, query, conn.peer);
-            let mut out = match outgoing(&mut parts, authority, matched, target, body, span) {
+            let https = caller == Caller::GatewayTls;
+            let mut out = match outgoing(&mut parts, authority, matched, target, body, span, https) {
                 Some(o) => o,
                 None => return respond::local_reply(LocalReply::BadRequest, server, false).into(),
             };
@@ -1351,6 +1358,7 @@ fn admit(
     info: &ConnInfo,
     parts: &mut Parts,
     server: ServerName,
+    scheme: &str,
 ) -> Option<respond::Reply> {
     use crate::security::authz::{Decision as Authz, Request as AuthzRequest, Target as AuthzTarget};
     let mut auth = None;
@@ -1361,7 +1369,8 @@ fn admit(
             Ok(a) => auth = a,
             Err(why) => {
                 let host = parts.fields.first(HOST.as_str()).unwrap_or("");
-                return Some(respond::jwt_denied(why, host, parts.uri.path(), server));
+                let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                return Some(respond::jwt_denied(why, scheme, host, path, server));
             }
         }
     }
@@ -1398,10 +1407,7 @@ fn admit(
     };
     match snapshot.authz.evaluate(&target, &req) {
         Authz::Allow => None,
-        Authz::Deny { policy } => {
-            tracing::debug!(%policy, "rbac_access_denied_matched_policy");
-            Some(respond::rbac_denied(server))
-        }
+        Authz::Deny { policy } => Some(respond::rbac_denied(&policy, server)),
     }
 }
 
@@ -1540,6 +1546,7 @@ fn outgoing(
     target: &WeightedTarget,
     body: Bytes,
     span: Option<&SpanContext>,
+    https: bool,
 ) -> Option<Outgoing> {
     let route = matched.route;
     let uri = &parts.uri;
@@ -1574,21 +1581,23 @@ fn outgoing(
         fields.remove(&http::header::TRANSFER_ENCODING);
     }
     let (ops, more) = (&route.headers.request, &target.headers.request);
+    // The gateway's HTTPS side was spoken to in TLS: Envoy sets the scheme it served.
+    let scheme = if https { &HTTPS } else { &HTTP };
     let (proto, span) = if ops.is_empty() && more.is_empty() {
         // The proxy's fields are written with the head, once a client's copies are gone.
         found.remove(&mut fields, Found::FORWARDED_PROTO | Found::trace(span));
-        (true, span.copied())
+        (Some(scheme), span.copied())
     } else {
         // The route's edits see `x-forwarded-proto` as Envoy's do; the span goes in after them.
         let headers = fields.map_mut();
-        headers.insert(X_FORWARDED_PROTO.clone(), HTTP.clone());
+        headers.insert(X_FORWARDED_PROTO.clone(), scheme.clone());
         ops.apply(headers);
         more.apply(headers);
         if let Some(span) = span {
             span.inject(headers);
         }
         found = Found::scan(&fields);
-        (false, None)
+        (None, None)
     };
     Some(Outgoing { method: parts.method.clone(), uri, fields, body, found, proto, peer: None, span })
 }

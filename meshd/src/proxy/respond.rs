@@ -16,19 +16,19 @@ pub struct ResponseFlags {
     /// `%RESPONSE_FLAGS%`: `-`, `NR`, `UF,URX`, ...
     pub flags: std::borrow::Cow<'static, str>,
     /// `%RESPONSE_CODE_DETAILS%`.
-    pub details: &'static str,
+    pub details: std::borrow::Cow<'static, str>,
 }
 
 impl ResponseFlags {
     /// Flags and details.
     pub fn new(flags: &'static str, details: &'static str) -> ResponseFlags {
-        ResponseFlags { flags: std::borrow::Cow::Borrowed(flags), details }
+        ResponseFlags { flags: std::borrow::Cow::Borrowed(flags), details: std::borrow::Cow::Borrowed(details) }
     }
 
     /// Adds a flag in front (`DI` goes before the others, as Envoy lists them).
     pub fn with(&self, flag: &str) -> ResponseFlags {
         let flags = if self.flags == "-" { flag.to_string() } else { format!("{flag},{}", self.flags) };
-        ResponseFlags { flags: std::borrow::Cow::Owned(flags), details: self.details }
+        ResponseFlags { flags: std::borrow::Cow::Owned(flags), details: self.details.clone() }
     }
 }
 
@@ -139,19 +139,53 @@ pub fn rate_limited(headers: &[(HeaderName, HeaderValue)], server: ServerName) -
     resp
 }
 
-/// An AuthorizationPolicy denial: 403 `RBAC: access denied` (no response flag).
+/// An AuthorizationPolicy denial: 403 `RBAC: access denied` (no response flag); the details name
+/// the DENY rule that matched (`ns[<ns>]-policy[<name>]-rule[<i>]`), or `none`.
 #[cold]
-pub fn rbac_denied(server: ServerName) -> Reply {
-    text(403, "RBAC: access denied", server, ResponseFlags::new("-", "rbac_access_denied_matched_policy[none]"))
+pub fn rbac_denied(policy: &str, server: ServerName) -> Reply {
+    let mut resp = text(403, "RBAC: access denied", server, ResponseFlags::new("-", ""));
+    resp.flags.details = format!("rbac_access_denied_matched_policy[{policy}]").into();
+    resp
 }
 
-/// A present but invalid JWT: 401 with jwt_verify_lib's text and a `www-authenticate` challenge.
+/// A present but invalid JWT: 401 (403 for an audience not allowed) with jwt_verify_lib's text
+/// and a `www-authenticate` challenge naming the request's URI (its path capped at 256 bytes,
+/// as Envoy's filter builds it).
 #[cold]
-pub fn jwt_denied(why: &str, host: &str, path: &str, server: ServerName) -> Reply {
-    let mut resp = text(401, why.to_string(), server, ResponseFlags::new("-", "jwt_authn_access_denied"));
-    let challenge = format!("Bearer realm=\"http://{host}{path}\", error=\"invalid_token\"");
+pub fn jwt_denied(why: &str, scheme: &str, host: &str, path: &str, server: ServerName) -> Reply {
+    let status = if why == crate::security::jwt::AUDIENCE_NOT_ALLOWED { 403 } else { 401 };
+    let mut resp = text(status, why.to_string(), server, ResponseFlags::new("-", ""));
+    // Envoy's details carry the status with its spaces made underscores.
+    resp.flags.details = format!("jwt_authn_access_denied{{{}}}", why.replace(' ', "_")).into();
+    let path = path.get(..256).unwrap_or(path);
+    let challenge = format!("Bearer realm=\"{scheme}://{host}{path}\", error=\"invalid_token\"");
     if let Ok(v) = HeaderValue::from_str(&challenge) {
         resp.resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jwt_refusals_as_envoys_filter_answers_them() {
+        let expired = jwt_denied("Jwt is expired", "http", "example.com", "/headers?a=1", ServerName::IstioEnvoy);
+        assert_eq!(expired.resp.status(), 401);
+        assert_eq!(expired.flags.details, "jwt_authn_access_denied{Jwt_is_expired}");
+        assert_eq!(
+            expired.resp.headers()[http::header::WWW_AUTHENTICATE],
+            "Bearer realm=\"http://example.com/headers?a=1\", error=\"invalid_token\""
+        );
+        // A valid token for another audience is forbidden, not unauthorized.
+        let audience =
+            jwt_denied(crate::security::jwt::AUDIENCE_NOT_ALLOWED, "https", "h", "/", ServerName::IstioEnvoy);
+        assert_eq!(audience.resp.status(), 403);
+        assert_eq!(audience.flags.details, "jwt_authn_access_denied{Audiences_in_Jwt_are_not_allowed}");
+        assert_eq!(
+            audience.resp.headers()[http::header::WWW_AUTHENTICATE],
+            "Bearer realm=\"https://h/\", error=\"invalid_token\""
+        );
+    }
 }

@@ -28,6 +28,8 @@ pub struct ClusterStats {
     pub upstream_rq_pending_total: AtomicU64,
     /// Requests refused because the pending queue was full.
     pub upstream_rq_pending_overflow: AtomicU64,
+    /// Requests that waited for a connection whose attempt failed.
+    pub upstream_rq_pending_failure_eject: AtomicU64,
     /// Requests refused by `http2MaxRequests`.
     pub upstream_rq_overflow: AtomicU64,
     /// Connections opened.
@@ -531,9 +533,13 @@ pub struct Generation {
 }
 
 impl Generation {
-    /// The first limit on a listener of kind `ctx` that refuses this request, if any.
-    pub fn rate_limited(&self, ctx: Context) -> Option<&Limit> {
-        self.limits.iter().find(|(c, l)| *c == ctx && l.refuses()).map(|(_, l)| l)
+    /// The first limit on a listener of kind `ctx` that refuses this request to `port`, if any
+    /// (a limit a route patch puts on one inbound port counts only there).
+    pub fn rate_limited(&self, ctx: Context, port: u16) -> Option<&Limit> {
+        self.limits
+            .iter()
+            .find(|(c, l)| *c == ctx && l.limit.port.is_none_or(|p| p == port) && l.refuses())
+            .map(|(_, l)| l)
     }
 }
 
@@ -541,9 +547,9 @@ impl Generation {
 struct Store {
     clusters: HashMap<String, Arc<ClusterShared>>,
     endpoints: HashMap<(String, SocketAddr, bool, u64), Arc<EndpointRt>>,
-    /// By the limit's key and fill interval: a new interval starts a new, full bucket, as a new
-    /// filter config does in Envoy.
-    buckets: HashMap<(String, Duration), Arc<Bucket>>,
+    /// By the limit's key and bucket settings: an edited bucket starts new and full, as a new
+    /// filter config does in Envoy; an unchanged one keeps its tokens across reloads.
+    buckets: HashMap<(String, Duration, u64, u64), Arc<Bucket>>,
 }
 
 /// One proxy's (a sidecar's or the gateway's) runtime state.
@@ -634,7 +640,7 @@ impl ProxyRuntime {
                     let max = l.max_tokens;
                     let bucket = store
                         .buckets
-                        .entry((l.key.clone(), l.fill_interval))
+                        .entry((l.key.clone(), l.fill_interval, l.max_tokens, l.tokens_per_fill))
                         .or_insert_with(|| Arc::new(Bucket::new(max, l.fill_interval)))
                         .clone();
                     limits.push((ctx, Limit { limit: l.clone(), bucket }));
@@ -854,22 +860,23 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_new_fill_interval_gets_a_full_bucket_of_its_own() {
-        let limit = |secs| {
+    async fn an_edited_bucket_starts_full_and_an_unchanged_one_keeps_its_tokens() {
+        let limit = |secs, max| {
             Arc::new(LocalRateLimit {
                 key: "default/rl#0".into(),
                 namespace: crate::snapshot::ROOT_NAMESPACE.into(),
                 selector: Default::default(),
                 context: Context::Any,
-                max_tokens: 2,
-                tokens_per_fill: 2,
+                max_tokens: max,
+                tokens_per_fill: max,
                 fill_interval: Duration::from_secs(secs),
                 enabled: 100.0,
                 enforced: 100.0,
                 headers: vec![],
+                port: None,
             })
         };
-        let snap = |generation, secs| Snapshot { generation, rate_limits: vec![limit(secs)], ..Snapshot::default() };
+        let snap = |generation, secs| Snapshot { generation, rate_limits: vec![limit(secs, 2)], ..Snapshot::default() };
         let bucket = |g: &Generation| g.limits[0].1.bucket.clone();
         let rt = ProxyRuntime::new(&crate::daemon::gateway_workload(), None);
         let one = bucket(&rt.for_snapshot(&snap(1, 1)));
@@ -881,6 +888,11 @@ mod tests {
         assert!(b.take(2, 2) && b.take(2, 2) && !b.take(2, 2), "full, then empty");
         tokio::time::advance(Duration::from_secs(60)).await;
         assert!(b.take(2, 2), "refilled after the new interval");
+        // The rate-limit task's bucket raised from 2 to 10 while empty: a new, full bucket.
+        assert!(b.take(2, 2) && !b.take(2, 2));
+        let raised = Snapshot { generation: 4, rate_limits: vec![limit(60, 10)], ..Snapshot::default() };
+        let b = bucket(&rt.for_snapshot(&raised));
+        assert!((0..10).all(|_| b.take(10, 10)) && !b.take(10, 10), "ten tokens, then none");
     }
 
     #[test]

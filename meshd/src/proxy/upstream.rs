@@ -308,7 +308,11 @@ where
             return Ok(got);
         }
         if let Some(connecting) = start() {
-            return connecting.await;
+            let got = connecting.await;
+            if matches!(got, Err(UpstreamError::Connect(_))) {
+                shared.stats.upstream_rq_pending_failure_eject.fetch_add(1, Ordering::Relaxed);
+            }
+            return got;
         }
         notified.await;
     }

@@ -65,8 +65,13 @@ pub struct Authenticated {
     pub claims: Value,
 }
 
-/// Why a present token is refused (Envoy's jwt_verify_lib status text; 401).
+/// Why a present token is refused (Envoy's jwt_verify_lib status text; 401, or 403 for
+/// [`AUDIENCE_NOT_ALLOWED`]).
 pub type JwtError = &'static str;
+
+/// The one refusal Envoy answers with 403 rather than 401: the token is valid, but not for
+/// this audience.
+pub const AUDIENCE_NOT_ALLOWED: JwtError = "Audiences in Jwt are not allowed";
 
 /// Every RequestAuthentication, compiled.
 #[derive(Debug, Clone, Default)]
@@ -209,6 +214,16 @@ impl JwtTable {
         if rules.is_empty() {
             return Ok(None);
         }
+        // Envoy drops the client's own copies of the headers a rule writes, token or not: they
+        // could otherwise pass as the proxy's word on a verified token.
+        for r in &rules {
+            for (h, _) in &r.claims_to_headers {
+                headers.remove(h);
+            }
+            if let Some(h) = &r.payload_header {
+                headers.remove(h);
+            }
+        }
         // Find the first token in any rule's locations.
         let mut found: Option<(String, &From)> = None;
         'search: for r in &rules {
@@ -248,18 +263,20 @@ impl JwtTable {
                 _ => vec![],
             };
             if !aud.iter().any(|a| rule.audiences.iter().any(|x| x == a)) {
-                return Err("Audiences in Jwt are not allowed");
+                return Err(AUDIENCE_NOT_ALLOWED);
             }
         }
         let keys = rule.keys.as_ref().map_err(|_| "Jwks remote fetch is failed")?;
         let alg = header.get("alg").and_then(Value::as_str).unwrap_or("");
         let kid = header.get("kid").and_then(Value::as_str);
         let signed = format!("{}.{}", parts[0], parts[1]);
-        let verified = keys
-            .iter()
-            .filter(|k| kid.is_none() || k.kid().is_none() || k.kid() == kid)
-            .any(|k| verify(k, alg, signed.as_bytes(), &signature));
-        if !verified {
+        // jwt_verify_lib tries the keys whose `kid` matches the token's (a side without one
+        // matches any), and names the case where no key does apart from a bad signature.
+        let mut candidates = keys.iter().filter(|k| kid.is_none() || k.kid().is_none() || k.kid() == kid).peekable();
+        if candidates.peek().is_none() {
+            return Err("Jwks doesn't have key to match kid or alg from Jwt");
+        }
+        if !candidates.any(|k| verify(k, alg, signed.as_bytes(), &signature)) {
             return Err("Jwt verification fails");
         }
         let sub = payload.get("sub").and_then(Value::as_str).unwrap_or("");
@@ -373,7 +390,11 @@ pub(crate) mod tests {
         }
 
         pub(crate) fn token(&self, claims: &Value) -> String {
-            let h = URL_SAFE_NO_PAD.encode(br#"{"alg":"ES256","kid":"test","typ":"JWT"}"#);
+            self.token_with_kid("test", claims)
+        }
+
+        pub(crate) fn token_with_kid(&self, kid: &str, claims: &Value) -> String {
+            let h = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"ES256","kid":"{kid}","typ":"JWT"}}"#));
             let p = URL_SAFE_NO_PAD.encode(claims.to_string());
             let sig = self.key.sign(&self.rng, format!("{h}.{p}").as_bytes()).unwrap();
             format!("{h}.{p}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
@@ -418,6 +439,12 @@ pub(crate) mod tests {
         assert_eq!(run(&t, Some(&format!("Bearer {expired}"))).unwrap_err(), "Jwt is expired");
         let other = Signer::new().token(&serde_json::json!({"iss":"testing@secure.istio.io","sub":"x"}));
         assert_eq!(run(&t, Some(&format!("Bearer {other}"))).unwrap_err(), "Jwt verification fails");
+        // jwt_verify_lib tells a key it cannot find from a signature that does not verify.
+        let unknown_kid = s.token_with_kid("rotated", &serde_json::json!({"iss":"testing@secure.istio.io","sub":"x"}));
+        assert_eq!(
+            run(&t, Some(&format!("Bearer {unknown_kid}"))).unwrap_err(),
+            "Jwks doesn't have key to match kid or alg from Jwt"
+        );
         let wrong_iss = s.token(&serde_json::json!({"iss":"someone-else","sub":"x"}));
         assert_eq!(run(&t, Some(&format!("Bearer {wrong_iss}"))).unwrap_err(), "Jwt issuer is not configured");
         // Other workloads are not covered.
@@ -440,6 +467,12 @@ pub(crate) mod tests {
         assert_eq!(h["x-jwt-foo"], "bar");
         let bad_aud = s.token(&serde_json::json!({"iss":"testing@secure.istio.io","sub":"u","aud":"other"}));
         assert_eq!(run(&t, Some(&format!("Bearer {bad_aud}"))).unwrap_err(), "Audiences in Jwt are not allowed");
+        // A client's own copy of a header the rule writes is dropped, token or not, as Envoy's
+        // filter sanitizes them: it would otherwise pass for a verified claim.
+        let mut h = HeaderMap::new();
+        h.insert("x-jwt-foo", HeaderValue::from_static("admin"));
+        assert!(t.authenticate("istio-system", &gw(), &mut h, None, 0).unwrap().is_none());
+        assert!(!h.contains_key("x-jwt-foo"), "{h:?}");
         // The access_token query parameter is a default location.
         let mut h = HeaderMap::new();
         let q = format!("a=1&access_token={tok}");

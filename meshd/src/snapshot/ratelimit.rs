@@ -1,7 +1,9 @@
-//! Local rate limiting from the EnvoyFilter pattern Istio users paste: an
+//! Local rate limiting from the EnvoyFilter patterns Istio users paste: an
 //! `envoy.filters.http.local_ratelimit` HTTP filter with a token bucket, on
-//! the sidecars a selector picks or on the gateway. Every other EnvoyFilter
-//! patch is reported as not emulated.
+//! the sidecars a selector picks or on the gateway; or the filter without a
+//! bucket plus an `HTTP_ROUTE` patch that puts one on an inbound virtual host
+//! (`inbound|http|<port>`), as the rate-limit task's second variant does.
+//! Every other EnvoyFilter patch is reported as not emulated.
 
 use std::time::Duration;
 
@@ -47,6 +49,9 @@ pub struct LocalRateLimit {
     pub enforced: f64,
     /// `response_headers_to_add`, on limited responses.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The inbound port whose virtual host carries it (an `HTTP_ROUTE` patch); None: every
+    /// request the listener takes.
+    pub port: Option<u16>,
 }
 
 impl LocalRateLimit {
@@ -87,6 +92,23 @@ fn local_ratelimit_config(value: &Value) -> Option<&Value> {
     Some(typed.get("value").unwrap_or(typed))
 }
 
+/// The inbound port of an `HTTP_ROUTE` patch's virtual host, `inbound|http|<port>`: the name
+/// Istio gives a sidecar's inbound HTTP route table.
+fn inbound_vhost_port(m: Option<&api::EnvoyConfigObjectMatch>) -> Option<u16> {
+    let m = m?;
+    if m.context != Some(api::PatchContext::SidecarInbound) {
+        return None;
+    }
+    let vhost = m.route_configuration.as_ref()?.vhost.as_ref()?;
+    vhost.name.as_deref()?.strip_prefix("inbound|http|")?.parse().ok()
+}
+
+/// The LocalRateLimit config an `HTTP_ROUTE` patch merges into its routes.
+fn per_route_config(value: &Value) -> Option<&Value> {
+    let typed = value.get("typed_per_filter_config")?.get("envoy.filters.http.local_ratelimit")?;
+    Some(typed.get("value").unwrap_or(typed))
+}
+
 /// Compiles the EnvoyFilters: rate limits, plus one line per patch that is not emulated.
 pub fn compile(filters: &[(&api::Object<api::EnvoyFilterSpec>, String)]) -> (Vec<LocalRateLimit>, Vec<String>) {
     let mut out = Vec::new();
@@ -94,15 +116,42 @@ pub fn compile(filters: &[(&api::Object<api::EnvoyFilterSpec>, String)]) -> (Vec
     for (ef, origin) in filters {
         let ns = ef.metadata.namespace.clone().unwrap_or_else(|| "default".into());
         let name = ef.metadata.name.clone().unwrap_or_default();
+        // A route's bucket only counts where the filter runs: Envoy reads the per-route config
+        // from the filter in the chain, which this EnvoyFilter must insert.
+        let has_filter = ef.spec.config_patches.iter().any(|p| {
+            p.apply_to == Some(api::ApplyTo::HttpFilter)
+                && p.patch.as_ref().and_then(|p| p.value.as_ref()).and_then(local_ratelimit_config).is_some()
+        });
         for (i, p) in ef.spec.config_patches.iter().enumerate() {
             let value = p.patch.as_ref().and_then(|p| p.value.as_ref());
-            let cfg = match (p.apply_to, value.and_then(local_ratelimit_config)) {
-                (Some(api::ApplyTo::HttpFilter), Some(cfg)) => cfg,
+            let not_emulated = |why: String| format!("EnvoyFilter {ns}/{name} ({origin}) configPatches[{i}] ({why})");
+            let (cfg, port) = match (p.apply_to, value) {
+                (Some(api::ApplyTo::HttpFilter), Some(v)) if local_ratelimit_config(v).is_some() => {
+                    let cfg = local_ratelimit_config(v).unwrap_or(v);
+                    if cfg.get("token_bucket").is_none() && out_of_band_routes(ef) {
+                        // The filter alone, its buckets on routes (below): nothing to limit here.
+                        continue;
+                    }
+                    (cfg, None)
+                }
+                // Descriptors (and the route's `rate_limits` that feed them) pick a bucket per
+                // request attribute: not emulated, so such a patch is reported below.
+                (Some(api::ApplyTo::HttpRoute), Some(v))
+                    if per_route_config(v).is_some_and(|c| c.get("descriptors").is_none())
+                        && v.get("route").is_none()
+                        && has_filter =>
+                {
+                    let Some(port) = inbound_vhost_port(p.r#match.as_ref()) else {
+                        ignored.push(not_emulated(
+                            "HttpRoute: local_ratelimit on a virtual host other than a sidecar's inbound|http|<port>"
+                                .into(),
+                        ));
+                        continue;
+                    };
+                    (per_route_config(v).unwrap_or(v), Some(port))
+                }
                 _ => {
-                    ignored.push(format!(
-                        "EnvoyFilter {ns}/{name} ({origin}) configPatches[{i}] ({:?})",
-                        p.apply_to.unwrap_or(api::ApplyTo::Invalid)
-                    ));
+                    ignored.push(not_emulated(format!("{:?}", p.apply_to.unwrap_or(api::ApplyTo::Invalid))));
                     continue;
                 }
             };
@@ -111,9 +160,7 @@ pub fn compile(filters: &[(&api::Object<api::EnvoyFilterSpec>, String)]) -> (Vec
             let max_tokens = get("max_tokens").and_then(Value::as_u64).unwrap_or(0);
             let tokens_per_fill = get("tokens_per_fill").and_then(Value::as_u64).unwrap_or(1);
             let Some(fill_interval) = get("fill_interval").and_then(duration).filter(|d| !d.is_zero()) else {
-                ignored.push(format!(
-                    "EnvoyFilter {ns}/{name} ({origin}) configPatches[{i}] (local_ratelimit without a valid token_bucket.fill_interval)"
-                ));
+                ignored.push(not_emulated("local_ratelimit without a valid token_bucket.fill_interval".into()));
                 continue;
             };
             let context = match p.r#match.as_ref().and_then(|m| m.context) {
@@ -145,10 +192,19 @@ pub fn compile(filters: &[(&api::Object<api::EnvoyFilterSpec>, String)]) -> (Vec
                 enabled: fraction(cfg.get("filter_enabled")),
                 enforced: fraction(cfg.get("filter_enforced")),
                 headers,
+                port,
             });
         }
     }
     (out, ignored)
+}
+
+/// Whether the EnvoyFilter puts a local rate limit on routes (an `HTTP_ROUTE` patch carrying one).
+fn out_of_band_routes(ef: &api::Object<api::EnvoyFilterSpec>) -> bool {
+    ef.spec.config_patches.iter().any(|p| {
+        p.apply_to == Some(api::ApplyTo::HttpRoute)
+            && p.patch.as_ref().and_then(|p| p.value.as_ref()).and_then(per_route_config).is_some()
+    })
 }
 
 #[cfg(test)]
@@ -228,5 +284,30 @@ spec:
         assert!(l.applies(&w("productpage", "default"), Context::Inbound), "root namespace: every namespace");
         assert!(!l.applies(&w("productpage", "default"), Context::Outbound));
         assert!(!l.applies(&w("reviews", "default"), Context::Inbound));
+    }
+
+    /// The rate-limit task's second variant (`snip_local_rate_limit_3`): the filter without a
+    /// bucket, the bucket on productpage's inbound virtual host.
+    const TASK_PER_ROUTE: &str =
+        include_str!("../../../samples/rate-limiting-per-route/filter-local-ratelimit-svc.yaml");
+
+    #[test]
+    fn the_tasks_per_route_variant_limits_the_inbound_port_it_names() {
+        let ef: api::Object<api::EnvoyFilterSpec> = serde_yaml::from_str(TASK_PER_ROUTE).unwrap();
+        let (limits, ignored) = compile(&[(&ef, "rl.yaml:1".into())]);
+        assert!(ignored.is_empty(), "{ignored:?}");
+        assert_eq!(limits.len(), 1, "the filter alone limits nothing; the route's bucket does");
+        let l = &limits[0];
+        assert_eq!(
+            (l.max_tokens, l.fill_interval, l.context, l.port),
+            (4, Duration::from_secs(60), Context::Inbound, Some(9080))
+        );
+        assert_eq!((l.enabled, l.enforced), (100.0, 100.0));
+        assert_eq!(l.headers[0].0, "x-local-rate-limit");
+        // Without the filter in the chain a route's bucket is never read: reported, not applied.
+        let mut alone = ef.clone();
+        alone.spec.config_patches.remove(0);
+        let (limits, ignored) = compile(&[(&alone, "rl.yaml:1".into())]);
+        assert!(limits.is_empty() && ignored.len() == 1 && ignored[0].contains("HttpRoute"), "{ignored:?}");
     }
 }

@@ -32,7 +32,7 @@ pub struct Record {
     /// Envoy's response flags, `-` for none.
     pub flags: Cow<'static, str>,
     /// Envoy's response code details.
-    pub details: &'static str,
+    pub details: Cow<'static, str>,
     /// Request body bytes.
     pub bytes_received: u64,
     /// Response body bytes (from content-length).
@@ -93,7 +93,7 @@ pub struct Entry {
     pub status: u16,
     /// Envoy's response flags, `-` for none.
     pub flags: Cow<'static, str>,
-    details: &'static str,
+    details: Cow<'static, str>,
     bytes_received: u64,
     bytes_sent: u64,
     /// Microseconds until the response headers.
@@ -266,7 +266,7 @@ pub(crate) fn reviews() -> Record {
         protocol: "HTTP/1.1",
         status: 503,
         flags: "NC".into(),
-        details: "cluster_not_found",
+        details: "cluster_not_found".into(),
         bytes_received: 0,
         bytes_sent: 0,
         duration_us: 0,

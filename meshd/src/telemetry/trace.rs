@@ -653,7 +653,7 @@ mod tests {
             protocol: "HTTP/1.1",
             status,
             flags: "-".into(),
-            details: "via_upstream",
+            details: "via_upstream".into(),
             bytes_received: 0,
             bytes_sent: 0,
             duration_us: dur,
