@@ -344,6 +344,74 @@ async fn retries_are_counted_at_the_upstream() {
     assert_eq!(v["headers"]["X-Envoy-Attempt-Count"][0], "1");
 }
 
+/// The access log's flags as Envoy sets them when retries run out: a per-try timeout on the last
+/// attempt, a retry `maxRetries` refuses, and a delay before an abort.
+#[tokio::test]
+async fn exhausted_retries_and_faults_are_flagged_as_envoy_flags_them() {
+    let dir = TempDir::new();
+    dir.write("web.yaml", &WEB.replace("replicas: 3", "replicas: 1"));
+    dir.write(
+        "vs.yaml",
+        r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web}
+spec:
+  hosts: [web]
+  http:
+  - name: per-try
+    match: [{uri: {prefix: /delay}}]
+    retries: {attempts: 1, perTryTimeout: 0.2s, retryOn: 5xx}
+    route: [{destination: {host: web}}]
+  - name: delayed-abort
+    match: [{uri: {prefix: /fault}}]
+    fault:
+      delay: {fixedDelay: 10ms, percentage: {value: 100}}
+      abort: {httpStatus: 503, percentage: {value: 100}}
+    route: [{destination: {host: web}}]
+  - name: retried
+    retries: {attempts: 1, retryOn: 5xx, backoff: 2s}
+    route: [{destination: {host: web}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web}
+spec:
+  host: web
+  trafficPolicy: {connectionPool: {http: {maxRetries: 1}}}
+"#,
+    );
+    let mesh = Mesh::start(dir);
+    let c = mesh.mesh_client();
+    let resp = c.get("http://web:8000/delay/2").send().await.unwrap();
+    assert_eq!(resp.status(), 504);
+    mesh.proxy_log_line("meshd-client", &["\"GET /delay/2 HTTP/1.1\" 504 UT,URX upstream_per_try_timeout"]);
+    // The fault filter runs after the route is chosen: the log names the route and its cluster.
+    let resp = c.get("http://web:8000/fault").send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    mesh.proxy_log_line(
+        "meshd-client",
+        &[
+            "\"GET /fault HTTP/1.1\" 503 DI,FI fault_filter_abort",
+            "outbound|8000||web.default.svc.cluster.local",
+            "delayed-abort",
+        ],
+    );
+    // Four failures at once: the first retry holds the one `maxRetries` slot through its 2 s
+    // backoff, so the other three are refused a retry and marked an upstream overflow.
+    let sends = (0..4).map(|_| {
+        let c = c.clone();
+        tokio::spawn(async move { c.get("http://web:8000/status/503").send().await.unwrap().status().as_u16() })
+    });
+    for s in sends.collect::<Vec<_>>() {
+        assert_eq!(s.await.unwrap(), 503);
+    }
+    mesh.proxy_log_line("meshd-client", &["\"GET /status/503 HTTP/1.1\" 503 UO via_upstream"]);
+    assert_eq!(
+        mesh.cluster_stat("outbound|8000||web.default.svc.cluster.local", "upstream_rq_retry_overflow").await,
+        3
+    );
+}
+
 #[tokio::test]
 async fn consistent_hash_is_sticky_and_outliers_are_ejected_and_return() {
     let dir = TempDir::new();

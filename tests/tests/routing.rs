@@ -256,9 +256,21 @@ metadata: {name: httpbin}
 spec:
   hosts: [httpbin]
   http:
+  - match: [{uri: {prefix: /anything/weighted}}]
+    headers:
+      request: {set: {x-level: route}}
+      response: {set: {x-level: route}}
+    route:
+    - destination: {host: httpbin}
+      weight: 100
+      headers:
+        request: {set: {x-level: destination}}
+        response: {set: {x-level: destination}}
+    - destination: {host: httpbin}
+      weight: 0
   - headers:
       request:
-        set: {x-route: "set"}
+        set: {x-route: "set", x-level: route}
         add: {x-added: "yes"}
         remove: [x-drop-me]
       response:
@@ -267,7 +279,7 @@ spec:
     - destination: {host: httpbin}
       headers:
         request:
-          set: {x-destination: "httpbin"}
+          set: {x-destination: "httpbin", x-level: destination}
         response:
           remove: [access-control-allow-origin]
 "#,
@@ -289,6 +301,13 @@ spec:
     assert_eq!(h["X-Added"][0], "yes");
     assert_eq!(h["X-Destination"][0], "httpbin");
     assert!(h.get("X-Drop-Me").is_none(), "{h}");
+    // One destination: Istio appends its edits after the route's, so the destination's `set` wins.
+    assert_eq!(h["X-Level"][0], "destination", "{h}");
+    // A weighted list (weight 0 included): Envoy applies the route's edits last, and they win.
+    let resp = mesh.mesh_client().get("http://httpbin:8000/anything/weighted").send().await.unwrap();
+    assert_eq!(resp.headers()["x-level"], "route");
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["headers"]["X-Level"][0], "route", "{v}");
 }
 
 /// Sends `request` on a fresh connection to `addr` and reads what comes back until the server

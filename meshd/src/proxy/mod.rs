@@ -1158,7 +1158,14 @@ impl Proxy {
                 }
                 if let Some((with, pct)) = &fault.abort {
                     if roll(*pct) {
-                        return respond::fault_abort(with, server).into();
+                        // The route and its cluster were chosen before the fault filter ran: the
+                        // access log and metrics name them, and a delay before the abort shows.
+                        let mut served: Served = respond::fault_abort(with, server).into();
+                        if delayed {
+                            served.flags = served.flags.with("DI");
+                        }
+                        served.route = Some(RouteInfo { cluster: cluster.clone(), route: matched.route.name.clone() });
+                        return served;
                     }
                 }
             }
@@ -1215,7 +1222,9 @@ impl Proxy {
                 None => attempts.await,
             };
             if let Some(upstream) = served.upstream.as_mut().filter(|u| u.responded) {
-                let ops = [&matched.route.headers.response, &target.headers.response];
+                let (route_ops, dest_ops) = (&matched.route.headers.response, &target.headers.response);
+                let ops =
+                    if matched.route.destination_edits_first() { [dest_ops, route_ops] } else { [route_ops, dest_ops] };
                 upstream.service_ms = Some(finish(&mut served.resp.fields, server, started, &ops));
                 if let Some(cookie) = new_cookie {
                     if let Ok(v) = HeaderValue::from_str(&cookie) {
@@ -1237,6 +1246,9 @@ impl Proxy {
         let stats = &crt.shared.stats;
         let mut previous = None;
         let mut attempt: u32 = 1;
+        // A scheduled retry holds a `maxRetries` slot through its backoff and its attempt, as
+        // Envoy's retry resource does; the next decision gives it back first.
+        let mut retry_slot: Option<Gauge> = None;
         loop {
             let Some(idx) = crt.pick(cluster, hash, previous) else {
                 return respond::local_reply(LocalReply::NoHealthyUpstream, server, false).into();
@@ -1248,7 +1260,6 @@ impl Proxy {
                 return respond::local_reply(LocalReply::Overflow, server, false).into();
             }
             let _rq = Gauge::new(&crt.shared.rq_active);
-            let _retry_gauge = (attempt > 1).then(|| Gauge::new(&crt.shared.rq_retry_active));
             let _active = ActiveGuard::new(ep);
             stats.upstream_rq_total.fetch_add(1, Ordering::Relaxed);
             let send = async {
@@ -1292,6 +1303,7 @@ impl Proxy {
                 }
             };
             let retried = attempt > 1;
+            drop(retry_slot.take());
             let can_retry = retriable && attempt <= retry.attempts;
             let budget =
                 can_retry && crt.shared.rq_retry_active.load(Ordering::Acquire) < u64::from(cluster.pool.max_retries);
@@ -1319,13 +1331,23 @@ impl Proxy {
                         served.abort = server == ServerName::Keep;
                         served
                     }
-                    Attempt::PerTryTimeout => respond::local_reply(LocalReply::Timeout, server, false).into(),
+                    Attempt::PerTryTimeout => {
+                        let mut served: Served = respond::local_reply(LocalReply::Timeout, server, false).into();
+                        let flags = if retriable && retried { "UT,URX" } else { "UT" };
+                        served.flags = ResponseFlags::new(flags, "upstream_per_try_timeout");
+                        served
+                    }
                 };
+                if can_retry {
+                    // A retry `maxRetries` refused: Envoy marks the answer an upstream overflow.
+                    served.flags = served.flags.with("UO");
+                }
                 served.upstream = Some(host);
                 return served;
             }
             drop(result);
             stats.upstream_rq_retry.fetch_add(1, Ordering::Relaxed);
+            retry_slot.replace(Gauge::new(&crt.shared.rq_retry_active));
             tokio::time::sleep(backoff(retry.backoff, attempt)).await;
             attempt += 1;
         }
@@ -1580,7 +1602,11 @@ fn outgoing(
     if framed {
         fields.remove(&http::header::TRANSFER_ENCODING);
     }
-    let (ops, more) = (&route.headers.request, &target.headers.request);
+    let (ops, more) = if route.destination_edits_first() {
+        (&target.headers.request, &route.headers.request)
+    } else {
+        (&route.headers.request, &target.headers.request)
+    };
     // The gateway's HTTPS side was spoken to in TLS: Envoy sets the scheme it served.
     let scheme = if https { &HTTPS } else { &HTTP };
     let (proto, span) = if ops.is_empty() && more.is_empty() {

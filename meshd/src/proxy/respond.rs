@@ -25,12 +25,22 @@ impl ResponseFlags {
         ResponseFlags { flags: std::borrow::Cow::Borrowed(flags), details: std::borrow::Cow::Borrowed(details) }
     }
 
-    /// Adds a flag in front (`DI` goes before the others, as Envoy lists them).
+    /// Adds a flag where Envoy lists it: in the order of its response-flag bits, whatever the
+    /// order they were set in (`UF,DI,URX`, `DI,FI`, `UT,URX`).
     pub fn with(&self, flag: &str) -> ResponseFlags {
-        let flags = if self.flags == "-" { flag.to_string() } else { format!("{flag},{}", self.flags) };
-        ResponseFlags { flags: std::borrow::Cow::Owned(flags), details: self.details.clone() }
+        let rank = |f: &str| FLAG_ORDER.iter().position(|o| *o == f).unwrap_or(FLAG_ORDER.len());
+        let mut all: Vec<&str> = self.flags.split(',').filter(|f| *f != "-" && *f != flag).collect();
+        all.push(flag);
+        all.sort_by_key(|f| rank(f));
+        ResponseFlags { flags: std::borrow::Cow::Owned(all.join(",")), details: self.details.clone() }
     }
 }
+
+/// `%RESPONSE_FLAGS%` in the order Envoy prints them: its `ResponseFlag` bits, lowest first.
+const FLAG_ORDER: [&str; 28] = [
+    "LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "UAEX", "RLSE", "DC", "URX", "SI", "IH",
+    "DPE", "UMSDR", "RFCF", "NFCF", "DT", "UPE", "NC", "OM", "DF", "DO",
+];
 
 /// A response the proxy wrote itself, with the flags the access log gives it.
 pub struct Reply {

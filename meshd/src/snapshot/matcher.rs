@@ -196,9 +196,12 @@ impl RequestMatch {
     }
 
     /// The prefix this match tested the path with, for `rewrite.uri`.
+    /// The prefix a rewrite replaces: the uri's, or Istio's implicit `/` when there is no uri
+    /// match; None for exact and regex matches (the whole path is replaced).
     pub fn uri_prefix(&self) -> Option<&str> {
         match &self.uri {
             Some(StrMatch::Prefix(p)) => Some(p),
+            None => Some("/"),
             _ => None,
         }
     }
@@ -255,12 +258,10 @@ impl std::fmt::Display for RequestMatch {
     }
 }
 
-/// Envoy's query-parameter match: `exact: ""` means the key is present.
+/// Envoy's query-parameter match: Istio hands `exact: ""` on as an exact match of the empty
+/// string, which `?key` and `?key=` meet and `?key=value` does not.
 fn query_matches(m: &StrMatch, v: &str) -> bool {
-    match m {
-        StrMatch::Exact(s) if s.is_empty() => true,
-        other => other.matches(v, false),
-    }
+    m.matches(v, false)
 }
 
 /// Finds the first value of `key` in a raw query string, without decoding
@@ -426,6 +427,8 @@ mod tests {
             ..Default::default()
         };
         assert!(m.matches(&view(&h, "/", Some("u=test&flag")), &mesh_src(&labels)));
+        assert!(m.matches(&view(&h, "/", Some("u=test&flag=")), &mesh_src(&labels)));
+        assert!(!m.matches(&view(&h, "/", Some("u=test&flag=abc")), &mesh_src(&labels)), "exact \"\" is not presence");
         assert!(!m.matches(&view(&h, "/", Some("u=normal&flag")), &mesh_src(&labels)));
         assert!(!m.matches(&view(&h, "/", Some("u=test&flag")), &mesh_src(&BTreeMap::new())));
     }

@@ -211,6 +211,16 @@ pub struct HttpRoute {
     pub policy: RoutePolicy,
 }
 
+impl HttpRoute {
+    /// Whether Istio makes this route's destinations a weighted-cluster list (more than one
+    /// destination, weight 0 included): Envoy then edits headers at the destination's level
+    /// first and the route's last, so the route's `set` wins; with one destination Istio
+    /// appends the destination's edits after the route's, and the destination's win.
+    pub fn destination_edits_first(&self) -> bool {
+        matches!(&self.action, RouteAction::Forward { targets, .. } if targets.len() > 1)
+    }
+}
+
 /// A match result: the route and the prefix its uri condition used.
 #[derive(Debug, Clone, Copy)]
 pub struct Matched<'s> {
@@ -225,8 +235,9 @@ fn first_match<'s>(
     req: &RequestView<'_>,
     src: &SourceView<'_>,
 ) -> Option<Option<&'s str>> {
+    // Istio gives a route without a uri match the prefix `/` (a rewrite replaces just that).
     if matches.is_empty() {
-        return Some(None);
+        return Some(Some("/"));
     }
     matches.iter().find(|m| m.matches(req, src)).map(|m| m.uri_prefix())
 }
@@ -459,9 +470,13 @@ fn redirect_location(r: &Redirect, req: &RequestView<'_>, prefix: Option<&str>) 
         Some(RedirectPort::Number(p)) => Some(*p),
         Some(RedirectPort::FromRequestPort) => Some(req.port),
         Some(RedirectPort::FromProtocolDefault) => None,
-        // A scheme change drops the request's port; otherwise it is kept.
-        None if r.scheme.is_some() => None,
-        None => req_port,
+        // As Envoy builds it: a new authority comes without the request's port; the request's
+        // Host keeps its port, unless the scheme changes and it is the old scheme's default.
+        None if r.authority.is_some() => None,
+        None => req_port.filter(|p| {
+            let default = matches!((req.scheme, *p), ("http", 80) | ("https", 443));
+            scheme == req.scheme || !default
+        }),
     };
     let path = if let Some(uri) = &r.uri {
         uri.clone()
@@ -606,8 +621,23 @@ mod tests {
             scheme: None,
             code: 301,
         };
-        assert_eq!(redirect_location(&r, &req(&h, "/old"), None), "http://example.com:9080/new");
+        assert_eq!(redirect_location(&r, &req(&h, "/old"), None), "http://example.com/new", "no request port");
         let r2 = Redirect { scheme: Some("https".into()), uri: None, ..r };
         assert_eq!(redirect_location(&r2, &req(&h, "/old"), None), "https://example.com/old");
+        // A scheme change keeps the Host's own port, but not the old scheme's default one.
+        let r3 = Redirect { authority: None, ..r2 };
+        assert_eq!(redirect_location(&r3, &req(&h, "/old"), None), "https://reviews:9080/old");
+        let on_80 = RequestView { authority: "reviews:80", port: 80, ..req(&h, "/old") };
+        assert_eq!(redirect_location(&r3, &on_80, None), "https://reviews/old");
+        // A rewrite on a route without a uri match replaces Istio's implicit prefix `/`, as the
+        // Envoy route's prefix_rewrite does: the well-known `/anythingget`.
+        let rw = Rewrite { uri: Some("/anything".into()), ..Default::default() };
+        let labels = Labels::new();
+        let src = SourceView { labels: &labels, namespace: "default", gateway: "mesh" };
+        let by_method = [RequestMatch { method: Some(StrMatch::Exact("GET".into())), ..Default::default() }];
+        for matches in [&by_method[..], &[]] {
+            let prefix = first_match(matches, &req(&h, "/get"), &src).unwrap();
+            assert_eq!(rw.path("/get", None, prefix).as_deref(), Some("/anythingget"));
+        }
     }
 }
