@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Data-plane benchmark: the same backend reached directly, through nginx, through meshd's
 gateway (one hop), through a meshd sidecar pair with mTLS (the Istio sidecar-pair path), and
-Bookinfo's /productpage; last, nginx adding the eight fields meshd's gateway adds (Istio's
-request id, attempt count, forwarded proto, trace context and peer id), which the backend then
-parses in both rows (run 18 measured it with seven: the peer id was missing). Rows 2 and 7 are
+Bookinfo's /productpage; last, nginx adding the ten fields meshd's gateway adds (Istio's
+request id, attempt count, forwarded proto, trace context, peer id, and since run 45 the
+client's address and the internal mark), which the backend then parses in both rows (run 18
+measured it with seven: the peer id was missing; runs 19 to 44 with eight). Rows 2 and 7 are
 nginx's, so `--profile` is of use for rows 3 to 6.
 For each path: closed-loop throughput (wrk), then open-loop latency
 at a fixed 1000 rps with latency correction (oha -q), the proxies' CPU at that rate, and the
@@ -128,7 +129,7 @@ def main():
             ("same pair, HTTP/2 between the sidecars", mesh.proxy, "echo-h2:8080", PATH, proxies, 2),
             ("Bookinfo /productpage via gateway", mesh.gateway, None, "/productpage", proxies, 0),
             # Not a target's reference: it splits the gap to nginx into the backend's and meshd's.
-            ("nginx adding the gateway's 8 fields, 1 hop", b.NGINX_FIELDS_ADDR, None, PATH,
+            ("nginx adding the gateway's 10 fields, 1 hop", b.NGINX_FIELDS_ADDR, None, PATH,
              nginx_threads, 1),
         ]
         if args.profile:

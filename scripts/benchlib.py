@@ -122,6 +122,8 @@ http {{
       proxy_set_header traceparent 00-$request_id-00f067aa0ba902b7-01;
       proxy_set_header x-b3-sampled 1;
       proxy_set_header x-envoy-peer-metadata-id sidecar~127.0.0.1~istio-ingressgateway-5b7c9d8f6d-x2k4p.istio-system~istio-system.svc.cluster.local;
+      proxy_set_header x-forwarded-for $proxy_add_x_forwarded_for;
+      proxy_set_header x-envoy-internal true;
     }}
   }}
 }}

@@ -162,6 +162,42 @@ async fn invalid_edit_keeps_old_routing_and_fixed_edit_applies() {
     assert_eq!(versions(&mesh, 10, None).await.get("v3"), Some(&10));
 }
 
+/// The gateway tells the app who its client is as Envoy's ingress does (`use_remote_address`, no
+/// trusted hops): the peer appended to `X-Forwarded-For`, `X-Envoy-Internal` for a local peer;
+/// and `remoteIpBlocks` believes only that last entry, not one a client wrote itself.
+#[tokio::test]
+async fn the_gateway_appends_its_client_to_x_forwarded_for_and_trusts_no_hop() {
+    let dir = TempDir::new();
+    dir.add_sample("httpbin/httpbin.yaml");
+    dir.add_sample("istio.io-tasks/ingress-control/5-browser-httpbin-gateway-and-vs.yaml");
+    dir.write(
+        "deny.yaml",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-doc-net, namespace: istio-system}\nspec:\n  selector: {matchLabels: {istio: ingressgateway}}\n  action: DENY\n  rules: [{from: [{source: {remoteIpBlocks: [203.0.113.0/24]}}]}]\n",
+    );
+    let mesh = Mesh::start(dir);
+    let headers = |xff: Option<&'static str>| {
+        let (c, url) = (mesh.client(), mesh.url("/headers"));
+        async move {
+            let mut req = c.get(url);
+            if let Some(x) = xff {
+                req = req.header("x-forwarded-for", x).header("x-envoy-internal", "spoofed");
+            }
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.unwrap_or_default()["headers"].clone())
+        }
+    };
+    let (status, h) = headers(None).await;
+    assert_eq!(status, 200);
+    assert_eq!(h["X-Forwarded-For"][0], "127.0.0.1", "{h}");
+    assert_eq!(h["X-Envoy-Internal"][0], "true", "{h}");
+    // A client's own entry stays in front; the DENY on its range does not apply to it.
+    let (status, h) = headers(Some("203.0.113.7")).await;
+    assert_eq!(status, 200, "{h}");
+    assert_eq!(h["X-Forwarded-For"][0], "203.0.113.7,127.0.0.1", "{h}");
+    assert_eq!(h["X-Envoy-Internal"], serde_json::json!(["true"]), "the client's copy is dropped: {h}");
+}
+
 #[tokio::test]
 async fn ingress_control_task_answers_as_the_page_says() {
     let dir = TempDir::new();

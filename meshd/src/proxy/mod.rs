@@ -259,6 +259,10 @@ static X_RATELIMITED: HeaderName = HeaderName::from_static("x-envoy-ratelimited"
 static X_FCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 static PEER_ID: HeaderName = HeaderName::from_static("x-envoy-peer-metadata-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
+static X_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
+static TRUE: HeaderValue = HeaderValue::from_static("true");
 
 /// `x-forwarded-proto`'s values: what the proxy was spoken to in.
 static HTTP: HeaderValue = HeaderValue::from_static("http");
@@ -286,6 +290,9 @@ static HOP_BY_HOP: [HeaderName; 7] = [
 #[derive(Debug)]
 struct ConnInfo {
     peer: SocketAddr,
+    /// The peer's address as a field value (`x-forwarded-for`), made once a connection when the
+    /// gateway first needs it.
+    peer_value: std::sync::OnceLock<HeaderValue>,
     /// `X-Forwarded-Client-Cert` for requests on an mTLS connection.
     xfcc: Option<HeaderValue>,
     /// The mTLS peer's identity without `spiffe://` (an AuthorizationPolicy principal).
@@ -297,7 +304,49 @@ struct ConnInfo {
 impl ConnInfo {
     /// An accepted connection's addresses, before any mTLS identity.
     fn of(stream: &TcpStream, peer: SocketAddr) -> ConnInfo {
-        ConnInfo { peer, xfcc: None, principal: None, local: stream.local_addr().ok() }
+        ConnInfo { peer, peer_value: Default::default(), xfcc: None, principal: None, local: stream.local_addr().ok() }
+    }
+
+    fn peer_value(&self) -> &HeaderValue {
+        // An address's text is always a valid value.
+        self.peer_value
+            .get_or_init(|| HeaderValue::try_from(self.peer.ip().to_string()).unwrap_or(HeaderValue::from_static("")))
+    }
+}
+
+/// Envoy's internal addresses (`Network::Utility::isInternalAddress`): loopback and the private
+/// ranges, where it marks a request `x-envoy-internal` rather than naming its external address.
+fn is_internal(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback() || v4.is_private(),
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || (v6.segments()[0] & 0xff00) == 0xfd00
+                || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback() || v4.is_private())
+        }
+    }
+}
+
+/// What the gateway, as Envoy with `use_remote_address` and no trusted hops, tells the upstream
+/// of its client: the peer's address appended to `x-forwarded-for`, then `x-envoy-internal:
+/// true` for an internal peer or `x-envoy-external-address` for another (a client's own copies
+/// of the two are dropped).
+fn forward_for(fields: &mut Fields, conn: &ConnInfo) {
+    let peer = conn.peer_value();
+    match fields.first(X_FORWARDED_FOR.as_str()) {
+        Some(prev) => {
+            let Ok(v) = HeaderValue::from_str(&format!("{prev},{}", conn.peer.ip())) else { return };
+            fields.set(X_FORWARDED_FOR.clone(), v);
+        }
+        None => fields.append(X_FORWARDED_FOR.clone(), peer.clone()),
+    }
+    if fields.get_named("x-envoy-internal").is_some() || fields.get_named("x-envoy-external-address").is_some() {
+        fields.remove_if(|n| n == b"x-envoy-internal" || n == b"x-envoy-external-address");
+    }
+    if is_internal(conn.peer.ip()) {
+        fields.append(X_ENVOY_INTERNAL.clone(), TRUE.clone());
+    } else {
+        fields.append(X_EXTERNAL_ADDRESS.clone(), peer.clone());
     }
 }
 
@@ -1079,6 +1128,8 @@ impl Proxy {
             }
             let (mut parts, body) = req.into_parts();
             if !mesh {
+                // Envoy edits the forwarding fields before any filter reads them.
+                forward_for(&mut parts.fields, conn);
                 // Policies that select the gateway (istio: ingressgateway) apply here, on its port 8080 (8443).
                 let port = if caller == Caller::GatewayTls { 8443 } else { 8080 };
                 let scheme = if caller == Caller::GatewayTls { "https" } else { "http" };
@@ -1407,10 +1458,13 @@ fn admit(
         .map(|a| a.as_str())
         .or_else(|| headers.get(HOST).and_then(|h| h.to_str().ok()))
         .unwrap_or("");
+    // With no trusted hops Envoy's client address is the last `x-forwarded-for` entry: the one
+    // the gateway appended (at the gateway itself, its peer). A client's own entries before it
+    // are not believed.
     let xff = headers
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.rsplit(',').next())
         .and_then(|ip| ip.trim().parse().ok());
     let principal = info.principal.as_deref();
     let req = AuthzRequest {

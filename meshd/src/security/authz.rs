@@ -62,7 +62,7 @@ pub struct Request<'a> {
     pub source_namespace: Option<&'a str>,
     /// Peer (downstream connection) address.
     pub source_ip: Option<IpAddr>,
-    /// Original client address: the first `X-Forwarded-For` entry, else the
+    /// Original client address: the last `X-Forwarded-For` entry (no trusted hops), else the
     /// peer address.
     pub remote_ip: Option<IpAddr>,
     /// Local address the connection arrived on (`destination.ip`).
