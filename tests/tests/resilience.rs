@@ -361,6 +361,7 @@ spec:
   - name: per-try
     match: [{uri: {prefix: /delay}}]
     retries: {attempts: 1, perTryTimeout: 0.2s, retryOn: 5xx}
+    headers: {response: {set: {x-route: per-try}}}
     route: [{destination: {host: web}}]
   - name: delayed-abort
     match: [{uri: {prefix: /fault}}]
@@ -384,6 +385,7 @@ spec:
     let c = mesh.mesh_client();
     let resp = c.get("http://web:8000/delay/2").send().await.unwrap();
     assert_eq!(resp.status(), 504);
+    assert_eq!(resp.headers()["x-route"], "per-try", "the route's edits on the proxy's own 504");
     mesh.proxy_log_line("meshd-client", &["\"GET /delay/2 HTTP/1.1\" 504 UT,URX upstream_per_try_timeout"]);
     // The fault filter runs after the route is chosen: the log names the route and its cluster.
     let resp = c.get("http://web:8000/fault").send().await.unwrap();

@@ -292,6 +292,12 @@ metadata: {name: httpbin}
 spec:
   hosts: [httpbin]
   http:
+  - match: [{uri: {prefix: /direct}}]
+    directResponse: {status: 418, body: {string: teapot}}
+    headers: {response: {set: {x-direct: "yes"}}}
+  - match: [{uri: {prefix: /old}}]
+    redirect: {uri: /new}
+    headers: {response: {set: {x-redirect: "yes"}}}
   - match: [{uri: {prefix: /anything/weighted}}]
     headers:
       request: {set: {x-level: route}}
@@ -339,6 +345,11 @@ spec:
     assert!(h.get("X-Drop-Me").is_none(), "{h}");
     // One destination: Istio appends its edits after the route's, so the destination's `set` wins.
     assert_eq!(h["X-Level"][0], "destination", "{h}");
+    // Replies the proxy writes itself carry the route's response edits too, as Envoy's do.
+    let r = mesh.mesh_client().get("http://httpbin:8000/direct").send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.headers().get("x-direct").map(|v| v.to_str().unwrap())), (418, Some("yes")));
+    let r = mesh.mesh_client().get("http://httpbin:8000/old").send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.headers().get("x-redirect").map(|v| v.to_str().unwrap())), (301, Some("yes")));
     // A weighted list (weight 0 included): Envoy applies the route's edits last, and they win.
     let resp = mesh.mesh_client().get("http://httpbin:8000/anything/weighted").send().await.unwrap();
     assert_eq!(resp.headers()["x-level"], "route");

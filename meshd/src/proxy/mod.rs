@@ -1193,8 +1193,16 @@ impl Proxy {
             };
             let (matched, target, cluster) = match crate::snapshot::route::decide(&vhost.routes, &view, &src) {
                 Decision::Forward { matched, target, cluster } => (matched, target, cluster),
-                Decision::Redirect { code, location, .. } => return respond::redirect(code, &location, server).into(),
-                Decision::Direct { status, body, .. } => return respond::direct(status, body, server).into(),
+                Decision::Redirect { code, location, matched } => {
+                    let mut served: Served = respond::redirect(code, &location, server).into();
+                    edit_reply(&mut served, &[&matched.route.headers.response]);
+                    return served;
+                }
+                Decision::Direct { status, body, matched } => {
+                    let mut served: Served = respond::direct(status, body, server).into();
+                    edit_reply(&mut served, &[&matched.route.headers.response]);
+                    return served;
+                }
                 Decision::Reply(r) => return respond::local_reply(r, server, false).into(),
             };
             // kube-proxy neither retries nor times out.
@@ -1212,6 +1220,7 @@ impl Proxy {
                         // The route and its cluster were chosen before the fault filter ran: the
                         // access log and metrics name them, and a delay before the abort shows.
                         let mut served: Served = respond::fault_abort(with, server).into();
+                        edit_reply(&mut served, &response_edits(matched.route, target));
                         if delayed {
                             served.flags = served.flags.with("DI");
                         }
@@ -1272,16 +1281,17 @@ impl Proxy {
                 },
                 None => attempts.await,
             };
+            let ops = response_edits(matched.route, target);
             if let Some(upstream) = served.upstream.as_mut().filter(|u| u.responded) {
-                let (route_ops, dest_ops) = (&matched.route.headers.response, &target.headers.response);
-                let ops =
-                    if matched.route.destination_edits_first() { [dest_ops, route_ops] } else { [route_ops, dest_ops] };
                 upstream.service_ms = Some(finish(&mut served.resp.fields, server, started, &ops));
                 if let Some(cookie) = new_cookie {
                     if let Ok(v) = HeaderValue::from_str(&cookie) {
                         served.resp.fields.append(SET_COOKIE, v);
                     }
                 }
+            } else {
+                // A reply the proxy wrote (504, 503): Envoy finalizes it with the route's edits too.
+                edit_reply(&mut served, &ops);
             }
             if delayed {
                 served.flags = served.flags.with("DI");
@@ -1785,6 +1795,29 @@ fn h1_form<B>(req: &mut Request<B>) {
 /// copied nor shared (a share is a reference count taken and dropped).
 fn origin_form(uri: Uri) -> Uri {
     Uri::from(uri.into_parts().path_and_query.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")))
+}
+
+/// A route's response-header edits and its destination's, in the order Envoy applies them.
+fn response_edits<'r>(route: &'r crate::snapshot::route::HttpRoute, target: &'r WeightedTarget) -> [&'r HeaderOps; 2] {
+    let (route_ops, dest_ops) = (&route.headers.response, &target.headers.response);
+    if route.destination_edits_first() {
+        [dest_ops, route_ops]
+    } else {
+        [route_ops, dest_ops]
+    }
+}
+
+/// A local reply of a matched route (a direct response, a redirect, a fault abort, a 504): Envoy's
+/// `sendLocalReply` finalizes its headers with the route's edits as it does a response's.
+#[cold]
+fn edit_reply(served: &mut Served, ops: &[&HeaderOps]) {
+    if ops.iter().all(|op| op.is_empty()) {
+        return;
+    }
+    let headers = served.resp.fields.map_mut();
+    for op in ops {
+        op.apply(headers);
+    }
 }
 
 /// Shapes an upstream response's headers for the caller: Envoy's headers and the route's edits
