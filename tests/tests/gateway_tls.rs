@@ -1,9 +1,12 @@
 //! Istio's secure-gateway task: HTTPS at the ingress gateway with a
 //! certificate from a `kubernetes.io/tls` Secret, SIMPLE and MUTUAL, checked
-//! with a client that verifies the chain; and `httpsRedirect`.
+//! with a client that verifies the chain; and `httpsRedirect`. The task's own
+//! OpenSSL-made certificates (X.509 v1) with the task's own curl.
 
 mod common;
 
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD;
@@ -137,4 +140,123 @@ async fn https_at_the_gateway_simple_mutual_and_redirect() {
     assert!(https_get(&mesh, &pki.ca_pem, None, "/status/200").await.is_err(), "no client certificate");
     let (ccert, ckey) = pki.leaf(&["client.example.com"]);
     assert_eq!(https_get(&mesh, &pki.ca_pem, Some((&ccert, &ckey)), "/status/200").await, Ok(200));
+}
+
+/// A file of the secure-ingress task's own certificates (`tests/fixtures/secure-ingress`):
+/// OpenSSL 3.0's output, whose leaves are X.509 v1, without extensions or subjectAltName.
+fn task_file(rel: &str) -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/secure-ingress").join(rel);
+    assert!(p.exists(), "{} is missing", p.display());
+    p.to_str().unwrap().to_string()
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap()
+}
+
+/// A Secret as `kubectl create secret generic NAME --from-file=KEY=FILE ...` makes it.
+fn generic_secret(name: &str, files: &[(&str, &str)]) -> String {
+    let mut s = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: istio-system\ntype: Opaque\ndata:\n"
+    );
+    for (key, file) in files {
+        s.push_str(&format!("  {key}: {}\n", STANDARD.encode(read(file))));
+    }
+    s
+}
+
+/// The task's own request: `curl -v -HHost:httpbin.example.com --resolve ... --cacert CA
+/// https://httpbin.example.com:PORT{path}` plus `extra`, with curl's OpenSSL verifying the
+/// gateway's v1 certificate as the task's user's does. The status, or curl's exit code and error.
+fn task_curl(mesh: &Mesh, ca: &str, extra: &[&str], path: &str) -> Result<u16, String> {
+    let port = mesh.gateway_tls.port();
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"])
+        .arg("-HHost:httpbin.example.com")
+        .arg("--resolve")
+        .arg(format!("httpbin.example.com:{port}:{}", mesh.gateway_tls.ip()))
+        .args(["--cacert", ca])
+        .args(extra)
+        .arg(format!("https://httpbin.example.com:{port}{path}"))
+        .output()
+        .expect("run curl (`apt-get install curl`; .ci/run does)");
+    if !out.status.success() {
+        return Err(format!("curl exit {:?}: {}", out.status.code(), String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).parse().unwrap())
+}
+
+#[tokio::test]
+async fn secure_ingress_task_v1_certificates_simple_and_mutual() {
+    let ca = task_file("example_certs1/example.com.crt");
+    let (cert, key) =
+        (task_file("example_certs1/httpbin.example.com.crt"), task_file("example_certs1/httpbin.example.com.key"));
+    let dir = TempDir::new();
+    dir.add_sample("httpbin/httpbin.yaml");
+    // kubectl create -n istio-system secret tls httpbin-credential --key=... --cert=...
+    dir.write("secret.yaml", &secret("httpbin-credential", &read(&cert), &read(&key), None));
+    dir.write("gateway.yaml", &gateway("SIMPLE", false));
+    dir.write("vs.yaml", VS);
+    let mesh = Mesh::start(dir);
+    assert!(
+        !mesh.output().iter().any(|l| l.contains("not served")),
+        "the task's v1 certificate is served: {:?}",
+        mesh.output()
+    );
+
+    assert_eq!(task_curl(&mesh, &ca, &[], "/status/418"), Ok(418));
+    assert_eq!(task_curl(&mesh, &ca, &["--tls-max", "1.2"], "/status/418"), Ok(418), "TLS 1.2");
+    let stranger = TempDir::new();
+    stranger.write("ca.crt", &Pki::new("example Inc.").ca_pem);
+    let stranger_ca = stranger.0.join("ca.crt");
+    let err = task_curl(&mesh, stranger_ca.to_str().unwrap(), &[], "/status/418").unwrap_err();
+    assert!(err.starts_with("curl exit Some(60)"), "another CA does not verify the gateway: {err}");
+
+    // MUTUAL, as the task: the Secret recreated with ca.crt, then the Gateway changed.
+    let mark = mesh.mark();
+    mesh.dir.write(
+        "secret.yaml",
+        &generic_secret("httpbin-credential", &[("tls.key", &key), ("tls.crt", &cert), ("ca.crt", &ca)]),
+    );
+    mesh.wait_applied(mark);
+    let mark = mesh.mark();
+    mesh.dir.write("gateway.yaml", &gateway("MUTUAL", false));
+    mesh.wait_applied(mark);
+    assert!(
+        !mesh.output()[mark..].iter().any(|l| l.contains("not served")),
+        "the MUTUAL server is served: {:?}",
+        &mesh.output()[mark..]
+    );
+
+    let client = [
+        "--cert",
+        &task_file("example_certs1/client.example.com.crt"),
+        "--key",
+        &task_file("example_certs1/client.example.com.key"),
+    ];
+    assert_eq!(task_curl(&mesh, &ca, &client, "/status/418"), Ok(418), "the task's v1 client certificate");
+    let tls12: Vec<&str> = client.iter().copied().chain(["--tls-max", "1.2"]).collect();
+    assert_eq!(task_curl(&mesh, &ca, &tls12, "/status/418"), Ok(418), "the task's v1 client certificate, TLS 1.2");
+
+    let err = task_curl(&mesh, &ca, &[], "/status/418").unwrap_err();
+    assert!(err.starts_with("curl exit"), "no client certificate: {err}");
+    // v1, naming the task's CA as issuer, signed by the second CA of the same name.
+    let forged = [
+        "--cert",
+        &task_file("example_certs2/client.example.com.crt"),
+        "--key",
+        &task_file("example_certs2/client.example.com.key"),
+    ];
+    let err = task_curl(&mesh, &ca, &forged, "/status/418").unwrap_err();
+    assert!(err.starts_with("curl exit"), "a v1 client certificate of another CA: {err}");
+    let err = task_curl(&mesh, &ca, &[&forged[..], &["--tls-max", "1.2"]].concat(), "/status/418").unwrap_err();
+    assert!(err.starts_with("curl exit"), "a v1 client certificate of another CA, TLS 1.2: {err}");
+    // v3, from an rcgen CA.
+    let (ocert, okey) = Pki::new("someone else").leaf(&["client.example.com"]);
+    stranger.write("client.crt", &ocert);
+    stranger.write("client.key", &okey);
+    let (ocert, okey) = (stranger.0.join("client.crt"), stranger.0.join("client.key"));
+    let other = ["--cert", ocert.to_str().unwrap(), "--key", okey.to_str().unwrap()];
+    let err = task_curl(&mesh, &ca, &other, "/status/418").unwrap_err();
+    assert!(err.starts_with("curl exit"), "a v3 client certificate of another CA: {err}");
 }
