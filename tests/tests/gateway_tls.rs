@@ -79,8 +79,20 @@ spec:
         host: httpbin
 "#;
 
-/// GET https://httpbin.example.com{path} at the gateway's HTTPS port, trusting `ca_pem`.
+/// GET https://httpbin.example.com{path} at the gateway's HTTPS port, trusting `ca_pem`: the status.
 async fn https_get(mesh: &Mesh, ca_pem: &str, client: Option<(&str, &str)>, path: &str) -> Result<u16, String> {
+    https_exchange(mesh, ca_pem, client, path, Some("httpbin.example.com")).await.map(|(status, _)| status)
+}
+
+/// The same, with the body, and the SNI given (None: the gateway's address, for which a client
+/// sends no SNI).
+async fn https_exchange(
+    mesh: &Mesh,
+    ca_pem: &str,
+    client: Option<(&str, &str)>,
+    path: &str,
+    sni: Option<&str>,
+) -> Result<(u16, String), String> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
@@ -98,8 +110,12 @@ async fn https_get(mesh: &Mesh, ca_pem: &str, client: Option<(&str, &str)>, path
         None => builder.with_no_client_auth(),
     };
     let tcp = tokio::net::TcpStream::connect(mesh.gateway_tls).await.map_err(|e| e.to_string())?;
+    let name = match sni {
+        Some(host) => ServerName::try_from(host.to_string()).unwrap(),
+        None => ServerName::IpAddress(mesh.gateway_tls.ip().into()),
+    };
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("httpbin.example.com").unwrap(), tcp)
+        .connect(name, tcp)
         .await
         .map_err(|e| format!("handshake: {e}"))?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
@@ -107,8 +123,8 @@ async fn https_get(mesh: &Mesh, ca_pem: &str, client: Option<(&str, &str)>, path
     let req = hyper::Request::get(path).header("host", "httpbin.example.com").body(Empty::<Bytes>::new()).unwrap();
     let resp = send.send_request(req).await.map_err(|e| format!("request: {e}"))?;
     let status = resp.status().as_u16();
-    let _ = resp.into_body().collect().await;
-    Ok(status)
+    let body = resp.into_body().collect().await.map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned());
+    Ok((status, body.unwrap_or_default()))
 }
 
 #[tokio::test]
@@ -124,6 +140,16 @@ async fn https_at_the_gateway_simple_mutual_and_redirect() {
 
     assert_eq!(https_get(&mesh, &pki.ca_pem, None, "/status/418").await, Ok(418));
     assert_eq!(https_get(&mesh, &pki.ca_pem, None, "/headers").await, Ok(404), "no route for /headers");
+    // The app learns it was reached over HTTPS (httpbin's /delay echoes the request).
+    let (status, body) =
+        https_exchange(&mesh, &pki.ca_pem, None, "/delay/0", Some("httpbin.example.com")).await.unwrap();
+    assert_eq!(status, 200);
+    let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echo["headers"]["X-Forwarded-Proto"][0], "https", "{body}");
+    // Without SNI no server for httpbin.example.com matches, as Envoy's filter chains on
+    // server_names: the connection closes before any certificate is sent.
+    let err = https_exchange(&mesh, &pki.ca_pem, None, "/status/200", None).await.unwrap_err();
+    assert!(err.starts_with("handshake") && !err.contains("certificate"), "{err}");
     let stranger = Pki::new("someone else");
     let err = https_get(&mesh, &stranger.ca_pem, None, "/status/200").await.unwrap_err();
     assert!(err.starts_with("handshake"), "a chain from another CA is refused: {err}");
@@ -132,6 +158,10 @@ async fn https_at_the_gateway_simple_mutual_and_redirect() {
     let resp = mesh.client().get(mesh.url("/status/200")).header("host", "httpbin.example.com").send().await.unwrap();
     assert_eq!(resp.status(), 301);
     assert_eq!(resp.headers()["location"], "https://httpbin.example.com/status/200");
+    // Envoy writes the Host as sent, port and all.
+    let resp =
+        mesh.client().get(mesh.url("/status/200")).header("host", "httpbin.example.com:80").send().await.unwrap();
+    assert_eq!(resp.headers()["location"], "https://httpbin.example.com:80/status/200");
 
     // MUTUAL: the client must present a certificate from the Secret's CA.
     let mark = mesh.mark();
