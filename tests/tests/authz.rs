@@ -210,3 +210,35 @@ async fn jwks_from_a_uri_served_through_the_mesh_and_from_a_file() {
     let sig = filed.key.sign(&filed.rng, format!("{h}.{p}").as_bytes()).unwrap();
     assert_eq!(get(format!("{h}.{p}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))).await, 200, "keys from the file");
 }
+
+/// The status line of `GET {target}` sent as written (an HTTP client would resolve its dot
+/// segments itself).
+async fn raw_status(addr: std::net::SocketAddr, target: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {target} HTTP/1.1\r\nhost: httpbin.example.com\r\nconnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out).lines().next().unwrap_or_default().to_string()
+}
+
+/// Istio's default path normalization (BASE): a DENY on a path holds for every spelling of it
+/// that RFC 3986 makes the same (istio.io's "Authorization Policy Normalization").
+#[tokio::test]
+async fn a_deny_on_a_path_holds_for_its_dot_segments_and_escapes() {
+    let dir = TempDir::new();
+    dir.add_sample("httpbin/httpbin.yaml");
+    dir.add_sample("istio.io-tasks/ingress-control/5-browser-httpbin-gateway-and-vs.yaml");
+    dir.write(
+        "deny.yaml",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-headers}\nspec:\n  selector: {matchLabels: {app: httpbin}}\n  action: DENY\n  rules: [{to: [{operation: {paths: [/headers]}}]}]\n",
+    );
+    let mesh = Mesh::start(dir);
+    for target in ["/headers", "/./headers", "/status/../headers", "/%68eaders", "/headers/x/.."] {
+        let status = raw_status(mesh.gateway, target).await;
+        let want = if target == "/headers/x/.." { "HTTP/1.1 404" } else { "HTTP/1.1 403" };
+        assert!(status.starts_with(want), "{target}: {status}");
+    }
+    assert!(raw_status(mesh.gateway, "/%zzheaders").await.starts_with("HTTP/1.1 400"), "a malformed escape");
+}

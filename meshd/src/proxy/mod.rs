@@ -9,6 +9,7 @@ pub mod downstream;
 pub mod fields;
 mod gate;
 pub mod h1;
+mod normalize;
 pub mod report;
 pub mod respond;
 pub mod runtime;
@@ -1057,6 +1058,10 @@ impl Proxy {
                 return respond::rate_limited(&limit.limit.headers, ServerName::IstioEnvoy).into();
             }
             let (mut parts, body) = req.into_parts();
+            // Istio's proxies route, authorize and forward the path in normal form.
+            if normalize::uri(&mut parts.uri).is_err() {
+                return respond::local_reply(LocalReply::BadRequest, ServerName::IstioEnvoy, false).into();
+            }
             if let Some(denied) =
                 admit(snapshot, &rt.workload, cluster.port, info, &mut parts, ServerName::IstioEnvoy, "http")
             {
@@ -1127,6 +1132,11 @@ impl Proxy {
                 return respond::rate_limited(&limit.limit.headers, server).into();
             }
             let (mut parts, body) = req.into_parts();
+            // Istio's proxies route, authorize and forward the path in normal form (kube-proxy
+            // leaves it alone).
+            if caller != Caller::Plain && normalize::uri(&mut parts.uri).is_err() {
+                return respond::local_reply(LocalReply::BadRequest, server, false).into();
+            }
             if !mesh {
                 // Envoy edits the forwarding fields before any filter reads them.
                 forward_for(&mut parts.fields, conn);
