@@ -5,7 +5,8 @@
 //! [`AuthzTable::evaluate`] decides a request for one [`Target`] in Istio's
 //! documented order:
 //!
-//! 1. CUSTOM policies (not emulated: they are reported and ignored);
+//! 1. a CUSTOM policy denies everything: meshd has no extension providers, and Istio installs
+//!    a deny-all for a provider it cannot find (reported);
 //! 2. any matching DENY policy denies;
 //! 3. no ALLOW policy on the workload allows;
 //! 4. any matching ALLOW policy allows;
@@ -127,13 +128,19 @@ pub enum Decision {
     },
 }
 
-/// Policy actions meshd enforces (CUSTOM is dropped at compile time).
+/// Policy actions meshd enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Act {
     Allow,
     Deny,
     Audit,
+    /// A CUSTOM policy, whose provider meshd cannot have (it reads no meshConfig): Istio then
+    /// installs a deny-all in front of the workload's other policies.
+    Custom,
 }
+
+/// The RBAC policy Istio installs for a CUSTOM action whose provider it cannot resolve.
+const BAD_CUSTOM: &str = "default-deny-all-due-to-bad-CUSTOM-action";
 
 /// A compiled string pattern: Istio's exact, `prefix*`, `*suffix` and `*`
 /// forms. A leading `*` wins over a trailing one, as in Istio's generator.
@@ -805,12 +812,12 @@ fn compile_policy(
         api::Action::Custom => {
             let provider = spec.provider.as_ref().and_then(|p| p.name.as_deref()).unwrap_or("<none>");
             w.push(format!(
-                "action CUSTOM (provider `{provider}`) is not emulated: the policy is ignored and no external authorizer is asked"
+                "action CUSTOM (provider `{provider}`): meshd has no extension providers, so, as Istio does for a provider it cannot find, the workloads it selects refuse every request ({BAD_CUSTOM})"
             ));
-            return None;
+            Act::Custom
         }
     };
-    if spec.provider.is_some() {
+    if spec.provider.is_some() && act != Act::Custom {
         w.push("`provider` is only valid with action CUSTOM (Istio rejects it); it is ignored");
     }
     if spec.target_ref.is_some() || !spec.target_refs.is_empty() {
@@ -840,8 +847,8 @@ pub struct AuthzTable {
 impl AuthzTable {
     /// Compiles every AuthorizationPolicy (in config order, each with its
     /// `file:line` origin). Returns the table and warnings for what is not
-    /// emulated or would be rejected by Istio: CUSTOM and targetRef policies
-    /// and dry-run policies (all ignored), unknown condition keys (the rule
+    /// emulated or would be rejected by Istio: CUSTOM policies (deny-all),
+    /// targetRef and dry-run policies (ignored), unknown condition keys (the rule
     /// never matches), invalid IPs, ports or path templates (the value
     /// matches nothing).
     pub fn compile(policies: &[(&api::Object<api::AuthorizationPolicySpec>, String)]) -> (AuthzTable, Vec<String>) {
@@ -865,6 +872,10 @@ impl AuthzTable {
     /// rule allows; anything else is denied. AUDIT policies are not consulted.
     pub fn evaluate(&self, target: &Target<'_>, req: &Request<'_>) -> Decision {
         let in_scope = || self.policies.iter().filter(|p| p.applies(target));
+        // The CUSTOM filter runs first; a bad one denies everything.
+        if in_scope().any(|p| p.act == Act::Custom) {
+            return Decision::Deny { policy: BAD_CUSTOM.to_string() };
+        }
         // Envoy keeps RBAC policies in a map sorted by name, so the first
         // matching DENY rule it reports is the smallest name.
         let denied_by = in_scope()
@@ -889,7 +900,7 @@ impl AuthzTable {
     /// Whether any ALLOW or DENY policy applies to `target`; when none does,
     /// every request is allowed and the proxy can skip evaluation.
     pub fn applies_to(&self, target: &Target<'_>) -> bool {
-        self.policies.iter().any(|p| matches!(p.act, Act::Allow | Act::Deny) && p.applies(target))
+        self.policies.iter().any(|p| matches!(p.act, Act::Allow | Act::Deny | Act::Custom) && p.applies(target))
     }
 }
 
@@ -1326,16 +1337,22 @@ mod tests {
     }
 
     #[test]
-    fn custom_is_reported_and_ignored() {
-        let (t, warnings) =
-            compile(&[policy("foo", "  action: CUSTOM\n  provider:\n    name: my-ext-authz\n  rules:\n  - {}\n")]);
-        assert_eq!(warnings.len(), 1);
+    fn custom_is_reported_and_denies_everything_as_istio_does_without_its_provider() {
+        // The authz-custom task's policy, on a path; an ALLOW-all beside it does not help.
+        let (t, warnings) = compile(&[
+            policy("foo", "  action: CUSTOM\n  provider:\n    name: my-ext-authz\n  rules:\n  - to: [{operation: {paths: [/headers]}}]\n"),
+            policy("foo", "  action: ALLOW\n  rules:\n  - {}\n"),
+        ]);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].starts_with("test.yaml:1: AuthorizationPolicy foo/p: "), "{}", warnings[0]);
         assert!(warnings[0].contains("CUSTOM") && warnings[0].contains("my-ext-authz"));
-        assert!(warnings[0].contains("not emulated") && warnings[0].contains("ignored"));
+        assert!(warnings[0].contains("refuse every request"), "{}", warnings[0]);
         let l = httpbin_labels();
-        assert!(!t.applies_to(&foo(&l)));
-        assert_eq!(t.evaluate(&foo(&l), &req(None, "GET", "/")), Decision::Allow);
+        assert!(t.applies_to(&foo(&l)));
+        let denied = Decision::Deny { policy: "default-deny-all-due-to-bad-CUSTOM-action".into() };
+        assert_eq!(t.evaluate(&foo(&l), &req(None, "GET", "/ip")), denied);
+        // Other namespaces are not selected.
+        assert_eq!(t.evaluate(&in_default(&l), &req(None, "GET", "/ip")), Decision::Allow);
     }
 
     #[test]
