@@ -345,6 +345,34 @@ impl<'a> Effective<'a> {
     }
 }
 
+/// The traffic-policy fields of a DestinationRule (and of its subsets) that meshd parses but
+/// does not act on: reported, since each changes what Envoy does.
+fn unemulated_policy_fields(dr: &api::Object<api::DestinationRuleSpec>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut check = |at: &str, p: &api::TrafficPolicy| {
+        let lb = p.load_balancer.as_ref();
+        let fields = [
+            ("retryBudget", p.retry_budget.is_some()),
+            ("tunnel", p.tunnel.is_some()),
+            ("proxyProtocol", p.proxy_protocol.is_some()),
+            ("loadBalancer.localityLbSetting", lb.is_some_and(|l| l.locality_lb_setting.is_some())),
+            ("loadBalancer.warmup", lb.is_some_and(|l| l.warmup.is_some() || l.warmup_duration_secs.is_some())),
+            ("loadBalancer.backendUtilization", lb.is_some_and(|l| l.backend_utilization.is_some())),
+            ("loadBalancer.zoneAwareLbSetting", lb.is_some_and(|l| l.zone_aware_lb_setting.is_some())),
+        ];
+        out.extend(fields.iter().filter(|(_, set)| *set).map(|(f, _)| format!("{at}.{f}")));
+    };
+    if let Some(p) = &dr.spec.traffic_policy {
+        check("trafficPolicy", p);
+    }
+    for s in &dr.spec.subsets {
+        if let Some(p) = &s.traffic_policy {
+            check(&format!("subsets[{}].trafficPolicy", s.name), p);
+        }
+    }
+    out
+}
+
 fn lb_policy(lb: Option<&api::LoadBalancerSettings>, endpoints: &[Endpoint]) -> LbPolicy {
     let Some(lb) = lb else { return LbPolicy::LeastRequest };
     if let Some(ch) = &lb.consistent_hash {
@@ -867,6 +895,14 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
                 virtual_services.push((vs, &r.origin));
             }
             Resource::DestinationRule(dr) => {
+                for field in unemulated_policy_fields(dr) {
+                    kinds_not_emulated.push(format!(
+                        "DestinationRule {}/{} ({}): {field}",
+                        ns_of(&dr.metadata),
+                        name_of(&dr.metadata),
+                        r.origin
+                    ));
+                }
                 let host = resolve_short_name(&dr.spec.host, ns_of(&dr.metadata));
                 // Istio prefers the rule in the service's own namespace; otherwise the first one seen.
                 let own_ns =

@@ -399,3 +399,27 @@ spec:
     let default = c("outbound|80||web.default.svc.cluster.local");
     assert_eq!(default.pool.max_connections, 7);
 }
+
+#[test]
+fn destination_rule_fields_meshd_does_not_act_on_are_reported() {
+    let svc = SVC.split("---\napiVersion: networking.istio.io/v1beta1").next().unwrap();
+    let dr = r#"apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web}
+spec:
+  host: web
+  trafficPolicy:
+    retryBudget: {percent: 0, minRetryConcurrency: 1}
+    connectionPool: {http: {maxRetries: 1}}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN, localityLbSetting: {enabled: true}}}
+"#;
+    let snap = build(&[svc, dr]).unwrap();
+    let reported: Vec<&String> =
+        snap.not_emulated.iter().filter(|n| n.starts_with("DestinationRule default/web")).collect();
+    assert_eq!(reported.len(), 2, "{:?}", snap.not_emulated);
+    assert!(reported[0].ends_with(": trafficPolicy.retryBudget"), "{reported:?}");
+    assert!(reported[1].ends_with(": subsets[v1].trafficPolicy.loadBalancer.localityLbSetting"), "{reported:?}");
+}
