@@ -123,4 +123,24 @@ async fn the_authentication_policy_task() {
         m.contains(&"sleep.legacy to httpbin.foo: 200".to_string()),
         "workload DISABLE beats namespace STRICT: {m:?}"
     );
+
+    // mTLS toward a pod without a sidecar: the handshake meets plaintext, and the 503 names the
+    // TLS failure as Envoy's does, not a refused connection.
+    let mark = mesh.mark();
+    mesh.dir.write(
+        "dr-legacy.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: httpbin-legacy, namespace: foo}\nspec:\n  host: httpbin.legacy.svc.cluster.local\n  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}\n",
+    );
+    mesh.wait_applied(mark);
+    let pods = String::from_utf8(mesh.cli(&["status"]).stdout).unwrap();
+    let outbound = sleep_line(&pods, "foo").split_whitespace().last().unwrap().to_string();
+    let client =
+        reqwest::Client::builder().proxy(reqwest::Proxy::http(format!("http://{outbound}")).unwrap()).build().unwrap();
+    let resp = client.get("http://httpbin.legacy:8000/ip").send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let body = resp.text().await.unwrap();
+    assert!(
+        body.ends_with("transport failure reason: TLS_error:|268435703:SSL routines:OPENSSL_internal:WRONG_VERSION_NUMBER:TLS_error_end"),
+        "{body}"
+    );
 }

@@ -1360,7 +1360,7 @@ impl Proxy {
                     crt.record(cluster, idx, AttemptResult::Status(resp.status.as_u16()));
                     retriable_response(retry, resp)
                 }
-                Attempt::Failed(UpstreamError::Connect(_)) => {
+                Attempt::Failed(UpstreamError::Connect(_) | UpstreamError::Tls(_)) => {
                     crt.record(cluster, idx, AttemptResult::LocalFailure);
                     retry.on.has(RetryOn::CONNECT_FAILURE | RetryOn::FIVE_XX | RetryOn::GATEWAY_ERROR | RetryOn::RESET)
                 }
@@ -1585,7 +1585,9 @@ impl Drop for Gauge<'_> {
 fn reply_for(e: &UpstreamError) -> LocalReply {
     match e {
         UpstreamError::Overflow => LocalReply::Overflow,
-        UpstreamError::Connect(_) => LocalReply::ConnectFailure,
+        UpstreamError::Connect(_) | UpstreamError::Tls(upstream::TlsFailure::Other) => LocalReply::ConnectFailure,
+        UpstreamError::Tls(upstream::TlsFailure::WrongVersion) => LocalReply::TlsWrongVersion,
+        UpstreamError::Tls(upstream::TlsFailure::VerifyFailed) => LocalReply::TlsVerifyFailed,
         UpstreamError::Reset(_) => LocalReply::UpstreamReset,
     }
 }

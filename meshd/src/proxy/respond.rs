@@ -89,12 +89,10 @@ pub fn local_reply(reply: LocalReply, server: ServerName, retried: bool) -> Repl
         Some((head, tail)) if retried => format!("{head}headers. retried and the latest {tail}"),
         _ => body.to_string(),
     };
-    let flags = if retried && matches!(reply, LocalReply::ConnectFailure | LocalReply::UpstreamReset) {
-        if reply == LocalReply::ConnectFailure {
-            "UF,URX"
-        } else {
-            "UC,URX"
-        }
+    let flags = if retried && reply.flag() == "UF" {
+        "UF,URX"
+    } else if retried && reply == LocalReply::UpstreamReset {
+        "UC,URX"
     } else {
         reply.flag()
     };

@@ -43,9 +43,38 @@ pub enum UpstreamError {
     /// Connecting failed or timed out (503 UF).
     #[error("connect failure: {0}")]
     Connect(String),
+    /// The TCP connection opened but the TLS handshake failed (503 UF, with the TLS reason).
+    #[error("TLS error: {0}")]
+    Tls(TlsFailure),
     /// The connection broke before the response headers (503 UC).
     #[error("connection termination: {0}")]
     Reset(String),
+}
+
+/// Why an upstream TLS handshake failed, in the terms BoringSSL gives Envoy's transport failure
+/// reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TlsFailure {
+    /// The peer answered in something other than TLS: a server without a sidecar, spoken to
+    /// with mTLS (`WRONG_VERSION_NUMBER`).
+    #[error("wrong version number")]
+    WrongVersion,
+    /// The peer's certificate, or its identity, was refused (`CERTIFICATE_VERIFY_FAILED`).
+    #[error("certificate verify failed")]
+    VerifyFailed,
+    /// Anything else (the peer closed or reset during the handshake, ...).
+    #[error("handshake failed")]
+    Other,
+}
+
+impl TlsFailure {
+    fn of(e: &std::io::Error) -> TlsFailure {
+        match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+            Some(rustls::Error::InvalidMessage(_)) => TlsFailure::WrongVersion,
+            Some(rustls::Error::InvalidCertificate(_)) => TlsFailure::VerifyFailed,
+            _ => TlsFailure::Other,
+        }
+    }
 }
 
 /// Gives back a connection slot when the connection's task ends.
@@ -212,7 +241,7 @@ pub async fn dial(
         let tls_stream = tokio_rustls::TlsConnector::from(origin.config.clone())
             .connect(origin.sni.clone(), stream)
             .await
-            .map_err(|e| UpstreamError::Connect(format!("TLS error: {e}")))?;
+            .map_err(|e| UpstreamError::Tls(TlsFailure::of(&e)))?;
         return Ok(Dialed::Tls(Box::new(tls_stream)));
     }
     let (Some(expected), Some(cfg)) = (&ep.mtls, tls) else { return Ok(Dialed::Plain(stream)) };
@@ -220,7 +249,7 @@ pub async fn dial(
     let tls_stream = tokio_rustls::TlsConnector::from(cfg.clone())
         .connect(name, stream)
         .await
-        .map_err(|e| UpstreamError::Connect(format!("TLS error: {e}")))?;
+        .map_err(|e| UpstreamError::Tls(TlsFailure::of(&e)))?;
     let peer = tls_stream
         .get_ref()
         .1
@@ -228,10 +257,8 @@ pub async fn dial(
         .and_then(|c| c.first())
         .and_then(|c| crate::security::tls::spiffe_of(c));
     if peer.as_deref() != Some(expected.as_str()) {
-        return Err(UpstreamError::Connect(format!(
-            "TLS error: peer identity {} is not {expected}",
-            peer.as_deref().unwrap_or("(none)")
-        )));
+        tracing::debug!(peer = peer.as_deref().unwrap_or("(none)"), %expected, "upstream peer identity refused");
+        return Err(UpstreamError::Tls(TlsFailure::VerifyFailed));
     }
     Ok(Dialed::Tls(Box::new(tls_stream)))
 }
@@ -309,7 +336,7 @@ where
         }
         if let Some(connecting) = start() {
             let got = connecting.await;
-            if matches!(got, Err(UpstreamError::Connect(_))) {
+            if matches!(got, Err(UpstreamError::Connect(_) | UpstreamError::Tls(_))) {
                 shared.stats.upstream_rq_pending_failure_eject.fetch_add(1, Ordering::Relaxed);
             }
             return got;

@@ -316,6 +316,10 @@ pub enum LocalReply {
     NoHealthyUpstream,
     /// Connecting to the upstream failed: 503, flag UF.
     ConnectFailure,
+    /// The TLS handshake got a reply that is not TLS (mTLS to a pod without a sidecar): 503 UF.
+    TlsWrongVersion,
+    /// The TLS handshake refused the peer's certificate or identity: 503 UF.
+    TlsVerifyFailed,
     /// The upstream reset the connection before answering: 503, flag UC.
     UpstreamReset,
     /// The request could not be understood: 400.
@@ -346,7 +350,7 @@ impl LocalReply {
             LocalReply::NoRoute => "NR",
             LocalReply::NoCluster => "NC",
             LocalReply::NoHealthyUpstream => "UH",
-            LocalReply::ConnectFailure => "UF",
+            LocalReply::ConnectFailure | LocalReply::TlsWrongVersion | LocalReply::TlsVerifyFailed => "UF",
             LocalReply::UpstreamReset => "UC",
             LocalReply::BadRequest => "DPE",
             LocalReply::Overflow => "UO",
@@ -361,7 +365,9 @@ impl LocalReply {
             LocalReply::NoRoute => "route_not_found",
             LocalReply::NoCluster => "cluster_not_found",
             LocalReply::NoHealthyUpstream => "no_healthy_upstream",
-            LocalReply::ConnectFailure => "upstream_reset_before_response_started{remote_connection_failure}",
+            LocalReply::ConnectFailure | LocalReply::TlsWrongVersion | LocalReply::TlsVerifyFailed => {
+                "upstream_reset_before_response_started{remote_connection_failure}"
+            }
             LocalReply::UpstreamReset => "upstream_reset_before_response_started{connection_termination}",
             LocalReply::BadRequest => "http1.codec_error",
             LocalReply::Overflow => "upstream_reset_before_response_started{overflow}",
@@ -377,6 +383,12 @@ impl LocalReply {
             LocalReply::NoHealthyUpstream => "no healthy upstream",
             LocalReply::ConnectFailure => {
                 "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: delayed connect error: 111"
+            }
+            LocalReply::TlsWrongVersion => {
+                "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: TLS_error:|268435703:SSL routines:OPENSSL_internal:WRONG_VERSION_NUMBER:TLS_error_end"
+            }
+            LocalReply::TlsVerifyFailed => {
+                "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: TLS_error:|268435581:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:TLS_error_end"
             }
             LocalReply::UpstreamReset => {
                 "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
