@@ -98,6 +98,8 @@ async fn request_timeouts_task() {
         "productpage-v1-",
         &["504 UT upstream_response_timeout", "outbound|9080|v2|reviews.default.svc.cluster.local"],
     );
+    // reviews-v2's sidecar saw its caller give up: Envoy logs that request `0 DC`.
+    mesh.proxy_log_line("reviews-v2-", &["\"GET /reviews/0 HTTP/1.1\" 0 DC downstream_remote_disconnect"]);
     // The per-request override beats the route timeout.
     let resp = mesh
         .mesh_client()

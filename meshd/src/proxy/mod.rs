@@ -442,6 +442,23 @@ impl From<respond::Reply> for Served {
     }
 }
 
+/// A request's telemetry until it is reported: dropped unreported, the request was abandoned by
+/// its client (the connection closed while it was served).
+struct Unfinished<'a> {
+    proxy: &'a Proxy,
+    role: &'a Role,
+    info: &'a ConnInfo,
+    observed: Option<(&'a Telemetry, &'a ProxyRuntime, Observed)>,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if let Some((tel, rt, o)) = self.observed.take() {
+            self.proxy.report_disconnect(tel, rt, self.role, self.info, o);
+        }
+    }
+}
+
 /// Where a role sends a request.
 enum Dispatch<'r> {
     /// The pod's app, through its inbound sidecar.
@@ -988,7 +1005,9 @@ impl Proxy {
                 }
                 _ => None,
             };
-            let span = observed.as_ref().and_then(|(_, _, o)| o.span());
+            // Reports the request as Envoy does if the client leaves first (the future dropped).
+            let mut unfinished = Unfinished { proxy: self, role, info, observed };
+            let span = unfinished.observed.as_ref().and_then(|(_, _, o)| o.span());
             let served = match dispatch {
                 Dispatch::Inbound(pod) => self.inbound(pod, info, views, req, span).await,
                 Dispatch::Route(workload, route_rt, caller) => {
@@ -996,11 +1015,36 @@ impl Proxy {
                 }
                 Dispatch::Reply(reply, server) => respond::local_reply(reply, server, false).into(),
             };
-            if let Some((tel, rt, observed)) = observed {
+            if let Some((tel, rt, observed)) = unfinished.observed.take() {
                 self.report(tel, rt, role, info, observed, &served);
             }
             (!served.abort).then_some(served.resp)
         }
+    }
+
+    /// A request whose client went away before its response: Envoy logs it `0 DC
+    /// downstream_remote_disconnect`. Counted in the inbound side's metrics, whose labels do not
+    /// depend on a route; an outbound one is only logged, its route having been dropped with it.
+    #[cold]
+    fn report_disconnect(&self, tel: &Telemetry, rt: &ProxyRuntime, role: &Role, info: &ConnInfo, o: Observed) {
+        let elapsed = o.t0.elapsed();
+        let series = match role {
+            Role::Inbound { series, port, .. } => {
+                let caller = o.peer_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
+                Some(series.get(&tel.metrics, &self.snapshot, rt, *port, caller, info.principal.is_some()))
+            }
+            _ => None,
+        };
+        let mut record = o.record;
+        if let Some(series) = &series {
+            series.record(0, "DC", elapsed, record.bytes_received, 0);
+        }
+        record.status = 0;
+        record.flags = std::borrow::Cow::Borrowed("DC");
+        record.details = std::borrow::Cow::Borrowed("downstream_remote_disconnect");
+        record.duration_us = elapsed.as_micros() as u64;
+        record.series = series;
+        tel.send(record);
     }
 
     /// Counts a served request in its metrics and hands its access-log record to the writer.
