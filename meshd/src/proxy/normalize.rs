@@ -6,10 +6,24 @@ use std::borrow::Cow;
 
 use http::uri::{PathAndQuery, Uri};
 
-/// Whether a path may need work: almost none does, and those are left untouched.
+/// Whether a path may need work: almost none does, and those are left untouched. One pass:
+/// an escape, a backslash, or a `.` or `..` segment (not a name that starts with a dot).
 fn plain(path: &str) -> bool {
     let b = path.as_bytes();
-    !b.iter().any(|&c| c == b'%' || c == b'\\') && !b.windows(2).any(|w| w == b"/.")
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'%' | b'\\' => return false,
+            b'/' => {
+                let seg = &b[i + 1..];
+                let end = seg.iter().position(|&c| c == b'/').unwrap_or(seg.len());
+                if matches!(&seg[..end], b"." | b"..") {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+    }
+    true
 }
 
 /// RFC 3986's unreserved characters, which an escape must not hide (section 2.3).
@@ -17,11 +31,14 @@ fn unreserved(c: u8) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~')
 }
 
-/// The path in normal form: escapes of unreserved characters decoded and the others in upper
-/// case, backslashes made slashes (as Chromium's canonicalizer, which Envoy uses, does), and `.`
-/// and `..` segments resolved (RFC 3986 section 5.2.4). None: a malformed escape, which Envoy
-/// refuses with 400.
+/// The path in normal form: escapes of unreserved characters decoded and the others kept as
+/// written, backslashes made slashes (as Chromium's canonicalizer, which Envoy uses, does), and
+/// `.` and `..` segments resolved (RFC 3986 section 5.2.4). None: a path that does not start
+/// with `/`, or an escaped NUL, which are refused (400).
 pub fn path(path: &str) -> Option<Cow<'_, str>> {
+    if !path.starts_with('/') {
+        return None;
+    }
     if plain(path) {
         return Some(Cow::Borrowed(path));
     }
@@ -31,15 +48,19 @@ pub fn path(path: &str) -> Option<Cow<'_, str>> {
     while i < b.len() {
         match b[i] {
             b'%' => {
-                let hex = b.get(i + 1..i + 3)?;
-                let byte = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
-                if unreserved(byte) {
-                    decoded.push(byte);
-                } else {
-                    decoded.push(b'%');
-                    decoded.extend(hex.iter().map(u8::to_ascii_uppercase));
+                let byte = b.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
+                match byte {
+                    Some(0) => return None,
+                    Some(c) if unreserved(c) => {
+                        decoded.push(c);
+                        i += 3;
+                    }
+                    // Kept as written, case and all; a malformed escape passes as it came.
+                    _ => {
+                        decoded.push(b'%');
+                        i += 1;
+                    }
                 }
-                i += 3;
             }
             b'\\' => {
                 decoded.push(b'/');
@@ -78,13 +99,17 @@ fn remove_dot_segments(path: &str) -> String {
     format!("/{}", out.join("/"))
 }
 
-/// Puts `uri`'s path in normal form, keeping its query, scheme and authority. Err: a malformed
-/// escape (400).
+/// Puts `uri`'s path in normal form, keeping its query, scheme and authority. Err: a path that
+/// is refused (400).
 pub fn uri(uri: &mut Uri) -> Result<(), ()> {
     let Some(pq) = uri.path_and_query() else { return Ok(()) };
+    // `OPTIONS *` names no path.
+    if pq.path() == "*" {
+        return Ok(());
+    }
     let normal = match path(pq.path()).ok_or(())? {
-        Cow::Borrowed(_) => return Ok(()),
-        Cow::Owned(p) => p,
+        Cow::Owned(p) if p != pq.path() => p,
+        _ => return Ok(()),
     };
     let pq = match pq.query() {
         Some(q) => format!("{normal}?{q}"),
@@ -108,18 +133,24 @@ mod tests {
             "/status/../headers",
             "/%68eaders",
             "/%2e/headers",
-            "\\headers",
+            "/status\\..\\headers",
             "/a/../../headers",
         ] {
             assert_eq!(path(p).unwrap(), "/headers", "{p}");
         }
-        assert!(matches!(path("/status/200"), Some(Cow::Borrowed(_))), "a plain path is not copied");
+        for p in ["/status/200", "/.well-known/x", "/a/..b/c."] {
+            assert!(matches!(path(p), Some(Cow::Borrowed(_))), "{p} is not copied");
+        }
         assert_eq!(path("/a/b/..").unwrap(), "/a/");
         assert_eq!(path("/a/./").unwrap(), "/a/");
-        // Escapes of reserved characters stay escaped, in upper case: `%2F` is not a slash here.
-        assert_eq!(path("/a%2fb/%3f").unwrap(), "/a%2Fb/%3F");
+        // Escapes of reserved characters stay as written (Envoy's own cases): `%2f` is not a slash.
+        assert_eq!(path("/a/%2F%2f/c").unwrap(), "/a/%2F%2f/c");
+        assert_eq!(path("/%5c%25").unwrap(), "/%5c%25");
         assert_eq!(path("/caf%C3%A9").unwrap(), "/caf%C3%A9");
-        assert!(path("/%zz").is_none() && path("/%4").is_none(), "malformed escapes are refused");
+        assert_eq!(path("/%zz/%4").unwrap(), "/%zz/%4", "a malformed escape passes as it came");
+        assert!(path("/a%00b").is_none(), "an escaped NUL is refused");
+        // A path must be absolute (an HTTP/2 `:path` of `admin` would pass a DENY on `/admin`).
+        assert!(path("admin").is_none() && path("a/b/../c").is_none());
     }
 
     #[test]

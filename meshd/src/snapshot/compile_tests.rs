@@ -294,10 +294,18 @@ spec:
   http:
   - match: [{uri: {prefix: /api/v2}}]
     route: [{destination: {host: web, subset: v2}}]
+  - match: [{headers: {x-rewrite: {exact: "yes"}}}]
+    rewrite: {uri: /v2}
+    route: [{destination: {host: web, subset: v2}}]
 "#;
     let snap = build(&[SVC, root]).unwrap();
     let me = labels(&[("app", "sleep")]);
     assert_eq!(route(&snap, Some(&me), "http://web/api/v2/items", &[]), WEB_V2);
+    // A delegate's route without a uri condition takes its parent's: the rewrite replaces `/api`.
+    assert_eq!(
+        route(&snap, Some(&me), "http://web/api/items", &[("x-rewrite", "yes")]),
+        format!("{WEB_V2} path=/v2/items")
+    );
     // Under /api but not matched by the delegate: evaluation goes on with the next root route.
     assert_eq!(route(&snap, Some(&me), "http://web/api/v1/items", &[]), WEB_V1);
     assert_eq!(route(&snap, Some(&me), "http://web/other", &[]), WEB_V1);

@@ -240,34 +240,62 @@ impl V1ClientVerifier {
             return Err(refused);
         }
         check_validity(&leaf, now)?;
-        let roots = self.roots.iter().map(|c| parse(c)).collect::<Result<Vec<_>, _>>()?;
+        // Bounded as webpki bounds its own search: a client's certificate message is ours to
+        // verify before we trust anything in it, and every signature costs.
+        const MAX_INTERMEDIATES: usize = 6;
+        const MAX_SIGNATURES: usize = 100;
+        if intermediates.len() > MAX_INTERMEDIATES {
+            return Err(CertificateError::UnknownIssuer.into());
+        }
+        let roots = self.roots.iter().filter_map(|c| parse(c).ok()).collect::<Vec<_>>();
         let intermediates = intermediates.iter().map(|c| parse(c)).collect::<Result<Vec<_>, _>>()?;
         // Why no path was found, for the log: the last issuer of the right name that failed, or
         // none of that name.
         let mut refusal: rustls::Error = CertificateError::UnknownIssuer.into();
+        let mut budget = MAX_SIGNATURES;
+        let mut signed = |cert: &X509Certificate<'_>, issuer: &X509Certificate<'_>| {
+            budget = budget.checked_sub(1)?;
+            Some(signed_by(cert, issuer))
+        };
+        let mut used = vec![false; intermediates.len()];
         let mut cert = &leaf;
-        // Each step goes one intermediate up: a chain no longer than those presented, no loop.
+        // Each step goes one unused intermediate up: no longer than those presented, no loop.
         for below in 0..=intermediates.len() {
-            let issued = |ca: &&X509Certificate<'_>| ca.subject().as_raw() == cert.issuer().as_raw();
-            for root in roots.iter().filter(issued) {
-                if signed_by(cert, root) {
-                    return Ok(());
+            let issued = |ca: &X509Certificate<'_>| ca.subject().as_raw() == cert.issuer().as_raw();
+            for root in roots.iter().filter(|r| issued(r)) {
+                // A root that constrains names is not trusted for a leaf whose names go unchecked.
+                if root.name_constraints().ok().flatten().is_some() {
+                    continue;
                 }
-                refusal = CertificateError::BadSignature.into();
+                match signed(cert, root) {
+                    Some(true) => return Ok(()),
+                    Some(false) => refusal = CertificateError::BadSignature.into(),
+                    None => return Err(refusal),
+                }
             }
             let mut next = None;
-            for ca in intermediates.iter().filter(issued).filter(|ca| issues_certificates(ca, below)) {
+            for (i, ca) in intermediates.iter().enumerate() {
+                if used[i] || !issued(ca) || !issues_certificates(ca, below) {
+                    continue;
+                }
                 if let Err(e) = check_validity(ca, now) {
                     refusal = e;
-                } else if !signed_by(cert, ca) {
-                    refusal = CertificateError::BadSignature.into();
-                } else {
-                    next = Some(ca);
-                    break;
+                    continue;
+                }
+                match signed(cert, ca) {
+                    Some(true) => {
+                        next = Some(i);
+                        break;
+                    }
+                    Some(false) => refusal = CertificateError::BadSignature.into(),
+                    None => return Err(refusal),
                 }
             }
             match next {
-                Some(ca) => cert = ca,
+                Some(i) => {
+                    used[i] = true;
+                    cert = &intermediates[i];
+                }
                 None => break,
             }
         }
@@ -452,6 +480,8 @@ mod tests {
     const Y2001: u64 = 978_307_200;
     const Y2040: u64 = 2_208_988_800;
     const Y4100: u64 = 67_216_348_800;
+    /// Inside the fixtures' validity, whatever this machine's clock says.
+    const Y2030: u64 = 1_893_456_000;
 
     #[test]
     fn task_fixtures_are_v1_leaves() {
@@ -503,7 +533,7 @@ mod tests {
     #[test]
     fn v1_client_certificate_of_the_ca_is_accepted() {
         let v = verifier(&["example_certs1/example.com.crt"]);
-        let now = UnixTime::now();
+        let now = at(Y2030);
         verify(&v, &["example_certs1/client.example.com.crt"], now).unwrap();
         // Through an intermediate CA the client presents.
         verify(&v, &["chain/client.example.com.crt", "chain/intermediate.crt"], now).unwrap();
@@ -516,7 +546,7 @@ mod tests {
     #[test]
     fn v1_client_certificate_refusals() {
         let v = verifier(&["example_certs1/example.com.crt"]);
-        let now = UnixTime::now();
+        let now = at(Y2030);
         let refusal = |chain: &[&str], now| match verify(&v, chain, now) {
             Err(rustls::Error::InvalidCertificate(e)) => e,
             other => panic!("{chain:?}: {other:?}"),
@@ -532,6 +562,12 @@ mod tests {
         assert_eq!(refusal(&["chain/client.example.com.crt"], now), CertificateError::UnknownIssuer);
         let err = refusal(&["chain/client-of-httpbin.crt", "example_certs1/httpbin.example.com.crt"], now);
         assert_eq!(err, CertificateError::UnknownIssuer);
+        // The search is bounded as webpki's is: past six intermediates nothing is tried.
+        let mut long = vec!["chain/client.example.com.crt"];
+        long.extend(["chain/intermediate.crt"; 7]);
+        assert_eq!(refusal(&long, now), CertificateError::UnknownIssuer);
+        // An intermediate presented twice is used once.
+        verify(&v, &["chain/client.example.com.crt", "chain/intermediate.crt", "chain/intermediate.crt"], now).unwrap();
         // A CA that did not sign it, of another name.
         let (ca, ..) = rcgen_pki();
         let other = client_verifier(ca.as_bytes(), &crate::security::tls::provider()).unwrap();
@@ -552,7 +588,7 @@ mod tests {
         assert_eq!(err, rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer));
         // The task's v1 client certificate under the inner webpki verifier alone: refused for
         // its version, the one refusal that takes the v1 path.
-        let err = task.webpki.verify_client_cert(&der("example_certs1/client.example.com.crt"), &[], UnixTime::now());
+        let err = task.webpki.verify_client_cert(&der("example_certs1/client.example.com.crt"), &[], at(Y2030));
         assert!(is_version_refusal(&err.unwrap_err()));
     }
 }

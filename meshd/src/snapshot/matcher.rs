@@ -196,13 +196,12 @@ impl RequestMatch {
     }
 
     /// The prefix this match tested the path with, for `rewrite.uri`.
-    /// The prefix a rewrite replaces: the uri's, or Istio's implicit `/` when there is no uri
-    /// match; None for exact and regex matches (the whole path is replaced).
-    pub fn uri_prefix(&self) -> Option<&str> {
+    /// What the uri condition says of the path, for rewrites.
+    pub fn uri_cond(&self) -> UriCond<'_> {
         match &self.uri {
-            Some(StrMatch::Prefix(p)) => Some(p),
-            None => Some("/"),
-            _ => None,
+            Some(StrMatch::Prefix(p)) => UriCond::Prefix(p),
+            None => UriCond::Absent,
+            Some(_) => UriCond::Whole,
         }
     }
 }
@@ -271,6 +270,18 @@ fn query_value<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (k == key).then_some(v)
     })
+}
+
+/// A match's uri condition as a rewrite sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UriCond<'s> {
+    /// No uri condition: Istio's merge gives a delegate's route its parent's, and a route
+    /// without any the prefix `/`.
+    Absent,
+    /// A prefix, which `rewrite.uri` replaces.
+    Prefix(&'s str),
+    /// An exact or regex match: the whole path is replaced.
+    Whole,
 }
 
 /// Host patterns in Istio's form: `*`, `*.suffix` or an exact name.

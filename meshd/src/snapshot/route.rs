@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use regex::Regex;
 
-use super::matcher::{split_authority, HostPattern, RequestMatch, RequestView, SourceView};
+use super::matcher::{split_authority, HostPattern, RequestMatch, RequestView, SourceView, UriCond};
 use super::Cluster;
 
 /// Header edits: `set`, `add`, `remove`, as Istio's `Headers.HeaderOperations`.
@@ -230,27 +230,31 @@ pub struct Matched<'s> {
     pub prefix: Option<&'s str>,
 }
 
-fn first_match<'s>(
-    matches: &'s [RequestMatch],
-    req: &RequestView<'_>,
-    src: &SourceView<'_>,
-) -> Option<Option<&'s str>> {
-    // Istio gives a route without a uri match the prefix `/` (a rewrite replaces just that).
+fn first_match<'s>(matches: &'s [RequestMatch], req: &RequestView<'_>, src: &SourceView<'_>) -> Option<UriCond<'s>> {
     if matches.is_empty() {
-        return Some(Some("/"));
+        return Some(UriCond::Absent);
     }
-    matches.iter().find(|m| m.matches(req, src)).map(|m| m.uri_prefix())
+    matches.iter().find(|m| m.matches(req, src)).map(|m| m.uri_cond())
 }
 
 impl HttpRoute {
     /// Whether the route applies, and with which prefix.
     pub fn matches<'s>(&'s self, req: &RequestView<'_>, src: &SourceView<'_>) -> Option<Matched<'s>> {
-        let mut prefix = None;
-        for parent in &self.parent_matches {
-            prefix = first_match(parent, req, src)?.or(prefix);
+        // Istio merges a delegate's match with its parents': the innermost uri condition wins.
+        let mut cond = UriCond::Absent;
+        for matches in self.parent_matches.iter().map(|p| &p[..]).chain([&self.matches[..]]) {
+            let c = first_match(matches, req, src)?;
+            if c != UriCond::Absent {
+                cond = c;
+            }
         }
-        let own = first_match(&self.matches, req, src)?;
-        Some(Matched { route: self, prefix: own.or(prefix) })
+        let prefix = match cond {
+            // Istio gives a route without any uri condition the prefix `/`, which a rewrite replaces.
+            UriCond::Absent => Some("/"),
+            UriCond::Prefix(p) => Some(p),
+            UriCond::Whole => None,
+        };
+        Some(Matched { route: self, prefix })
     }
 }
 
@@ -647,8 +651,9 @@ mod tests {
         let labels = Labels::new();
         let src = SourceView { labels: &labels, namespace: "default", gateway: "mesh" };
         let by_method = [RequestMatch { method: Some(StrMatch::Exact("GET".into())), ..Default::default() }];
-        for matches in [&by_method[..], &[]] {
-            let prefix = first_match(matches, &req(&h, "/get"), &src).unwrap();
+        for matches in [by_method.to_vec(), vec![]] {
+            let r = route(matches, RouteAction::Direct { status: 200, body: Bytes::new() });
+            let prefix = r.matches(&req(&h, "/get"), &src).unwrap().prefix;
             assert_eq!(rw.path("/get", None, prefix).as_deref(), Some("/anythingget"));
         }
     }
