@@ -250,4 +250,8 @@ async fn a_deny_on_a_path_holds_for_its_dot_segments_and_escapes() {
         }
         assert!(raw_status(addr, "/%00headers").await.starts_with("HTTP/1.1 400"), "an escaped NUL");
     }
+    // The access log has the path the proxy routed on.
+    mesh.proxy_log_line("istio-ingressgateway", &["\"GET /headers HTTP/1.1\" 403"]);
+    let log = String::from_utf8(mesh.cli(&["logs", "istio-ingressgateway", "-c", "istio-proxy"]).stdout).unwrap();
+    assert!(!log.contains("/./headers") && !log.contains("%68"), "{log}");
 }

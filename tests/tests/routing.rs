@@ -196,6 +196,8 @@ async fn the_gateway_appends_its_client_to_x_forwarded_for_and_trusts_no_hop() {
     assert_eq!(status, 200, "{h}");
     assert_eq!(h["X-Forwarded-For"][0], "203.0.113.7,127.0.0.1", "{h}");
     assert_eq!(h["X-Envoy-Internal"], serde_json::json!(["true"]), "the client's copy is dropped: {h}");
+    // The gateway's access log has the field as the connection manager left it.
+    mesh.proxy_log_line("istio-ingressgateway", &["\"203.0.113.7,127.0.0.1\""]);
 }
 
 #[tokio::test]

@@ -334,16 +334,22 @@ fn is_internal(ip: std::net::IpAddr) -> bool {
 /// of the two are dropped).
 fn forward_for(fields: &mut Fields, conn: &ConnInfo) {
     let peer = conn.peer_value();
-    match fields.first(X_FORWARDED_FOR.as_str()) {
-        Some(prev) => {
-            let Ok(v) = HeaderValue::from_str(&format!("{prev},{}", conn.peer.ip())) else { return };
-            fields.set(X_FORWARDED_FOR.clone(), v);
+    if fields.get(&X_FORWARDED_FOR).is_some() {
+        // A client's own list (every line of it, as Envoy joins them), then the peer.
+        let mut joined = Vec::new();
+        fields.each_value(&X_FORWARDED_FOR, |v| {
+            joined.extend_from_slice(v);
+            joined.push(b',');
+        });
+        joined.extend_from_slice(peer.as_bytes());
+        if let Ok(v) = HeaderValue::from_bytes(&joined) {
+            fields.remove(&X_FORWARDED_FOR);
+            fields.append(X_FORWARDED_FOR.clone(), v);
         }
-        None => fields.append(X_FORWARDED_FOR.clone(), peer.clone()),
+    } else {
+        fields.append(X_FORWARDED_FOR.clone(), peer.clone());
     }
-    if fields.get_named("x-envoy-internal").is_some() || fields.get_named("x-envoy-external-address").is_some() {
-        fields.remove_if(|n| n == b"x-envoy-internal" || n == b"x-envoy-external-address");
-    }
+    fields.remove_if(|n| n == b"x-envoy-internal" || n == b"x-envoy-external-address");
     if is_internal(conn.peer.ip()) {
         fields.append(X_ENVOY_INTERNAL.clone(), TRUE.clone());
     } else {
@@ -999,6 +1005,25 @@ impl Proxy {
                     None => (Dispatch::Reply(LocalReply::NoRoute, ServerName::Envoy), None),
                 },
             };
+            // What Envoy's connection manager does before any filter or the access log reads
+            // the request: the path in normal form (not on kube-proxy's path), and at the
+            // gateway the client appended to `x-forwarded-for`.
+            let dispatch = match role {
+                Role::Plain { .. } => dispatch,
+                _ if normalize::uri(&mut req.parts.uri).is_err() => {
+                    let server = if matches!(role, Role::Outbound { .. } | Role::MeshClient { .. }) {
+                        ServerName::Envoy
+                    } else {
+                        ServerName::IstioEnvoy
+                    };
+                    Dispatch::Reply(LocalReply::BadRequest, server)
+                }
+                Role::Gateway { .. } | Role::GatewayTls { .. } => {
+                    forward_for(&mut req.parts.fields, info);
+                    dispatch
+                }
+                _ => dispatch,
+            };
             let observed = match (&self.telemetry, reporter) {
                 (Some(tel), Some(rt)) => {
                     Some((tel, rt, Observed::of(&mut req, matches!(role, Role::Inbound { .. }), &rt.proxy, info)))
@@ -1027,6 +1052,12 @@ impl Proxy {
     /// depend on a route; an outbound one is only logged, its route having been dropped with it.
     #[cold]
     fn report_disconnect(&self, tel: &Telemetry, rt: &ProxyRuntime, role: &Role, info: &ConnInfo, o: Observed) {
+        // A stopped pod's sidecar dies with it and reports nothing of what it was serving.
+        if let Role::Inbound { control, .. } = role {
+            if control.mode() == PodMode::Stopped {
+                return;
+            }
+        }
         let elapsed = o.t0.elapsed();
         let series = match role {
             Role::Inbound { series, port, .. } => {
@@ -1102,12 +1133,10 @@ impl Proxy {
                 return respond::rate_limited(&limit.limit.headers, ServerName::IstioEnvoy).into();
             }
             let (mut parts, body) = req.into_parts();
-            // Istio's proxies route, authorize and forward the path in normal form.
-            if normalize::uri(&mut parts.uri).is_err() {
-                return respond::local_reply(LocalReply::BadRequest, ServerName::IstioEnvoy, false).into();
-            }
+            // The scheme the client's proxy was spoken to in (the JWT challenge's realm).
+            let scheme = if parts.fields.get(&X_FORWARDED_PROTO) == Some(b"https") { "https" } else { "http" };
             if let Some(denied) =
-                admit(snapshot, &rt.workload, cluster.port, info, &mut parts, ServerName::IstioEnvoy, "http")
+                admit(snapshot, &rt.workload, cluster.port, info, &mut parts, ServerName::IstioEnvoy, scheme)
             {
                 return denied.into();
             }
@@ -1176,14 +1205,7 @@ impl Proxy {
                 return respond::rate_limited(&limit.limit.headers, server).into();
             }
             let (mut parts, body) = req.into_parts();
-            // Istio's proxies route, authorize and forward the path in normal form (kube-proxy
-            // leaves it alone).
-            if caller != Caller::Plain && normalize::uri(&mut parts.uri).is_err() {
-                return respond::local_reply(LocalReply::BadRequest, server, false).into();
-            }
             if !mesh {
-                // Envoy edits the forwarding fields before any filter reads them.
-                forward_for(&mut parts.fields, conn);
                 // Policies that select the gateway (istio: ingressgateway) apply here, on its port 8080 (8443).
                 let port = if caller == Caller::GatewayTls { 8443 } else { 8080 };
                 let scheme = if caller == Caller::GatewayTls { "https" } else { "http" };
@@ -1420,8 +1442,16 @@ impl Proxy {
             let retried = attempt > 1;
             drop(retry_slot.take());
             let can_retry = retriable && attempt <= retry.attempts;
-            let budget =
-                can_retry && crt.shared.rq_retry_active.load(Ordering::Acquire) < u64::from(cluster.pool.max_retries);
+            // Envoy's URX: the policy would retry, but no attempt is left.
+            let limit_reached = retriable && retried && !can_retry;
+            // The `maxRetries` slot, taken at once if one is free (no check-then-take race).
+            let max = u64::from(cluster.pool.max_retries);
+            let budget = can_retry
+                && crt
+                    .shared
+                    .rq_retry_active
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+                    .is_ok();
             if can_retry && !budget {
                 stats.upstream_rq_retry_overflow.fetch_add(1, Ordering::Relaxed);
             }
@@ -1433,14 +1463,7 @@ impl Proxy {
                     service_ms: None,
                 };
                 let mut served = match result {
-                    Attempt::Response(resp) => {
-                        let mut served = Served::upstream(resp);
-                        if retriable && retried {
-                            // The retries ran out on a response the policy would have retried.
-                            served.flags = ResponseFlags::new("URX", "via_upstream");
-                        }
-                        served
-                    }
+                    Attempt::Response(resp) => Served::upstream(resp),
                     Attempt::Failed(e) => {
                         let mut served: Served = respond::local_reply(reply_for(&e), server, retried).into();
                         served.abort = server == ServerName::Keep;
@@ -1448,11 +1471,13 @@ impl Proxy {
                     }
                     Attempt::PerTryTimeout => {
                         let mut served: Served = respond::local_reply(LocalReply::Timeout, server, false).into();
-                        let flags = if retriable && retried { "UT,URX" } else { "UT" };
-                        served.flags = ResponseFlags::new(flags, "upstream_per_try_timeout");
+                        served.flags = ResponseFlags::new("UT", "upstream_per_try_timeout");
                         served
                     }
                 };
+                if limit_reached {
+                    served.flags = served.flags.with("URX");
+                }
                 if can_retry {
                     // A retry `maxRetries` refused: Envoy marks the answer an upstream overflow.
                     served.flags = served.flags.with("UO");
@@ -1462,7 +1487,8 @@ impl Proxy {
             }
             drop(result);
             stats.upstream_rq_retry.fetch_add(1, Ordering::Relaxed);
-            retry_slot.replace(Gauge::new(&crt.shared.rq_retry_active));
+            // The slot `budget` took, held through the backoff and the next attempt.
+            retry_slot.replace(Gauge::adopt(&crt.shared.rq_retry_active));
             tokio::time::sleep(backoff(retry.backoff, attempt)).await;
             attempt += 1;
         }
@@ -1615,6 +1641,11 @@ struct Gauge<'a>(&'a std::sync::atomic::AtomicU64);
 impl<'a> Gauge<'a> {
     fn new(g: &'a std::sync::atomic::AtomicU64) -> Gauge<'a> {
         g.fetch_add(1, Ordering::AcqRel);
+        Gauge(g)
+    }
+
+    /// A count already taken (by a compare-and-swap), given back on drop.
+    fn adopt(g: &'a std::sync::atomic::AtomicU64) -> Gauge<'a> {
         Gauge(g)
     }
 }

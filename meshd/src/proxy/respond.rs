@@ -81,7 +81,8 @@ fn text(code: u16, body: impl Into<Bytes>, server: ServerName, flags: ResponseFl
 // The replies the proxy makes itself are `#[cold]`: the compiler then lays the branches that
 // lead to them apart from the forwarding path, whose code a request runs more densely.
 
-/// Envoy's local reply for `reply`; `retried` adds Envoy's "retried and the latest" wording.
+/// Envoy's local reply for `reply`; `retried` adds Envoy's "retried and the latest" wording
+/// (the caller adds URX when the retries ran out).
 #[cold]
 pub fn local_reply(reply: LocalReply, server: ServerName, retried: bool) -> Reply {
     let body = reply.body();
@@ -89,14 +90,7 @@ pub fn local_reply(reply: LocalReply, server: ServerName, retried: bool) -> Repl
         Some((head, tail)) if retried => format!("{head}headers. retried and the latest {tail}"),
         _ => body.to_string(),
     };
-    let flags = if retried && reply.flag() == "UF" {
-        "UF,URX"
-    } else if retried && reply == LocalReply::UpstreamReset {
-        "UC,URX"
-    } else {
-        reply.flag()
-    };
-    let mut resp = text(reply.status(), body, server, ResponseFlags::new(flags, reply.details()));
+    let mut resp = text(reply.status(), body, server, ResponseFlags::new(reply.flag(), reply.details()));
     if reply == LocalReply::Overflow {
         resp.resp.headers_mut().insert(HeaderName::from_static("x-envoy-overloaded"), HeaderValue::from_static("true"));
     }
@@ -165,7 +159,11 @@ pub fn jwt_denied(why: &str, scheme: &str, host: &str, path: &str, server: Serve
     let mut resp = text(status, why.to_string(), server, ResponseFlags::new("-", ""));
     // Envoy's details carry the status with its spaces made underscores.
     resp.flags.details = format!("jwt_authn_access_denied{{{}}}", why.replace(' ', "_")).into();
-    let path = path.get(..256).unwrap_or(path);
+    let mut end = path.len().min(256);
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    let path = &path[..end];
     let challenge = format!("Bearer realm=\"{scheme}://{host}{path}\", error=\"invalid_token\"");
     if let Ok(v) = HeaderValue::from_str(&challenge) {
         resp.resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);

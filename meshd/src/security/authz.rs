@@ -809,13 +809,7 @@ fn compile_policy(
         api::Action::Allow => Act::Allow,
         api::Action::Deny => Act::Deny,
         api::Action::Audit => Act::Audit,
-        api::Action::Custom => {
-            let provider = spec.provider.as_ref().and_then(|p| p.name.as_deref()).unwrap_or("<none>");
-            w.push(format!(
-                "action CUSTOM (provider `{provider}`): meshd has no extension providers, so, as Istio does for a provider it cannot find, the workloads it selects refuse every request ({BAD_CUSTOM})"
-            ));
-            Act::Custom
-        }
+        api::Action::Custom => Act::Custom,
     };
     if spec.provider.is_some() && act != Act::Custom {
         w.push("`provider` is only valid with action CUSTOM (Istio rejects it); it is ignored");
@@ -827,6 +821,12 @@ fn compile_policy(
     if annotations.get(DRY_RUN_ANNOTATION).is_some_and(|v| v.eq_ignore_ascii_case("true")) {
         w.push(format!("{DRY_RUN_ANNOTATION}: the policy is dry-run, so it is not enforced"));
         return None;
+    }
+    if act == Act::Custom {
+        let provider = spec.provider.as_ref().and_then(|p| p.name.as_deref()).unwrap_or("<none>");
+        w.push(format!(
+            "action CUSTOM (provider `{provider}`): meshd has no extension providers, so, as Istio does for a provider it cannot find, the workloads it selects refuse every request ({BAD_CUSTOM})"
+        ));
     }
     let rules = spec.rules.iter().enumerate().map(|(i, r)| compile_rule(r, &format!("rules[{i}]"), w)).collect();
     Some(CompiledPolicy {

@@ -345,29 +345,38 @@ impl<'a> Effective<'a> {
     }
 }
 
-/// The traffic-policy fields of a DestinationRule (and of its subsets) that meshd parses but
-/// does not act on: reported, since each changes what Envoy does.
+/// The traffic-policy fields of a DestinationRule (and of its subsets and ports) that meshd
+/// parses but does not act on: reported, since each changes what Envoy does.
 fn unemulated_policy_fields(dr: &api::Object<api::DestinationRuleSpec>) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut check = |at: &str, p: &api::TrafficPolicy| {
-        let lb = p.load_balancer.as_ref();
+    fn lb(at: &str, lb: Option<&api::LoadBalancerSettings>, out: &mut Vec<String>) {
+        let Some(l) = lb else { return };
+        let fields = [
+            ("localityLbSetting", l.locality_lb_setting.is_some()),
+            ("warmup", l.warmup.is_some() || l.warmup_duration_secs.is_some()),
+            ("backendUtilization", l.backend_utilization.is_some()),
+            ("zoneAwareLbSetting", l.zone_aware_lb_setting.is_some()),
+        ];
+        out.extend(fields.iter().filter(|(_, set)| *set).map(|(f, _)| format!("{at}.loadBalancer.{f}")));
+    }
+    fn policy(at: &str, p: &api::TrafficPolicy, out: &mut Vec<String>) {
         let fields = [
             ("retryBudget", p.retry_budget.is_some()),
             ("tunnel", p.tunnel.is_some()),
             ("proxyProtocol", p.proxy_protocol.is_some()),
-            ("loadBalancer.localityLbSetting", lb.is_some_and(|l| l.locality_lb_setting.is_some())),
-            ("loadBalancer.warmup", lb.is_some_and(|l| l.warmup.is_some() || l.warmup_duration_secs.is_some())),
-            ("loadBalancer.backendUtilization", lb.is_some_and(|l| l.backend_utilization.is_some())),
-            ("loadBalancer.zoneAwareLbSetting", lb.is_some_and(|l| l.zone_aware_lb_setting.is_some())),
         ];
         out.extend(fields.iter().filter(|(_, set)| *set).map(|(f, _)| format!("{at}.{f}")));
-    };
+        lb(at, p.load_balancer.as_ref(), out);
+        for (i, pl) in p.port_level_settings.iter().enumerate() {
+            lb(&format!("{at}.portLevelSettings[{i}]"), pl.load_balancer.as_ref(), out);
+        }
+    }
+    let mut out = Vec::new();
     if let Some(p) = &dr.spec.traffic_policy {
-        check("trafficPolicy", p);
+        policy("trafficPolicy", p, &mut out);
     }
     for s in &dr.spec.subsets {
         if let Some(p) = &s.traffic_policy {
-            check(&format!("subsets[{}].trafficPolicy", s.name), p);
+            policy(&format!("subsets[{}].trafficPolicy", s.name), p, &mut out);
         }
     }
     out
