@@ -87,7 +87,7 @@ pub struct ClusterShared {
 }
 
 impl ClusterShared {
-    fn new() -> ClusterShared {
+    pub(crate) fn new() -> ClusterShared {
         ClusterShared {
             cx_active: AtomicU64::new(0),
             rq_pending_active: AtomicU64::new(0),
@@ -172,7 +172,7 @@ pub struct EndpointRt {
 }
 
 impl EndpointRt {
-    fn new(addr: SocketAddr, mtls: Option<String>, shared: &Arc<ClusterShared>) -> EndpointRt {
+    pub(crate) fn new(addr: SocketAddr, mtls: Option<String>, shared: &Arc<ClusterShared>) -> EndpointRt {
         EndpointRt {
             addr,
             pod: String::new(),

@@ -221,21 +221,24 @@ pub enum Dialed {
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
-/// Connects to `ep` within `timeout`, with mTLS (and the expected identity) when the endpoint asks for it.
+/// Connects to `ep` within `timeout`, with mTLS (and the expected identity) when the endpoint asks
+/// for it. As Envoy's `connect_timeout`, the deadline covers the TLS handshake too: a peer that
+/// accepts and then says nothing fails as a connect timeout, not at the route's timeout.
 pub async fn dial(
     ep: &EndpointRt,
     tls: Option<&Arc<rustls::ClientConfig>>,
     timeout: std::time::Duration,
 ) -> Result<Dialed, UpstreamError> {
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(ep.addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            return Err(UpstreamError::Connect(
-                e.raw_os_error().map(|c| c.to_string()).unwrap_or_else(|| e.to_string()),
-            ))
-        }
-        Err(_) => return Err(UpstreamError::Connect("connection timeout".into())),
-    };
+    match tokio::time::timeout(timeout, handshake(ep, tls)).await {
+        Ok(dialed) => dialed,
+        Err(_) => Err(UpstreamError::Connect("connection timeout".into())),
+    }
+}
+
+async fn handshake(ep: &EndpointRt, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<Dialed, UpstreamError> {
+    let stream = TcpStream::connect(ep.addr).await.map_err(|e| {
+        UpstreamError::Connect(e.raw_os_error().map(|c| c.to_string()).unwrap_or_else(|| e.to_string()))
+    })?;
     let _ = stream.set_nodelay(true);
     if let Some(origin) = &ep.origin {
         let tls_stream = tokio_rustls::TlsConnector::from(origin.config.clone())
@@ -1010,5 +1013,31 @@ mod tests {
         }
         assert_eq!(reuses, [false, true, false, true, false]);
         assert_eq!(crt.shared.stats.upstream_cx_total.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_connect_timeout_covers_the_tls_handshake_as_envoys_does() {
+        // A peer that accepts and then never answers the ClientHello.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        let sec = crate::security::tls::Security::new(
+            crate::security::ca::Ca::ephemeral().unwrap(),
+            Duration::from_secs(3600),
+        );
+        let cfg = sec.client_config("spiffe://cluster.local/ns/default/sa/sleep").unwrap();
+        let shared = Arc::new(ClusterShared::new());
+        let ep = EndpointRt::new(addr, Some("cluster.local/ns/default/sa/httpbin".into()), &shared);
+        let started = tokio::time::Instant::now();
+        let dialed =
+            tokio::time::timeout(Duration::from_secs(60), dial(&ep, Some(&cfg), Duration::from_secs(10))).await;
+        let err = dialed.expect("dial gave up by itself").err().expect("no handshake");
+        assert!(matches!(&err, UpstreamError::Connect(m) if m == "connection timeout"), "{err}");
+        assert_eq!(started.elapsed(), Duration::from_secs(10), "at the connect timeout, on paused time");
     }
 }
