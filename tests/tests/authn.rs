@@ -107,6 +107,18 @@ async fn the_authentication_policy_task() {
     };
     step(&["01-mesh-strict.yaml"], &[]);
     assert_eq!(matrix(&mesh).await, expect(&[("legacy", "foo"), ("legacy", "bar")]));
+    // The task's `000` and `command terminated with exit code 56`: the connection is reset (curl's
+    // 56), not closed without a reply (52), through the legacy pod's path as straight to the port.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let outbound: std::net::SocketAddr =
+            sleep_line(&pods, "legacy").split_whitespace().last().unwrap().parse().unwrap();
+        let mut s = tokio::net::TcpStream::connect(outbound).await.unwrap();
+        s.write_all(b"GET http://httpbin.foo:8000/ip HTTP/1.1\r\nhost: httpbin.foo:8000\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 256];
+        let read = s.read(&mut buf).await;
+        assert_eq!(read.map_err(|e| e.kind()), Err(std::io::ErrorKind::ConnectionReset), "reset, not a clean close");
+    }
 
     step(&["02-namespace-foo-strict.yaml"], &["01-mesh-strict.yaml"]);
     assert_eq!(matrix(&mesh).await, expect(&[("legacy", "foo")]));

@@ -65,6 +65,9 @@ impl Drain {
 pub enum Served<I> {
     /// Closed (by either side, or after a drain).
     Closed,
+    /// The handler gave no answer: the connection is handed back to be reset, as the upstream
+    /// reset it (kube-proxy's path to a STRICT port).
+    Aborted(I),
     /// hyper must serve the rest: the bytes read so far come first.
     Handoff(Rewind<I>),
 }
@@ -183,7 +186,7 @@ where
             let mut handling = std::pin::pin!(handler.call(req));
             poll_fn(|cx| {
                 if let Poll::Ready(answer) = handling.as_mut().poll(cx) {
-                    return Poll::Ready(answer);
+                    return Poll::Ready(Some(answer));
                 }
                 match watch.poll(&mut io, &mut rbuf, cx) {
                     Poll::Ready(()) => Poll::Ready(None),
@@ -193,8 +196,13 @@ where
             .await
         };
         let kept = match answer {
+            // The client left.
             None => false,
-            Some(resp) => {
+            Some(None) => {
+                handler.after();
+                return Served::Aborted(io);
+            }
+            Some(Some(resp)) => {
                 let keep_alive = keep_alive && !drain.requested();
                 let out = Out { wbuf: &mut wbuf, rbuf: &mut rbuf, watch: &mut watch };
                 match respond(&mut io, out, resp, version, head_request, keep_alive).await {

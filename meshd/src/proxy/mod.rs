@@ -908,8 +908,18 @@ impl Proxy {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let mut handler = ConnHandler { proxy: &self, role: &role, info: &info, views: Views::default() };
-        let served = downstream::serve(io, drain, &mut handler).await;
-        let downstream::Served::Handoff(rest) = served else { return };
+        let rest = match downstream::serve(io, drain, &mut handler).await {
+            downstream::Served::Handoff(rest) => rest,
+            downstream::Served::Closed => return,
+            // kube-proxy's path: the upstream reset the connection, so this one is reset too
+            // (curl's exit 56, as the authentication task shows), not closed with a FIN (52).
+            downstream::Served::Aborted(io) => {
+                if let Some(tcp) = (&io as &dyn std::any::Any).downcast_ref::<TcpStream>() {
+                    let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
+                }
+                return;
+            }
+        };
         apart(self.serve_hyper(rest, info, role, drain)).await
     }
 
