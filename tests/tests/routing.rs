@@ -447,3 +447,68 @@ async fn heads_are_held_to_envoys_60_kib_over_either_http_version() {
     assert_eq!(h2_status_with_header(mesh.gateway, 70 << 10).await, Ok(431));
     assert_eq!(mesh.client().get(mesh.url("/productpage")).send().await.unwrap().status(), 200);
 }
+
+/// `corsPolicy` as Envoy's CORS filter applies it (the VirtualService reference's example): the
+/// proxy answers an allowed origin's preflight itself and marks its actual requests' responses;
+/// another origin's requests pass unmarked.
+#[tokio::test]
+async fn cors_preflights_are_answered_by_the_proxy_and_allowed_origins_marked() {
+    let dir = TempDir::new();
+    dir.write(
+        "cors.yaml",
+        r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - route: [{destination: {host: reviews, subset: v1}}]
+    corsPolicy:
+      allowOrigins: [{exact: https://example.com}]
+      allowMethods: [POST, GET]
+      allowCredentials: false
+      allowHeaders: [X-Foo-Bar]
+      exposeHeaders: [X-Served-By]
+      maxAge: "24h"
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  subsets: [{name: v1, labels: {version: v1}}]
+"#,
+    );
+    let mesh = Mesh::start(dir);
+    assert!(!mesh.output().join("\n").contains("corsPolicy"), "{:?}", mesh.output());
+    let c = mesh.mesh_client();
+    let preflight = |origin: &'static str| {
+        c.request(reqwest::Method::OPTIONS, "http://reviews:9080/reviews/0")
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .send()
+    };
+    let r = preflight("https://example.com").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let h = r.headers();
+    assert_eq!(h["access-control-allow-origin"], "https://example.com");
+    assert_eq!(h["access-control-allow-methods"], "POST,GET");
+    assert_eq!(h["access-control-allow-headers"], "X-Foo-Bar");
+    assert_eq!(h["access-control-max-age"], "86400");
+    assert!(!h.contains_key("access-control-allow-credentials"), "allowCredentials false");
+    // The mesh client is the built-in set's fortio pod's sidecar.
+    mesh.proxy_log_line("fortio-deploy-", &["\"OPTIONS /reviews/0 HTTP/1.1\" 200 - cors_response"]);
+    // Another origin's preflight goes on to the app (FORWARD, the default), unmarked.
+    let r = preflight("https://other.example").await.unwrap();
+    assert!(!r.headers().contains_key("access-control-allow-origin"));
+    mesh.proxy_log_line("reviews-v1-", &["\"OPTIONS /reviews/0 HTTP/1.1\""]);
+    // Actual requests.
+    let get = |origin: &'static str| c.get("http://reviews:9080/reviews/0").header("origin", origin).send();
+    let r = get("https://example.com").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["access-control-allow-origin"], "https://example.com");
+    assert_eq!(r.headers()["access-control-expose-headers"], "X-Served-By");
+    let r = get("https://other.example").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(!r.headers().contains_key("access-control-allow-origin"));
+}

@@ -1277,16 +1277,36 @@ impl Proxy {
                 namespace: &workload.namespace,
                 gateway: if mesh { "mesh" } else { "" },
             };
-            let (matched, target, cluster) = match crate::snapshot::route::decide(&vhost.routes, &view, &src) {
+            let decision = crate::snapshot::route::decide(&vhost.routes, &view, &src);
+            // Envoy's CORS filter runs on the chosen route before the fault filter and the router.
+            let mut cors = None;
+            if let Some(policy) = decision.route().and_then(|r| r.policy.cors.as_deref()) {
+                if let Some(origin) = parts.fields.value(&http::header::ORIGIN) {
+                    let preflight = parts.method == http::Method::OPTIONS
+                        && parts.fields.get(&http::header::ACCESS_CONTROL_REQUEST_METHOD).is_some();
+                    let allowed = origin.to_str().is_ok_and(|o| policy.allows(o));
+                    match (allowed, preflight) {
+                        (true, true) => return respond::cors_preflight(Some((policy, origin)), server).into(),
+                        (true, false) => cors = Some((policy, origin)),
+                        (false, true) if !policy.forward_unmatched => {
+                            return respond::cors_preflight(None, server).into()
+                        }
+                        (false, _) => {}
+                    }
+                }
+            }
+            let (matched, target, cluster) = match decision {
                 Decision::Forward { matched, target, cluster } => (matched, target, cluster),
                 Decision::Redirect { code, location, matched } => {
                     let mut served: Served = respond::redirect(code, &location, server).into();
                     edit_reply(&mut served, &[&matched.route.headers.response]);
+                    add_cors(&mut served, cors);
                     return served;
                 }
                 Decision::Direct { status, body, matched } => {
                     let mut served: Served = respond::direct(status, body, server).into();
                     edit_reply(&mut served, &[&matched.route.headers.response]);
+                    add_cors(&mut served, cors);
                     return served;
                 }
                 Decision::Reply(r) => return respond::local_reply(r, server, false).into(),
@@ -1382,6 +1402,7 @@ impl Proxy {
             if delayed {
                 served.flags = served.flags.with("DI");
             }
+            add_cors(&mut served, cors);
             served.route = Some(RouteInfo { cluster: cluster.clone(), route: matched.route.name.clone() });
             served
         }
@@ -1892,6 +1913,19 @@ fn h1_form<B>(req: &mut Request<B>) {
 /// copied nor shared (a share is a reference count taken and dropped).
 fn origin_form(uri: Uri) -> Uri {
     Uri::from(uri.into_parts().path_and_query.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")))
+}
+
+/// The response to an allowed cross-origin request, as Envoy's CORS filter marks it.
+fn add_cors(served: &mut Served, cors: Option<(&crate::snapshot::route::Cors, HeaderValue)>) {
+    let Some((policy, origin)) = cors else { return };
+    let h = served.resp.fields.map_mut();
+    h.insert(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    if policy.credentials {
+        h.insert(http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS, TRUE.clone());
+    }
+    if let Some(v) = &policy.expose {
+        h.insert(http::header::ACCESS_CONTROL_EXPOSE_HEADERS, v.clone());
+    }
 }
 
 /// A route's response-header edits and its destination's, in the order Envoy applies them.

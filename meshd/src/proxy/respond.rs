@@ -97,6 +97,35 @@ pub fn local_reply(reply: LocalReply, server: ServerName, retried: bool) -> Repl
     resp
 }
 
+/// Envoy's CORS filter's answer to a preflight (`OPTIONS` with `Origin` and
+/// `Access-Control-Request-Method`): 200 with the policy's headers for an allowed origin, bare
+/// for another (`unmatchedPreflights: IGNORE`). The app never sees it.
+#[cold]
+pub fn cors_preflight(cors: Option<(&crate::snapshot::route::Cors, HeaderValue)>, server: ServerName) -> Reply {
+    use http::header::{
+        ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
+        ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE,
+    };
+    let mut reply = text(200, "", server, ResponseFlags::new("-", "cors_response"));
+    if let Some((cors, origin)) = cors {
+        let h = reply.resp.headers_mut();
+        h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        if cors.credentials {
+            h.insert(ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+        }
+        for (name, value) in [
+            (ACCESS_CONTROL_ALLOW_METHODS, &cors.methods),
+            (ACCESS_CONTROL_ALLOW_HEADERS, &cors.headers),
+            (ACCESS_CONTROL_MAX_AGE, &cors.max_age),
+        ] {
+            if let Some(v) = value {
+                h.insert(name, v.clone());
+            }
+        }
+    }
+    reply
+}
+
 /// A fault-injection abort: `fault filter abort`, flag FI; gRPC aborts are trailers-only responses.
 #[cold]
 pub fn fault_abort(with: &AbortWith, server: ServerName) -> Reply {

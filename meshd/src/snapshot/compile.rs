@@ -382,6 +382,25 @@ fn unemulated_policy_fields(dr: &api::Object<api::DestinationRuleSpec>) -> Vec<S
     out
 }
 
+/// A `corsPolicy` as Istio translates it for Envoy's CORS filter: lists joined with commas, the
+/// max age in seconds, unmatched preflights forwarded unless `IGNORE`.
+fn cors(ctx: &mut Ctx<'_>, c: &api::CorsPolicy, origin: &Origin, field: &str) -> super::route::Cors {
+    let mut origins: Vec<StrMatch> = c.allow_origin.iter().map(|o| StrMatch::Exact(o.clone())).collect();
+    for (i, m) in c.allow_origins.iter().enumerate() {
+        origins.extend(string_match(ctx, m, origin, &format!("{field}.allowOrigins[{i}]")));
+    }
+    let joined = |v: &[String]| (!v.is_empty()).then(|| v.join(",")).and_then(|s| HeaderValue::from_str(&s).ok());
+    super::route::Cors {
+        origins,
+        methods: joined(&c.allow_methods),
+        headers: joined(&c.allow_headers),
+        expose: joined(&c.expose_headers),
+        max_age: c.max_age.map(|d| HeaderValue::from(d.0.as_secs())),
+        credentials: c.allow_credentials == Some(true),
+        forward_unmatched: c.unmatched_preflights != Some(api::UnmatchedPreflights::Ignore),
+    }
+}
+
 fn lb_policy(lb: Option<&api::LoadBalancerSettings>, endpoints: &[Endpoint]) -> LbPolicy {
     let Some(lb) = lb else { return LbPolicy::LeastRequest };
     if let Some(ch) = &lb.consistent_hash {
@@ -550,10 +569,8 @@ fn compile_routes(
                 }
             }),
         });
-        if r.cors_policy.is_some() {
-            ctx.warnings.push(format!("{vs_name} ({origin}) {field}: corsPolicy not emulated yet, ignored"));
-        }
-        let policy = route_policy(ctx, input, r, &vs_ns, origin, &field);
+        let mut policy = route_policy(ctx, input, r, &vs_ns, origin, &field);
+        policy.cors = r.cors_policy.as_ref().map(|c| Arc::new(cors(ctx, c, origin, &format!("{field}.corsPolicy"))));
         out.push(HttpRoute {
             name: r.name.as_deref().map(Arc::from),
             virtual_service: vs_name.clone(),
@@ -613,6 +630,7 @@ fn route_policy(
         retry: if faulty { RetryPolicy::none() } else { retry },
         fault,
         mirrors,
+        cors: None,
     }
 }
 

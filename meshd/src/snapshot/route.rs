@@ -188,6 +188,35 @@ pub struct RoutePolicy {
     pub fault: Option<super::policy::Fault>,
     /// Mirrors.
     pub mirrors: Vec<Mirror>,
+    /// `corsPolicy`, as Envoy's CORS filter applies it on the route.
+    pub cors: Option<Arc<Cors>>,
+}
+
+/// A route's `corsPolicy` in the form Istio hands Envoy's CORS filter: the header values made
+/// once, joined with commas.
+#[derive(Debug)]
+pub struct Cors {
+    /// `allowOrigins` (and the deprecated exact `allowOrigin`).
+    pub origins: Vec<super::matcher::StrMatch>,
+    /// `access-control-allow-methods` on a preflight's answer.
+    pub methods: Option<HeaderValue>,
+    /// `access-control-allow-headers` on a preflight's answer.
+    pub headers: Option<HeaderValue>,
+    /// `access-control-expose-headers` on an allowed request's response.
+    pub expose: Option<HeaderValue>,
+    /// `access-control-max-age` (seconds) on a preflight's answer.
+    pub max_age: Option<HeaderValue>,
+    /// `access-control-allow-credentials: true`.
+    pub credentials: bool,
+    /// `unmatchedPreflights: FORWARD` (the default): a preflight from an origin not allowed goes on.
+    pub forward_unmatched: bool,
+}
+
+impl Cors {
+    /// Envoy's `isOriginAllowed`: a pattern that matches `*` allows every origin.
+    pub fn allows(&self, origin: &str) -> bool {
+        self.origins.iter().any(|m| m.matches("*", false) || m.matches(origin, false))
+    }
 }
 
 /// One compiled `HTTPRoute`, possibly flattened out of a delegate VirtualService.
@@ -400,6 +429,18 @@ impl LocalReply {
             LocalReply::Overflow => "upstream connect error or disconnect/reset before headers. reset reason: overflow",
             LocalReply::Timeout => "upstream request timeout",
             LocalReply::TooLarge => "Payload Too Large",
+        }
+    }
+}
+
+impl<'s> Decision<'s> {
+    /// The route a decision comes from; none for a local reply.
+    pub fn route(&self) -> Option<&'s HttpRoute> {
+        match self {
+            Decision::Forward { matched, .. }
+            | Decision::Redirect { matched, .. }
+            | Decision::Direct { matched, .. } => Some(matched.route),
+            Decision::Reply(_) => None,
         }
     }
 }
