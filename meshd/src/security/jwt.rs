@@ -17,8 +17,8 @@ const CLOCK_SKEW_SECS: u64 = 60;
 /// A public key from a JWKS.
 #[derive(Debug, Clone)]
 pub enum Key {
-    Rsa { kid: Option<String>, n: Vec<u8>, e: Vec<u8> },
-    EcP256 { kid: Option<String>, point: Vec<u8> },
+    Rsa { kid: Option<String>, alg: Option<String>, n: Vec<u8>, e: Vec<u8> },
+    EcP256 { kid: Option<String>, alg: Option<String>, point: Vec<u8> },
 }
 
 impl Key {
@@ -26,6 +26,13 @@ impl Key {
         match self {
             Key::Rsa { kid, .. } | Key::EcP256 { kid, .. } => kid.as_deref(),
         }
+    }
+
+    /// Whether jwt_verify_lib tries this key for a token of `kid` and `alg`: a side without a
+    /// `kid` matches any, and a key that names its `alg` is for that one only.
+    fn fits(&self, kid: Option<&str>, alg: &str) -> bool {
+        let (Key::Rsa { alg: own, .. } | Key::EcP256 { alg: own, .. }) = self;
+        (kid.is_none() || self.kid().is_none() || self.kid() == kid) && own.as_deref().is_none_or(|a| a == alg)
     }
 }
 
@@ -90,11 +97,12 @@ pub fn parse_jwks(text: &str) -> Result<Vec<Key>, String> {
     let mut out = Vec::new();
     for k in keys {
         let kid = k.get("kid").and_then(Value::as_str).map(str::to_string);
+        let alg = k.get("alg").and_then(Value::as_str).map(str::to_string);
         let field = |name: &str| k.get(name).and_then(Value::as_str).and_then(b64url);
         match k.get("kty").and_then(Value::as_str) {
             Some("RSA") => {
                 if let (Some(n), Some(e)) = (field("n"), field("e")) {
-                    out.push(Key::Rsa { kid, n, e });
+                    out.push(Key::Rsa { kid, alg, n, e });
                 }
             }
             Some("EC") if k.get("crv").and_then(Value::as_str) == Some("P-256") => {
@@ -102,7 +110,7 @@ pub fn parse_jwks(text: &str) -> Result<Vec<Key>, String> {
                     let mut point = vec![4u8];
                     point.extend(x);
                     point.extend(y);
-                    out.push(Key::EcP256 { kid, point });
+                    out.push(Key::EcP256 { kid, alg, point });
                 }
             }
             _ => {}
@@ -270,9 +278,9 @@ impl JwtTable {
         let alg = header.get("alg").and_then(Value::as_str).unwrap_or("");
         let kid = header.get("kid").and_then(Value::as_str);
         let signed = format!("{}.{}", parts[0], parts[1]);
-        // jwt_verify_lib tries the keys whose `kid` matches the token's (a side without one
-        // matches any), and names the case where no key does apart from a bad signature.
-        let mut candidates = keys.iter().filter(|k| kid.is_none() || k.kid().is_none() || k.kid() == kid).peekable();
+        // jwt_verify_lib tries the keys that fit the token's `kid` and `alg`, and names the case
+        // where none does apart from a bad signature.
+        let mut candidates = keys.iter().filter(|k| k.fits(kid, alg)).peekable();
         if candidates.peek().is_none() {
             return Err("Jwks doesn't have key to match kid or alg from Jwt");
         }
@@ -439,7 +447,14 @@ pub(crate) mod tests {
         assert_eq!(run(&t, Some(&format!("Bearer {expired}"))).unwrap_err(), "Jwt is expired");
         let other = Signer::new().token(&serde_json::json!({"iss":"testing@secure.istio.io","sub":"x"}));
         assert_eq!(run(&t, Some(&format!("Bearer {other}"))).unwrap_err(), "Jwt verification fails");
-        // jwt_verify_lib tells a key it cannot find from a signature that does not verify.
+        // jwt_verify_lib tells a key it cannot find from a signature that does not verify: an
+        // unknown kid, or a key that names another alg.
+        let rs_only = table(&s.jwks().replace(r#""kid":"test""#, r#""kid":"test","alg":"RS256""#), "");
+        let tok = s.token(&serde_json::json!({"iss":"testing@secure.istio.io","sub":"x"}));
+        assert_eq!(
+            run(&rs_only, Some(&format!("Bearer {tok}"))).unwrap_err(),
+            "Jwks doesn't have key to match kid or alg from Jwt"
+        );
         let unknown_kid = s.token_with_kid("rotated", &serde_json::json!({"iss":"testing@secure.istio.io","sub":"x"}));
         assert_eq!(
             run(&t, Some(&format!("Bearer {unknown_kid}"))).unwrap_err(),
