@@ -118,43 +118,41 @@ pub fn compile(filters: &[(&api::Object<api::EnvoyFilterSpec>, String)]) -> (Vec
         let name = ef.metadata.name.clone().unwrap_or_default();
         // A route's bucket only counts where the filter runs: Envoy reads the per-route config
         // from the filter in the chain, which this EnvoyFilter must insert.
-        let has_filter = ef.spec.config_patches.iter().any(|p| {
-            p.apply_to == Some(api::ApplyTo::HttpFilter)
-                && p.patch.as_ref().and_then(|p| p.value.as_ref()).and_then(local_ratelimit_config).is_some()
-        });
+        let has_filter = has_patch(ef, api::ApplyTo::HttpFilter, local_ratelimit_config);
+        let has_route_bucket = has_patch(ef, api::ApplyTo::HttpRoute, per_route_config);
         for (i, p) in ef.spec.config_patches.iter().enumerate() {
             let value = p.patch.as_ref().and_then(|p| p.value.as_ref());
             let not_emulated = |why: String| format!("EnvoyFilter {ns}/{name} ({origin}) configPatches[{i}] ({why})");
-            let (cfg, port) = match (p.apply_to, value) {
-                (Some(api::ApplyTo::HttpFilter), Some(v)) if local_ratelimit_config(v).is_some() => {
-                    let cfg = local_ratelimit_config(v).unwrap_or(v);
-                    if cfg.get("token_bucket").is_none() && out_of_band_routes(ef) {
-                        // The filter alone, its buckets on routes (below): nothing to limit here.
-                        continue;
+            let (cfg, port) =
+                match (p.apply_to, value.and_then(local_ratelimit_config), value.and_then(per_route_config)) {
+                    (Some(api::ApplyTo::HttpFilter), Some(cfg), _) => {
+                        if cfg.get("token_bucket").is_none() && has_route_bucket {
+                            // The filter alone, its buckets on routes (below): nothing to limit here.
+                            continue;
+                        }
+                        (cfg, None)
                     }
-                    (cfg, None)
-                }
-                // Descriptors (and the route's `rate_limits` that feed them) pick a bucket per
-                // request attribute: not emulated, so such a patch is reported below.
-                (Some(api::ApplyTo::HttpRoute), Some(v))
-                    if per_route_config(v).is_some_and(|c| c.get("descriptors").is_none())
-                        && v.get("route").is_none()
-                        && has_filter =>
-                {
-                    let Some(port) = inbound_vhost_port(p.r#match.as_ref()) else {
-                        ignored.push(not_emulated(
+                    // Descriptors (and the route's `rate_limits` that feed them) pick a bucket per
+                    // request attribute: not emulated, so such a patch is reported below.
+                    (Some(api::ApplyTo::HttpRoute), _, Some(cfg))
+                        if cfg.get("descriptors").is_none()
+                            && value.is_some_and(|v| v.get("route").is_none())
+                            && has_filter =>
+                    {
+                        let Some(port) = inbound_vhost_port(p.r#match.as_ref()) else {
+                            ignored.push(not_emulated(
                             "HttpRoute: local_ratelimit on a virtual host other than a sidecar's inbound|http|<port>"
                                 .into(),
                         ));
+                            continue;
+                        };
+                        (cfg, Some(port))
+                    }
+                    _ => {
+                        ignored.push(not_emulated(format!("{:?}", p.apply_to.unwrap_or(api::ApplyTo::Invalid))));
                         continue;
-                    };
-                    (per_route_config(v).unwrap_or(v), Some(port))
-                }
-                _ => {
-                    ignored.push(not_emulated(format!("{:?}", p.apply_to.unwrap_or(api::ApplyTo::Invalid))));
-                    continue;
-                }
-            };
+                    }
+                };
             let bucket = cfg.get("token_bucket");
             let get = |k: &str| bucket.and_then(|b| b.get(k));
             let max_tokens = get("max_tokens").and_then(Value::as_u64).unwrap_or(0);
@@ -199,12 +197,13 @@ pub fn compile(filters: &[(&api::Object<api::EnvoyFilterSpec>, String)]) -> (Vec
     (out, ignored)
 }
 
-/// Whether the EnvoyFilter puts a local rate limit on routes (an `HTTP_ROUTE` patch carrying one).
-fn out_of_band_routes(ef: &api::Object<api::EnvoyFilterSpec>) -> bool {
-    ef.spec.config_patches.iter().any(|p| {
-        p.apply_to == Some(api::ApplyTo::HttpRoute)
-            && p.patch.as_ref().and_then(|p| p.value.as_ref()).and_then(per_route_config).is_some()
-    })
+/// Whether the EnvoyFilter has a patch of kind `to` whose value `config` finds a local rate
+/// limit in.
+fn has_patch(ef: &api::Object<api::EnvoyFilterSpec>, to: api::ApplyTo, config: fn(&Value) -> Option<&Value>) -> bool {
+    ef.spec
+        .config_patches
+        .iter()
+        .any(|p| p.apply_to == Some(to) && p.patch.as_ref().and_then(|p| p.value.as_ref()).and_then(config).is_some())
 }
 
 #[cfg(test)]
