@@ -1326,7 +1326,7 @@ impl Proxy {
                         // The route and its cluster were chosen before the fault filter ran: the
                         // access log and metrics name them, and a delay before the abort shows.
                         let mut served: Served = respond::fault_abort(with, server).into();
-                        edit_reply(&mut served, &response_edits(matched.route, target));
+                        edit_reply(&mut served, &matched.route.header_edits(target).map(|h| &h.response));
                         if delayed {
                             served.flags = served.flags.with("DI");
                         }
@@ -1387,7 +1387,7 @@ impl Proxy {
                 },
                 None => attempts.await,
             };
-            let ops = response_edits(matched.route, target);
+            let ops = matched.route.header_edits(target).map(|h| &h.response);
             if let Some(upstream) = served.upstream.as_mut().filter(|u| u.responded) {
                 upstream.service_ms = Some(finish(&mut served.resp.fields, server, started, &ops));
                 if let Some(cookie) = new_cookie {
@@ -1784,11 +1784,7 @@ fn outgoing(
     if framed {
         fields.remove(&http::header::TRANSFER_ENCODING);
     }
-    let (ops, more) = if route.destination_edits_first() {
-        (&target.headers.request, &route.headers.request)
-    } else {
-        (&route.headers.request, &target.headers.request)
-    };
+    let [ops, more] = route.header_edits(target).map(|h| &h.request);
     // The gateway's HTTPS side was spoken to in TLS: Envoy sets the scheme it served.
     let scheme = if https { &HTTPS } else { &HTTP };
     let (proto, span) = if ops.is_empty() && more.is_empty() {
@@ -1925,16 +1921,6 @@ fn add_cors(served: &mut Served, cors: Option<(&crate::snapshot::route::Cors, He
     }
     if let Some(v) = &policy.expose {
         h.insert(http::header::ACCESS_CONTROL_EXPOSE_HEADERS, v.clone());
-    }
-}
-
-/// A route's response-header edits and its destination's, in the order Envoy applies them.
-fn response_edits<'r>(route: &'r crate::snapshot::route::HttpRoute, target: &'r WeightedTarget) -> [&'r HeaderOps; 2] {
-    let (route_ops, dest_ops) = (&route.headers.response, &target.headers.response);
-    if route.destination_edits_first() {
-        [dest_ops, route_ops]
-    } else {
-        [route_ops, dest_ops]
     }
 }
 

@@ -241,12 +241,16 @@ pub struct HttpRoute {
 }
 
 impl HttpRoute {
-    /// Whether Istio makes this route's destinations a weighted-cluster list (more than one
-    /// destination, weight 0 included): Envoy then edits headers at the destination's level
-    /// first and the route's last, so the route's `set` wins; with one destination Istio
-    /// appends the destination's edits after the route's, and the destination's win.
-    pub fn destination_edits_first(&self) -> bool {
-        matches!(&self.action, RouteAction::Forward { targets, .. } if targets.len() > 1)
+    /// The route's header edits and `target`'s, in the order Envoy applies them. Istio makes a
+    /// route of more than one destination (weight 0 included) a weighted-cluster list, whose
+    /// destination-level edits Envoy applies first and the route's last, so the route's `set`
+    /// wins; with one destination Istio appends the destination's edits after the route's.
+    pub fn header_edits<'r>(&'r self, target: &'r WeightedTarget) -> [&'r Headers; 2] {
+        if matches!(&self.action, RouteAction::Forward { targets, .. } if targets.len() > 1) {
+            [&target.headers, &self.headers]
+        } else {
+            [&self.headers, &target.headers]
+        }
     }
 }
 
