@@ -588,6 +588,26 @@ enum Caller {
     Plain,
 }
 
+impl Caller {
+    /// The `server` header of the replies the proxy writes itself.
+    fn server(self) -> ServerName {
+        match self {
+            Caller::Sidecar => ServerName::Envoy,
+            Caller::Gateway | Caller::GatewayTls => ServerName::IstioEnvoy,
+            Caller::Plain => ServerName::Keep,
+        }
+    }
+
+    /// The scheme the client spoke to the proxy in.
+    fn scheme(self) -> &'static str {
+        if self == Caller::GatewayTls {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
+
 /// How to send a request: the retry policy, hash key, server header and mTLS identity.
 #[derive(Clone, Copy)]
 struct Plan<'a> {
@@ -1021,10 +1041,10 @@ impl Proxy {
             let dispatch = match role {
                 Role::Plain { .. } => dispatch,
                 _ if normalize::uri(&mut req.parts.uri).is_err() => {
-                    let server = if matches!(role, Role::Outbound { .. } | Role::MeshClient { .. }) {
-                        ServerName::Envoy
-                    } else {
-                        ServerName::IstioEnvoy
+                    let server = match &dispatch {
+                        Dispatch::Route(_, _, caller) => caller.server(),
+                        Dispatch::Inbound(_) => ServerName::IstioEnvoy,
+                        Dispatch::Reply(_, server) => *server,
                     };
                     Dispatch::Reply(LocalReply::BadRequest, server)
                 }
@@ -1143,10 +1163,8 @@ impl Proxy {
                 return respond::rate_limited(&limit.limit.headers, ServerName::IstioEnvoy).into();
             }
             let (mut parts, body) = req.into_parts();
-            // The scheme the client's proxy was spoken to in (the JWT challenge's realm).
-            let scheme = if parts.fields.get(&X_FORWARDED_PROTO) == Some(b"https") { "https" } else { "http" };
             if let Some(denied) =
-                admit(snapshot, &rt.workload, cluster.port, info, &mut parts, ServerName::IstioEnvoy, scheme)
+                admit(snapshot, &rt.workload, cluster.port, info, &mut parts, ServerName::IstioEnvoy, None)
             {
                 return denied.into();
             }
@@ -1203,11 +1221,7 @@ impl Proxy {
     ) -> impl Future<Output = Served> + 'a {
         async move {
             let mesh = !matches!(caller, Caller::Gateway | Caller::GatewayTls);
-            let server = match caller {
-                Caller::Sidecar => ServerName::Envoy,
-                Caller::Gateway | Caller::GatewayTls => ServerName::IstioEnvoy,
-                Caller::Plain => ServerName::Keep,
-            };
+            let server = caller.server();
             let (snapshot, generation) = views.current(&self.snapshot, rt);
             let ctx = if mesh { Context::Outbound } else { Context::Gateway };
             // Route-level limits are compiled for inbound ports only: no other port to match here.
@@ -1218,8 +1232,9 @@ impl Proxy {
             if !mesh {
                 // Policies that select the gateway (istio: ingressgateway) apply here, on its port 8080 (8443).
                 let port = if caller == Caller::GatewayTls { 8443 } else { 8080 };
-                let scheme = if caller == Caller::GatewayTls { "https" } else { "http" };
-                if let Some(denied) = admit(snapshot, &rt.workload, port, conn, &mut parts, server, scheme) {
+                if let Some(denied) =
+                    admit(snapshot, &rt.workload, port, conn, &mut parts, server, Some(caller.scheme()))
+                {
                     return denied.into();
                 }
             }
@@ -1267,7 +1282,7 @@ impl Proxy {
                 method: &parts.method,
                 path,
                 query,
-                scheme: if caller == Caller::GatewayTls { "https" } else { "http" },
+                scheme: caller.scheme(),
                 authority,
                 port,
                 headers: &parts.fields,
@@ -1339,8 +1354,7 @@ impl Proxy {
                 return respond::local_reply(LocalReply::TooLarge, server, false).into();
             };
             let (hash, new_cookie) = request_hash(&cluster.lb, &parts.fields, query, conn.peer);
-            let https = caller == Caller::GatewayTls;
-            let mut out = match outgoing(&mut parts, authority, matched, target, body, span, https) {
+            let mut out = match outgoing(&mut parts, authority, matched, target, body, span, caller.scheme()) {
                 Some(o) => o,
                 None => return respond::local_reply(LocalReply::BadRequest, server, false).into(),
             };
@@ -1552,7 +1566,9 @@ fn admit(
     info: &ConnInfo,
     parts: &mut Parts,
     server: ServerName,
-    scheme: &str,
+    // The scheme the client spoke in; None at a sidecar, whose caller's proxy says it in
+    // `x-forwarded-proto` (read only for a refusal's challenge).
+    scheme: Option<&str>,
 ) -> Option<respond::Reply> {
     use crate::security::authz::{Decision as Authz, Request as AuthzRequest, Target as AuthzTarget};
     let mut auth = None;
@@ -1564,6 +1580,8 @@ fn admit(
             Err(why) => {
                 let host = parts.fields.first(HOST.as_str()).unwrap_or("");
                 let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                let forwarded = parts.fields.first(X_FORWARDED_PROTO.as_str()).filter(|p| *p == "https");
+                let scheme = scheme.or(forwarded).unwrap_or("http");
                 return Some(respond::jwt_denied(why, scheme, host, path, server));
             }
         }
@@ -1750,7 +1768,7 @@ fn outgoing(
     target: &WeightedTarget,
     body: Bytes,
     span: Option<&SpanContext>,
-    https: bool,
+    scheme: &str,
 ) -> Option<Outgoing> {
     let route = matched.route;
     let uri = &parts.uri;
@@ -1786,7 +1804,7 @@ fn outgoing(
     }
     let [ops, more] = route.header_edits(target).map(|h| &h.request);
     // The gateway's HTTPS side was spoken to in TLS: Envoy sets the scheme it served.
-    let scheme = if https { &HTTPS } else { &HTTP };
+    let scheme = if scheme == "https" { &HTTPS } else { &HTTP };
     let (proto, span) = if ops.is_empty() && more.is_empty() {
         // The proxy's fields are written with the head, once a client's copies are gone.
         found.remove(&mut fields, Found::FORWARDED_PROTO | Found::trace(span));
