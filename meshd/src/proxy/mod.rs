@@ -1089,13 +1089,7 @@ impl Proxy {
             }
         }
         let elapsed = o.t0.elapsed();
-        let series = match role {
-            Role::Inbound { series, port, .. } => {
-                let caller = o.peer_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
-                Some(series.get(&tel.metrics, &self.snapshot, rt, *port, caller, info.principal.is_some()))
-            }
-            _ => None,
-        };
+        let series = self.inbound_series(&tel.metrics, rt, role, info, &o);
         let mut record = o.record;
         if let Some(series) = &series {
             series.record(0, "DC", elapsed, record.bytes_received, 0);
@@ -1108,6 +1102,21 @@ impl Proxy {
         tel.send(record);
     }
 
+    /// An inbound side's destination report for the request's caller (its peer id and whether
+    /// it spoke mTLS); None on another role, whose labels come from the route.
+    fn inbound_series(
+        &self,
+        metrics: &crate::telemetry::metrics::Metrics,
+        rt: &ProxyRuntime,
+        role: &Role,
+        info: &ConnInfo,
+        o: &Observed,
+    ) -> Option<Arc<crate::telemetry::metrics::Series>> {
+        let Role::Inbound { series, port, .. } = role else { return None };
+        let caller = o.peer_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
+        Some(series.get(metrics, &self.snapshot, rt, *port, caller, info.principal.is_some()))
+    }
+
     /// Counts a served request in its metrics and hands its access-log record to the writer.
     fn report(&self, tel: &Telemetry, rt: &ProxyRuntime, role: &Role, info: &ConnInfo, o: Observed, served: &Served) {
         let elapsed = o.t0.elapsed();
@@ -1117,21 +1126,20 @@ impl Proxy {
         let flag_text = served.flags.flags.clone();
         // Label sets are cached; the snapshot is only read to build one the first time.
         let metrics = &tel.metrics;
-        let series = match (role, route, upstream.and_then(|u| u.endpoint.as_ref())) {
-            (Role::Inbound { series, port, .. }, _, _) => {
-                let caller = o.peer_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
-                series.get(metrics, &self.snapshot, rt, *port, caller, info.principal.is_some())
-            }
-            (_, Some(r), Some(ep)) => report::source(metrics, &self.snapshot, rt, &r.cluster, ep),
-            (_, Some(r), None) => {
-                let generation = rt.for_snapshot(&self.snapshot.load());
-                match generation.clusters.get(r.cluster.index) {
-                    Some(crt) => report::source_no_endpoint(metrics, rt, &r.cluster, &crt.shared),
-                    None => report::unrouted(metrics, rt),
+        let series =
+            match (self.inbound_series(metrics, rt, role, info, &o), route, upstream.and_then(|u| u.endpoint.as_ref()))
+            {
+                (Some(series), _, _) => series,
+                (_, Some(r), Some(ep)) => report::source(metrics, &self.snapshot, rt, &r.cluster, ep),
+                (_, Some(r), None) => {
+                    let generation = rt.for_snapshot(&self.snapshot.load());
+                    match generation.clusters.get(r.cluster.index) {
+                        Some(crt) => report::source_no_endpoint(metrics, rt, &r.cluster, &crt.shared),
+                        None => report::unrouted(metrics, rt),
+                    }
                 }
-            }
-            (_, None, _) => report::unrouted(metrics, rt),
-        };
+                (_, None, _) => report::unrouted(metrics, rt),
+            };
         let mut record = o.record;
         series.record(status, &flag_text, elapsed, record.bytes_received, bytes_sent);
         record.status = status;
