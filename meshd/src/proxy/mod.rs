@@ -1321,16 +1321,10 @@ impl Proxy {
             let (matched, target, cluster) = match decision {
                 Decision::Forward { matched, target, cluster } => (matched, target, cluster),
                 Decision::Redirect { code, location, matched } => {
-                    let mut served: Served = respond::redirect(code, &location, server).into();
-                    edit_reply(&mut served, &[&matched.route.headers.response]);
-                    add_cors(&mut served, cors);
-                    return served;
+                    return route_reply(respond::redirect(code, &location, server), matched.route, cors)
                 }
                 Decision::Direct { status, body, matched } => {
-                    let mut served: Served = respond::direct(status, body, server).into();
-                    edit_reply(&mut served, &[&matched.route.headers.response]);
-                    add_cors(&mut served, cors);
-                    return served;
+                    return route_reply(respond::direct(status, body, server), matched.route, cors)
                 }
                 Decision::Reply(r) => return respond::local_reply(r, server, false).into(),
             };
@@ -1937,14 +1931,25 @@ fn origin_form(uri: Uri) -> Uri {
     Uri::from(uri.into_parts().path_and_query.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")))
 }
 
+/// A route's own answer (a redirect, a direct response), finalized as Envoy's are: the route's
+/// response edits, and the CORS filter's marks for an allowed origin.
+#[cold]
+fn route_reply(
+    reply: respond::Reply,
+    route: &crate::snapshot::route::HttpRoute,
+    cors: Option<(&crate::snapshot::route::Cors, HeaderValue)>,
+) -> Served {
+    let mut served: Served = reply.into();
+    edit_reply(&mut served, &[&route.headers.response]);
+    add_cors(&mut served, cors);
+    served
+}
+
 /// The response to an allowed cross-origin request, as Envoy's CORS filter marks it.
 fn add_cors(served: &mut Served, cors: Option<(&crate::snapshot::route::Cors, HeaderValue)>) {
     let Some((policy, origin)) = cors else { return };
     let h = served.resp.fields.map_mut();
-    h.insert(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-    if policy.credentials {
-        h.insert(http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS, TRUE.clone());
-    }
+    policy.allow(h, origin);
     if let Some(v) = &policy.expose {
         h.insert(http::header::ACCESS_CONTROL_EXPOSE_HEADERS, v.clone());
     }

@@ -102,17 +102,11 @@ pub fn local_reply(reply: LocalReply, server: ServerName, retried: bool) -> Repl
 /// for another (`unmatchedPreflights: IGNORE`). The app never sees it.
 #[cold]
 pub fn cors_preflight(cors: Option<(&crate::snapshot::route::Cors, HeaderValue)>, server: ServerName) -> Reply {
-    use http::header::{
-        ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
-        ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE,
-    };
+    use http::header::{ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_MAX_AGE};
     let mut reply = text(200, "", server, ResponseFlags::new("-", "cors_response"));
     if let Some((cors, origin)) = cors {
         let h = reply.resp.headers_mut();
-        h.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-        if cors.credentials {
-            h.insert(ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
-        }
+        cors.allow(h, origin);
         for (name, value) in [
             (ACCESS_CONTROL_ALLOW_METHODS, &cors.methods),
             (ACCESS_CONTROL_ALLOW_HEADERS, &cors.headers),

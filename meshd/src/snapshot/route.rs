@@ -217,6 +217,15 @@ impl Cors {
     pub fn allows(&self, origin: &str) -> bool {
         self.origins.iter().any(|m| m.matches("*", false) || m.matches(origin, false))
     }
+
+    /// Marks a response for an allowed `origin`, preflight's or not: the origin echoed, and the
+    /// credentials flag when the policy sets it.
+    pub fn allow(&self, headers: &mut HeaderMap, origin: HeaderValue) {
+        headers.insert(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        if self.credentials {
+            headers.insert(http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+        }
+    }
 }
 
 /// One compiled `HTTPRoute`, possibly flattened out of a delegate VirtualService.
