@@ -1167,7 +1167,7 @@ impl Proxy {
     ) -> impl Future<Output = Served> + 'a {
         async move {
             let (snapshot, generation) = views.current(&self.snapshot, rt);
-            if let Some(limit) = generation.rate_limited(Context::Inbound, cluster.port) {
+            if let Some(limit) = generation.rate_limited(Context::Inbound, Some(cluster.port)) {
                 return respond::rate_limited(&limit.limit.headers, ServerName::IstioEnvoy).into();
             }
             let (mut parts, body) = req.into_parts();
@@ -1232,8 +1232,7 @@ impl Proxy {
             let server = caller.server();
             let (snapshot, generation) = views.current(&self.snapshot, rt);
             let ctx = if mesh { Context::Outbound } else { Context::Gateway };
-            // Route-level limits are compiled for inbound ports only: no other port to match here.
-            if let Some(limit) = generation.rate_limited(ctx, 0) {
+            if let Some(limit) = generation.rate_limited(ctx, None) {
                 return respond::rate_limited(&limit.limit.headers, server).into();
             }
             let (mut parts, body) = req.into_parts();

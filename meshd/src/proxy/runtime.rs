@@ -533,12 +533,12 @@ pub struct Generation {
 }
 
 impl Generation {
-    /// The first limit on a listener of kind `ctx` that refuses this request to `port`, if any
-    /// (a limit a route patch puts on one inbound port counts only there).
-    pub fn rate_limited(&self, ctx: Context, port: u16) -> Option<&Limit> {
+    /// The first limit on a listener of kind `ctx` that refuses this request (to inbound `port`),
+    /// if any: a limit a route patch puts on one inbound port counts only there.
+    pub fn rate_limited(&self, ctx: Context, port: Option<u16>) -> Option<&Limit> {
         self.limits
             .iter()
-            .find(|(c, l)| *c == ctx && l.limit.port.is_none_or(|p| p == port) && l.refuses())
+            .find(|(c, l)| *c == ctx && l.limit.port.is_none_or(|p| Some(p) == port) && l.refuses())
             .map(|(_, l)| l)
     }
 }
