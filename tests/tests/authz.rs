@@ -214,13 +214,8 @@ async fn jwks_from_a_uri_served_through_the_mesh_and_from_a_file() {
 /// The status line of `GET {target}` sent as written (an HTTP client would resolve its dot
 /// segments itself).
 async fn raw_status(addr: std::net::SocketAddr, target: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let req = format!("GET {target} HTTP/1.1\r\nhost: httpbin.example.com\r\nconnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out).await;
-    String::from_utf8_lossy(&out).lines().next().unwrap_or_default().to_string()
+    common::raw_exchange(addr, req.as_bytes()).await.lines().next().unwrap_or_default().to_string()
 }
 
 /// Istio's default path normalization (BASE): a DENY on a path holds for every spelling of it

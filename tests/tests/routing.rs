@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{login, reviews_version, Mesh, TempDir};
+use common::{login, raw_exchange, reviews_version, Mesh, TempDir};
 
 const NET: &str = "bookinfo/networking/";
 
@@ -357,20 +357,6 @@ spec:
     assert_eq!(resp.headers()["x-level"], "route");
     let v: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(v["headers"]["X-Level"][0], "route", "{v}");
-}
-
-/// Sends `request` on a fresh connection to `addr` and reads what comes back until the server
-/// closes or resets: a server that refuses a request before reading all of it resets the
-/// connection as it closes.
-async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let _ = s.write_all(request).await;
-    let (mut out, mut buf) = (Vec::new(), [0u8; 4096]);
-    while let Ok(Ok(n @ 1..)) = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
-        out.extend_from_slice(&buf[..n]);
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[tokio::test]

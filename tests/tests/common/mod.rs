@@ -355,3 +355,17 @@ impl Pki {
         (cert.pem(), key.serialize_pem())
     }
 }
+
+/// Sends `request` on a fresh connection to `addr` and reads what comes back until the server
+/// closes or resets: a server that refuses a request before reading all of it resets the
+/// connection as it closes.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(request).await;
+    let (mut out, mut buf) = (Vec::new(), [0u8; 4096]);
+    while let Ok(Ok(n @ 1..)) = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
