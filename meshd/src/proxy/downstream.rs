@@ -340,22 +340,22 @@ struct Seen {
 /// `drop_length`).
 fn write_fields(w: &mut Vec<u8>, fields: &Fields, drop_length: bool) -> Seen {
     let mut seen = Seen { length: None, length_line: false, dated: false, chunked: false };
-    fields.for_each(|name, value| {
+    fields.write_h1(w, |name, value| {
         match name {
-            b"content-length" if drop_length => return,
+            b"content-length" if drop_length => return false,
             b"content-length" => {
                 seen.length = h1::content_length(value);
                 seen.length_line = true;
             }
             b"transfer-encoding" => {
                 seen.chunked = true;
-                return;
+                return false;
             }
-            b"connection" => return,
+            b"connection" => return false,
             b"date" => seen.dated = true,
             _ => {}
         }
-        h1::write_line(w, name, value);
+        true
     });
     seen
 }

@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use super::h1::Field;
+use super::h1::{write_line, Field};
 use crate::snapshot::matcher::Headers;
 
 /// A message's fields: a head as it came, or a header map.
@@ -77,16 +77,19 @@ impl Fields {
         }
     }
 
-    /// A value these fields hold, as a value of its own: one from the head's bytes, or a map's,
+    /// A value these fields hold, as a value of its own: one from the head's bytes, or a map's
+    /// or one the proxy added (the gateway's `x-forwarded-for`, which the access log keeps),
     /// shares its bytes.
     pub fn shared(&self, value: &[u8]) -> Option<HeaderValue> {
-        match self {
-            Fields::Head(h) if h.holds(value) => HeaderValue::from_maybe_shared(h.bytes.slice_ref(value)).ok(),
-            Fields::Map(m) => match m.values().find(|v| std::ptr::eq(v.as_bytes(), value)) {
-                Some(v) => Some(v.clone()),
-                None => HeaderValue::from_bytes(value).ok(),
-            },
-            Fields::Head(_) => HeaderValue::from_bytes(value).ok(),
+        let same = |v: &&HeaderValue| std::ptr::eq(v.as_bytes(), value);
+        let found = match self {
+            Fields::Head(h) if h.holds(value) => return HeaderValue::from_maybe_shared(h.bytes.slice_ref(value)).ok(),
+            Fields::Head(h) => h.added.iter().map(|(_, v)| v).find(same),
+            Fields::Map(m) => m.values().find(same),
+        };
+        match found {
+            Some(v) => Some(v.clone()),
+            None => HeaderValue::from_bytes(value).ok(),
         }
     }
 
@@ -154,6 +157,21 @@ impl Fields {
         match self {
             Fields::Map(m) => m,
             Fields::Head(_) => unreachable!("a head was just made a map"),
+        }
+    }
+
+    /// Writes the fields `keep` keeps as HTTP/1.1 lines, in order.
+    pub fn write_h1(&self, w: &mut Vec<u8>, keep: impl FnMut(&[u8], &[u8]) -> bool) {
+        match self {
+            Fields::Head(h) => h.write_h1(w, keep),
+            Fields::Map(m) => {
+                let mut keep = keep;
+                for (n, v) in m {
+                    if keep(n.as_str().as_bytes(), v.as_bytes()) {
+                        write_line(w, n.as_str().as_bytes(), v.as_bytes());
+                    }
+                }
+            }
         }
     }
 
@@ -243,6 +261,42 @@ impl Head {
         }
     }
 
+    /// Writes the fields `keep` keeps. The head's own lines that came as `name: value\r\n`,
+    /// one after another, are copied as one span: a head is mostly such lines, and a copy a
+    /// name and a value each cost a request some 20 calls to `memcpy`.
+    fn write_h1(&self, w: &mut Vec<u8>, mut keep: impl FnMut(&[u8], &[u8]) -> bool) {
+        let bytes = &self.bytes[..];
+        // Whole lines kept and not yet written.
+        let mut run = 0..0;
+        for f in &self.fields {
+            let (n, v) = (f.name_range(), f.value_range());
+            let (name, value) = (&bytes[n.clone()], &bytes[v.clone()]);
+            if !keep(name, value) {
+                continue;
+            }
+            let (start, end) = (n.start, v.end);
+            // `get`: an empty value may lie anywhere on its line.
+            let whole = bytes.get(n.end..v.start) == Some(b": ") && bytes.get(end..end + 2) == Some(b"\r\n");
+            if whole && !run.is_empty() && run.end == start {
+                run.end = end + 2;
+                continue;
+            }
+            w.extend_from_slice(&bytes[run]);
+            run = 0..0;
+            if whole {
+                run = start..end + 2;
+            } else {
+                write_line(w, name, value);
+            }
+        }
+        w.extend_from_slice(&bytes[run]);
+        for (n, v) in &self.added {
+            if keep(n.as_str().as_bytes(), v.as_bytes()) {
+                write_line(w, n.as_str().as_bytes(), v.as_bytes());
+            }
+        }
+    }
+
     /// Whether `value` is a slice of the head's bytes.
     fn holds(&self, value: &[u8]) -> bool {
         let (start, at) = (self.bytes.as_ptr() as usize, value.as_ptr() as usize);
@@ -329,6 +383,56 @@ mod tests {
         got.sort();
         assert_eq!(got, expected);
         assert_eq!(got.len(), 2, "{got:?}");
+    }
+
+    #[test]
+    fn fields_are_written_as_lines_one_at_a_time_would_write_them() {
+        let heads = [
+            TEXT,
+            "HTTP/1.1 200 OK\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nA: 1\r\nb:2\r\nC:  3  \r\nd: 4\r\ne: 5\r\nE:\r\nf: \r\ng: 7\r\n\r\n",
+            "HTTP/1.1 200 OK\nA: 1\nB: 2\n\n",
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nA: 1\r\nConnection: x\r\nB: 2\r\nC: 3\r\n\r\n",
+        ];
+        for text in heads {
+            let mut raw = head(text);
+            raw.append(HeaderName::from_static("x-added"), HeaderValue::from_static("yes"));
+            raw.append(HeaderName::from_static("connection"), HeaderValue::from_static("added"));
+            let map = Fields::Map(raw.to_map());
+            for drop in [&b""[..], b"connection", b"d", b"a"] {
+                let mut want = Vec::new();
+                raw.for_each(|n, v| {
+                    if n != drop {
+                        write_line(&mut want, n, v)
+                    }
+                });
+                let mut got = Vec::new();
+                let mut seen = Vec::new();
+                raw.write_h1(&mut got, |n, v| {
+                    seen.push((n.to_vec(), v.to_vec()));
+                    n != drop
+                });
+                assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&want), "{text:?} less {drop:?}");
+                assert_eq!(seen.len(), listed(&raw).len(), "every field is shown to `keep`");
+                let mut from_map = Vec::new();
+                map.write_h1(&mut from_map, |n, _| n != drop);
+                let lines = |b: &[u8]| {
+                    let mut l: Vec<_> = b.split(|&c| c == b'\n').map(<[u8]>::to_vec).collect();
+                    l.sort();
+                    l
+                };
+                assert_eq!(lines(&from_map), lines(&want), "a map writes the same lines");
+            }
+        }
+    }
+
+    #[test]
+    fn a_value_the_proxy_added_is_shared_not_copied() {
+        let mut raw = head(TEXT);
+        raw.append(HeaderName::from_static("x-forwarded-for"), HeaderValue::from(7u16));
+        let added = raw.get(&HeaderName::from_static("x-forwarded-for")).unwrap();
+        assert_eq!(raw.shared(added).unwrap().as_bytes().as_ptr(), added.as_ptr());
+        assert_eq!(raw.shared(b"7").unwrap(), "7", "a value from elsewhere is copied");
     }
 
     #[test]

@@ -431,13 +431,13 @@ impl Connection {
         w.extend_from_slice(target.unwrap_or("/").as_bytes());
         w.extend_from_slice(b" HTTP/1.1\r\n");
         let (mut length, mut chunked) = (false, false);
-        parts.fields.for_each(|name, value| {
+        parts.fields.write_h1(w, |name, value| {
             match name {
                 b"content-length" => length = true,
                 b"transfer-encoding" => chunked = last_token_is(value, b"chunked"),
                 _ => {}
             }
-            write_line(w, name, value);
+            true
         });
         for &(name, value) in parts.added.fields.iter().flatten() {
             write_field(w, name, value);

@@ -334,7 +334,14 @@ fn is_internal(ip: std::net::IpAddr) -> bool {
 /// of the two are dropped).
 fn forward_for(fields: &mut Fields, conn: &ConnInfo) {
     let peer = conn.peer_value();
-    if fields.get(&X_FORWARDED_FOR).is_some() {
+    // One look for the three names: a client seldom sends any of them.
+    let (mut listed, mut marked) = (false, false);
+    fields.for_each(|name, _| match name {
+        b"x-forwarded-for" => listed = true,
+        b"x-envoy-internal" | b"x-envoy-external-address" => marked = true,
+        _ => {}
+    });
+    if listed {
         // A client's own list (every line of it, as Envoy joins them), then the peer.
         let mut joined = Vec::new();
         fields.each_value(&X_FORWARDED_FOR, |v| {
@@ -349,7 +356,9 @@ fn forward_for(fields: &mut Fields, conn: &ConnInfo) {
     } else {
         fields.append(X_FORWARDED_FOR.clone(), peer.clone());
     }
-    fields.remove_if(|n| n == b"x-envoy-internal" || n == b"x-envoy-external-address");
+    if marked {
+        fields.remove_if(|n| n == b"x-envoy-internal" || n == b"x-envoy-external-address");
+    }
     if is_internal(conn.peer.ip()) {
         fields.append(X_ENVOY_INTERNAL.clone(), TRUE.clone());
     } else {
