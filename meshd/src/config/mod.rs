@@ -2,6 +2,7 @@
 //! loading with located errors, the built-in sample set, and the watcher.
 
 pub mod api;
+pub mod gateway_api;
 pub mod load;
 pub mod model;
 pub mod watch;
@@ -12,9 +13,11 @@ pub use load::{ConfigError, Located, Origin};
 
 use api::Resource;
 
-/// The built-in sample set: Bookinfo, httpbin, the fortio client and Bookinfo's gateway.
-const BUILTIN: [(&str, &str); 4] = [
+/// The built-in sample set: Bookinfo with its per-version Services (the Gateway API routes'
+/// backends), httpbin, the fortio client and Bookinfo's gateway.
+const BUILTIN: [(&str, &str); 5] = [
     ("builtin/bookinfo.yaml", include_str!("../../builtin/bookinfo.yaml")),
+    ("builtin/bookinfo-versions.yaml", include_str!("../../builtin/bookinfo-versions.yaml")),
     ("builtin/httpbin.yaml", include_str!("../../builtin/httpbin.yaml")),
     ("builtin/fortio-deploy.yaml", include_str!("../../builtin/fortio-deploy.yaml")),
     ("builtin/bookinfo-gateway.yaml", include_str!("../../builtin/bookinfo-gateway.yaml")),

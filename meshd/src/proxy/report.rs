@@ -177,7 +177,9 @@ fn inbound_key(snap: &Snapshot, rt: &ProxyRuntime, port: u16, caller: &str, mtls
         .iter()
         .find(|p| p.name == w.name)
         .and_then(|pod| {
-            snap.services_of(pod).find(|s| s.ports.iter().any(|sp| pod.resolve_port(&sp.target_port) == Some(port)))
+            snap.services_of(pod)
+                .into_iter()
+                .find(|s| s.ports.iter().any(|sp| pod.resolve_port(&sp.target_port) == Some(port)))
         })
         .map(|s| DestService::from_fqdn(&s.fqdn))
         .unwrap_or_else(DestService::unknown);

@@ -140,10 +140,11 @@ fn headers(ctx: &mut Ctx<'_>, h: &Option<api::Headers>, origin: &Origin, field: 
 fn compile_match(
     ctx: &mut Ctx<'_>,
     m: &api::HttpMatchRequest,
-    vs_ns: &str,
+    vs: (&str, Semantics),
     origin: &Origin,
     field: &str,
 ) -> RequestMatch {
+    let (vs_ns, semantics) = vs;
     let mut out = RequestMatch {
         name: m.name.clone(),
         ignore_uri_case: m.ignore_uri_case.unwrap_or(false),
@@ -154,7 +155,10 @@ fn compile_match(
         ..Default::default()
     };
     if let Some(u) = &m.uri {
-        out.uri = string_match(ctx, u, origin, &format!("{field}.uri"));
+        out.uri = match string_match(ctx, u, origin, &format!("{field}.uri")) {
+            Some(StrMatch::Prefix(p)) if semantics == Semantics::Gateway => Some(StrMatch::SegmentPrefix(p)),
+            other => other,
+        };
     }
     if let Some(u) = &m.scheme {
         out.scheme = string_match(ctx, u, origin, &format!("{field}.scheme"));
@@ -187,6 +191,23 @@ fn compile_match(
         }
     }
     out
+}
+
+/// How a VirtualService's routes read: as Istio's API says, or as the Gateway API route it
+/// was made from says (Istio's internal mark on what it makes of those).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Semantics {
+    Istio,
+    Gateway,
+}
+
+impl Semantics {
+    fn of(vs: &VsObj) -> Semantics {
+        match vs.metadata.annotations.get(crate::config::gateway_api::ROUTE_SEMANTICS).map(String::as_str) {
+            Some("gateway") => Semantics::Gateway,
+            _ => Semantics::Istio,
+        }
+    }
 }
 
 /// `name` or `ns/name` of a gateway, as referenced from a VS in `vs_ns`.
@@ -469,6 +490,7 @@ fn compile_routes(
 ) -> Vec<HttpRoute> {
     let vs_ns = ns_of(&vs.metadata).to_string();
     let vs_name = format!("{vs_ns}/{}", name_of(&vs.metadata));
+    let semantics = Semantics::of(vs);
     let mut out = Vec::new();
     for (i, r) in vs.spec.http.iter().enumerate() {
         let field = format!("spec.http[{i}]");
@@ -476,7 +498,7 @@ fn compile_routes(
             .r#match
             .iter()
             .enumerate()
-            .map(|(j, m)| compile_match(ctx, m, &vs_ns, origin, &format!("{field}.match[{j}]")))
+            .map(|(j, m)| compile_match(ctx, m, (&vs_ns, semantics), origin, &format!("{field}.match[{j}]")))
             .collect();
         if let Some(del) = &r.delegate {
             let ns = del.namespace.clone().unwrap_or_else(|| vs_ns.clone());
@@ -553,6 +575,7 @@ fn compile_routes(
             continue;
         };
         let rewrite = r.rewrite.as_ref().map(|rw| Rewrite {
+            whole_segments: semantics == Semantics::Gateway,
             uri: rw.uri.clone(),
             authority: rw.authority.clone(),
             uri_regex: rw.uri_regex_rewrite.as_ref().and_then(|rr| {
@@ -866,6 +889,7 @@ fn service_entry(ctx: &mut Ctx<'_>, se: &api::Object<api::ServiceEntrySpec>, ori
                 ports: ports.clone(),
                 selector: Labels::new(),
                 external,
+                order: usize::MAX,
             }),
         );
     }
@@ -879,6 +903,9 @@ fn resolve(host: &str) -> Option<std::net::IpAddr> {
 
 /// Compiles a snapshot, or returns every error found.
 pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
+    // The Gateway API kinds route as the Istio kinds Istio makes of them.
+    let translated = crate::config::gateway_api::translate(input.resources);
+    let resources: Vec<&Located> = input.resources.iter().chain(&translated.resources).collect();
     let mut ctx = Ctx {
         errors: vec![],
         services: HashMap::new(),
@@ -889,7 +916,7 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
         peer_auth: PeerAuthTable::default(),
         secrets: super::gateway_tls::secrets(input.resources),
     };
-    for s in &input.workloads.services {
+    for (order, s) in input.workloads.services.iter().enumerate() {
         let fqdn = format!("{}.{}.{CLUSTER_DOMAIN}", s.meta.name, s.meta.namespace);
         ctx.services.insert(
             fqdn.clone(),
@@ -900,10 +927,13 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
                 ports: s.ports.clone(),
                 selector: s.selector.clone(),
                 external: vec![],
+                order,
             }),
         );
     }
-    for r in input.resources {
+    ctx.errors.extend(translated.errors.iter().cloned());
+    ctx.warnings.extend(translated.warnings.iter().cloned());
+    for r in &resources {
         if let Resource::ServiceEntry(se) = &r.resource {
             service_entry(&mut ctx, se, &r.origin);
         }
@@ -915,7 +945,7 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
     let mut authz_policies = Vec::new();
     let mut request_authns = Vec::new();
     let mut kinds_not_emulated = Vec::new();
-    for r in input.resources {
+    for r in &resources {
         match &r.resource {
             Resource::VirtualService(vs) => {
                 ctx.vs_by_name.insert(format!("{}/{}", ns_of(&vs.metadata), name_of(&vs.metadata)), (vs, &r.origin));
@@ -947,6 +977,8 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
             // Parsed and validated, but meshd does not act on these kinds yet: say so, never ignore silently.
             Resource::Secret(_) => {}
             Resource::ServiceEntry(_) => {}
+            // Translated above.
+            Resource::K8sGateway(_) | Resource::HttpRouteK8s(_) | Resource::TcpRouteK8s(_) => {}
             other => kinds_not_emulated.push(format!("{} ({})", crate::config::resource_key(other), r.origin)),
         }
     }

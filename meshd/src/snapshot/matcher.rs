@@ -15,6 +15,9 @@ pub enum StrMatch {
     Exact(String),
     /// The value starts with this.
     Prefix(String),
+    /// The path is this or goes on below it (`/static`: `/static`, `/static/a`, not
+    /// `/staticfoo`): a Gateway API `PathPrefix`, Envoy's `path_separated_prefix`.
+    SegmentPrefix(String),
     /// The whole value matches this RE2-style expression (anchored at compile time).
     Regex(Regex),
 }
@@ -30,6 +33,10 @@ impl StrMatch {
                 value.len() >= p.len() && value.is_char_boundary(p.len()) && value[..p.len()].eq_ignore_ascii_case(p)
             }
             StrMatch::Prefix(p) => value.starts_with(p.as_str()),
+            // `/` is every path; a longer prefix ends at a segment's end.
+            StrMatch::SegmentPrefix(p) => value
+                .strip_prefix(p.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || p.ends_with('/')),
             StrMatch::Regex(r) => r.is_match(value),
         }
     }
@@ -199,7 +206,7 @@ impl RequestMatch {
     /// What the uri condition says of the path, for rewrites.
     pub fn uri_cond(&self) -> UriCond<'_> {
         match &self.uri {
-            Some(StrMatch::Prefix(p)) => UriCond::Prefix(p),
+            Some(StrMatch::Prefix(p) | StrMatch::SegmentPrefix(p)) => UriCond::Prefix(p),
             None => UriCond::Absent,
             Some(_) => UriCond::Whole,
         }
@@ -212,6 +219,7 @@ impl std::fmt::Display for StrMatch {
             StrMatch::Present => write!(f, "present"),
             StrMatch::Exact(s) => write!(f, "exact {s:?}"),
             StrMatch::Prefix(s) => write!(f, "prefix {s:?}"),
+            StrMatch::SegmentPrefix(s) => write!(f, "path prefix {s:?}"),
             // Shown as written: the anchors were added at compile time.
             StrMatch::Regex(r) => {
                 let p = r.as_str();
@@ -408,6 +416,21 @@ mod tests {
             RequestMatch { without_headers: vec![("end-user".into(), StrMatch::Present)], ..Default::default() };
         assert!(!without.matches(&view(&h, "/", None), &mesh_src(&labels)));
         assert!(without.matches(&view(&HeaderMap::new(), "/", None), &mesh_src(&labels)));
+    }
+
+    #[test]
+    fn a_gateway_api_path_prefix_matches_whole_segments() {
+        let h = HeaderMap::new();
+        let labels = BTreeMap::new();
+        let segments = RequestMatch { uri: Some(StrMatch::SegmentPrefix("/static".into())), ..Default::default() };
+        for (path, hit) in
+            [("/static", true), ("/static/", true), ("/static/a.css", true), ("/staticfoo", false), ("/stat", false)]
+        {
+            assert_eq!(segments.matches(&view(&h, path, None), &mesh_src(&labels)), hit, "{path}");
+        }
+        let root = RequestMatch { uri: Some(StrMatch::SegmentPrefix("/".into())), ..Default::default() };
+        assert!(root.matches(&view(&h, "/anything", None), &mesh_src(&labels)));
+        assert_eq!(segments.uri_cond(), UriCond::Prefix("/static"), "a rewrite replaces it as a prefix");
     }
 
     #[test]

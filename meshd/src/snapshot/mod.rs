@@ -53,6 +53,9 @@ pub struct Service {
     pub selector: Labels,
     /// Endpoints of a ServiceEntry (address, port by port name, labels); empty for a Kubernetes Service.
     pub external: Vec<ExternalEndpoint>,
+    /// Where it was declared among the Services: of several that select a pod, the first
+    /// speaks for it (its metrics' and spans' service), as the oldest does in Istio.
+    pub order: usize,
 }
 
 /// An endpoint a ServiceEntry lists (or its resolved host).
@@ -128,11 +131,15 @@ impl Snapshot {
             .or_else(|| pods.iter().find(|p| p.name.starts_with(name)))
     }
 
-    /// The Kubernetes Services that select `pod`.
-    pub fn services_of<'s>(&'s self, pod: &'s PodInfo) -> impl Iterator<Item = &'s Arc<Service>> + 's {
-        self.services.values().filter(move |s| {
-            s.namespace == pod.namespace && !s.selector.is_empty() && selects(&s.selector, &pod.labels)
-        })
+    /// The Kubernetes Services that select `pod`, first declared first.
+    pub fn services_of(&self, pod: &PodInfo) -> Vec<&Arc<Service>> {
+        let mut v: Vec<_> = self
+            .services
+            .values()
+            .filter(|s| s.namespace == pod.namespace && !s.selector.is_empty() && selects(&s.selector, &pod.labels))
+            .collect();
+        v.sort_by_key(|s| s.order);
+        v
     }
 }
 

@@ -56,6 +56,9 @@ pub struct Headers {
 pub struct Rewrite {
     /// Replaces the matched prefix (or the whole path for other matches).
     pub uri: Option<String>,
+    /// A prefix is replaced as a Gateway API `ReplacePrefixMatch` replaces it: `/` in place of
+    /// `/a` makes `/a/b` into `/b`, not Envoy's `//b`.
+    pub whole_segments: bool,
     /// Replaces the authority.
     pub authority: Option<String>,
     /// `uriRegexRewrite`: pattern and replacement (`\1` groups already converted to `${1}`).
@@ -72,6 +75,9 @@ impl Rewrite {
                     .then(|| &path[p.len()..])
             });
             match rest {
+                Some(rest) if self.whole_segments && uri.ends_with('/') && rest.starts_with('/') => {
+                    format!("{}{rest}", &uri[..uri.len() - 1])
+                }
                 Some(rest) => format!("{uri}{rest}"),
                 None => uri.clone(),
             }
@@ -677,6 +683,12 @@ mod tests {
         let rw = Rewrite { uri: Some("/v2".into()), ..Default::default() };
         assert_eq!(rw.path("/v1/items", Some("a=1"), Some("/v1")).as_deref(), Some("/v2/items?a=1"));
         assert_eq!(rw.path("/exact", None, None).as_deref(), Some("/v2"));
+        // `/` for a prefix: Envoy keeps both slashes; a Gateway API route keeps one.
+        let root = Rewrite { uri: Some("/".into()), ..Default::default() };
+        assert_eq!(root.path("/v1/items", None, Some("/v1")).as_deref(), Some("//items"));
+        let segments = Rewrite { whole_segments: true, ..root };
+        assert_eq!(segments.path("/v1/items", None, Some("/v1")).as_deref(), Some("/items"));
+        assert_eq!(segments.path("/v1", None, Some("/v1")).as_deref(), Some("/"));
         let re = Rewrite {
             uri_regex: Some((Regex::new("^/service/([^/]+)(/.*)$").unwrap(), "${2}/instance/${1}".into())),
             ..Default::default()
