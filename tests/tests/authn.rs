@@ -125,6 +125,16 @@ async fn the_authentication_policy_task() {
 
     step(&["03-bar-httpbin-strict.yaml", "04-bar-httpbin-dr-istio-mutual.yaml"], &[]);
     assert_eq!(matrix(&mesh).await, expect(&[("legacy", "foo"), ("legacy", "bar")]));
+    // `istioctl x describe pod` names the policies that apply, and the mode they make.
+    let httpbin_in = |ns: &str| {
+        let name = |l: &str| l.split_whitespace().nth(1).filter(|n| n.starts_with("httpbin-")).map(str::to_string);
+        pods.lines().filter(|l| l.starts_with(ns)).find_map(name).unwrap()
+    };
+    let described = |ns: &str| String::from_utf8(mesh.cli(&["describe", &httpbin_in(ns)]).stdout).unwrap();
+    let bar = described("bar");
+    assert!(bar.contains("Workload mTLS mode: STRICT\nApplied PeerAuthentication:\n   httpbin.bar\n"), "{bar}");
+    assert!(described("foo").contains("Applied PeerAuthentication:\n   default.foo\n"));
+    assert!(!described("legacy").contains("Applied PeerAuthentication"), "none applies in legacy");
 
     // (Steps 05/06 name workload port 80, the port of the old httpbin image; today's sample
     // listens on 8080, so on a cluster as here that exception would not apply. The port-level

@@ -290,6 +290,10 @@ pub fn describe(snap: &Snapshot, name: &str) -> Option<String> {
     let port = pod.container_ports.first().map(|(_, p)| *p).unwrap_or(0);
     let mode = snap.peer_auth.mode(&pod.namespace, &pod.labels, port).name();
     let _ = writeln!(o, "   Workload mTLS mode: {mode}");
+    let applied = snap.peer_auth.applied(&pod.namespace, &pod.labels);
+    if !applied.is_empty() {
+        let _ = writeln!(o, "Applied PeerAuthentication:\n   {}", applied.join(", "));
+    }
     Some(o)
 }
 

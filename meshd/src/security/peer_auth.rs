@@ -29,6 +29,8 @@ impl MtlsMode {
 
 #[derive(Debug, Clone)]
 struct Policy {
+    /// `name.namespace`, as `istioctl x describe` lists it.
+    id: String,
     namespace: String,
     /// None: namespace-wide (or mesh-wide in the root namespace).
     selector: Option<Labels>,
@@ -75,16 +77,14 @@ impl PeerAuthTable {
                     }
                 }
             }
-            out.push(Policy { namespace: ns, selector, mode: mode(&p.spec.mtls), ports });
+            out.push(Policy { id: format!("{name}.{ns}"), namespace: ns, selector, mode: mode(&p.spec.mtls), ports });
         }
         (PeerAuthTable { policies: out }, warnings)
     }
 
     /// The mode on container `port` of a workload in `namespace` with `labels`.
     pub fn mode(&self, namespace: &str, labels: &Labels, port: u16) -> MtlsMode {
-        let workload = self.policies.iter().find(|p| {
-            p.namespace == namespace && p.selector.as_ref().is_some_and(|s| crate::snapshot::selects(s, labels))
-        });
+        let [mesh, ns, workload] = self.levels(namespace, labels);
         if let Some(w) = workload {
             if let Some(m) = w.ports.iter().find(|(p, _)| *p == port).and_then(|(_, m)| *m) {
                 return m;
@@ -93,10 +93,24 @@ impl PeerAuthTable {
                 return m;
             }
         }
-        let ns = self.policies.iter().find(|p| p.namespace == namespace && p.selector.is_none()).and_then(|p| p.mode);
-        let mesh =
-            self.policies.iter().find(|p| p.namespace == ROOT_NAMESPACE && p.selector.is_none()).and_then(|p| p.mode);
-        ns.or(mesh).unwrap_or(MtlsMode::Permissive)
+        ns.and_then(|p| p.mode).or(mesh.and_then(|p| p.mode)).unwrap_or(MtlsMode::Permissive)
+    }
+
+    /// The policies that apply to a workload, mesh-wide first (`name.namespace`), as
+    /// `istioctl x describe` lists them under "Applied PeerAuthentication".
+    pub fn applied(&self, namespace: &str, labels: &Labels) -> Vec<&str> {
+        self.levels(namespace, labels).into_iter().flatten().map(|p| p.id.as_str()).collect()
+    }
+
+    /// The mesh-wide, namespace-wide and workload policy of a workload (the first of each).
+    fn levels(&self, namespace: &str, labels: &Labels) -> [Option<&Policy>; 3] {
+        let wide = |ns: &str| self.policies.iter().find(|p| p.namespace == ns && p.selector.is_none());
+        let workload = self.policies.iter().find(|p| {
+            p.namespace == namespace && p.selector.as_ref().is_some_and(|s| crate::snapshot::selects(s, labels))
+        });
+        // In the root namespace the namespace-wide policy is the mesh's: listed once.
+        let ns = wide(namespace).filter(|_| namespace != ROOT_NAMESPACE);
+        [wide(ROOT_NAMESPACE), ns, workload]
     }
 }
 
@@ -136,5 +150,16 @@ mod tests {
         assert_eq!(port.mode("bar", &httpbin(), 8080), MtlsMode::Strict);
         let over = load(&["02-namespace-foo-strict.yaml", "07-foo-overwrite-example-pa.yaml"]);
         assert_eq!(over.mode("foo", &httpbin(), 80), MtlsMode::Disable, "workload beats namespace");
+    }
+
+    #[test]
+    fn the_policies_that_apply_are_listed_mesh_first_as_istioctl_describe_lists_them() {
+        let all = load(&["01-mesh-strict.yaml", "02-namespace-foo-strict.yaml", "07-foo-overwrite-example-pa.yaml"]);
+        assert_eq!(all.applied("foo", &httpbin()), ["default.istio-system", "default.foo", "overwrite-example.foo"]);
+        assert_eq!(all.applied("bar", &httpbin()), ["default.istio-system"]);
+        let other: Labels = [("app".to_string(), "sleep".to_string())].into_iter().collect();
+        assert_eq!(all.applied("foo", &other), ["default.istio-system", "default.foo"], "the selector picks");
+        assert_eq!(all.applied("istio-system", &other), ["default.istio-system"], "listed once");
+        assert!(PeerAuthTable::default().applied("foo", &httpbin()).is_empty());
     }
 }
