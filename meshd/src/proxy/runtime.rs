@@ -534,12 +534,13 @@ pub struct Generation {
 
 impl Generation {
     /// The first limit on a listener of kind `ctx` that refuses this request (to inbound `port`),
-    /// if any: a limit a route patch puts on one inbound port counts only there.
+    /// if any. A limit a route patch puts on one inbound port counts only there, and there in
+    /// place of the listener's, as a route's `typed_per_filter_config` replaces the filter's:
+    /// a request takes a token from one bucket.
     pub fn rate_limited(&self, ctx: Context, port: Option<u16>) -> Option<&Limit> {
-        self.limits
-            .iter()
-            .find(|(c, l)| *c == ctx && l.limit.port.is_none_or(|p| Some(p) == port) && l.refuses())
-            .map(|(_, l)| l)
+        let on_route = port.is_some() && self.limits.iter().any(|(c, l)| *c == ctx && l.limit.port == port);
+        let wanted = if on_route { port } else { None };
+        self.limits.iter().find(|(c, l)| *c == ctx && l.limit.port == wanted && l.refuses()).map(|(_, l)| l)
     }
 }
 
@@ -893,6 +894,39 @@ mod tests {
         let raised = Snapshot { generation: 4, rate_limits: vec![limit(60, 10)], ..Snapshot::default() };
         let b = bucket(&rt.for_snapshot(&raised));
         assert!((0..10).all(|_| b.take(10, 10)) && !b.take(10, 10), "ten tokens, then none");
+    }
+
+    #[test]
+    fn a_routes_own_limit_replaces_the_listeners_and_a_request_takes_one_token() {
+        let limit = |key: &str, max, port| {
+            Arc::new(LocalRateLimit {
+                key: key.into(),
+                namespace: crate::snapshot::ROOT_NAMESPACE.into(),
+                selector: Default::default(),
+                context: Context::Inbound,
+                max_tokens: max,
+                tokens_per_fill: max,
+                fill_interval: Duration::from_secs(3600),
+                enabled: 100.0,
+                enforced: 100.0,
+                headers: vec![],
+                port,
+            })
+        };
+        let snap = Snapshot {
+            generation: 1,
+            rate_limits: vec![limit("default/listener#0", 2, None), limit("default/route#0", 3, Some(9080))],
+            ..Snapshot::default()
+        };
+        let rt = ProxyRuntime::new(&crate::daemon::gateway_workload(), None);
+        let g = rt.for_snapshot(&snap);
+        let refused = |port| g.rate_limited(Context::Inbound, Some(port)).is_some();
+        assert_eq!((0..4).map(|_| refused(9080)).collect::<Vec<_>>(), [false, false, false, true], "the route's 3");
+        assert_eq!(
+            (0..3).map(|_| refused(8000)).collect::<Vec<_>>(),
+            [false, false, true],
+            "the listener's 2, untouched"
+        );
     }
 
     #[test]
