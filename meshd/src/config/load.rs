@@ -69,7 +69,7 @@ pub struct Loaded {
 
 impl Loaded {
     /// Keeps the last of resources that share kind, namespace and name.
-    fn keep_last(&mut self) {
+    pub(crate) fn keep_last(&mut self) {
         let mut last: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
         for (i, r) in self.resources.iter().enumerate() {
             last.insert(super::resource_key(&r.resource), i);

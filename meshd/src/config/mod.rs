@@ -2,9 +2,9 @@
 //! loading with located errors, the built-in sample set, and the watcher.
 
 pub mod api;
-pub mod gateway_api;
 pub mod load;
 pub mod model;
+pub mod translate_gateway_api;
 pub mod watch;
 
 use std::collections::{HashMap, HashSet};
@@ -20,14 +20,22 @@ const BUILTIN: [(&str, &str); 5] = [
     ("builtin/bookinfo-versions.yaml", include_str!("../../builtin/bookinfo-versions.yaml")),
     ("builtin/httpbin.yaml", include_str!("../../builtin/httpbin.yaml")),
     ("builtin/fortio-deploy.yaml", include_str!("../../builtin/fortio-deploy.yaml")),
-    ("builtin/bookinfo-gateway.yaml", include_str!("../../builtin/bookinfo-gateway.yaml")),
+    (BUILTIN_INGRESS, include_str!("../../builtin/bookinfo-gateway.yaml")),
 ];
 
 /// `Kind ns/name` of a resource: what identifies it for overrides and change reports.
 pub fn resource_key(r: &Resource) -> String {
     let m = r.metadata();
-    format!("{} {}/{}", r.kind(), m.namespace.as_deref().unwrap_or("default"), m.name.as_deref().unwrap_or(""))
+    // Istio's and the Gateway API's Gateways are two kinds that share a name, as in kubectl.
+    let kind = match r {
+        Resource::K8sGateway(_) => "Gateway.gateway.networking.k8s.io",
+        _ => r.kind(),
+    };
+    format!("{kind} {}/{}", m.namespace.as_deref().unwrap_or("default"), m.name.as_deref().unwrap_or(""))
 }
+
+/// The built-in ingress for Bookinfo: its Gateway and VirtualService.
+const BUILTIN_INGRESS: &str = "builtin/bookinfo-gateway.yaml";
 
 /// The built-in resources.
 pub fn builtin() -> load::Loaded {
@@ -41,15 +49,22 @@ pub fn builtin() -> load::Loaded {
 }
 
 /// Adds the built-in set under `folder` when the folder has no workloads; the folder's
-/// resources override built-in ones of the same kind and name. Returns whether it did.
+/// resources override built-in ones of the same kind and name, and a folder with a Gateway
+/// of its own replaces the built-in ingress. Returns whether it did.
 pub fn with_builtin(folder: load::Loaded) -> (load::Loaded, bool) {
     let has_workloads = folder.resources.iter().any(|r| matches!(r.resource, Resource::Deployment(_)));
     if has_workloads {
         return (folder, false);
     }
     let own: HashSet<String> = folder.resources.iter().map(|r| resource_key(&r.resource)).collect();
+    // A folder with a gateway of its own, of either API, brings its own ingress: the built-in
+    // one would serve beside it (the Gateway API tabs' Bookinfo has no Istio Gateway).
+    let own_ingress =
+        folder.resources.iter().any(|r| matches!(r.resource, Resource::Gateway(_) | Resource::K8sGateway(_)));
     let mut merged = builtin();
-    merged.resources.retain(|r| !own.contains(&resource_key(&r.resource)));
+    merged
+        .resources
+        .retain(|r| !(own.contains(&resource_key(&r.resource)) || own_ingress && r.origin.file == BUILTIN_INGRESS));
     merged.resources.extend(folder.resources);
     merged.not_emulated.extend(folder.not_emulated);
     merged.replaced.extend(folder.replaced);
@@ -77,4 +92,49 @@ pub fn diff(old: &[Located], new: &[Located]) -> Vec<String> {
     }
     out.sort_by(|x, y| x[2..].cmp(&y[2..]));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn folder(text: &str) -> load::Loaded {
+        let (mut loaded, mut errors) = (load::Loaded::default(), Vec::new());
+        load::parse_text("folder.yaml", text, &mut loaded, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        loaded
+    }
+
+    fn keys(l: &load::Loaded) -> Vec<String> {
+        l.resources.iter().map(|r| resource_key(&r.resource)).collect()
+    }
+
+    const K8S_GATEWAY: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: bookinfo-gateway}\nspec: {gatewayClassName: istio}\n";
+    const ISTIO_GATEWAY: &str = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: bookinfo-gateway}\nspec: {selector: {istio: ingressgateway}}\n";
+
+    #[test]
+    fn the_two_gateway_kinds_of_one_name_are_two_resources() {
+        let both = folder(&format!("{K8S_GATEWAY}---\n{ISTIO_GATEWAY}"));
+        let mut l = both.clone();
+        l.resources.extend(both.resources);
+        l.keep_last();
+        assert_eq!(
+            keys(&l),
+            ["Gateway.gateway.networking.k8s.io default/bookinfo-gateway", "Gateway default/bookinfo-gateway"]
+        );
+    }
+
+    #[test]
+    fn a_folder_with_its_own_gateway_replaces_the_built_in_ingress() {
+        let plain = with_builtin(folder("apiVersion: v1\nkind: Namespace\nmetadata: {name: foo}\n")).0;
+        assert!(keys(&plain).contains(&"VirtualService default/bookinfo".to_string()));
+        for own in [K8S_GATEWAY, ISTIO_GATEWAY] {
+            let (merged, used) = with_builtin(folder(own));
+            assert!(used);
+            let k = keys(&merged);
+            assert!(!k.contains(&"VirtualService default/bookinfo".to_string()), "{k:?}");
+            assert_eq!(k.iter().filter(|k| k.contains("bookinfo-gateway")).count(), 1, "the folder's own: {k:?}");
+            assert!(k.contains(&"Deployment default/reviews-v1".to_string()), "the apps stay");
+        }
+    }
 }

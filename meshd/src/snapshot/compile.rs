@@ -203,7 +203,7 @@ enum Semantics {
 
 impl Semantics {
     fn of(vs: &VsObj) -> Semantics {
-        match vs.metadata.annotations.get(crate::config::gateway_api::ROUTE_SEMANTICS).map(String::as_str) {
+        match vs.metadata.annotations.get(crate::config::translate_gateway_api::ROUTE_SEMANTICS).map(String::as_str) {
             Some("gateway") => Semantics::Gateway,
             _ => Semantics::Istio,
         }
@@ -522,6 +522,7 @@ fn compile_routes(
             RouteAction::Redirect(Redirect {
                 uri: redir.uri.clone(),
                 prefix_rewrite: redir.prefix_rewrite.clone(),
+                whole_segments: semantics == Semantics::Gateway,
                 authority: redir.authority.clone(),
                 port: match (redir.port, &redir.derive_port) {
                     (Some(p), _) => u16::try_from(p).ok().map(RedirectPort::Number),
@@ -904,7 +905,7 @@ fn resolve(host: &str) -> Option<std::net::IpAddr> {
 /// Compiles a snapshot, or returns every error found.
 pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
     // The Gateway API kinds route as the Istio kinds Istio makes of them.
-    let translated = crate::config::gateway_api::translate(input.resources);
+    let translated = crate::config::translate_gateway_api::translate(input.resources);
     let resources: Vec<&Located> = input.resources.iter().chain(&translated.resources).collect();
     let mut ctx = Ctx {
         errors: vec![],

@@ -431,3 +431,45 @@ spec:
     assert!(reported[0].ends_with(": trafficPolicy.retryBudget"), "{reported:?}");
     assert!(reported[1].ends_with(": subsets[v1].trafficPolicy.loadBalancer.localityLbSetting"), "{reported:?}");
 }
+
+#[test]
+fn the_apps_own_service_speaks_for_its_pods_whatever_the_file_order() {
+    let (apps, versions) =
+        (sample("bookinfo/platform/kube/bookinfo.yaml"), sample("bookinfo/platform/kube/bookinfo-versions.yaml"));
+    for texts in [[apps.as_str(), versions.as_str()], [versions.as_str(), apps.as_str()]] {
+        let snap = build(&texts).unwrap();
+        let pod = snap.pods.iter().find(|p| p.workload == "reviews-v1").unwrap();
+        let names: Vec<_> = snap.services_of(pod).iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["reviews", "reviews-v1"]);
+    }
+}
+
+#[test]
+fn a_gateway_api_prefix_is_a_segment_prefix_and_an_istio_one_a_string_prefix() {
+    let bookinfo = sample("bookinfo/platform/kube/bookinfo.yaml");
+    let page = "outbound|9080||productpage.default.svc.cluster.local";
+    let gateway_api = build(&[&bookinfo, &sample("bookinfo/gateway-api/bookinfo-gateway.yaml")]).unwrap();
+    let istio = build(&[&bookinfo, &sample("bookinfo/networking/bookinfo-gateway.yaml")]).unwrap();
+    for (snap, staticfoo) in [(&gateway_api, "NR"), (&istio, page)] {
+        assert_eq!(route(snap, None, "http://localhost/static/app.css", &[]), page);
+        assert_eq!(route(snap, None, "http://localhost/static", &[]), page);
+        assert_eq!(route(snap, None, "http://localhost/staticfoo", &[]), staticfoo);
+    }
+    // A rewrite of a Gateway API prefix keeps one slash.
+    let rewrite = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r}
+spec:
+  parentRefs: [{name: bookinfo-gateway}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /app/}}]
+    filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /}}}]
+    backendRefs: [{name: productpage, port: 9080}]
+";
+    let snap = build(&[&bookinfo, &sample("bookinfo/gateway-api/bookinfo-gateway.yaml"), rewrite]).unwrap();
+    assert_eq!(
+        route(&snap, None, "http://localhost/app/productpage?u=1", &[]),
+        format!("{page} path=/productpage?u=1")
+    );
+    assert_eq!(route(&snap, None, "http://localhost/app", &[]), format!("{page} path=/"));
+}

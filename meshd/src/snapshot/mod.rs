@@ -53,8 +53,10 @@ pub struct Service {
     pub selector: Labels,
     /// Endpoints of a ServiceEntry (address, port by port name, labels); empty for a Kubernetes Service.
     pub external: Vec<ExternalEndpoint>,
-    /// Where it was declared among the Services: of several that select a pod, the first
-    /// speaks for it (its metrics' and spans' service), as the oldest does in Istio.
+    /// Where it was declared among the Services. Of several that select a pod, the one with the
+    /// fewest selector labels speaks for it (its metrics' and spans' service), then the first
+    /// declared: Istio takes the oldest, which in the tasks is the app's own (`reviews`, not the
+    /// per-version `reviews-v1` applied after it), whatever the files are called here.
     pub order: usize,
 }
 
@@ -138,7 +140,7 @@ impl Snapshot {
             .values()
             .filter(|s| s.namespace == pod.namespace && !s.selector.is_empty() && selects(&s.selector, &pod.labels))
             .collect();
-        v.sort_by_key(|s| s.order);
+        v.sort_by_key(|s| (s.selector.len(), s.order));
         v
     }
 }

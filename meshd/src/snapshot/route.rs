@@ -111,6 +111,9 @@ pub struct Redirect {
     pub uri: Option<String>,
     /// Replaces the matched prefix.
     pub prefix_rewrite: Option<String>,
+    /// The prefix is replaced by whole segments (a Gateway API `ReplacePrefixMatch`), as in
+    /// [`Rewrite::whole_segments`].
+    pub whole_segments: bool,
     /// Replaces the host.
     pub authority: Option<String>,
     /// Port handling.
@@ -557,7 +560,11 @@ fn redirect_location(r: &Redirect, req: &RequestView<'_>, prefix: Option<&str>) 
     let path = if let Some(uri) = &r.uri {
         uri.clone()
     } else if let (Some(rep), Some(p)) = (&r.prefix_rewrite, prefix) {
-        format!("{rep}{}", req.path.strip_prefix(p).unwrap_or(""))
+        let rest = req.path.strip_prefix(p).unwrap_or("");
+        match rep.strip_suffix('/') {
+            Some(rep) if r.whole_segments && rest.starts_with('/') => format!("{rep}{rest}"),
+            _ => format!("{rep}{rest}"),
+        }
     } else {
         req.path.to_string()
     };
@@ -698,6 +705,7 @@ mod tests {
         let r = Redirect {
             uri: Some("/new".into()),
             prefix_rewrite: None,
+            whole_segments: false,
             authority: Some("example.com".into()),
             port: None,
             scheme: None,
@@ -711,6 +719,13 @@ mod tests {
         assert_eq!(redirect_location(&r3, &req(&h, "/old"), None), "https://reviews:9080/old");
         let on_80 = RequestView { authority: "reviews:80", port: 80, ..req(&h, "/old") };
         assert_eq!(redirect_location(&r3, &on_80, None), "https://reviews/old");
+        // A Gateway API `ReplacePrefixMatch` of `/` leaves one slash; Envoy's prefix rewrite two.
+        let to_root =
+            Redirect { prefix_rewrite: Some("/".into()), port: Some(RedirectPort::FromRequestPort), ..r3.clone() };
+        let deep = RequestView { authority: "localhost:8080", port: 8080, ..req(&h, "/old/page") };
+        assert_eq!(redirect_location(&to_root, &deep, Some("/old")), "https://localhost:8080//page");
+        let segments = Redirect { whole_segments: true, ..to_root };
+        assert_eq!(redirect_location(&segments, &deep, Some("/old")), "https://localhost:8080/page");
         // A rewrite on a route without a uri match replaces Istio's implicit prefix `/`, as the
         // Envoy route's prefix_rewrite does: the well-known `/anythingget`.
         let rw = Rewrite { uri: Some("/anything".into()), ..Default::default() };

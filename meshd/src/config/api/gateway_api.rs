@@ -83,6 +83,8 @@ pub struct HttpRouteRule {
     pub backend_refs: Vec<BackendRef>,
     /// Timeouts (free-form: `request`, `backendRequest`).
     pub timeouts: Option<serde_json::Value>,
+    /// Retry policy (free-form; not emulated, reported).
+    pub retry: Option<serde_json::Value>,
 }
 
 /// An HTTPRoute match.
@@ -154,6 +156,9 @@ pub struct BackendRef {
     pub group: Option<String>,
     /// Kind (default `Service`).
     pub kind: Option<String>,
+    /// Filters for this backend only (free-form; not emulated, reported).
+    #[serde(default)]
+    pub filters: Vec<serde_json::Value>,
 }
 
 /// Spec of a `TCPRoute`.

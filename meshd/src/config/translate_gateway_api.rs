@@ -15,6 +15,9 @@ use serde_json::{json, Map, Value};
 use super::api::{self, BackendRef, HttpRouteMatch, HttpRouteSpec, K8sGatewaySpec, Object, ParentRef, Resource};
 use super::load::{ConfigError, Located, Origin};
 
+/// The Gateway API's group, the default of a parentRef's.
+const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+
 /// The annotation Istio marks the VirtualServices it makes from Gateway API routes with.
 pub const ROUTE_SEMANTICS: &str = "internal.istio.io/route-semantics";
 
@@ -50,14 +53,39 @@ pub fn translate(resources: &[Located]) -> Translated {
     }
     // Routes attach to Istio's gateways only: another class is another controller's.
     let gateways: Vec<_> = gateways.into_iter().filter(|(g, _)| g.spec.gateway_class_name == "istio").collect();
+    let mut hosts = Vec::new();
     for r in resources {
         match &r.resource {
-            Resource::HttpRouteK8s(route) => http_route(&mut out, route, &r.origin, &gateways),
+            Resource::HttpRouteK8s(route) => http_route(&mut out, &mut hosts, route, &r.origin, &gateways),
             Resource::TcpRouteK8s(route) => tcp_route(&mut out, route, &r.origin, &gateways),
             _ => {}
         }
     }
+    // Numbered per route, as Istio numbers the VirtualServices it makes of one.
+    let mut made_of: std::collections::HashMap<(&str, &str), usize> = Default::default();
+    for h in hosts {
+        let HostRoutes { gateways, host, from, origin, mut routes } = h;
+        let n = made_of.entry((ns(&from.metadata), name(&from.metadata))).or_default();
+        // The Gateway API's order over every route of the host; a tie keeps the file order.
+        routes.sort_by_key(|(rank, _)| std::cmp::Reverse(*rank));
+        let http: Vec<Value> = routes.into_iter().map(|(_, r)| r).collect();
+        let spec = json!({"hosts": [host], "gateways": gateways, "http": http});
+        let made = format!("{}-{n}-{MADE}", name(&from.metadata));
+        *n += 1;
+        push(&mut out, "VirtualService", from, &made, spec, &origin, "spec");
+    }
     out
+}
+
+/// The routes of every HTTPRoute for one host of one parent: Istio merges them into one
+/// VirtualService, so that the Gateway API's order holds across the routes.
+struct HostRoutes<'a> {
+    gateways: Vec<String>,
+    host: String,
+    /// The first route for the host, which names the VirtualService.
+    from: &'a Object<HttpRouteSpec>,
+    origin: Origin,
+    routes: Vec<(Rank, Value)>,
 }
 
 fn ns(m: &api::ObjectMeta) -> &str {
@@ -107,7 +135,7 @@ fn gateway(out: &mut Translated, gw: &GatewayObj, origin: &Origin) {
                 l.name
             ));
         }
-        let Ok(port) = u32::try_from(l.port) else {
+        let Some(port) = u32::try_from(l.port).ok().filter(|p| (1..=65535).contains(p)) else {
             out.errors.push(error(origin, format!("{field}.port"), format!("port {} is out of range", l.port)));
             continue;
         };
@@ -176,6 +204,15 @@ fn error(origin: &Origin, field: String, message: String) -> ConfigError {
     ConfigError { file: origin.file.clone(), line: origin.line, field, message }
 }
 
+/// A port the CRD would refuse: an error at `field`.
+fn bad_port(out: &mut Translated, port: Option<i64>, origin: &Origin, field: String) -> bool {
+    let bad = port.filter(|p| !(1..=65535).contains(p));
+    if let Some(p) = bad {
+        out.errors.push(error(origin, field, format!("port {p} is out of range 1-65535")));
+    }
+    bad.is_some()
+}
+
 /// Where a route attaches: the Istio gateways (`ns/name`) of the listeners it may use, or the
 /// mesh for a Service and the port it names.
 enum Parent {
@@ -192,16 +229,25 @@ fn parent(
     http: bool,
 ) -> Option<Parent> {
     let p_ns = p.namespace.as_deref().unwrap_or(route_ns);
-    match p.kind.as_deref().unwrap_or("Gateway") {
-        "Service" => {
+    // The CRD's default group is the Gateway API's own: a Service must say `group: ""`.
+    match (p.group.as_deref().unwrap_or(GATEWAY_GROUP), p.kind.as_deref().unwrap_or("Gateway")) {
+        ("", "Service") => {
             return Some(Parent::Service {
                 host: format!("{}.{p_ns}.svc.cluster.local", p.name),
                 port: p.port.and_then(|n| u32::try_from(n).ok()),
             })
         }
-        "Gateway" => {}
-        other => {
-            out.warnings.push(format!("{who}: a parent of kind {other} is not emulated"));
+        (GATEWAY_GROUP, "Gateway") => {}
+        (GATEWAY_GROUP, "Service") => {
+            out.warnings.push(format!(
+                "{who}: parent Service {} has no `group: \"\"`, so its group is {GATEWAY_GROUP}, which has no Service: \
+                 Istio ignores this parent, and so does meshd (add `group: \"\"` to the parentRef)",
+                p.name
+            ));
+            return None;
+        }
+        (group, kind) => {
+            out.warnings.push(format!("{who}: a parent of kind {kind} in group {group:?} is not emulated"));
             return None;
         }
     }
@@ -245,9 +291,10 @@ fn destination(b: &BackendRef, route_ns: &str) -> Result<Value, String> {
     Ok(d)
 }
 
-fn http_route(
+fn http_route<'a>(
     out: &mut Translated,
-    route: &Object<HttpRouteSpec>,
+    hosts: &mut Vec<HostRoutes<'a>>,
+    route: &'a Object<HttpRouteSpec>,
     origin: &Origin,
     gateways: &[(&GatewayObj, &Origin)],
 ) {
@@ -257,39 +304,46 @@ fn http_route(
         return;
     };
     for (i, p) in route.spec.parent_refs.iter().enumerate() {
+        if bad_port(out, p.port, origin, format!("spec.parentRefs[{i}].port")) {
+            continue;
+        }
         let Some(parent) = parent(out, p, route_ns, &who, gateways, true) else {
             continue;
         };
-        let (hosts, bound, port) = match parent {
+        let (names, bound, port) = match parent {
             Parent::Listeners(refs) => {
-                let hosts =
+                let names =
                     if route.spec.hostnames.is_empty() { vec!["*".to_string()] } else { route.spec.hostnames.clone() };
-                (hosts, refs, None)
+                (names, refs, None)
             }
             Parent::Service { host, port } => (vec![host], vec!["mesh".to_string()], port),
         };
-        let http: Vec<Value> = rules
-            .iter()
-            .cloned()
-            .map(|mut r| {
+        for host in names {
+            let routes = rules.iter().cloned().map(|(rank, mut r)| {
                 if let Some(port) = port {
                     // A Service's port limits the route to requests for it.
-                    match r.get_mut("match").and_then(Value::as_array_mut) {
-                        Some(ms) => ms.iter_mut().for_each(|m| m["port"] = json!(port)),
-                        None => r["match"] = json!([{"port": port}]),
-                    }
+                    r["match"][0]["port"] = json!(port);
                 }
-                r
-            })
-            .collect();
-        let spec = json!({"hosts": hosts, "gateways": bound, "http": http});
-        let made = format!("{route_name}-{i}-{MADE}");
-        push(out, "VirtualService", route, &made, spec, origin, &format!("spec.parentRefs[{i}]"));
+                (rank, r)
+            });
+            let same =
+                |h: &&mut HostRoutes<'a>| h.host == host && h.gateways == bound && ns(&h.from.metadata) == route_ns;
+            match hosts.iter_mut().find(same) {
+                Some(h) => h.routes.extend(routes),
+                None => hosts.push(HostRoutes {
+                    gateways: bound.clone(),
+                    host,
+                    from: route,
+                    origin: origin.clone(),
+                    routes: routes.collect(),
+                }),
+            }
+        }
     }
 }
 
-/// The rules of an HTTPRoute as Istio HTTP routes, one a match, in the Gateway API's order;
-/// None when a rule is invalid (its errors are in `out`).
+/// The rules of an HTTPRoute as Istio HTTP routes, one a match, each with its rank in the
+/// Gateway API's order; None when a rule is invalid (its errors are in `out`).
 fn http_rules(
     out: &mut Translated,
     spec: &HttpRouteSpec,
@@ -297,7 +351,7 @@ fn http_rules(
     route_name: &str,
     origin: &Origin,
     who: &str,
-) -> Option<Vec<Value>> {
+) -> Option<Vec<(Rank, Value)>> {
     let errors = out.errors.len();
     let mut routes: Vec<(Rank, Value)> = Vec::new();
     for (i, rule) in spec.rules.iter().enumerate() {
@@ -305,6 +359,12 @@ fn http_rules(
         let mut action = Map::new();
         let mut dests = Vec::new();
         for (j, b) in rule.backend_refs.iter().enumerate() {
+            if bad_port(out, b.port, origin, format!("{field}.backendRefs[{j}].port")) {
+                continue;
+            }
+            if !b.filters.is_empty() {
+                out.warnings.push(format!("{who}: {field}.backendRefs[{j}].filters are not emulated"));
+            }
             match destination(b, route_ns) {
                 // The Gateway API's default weight is 1 (Istio's is 0 beside others).
                 Ok(d) => dests.push(json!({"destination": d, "weight": b.weight.unwrap_or(1)})),
@@ -321,40 +381,45 @@ fn http_rules(
             // No backend to send to: the Gateway API answers 500.
             action.insert("directResponse".into(), json!({"status": 500}));
         }
-        if let Some(t) = rule.timeouts.as_ref().and_then(|t| t.get("request")).and_then(Value::as_str) {
-            action.insert("timeout".into(), json!(t));
+        // `backendRequest` bounds what the backend is given, and is what Istio sets as the
+        // route's timeout when both are there (meshd maps no retry policy to make it a try's).
+        for key in ["request", "backendRequest"] {
+            let Some(t) = rule.timeouts.as_ref().and_then(|t| t.get(key)) else { continue };
+            match t.as_str().map(api::Duration::parse) {
+                Some(Ok(_)) => {
+                    action.insert("timeout".into(), t.clone());
+                }
+                _ => {
+                    out.errors.push(error(origin, format!("{field}.timeouts.{key}"), format!("{t} is not a duration")))
+                }
+            }
         }
-        if rule.timeouts.as_ref().is_some_and(|t| t.get("backendRequest").is_some()) {
-            out.warnings.push(format!("{who}: {field}.timeouts.backendRequest is not emulated"));
+        if rule.retry.is_some() {
+            out.warnings.push(format!("{who}: {field}.retry is not emulated: the mesh's default retries apply"));
         }
         let matches: Vec<Option<&HttpRouteMatch>> =
             if rule.matches.is_empty() { vec![None] } else { rule.matches.iter().map(Some).collect() };
         for (j, m) in matches.into_iter().enumerate() {
             let mut r = action.clone();
-            r.insert("name".into(), json!(format!("{route_ns}.{route_name}.{i}.{j}")));
-            let rank = match m {
-                Some(m) => {
-                    let (rank, istio) = http_match(out, m, origin, &format!("{field}.matches[{j}]"));
-                    r.insert("match".into(), json!([istio]));
-                    rank
-                }
-                None => Rank::default(),
-            };
+            // Istio names the routes of a rule by its index, every match alike.
+            r.insert("name".into(), json!(format!("{route_ns}.{route_name}.{i}")));
+            // No match is the CRD's default one, a `PathPrefix` of `/`.
+            let default = HttpRouteMatch::default();
+            let (rank, istio) = http_match(out, m.unwrap_or(&default), origin, &format!("{field}.matches[{j}]"));
+            r.insert("match".into(), json!([istio]));
             routes.push((rank, Value::Object(r)));
         }
     }
     if out.errors.len() > errors {
         return None;
     }
-    // Stable: equal ranks keep the rules' order.
-    routes.sort_by_key(|r| std::cmp::Reverse(r.0));
-    Some(routes.into_iter().map(|(_, r)| r).collect())
+    Some(routes)
 }
 
 /// How specific a match is, in the Gateway API's order of precedence (greater first).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Rank {
-    /// Exact 3, prefix 2, regular expression 1, none 0.
+    /// Exact 3, prefix 2, regular expression 1 (0: a path type that is an error).
     path_kind: u8,
     path_len: usize,
     method: bool,
@@ -370,34 +435,28 @@ fn http_match(out: &mut Translated, m: &HttpRouteMatch, origin: &Origin, field: 
         query: m.query_params.len(),
         ..Default::default()
     };
-    if let Some(p) = &m.path {
-        let value = p.value.as_deref().unwrap_or("/");
-        let (kind, uri) = match p.type_.as_deref().unwrap_or("PathPrefix") {
-            "Exact" => (3, json!({"exact": value})),
-            "PathPrefix" => {
-                // A trailing slash adds nothing to a segment prefix.
-                let trimmed = if value == "/" { value } else { value.trim_end_matches('/') };
-                (2, json!({"prefix": trimmed}))
-            }
-            "RegularExpression" => {
-                check_regex(out, value, origin, &format!("{field}.path.value"));
-                (1, json!({"regex": value}))
-            }
-            other => {
-                out.errors.push(error(
-                    origin,
-                    format!("{field}.path.type"),
-                    format!("unknown path match type {other:?}"),
-                ));
-                (0, Value::Null)
-            }
-        };
-        rank.path_kind = kind;
-        rank.path_len = value.len();
-        if !uri.is_null() {
-            istio.insert("uri".into(), uri);
+    // No path is the CRD's default, a `PathPrefix` of `/`.
+    let default = api::HttpPathMatch::default();
+    let p = m.path.as_ref().unwrap_or(&default);
+    let value = p.value.as_deref().unwrap_or("/");
+    let (kind, value, op) = match p.type_.as_deref().unwrap_or("PathPrefix") {
+        "Exact" => (3, value, "exact"),
+        // A trailing slash adds nothing to a segment prefix.
+        "PathPrefix" if value != "/" => (2, value.trim_end_matches('/'), "prefix"),
+        "PathPrefix" => (2, value, "prefix"),
+        "RegularExpression" => {
+            check_regex(out, value, origin, &format!("{field}.path.value"));
+            (1, value, "regex")
         }
-    }
+        other => {
+            let e = error(origin, format!("{field}.path.type"), format!("unknown path match type {other:?}"));
+            out.errors.push(e);
+            (0, value, "exact")
+        }
+    };
+    rank.path_kind = kind;
+    rank.path_len = value.len();
+    istio.insert("uri".into(), json!({op: value}));
     let mut pairs = |list: Vec<(&str, &str, Option<&str>)>, key: &str, what: &str| {
         let mut map = Map::new();
         for (k, (name, value, kind)) in list.into_iter().enumerate() {
@@ -474,20 +533,40 @@ fn filter(
     match kind {
         "RequestHeaderModifier" | "ResponseHeaderModifier" => {
             let side = if kind == "RequestHeaderModifier" { "request" } else { "response" };
-            let named = |list: &str| -> Map<String, Value> {
-                conf.get(list)
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|h| Some((h.get("name")?.as_str()?.to_ascii_lowercase(), h.get("value")?.clone())))
-                    .collect()
+            let mut named = |list: &str| -> Map<String, Value> {
+                let mut map = Map::new();
+                for (k, h) in conf.get(list).and_then(Value::as_array).into_iter().flatten().enumerate() {
+                    match (h.get("name").and_then(Value::as_str), h.get("value").and_then(Value::as_str)) {
+                        // The first of a name counts, as in Istio.
+                        (Some(n), Some(v)) => {
+                            map.entry(n.to_ascii_lowercase()).or_insert_with(|| json!(v));
+                        }
+                        _ => out.errors.push(error(
+                            origin,
+                            format!("{field}.{key}.{list}[{k}]"),
+                            "a header needs a name and a value, both text".into(),
+                        )),
+                    }
+                }
+                map
             };
+            let (set, add) = (named("set"), named("add"));
             let remove: Vec<Value> = conf.get("remove").and_then(Value::as_array).cloned().unwrap_or_default();
             let headers = route.entry("headers").or_insert_with(|| json!({}));
-            headers[side] = json!({"set": named("set"), "add": named("add"), "remove": remove});
+            headers[side] = json!({"set": set, "add": add, "remove": remove});
         }
         "RequestRedirect" => {
-            let mut redirect = json!({"redirectCode": conf.get("statusCode").cloned().unwrap_or(json!(302))});
+            let code = conf.get("statusCode").map_or(Some(302), Value::as_u64);
+            let Some(code @ (301 | 302 | 303 | 307 | 308)) = code else {
+                let e = error(
+                    origin,
+                    format!("{field}.requestRedirect.statusCode"),
+                    "a redirect's code is 301, 302, 303, 307 or 308".into(),
+                );
+                out.errors.push(e);
+                return;
+            };
+            let mut redirect = json!({"redirectCode": code});
             if let Some(s) = conf.get("scheme") {
                 redirect["scheme"] = s.clone();
             }
@@ -495,10 +574,15 @@ fn filter(
                 redirect["authority"] = h.clone();
             }
             match conf.get("port") {
-                Some(p) => redirect["port"] = p.clone(),
-                // A new scheme without a port takes the scheme's own (none written).
+                Some(p) if p.as_u64().is_some_and(|p| (1..=65535).contains(&p)) => redirect["port"] = p.clone(),
+                Some(p) => {
+                    let e = error(origin, format!("{field}.requestRedirect.port"), format!("{p} is not a port"));
+                    out.errors.push(e);
+                }
+                // A new scheme without a port takes the scheme's own (none written); else the
+                // request's port stays, as the Gateway API says.
                 None if conf.get("scheme").is_some() => redirect["derivePort"] = json!("FROM_PROTOCOL_DEFAULT"),
-                None => {}
+                None => redirect["derivePort"] = json!("FROM_REQUEST_PORT"),
             }
             match path_modifier(conf.get("path")) {
                 Ok(Some(PathChange::Full(p))) => redirect["uri"] = json!(p),
@@ -539,8 +623,16 @@ fn filter(
                     return;
                 }
             };
-            let percent = match (conf.get("percent").and_then(Value::as_f64), conf.get("fraction")) {
-                (Some(p), _) => p,
+            let percent = match (conf.get("percent"), conf.get("fraction")) {
+                (Some(p), _) => match p.as_f64().filter(|p| (0.0..=100.0).contains(p)) {
+                    Some(p) => p,
+                    None => {
+                        let e =
+                            error(origin, format!("{field}.requestMirror.percent"), format!("{p} is not a percentage"));
+                        out.errors.push(e);
+                        return;
+                    }
+                },
                 (None, Some(f)) => {
                     let n = f.get("numerator").and_then(Value::as_f64).unwrap_or(0.0);
                     let d = f.get("denominator").and_then(Value::as_f64).unwrap_or(100.0);
@@ -572,7 +664,11 @@ fn path_modifier(p: Option<&Value>) -> Result<Option<PathChange>, String> {
     let text = |k: &str| p.get(k).and_then(Value::as_str).map(str::to_string).ok_or(format!("needs `{k}`"));
     match p.get("type").and_then(Value::as_str) {
         Some("ReplaceFullPath") => Ok(Some(PathChange::Full(text("replaceFullPath")?))),
-        Some("ReplacePrefixMatch") => Ok(Some(PathChange::Prefix(text("replacePrefixMatch")?))),
+        // A trailing slash adds nothing to the segments that replace a prefix.
+        Some("ReplacePrefixMatch") => {
+            let p = text("replacePrefixMatch")?;
+            Ok(Some(PathChange::Prefix(if p.len() > 1 { p.trim_end_matches('/').to_string() } else { p })))
+        }
         other => Err(format!("unknown path modifier type {other:?}")),
     }
 }
@@ -589,6 +685,9 @@ fn tcp_route(
     for (i, rule) in route.spec.rules.iter().enumerate() {
         let mut dests = Vec::new();
         for (j, b) in rule.backend_refs.iter().enumerate() {
+            if bad_port(out, b.port, origin, format!("spec.rules[{i}].backendRefs[{j}].port")) {
+                continue;
+            }
             match destination(b, route_ns) {
                 Ok(d) => dests.push(json!({"destination": d, "weight": b.weight.unwrap_or(1)})),
                 Err(e) => out.warnings.push(format!("{who}: spec.rules[{i}].backendRefs[{j}]: {e}")),
@@ -599,6 +698,9 @@ fn tcp_route(
         }
     }
     for (i, p) in route.spec.parent_refs.iter().enumerate() {
+        if bad_port(out, p.port, origin, format!("spec.parentRefs[{i}].port")) {
+            continue;
+        }
         match parent(out, p, route_ns, &who, gateways, false) {
             Some(Parent::Listeners(refs)) => {
                 let spec = json!({"hosts": ["*"], "gateways": refs, "tcp": tcp});
@@ -658,6 +760,9 @@ spec:
     backendRefs: [{{name: one, port: 80}}]
   - matches: [{{path: {{type: Exact, value: /a}}}}, {{path: {{type: PathPrefix, value: /a}}, headers: [{{name: X-A, value: '1'}}]}}]
     backendRefs: [{{name: two, port: 80}}]
+  - backendRefs: [{{name: all, port: 80}}]
+  - matches: [{{headers: [{{name: end-user, value: jason}}]}}, {{path: {{type: RegularExpression, value: /r.*}}}}]
+    backendRefs: [{{name: jason, port: 80}}]
 "
         ));
         assert!(t.errors.is_empty() && t.warnings.is_empty(), "{:?} {:?}", t.errors, t.warnings);
@@ -665,12 +770,65 @@ spec:
         assert_eq!(vs.len(), 1);
         assert_eq!(vs[0].spec.gateways, ["default/gw-istio-autogenerated-k8s-gateway-http"]);
         assert_eq!(vs[0].spec.hosts, ["*"]);
-        let order: Vec<_> = vs[0].spec.http.iter().map(|r| r.name.clone().unwrap()).collect();
-        assert_eq!(order, ["default.r.1.0", "default.r.0.1", "default.r.1.1", "default.r.0.0"]);
+        let order: Vec<_> = vs[0]
+            .spec
+            .http
+            .iter()
+            .map(|r| {
+                let (m, d) = (&r.r#match[0], &r.route[0].destination.host);
+                let uri = m.uri.as_ref().unwrap();
+                let path = [&uri.exact, &uri.prefix, &uri.regex].into_iter().flatten().next().unwrap();
+                format!(
+                    "{} {path}{} {}",
+                    r.name.as_deref().unwrap(),
+                    if m.headers.is_empty() { "" } else { " +h" },
+                    &d[..d.find('.').unwrap()]
+                )
+            })
+            .collect();
+        // Exact, then prefixes longest first (headers break a tie), the catch-all (the CRD's
+        // default match, `/`) after a header-only match, a regular expression last.
+        assert_eq!(
+            order,
+            [
+                "default.r.1 /a two",
+                "default.r.0 /a/b one",
+                "default.r.1 /a +h two",
+                "default.r.0 /a one",
+                "default.r.3 / +h jason",
+                "default.r.2 / all",
+                "default.r.3 /r.* jason",
+            ]
+        );
         let prefix = vs[0].spec.http[1].r#match[0].uri.as_ref().unwrap();
         assert_eq!(prefix.prefix.as_deref(), Some("/a/b"), "a trailing slash is dropped");
         assert!(vs[0].spec.http[2].r#match[0].headers.contains_key("x-a"));
         assert_eq!(vs[0].metadata.annotations.get(ROUTE_SEMANTICS).map(String::as_str), Some("gateway"));
+    }
+
+    #[test]
+    fn the_routes_of_one_host_are_merged_and_ordered_together() {
+        let route = |name: &str, parent: &str, rule: &str| {
+            format!("---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}}}\nspec:\n  parentRefs: [{parent}]\n  rules: [{rule}]\n")
+        };
+        let svc = "{group: '', kind: Service, name: reviews, port: 9080}";
+        let t = translated(&format!(
+            "{GATEWAY}{}{}{}{}",
+            route("all", "{name: gw}", "{backendRefs: [{name: one, port: 80}]}"),
+            route("api", "{name: gw}", "{matches: [{path: {value: /api}}], backendRefs: [{name: two, port: 80}]}"),
+            route("reviews", svc, "{backendRefs: [{name: reviews-v1, port: 9080}]}"),
+            route("jason", svc, "{matches: [{headers: [{name: end-user, value: jason}]}], backendRefs: [{name: reviews-v2, port: 9080}]}"),
+        ));
+        assert!(t.errors.is_empty() && t.warnings.is_empty(), "{:?} {:?}", t.errors, t.warnings);
+        let vs = virtual_services(&t);
+        let names: Vec<_> = vs.iter().map(|v| name(&v.metadata)).collect();
+        assert_eq!(names, ["all-0-istio-autogenerated-k8s-gateway", "reviews-0-istio-autogenerated-k8s-gateway"]);
+        let firsts = |v: &api::Object<api::VirtualServiceSpec>| -> Vec<String> {
+            v.spec.http.iter().map(|r| r.route[0].destination.host.split('.').next().unwrap().to_string()).collect()
+        };
+        assert_eq!(firsts(vs[0]), ["two", "one"], "the longer prefix of a later file first");
+        assert_eq!(firsts(vs[1]), ["reviews-v2", "reviews-v1"], "a header match before the catch-all");
+        assert_eq!(vs[1].spec.http[0].r#match[0].port, Some(9080));
     }
 
     #[test]
@@ -748,6 +906,55 @@ spec:
             "{e}"
         );
         assert!(virtual_services(&t).is_empty(), "an invalid route makes nothing");
+    }
+
+    #[test]
+    fn values_the_crd_refuses_are_errors_at_their_own_field_whether_or_not_a_parent_resolves() {
+        let t = translated(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r}
+spec:
+  parentRefs: [{name: nowhere}, {group: '', kind: Service, name: s, port: 70000}]
+  rules:
+  - timeouts: {request: 5 s}
+    filters:
+    - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-a, value: 1}]}}
+    - {type: RequestRedirect, requestRedirect: {statusCode: 200}}
+    backendRefs: [{name: one, port: 0}]
+  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: m, port: 80}, percent: 150}}]
+    backendRefs: [{name: two, port: 80}]
+",
+        );
+        let fields: Vec<_> = t.errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.rules[0].backendRefs[0].port",
+                "spec.rules[0].filters[0].requestHeaderModifier.set[0]",
+                "spec.rules[0].filters[1].requestRedirect.statusCode",
+                "spec.rules[0].timeouts.request",
+                "spec.rules[1].filters[0].requestMirror.percent",
+            ],
+            "{:?}",
+            t.errors
+        );
+        assert!(t.resources.is_empty());
+    }
+
+    #[test]
+    fn a_service_parent_without_the_core_group_is_not_attached_as_in_istio() {
+        let t = translated(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: httpbin}
+spec:
+  parentRefs: [{kind: Service, name: httpbin, port: 8000}]
+  rules: [{backendRefs: [{name: httpbin-v1, port: 80}]}]
+",
+        );
+        assert!(t.resources.is_empty());
+        assert!(t.warnings[0].contains("add `group: \"\"` to the parentRef"), "{:?}", t.warnings);
     }
 
     #[test]
