@@ -51,6 +51,18 @@ pub fn translate(resources: &[Located]) -> Translated {
     for (gw, origin) in &gateways {
         gateway(&mut out, gw, origin);
     }
+    // Istio deploys each Gateway with an address of its own; meshd has one ingress.
+    let named: Vec<String> = gateways
+        .iter()
+        .filter(|(g, _)| g.spec.gateway_class_name == "istio")
+        .map(|(g, _)| format!("{}/{}", ns(&g.metadata), name(&g.metadata)))
+        .collect();
+    if named.len() > 1 {
+        out.warnings.push(format!(
+            "Gateways {} each get an address of their own in Istio; here they share the ingress gateway's listeners",
+            named.join(", ")
+        ));
+    }
     // Routes attach to Istio's gateways only: another class is another controller's.
     let gateways: Vec<_> = gateways.into_iter().filter(|(g, _)| g.spec.gateway_class_name == "istio").collect();
     let mut hosts = Vec::new();
@@ -279,6 +291,42 @@ fn parent(
     Some(Parent::Listeners(refs))
 }
 
+/// A rule's backends as weighted Istio destinations. A weight of 0 takes no traffic, as in
+/// Istio; with none left, the rule answers 500.
+fn backends(
+    out: &mut Translated,
+    refs: &[BackendRef],
+    route_ns: &str,
+    origin: &Origin,
+    field: &str,
+    who: &str,
+) -> Vec<Value> {
+    let mut dests = Vec::new();
+    for (j, b) in refs.iter().enumerate() {
+        if bad_port(out, b.port, origin, format!("{field}.backendRefs[{j}].port")) {
+            continue;
+        }
+        if !b.filters.is_empty() {
+            out.warnings.push(format!("{who}: {field}.backendRefs[{j}].filters are not emulated"));
+        }
+        if b.port.is_none() && b.kind.as_deref().is_none_or(|k| k == "Service") {
+            out.warnings
+                .push(format!("{who}: {field}.backendRefs[{j}]: a Service backend needs a port: not routed to"));
+            continue;
+        }
+        // The Gateway API's default weight is 1 (Istio's is 0 beside others).
+        let weight = b.weight.unwrap_or(1);
+        if weight == 0 {
+            continue;
+        }
+        match destination(b, route_ns) {
+            Ok(d) => dests.push(json!({"destination": d, "weight": weight})),
+            Err(e) => out.warnings.push(format!("{who}: {field}.backendRefs[{j}]: {e}")),
+        }
+    }
+    dests
+}
+
 /// A backend as an Istio destination (a Service, in the route's namespace unless named).
 fn destination(b: &BackendRef, route_ns: &str) -> Result<Value, String> {
     if let Some(kind) = b.kind.as_deref().filter(|k| *k != "Service") {
@@ -357,20 +405,7 @@ fn http_rules(
     for (i, rule) in spec.rules.iter().enumerate() {
         let field = format!("spec.rules[{i}]");
         let mut action = Map::new();
-        let mut dests = Vec::new();
-        for (j, b) in rule.backend_refs.iter().enumerate() {
-            if bad_port(out, b.port, origin, format!("{field}.backendRefs[{j}].port")) {
-                continue;
-            }
-            if !b.filters.is_empty() {
-                out.warnings.push(format!("{who}: {field}.backendRefs[{j}].filters are not emulated"));
-            }
-            match destination(b, route_ns) {
-                // The Gateway API's default weight is 1 (Istio's is 0 beside others).
-                Ok(d) => dests.push(json!({"destination": d, "weight": b.weight.unwrap_or(1)})),
-                Err(e) => out.warnings.push(format!("{who}: {field}.backendRefs[{j}]: {e}")),
-            }
-        }
+        let dests = backends(out, &rule.backend_refs, route_ns, origin, &field, who);
         if !dests.is_empty() {
             action.insert("route".into(), Value::Array(dests));
         }
@@ -683,16 +718,7 @@ fn tcp_route(
     let who = format!("TCPRoute {route_ns}/{route_name} ({origin})");
     let mut tcp = Vec::new();
     for (i, rule) in route.spec.rules.iter().enumerate() {
-        let mut dests = Vec::new();
-        for (j, b) in rule.backend_refs.iter().enumerate() {
-            if bad_port(out, b.port, origin, format!("spec.rules[{i}].backendRefs[{j}].port")) {
-                continue;
-            }
-            match destination(b, route_ns) {
-                Ok(d) => dests.push(json!({"destination": d, "weight": b.weight.unwrap_or(1)})),
-                Err(e) => out.warnings.push(format!("{who}: spec.rules[{i}].backendRefs[{j}]: {e}")),
-            }
-        }
+        let dests = backends(out, &rule.backend_refs, route_ns, origin, &format!("spec.rules[{i}]"), &who);
         if !dests.is_empty() {
             tcp.push(json!({"route": dests}));
         }
@@ -829,6 +855,31 @@ spec:
         assert_eq!(firsts(vs[0]), ["two", "one"], "the longer prefix of a later file first");
         assert_eq!(firsts(vs[1]), ["reviews-v2", "reviews-v1"], "a header match before the catch-all");
         assert_eq!(vs[1].spec.http[0].r#match[0].port, Some(9080));
+    }
+
+    #[test]
+    fn a_weight_of_zero_takes_no_traffic_and_a_rule_with_no_backend_answers_500() {
+        let t = translated(&format!(
+            "{GATEWAY}apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: r}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - matches: [{{path: {{value: /a}}}}]
+    backendRefs: [{{name: one, port: 80, weight: 0}}, {{name: two, port: 80, weight: 2}}, {{name: three}}]
+  - backendRefs: [{{name: one, port: 80, weight: 0}}]
+"
+        ));
+        assert!(
+            t.warnings.iter().any(|w| w.contains("backendRefs[2]: a Service backend needs a port")),
+            "{:?}",
+            t.warnings
+        );
+        let http = &virtual_services(&t)[0].spec.http;
+        let hosts: Vec<_> = http[0].route.iter().map(|d| d.destination.host.as_str()).collect();
+        assert_eq!(hosts, ["two.default.svc.cluster.local"]);
+        assert_eq!(http[1].direct_response.as_ref().map(|d| d.status), Some(500));
     }
 
     #[test]
