@@ -138,6 +138,25 @@ pub fn analyze_dir(dir: &Path) -> Report {
     Report::new(messages)
 }
 
+/// The Gateway API routes `meshd up` would refuse, as it turns them into Istio's kinds: a
+/// value the CRD's validation refuses (a regular expression, a port, a duration), at its line.
+fn gateway_api(own: &[Doc], out: &mut Vec<Message>) {
+    use crate::config::{Located, Origin};
+    let located: Vec<Located> = own
+        .iter()
+        .filter_map(|d| {
+            let resource = d.resource.clone()?;
+            Some(Located { resource, origin: Origin { file: d.file.clone(), line: d.start } })
+        })
+        .collect();
+    for e in crate::config::translate_gateway_api::translate(&located).errors {
+        if let Some(d) = own.iter().find(|d| d.file == e.file && d.start == e.line) {
+            let text = format!("Schema validation error: {}: {}", e.field, e.message);
+            d.report(out, Level::Error, "IST0106", &lines::FieldPath::parse(&e.field), text);
+        }
+    }
+}
+
 /// Same over in-memory files (name, text) — used by tests and by the daemon on reload. Files are taken in
 /// the order given (`meshd up` reads them sorted by name): of two documents with the same kind and name,
 /// the later one is in force.
@@ -151,6 +170,7 @@ pub fn analyze_files(files: &[(String, String)]) -> Report {
             }
         }
     }
+    gateway_api(&own, &mut messages);
     let builtin = docs::builtin_for(&own);
     let set = docs::effective(&own, &builtin);
     refs::check(&set, &mut messages);

@@ -581,3 +581,32 @@ fn only_the_folders_own_files_get_messages_and_later_documents_win() {
     assert!(lines(&[("reviews.yaml", &files)]).is_empty());
     assert!(lines(&[("empty.yaml", "# nothing\n---\n")]).is_empty());
 }
+
+#[test]
+fn ist0106_for_an_httproute_value_meshd_up_would_refuse_at_its_line() {
+    let route = "\
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: bad
+spec:
+  parentRefs:
+  - name: bookinfo-gateway
+  rules:
+  - matches:
+    - path:
+        type: RegularExpression
+        value: \"/(\"
+    backendRefs:
+    - name: productpage
+      port: 9080
+";
+    let out = lines(&[("bad-route.yaml", route)]);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert!(
+        out[0].starts_with(
+            "Error [IST0106] (HTTPRoute bad.default bad-route.yaml:12) Schema validation error: spec.rules[0].matches[0].path.value: invalid regular expression"
+        ),
+        "{out:?}"
+    );
+}

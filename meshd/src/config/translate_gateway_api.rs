@@ -409,8 +409,12 @@ fn http_rules(
         if !dests.is_empty() {
             action.insert("route".into(), Value::Array(dests));
         }
+        let mut served = true;
         for (j, f) in rule.filters.iter().enumerate() {
-            filter(out, &mut action, f, route_ns, origin, &format!("{field}.filters[{j}]"), who);
+            served &= filter(out, &mut action, f, route_ns, origin, &format!("{field}.filters[{j}]"), who);
+        }
+        if !served {
+            continue;
         }
         if !action.contains_key("route") && !action.contains_key("redirect") {
             // No backend to send to: the Gateway API answers 500.
@@ -538,7 +542,8 @@ fn check_regex(out: &mut Translated, value: &str, origin: &Origin, field: &str) 
     }
 }
 
-/// One of a rule's filters, into the Istio route being made.
+/// One of a rule's filters, into the Istio route being made; false when the rule cannot be
+/// served at all.
 fn filter(
     out: &mut Translated,
     route: &mut Map<String, Value>,
@@ -547,23 +552,31 @@ fn filter(
     origin: &Origin,
     field: &str,
     who: &str,
-) {
+) -> bool {
     let kind = f.get("type").and_then(Value::as_str).unwrap_or("");
-    // Each filter's settings sit under its type's name in lower camel case.
+    // Each filter's settings sit under its type's name.
     let key = match kind {
-        "URLRewrite" => "urlRewrite".to_string(),
-        _ => kind.get(..1).map(|c| format!("{}{}", c.to_ascii_lowercase(), &kind[1..])).unwrap_or_default(),
-    };
-    let Some(conf) = f.get(&key) else {
-        if matches!(
-            kind,
-            "RequestHeaderModifier" | "ResponseHeaderModifier" | "RequestRedirect" | "URLRewrite" | "RequestMirror"
-        ) {
-            out.errors.push(error(origin, format!("{field}.{key}"), format!("a {kind} filter needs `{key}`")));
-        } else {
-            out.warnings.push(format!("{who}: {field}: filter type {kind:?} is not emulated"));
+        "RequestHeaderModifier" => "requestHeaderModifier",
+        "ResponseHeaderModifier" => "responseHeaderModifier",
+        "RequestRedirect" => "requestRedirect",
+        "URLRewrite" => "urlRewrite",
+        "RequestMirror" => "requestMirror",
+        // Istio's, not meshd's: the rule is served without them.
+        "CORS" | "ExtensionRef" => {
+            out.warnings
+                .push(format!("{who}: {field}: filter type {kind} is not emulated: the rule is served without it"));
+            return true;
         }
-        return;
+        other => {
+            out.warnings.push(format!(
+                "{who}: {field}: Istio refuses a rule with a filter type it does not know ({other:?}): the rule is not served"
+            ));
+            return false;
+        }
+    };
+    let Some(conf) = f.get(key) else {
+        out.errors.push(error(origin, format!("{field}.{key}"), format!("a {kind} filter needs `{key}`")));
+        return true;
     };
     match kind {
         "RequestHeaderModifier" | "ResponseHeaderModifier" => {
@@ -599,7 +612,7 @@ fn filter(
                     "a redirect's code is 301, 302, 303, 307 or 308".into(),
                 );
                 out.errors.push(e);
-                return;
+                return true;
             };
             let mut redirect = json!({"redirectCode": code});
             if let Some(s) = conf.get("scheme") {
@@ -649,13 +662,13 @@ fn filter(
                     format!("{field}.requestMirror.backendRef"),
                     "a mirror needs a backendRef with a name".into(),
                 ));
-                return;
+                return true;
             };
             let d = match destination(&b, route_ns) {
                 Ok(d) => d,
                 Err(e) => {
                     out.warnings.push(format!("{who}: {field}: {e}"));
-                    return;
+                    return true;
                 }
             };
             let percent = match (conf.get("percent"), conf.get("fraction")) {
@@ -665,7 +678,7 @@ fn filter(
                         let e =
                             error(origin, format!("{field}.requestMirror.percent"), format!("{p} is not a percentage"));
                         out.errors.push(e);
-                        return;
+                        return true;
                     }
                 },
                 (None, Some(f)) => {
@@ -684,8 +697,10 @@ fn filter(
                 list.push(json!({"destination": d, "percentage": {"value": percent}}));
             }
         }
-        other => out.warnings.push(format!("{who}: {field}: filter type {other:?} is not emulated")),
+        // Every type with a key is one of the above.
+        _ => {}
     }
+    true
 }
 
 enum PathChange {
@@ -880,6 +895,29 @@ spec:
         let hosts: Vec<_> = http[0].route.iter().map(|d| d.destination.host.as_str()).collect();
         assert_eq!(hosts, ["two.default.svc.cluster.local"]);
         assert_eq!(http[1].direct_response.as_ref().map(|d| d.status), Some(500));
+    }
+
+    #[test]
+    fn a_filter_istio_does_not_know_drops_its_rule_and_one_meshd_does_not_emulate_is_named() {
+        let t = translated(&format!(
+            "{GATEWAY}apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: r}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - matches: [{{path: {{value: /a}}}}]
+    filters: [{{type: Teleport}}]
+    backendRefs: [{{name: one, port: 80}}]
+  - filters: [{{type: CORS, cors: {{allowOrigins: ['*']}}}}]
+    backendRefs: [{{name: two, port: 80}}]
+"
+        ));
+        assert!(t.warnings[0].contains("(\"Teleport\"): the rule is not served"), "{:?}", t.warnings);
+        assert!(t.warnings[1].contains("filter type CORS is not emulated: the rule is served without it"));
+        let http = &virtual_services(&t)[0].spec.http;
+        assert_eq!(http.len(), 1);
+        assert_eq!(http[0].route[0].destination.host, "two.default.svc.cluster.local");
     }
 
     #[test]
