@@ -4,11 +4,9 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use common::{reviews_version, Mesh, TempDir};
+use common::{reviews_version, tcp_echo, Mesh, TempDir};
 
 const GW_API: &str = "bookinfo/gateway-api/";
 
@@ -161,32 +159,21 @@ async fn mirroring_with_a_request_mirror_filter() {
     assert!(seen, "v2 sees the mirrored request:\n{}", logs(&v2));
 }
 
-/// `(echo line; sleep) | nc gateway 31400`: the first line that comes back.
-fn echo(addr: SocketAddr, line: &str) -> Option<String> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(format!("{line}\n").as_bytes()).ok()?;
-    let mut out = String::new();
-    BufReader::new(s).read_line(&mut out).ok()?;
-    (!out.is_empty()).then(|| out.trim_end().to_string())
-}
-
 #[tokio::test]
 async fn tcp_traffic_shifting_with_tcproutes() {
     let dir = TempDir::new();
     dir.add_sample("tcp-echo/tcp-echo-services.yaml");
     dir.add_sample("tcp-echo/gateway-api/tcp-echo-all-v1.yaml");
     let mesh = Mesh::start(dir);
-    let line = mesh.wait_for_line(|l| l.contains("gateway tcp 31400 listening on"), Duration::from_secs(10));
-    let addr: SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let addr = mesh.gateway_tcp(31400);
     for i in 0..10 {
-        assert_eq!(echo(addr, &format!("hello {i}")).as_deref(), Some(format!("one hello {i}").as_str()));
+        assert_eq!(tcp_echo(addr, &format!("hello {i}")).as_deref(), Some(format!("one hello {i}").as_str()));
     }
     let mark = mesh.mark();
     save_as(&mesh, "tcp-echo/gateway-api/tcp-echo-20-v2.yaml", "tcp-echo-step2-20-v2.yaml");
     mesh.wait_applied(mark);
     let n = 200;
-    let two = (0..n).filter(|_| echo(addr, "x").is_some_and(|l| l.starts_with("two "))).count();
+    let two = (0..n).filter(|_| tcp_echo(addr, "x").is_some_and(|l| l.starts_with("two "))).count();
     // p = 0.2 over 200 connections: sd 2.8 points; [8%, 35%] is over 4 sd each way.
     assert!((16..=70).contains(&two), "about 20% to v2, per connection: {two}/{n}");
 }

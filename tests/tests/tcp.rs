@@ -3,26 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
-
-use common::{Mesh, TempDir};
-
-/// `(echo line; sleep) | nc gateway 31400`: the first line that comes back, or None if the connection closes.
-fn echo(addr: SocketAddr, line: &str) -> Option<String> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(format!("{line}\n").as_bytes()).ok()?;
-    let mut out = String::new();
-    BufReader::new(s).read_line(&mut out).ok()?;
-    (!out.is_empty()).then(|| out.trim_end().to_string())
-}
-
-fn tcp_port(mesh: &Mesh) -> SocketAddr {
-    let line = mesh.wait_for_line(|l| l.contains("gateway tcp 31400 listening on"), Duration::from_secs(10));
-    line.rsplit(' ').next().unwrap().parse().unwrap()
-}
+use common::{tcp_echo, Mesh, TempDir};
 
 #[tokio::test]
 async fn tcp_traffic_shifting_task() {
@@ -30,9 +11,9 @@ async fn tcp_traffic_shifting_task() {
     dir.add_sample("tcp-echo/tcp-echo-services.yaml");
     dir.add_sample("tcp-echo/tcp-echo-all-v1.yaml");
     let mesh = Mesh::start(dir);
-    let addr = tcp_port(&mesh);
+    let addr = mesh.gateway_tcp(31400);
     for i in 0..10 {
-        assert_eq!(echo(addr, &format!("hello {i}")).as_deref(), Some(format!("one hello {i}").as_str()));
+        assert_eq!(tcp_echo(addr, &format!("hello {i}")).as_deref(), Some(format!("one hello {i}").as_str()));
     }
 
     // Applied over all-v1 (same VirtualService name): in a folder the file that sorts later wins,
@@ -42,7 +23,7 @@ async fn tcp_traffic_shifting_task() {
     mesh.dir.write("tcp-echo-step2-20-v2.yaml", &step);
     mesh.wait_applied(mark);
     let n = 200;
-    let two = (0..n).filter(|_| echo(addr, "x").is_some_and(|l| l.starts_with("two "))).count();
+    let two = (0..n).filter(|_| tcp_echo(addr, "x").is_some_and(|l| l.starts_with("two "))).count();
     // p = 0.2 over 200 connections: sd 2.8 points; [8%, 35%] is over 4 sd each way.
     assert!((16..=70).contains(&two), "about 20% to v2, per connection: {two}/{n}");
 }
@@ -53,15 +34,15 @@ async fn tcp_authorization_denial_closes_the_connection() {
     dir.add_sample("tcp-echo/tcp-echo-services.yaml");
     dir.add_sample("tcp-echo/tcp-echo-all-v1.yaml");
     let mesh = Mesh::start(dir);
-    let addr = tcp_port(&mesh);
-    assert!(echo(addr, "before").is_some());
+    let addr = mesh.gateway_tcp(31400);
+    assert!(tcp_echo(addr, "before").is_some());
     let mark = mesh.mark();
     mesh.dir.write(
         "deny.yaml",
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: tcp-deny}\nspec:\n  selector: {matchLabels: {app: tcp-echo}}\n  action: DENY\n  rules:\n  - to:\n    - operation: {ports: [\"9000\"]}\n",
     );
     mesh.wait_applied(mark);
-    assert_eq!(echo(addr, "after"), None, "denied: closed without an echo");
+    assert_eq!(tcp_echo(addr, "after"), None, "denied: closed without an echo");
     // An ALLOW policy that needs an HTTP attribute never matches TCP: nothing is allowed.
     let mark = mesh.mark();
     mesh.dir.write(
@@ -69,9 +50,9 @@ async fn tcp_authorization_denial_closes_the_connection() {
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: tcp-allow-get}\nspec:\n  selector: {matchLabels: {app: tcp-echo}}\n  rules:\n  - to:\n    - operation: {methods: [\"GET\"]}\n",
     );
     mesh.wait_applied(mark);
-    assert_eq!(echo(addr, "get"), None);
+    assert_eq!(tcp_echo(addr, "get"), None);
     let mark = mesh.mark();
     mesh.dir.remove("deny.yaml");
     mesh.wait_applied(mark);
-    assert_eq!(echo(addr, "again").as_deref(), Some("one again"));
+    assert_eq!(tcp_echo(addr, "again").as_deref(), Some("one again"));
 }

@@ -369,3 +369,24 @@ pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// `(echo line; sleep) | nc gateway 31400`: the first line that comes back, or None if the
+/// connection closes.
+pub fn tcp_echo(addr: SocketAddr, line: &str) -> Option<String> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(format!("{line}\n").as_bytes()).ok()?;
+    let mut out = String::new();
+    BufReader::new(s).read_line(&mut out).ok()?;
+    (!out.is_empty()).then(|| out.trim_end().to_string())
+}
+
+impl Mesh {
+    /// Where the gateway's TCP server for a Gateway's `port` listens.
+    pub fn gateway_tcp(&self, port: u16) -> SocketAddr {
+        let line =
+            self.wait_for_line(|l| l.contains(&format!("gateway tcp {port} listening on")), Duration::from_secs(10));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+}
