@@ -186,11 +186,7 @@ fn sniff(text: &str) -> (String, String, String) {
 
 /// The built-in documents `meshd up` adds to a folder that declares no Deployment.
 pub(crate) fn builtin_for(own: &[Doc]) -> Vec<Doc> {
-    if own.iter().any(|d| matches!(d.resource, Some(Resource::Deployment(_)))) {
-        return Vec::new();
-    }
-    crate::config::builtin()
-        .resources
+    crate::config::builtin_for(own.iter().filter_map(|d| d.resource.as_ref()))
         .into_iter()
         .map(|l| {
             let m = l.resource.metadata();

@@ -138,11 +138,12 @@ pub fn analyze_dir(dir: &Path) -> Report {
     Report::new(messages)
 }
 
-/// The Gateway API routes `meshd up` would refuse, as it turns them into Istio's kinds: a
-/// value the CRD's validation refuses (a regular expression, a port, a duration), at its line.
-fn gateway_api(own: &[Doc], out: &mut Vec<Message>) {
+/// The Gateway API routes in force that `meshd up` would refuse, as it turns them into Istio's
+/// kinds: a value the CRD's validation refuses (a regular expression, a port, a duration), at
+/// its line.
+fn gateway_api(set: &[&Doc], out: &mut Vec<Message>) {
     use crate::config::{Located, Origin};
-    let located: Vec<Located> = own
+    let located: Vec<Located> = set
         .iter()
         .filter_map(|d| {
             let resource = d.resource.clone()?;
@@ -150,7 +151,7 @@ fn gateway_api(own: &[Doc], out: &mut Vec<Message>) {
         })
         .collect();
     for e in crate::config::translate_gateway_api::translate(&located).errors {
-        if let Some(d) = own.iter().find(|d| d.file == e.file && d.start == e.line) {
+        if let Some(d) = set.iter().find(|d| d.file == e.file && d.start == e.line) {
             let text = format!("Schema validation error: {}: {}", e.field, e.message);
             d.report(out, Level::Error, "IST0106", &lines::FieldPath::parse(&e.field), text);
         }
@@ -170,9 +171,9 @@ pub fn analyze_files(files: &[(String, String)]) -> Report {
             }
         }
     }
-    gateway_api(&own, &mut messages);
     let builtin = docs::builtin_for(&own);
     let set = docs::effective(&own, &builtin);
+    gateway_api(&set.docs, &mut messages);
     refs::check(&set, &mut messages);
     routes::check(&set, &mut messages);
     gateways::check(&set, &mut messages);

@@ -603,10 +603,34 @@ spec:
 ";
     let out = lines(&[("bad-route.yaml", route)]);
     assert_eq!(out.len(), 1, "{out:?}");
+    // A later copy of the same route is the one in force, as `meshd up` reads the folder.
+    let fixed = route.replace("type: RegularExpression\n        value: \"/(\"", "type: PathPrefix\n        value: /ok");
+    assert_eq!(lines(&[("bad-route.yaml", route), ("fixed.yaml", &fixed)]), Vec::<String>::new());
     assert!(
         out[0].starts_with(
             "Error [IST0106] (HTTPRoute bad.default bad-route.yaml:12) Schema validation error: spec.rules[0].matches[0].path.value: invalid regular expression"
         ),
         "{out:?}"
     );
+}
+
+#[test]
+fn a_folders_own_ingress_replaces_the_built_in_one_for_the_analysis_too() {
+    let gateway = "\
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: my-gw
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port:
+      number: 8080
+      name: http
+      protocol: HTTP
+    hosts:
+    - \"*\"
+";
+    assert_eq!(lines(&[("gw.yaml", gateway)]), Vec::<String>::new(), "no conflict with the built-in bookinfo-gateway");
 }

@@ -48,26 +48,42 @@ pub fn builtin() -> load::Loaded {
     loaded
 }
 
-/// Adds the built-in set under `folder` when the folder has no workloads; the folder's
-/// resources override built-in ones of the same kind and name, and a folder with a Gateway
-/// of its own replaces the built-in ingress. Returns whether it did.
+/// The built-in resources a folder's own are run with: none when the folder declares a
+/// workload, else the built-in set, less its ingress when the folder brings an ingress of its
+/// own (the Gateway API tabs' Bookinfo has no Istio Gateway, and the built-in one would serve
+/// beside the folder's). `meshd up` and `meshd analyze` both start from this.
+pub fn builtin_for<'r>(own: impl Iterator<Item = &'r Resource> + Clone) -> Vec<Located> {
+    if own.clone().any(|r| matches!(r, Resource::Deployment(_))) {
+        return Vec::new();
+    }
+    let own_ingress = own.into_iter().any(is_ingress);
+    let mut set = builtin().resources;
+    set.retain(|r| !(own_ingress && r.origin.file == BUILTIN_INGRESS));
+    set
+}
+
+/// Whether a resource is an ingress: a Gateway API Gateway of Istio's class, or an Istio
+/// Gateway that selects the ingress gateway.
+fn is_ingress(r: &Resource) -> bool {
+    const INGRESS: [(&str, &str); 2] = [("istio", "ingressgateway"), ("app", "istio-ingressgateway")];
+    match r {
+        Resource::K8sGateway(g) => g.spec.gateway_class_name == "istio",
+        Resource::Gateway(g) => g.spec.selector.iter().all(|(k, v)| INGRESS.contains(&(k.as_str(), v.as_str()))),
+        _ => false,
+    }
+}
+
+/// Adds the built-in set under `folder` when the folder has no workloads ([`builtin_for`]); the
+/// folder's resources override built-in ones of the same kind and name. Returns whether it did.
 pub fn with_builtin(folder: load::Loaded) -> (load::Loaded, bool) {
-    let has_workloads = folder.resources.iter().any(|r| matches!(r.resource, Resource::Deployment(_)));
-    if has_workloads {
+    let mut resources = builtin_for(folder.resources.iter().map(|r| &r.resource));
+    if resources.is_empty() {
         return (folder, false);
     }
     let own: HashSet<String> = folder.resources.iter().map(|r| resource_key(&r.resource)).collect();
-    // A folder with a gateway of its own, of either API, brings its own ingress: the built-in
-    // one would serve beside it (the Gateway API tabs' Bookinfo has no Istio Gateway).
-    let own_ingress =
-        folder.resources.iter().any(|r| matches!(r.resource, Resource::Gateway(_) | Resource::K8sGateway(_)));
-    let mut merged = builtin();
-    merged
-        .resources
-        .retain(|r| !(own.contains(&resource_key(&r.resource)) || own_ingress && r.origin.file == BUILTIN_INGRESS));
-    merged.resources.extend(folder.resources);
-    merged.not_emulated.extend(folder.not_emulated);
-    merged.replaced.extend(folder.replaced);
+    resources.retain(|r| !own.contains(&resource_key(&r.resource)));
+    resources.extend(folder.resources);
+    let merged = load::Loaded { resources, not_emulated: folder.not_emulated, replaced: folder.replaced };
     (merged, true)
 }
 
@@ -128,6 +144,12 @@ mod tests {
     fn a_folder_with_its_own_gateway_replaces_the_built_in_ingress() {
         let plain = with_builtin(folder("apiVersion: v1\nkind: Namespace\nmetadata: {name: foo}\n")).0;
         assert!(keys(&plain).contains(&"VirtualService default/bookinfo".to_string()));
+        let other_class = K8S_GATEWAY.replace("gatewayClassName: istio", "gatewayClassName: other");
+        let egress = ISTIO_GATEWAY.replace("istio: ingressgateway", "istio: egressgateway");
+        for not_ingress in [other_class, egress] {
+            let k = keys(&with_builtin(folder(&not_ingress)).0);
+            assert!(k.contains(&"VirtualService default/bookinfo".to_string()), "{not_ingress}: {k:?}");
+        }
         for own in [K8S_GATEWAY, ISTIO_GATEWAY] {
             let (merged, used) = with_builtin(folder(own));
             assert!(used);

@@ -76,12 +76,12 @@ pub fn translate(resources: &[Located]) -> Translated {
     // Numbered per route, as Istio numbers the VirtualServices it makes of one.
     let mut made_of: std::collections::HashMap<(&str, &str), usize> = Default::default();
     for h in hosts {
-        let HostRoutes { gateways, host, from, origin, mut routes } = h;
+        let HostRoutes { gateway, host, from, origin, mut routes } = h;
         let n = made_of.entry((ns(&from.metadata), name(&from.metadata))).or_default();
         // The Gateway API's order over every route of the host; a tie keeps the file order.
         routes.sort_by_key(|(rank, _)| std::cmp::Reverse(*rank));
         let http: Vec<Value> = routes.into_iter().map(|(_, r)| r).collect();
-        let spec = json!({"hosts": [host], "gateways": gateways, "http": http});
+        let spec = json!({"hosts": [host], "gateways": [gateway], "http": http});
         let made = format!("{}-{n}-{MADE}", name(&from.metadata));
         *n += 1;
         push(&mut out, "VirtualService", from, &made, spec, &origin, "spec");
@@ -92,7 +92,8 @@ pub fn translate(resources: &[Located]) -> Translated {
 /// The routes of every HTTPRoute for one host of one parent: Istio merges them into one
 /// VirtualService, so that the Gateway API's order holds across the routes.
 struct HostRoutes<'a> {
-    gateways: Vec<String>,
+    /// One listener's Istio gateway (`ns/name`), or `mesh`.
+    gateway: String,
     host: String,
     /// The first route for the host, which names the VirtualService.
     from: &'a Object<HttpRouteSpec>,
@@ -303,40 +304,48 @@ fn backends(
 ) -> Vec<Value> {
     let mut dests = Vec::new();
     for (j, b) in refs.iter().enumerate() {
-        if bad_port(out, b.port, origin, format!("{field}.backendRefs[{j}].port")) {
-            continue;
-        }
+        let at = format!("{field}.backendRefs[{j}]");
         if !b.filters.is_empty() {
-            out.warnings.push(format!("{who}: {field}.backendRefs[{j}].filters are not emulated"));
-        }
-        if b.port.is_none() && b.kind.as_deref().is_none_or(|k| k == "Service") {
-            out.warnings
-                .push(format!("{who}: {field}.backendRefs[{j}]: a Service backend needs a port: not routed to"));
-            continue;
+            out.warnings.push(format!("{who}: {at}.filters are not emulated"));
         }
         // The Gateway API's default weight is 1 (Istio's is 0 beside others).
         let weight = b.weight.unwrap_or(1);
-        if weight == 0 {
+        if weight < 0 {
+            out.errors.push(error(origin, format!("{at}.weight"), format!("a weight of {weight} is below 0")));
             continue;
         }
-        match destination(b, route_ns) {
-            Ok(d) => dests.push(json!({"destination": d, "weight": weight})),
-            Err(e) => out.warnings.push(format!("{who}: {field}.backendRefs[{j}]: {e}")),
+        match destination(out, b, route_ns, origin, &at, who) {
+            // A weight of 0 takes no traffic.
+            Some(d) if weight > 0 => dests.push(json!({"destination": d, "weight": weight})),
+            _ => {}
         }
     }
     dests
 }
 
-/// A backend as an Istio destination (a Service, in the route's namespace unless named).
-fn destination(b: &BackendRef, route_ns: &str) -> Result<Value, String> {
+/// A backend as an Istio destination (a Service, in the route's namespace unless named); None
+/// with an error where the CRD refuses it, or a warning where meshd does not emulate it.
+fn destination(
+    out: &mut Translated,
+    b: &BackendRef,
+    route_ns: &str,
+    origin: &Origin,
+    at: &str,
+    who: &str,
+) -> Option<Value> {
     if let Some(kind) = b.kind.as_deref().filter(|k| *k != "Service") {
-        return Err(format!("a backend of kind {kind} is not emulated"));
+        out.warnings.push(format!("{who}: {at}: a backend of kind {kind} is not emulated"));
+        return None;
     }
-    let mut d = json!({"host": format!("{}.{}.svc.cluster.local", b.name, b.namespace.as_deref().unwrap_or(route_ns))});
-    if let Some(port) = b.port {
-        d["port"] = json!({"number": port});
+    if bad_port(out, b.port, origin, format!("{at}.port")) {
+        return None;
     }
-    Ok(d)
+    let Some(port) = b.port else {
+        out.errors.push(error(origin, format!("{at}.port"), "a Service backend needs a port".into()));
+        return None;
+    };
+    let host = format!("{}.{}.svc.cluster.local", b.name, b.namespace.as_deref().unwrap_or(route_ns));
+    Some(json!({"host": host, "port": {"number": port}}))
 }
 
 fn http_route<'a>(
@@ -366,7 +375,8 @@ fn http_route<'a>(
             }
             Parent::Service { host, port } => (vec![host], vec!["mesh".to_string()], port),
         };
-        for host in names {
+        // One VirtualService for each listener (or the mesh) and host, as Istio merges them.
+        for (gateway, host) in bound.iter().flat_map(|g| names.iter().map(move |h| (g, h))) {
             let routes = rules.iter().cloned().map(|(rank, mut r)| {
                 if let Some(port) = port {
                     // A Service's port limits the route to requests for it.
@@ -374,13 +384,11 @@ fn http_route<'a>(
                 }
                 (rank, r)
             });
-            let same =
-                |h: &&mut HostRoutes<'a>| h.host == host && h.gateways == bound && ns(&h.from.metadata) == route_ns;
-            match hosts.iter_mut().find(same) {
+            match hosts.iter_mut().find(|h| h.host == *host && h.gateway == *gateway) {
                 Some(h) => h.routes.extend(routes),
                 None => hosts.push(HostRoutes {
-                    gateways: bound.clone(),
-                    host,
+                    gateway: gateway.clone(),
+                    host: host.clone(),
                     from: route,
                     origin: origin.clone(),
                     routes: routes.collect(),
@@ -414,7 +422,7 @@ fn http_rules(
             served &= filter(out, &mut action, f, route_ns, origin, &format!("{field}.filters[{j}]"), who);
         }
         if !served {
-            continue;
+            return None;
         }
         if !action.contains_key("route") && !action.contains_key("redirect") {
             // No backend to send to: the Gateway API answers 500.
@@ -422,15 +430,20 @@ fn http_rules(
         }
         // `backendRequest` bounds what the backend is given, and is what Istio sets as the
         // route's timeout when both are there (meshd maps no retry policy to make it a try's).
-        for key in ["request", "backendRequest"] {
-            let Some(t) = rule.timeouts.as_ref().and_then(|t| t.get(key)) else { continue };
-            match t.as_str().map(api::Duration::parse) {
-                Some(Ok(_)) => {
+        // With a retry policy `backendRequest` bounds each try (which meshd does not emulate), and
+        // `request` the whole.
+        let keys: &[&str] = if rule.retry.is_some() { &["request"] } else { &["request", "backendRequest"] };
+        for key in keys {
+            let Some(t) = rule.timeouts.as_ref().and_then(|t| t.get(*key)) else { continue };
+            match t.as_str().filter(|t| gateway_duration(t)) {
+                Some(_) => {
                     action.insert("timeout".into(), t.clone());
                 }
-                _ => {
-                    out.errors.push(error(origin, format!("{field}.timeouts.{key}"), format!("{t} is not a duration")))
-                }
+                None => out.errors.push(error(
+                    origin,
+                    format!("{field}.timeouts.{key}"),
+                    format!("{t} is not a Gateway API duration (such as 10s, 1m30s or 500ms)"),
+                )),
             }
         }
         if rule.retry.is_some() {
@@ -481,7 +494,10 @@ fn http_match(out: &mut Translated, m: &HttpRouteMatch, origin: &Origin, field: 
     let (kind, value, op) = match p.type_.as_deref().unwrap_or("PathPrefix") {
         "Exact" => (3, value, "exact"),
         // A trailing slash adds nothing to a segment prefix.
-        "PathPrefix" if value != "/" => (2, value.trim_end_matches('/'), "prefix"),
+        "PathPrefix" if value.starts_with('/') => match value.trim_end_matches('/') {
+            "" => (2, "/", "prefix"),
+            trimmed => (2, trimmed, "prefix"),
+        },
         "PathPrefix" => (2, value, "prefix"),
         "RegularExpression" => {
             check_regex(out, value, origin, &format!("{field}.path.value"));
@@ -493,6 +509,10 @@ fn http_match(out: &mut Translated, m: &HttpRouteMatch, origin: &Origin, field: 
             (0, value, "exact")
         }
     };
+    if kind >= 2 && !value.starts_with('/') {
+        let e = error(origin, format!("{field}.path.value"), format!("{value:?} is not a path: it must start with /"));
+        out.errors.push(e);
+    }
     rank.path_kind = kind;
     rank.path_len = value.len();
     istio.insert("uri".into(), json!({op: value}));
@@ -534,6 +554,12 @@ fn http_match(out: &mut Translated, m: &HttpRouteMatch, origin: &Origin, field: 
     (rank, Value::Object(istio))
 }
 
+/// The CRD's form of a duration: up to four parts of up to five digits and a unit (h, m, s, ms).
+fn gateway_duration(t: &str) -> bool {
+    static FORM: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    FORM.get_or_init(|| regex::Regex::new("^([0-9]{1,5}(h|m|s|ms)){1,4}$").expect("a valid pattern")).is_match(t)
+}
+
 fn check_regex(out: &mut Translated, value: &str, origin: &Origin, field: &str) {
     if let Err(e) = regex::Regex::new(value) {
         // The parser's message spans lines; the error is one.
@@ -542,8 +568,8 @@ fn check_regex(out: &mut Translated, value: &str, origin: &Origin, field: &str) 
     }
 }
 
-/// One of a rule's filters, into the Istio route being made; false when the rule cannot be
-/// served at all.
+/// One of a rule's filters, into the Istio route being made; false when Istio would serve
+/// none of the route.
 fn filter(
     out: &mut Translated,
     route: &mut Map<String, Value>,
@@ -561,17 +587,24 @@ fn filter(
         "RequestRedirect" => "requestRedirect",
         "URLRewrite" => "urlRewrite",
         "RequestMirror" => "requestMirror",
-        // Istio's, not meshd's: the rule is served without them.
-        "CORS" | "ExtensionRef" => {
+        // Istio's, not meshd's: the rule is served without it.
+        "CORS" => {
             out.warnings
-                .push(format!("{who}: {field}: filter type {kind} is not emulated: the rule is served without it"));
+                .push(format!("{who}: {field}: filter type CORS is not emulated: the rule is served without it"));
             return true;
         }
-        other => {
+        // A type Istio does not support: Istio serves none of the route.
+        "ExtensionRef" => {
             out.warnings.push(format!(
-                "{who}: {field}: Istio refuses a rule with a filter type it does not know ({other:?}): the rule is not served"
+                "{who}: {field}: Istio does not support filter type ExtensionRef and serves none of this route"
             ));
             return false;
+        }
+        other => {
+            let e =
+                error(origin, format!("{field}.type"), format!("{other:?} is not a filter type of the Gateway API"));
+            out.errors.push(e);
+            return true;
         }
     };
     let Some(conf) = f.get(key) else {
@@ -600,6 +633,10 @@ fn filter(
             };
             let (set, add) = (named("set"), named("add"));
             let remove: Vec<Value> = conf.get("remove").and_then(Value::as_array).cloned().unwrap_or_default();
+            if let Some(k) = remove.iter().position(|n| !n.is_string()) {
+                let e = error(origin, format!("{field}.{key}.remove[{k}]"), "a header name is text".into());
+                out.errors.push(e);
+            }
             let headers = route.entry("headers").or_insert_with(|| json!({}));
             headers[side] = json!({"set": set, "add": add, "remove": remove});
         }
@@ -664,12 +701,9 @@ fn filter(
                 ));
                 return true;
             };
-            let d = match destination(&b, route_ns) {
-                Ok(d) => d,
-                Err(e) => {
-                    out.warnings.push(format!("{who}: {field}: {e}"));
-                    return true;
-                }
+            let Some(d) = destination(out, &b, route_ns, origin, &format!("{field}.requestMirror.backendRef"), who)
+            else {
+                return true;
             };
             let percent = match (conf.get("percent"), conf.get("fraction")) {
                 (Some(p), _) => match p.as_f64().filter(|p| (0.0..=100.0).contains(p)) {
@@ -684,11 +718,16 @@ fn filter(
                 (None, Some(f)) => {
                     let n = f.get("numerator").and_then(Value::as_f64).unwrap_or(0.0);
                     let d = f.get("denominator").and_then(Value::as_f64).unwrap_or(100.0);
-                    if d > 0.0 {
-                        100.0 * n / d
-                    } else {
-                        0.0
+                    if !(d > 0.0 && (0.0..=d).contains(&n)) {
+                        let e = error(
+                            origin,
+                            format!("{field}.requestMirror.fraction"),
+                            format!("{n}/{d} is not a fraction from 0 to 1"),
+                        );
+                        out.errors.push(e);
+                        return true;
                     }
+                    100.0 * n / d
                 }
                 (None, None) => 100.0,
             };
@@ -882,15 +921,11 @@ spec:
   parentRefs: [{{name: gw}}]
   rules:
   - matches: [{{path: {{value: /a}}}}]
-    backendRefs: [{{name: one, port: 80, weight: 0}}, {{name: two, port: 80, weight: 2}}, {{name: three}}]
+    backendRefs: [{{name: one, port: 80, weight: 0}}, {{name: two, port: 80, weight: 2}}]
   - backendRefs: [{{name: one, port: 80, weight: 0}}]
 "
         ));
-        assert!(
-            t.warnings.iter().any(|w| w.contains("backendRefs[2]: a Service backend needs a port")),
-            "{:?}",
-            t.warnings
-        );
+        assert!(t.errors.is_empty() && t.warnings.is_empty(), "{:?} {:?}", t.errors, t.warnings);
         let http = &virtual_services(&t)[0].spec.http;
         let hosts: Vec<_> = http[0].route.iter().map(|d| d.destination.host.as_str()).collect();
         assert_eq!(hosts, ["two.default.svc.cluster.local"]);
@@ -898,7 +933,7 @@ spec:
     }
 
     #[test]
-    fn a_filter_istio_does_not_know_drops_its_rule_and_one_meshd_does_not_emulate_is_named() {
+    fn what_the_crd_refuses_in_backends_filters_and_paths_is_an_error() {
         let t = translated(&format!(
             "{GATEWAY}apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -906,18 +941,104 @@ metadata: {{name: r}}
 spec:
   parentRefs: [{{name: gw}}]
   rules:
-  - matches: [{{path: {{value: /a}}}}]
-    filters: [{{type: Teleport}}]
-    backendRefs: [{{name: one, port: 80}}]
-  - filters: [{{type: CORS, cors: {{allowOrigins: ['*']}}}}]
-    backendRefs: [{{name: two, port: 80}}]
+  - matches: [{{path: {{value: static}}}}]
+    filters:
+    - {{type: Teleport}}
+    - {{type: RequestMirror, requestMirror: {{backendRef: {{name: m}}, fraction: {{numerator: 3, denominator: 2}}}}}}
+    backendRefs: [{{name: three}}, {{name: four, port: 80, weight: -1}}]
+    timeouts: {{request: 1.5s}}
 "
         ));
-        assert!(t.warnings[0].contains("(\"Teleport\"): the rule is not served"), "{:?}", t.warnings);
-        assert!(t.warnings[1].contains("filter type CORS is not emulated: the rule is served without it"));
+        let fields: Vec<_> = t.errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.rules[0].backendRefs[0].port",
+                "spec.rules[0].backendRefs[1].weight",
+                "spec.rules[0].filters[0].type",
+                "spec.rules[0].filters[1].requestMirror.backendRef.port",
+                "spec.rules[0].timeouts.request",
+                "spec.rules[0].matches[0].path.value",
+            ],
+            "{:?}",
+            t.errors
+        );
+        assert!(t.resources.iter().all(|r| !matches!(r.resource, Resource::VirtualService(_))));
+    }
+
+    #[test]
+    fn an_extension_ref_takes_the_whole_route_out_and_cors_is_named() {
+        let t = translated(&format!(
+            "{GATEWAY}apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: r}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - filters: [{{type: CORS, cors: {{allowOrigins: ['*']}}}}]
+    backendRefs: [{{name: two, port: 80}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: ext}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - matches: [{{path: {{value: /a}}}}]
+    filters: [{{type: ExtensionRef, extensionRef: {{group: x, kind: y, name: z}}}}]
+    backendRefs: [{{name: one, port: 80}}]
+  - backendRefs: [{{name: one, port: 80}}]
+"
+        ));
+        assert!(t.errors.is_empty(), "{:?}", t.errors);
+        assert!(
+            t.warnings[0].contains("filter type CORS is not emulated: the rule is served without it"),
+            "{:?}",
+            t.warnings
+        );
+        assert!(t.warnings[1].contains("HTTPRoute default/ext") && t.warnings[1].contains("serves none of this route"));
         let http = &virtual_services(&t)[0].spec.http;
-        assert_eq!(http.len(), 1);
-        assert_eq!(http[0].route[0].destination.host, "two.default.svc.cluster.local");
+        let hosts: Vec<_> = http.iter().map(|r| r.route[0].destination.host.as_str()).collect();
+        assert_eq!(hosts, ["two.default.svc.cluster.local"], "none of ext's rules");
+    }
+
+    #[test]
+    fn routes_merge_per_listener_whatever_else_they_attach_to() {
+        let two_listeners = "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {name: http, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}
+  - {name: alt, port: 8080, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: a}
+spec:
+  parentRefs: [{name: gw}]
+  rules: [{backendRefs: [{name: one, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: b, namespace: other}
+spec:
+  parentRefs: [{name: gw, namespace: default, sectionName: http}]
+  rules: [{matches: [{path: {value: /api}}], backendRefs: [{name: two, port: 80}]}]
+";
+        let t = translated(two_listeners);
+        assert!(t.errors.is_empty() && t.warnings.is_empty(), "{:?} {:?}", t.errors, t.warnings);
+        let vs = virtual_services(&t);
+        let http = vs.iter().find(|v| v.spec.gateways == ["default/gw-istio-autogenerated-k8s-gateway-http"]).unwrap();
+        let hosts: Vec<_> = http.spec.http.iter().map(|r| r.route[0].destination.host.as_str()).collect();
+        assert_eq!(
+            hosts,
+            ["two.other.svc.cluster.local", "one.default.svc.cluster.local"],
+            "/api first on the shared listener"
+        );
+        let alt = vs.iter().find(|v| v.spec.gateways == ["default/gw-istio-autogenerated-k8s-gateway-alt"]).unwrap();
+        assert_eq!(alt.spec.http.len(), 1, "b is not on alt");
     }
 
     #[test]

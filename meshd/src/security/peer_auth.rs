@@ -96,10 +96,22 @@ impl PeerAuthTable {
         ns.and_then(|p| p.mode).or(mesh.and_then(|p| p.mode)).unwrap_or(MtlsMode::Permissive)
     }
 
-    /// The policies that apply to a workload, mesh-wide first (`name.namespace`), as
-    /// `istioctl x describe` lists them under "Applied PeerAuthentication".
+    /// Every policy that selects a workload (`name.namespace`), the root namespace's first and
+    /// each namespace's by name, as `istioctl x describe` lists them under "Applied
+    /// PeerAuthentication" (not only the ones that decide its mode).
     pub fn applied(&self, namespace: &str, labels: &Labels) -> Vec<&str> {
-        self.levels(namespace, labels).into_iter().flatten().map(|p| p.id.as_str()).collect()
+        let selects = |p: &&Policy| p.selector.as_ref().is_none_or(|s| crate::snapshot::selects(s, labels));
+        let of = |ns: &str| {
+            let mut ids: Vec<&str> =
+                self.policies.iter().filter(|p| p.namespace == ns).filter(selects).map(|p| p.id.as_str()).collect();
+            ids.sort_unstable();
+            ids
+        };
+        let mut ids = of(ROOT_NAMESPACE);
+        if namespace != ROOT_NAMESPACE {
+            ids.extend(of(namespace));
+        }
+        ids
     }
 
     /// The mesh-wide, namespace-wide and workload policy of a workload (the first of each).
@@ -161,5 +173,21 @@ mod tests {
         assert_eq!(all.applied("foo", &other), ["default.istio-system", "default.foo"], "the selector picks");
         assert_eq!(all.applied("istio-system", &other), ["default.istio-system"], "listed once");
         assert!(PeerAuthTable::default().applied("foo", &httpbin()).is_empty());
+        // Every policy that selects the workload, by name in its namespace.
+        let extra: api::Object<api::PeerAuthenticationSpec> = serde_yaml::from_str(
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: a-strict, namespace: foo}\nspec: {selector: {matchLabels: {app: httpbin}}, mtls: {mode: STRICT}}\n",
+        )
+        .unwrap();
+        let objs: Vec<api::Object<api::PeerAuthenticationSpec>> =
+            ["01-mesh-strict.yaml", "07-foo-overwrite-example-pa.yaml", "02-namespace-foo-strict.yaml"]
+                .iter()
+                .map(|f| serde_yaml::from_str(&std::fs::read_to_string(format!("{SAMPLES}{f}")).unwrap()).unwrap())
+                .chain([extra])
+                .collect();
+        let both = PeerAuthTable::compile(&objs.iter().collect::<Vec<_>>()).0;
+        assert_eq!(
+            both.applied("foo", &httpbin()),
+            ["default.istio-system", "a-strict.foo", "default.foo", "overwrite-example.foo"]
+        );
     }
 }

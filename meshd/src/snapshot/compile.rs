@@ -906,7 +906,8 @@ fn resolve(host: &str) -> Option<std::net::IpAddr> {
 pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
     // The Gateway API kinds route as the Istio kinds Istio makes of them.
     let translated = crate::config::translate_gateway_api::translate(input.resources);
-    let resources: Vec<&Located> = input.resources.iter().chain(&translated.resources).collect();
+    let (made, made_errors, made_warnings) = (translated.resources, translated.errors, translated.warnings);
+    let resources: Vec<&Located> = input.resources.iter().chain(&made).collect();
     let mut ctx = Ctx {
         errors: vec![],
         services: HashMap::new(),
@@ -932,8 +933,8 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
             }),
         );
     }
-    ctx.errors.extend(translated.errors.iter().cloned());
-    ctx.warnings.extend(translated.warnings.iter().cloned());
+    ctx.errors.extend(made_errors);
+    ctx.warnings.extend(made_warnings);
     for r in &resources {
         if let Resource::ServiceEntry(se) = &r.resource {
             service_entry(&mut ctx, se, &r.origin);

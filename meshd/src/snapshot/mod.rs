@@ -53,10 +53,11 @@ pub struct Service {
     pub selector: Labels,
     /// Endpoints of a ServiceEntry (address, port by port name, labels); empty for a Kubernetes Service.
     pub external: Vec<ExternalEndpoint>,
-    /// Where it was declared among the Services. Of several that select a pod, the one with the
-    /// fewest selector labels speaks for it (its metrics' and spans' service), then the first
-    /// declared: Istio takes the oldest, which in the tasks is the app's own (`reviews`, not the
-    /// per-version `reviews-v1` applied after it), whatever the files are called here.
+    /// Where it was declared among the Services. Of several that select a pod, one speaks for it
+    /// (its metrics' and spans' service): Istio takes the oldest, which in the tasks is the
+    /// app's own (`reviews`, applied before the per-version `reviews-v1`). A folder has no
+    /// creation times, so meshd takes the one with the fewest selector labels, then the first
+    /// declared: the app's own whatever the files are called.
     pub order: usize,
 }
 

@@ -75,10 +75,7 @@ impl Rewrite {
                     .then(|| &path[p.len()..])
             });
             match rest {
-                Some(rest) if self.whole_segments && uri.ends_with('/') && rest.starts_with('/') => {
-                    format!("{}{rest}", &uri[..uri.len() - 1])
-                }
-                Some(rest) => format!("{uri}{rest}"),
+                Some(rest) => replace_prefix(uri, rest, self.whole_segments),
                 None => uri.clone(),
             }
         } else if let Some((re, rep)) = &self.uri_regex {
@@ -90,6 +87,16 @@ impl Rewrite {
             Some(q) => format!("{new_path}?{q}"),
             None => new_path,
         })
+    }
+}
+
+/// `replacement` in place of a matched prefix, before the `rest` of the path. By whole
+/// segments (a Gateway API `ReplacePrefixMatch`) one slash joins them, as Istio's
+/// `^<prefix>/*` rewrite leaves one; Envoy's prefix rewrite keeps them all (`//b` for `/`).
+fn replace_prefix(replacement: &str, rest: &str, whole_segments: bool) -> String {
+    match (whole_segments, rest.trim_start_matches('/')) {
+        (true, tail) if tail.len() < rest.len() => format!("{}/{tail}", replacement.trim_end_matches('/')),
+        _ => format!("{replacement}{rest}"),
     }
 }
 
@@ -560,11 +567,7 @@ fn redirect_location(r: &Redirect, req: &RequestView<'_>, prefix: Option<&str>) 
     let path = if let Some(uri) = &r.uri {
         uri.clone()
     } else if let (Some(rep), Some(p)) = (&r.prefix_rewrite, prefix) {
-        let rest = req.path.strip_prefix(p).unwrap_or("");
-        match rep.strip_suffix('/') {
-            Some(rep) if r.whole_segments && rest.starts_with('/') => format!("{rep}{rest}"),
-            _ => format!("{rep}{rest}"),
-        }
+        replace_prefix(rep, req.path.strip_prefix(p).unwrap_or(""), r.whole_segments)
     } else {
         req.path.to_string()
     };
@@ -696,6 +699,9 @@ mod tests {
         let segments = Rewrite { whole_segments: true, ..root };
         assert_eq!(segments.path("/v1/items", None, Some("/v1")).as_deref(), Some("/items"));
         assert_eq!(segments.path("/v1", None, Some("/v1")).as_deref(), Some("/"));
+        assert_eq!(segments.path("/v1//items", None, Some("/v1")).as_deref(), Some("/items"), "one slash");
+        let deeper = Rewrite { uri: Some("/v2/".into()), ..segments };
+        assert_eq!(deeper.path("/v1/items", None, Some("/v1")).as_deref(), Some("/v2/items"));
         let re = Rewrite {
             uri_regex: Some((Regex::new("^/service/([^/]+)(/.*)$").unwrap(), "${2}/instance/${1}".into())),
             ..Default::default()
