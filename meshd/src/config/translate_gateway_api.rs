@@ -652,11 +652,16 @@ fn filter(
                 return true;
             };
             let mut redirect = json!({"redirectCode": code});
-            if let Some(s) = conf.get("scheme") {
-                redirect["scheme"] = s.clone();
+            let at = format!("{field}.requestRedirect");
+            match conf.get("scheme").map(|s| s.as_str().filter(|s| matches!(*s, "http" | "https"))) {
+                Some(Some(s)) => redirect["scheme"] = json!(s),
+                Some(None) => {
+                    out.errors.push(error(origin, format!("{at}.scheme"), "a scheme is http or https".into()))
+                }
+                None => {}
             }
-            if let Some(h) = conf.get("hostname") {
-                redirect["authority"] = h.clone();
+            if let Some(h) = hostname(out, conf, origin, &at) {
+                redirect["authority"] = json!(h);
             }
             match conf.get("port") {
                 Some(p) if p.as_u64().is_some_and(|p| (1..=65535).contains(&p)) => redirect["port"] = p.clone(),
@@ -680,8 +685,8 @@ fn filter(
         }
         "URLRewrite" => {
             let mut rewrite = json!({});
-            if let Some(h) = conf.get("hostname") {
-                rewrite["authority"] = h.clone();
+            if let Some(h) = hostname(out, conf, origin, &format!("{field}.urlRewrite")) {
+                rewrite["authority"] = json!(h);
             }
             match path_modifier(conf.get("path")) {
                 Ok(Some(PathChange::Full(p))) => rewrite["uriRegexRewrite"] = json!({"match": "^.*$", "rewrite": p}),
@@ -740,6 +745,15 @@ fn filter(
         _ => {}
     }
     true
+}
+
+/// A filter's `hostname`, which must be text.
+fn hostname<'v>(out: &mut Translated, conf: &'v Value, origin: &Origin, at: &str) -> Option<&'v str> {
+    let h = conf.get("hostname")?;
+    if h.as_str().is_none() {
+        out.errors.push(error(origin, format!("{at}.hostname"), "a hostname is text".into()));
+    }
+    h.as_str()
 }
 
 enum PathChange {
@@ -964,6 +978,31 @@ spec:
             t.errors
         );
         assert!(t.resources.iter().all(|r| !matches!(r.resource, Resource::VirtualService(_))));
+    }
+
+    #[test]
+    fn a_redirect_or_rewrite_value_of_the_wrong_kind_is_an_error_at_its_field() {
+        let t = translated(&format!(
+            "{GATEWAY}apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: r}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - filters: [{{type: RequestRedirect, requestRedirect: {{scheme: ftp, hostname: 5}}}}]
+  - filters: [{{type: URLRewrite, urlRewrite: {{hostname: [a]}}}}]
+    backendRefs: [{{name: one, port: 80}}]
+"
+        ));
+        let fields: Vec<_> = t.errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.rules[0].filters[0].requestRedirect.scheme",
+                "spec.rules[0].filters[0].requestRedirect.hostname",
+                "spec.rules[1].filters[0].urlRewrite.hostname",
+            ]
+        );
     }
 
     #[test]
