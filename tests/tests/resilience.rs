@@ -517,6 +517,31 @@ async fn local_rate_limit_answers_429_after_the_bucket_empties() {
     }
 }
 
+/// The per-route variant with a bucket of its own on the listener's filter as well: for the
+/// route's requests the route's config replaces the filter's, as in Envoy, so they take
+/// tokens from the route's bucket of 4 alone, not also from the listener's 2.
+#[tokio::test]
+async fn a_routes_own_bucket_replaces_the_listeners() {
+    let filter = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../samples/rate-limiting-per-route/filter-local-ratelimit-svc.yaml");
+    let text = std::fs::read_to_string(filter).unwrap();
+    let listener_bucket = "              stat_prefix: http_local_rate_limiter
+              token_bucket: {max_tokens: 2, tokens_per_fill: 2, fill_interval: 60s}
+              filter_enabled: {runtime_key: e, default_value: {numerator: 100, denominator: HUNDRED}}
+              filter_enforced: {runtime_key: f, default_value: {numerator: 100, denominator: HUNDRED}}
+";
+    let both = text.replacen("              stat_prefix: http_local_rate_limiter\n", listener_bucket, 1);
+    assert_ne!(both, text);
+    let dir = TempDir::new();
+    dir.write("ratelimit.yaml", &both);
+    let mesh = Mesh::start(dir);
+    let mut codes = Vec::new();
+    for _ in 0..6 {
+        codes.push(mesh.client().get(mesh.url("/productpage")).send().await.unwrap().status().as_u16());
+    }
+    assert_eq!(codes, [200, 200, 200, 200, 429, 429], "the route's 4 tokens, not the listener's 2");
+}
+
 #[tokio::test]
 async fn envoy_filter_patches_that_are_not_emulated_are_reported() {
     let dir = TempDir::new();
