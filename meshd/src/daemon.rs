@@ -328,7 +328,7 @@ impl Reloader {
                 );
             }
             Err(errors) => {
-                let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+                let lines: Vec<String> = errors.into_iter().map(|e| at_field_line(e).to_string()).collect();
                 for l in &lines {
                     eprintln!("meshd: error: {l}");
                 }
@@ -493,4 +493,18 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
 
 fn display(p: &Path) -> String {
     p.display().to_string()
+}
+
+/// An error that names its document's first line, moved to the line of the field it names (as
+/// `meshd analyze` finds it), so that `meshd up` and `meshd analyze` point at the same line.
+fn at_field_line(mut e: ConfigError) -> ConfigError {
+    if e.field.is_empty() {
+        return e;
+    }
+    let Ok(text) = std::fs::read_to_string(&e.file) else { return e };
+    if let Some((start, doc)) = config::load::split_documents(&text).into_iter().find(|(start, _)| *start == e.line) {
+        let path = crate::analyze::lines::FieldPath::parse(&e.field);
+        e.line = start + crate::analyze::lines::field_line(doc, &path) - 1;
+    }
+    e
 }

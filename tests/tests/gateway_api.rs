@@ -193,7 +193,7 @@ async fn a_bad_httproute_names_its_file_line_and_field_and_keeps_the_last_good_r
     let line = mesh.wait_for_line_after(mark, |l| l.contains("error:"), Duration::from_secs(20));
     mesh.wait_rejected(mark);
     assert!(
-        line.contains("bad-route.yaml:1: spec.rules[0].matches[0].path.value: invalid regular expression"),
+        line.contains("bad-route.yaml:12: spec.rules[0].matches[0].path.value: invalid regular expression"),
         "{line}"
     );
     assert_eq!(
