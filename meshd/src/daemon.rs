@@ -145,7 +145,15 @@ impl Reloader {
         let folder = config::load::load_dir(&self.state.dir)?;
         let (loaded, used_builtin) = config::with_builtin(folder);
         if used_builtin && self.generation == 0 {
-            println!("meshd: no workloads in {}: running the built-in sample set (Bookinfo, httpbin, fortio, bookinfo-gateway)", self.state.dir.display());
+            let ingress = if loaded.resources.iter().any(|r| r.origin.file == config::BUILTIN_INGRESS) {
+                "bookinfo-gateway"
+            } else {
+                "the folder's own gateway"
+            };
+            println!(
+                "meshd: no workloads in {}: running the built-in sample set (Bookinfo, httpbin, fortio) behind {ingress}",
+                self.state.dir.display()
+            );
         }
         for r in &loaded.replaced {
             if self.listed.insert(r.clone()) {

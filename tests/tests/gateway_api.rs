@@ -34,6 +34,10 @@ async fn request_routing_and_traffic_shifting_with_httproutes() {
     dir.add_sample(&format!("{GW_API}bookinfo-gateway.yaml"));
     dir.add_sample(&format!("{GW_API}route-reviews-v1.yaml"));
     let mesh = Mesh::start(dir);
+    assert!(mesh
+        .output()
+        .iter()
+        .any(|l| l.contains("built-in sample set (Bookinfo, httpbin, fortio) behind the folder's own gateway")));
     let page = mesh.page("/productpage").await;
     assert!(page.contains("<title>Simple Bookstore App</title>"), "{page}");
     assert_eq!(versions(&mesh, 30).await.get("v1"), Some(&30), "route-reviews-v1: no stars");

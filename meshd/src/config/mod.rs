@@ -35,7 +35,7 @@ pub fn resource_key(r: &Resource) -> String {
 }
 
 /// The built-in ingress for Bookinfo: its Gateway and VirtualService.
-const BUILTIN_INGRESS: &str = "builtin/bookinfo-gateway.yaml";
+pub const BUILTIN_INGRESS: &str = "builtin/bookinfo-gateway.yaml";
 
 /// The built-in resources.
 pub fn builtin() -> load::Loaded {
