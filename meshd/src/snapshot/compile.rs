@@ -13,8 +13,8 @@ use regex::Regex;
 use super::matcher::{HostPattern, RequestMatch, StrMatch};
 use super::policy::{Fault, HashKey, HashTable, LbPolicy, OutlierSettings, PoolSettings, RetryPolicy};
 use super::route::{
-    GatewayTable, HeaderOps, Headers, HttpRoute, MeshTable, Mirror, Redirect, RedirectPort, Rewrite, RouteAction,
-    RoutePolicy, Target, VirtualHost, WeightedTarget,
+    GatewayTable, HeaderOps, Headers, HttpRoute, LocalReply, MeshTable, Mirror, Redirect, RedirectPort, Rewrite,
+    RouteAction, RoutePolicy, Target, VirtualHost, WeightedTarget,
 };
 use super::{
     resolve_short_name, Cluster, Endpoint, ExternalEndpoint, Labels, PodInfo, Service, Snapshot, TargetPort, Workload,
@@ -456,7 +456,7 @@ fn lb_policy(lb: Option<&api::LoadBalancerSettings>, endpoints: &[Endpoint]) -> 
 fn target(ctx: &mut Ctx<'_>, input: &CompileInput<'_>, d: &api::Destination, vs_ns: &str, who: &str) -> Target {
     let fqdn = resolve_short_name(&d.host, vs_ns);
     let Some(svc) = ctx.services.get(&fqdn).cloned() else {
-        ctx.warnings.push(format!("{who}: destination host {} is not a known service (503 NC)", d.host));
+        ctx.warnings.push(format!("{who}: destination host {} is not a known service (NC)", d.host));
         return Target::Missing(fqdn);
     };
     let ports: Vec<u16> = match d.port.as_ref().and_then(|p| u16::try_from(p.number).ok()) {
@@ -468,7 +468,7 @@ fn target(ctx: &mut Ctx<'_>, input: &CompileInput<'_>, d: &api::Destination, vs_
         match cluster_for(ctx, input, &svc, port, d.subset.as_deref()) {
             Ok(c) => out.push((port, c)),
             Err(why) => {
-                ctx.warnings.push(format!("{who}: {why} (503 NC)"));
+                ctx.warnings.push(format!("{who}: {why} (NC)"));
                 return Target::Missing(why);
             }
         }
@@ -604,6 +604,10 @@ fn compile_routes(
             rewrite,
             headers: headers(ctx, &r.headers, origin, &format!("{field}.headers")),
             policy,
+            missing: match semantics {
+                Semantics::Gateway => LocalReply::NoClusterInternal,
+                Semantics::Istio => LocalReply::NoCluster,
+            },
         });
     }
     out
@@ -1067,6 +1071,7 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
             rewrite: None,
             headers: Headers::default(),
             policy: RoutePolicy::default(),
+            missing: LocalReply::NoCluster,
         };
         default_vhosts
             .insert(svc.fqdn.clone(), Arc::new(VirtualHost { name: svc.fqdn.clone(), routes: vec![route].into() }));

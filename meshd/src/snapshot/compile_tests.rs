@@ -473,3 +473,36 @@ spec:
     );
     assert_eq!(route(&snap, None, "http://localhost/app", &[]), format!("{page} path=/"));
 }
+
+#[test]
+fn a_missing_backend_is_500_on_a_gateway_api_route_and_503_on_an_istio_one() {
+    let route = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews}
+spec:
+  parentRefs: [{group: '', kind: Service, name: reviews, port: 9080}]
+  rules: [{backendRefs: [{name: reviews-v9, port: 9080}]}]
+";
+    let bookinfo = sample("bookinfo/platform/kube/bookinfo.yaml");
+    let istio = sample("bookinfo/networking/virtual-service-all-v1.yaml");
+    let pp = labels(&[("app", "productpage"), ("version", "v1")]);
+    let status = |snap: &Snapshot| {
+        let h = HeaderMap::new();
+        let view = RequestView {
+            method: &Method::GET,
+            path: "/reviews/0",
+            query: None,
+            scheme: "http",
+            authority: "reviews:9080",
+            port: 9080,
+            headers: &h,
+        };
+        let src = SourceView { labels: &pp, namespace: "default", gateway: "mesh" };
+        match decide(&snap.mesh["default"].lookup("reviews").unwrap().routes, &view, &src) {
+            Decision::Reply(r) => (r.status(), r.flag()),
+            _ => panic!("a reply"),
+        }
+    };
+    assert_eq!(status(&build(&[&bookinfo, route]).unwrap()), (500, "NC"));
+    assert_eq!(status(&build(&[&bookinfo, &istio]).unwrap()), (503, "NC"), "no DestinationRule: subset v1 is missing");
+}

@@ -263,6 +263,9 @@ pub struct HttpRoute {
     pub headers: Headers,
     /// Timeout, retries, fault, mirrors.
     pub policy: RoutePolicy,
+    /// What a request gets when its target does not exist (`NoCluster`, or for a route made of
+    /// a Gateway API route `NoClusterInternal`).
+    pub missing: LocalReply,
 }
 
 impl HttpRoute {
@@ -374,6 +377,9 @@ pub enum LocalReply {
     NoRoute,
     /// The route's cluster does not exist: 503, flag NC.
     NoCluster,
+    /// The same on a route made of a Gateway API route: 500, as Istio sets Envoy's
+    /// `cluster_not_found_response_code` for those (the Gateway API's answer to a missing backend).
+    NoClusterInternal,
     /// The cluster has no endpoint: 503 `no healthy upstream`, flag UH.
     NoHealthyUpstream,
     /// Connecting to the upstream failed: 503, flag UF.
@@ -402,6 +408,7 @@ impl LocalReply {
             LocalReply::BadRequest => 400,
             LocalReply::Timeout => 504,
             LocalReply::TooLarge => 413,
+            LocalReply::NoClusterInternal => 500,
             _ => 503,
         }
     }
@@ -410,7 +417,7 @@ impl LocalReply {
     pub fn flag(self) -> &'static str {
         match self {
             LocalReply::NoRoute => "NR",
-            LocalReply::NoCluster => "NC",
+            LocalReply::NoCluster | LocalReply::NoClusterInternal => "NC",
             LocalReply::NoHealthyUpstream => "UH",
             LocalReply::ConnectFailure | LocalReply::TlsWrongVersion | LocalReply::TlsVerifyFailed => "UF",
             LocalReply::UpstreamReset => "UC",
@@ -425,7 +432,7 @@ impl LocalReply {
     pub fn details(self) -> &'static str {
         match self {
             LocalReply::NoRoute => "route_not_found",
-            LocalReply::NoCluster => "cluster_not_found",
+            LocalReply::NoCluster | LocalReply::NoClusterInternal => "cluster_not_found",
             LocalReply::NoHealthyUpstream => "no_healthy_upstream",
             LocalReply::ConnectFailure | LocalReply::TlsWrongVersion | LocalReply::TlsVerifyFailed => {
                 "upstream_reset_before_response_started{remote_connection_failure}"
@@ -441,7 +448,7 @@ impl LocalReply {
     /// The body Envoy sends (text/plain, no trailing newline).
     pub fn body(self) -> &'static str {
         match self {
-            LocalReply::NoRoute | LocalReply::NoCluster | LocalReply::BadRequest => "",
+            LocalReply::NoRoute | LocalReply::NoCluster | LocalReply::NoClusterInternal | LocalReply::BadRequest => "",
             LocalReply::NoHealthyUpstream => "no healthy upstream",
             LocalReply::ConnectFailure => {
                 "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: delayed connect error: 111"
@@ -533,11 +540,11 @@ pub fn decide<'s>(routes: &'s [HttpRoute], req: &RequestView<'_>, src: &SourceVi
         RouteAction::Forward { targets, total } => {
             let roll = if *total > 0 { fastrand::u32(..*total) } else { 0 };
             let Some(target) = pick_weighted(targets, *total, roll) else {
-                return Decision::Reply(LocalReply::NoCluster);
+                return Decision::Reply(matched.route.missing);
             };
             match target.target.cluster_for(req.port) {
                 Some(cluster) => Decision::Forward { matched, target, cluster },
-                None => Decision::Reply(LocalReply::NoCluster),
+                None => Decision::Reply(matched.route.missing),
             }
         }
         RouteAction::Redirect(r) => {
@@ -630,6 +637,7 @@ mod tests {
             rewrite: None,
             headers: Headers::default(),
             policy: RoutePolicy::default(),
+            missing: LocalReply::NoCluster,
         }
     }
 
