@@ -287,9 +287,15 @@ pub fn describe(snap: &Snapshot, name: &str) -> Option<String> {
     }
     let _ = writeln!(o, "--------------------");
     let _ = writeln!(o, "Effective PeerAuthentication:");
-    let port = pod.container_ports.first().map(|(_, p)| *p).unwrap_or(0);
-    let mode = snap.peer_auth.mode(&pod.namespace, &pod.labels, port).name();
+    let mode = snap.peer_auth.workload_mode(&pod.namespace, &pod.labels).name();
     let _ = writeln!(o, "   Workload mTLS mode: {mode}");
+    let ports = snap.peer_auth.port_modes(&pod.namespace, &pod.labels);
+    if !ports.is_empty() {
+        let _ = writeln!(o, "   Port Level mTLS mode:");
+        for (port, mode) in ports {
+            let _ = writeln!(o, "      {port}: {}", mode.name());
+        }
+    }
     let applied = snap.peer_auth.applied(&pod.namespace, &pod.labels);
     if !applied.is_empty() {
         let _ = writeln!(o, "Applied PeerAuthentication:\n   {}", applied.join(", "));

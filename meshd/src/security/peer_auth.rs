@@ -84,16 +84,26 @@ impl PeerAuthTable {
 
     /// The mode on container `port` of a workload in `namespace` with `labels`.
     pub fn mode(&self, namespace: &str, labels: &Labels, port: u16) -> MtlsMode {
+        self.port_modes(namespace, labels)
+            .into_iter()
+            .find(|(p, _)| *p == port)
+            .map_or_else(|| self.workload_mode(namespace, labels), |(_, m)| m)
+    }
+
+    /// The mode of a workload's ports but those its policy names (`portLevelMtls`).
+    pub fn workload_mode(&self, namespace: &str, labels: &Labels) -> MtlsMode {
         let [mesh, ns, workload] = self.levels(namespace, labels);
-        if let Some(w) = workload {
-            if let Some(m) = w.ports.iter().find(|(p, _)| *p == port).and_then(|(_, m)| *m) {
-                return m;
-            }
-            if let Some(m) = w.mode {
-                return m;
-            }
-        }
-        ns.and_then(|p| p.mode).or(mesh.and_then(|p| p.mode)).unwrap_or(MtlsMode::Permissive)
+        workload
+            .and_then(|p| p.mode)
+            .or(ns.and_then(|p| p.mode))
+            .or(mesh.and_then(|p| p.mode))
+            .unwrap_or(MtlsMode::Permissive)
+    }
+
+    /// The ports a workload's policy gives a mode of their own.
+    pub fn port_modes(&self, namespace: &str, labels: &Labels) -> Vec<(u16, MtlsMode)> {
+        let [_, _, workload] = self.levels(namespace, labels);
+        workload.into_iter().flat_map(|w| w.ports.iter().filter_map(|(p, m)| Some((*p, (*m)?)))).collect()
     }
 
     /// Every policy that selects a workload (`name.namespace`), the root namespace's first and
@@ -160,6 +170,9 @@ mod tests {
         let port = load(&["02-namespace-foo-strict.yaml", "05-bar-httpbin-strict-port80-disable.yaml"]);
         assert_eq!(port.mode("bar", &httpbin(), 80), MtlsMode::Disable, "port level first");
         assert_eq!(port.mode("bar", &httpbin(), 8080), MtlsMode::Strict);
+        // What `describe` prints: the workload's mode, and the ports with one of their own.
+        assert_eq!(port.workload_mode("bar", &httpbin()), MtlsMode::Strict);
+        assert_eq!(port.port_modes("bar", &httpbin()), [(80, MtlsMode::Disable)]);
         let over = load(&["02-namespace-foo-strict.yaml", "07-foo-overwrite-example-pa.yaml"]);
         assert_eq!(over.mode("foo", &httpbin(), 80), MtlsMode::Disable, "workload beats namespace");
     }
