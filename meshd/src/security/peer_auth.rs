@@ -38,6 +38,17 @@ struct Policy {
     ports: Vec<(u16, Option<MtlsMode>)>,
 }
 
+/// The mode the mesh-wide, namespace-wide and workload policies make, on `port` if given: the
+/// workload's port-level mode first, then the most specific level that sets one.
+fn resolve([mesh, ns, workload]: [Option<&Policy>; 3], port: Option<u16>) -> MtlsMode {
+    let port_level = workload.zip(port).and_then(|(w, port)| w.ports.iter().find(|(p, _)| *p == port)?.1);
+    port_level
+        .or(workload.and_then(|p| p.mode))
+        .or(ns.and_then(|p| p.mode))
+        .or(mesh.and_then(|p| p.mode))
+        .unwrap_or(MtlsMode::Permissive)
+}
+
 fn mode(m: &Option<api::MutualTls>) -> Option<MtlsMode> {
     match m.as_ref().and_then(|m| m.mode) {
         Some(api::MtlsMode::Disable) => Some(MtlsMode::Disable),
@@ -82,22 +93,15 @@ impl PeerAuthTable {
         (PeerAuthTable { policies: out }, warnings)
     }
 
-    /// The mode on container `port` of a workload in `namespace` with `labels`.
+    /// The mode on container `port` of a workload in `namespace` with `labels` (per connection:
+    /// nothing allocated).
     pub fn mode(&self, namespace: &str, labels: &Labels, port: u16) -> MtlsMode {
-        self.port_modes(namespace, labels)
-            .into_iter()
-            .find(|(p, _)| *p == port)
-            .map_or_else(|| self.workload_mode(namespace, labels), |(_, m)| m)
+        resolve(self.levels(namespace, labels), Some(port))
     }
 
     /// The mode of a workload's ports but those its policy names (`portLevelMtls`).
     pub fn workload_mode(&self, namespace: &str, labels: &Labels) -> MtlsMode {
-        let [mesh, ns, workload] = self.levels(namespace, labels);
-        workload
-            .and_then(|p| p.mode)
-            .or(ns.and_then(|p| p.mode))
-            .or(mesh.and_then(|p| p.mode))
-            .unwrap_or(MtlsMode::Permissive)
+        resolve(self.levels(namespace, labels), None)
     }
 
     /// The ports a workload's policy gives a mode of their own.
