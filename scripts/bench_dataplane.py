@@ -9,7 +9,7 @@ nginx's, so `--profile` is of use for rows 3 to 6.
 For each path: closed-loop throughput (wrk), then open-loop latency
 at a fixed 1000 rps with latency correction (oha -q), the proxies' CPU at that rate, and the
 share of upstream requests on a reused connection. Both kinds of run go in ROUNDS rounds over
-all the paths, and each figure is a median over its rounds. Loopback only, bounded in time.
+all the paths (in reverse order every other round), and each figure is a median over its rounds. Loopback only, bounded in time.
 
 The backend is meshd's fortio server demo app answering `/echo?size=1024` with 1 KiB (a pod
 without a sidecar; the pair row reaches a second one with a sidecar): the response does not
@@ -35,7 +35,8 @@ import benchlib as b
 
 DUR = int(os.environ.get("DURATION", "5"))
 THREADS = os.environ.get("THREADS", "1")
-ROUNDS = int(os.environ.get("ROUNDS", "3"))
+# Even, so that every row runs as often before as after its neighbours (see `in_turn`).
+ROUNDS = int(os.environ.get("ROUNDS", "4"))
 # One connection: the latency a request gains per proxy, without oha's bursts queueing at a
 # one-thread backend (with -c 8 the direct row's own p99 rises to about 0.4 ms, above the proxied rows').
 LAT_CONNS = int(os.environ.get("LAT_CONNS", "1"))
@@ -54,6 +55,16 @@ spec:
   trafficPolicy: {connectionPool: {http: {h2UpgradePolicy: UPGRADE}}}
 ---
 """ + b.BENCH_GATEWAY + "---\n" + b.bench_route(8080)
+
+
+def in_turn(rows, i):
+    """The rows in round `i`'s order: as listed, and reversed every other round. A row measures
+    differently after one row than after another (the gateway's row followed nginx's in every
+    round up to run 48, and its added p50 was over nginx's in each of runs 42 to 48, while
+    rounds in alternating order put it 4 µs under), so each row runs as often before as after
+    its neighbours."""
+    rows = list(rows)
+    return rows[::-1] if i % 2 else rows
 
 
 SAMPLES = ("httpbin/httpbin.yaml", "httpbin/sample-client/fortio-deploy.yaml",
@@ -142,8 +153,8 @@ def main():
         steal_tp = b.Steal()
         # Throughput rounds interleave the paths too: one wrk run of a path swings by a tenth with
         # what else the two cores run, so each path's figure is its median over the rounds.
-        for _ in range(ROUNDS):
-            for r, (name, addr, host, path, threads, hops) in zip(results, rows):
+        for i in range(ROUNDS):
+            for r, (name, addr, host, path, threads, hops) in in_turn(zip(results, rows), i):
                 # Connection reuse is meshd's to report: its counters are read around its rows only.
                 meshd_row = threads is proxies
                 before = mesh.stats() if meshd_row else {}
@@ -163,8 +174,8 @@ def main():
         steal_lat = b.Steal()
         # Latency rounds interleave the paths, so a noisy moment of the machine is spread over all
         # of them; each percentile is the median over the rounds.
-        for _ in range(ROUNDS):
-            for r, (name, addr, host, path, threads, hops) in zip(results, rows):
+        for i in range(ROUNDS):
+            for r, (name, addr, host, path, threads, hops) in in_turn(zip(results, rows), i):
                 cpu = b.CpuMeter({"proxy": threads})
                 # A page takes about 1 ms: one connection at 1000 rps would be at Bookinfo's knee.
                 conns = max(LAT_CONNS, 4) if path == "/productpage" else LAT_CONNS
