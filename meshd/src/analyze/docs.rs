@@ -108,7 +108,7 @@ pub(crate) fn read(file: &str, start: usize, text: &str, out: &mut Vec<Message>)
             let m = resource.metadata();
             doc.kind = resource.kind().to_string();
             doc.name = m.name.clone().unwrap_or_default();
-            doc.namespace = m.namespace.clone().unwrap_or_else(|| "default".to_string());
+            doc.namespace = m.ns().to_string();
             convert_workload(&doc, &resource, out);
             doc.resource = Some(resource);
         }
@@ -196,7 +196,7 @@ pub(crate) fn builtin_for(own: &[Doc]) -> Vec<Doc> {
                 text: String::new(),
                 kind: l.resource.kind().to_string(),
                 name: m.name.clone().unwrap_or_default(),
-                namespace: m.namespace.clone().unwrap_or_else(|| "default".to_string()),
+                namespace: m.ns().to_string(),
                 own: false,
                 resource: Some(l.resource),
             }

@@ -83,7 +83,7 @@ pub(crate) fn check(set: &Set<'_>, out: &mut Vec<Message>) {
                 };
                 for (_, dep) in set.deployments() {
                     let labels = &dep.spec.template.metadata.labels;
-                    let dep_ns = dep.metadata.namespace.as_deref().unwrap_or("default");
+                    let dep_ns = dep.metadata.ns();
                     if dep_ns != sd.namespace || !crate::snapshot::selects(&svc.spec.selector, labels) {
                         continue;
                     }

@@ -31,7 +31,7 @@ pub fn resource_key(r: &Resource) -> String {
         Resource::K8sGateway(_) => "Gateway.gateway.networking.k8s.io",
         _ => r.kind(),
     };
-    format!("{kind} {}/{}", m.namespace.as_deref().unwrap_or("default"), m.name.as_deref().unwrap_or(""))
+    format!("{kind} {}/{}", m.ns(), m.name())
 }
 
 /// The built-in ingress for Bookinfo: its Gateway and VirtualService.

@@ -61,11 +61,7 @@ pub struct ServiceDef {
 }
 
 fn meta(m: &api::ObjectMeta, origin: &Origin) -> Meta {
-    Meta {
-        name: m.name.clone().unwrap_or_default(),
-        namespace: m.namespace.clone().unwrap_or_else(|| "default".to_string()),
-        origin: origin.clone(),
-    }
+    Meta { name: m.name.clone().unwrap_or_default(), namespace: m.ns().to_string(), origin: origin.clone() }
 }
 
 fn port_u16(n: i64, origin: &Origin, field: &str) -> Result<u16, ConfigError> {

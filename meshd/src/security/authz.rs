@@ -856,7 +856,7 @@ impl AuthzTable {
         let mut compiled = Vec::new();
         for (obj, origin) in policies {
             // The loader fills in the namespace; `default` is kubectl's fallback.
-            let namespace = obj.metadata.namespace.as_deref().unwrap_or("default");
+            let namespace = obj.metadata.ns();
             let name = obj.metadata.name.as_deref().unwrap_or_default();
             let mut w =
                 Warnings { out: &mut warnings, prefix: format!("{origin}: AuthorizationPolicy {namespace}/{name}") };

@@ -131,7 +131,7 @@ impl JwtTable {
         let mut out = Vec::new();
         let mut warnings = Vec::new();
         for p in policies {
-            let ns = p.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+            let ns = p.metadata.ns().to_string();
             let name = p.metadata.name.clone().unwrap_or_default();
             if p.spec.target_ref.is_some() || !p.spec.target_refs.is_empty() {
                 warnings

@@ -70,7 +70,7 @@ impl PeerAuthTable {
         let mut out = Vec::new();
         let mut warnings = Vec::new();
         for p in policies {
-            let ns = p.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+            let ns = p.metadata.ns().to_string();
             let name = p.metadata.name.clone().unwrap_or_default();
             let selector = p.spec.selector.as_ref().map(|s| s.match_labels.clone()).filter(|l| !l.is_empty());
             if selector.is_some() && ns == ROOT_NAMESPACE {

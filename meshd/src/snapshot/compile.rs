@@ -58,14 +58,6 @@ type VsObj = api::Object<api::VirtualServiceSpec>;
 type DrObj = api::Object<api::DestinationRuleSpec>;
 type GwObj = api::Object<api::GatewaySpec>;
 
-fn ns_of(m: &api::ObjectMeta) -> &str {
-    m.namespace.as_deref().unwrap_or("default")
-}
-
-fn name_of(m: &api::ObjectMeta) -> &str {
-    m.name.as_deref().unwrap_or("")
-}
-
 struct Ctx<'a> {
     errors: Vec<ConfigError>,
     services: HashMap<String, Arc<Service>>,
@@ -312,7 +304,7 @@ fn cluster_for(
         outlier: effective.outlier.map(OutlierSettings::from_api),
         destination_rule: rule.map(|r| {
             let m = &r.metadata;
-            format!("{}.{}", m.name.as_deref().unwrap_or(""), m.namespace.as_deref().unwrap_or("default"))
+            format!("{}.{}", m.name(), m.ns())
         }),
         tls_mode: effective.tls.and_then(|t| t.mode).map(|m| {
             match m {
@@ -488,8 +480,8 @@ fn compile_routes(
     parents: &[Arc<[RequestMatch]>],
     depth: usize,
 ) -> Vec<HttpRoute> {
-    let vs_ns = ns_of(&vs.metadata).to_string();
-    let vs_name = format!("{vs_ns}/{}", name_of(&vs.metadata));
+    let vs_ns = vs.metadata.ns().to_string();
+    let vs_name = format!("{vs_ns}/{}", vs.metadata.name());
     let semantics = Semantics::of(vs);
     let mut out = Vec::new();
     for (i, r) in vs.spec.http.iter().enumerate() {
@@ -736,11 +728,11 @@ fn tcp_server(
 ) -> super::tcp::TcpServer {
     let mut routes = Vec::new();
     for (vs, origin) in virtual_services {
-        let vs_ns = ns_of(&vs.metadata);
+        let vs_ns = vs.metadata.ns();
         if !vs.spec.gateways.iter().any(|g| gateway_ref(g, vs_ns) == gw_ref) {
             continue;
         }
-        let vs_name = format!("{vs_ns}/{}", name_of(&vs.metadata));
+        let vs_name = format!("{vs_ns}/{}", vs.metadata.name());
         for r in &vs.spec.tcp {
             let applies = r.r#match.is_empty()
                 || r.r#match.iter().any(|m| {
@@ -776,12 +768,12 @@ fn bind_server(
     server_pattern: &HostPattern,
 ) {
     for (vs, routes) in compiled {
-        let vs_ns = ns_of(&vs.metadata);
+        let vs_ns = vs.metadata.ns();
         if host_ns.is_some_and(|ns| ns != vs_ns) || !vs.spec.gateways.iter().any(|g| gateway_ref(g, vs_ns) == gw_ref) {
             continue;
         }
         let bound = bind_routes(routes, gw_ref);
-        let vs_name = format!("{vs_ns}/{}", name_of(&vs.metadata));
+        let vs_name = format!("{vs_ns}/{}", vs.metadata.name());
         for vs_host in &vs.spec.hosts {
             let vs_pattern = HostPattern::parse(&resolve_short_name(vs_host, vs_ns));
             if !vs_pattern.intersects(server_pattern) {
@@ -838,7 +830,7 @@ fn aliases(svc: &Service, caller_ns: &str) -> Vec<String> {
 /// Registers a ServiceEntry's hosts as services: STATIC endpoints, or for DNS resolution the
 /// host itself resolved now (meshd reaches loopback only, so `localhost`-like names).
 fn service_entry(ctx: &mut Ctx<'_>, se: &api::Object<api::ServiceEntrySpec>, origin: &Origin) {
-    let ns = ns_of(&se.metadata).to_string();
+    let ns = se.metadata.ns().to_string();
     let ports: Vec<super::ServicePort> = se
         .spec
         .ports
@@ -854,7 +846,7 @@ fn service_entry(ctx: &mut Ctx<'_>, se: &api::Object<api::ServiceEntrySpec>, ori
         if host.starts_with('*') {
             ctx.warnings.push(format!(
                 "ServiceEntry {ns}/{} ({origin}): wildcard host {host} not emulated",
-                name_of(&se.metadata)
+                se.metadata.name()
             ));
             continue;
         }
@@ -870,7 +862,7 @@ fn service_entry(ctx: &mut Ctx<'_>, se: &api::Object<api::ServiceEntrySpec>, ori
                 }),
                 None => ctx
                     .warnings
-                    .push(format!("ServiceEntry {ns}/{}: endpoint {addr} does not resolve", name_of(&se.metadata))),
+                    .push(format!("ServiceEntry {ns}/{}: endpoint {addr} does not resolve", se.metadata.name())),
             }
         }
         if se.spec.endpoints.is_empty()
@@ -880,7 +872,7 @@ fn service_entry(ctx: &mut Ctx<'_>, se: &api::Object<api::ServiceEntrySpec>, ori
                 Some(ip) => external.push(ExternalEndpoint { ip, ports: BTreeMap::new(), labels: Labels::new() }),
                 None => ctx.warnings.push(format!(
                     "ServiceEntry {ns}/{} ({origin}): {host} does not resolve here (meshd reaches loopback only): 503 UH",
-                    name_of(&se.metadata)
+                    se.metadata.name()
                 )),
             }
         }
@@ -954,22 +946,21 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
     for r in &resources {
         match &r.resource {
             Resource::VirtualService(vs) => {
-                ctx.vs_by_name.insert(format!("{}/{}", ns_of(&vs.metadata), name_of(&vs.metadata)), (vs, &r.origin));
+                ctx.vs_by_name.insert(format!("{}/{}", vs.metadata.ns(), vs.metadata.name()), (vs, &r.origin));
                 virtual_services.push((vs, &r.origin));
             }
             Resource::DestinationRule(dr) => {
                 for field in unemulated_policy_fields(dr) {
                     kinds_not_emulated.push(format!(
                         "DestinationRule {}/{} ({}): {field}",
-                        ns_of(&dr.metadata),
-                        name_of(&dr.metadata),
+                        dr.metadata.ns(),
+                        dr.metadata.name(),
                         r.origin
                     ));
                 }
-                let host = resolve_short_name(&dr.spec.host, ns_of(&dr.metadata));
+                let host = resolve_short_name(&dr.spec.host, dr.metadata.ns());
                 // Istio prefers the rule in the service's own namespace; otherwise the first one seen.
-                let own_ns =
-                    ctx.services.get(&host).map(|s| s.namespace.as_str() == ns_of(&dr.metadata)).unwrap_or(false);
+                let own_ns = ctx.services.get(&host).map(|s| s.namespace.as_str() == dr.metadata.ns()).unwrap_or(false);
                 if own_ns || !ctx.rules.contains_key(&host) {
                     ctx.rules.insert(host, (dr, &r.origin));
                 }
@@ -989,7 +980,7 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
         }
     }
     for (vs, origin) in &virtual_services {
-        let (ns, name) = (ns_of(&vs.metadata), name_of(&vs.metadata));
+        let (ns, name) = (vs.metadata.ns(), vs.metadata.name());
         if !vs.spec.tls.is_empty() {
             kinds_not_emulated.push(format!("VirtualService {ns}/{name} ({origin}): tls routes"));
         }
@@ -1039,7 +1030,7 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
         }
         let routes: Arc<[HttpRoute]> = bind_routes(routes, "mesh").into();
         for h in &vs.spec.hosts {
-            let fqdn = resolve_short_name(h, ns_of(&vs.metadata));
+            let fqdn = resolve_short_name(h, vs.metadata.ns());
             if mesh_vhosts.iter().any(|(k, _)| *k == fqdn) {
                 continue; // the first VirtualService for a host wins
             }
@@ -1122,8 +1113,8 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
         if !selects {
             continue;
         }
-        let gw_ns = ns_of(&gw.metadata);
-        let gw_ref = format!("{gw_ns}/{}", name_of(&gw.metadata));
+        let gw_ns = gw.metadata.ns();
+        let gw_ref = format!("{gw_ns}/{}", gw.metadata.name());
         for (i, server) in gw.spec.servers.iter().enumerate() {
             let port = server.port.number;
             let proto = server.port.protocol.to_ascii_uppercase();

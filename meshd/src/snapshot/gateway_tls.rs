@@ -59,7 +59,7 @@ pub fn secrets(resources: &[crate::config::Located]) -> HashMap<(String, String)
             for (k, v) in &s.string_data {
                 data.insert(k.clone(), v.clone().into_bytes());
             }
-            let ns = s.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+            let ns = s.metadata.ns().to_string();
             out.insert((ns, s.metadata.name.clone().unwrap_or_default()), data);
         }
     }

@@ -114,7 +114,7 @@ pub fn compile(filters: &[(&api::Object<api::EnvoyFilterSpec>, String)]) -> (Vec
     let mut out = Vec::new();
     let mut ignored = Vec::new();
     for (ef, origin) in filters {
-        let ns = ef.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let ns = ef.metadata.ns().to_string();
         let name = ef.metadata.name.clone().unwrap_or_default();
         // A route's bucket only counts where the filter runs: Envoy reads the per-route config
         // from the filter in the chain, which this EnvoyFilter must insert.

@@ -47,6 +47,18 @@ pub struct ObjectMeta {
     pub annotations: BTreeMap<String, String>,
 }
 
+impl ObjectMeta {
+    /// `metadata.namespace`, or `default` when unset, as `kubectl apply` places it.
+    pub fn ns(&self) -> &str {
+        self.namespace.as_deref().unwrap_or("default")
+    }
+
+    /// `metadata.name`, empty when unset.
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or("")
+    }
+}
+
 /// A typed object: apiVersion, kind, metadata, spec. Unknown top-level keys
 /// such as `status` are accepted.
 ///
