@@ -11,6 +11,14 @@ use std::collections::{HashMap, HashSet};
 
 pub use load::{ConfigError, Located, Origin};
 
+/// The Kubernetes cluster domain meshd emulates.
+pub const CLUSTER_DOMAIN: &str = "svc.cluster.local";
+
+/// A Service's name within the cluster: `name.namespace.svc.cluster.local`.
+pub fn service_fqdn(name: &str, namespace: &str) -> String {
+    format!("{name}.{namespace}.{CLUSTER_DOMAIN}")
+}
+
 use api::Resource;
 
 /// The built-in sample set: Bookinfo with its per-version Services (the Gateway API routes'

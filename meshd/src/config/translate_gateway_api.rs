@@ -238,7 +238,7 @@ fn parent(
     match (p.group.as_deref().unwrap_or(GATEWAY_GROUP), p.kind.as_deref().unwrap_or("Gateway")) {
         ("", "Service") => {
             return Some(Parent::Service {
-                host: format!("{}.{p_ns}.svc.cluster.local", p.name),
+                host: super::service_fqdn(&p.name, p_ns),
                 port: p.port.and_then(|n| u32::try_from(n).ok()),
             })
         }
@@ -336,7 +336,7 @@ fn destination(
         out.errors.push(error(origin, format!("{at}.port"), "a Service backend needs a port".into()));
         return None;
     };
-    let host = format!("{}.{}.svc.cluster.local", b.name, b.namespace.as_deref().unwrap_or(route_ns));
+    let host = super::service_fqdn(&b.name, b.namespace.as_deref().unwrap_or(route_ns));
     Some(json!({"host": host, "port": {"number": port}}))
 }
 

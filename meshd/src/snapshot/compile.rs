@@ -18,7 +18,6 @@ use super::route::{
 };
 use super::{
     resolve_short_name, Cluster, Endpoint, ExternalEndpoint, Labels, PodInfo, Service, Snapshot, TargetPort, Workload,
-    CLUSTER_DOMAIN,
 };
 use crate::config::api::{self, Resource};
 use crate::config::load::NotEmulated;
@@ -915,7 +914,7 @@ pub fn compile(input: CompileInput<'_>) -> Result<Snapshot, Vec<ConfigError>> {
         secrets: super::gateway_tls::secrets(input.resources),
     };
     for (order, s) in input.workloads.services.iter().enumerate() {
-        let fqdn = format!("{}.{}.{CLUSTER_DOMAIN}", s.meta.name, s.meta.namespace);
+        let fqdn = crate::config::service_fqdn(&s.meta.name, &s.meta.namespace);
         ctx.services.insert(
             fqdn.clone(),
             Arc::new(Service {

@@ -22,8 +22,7 @@ use arc_swap::ArcSwap;
 pub use compile::{compile, CompileInput};
 pub use route::{Decision, HttpRoute, LocalReply};
 
-/// The Kubernetes cluster domain meshd emulates.
-pub const CLUSTER_DOMAIN: &str = "svc.cluster.local";
+pub use crate::config::CLUSTER_DOMAIN;
 /// Name of the bare client workload behind the shared outbound port when the folder runs no
 /// fortio, sleep or curl.
 pub const MESH_CLIENT: &str = "meshd-client";
@@ -303,7 +302,7 @@ pub fn resolve_short_name(host: &str, namespace: &str) -> String {
     if host == "*" || host.contains('.') || host.parse::<std::net::IpAddr>().is_ok() {
         host.to_ascii_lowercase()
     } else {
-        format!("{}.{namespace}.{CLUSTER_DOMAIN}", host.to_ascii_lowercase())
+        crate::config::service_fqdn(&host.to_ascii_lowercase(), namespace)
     }
 }
 
