@@ -823,6 +823,14 @@ mod tests {
             .collect()
     }
 
+    /// An HTTPRoute `r` on [`GATEWAY`]'s listener whose `rules:` are these lines (and any
+    /// documents after them), translated with the Gateway.
+    fn on_gw(rules: &str) -> Translated {
+        translated(&format!(
+            "{GATEWAY}apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n{rules}"
+        ))
+    }
+
     const GATEWAY: &str = "apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {name: gw}
@@ -835,22 +843,16 @@ spec:
 
     #[test]
     fn matches_are_ordered_as_the_gateway_api_orders_them() {
-        let t = translated(&format!(
-            "{GATEWAY}apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: r}}
-spec:
-  parentRefs: [{{name: gw}}]
-  rules:
-  - matches: [{{path: {{type: PathPrefix, value: /a}}}}, {{path: {{type: PathPrefix, value: /a/b/}}}}]
-    backendRefs: [{{name: one, port: 80}}]
-  - matches: [{{path: {{type: Exact, value: /a}}}}, {{path: {{type: PathPrefix, value: /a}}, headers: [{{name: X-A, value: '1'}}]}}]
-    backendRefs: [{{name: two, port: 80}}]
-  - backendRefs: [{{name: all, port: 80}}]
-  - matches: [{{headers: [{{name: end-user, value: jason}}]}}, {{path: {{type: RegularExpression, value: /r.*}}}}]
-    backendRefs: [{{name: jason, port: 80}}]
-"
-        ));
+        let t = on_gw(
+            "  - matches: [{path: {type: PathPrefix, value: /a}}, {path: {type: PathPrefix, value: /a/b/}}]
+    backendRefs: [{name: one, port: 80}]
+  - matches: [{path: {type: Exact, value: /a}}, {path: {type: PathPrefix, value: /a}, headers: [{name: X-A, value: '1'}]}]
+    backendRefs: [{name: two, port: 80}]
+  - backendRefs: [{name: all, port: 80}]
+  - matches: [{headers: [{name: end-user, value: jason}]}, {path: {type: RegularExpression, value: /r.*}}]
+    backendRefs: [{name: jason, port: 80}]
+",
+        );
         assert!(t.errors.is_empty() && t.warnings.is_empty(), "{:?} {:?}", t.errors, t.warnings);
         let vs = virtual_services(&t);
         assert_eq!(vs.len(), 1);
@@ -919,18 +921,12 @@ spec:
 
     #[test]
     fn a_weight_of_zero_takes_no_traffic_and_a_rule_with_no_backend_answers_500() {
-        let t = translated(&format!(
-            "{GATEWAY}apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: r}}
-spec:
-  parentRefs: [{{name: gw}}]
-  rules:
-  - matches: [{{path: {{value: /a}}}}]
-    backendRefs: [{{name: one, port: 80, weight: 0}}, {{name: two, port: 80, weight: 2}}]
-  - backendRefs: [{{name: one, port: 80, weight: 0}}]
-"
-        ));
+        let t = on_gw(
+            "  - matches: [{path: {value: /a}}]
+    backendRefs: [{name: one, port: 80, weight: 0}, {name: two, port: 80, weight: 2}]
+  - backendRefs: [{name: one, port: 80, weight: 0}]
+",
+        );
         assert!(t.errors.is_empty() && t.warnings.is_empty(), "{:?} {:?}", t.errors, t.warnings);
         let http = &virtual_services(&t)[0].spec.http;
         let hosts: Vec<_> = http[0].route.iter().map(|d| d.destination.host.as_str()).collect();
@@ -940,21 +936,15 @@ spec:
 
     #[test]
     fn what_the_crd_refuses_in_backends_filters_and_paths_is_an_error() {
-        let t = translated(&format!(
-            "{GATEWAY}apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: r}}
-spec:
-  parentRefs: [{{name: gw}}]
-  rules:
-  - matches: [{{path: {{value: static}}}}]
+        let t = on_gw(
+            "  - matches: [{path: {value: static}}]
     filters:
-    - {{type: Teleport}}
-    - {{type: RequestMirror, requestMirror: {{backendRef: {{name: m}}, fraction: {{numerator: 3, denominator: 2}}}}}}
-    backendRefs: [{{name: three}}, {{name: four, port: 80, weight: -1}}]
-    timeouts: {{request: 1.5s}}
-"
-        ));
+    - {type: Teleport}
+    - {type: RequestMirror, requestMirror: {backendRef: {name: m}, fraction: {numerator: 3, denominator: 2}}}
+    backendRefs: [{name: three}, {name: four, port: 80, weight: -1}]
+    timeouts: {request: 1.5s}
+",
+        );
         let fields: Vec<_> = t.errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(
             fields,
@@ -974,18 +964,12 @@ spec:
 
     #[test]
     fn a_redirect_or_rewrite_value_of_the_wrong_kind_is_an_error_at_its_field() {
-        let t = translated(&format!(
-            "{GATEWAY}apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: r}}
-spec:
-  parentRefs: [{{name: gw}}]
-  rules:
-  - filters: [{{type: RequestRedirect, requestRedirect: {{scheme: ftp, hostname: 5}}}}]
-  - filters: [{{type: URLRewrite, urlRewrite: {{hostname: [a]}}}}]
-    backendRefs: [{{name: one, port: 80}}]
-"
-        ));
+        let t = on_gw(
+            "  - filters: [{type: RequestRedirect, requestRedirect: {scheme: ftp, hostname: 5}}]
+  - filters: [{type: URLRewrite, urlRewrite: {hostname: [a]}}]
+    backendRefs: [{name: one, port: 80}]
+",
+        );
         let fields: Vec<_> = t.errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(
             fields,
@@ -999,28 +983,22 @@ spec:
 
     #[test]
     fn an_extension_ref_takes_the_whole_route_out_and_cors_is_named() {
-        let t = translated(&format!(
-            "{GATEWAY}apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: r}}
-spec:
-  parentRefs: [{{name: gw}}]
-  rules:
-  - filters: [{{type: CORS, cors: {{allowOrigins: ['*']}}}}]
-    backendRefs: [{{name: two, port: 80}}]
+        let t = on_gw(
+            "  - filters: [{type: CORS, cors: {allowOrigins: ['*']}}]
+    backendRefs: [{name: two, port: 80}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
-metadata: {{name: ext}}
+metadata: {name: ext}
 spec:
-  parentRefs: [{{name: gw}}]
+  parentRefs: [{name: gw}]
   rules:
-  - matches: [{{path: {{value: /a}}}}]
-    filters: [{{type: ExtensionRef, extensionRef: {{group: x, kind: y, name: z}}}}]
-    backendRefs: [{{name: one, port: 80}}]
-  - backendRefs: [{{name: one, port: 80}}]
-"
-        ));
+  - matches: [{path: {value: /a}}]
+    filters: [{type: ExtensionRef, extensionRef: {group: x, kind: y, name: z}}]
+    backendRefs: [{name: one, port: 80}]
+  - backendRefs: [{name: one, port: 80}]
+",
+        );
         assert!(t.errors.is_empty(), "{:?}", t.errors);
         assert!(
             t.warnings[0].contains("filter type CORS is not emulated: the rule is served without it"),
@@ -1093,22 +1071,16 @@ spec:
 
     #[test]
     fn filters_become_istio_route_fields() {
-        let t = translated(&format!(
-            "{GATEWAY}apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: r}}
-spec:
-  parentRefs: [{{name: gw}}]
-  rules:
-  - filters:
-    - {{type: RequestHeaderModifier, requestHeaderModifier: {{set: [{{name: X-A, value: b}}], remove: [x-c]}}}}
-    - {{type: RequestMirror, requestMirror: {{backendRef: {{name: shadow, port: 80}}, percent: 25}}}}
-    - {{type: URLRewrite, urlRewrite: {{path: {{type: ReplaceFullPath, replaceFullPath: /full}}}}}}
-    backendRefs: [{{name: one, port: 80, weight: 3}}, {{name: two, port: 80}}]
-  - matches: [{{path: {{value: /old}}}}]
-    filters: [{{type: RequestRedirect, requestRedirect: {{scheme: https}}}}]
-"
-        ));
+        let t = on_gw(
+            "  - filters:
+    - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: X-A, value: b}], remove: [x-c]}}
+    - {type: RequestMirror, requestMirror: {backendRef: {name: shadow, port: 80}, percent: 25}}
+    - {type: URLRewrite, urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: /full}}}
+    backendRefs: [{name: one, port: 80, weight: 3}, {name: two, port: 80}]
+  - matches: [{path: {value: /old}}]
+    filters: [{type: RequestRedirect, requestRedirect: {scheme: https}}]
+",
+        );
         assert!(t.errors.is_empty() && t.warnings.is_empty(), "{:?} {:?}", t.errors, t.warnings);
         let http = &virtual_services(&t)[0].spec.http;
         let redirect = http[0].redirect.as_ref().expect("the prefix match goes first");
@@ -1129,17 +1101,11 @@ spec:
 
     #[test]
     fn a_bad_regex_names_the_route_field() {
-        let t = translated(&format!(
-            "{GATEWAY}apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: r}}
-spec:
-  parentRefs: [{{name: gw}}]
-  rules:
-  - matches: [{{headers: [{{type: RegularExpression, name: x, value: '('}}]}}]
-    backendRefs: [{{name: one, port: 80}}]
-"
-        ));
+        let t = on_gw(
+            "  - matches: [{headers: [{type: RegularExpression, name: x, value: '('}]}]
+    backendRefs: [{name: one, port: 80}]
+",
+        );
         assert_eq!(t.errors.len(), 1, "{:?}", t.errors);
         let e = t.errors[0].to_string();
         assert!(
