@@ -390,3 +390,16 @@ impl Mesh {
         line.rsplit(' ').next().unwrap().parse().unwrap()
     }
 }
+
+/// What the ingress task's page shows for httpbin behind a gateway for `httpbin.example.com`
+/// that routes `/status` and `/delay`: 200 from `istio-envoy`, 404 for another path or Host.
+pub async fn ingress_task_answers(mesh: &Mesh) {
+    let c = mesh.client();
+    let resp = c.head(mesh.url("/status/200")).header("host", "httpbin.example.com").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["server"], "istio-envoy");
+    let resp = c.get(mesh.url("/headers")).header("host", "httpbin.example.com").send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    let resp = c.get(mesh.url("/status/200")).header("host", "other.example.com").send().await.unwrap();
+    assert_eq!(resp.status(), 404, "a Host the gateway does not serve");
+}
