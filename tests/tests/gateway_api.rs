@@ -121,7 +121,7 @@ async fn mirroring_with_a_request_mirror_filter() {
     let line = mesh.wait_for_line(|l| l.contains("Istio ignores this parent"), Duration::from_secs(10));
     assert!(line.contains("HTTPRoute default/httpbin") && line.contains("add `group: \"\"`"), "{line}");
     let (v1, v2) = (mesh.pod("httpbin-v1-"), mesh.pod("httpbin-v2-"));
-    let logs = |p: &str| String::from_utf8(mesh.cli(&["logs", p]).stdout).unwrap();
+    let logs = |p: &str| mesh.app_log(p);
     let count = |p: &str| logs(p).matches("GET /headers").count();
     for _ in 0..20 {
         let resp = mesh.mesh_client().get("http://httpbin:8000/headers").send().await.unwrap();

@@ -264,7 +264,7 @@ async fn mirroring_copies_to_v2_with_the_shadow_host() {
         pods.lines().find_map(|l| l.split_whitespace().nth(1).filter(|n| n.starts_with(prefix))).unwrap().to_string()
     };
     let (v1, v2) = (pod("httpbin-v1-"), pod("httpbin-v2-"));
-    let logs = |p: &str| String::from_utf8(mesh.cli(&["logs", p]).stdout).unwrap();
+    let logs = |p: &str| mesh.app_log(p);
 
     let resp = mesh.mesh_client().get("http://httpbin:8000/headers").send().await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -327,7 +327,7 @@ async fn retries_are_counted_at_the_upstream() {
         pods.lines().find_map(|l| l.split_whitespace().nth(1).filter(|n| n.starts_with("web-"))).unwrap().to_string();
     let resp = mesh.mesh_client().get("http://web:8000/status/503").send().await.unwrap();
     assert_eq!(resp.status(), 503);
-    let log = String::from_utf8(mesh.cli(&["logs", &pod]).stdout).unwrap();
+    let log = mesh.app_log(&pod);
     mesh.proxy_log_line("meshd-client", &["\"GET /status/503 HTTP/1.1\" 503 URX via_upstream"]);
     let lines = |log: &str, what: &str| log.lines().filter(|l| l.contains(what)).count();
     assert_eq!(lines(&log, "/status/503"), 4, "1 try + 3 retries:\n{log}");
@@ -338,7 +338,7 @@ async fn retries_are_counted_at_the_upstream() {
     mesh.wait_applied(mark);
     let resp = mesh.mesh_client().get("http://web:8000/status/500").send().await.unwrap();
     assert_eq!(resp.status(), 500);
-    let log = String::from_utf8(mesh.cli(&["logs", &pod]).stdout).unwrap();
+    let log = mesh.app_log(&pod);
     assert_eq!(lines(&log, "/status/"), before + 1, "{log}");
     // The attempt count reaches the upstream.
     let v: serde_json::Value =

@@ -403,3 +403,10 @@ pub async fn ingress_task_answers(mesh: &Mesh) {
     let resp = c.get(mesh.url("/status/200")).header("host", "other.example.com").send().await.unwrap();
     assert_eq!(resp.status(), 404, "a Host the gateway does not serve");
 }
+
+impl Mesh {
+    /// `meshd logs POD`: the app's log.
+    pub fn app_log(&self, pod: &str) -> String {
+        String::from_utf8(self.cli(&["logs", pod]).stdout).unwrap()
+    }
+}
