@@ -790,7 +790,8 @@ fn tcp_route(
         match parent(out, p, route_ns, &who, gateways, false) {
             Some(Parent::Listeners(refs)) => {
                 let spec = json!({"hosts": ["*"], "gateways": refs, "tcp": tcp});
-                let made = format!("{route_name}-{i}-{MADE}");
+                // Apart from the HTTP routes' names: an HTTPRoute and a TCPRoute may share one.
+                let made = format!("{route_name}-tcp-{i}-{MADE}");
                 push(out, "VirtualService", route, &made, spec, origin, &format!("spec.parentRefs[{i}]"));
             }
             Some(Parent::Service { .. }) => {
